@@ -1,0 +1,54 @@
+//! The CLI edge: one module per subcommand family, each with its clap `Args` and a `run`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::schema::Schema;
+
+pub mod ca;
+pub mod config;
+pub mod demo;
+pub mod ingest;
+pub mod keys;
+pub mod link;
+pub mod pseudonymize;
+// pub mod serve; (declared with daemon::service)
+pub mod status;
+pub mod synth;
+
+/// Where `--schema` points when it is not given.
+pub const DEFAULT_SCHEMA_PATH: &str = "config/schema.toml";
+
+/// Load and validate a schema file, printing every problem; with no path,
+/// `config/schema.toml` if it exists here, else the built-in copy of it.
+pub fn load_schema(path: Option<&Path>) -> anyhow::Result<Schema> {
+    let (path, text) = match path {
+        Some(p) => {
+            (p.to_path_buf(), std::fs::read_to_string(p).with_context(|| format!("reading schema {}", p.display()))?)
+        }
+        None => {
+            let p = PathBuf::from(DEFAULT_SCHEMA_PATH);
+            match std::fs::read_to_string(&p) {
+                Ok(t) => (p, t),
+                Err(_) => {
+                    eprintln!("divert: note: {DEFAULT_SCHEMA_PATH} not found here; using the built-in default schema");
+                    (PathBuf::from("<built-in schema>"), crate::schema::DEFAULT_SCHEMA.to_string())
+                }
+            }
+        }
+    };
+    Schema::from_toml(&text).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(|p| format!("  {}: {p}", path.display())).collect();
+        anyhow::anyhow!("{} has {} problem(s):\n{}", path.display(), problems.len(), lines.join("\n"))
+    })
+}
+
+/// A source (agency) name: what certificates and records call it.
+pub fn check_source_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    anyhow::ensure!(ok, "source name `{name}`: use 1-63 characters of a-z, 0-9, - and _");
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! `divert pseudonymize`: one agency export in, pseudonymized JSON lines out, bad rows to a quarantine file beside the input.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::ingest::{Format, Issue};
+use crate::keys;
+use crate::pseudonymize::{pseudonymize_stream, Summary};
+use crate::schema::Schema;
+use crate::token::Tokenizer;
+
+/// Arguments of `divert pseudonymize`.
+#[derive(Debug, clap::Args)]
+#[command(long_about = "Pseudonymize one agency export offline.\n\n\
+Reads a CSV (header names mapped case-insensitively, in any order) or JSON-lines export of \
+one record kind, checks every row against the schema, and writes one JSON line per accepted \
+row to stdout: tokens (keyed hashes of the identity fields under the active key epoch), the \
+released fields, `age` at the event, and `source`, `kind` and the input `line`. Names, dates \
+of birth and ids never appear in the output, and free text only where the schema marks it safe.\n\n\
+Rows that fail go to FILE.quarantine.csv (line, field, reason; never the value). A summary goes \
+to stderr.\n\n\
+Example:\n  divert pseudonymize --schema config/schema.toml --keys keys/ --source police --kind arrest arrests.csv > arrests.jsonl")]
+pub struct PseudonymizeArgs {
+    /// The record schema.
+    #[arg(long, value_name = "FILE", default_value = super::DEFAULT_SCHEMA_PATH)]
+    pub schema: PathBuf,
+    /// Directory holding the linkage key (made by `divert keys init`).
+    #[arg(long, value_name = "DIR")]
+    pub keys: PathBuf,
+    /// The agency this export comes from (e.g. police, jail, da).
+    #[arg(long)]
+    pub source: String,
+    /// The record kind of every row (a kind of the schema, e.g. arrest).
+    #[arg(long)]
+    pub kind: String,
+    /// Input format; by default from the file extension (.csv, .jsonl/.ndjson).
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// Where to write quarantined rows (default: FILE.quarantine.csv beside the input).
+    #[arg(long, value_name = "FILE")]
+    pub quarantine: Option<PathBuf>,
+    /// Write the records here instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The export to read.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FormatArg {
+    Csv,
+    Jsonl,
+}
+
+pub fn run(args: PseudonymizeArgs) -> anyhow::Result<()> {
+    let schema_path = args.schema.clone();
+    let schema = super::load_schema(Some(&schema_path))?;
+    let key = keys::load_active(&args.keys)?;
+    let tokenizer = Tokenizer::new(&schema, &key)?;
+    let format = match args.format {
+        Some(FormatArg::Csv) => Format::Csv,
+        Some(FormatArg::Jsonl) => Format::JsonLines,
+        None => Format::from_path(&args.file).with_context(|| {
+            format!(
+                "{}: cannot tell the format from the extension; pass --format csv or --format jsonl",
+                args.file.display()
+            )
+        })?,
+    };
+    let quarantine = args.quarantine.clone().unwrap_or_else(|| quarantine_path(&args.file));
+    let summary = match &args.output {
+        Some(path) => {
+            let out = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            let s =
+                pseudonymize_file(&schema, &args.source, &args.kind, &tokenizer, format, &args.file, &quarantine, out)?;
+            // The output is only useful whole: make it durable before reporting success.
+            File::open(path).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", path.display()))?;
+            s
+        }
+        None => {
+            let stdout = io::stdout().lock();
+            pseudonymize_file(&schema, &args.source, &args.kind, &tokenizer, format, &args.file, &quarantine, stdout)?
+        }
+    };
+    eprintln!("{}", summary_line(&args.source, &args.kind, &summary, &quarantine));
+    Ok(())
+}
+
+/// `FILE.quarantine.csv` beside `FILE`.
+pub fn quarantine_path(input: &Path) -> PathBuf {
+    let mut name = input.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".quarantine.csv");
+    input.with_file_name(name)
+}
+
+/// The one-line summary printed on stderr.
+pub fn summary_line(source: &str, kind: &str, s: &Summary, quarantine: &Path) -> String {
+    let mut line =
+        format!("{source}/{kind}: {} rows read, {} accepted, {} quarantined", s.rows_read, s.accepted, s.quarantined);
+    if s.values_dropped > 0 {
+        line.push_str(&format!(", {} unusable optional values dropped", s.values_dropped));
+    }
+    if s.quarantined + s.values_dropped > 0 {
+        line.push_str(&format!(" (reasons in {})", quarantine.display()));
+    }
+    line
+}
+
+/// Pseudonymize `input` into `out`; write issues to `quarantine` (removed when there are none).
+#[allow(clippy::too_many_arguments)]
+pub fn pseudonymize_file<W: Write>(
+    schema: &Schema,
+    source: &str,
+    kind_name: &str,
+    tokenizer: &Tokenizer,
+    format: Format,
+    input: &Path,
+    quarantine: &Path,
+    out: W,
+) -> anyhow::Result<Summary> {
+    super::check_source_name(source)?;
+    let kind = schema.kind(kind_name).with_context(|| {
+        format!("`{kind_name}` is not a record kind of the schema; kinds: {}", schema.kind_names().join(", "))
+    })?;
+    let file = File::open(input).with_context(|| format!("opening {}", input.display()))?;
+    let mut q: Option<csv::Writer<File>> = None;
+    let mut on_issue = |i: &Issue| -> io::Result<()> {
+        if q.is_none() {
+            let mut w = csv::Writer::from_writer(File::create(quarantine)?);
+            w.write_record(["line", "field", "reason", "action"])?;
+            q = Some(w);
+        }
+        if let Some(w) = q.as_mut() {
+            w.write_record([i.line.to_string().as_str(), &i.field, &i.reason, i.action.as_str()])?;
+        }
+        Ok(())
+    };
+    let out = BufWriter::with_capacity(1 << 20, out);
+    let summary = pseudonymize_stream(
+        schema,
+        kind,
+        source,
+        tokenizer,
+        format,
+        io::BufReader::with_capacity(1 << 20, file),
+        out,
+        &mut on_issue,
+    )
+    .with_context(|| format!("{}: refused", input.display()))?;
+    match q {
+        Some(mut w) => w.flush().with_context(|| format!("writing {}", quarantine.display()))?,
+        None => {
+            // A quarantine file from an earlier run would describe rows that are now fine.
+            if quarantine.exists() {
+                std::fs::remove_file(quarantine).with_context(|| format!("removing stale {}", quarantine.display()))?;
+            }
+        }
+    }
+    Ok(summary)
+}

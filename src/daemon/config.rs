@@ -1,0 +1,366 @@
+//! The daemon's config file (`divert serve --config FILE`): raw TOML → validated `Config`, every problem reported with its key; relative paths resolve against the file's directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::pki::{Role, SpiffeId};
+use crate::schema::{toml_problem, Problem};
+use crate::tls::TlsPaths;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    role: String,
+    name: String,
+    program: String,
+    data_dir: PathBuf,
+    tls: RawTls,
+    #[serde(default)]
+    log: RawLog,
+    admin_socket: Option<PathBuf>,
+    steward: Option<RawSteward>,
+    source: Option<RawSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    crl: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSteward {
+    listen: String,
+    max_body_bytes: Option<u64>,
+    max_connections: Option<u32>,
+    handshake_timeout_secs: Option<u64>,
+    io_timeout_secs: Option<u64>,
+    schema: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    steward_url: String,
+    schema: Option<PathBuf>,
+    keys: PathBuf,
+    data_key: Option<PathBuf>,
+    inbox: Option<PathBuf>,
+    batch_records: Option<u32>,
+    poll_interval_ms: Option<u64>,
+    max_backoff_secs: Option<u64>,
+}
+
+/// How the daemon logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// A validated daemon config. Paths are absolute or relative to the working
+/// directory (already resolved against the config file's directory).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub identity: SpiffeId,
+    pub data_dir: PathBuf,
+    pub tls: TlsPaths,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub admin_socket: PathBuf,
+    pub role: RoleConfig,
+}
+
+/// What only one role has.
+#[derive(Debug, Clone)]
+pub enum RoleConfig {
+    Steward(StewardConfig),
+    Source(SourceConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct StewardConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: u64,
+    pub max_connections: u32,
+    pub handshake_timeout: Duration,
+    pub io_timeout: Duration,
+    pub schema: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// `host:port` of the steward.
+    pub steward_addr: String,
+    /// The name the steward's certificate must carry (the URL's host).
+    pub steward_host: String,
+    pub schema: Option<PathBuf>,
+    pub keys: PathBuf,
+    pub data_key: PathBuf,
+    pub inbox: PathBuf,
+    pub batch_records: u32,
+    pub poll_interval: Duration,
+    pub max_backoff: Duration,
+}
+
+/// Defaults, written out in the example configs under `config/`.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_IO_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_BATCH_RECORDS: u32 = 5000;
+pub const DEFAULT_POLL_INTERVAL_MS: u64 = 500;
+pub const DEFAULT_MAX_BACKOFF_SECS: u64 = 60;
+
+impl Config {
+    /// Read and validate a config file, reporting every problem.
+    pub fn load(path: &Path) -> Result<Config, Vec<Problem>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![Problem { key: String::new(), message: format!("cannot read: {e}") }])?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Validate config text; `path` is where it came from (relative paths resolve against its directory).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, Vec<Problem>> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| vec![toml_problem(&e)])?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &Path| if p.is_absolute() || base.as_os_str().is_empty() { p.to_path_buf() } else { base.join(p) };
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, message: String| problems.push(Problem { key: key.to_string(), message });
+
+        let role: Option<Role> = match raw.role.parse() {
+            Ok(Role::Evaluator) => {
+                bad("role", "an evaluator is a client, not a daemon: use `divert query`".into());
+                None
+            }
+            Ok(r) => Some(r),
+            Err(_) => {
+                bad("role", format!("`{}` is not a daemon role (source or steward)", raw.role));
+                None
+            }
+        };
+        let identity = match role.map(|r| SpiffeId::new(&raw.program, r, &raw.name)) {
+            Some(Ok(id)) => Some(id),
+            Some(Err(e)) => {
+                bad("name", e.to_string());
+                None
+            }
+            None => None,
+        };
+        let log_format = match raw.log.format.as_deref() {
+            None | Some("human") => LogFormat::Human,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                bad("log.format", format!("`{other}` is not human or json"));
+                LogFormat::Human
+            }
+        };
+        let log_level = raw.log.level.clone().unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            bad("log.level", format!("`{log_level}` is not a level or filter (error, warn, info, debug, trace)"));
+        }
+        let data_dir = resolve(&raw.data_dir);
+
+        let role_config = match role {
+            Some(Role::Steward) => {
+                if raw.source.is_some() {
+                    bad("source", "a steward config has no [source] table".into());
+                }
+                match &raw.steward {
+                    None => {
+                        bad("steward", "missing [steward] table (listen address)".into());
+                        None
+                    }
+                    Some(s) => {
+                        let listen = match s.listen.parse::<SocketAddr>() {
+                            Ok(a) => a,
+                            Err(_) => {
+                                bad("steward.listen", format!("`{}` is not an address:port like 127.0.0.1:7443", s.listen));
+                                SocketAddr::from(([127, 0, 0, 1], 0))
+                            }
+                        };
+                        let max_body_bytes = s.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+                        if !(1024..=1 << 30).contains(&max_body_bytes) {
+                            bad("steward.max_body_bytes", "must be between 1024 and 1073741824".into());
+                        }
+                        let max_connections = s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+                        if !(1..=65536).contains(&max_connections) {
+                            bad("steward.max_connections", "must be between 1 and 65536".into());
+                        }
+                        let hs = s.handshake_timeout_secs.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_SECS);
+                        let io = s.io_timeout_secs.unwrap_or(DEFAULT_IO_TIMEOUT_SECS);
+                        for (k, v) in [("steward.handshake_timeout_secs", hs), ("steward.io_timeout_secs", io)] {
+                            if !(1..=3600).contains(&v) {
+                                bad(k, "must be between 1 and 3600 seconds".into());
+                            }
+                        }
+                        Some(RoleConfig::Steward(StewardConfig {
+                            listen,
+                            max_body_bytes,
+                            max_connections,
+                            handshake_timeout: Duration::from_secs(hs),
+                            io_timeout: Duration::from_secs(io),
+                            schema: s.schema.as_deref().map(resolve),
+                        }))
+                    }
+                }
+            }
+            Some(Role::Source) => {
+                if raw.steward.is_some() {
+                    bad("steward", "a source config has no [steward] table".into());
+                }
+                match &raw.source {
+                    None => {
+                        bad("source", "missing [source] table (steward_url, keys)".into());
+                        None
+                    }
+                    Some(s) => {
+                        let (steward_addr, steward_host) = match parse_https_url(&s.steward_url) {
+                            Some(x) => x,
+                            None => {
+                                bad("source.steward_url", format!("`{}` is not https://HOST:PORT", s.steward_url));
+                                (String::new(), String::new())
+                            }
+                        };
+                        let batch_records = s.batch_records.unwrap_or(DEFAULT_BATCH_RECORDS);
+                        if !(1..=100_000).contains(&batch_records) {
+                            bad("source.batch_records", "must be between 1 and 100000".into());
+                        }
+                        let poll = s.poll_interval_ms.unwrap_or(DEFAULT_POLL_INTERVAL_MS);
+                        if !(10..=600_000).contains(&poll) {
+                            bad("source.poll_interval_ms", "must be between 10 and 600000".into());
+                        }
+                        let backoff = s.max_backoff_secs.unwrap_or(DEFAULT_MAX_BACKOFF_SECS);
+                        if !(1..=3600).contains(&backoff) {
+                            bad("source.max_backoff_secs", "must be between 1 and 3600".into());
+                        }
+                        Some(RoleConfig::Source(SourceConfig {
+                            steward_addr,
+                            steward_host,
+                            schema: s.schema.as_deref().map(resolve),
+                            keys: resolve(&s.keys),
+                            data_key: s.data_key.as_deref().map(resolve).unwrap_or_else(|| data_dir.join("data.key")),
+                            inbox: s.inbox.as_deref().map(resolve).unwrap_or_else(|| data_dir.join("inbox")),
+                            batch_records,
+                            poll_interval: Duration::from_millis(poll),
+                            max_backoff: Duration::from_secs(backoff),
+                        }))
+                    }
+                }
+            }
+            _ => None,
+        };
+
+        match (identity, role_config, problems.is_empty()) {
+            (Some(identity), Some(role), true) => Ok(Config {
+                path: path.to_path_buf(),
+                identity,
+                admin_socket: raw.admin_socket.as_deref().map(resolve).unwrap_or_else(|| data_dir.join("admin.sock")),
+                data_dir,
+                tls: TlsPaths {
+                    cert: resolve(&raw.tls.cert),
+                    key: resolve(&raw.tls.key),
+                    ca: resolve(&raw.tls.ca),
+                    crl: resolve(&raw.tls.crl),
+                },
+                log_format,
+                log_level,
+                role,
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
+/// `https://host:port[/]` → (`host:port`, `host`); IPv6 hosts in brackets.
+pub fn parse_https_url(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("https://")?.trim_end_matches('/');
+    if rest.contains('/') || rest.is_empty() {
+        return None;
+    }
+    let (host, port) = rest.rsplit_once(':')?;
+    let _: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((rest.to_string(), host.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_config_resolves_paths_and_defaults() {
+        let text = r#"
+role = "source"
+name = "police"
+program = "demo"
+data_dir = "data"
+[tls]
+cert = "tls/cert.pem"
+key = "tls/key.pem"
+ca = "tls/ca.pem"
+crl = "tls/crl.pem"
+[source]
+steward_url = "https://localhost:7443"
+keys = "/etc/divert/keys"
+"#;
+        let c = Config::from_toml(text, Path::new("/srv/police/divert.toml")).unwrap();
+        assert_eq!(c.identity.to_string(), "spiffe://demo/source/police");
+        assert_eq!(c.tls.cert, PathBuf::from("/srv/police/tls/cert.pem"));
+        assert_eq!(c.admin_socket, PathBuf::from("/srv/police/data/admin.sock"));
+        let RoleConfig::Source(s) = c.role else { panic!() };
+        assert_eq!((s.steward_addr.as_str(), s.steward_host.as_str()), ("localhost:7443", "localhost"));
+        assert_eq!(s.keys, PathBuf::from("/etc/divert/keys"));
+        assert_eq!(s.inbox, PathBuf::from("/srv/police/data/inbox"));
+        assert_eq!(s.batch_records, DEFAULT_BATCH_RECORDS);
+    }
+
+    #[test]
+    fn every_problem_at_once() {
+        let text = r#"
+role = "evaluator"
+name = "Bad Name"
+program = "demo"
+data_dir = "data"
+[tls]
+cert = "c"
+key = "k"
+ca = "a"
+crl = "r"
+[log]
+format = "xml"
+"#;
+        let p = Config::from_toml(text, Path::new("x.toml")).unwrap_err();
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"role") && keys.contains(&"log.format"), "{p:?}");
+        let text2 = text.replace("evaluator", "steward").replace("Bad Name", "steward");
+        let p = Config::from_toml(&text2, Path::new("x.toml")).unwrap_err();
+        assert!(p.iter().any(|p| p.key == "steward"), "{p:?}");
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_https_url("https://[::1]:7443/"), Some(("[::1]:7443".into(), "::1".into())));
+        assert_eq!(parse_https_url("http://x:1"), None);
+        assert_eq!(parse_https_url("https://x"), None);
+        assert_eq!(parse_https_url("https://x:1/path"), None);
+    }
+}

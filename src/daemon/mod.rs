@@ -1,0 +1,39 @@
+//! The daemon (`divert serve`): config, logging, signals, TLS reload, the admin socket, and the role's services.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::tls::TlsMaterial;
+
+pub mod config;
+
+use config::Config;
+
+/// What every service of a running daemon shares.
+pub struct Context {
+    pub config: Config,
+    /// The current TLS material; replaced on SIGHUP. Read it per connection
+    /// (`ctx.tls.borrow().clone()`), never cache it for longer.
+    pub tls: watch::Receiver<Arc<TlsMaterial>>,
+    /// Cancelled when the daemon begins to stop: stop accepting, finish what is in flight.
+    pub shutdown: CancellationToken,
+    /// Every spawned task; the daemon waits for them (with a grace timeout) before exiting.
+    pub tracker: TaskTracker,
+}
+
+pub mod admin;
+
+/// The admin socket of a config file, for the CLI commands that talk to a running daemon.
+pub fn admin_socket_of(config_path: &std::path::Path) -> anyhow::Result<(Config, std::path::PathBuf)> {
+    let config = config::Config::load(config_path).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(|p| format!("  {}: {p}", config_path.display())).collect();
+        anyhow::anyhow!("{} has {} problem(s):\n{}", config_path.display(), problems.len(), lines.join("\n"))
+    })?;
+    let socket = config.admin_socket.clone();
+    Ok((config, socket))
+}
+
+// The service loop lives in service.rs; declared once the role services exist.

@@ -1,0 +1,176 @@
+//! The running daemon: start the role service and the admin socket, handle signals and TLS reloads, drain and flush on stop.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::daemon::config::{Config, RoleConfig};
+use crate::daemon::{admin, Context};
+use crate::tls::TlsMaterial;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use crate::source::Source;
+use crate::steward::Steward;
+
+/// How long a stopping daemon waits for in-flight work before exiting anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Warn when the daemon's certificate expires sooner than this.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+/// How often the daemon looks for changed TLS files (certificate rotation
+/// and CRL updates apply within this interval without a SIGHUP).
+pub const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The role's running service.
+#[derive(Clone)]
+pub enum Service {
+    Steward(Arc<Steward>),
+    Source(Arc<Source>),
+}
+
+/// Run the daemon until SIGTERM or SIGINT: start the role's service and the
+/// admin socket, reload TLS on SIGHUP (or when its files change), then
+/// drain and flush.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    crate::fsutil::create_private_dir(&config.data_dir)?;
+    let material = TlsMaterial::load(&config.tls, Some(&config.identity)).context("loading TLS material")?;
+    warn_if_expiring(&material);
+    let (tls_tx, tls_rx) = watch::channel(Arc::new(material));
+    let ctx = Arc::new(Context {
+        config: config.clone(),
+        tls: tls_rx,
+        shutdown: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    });
+
+    // The admin socket first: a second daemon on the same data directory stops here.
+    let admin_listener = admin::bind(&config.admin_socket).await?;
+    let service = match &config.role {
+        RoleConfig::Steward(c) => Service::Steward(Steward::start(ctx.clone(), c.clone()).await?),
+        RoleConfig::Source(c) => Service::Source(Source::start(ctx.clone(), c.clone()).await?),
+    };
+    let started = time::OffsetDateTime::now_utc();
+    let handler = admin_handler(ctx.clone(), service.clone(), started);
+    ctx.tracker.spawn(admin::serve(admin_listener, handler, ctx.shutdown.clone(), ctx.tracker.clone()));
+    tracing::info!(identity = %config.identity, admin_socket = %config.admin_socket.display(), "divert daemon started");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut watch_tick = tokio::time::interval(TLS_WATCH_INTERVAL);
+    let mut stamps = tls_stamps(&config);
+    let mut last_expiry_warning = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = ctx.shutdown.cancelled() => { tracing::warn!("a service asked the daemon to stop"); break; }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading certificates, key and CRL");
+                reload(&config, &tls_tx);
+                stamps = tls_stamps(&config);
+            }
+            _ = watch_tick.tick() => {
+                let now = tls_stamps(&config);
+                if now != stamps {
+                    tracing::info!("TLS files changed on disk: reloading");
+                    reload(&config, &tls_tx);
+                    stamps = now;
+                }
+                if last_expiry_warning.elapsed() > Duration::from_secs(24 * 3600) {
+                    warn_if_expiring(&tls_tx.borrow());
+                    last_expiry_warning = std::time::Instant::now();
+                }
+            }
+        }
+    }
+    ctx.shutdown.cancel();
+    ctx.tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, ctx.tracker.wait()).await.is_err() {
+        tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "in-flight work did not finish in time; stopping anyway");
+    }
+    match &service {
+        Service::Steward(s) => s.close().await,
+        Service::Source(s) => s.close().await,
+    }
+    let _ = std::fs::remove_file(&config.admin_socket);
+    tracing::info!("divert daemon stopped");
+    Ok(())
+}
+
+/// Modification times of the TLS files, to notice a rotation or CRL update.
+fn tls_stamps(config: &Config) -> Vec<Option<SystemTime>> {
+    [&config.tls.cert, &config.tls.key, &config.tls.ca, &config.tls.crl]
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// Load the TLS files again and publish them; on any error keep the old ones.
+fn reload(config: &Config, tx: &watch::Sender<Arc<TlsMaterial>>) {
+    match TlsMaterial::load(&config.tls, Some(&config.identity)) {
+        Ok(m) => {
+            warn_if_expiring(&m);
+            tracing::info!(not_after = %crate::pki::format_time(m.not_after), "TLS material reloaded; new handshakes use it");
+            tx.send_replace(Arc::new(m));
+        }
+        Err(e) => tracing::error!(error = %e, "reload failed; still using the previous certificates and CRL"),
+    }
+}
+
+fn warn_if_expiring(m: &TlsMaterial) {
+    let days = m.days_left();
+    if days < EXPIRY_WARNING_DAYS {
+        tracing::warn!(days_left = days, not_after = %crate::pki::format_time(m.not_after), "certificate expires soon: issue a new one with `divert ca issue` and reload");
+    }
+}
+
+fn admin_handler(ctx: Arc<Context>, service: Service, started: time::OffsetDateTime) -> admin::Handler {
+    Arc::new(move |req| {
+        let ctx = ctx.clone();
+        let service = service.clone();
+        Box::pin(async move {
+            match req {
+                admin::Request::Status => admin::Response::ok(status(&ctx, &service, started)),
+                admin::Request::Ingest { kind, path } => match &service {
+                    Service::Source(s) => match s.ingest(&kind, &path).await {
+                        Ok(v) => admin::Response::ok(v),
+                        Err(e) => admin::Response::err(e),
+                    },
+                    Service::Steward(_) => admin::Response::err("this daemon is a steward; files are ingested by sources"),
+                },
+            }
+        })
+    })
+}
+
+/// What `divert status` shows: counts and identities, never a record.
+fn status(ctx: &Context, service: &Service, started: time::OffsetDateTime) -> serde_json::Value {
+    let tls = ctx.tls.borrow().clone();
+    let days_left = tls.days_left();
+    let warning = (days_left < EXPIRY_WARNING_DAYS)
+        .then(|| format!("certificate expires in {days_left} days: issue a new one with `divert ca issue` and reload"));
+    let (role, detail) = match service {
+        Service::Steward(s) => ("steward", s.status()),
+        Service::Source(s) => ("source", s.status()),
+    };
+    serde_json::json!({
+        "role": role,
+        "program": ctx.config.identity.program,
+        "name": ctx.config.identity.name,
+        "identity": ctx.config.identity.to_string(),
+        "certificate": {
+            "not_after": crate::pki::format_time(tls.not_after),
+            "days_left": days_left,
+            "warning": warning,
+        },
+        "started": crate::pki::format_time(started),
+        "uptime_secs": (time::OffsetDateTime::now_utc() - started).whole_seconds(),
+        "data_dir": ctx.config.data_dir.display().to_string(),
+        role: detail,
+    })
+}
+

@@ -1,0 +1,765 @@
+//! Validated ingest of agency exports (CSV and JSON lines): header mapping, typed field checks, identity normalization, quarantine reasons that never carry a value.
+//!
+//! Reads from any `io::Read`; writes nothing. A row either becomes a [`Row`]
+//! or a list of [`Issue`]s (line, field, reason). A problem with the file as
+//! a whole (no header, a required column missing, an unbalanced quote) is an
+//! [`IngestError`] and nothing of the file is accepted.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
+
+use time::Date;
+
+use crate::identity::Identity;
+use crate::normalize::{self, NormError};
+use crate::schema::{FieldType, Kind, Schema};
+
+/// Longest field accepted, in bytes.
+pub const MAX_FIELD_BYTES: usize = 64 * 1024;
+/// Longest JSON line accepted, in bytes.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// Oldest age at an event considered plausible.
+pub const MAX_AGE_YEARS: i32 = 120;
+
+/// The format of an export file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    JsonLines,
+}
+
+impl Format {
+    /// From the file name: `.csv`/`.txt` → CSV, `.jsonl`/`.ndjson`/`.json` → JSON lines.
+    pub fn from_path(path: &Path) -> Option<Format> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "csv" | "txt" => Some(Format::Csv),
+            "jsonl" | "ndjson" | "json" => Some(Format::JsonLines),
+            _ => None,
+        }
+    }
+}
+
+/// A whole-file problem: the file is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("reading the export: {0}")]
+    Io(#[from] io::Error),
+    #[error("the file is empty: expected a header line naming the columns")]
+    Empty,
+    #[error("the header line is not valid UTF-8")]
+    HeaderNotUtf8,
+    #[error("the header lacks required column{}: {}; a {kind} export must carry them (other accepted names are in the schema's `columns`)", if .missing.len() > 1 { "s" } else { "" }, .missing.join(", "))]
+    MissingColumns { kind: String, missing: Vec<String> },
+    #[error("header columns `{a}` and `{b}` both map to field `{field}`; keep one")]
+    DuplicateColumn { a: String, b: String, field: String },
+    #[error("line {line}: a quoted field runs over {lines} lines and the row has {got} fields where the header has {want}: probably an unbalanced quote; fix the export")]
+    UnbalancedQuote { line: u64, lines: u64, got: usize, want: usize },
+    #[error("line {line}: longer than {MAX_LINE_BYTES} bytes")]
+    LineTooLong { line: u64 },
+    #[error("line {line}: {message}")]
+    Csv { line: u64, message: String },
+}
+
+/// A typed, validated value of a non-identity field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// Only for strings marked safe in the schema; other free text is never kept.
+    Str(String),
+    Date(Date),
+    /// Index into the enum's declared values.
+    Enum(u16),
+    Bool(bool),
+    Int(i64),
+}
+
+/// Why a row, or one of its values, was set aside. Never carries the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub line: u64,
+    /// The schema field, or `-` for the row as a whole.
+    pub field: String,
+    pub reason: String,
+    pub action: Action,
+}
+
+/// What was done about an [`Issue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The row was not accepted.
+    RowQuarantined,
+    /// An optional identity value was unusable; the row was kept without it.
+    ValueDropped,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::RowQuarantined => "row quarantined",
+            Action::ValueDropped => "value dropped",
+        }
+    }
+}
+
+/// One accepted row. Reused between rows: [`Reader::next_row`] overwrites it.
+#[derive(Debug)]
+pub struct Row {
+    /// 1-based line of the input where the record starts (a CSV header is line 1).
+    pub line: u64,
+    pub identity: Identity,
+    /// The date of birth, parsed, when the schema has one and the row carries it.
+    pub birth_date: Option<Date>,
+    /// The agency's record id (never sent as is: see `token::Tokenizer::record_id`).
+    pub record_id: String,
+    /// One slot per field of the kind, `None` when missing or not kept.
+    pub values: Vec<Option<Value>>,
+}
+
+impl Row {
+    pub fn new(schema: &Schema, kind: &Kind) -> Row {
+        Row {
+            line: 0,
+            identity: Identity::with_fields(schema.identity.len()),
+            birth_date: None,
+            record_id: String::new(),
+            values: vec![None; kind.fields.len()],
+        }
+    }
+
+    /// The event date of the row (required by the schema, so present on every accepted row).
+    pub fn event_date(&self, kind: &Kind) -> Option<Date> {
+        match self.values.get(kind.event_date) {
+            Some(Some(Value::Date(d))) => Some(*d),
+            _ => None,
+        }
+    }
+}
+
+/// The outcome of one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    Quarantined,
+}
+
+/// Where each schema field is found in the input.
+struct Mapping {
+    /// Per identity field: the column index (CSV) or the JSON key.
+    identity: Vec<Option<usize>>,
+    fields: Vec<Option<usize>>,
+}
+
+enum Input<R: Read> {
+    Csv { reader: csv::Reader<LineEnds<R>>, record: csv::ByteRecord, width: usize },
+    Json { reader: BufReader<R>, buf: Vec<u8>, line: u64, keys: Vec<String> },
+}
+
+/// Reads one export of one kind, row by row.
+pub struct Reader<'s, R: Read> {
+    schema: &'s Schema,
+    kind: &'s Kind,
+    input: Input<R>,
+    mapping: Mapping,
+    ignored: Vec<String>,
+    /// Per-row scratch: JSON values by key.
+    json_fields: Vec<Option<String>>,
+}
+
+impl<'s, R: Read> Reader<'s, R> {
+    /// Start reading; for CSV this reads and checks the header.
+    pub fn new(schema: &'s Schema, kind: &'s Kind, format: Format, input: R) -> Result<Reader<'s, R>, IngestError> {
+        match format {
+            Format::Csv => Self::new_csv(schema, kind, input),
+            Format::JsonLines => Ok(Self::new_json(schema, kind, input)),
+        }
+    }
+
+    fn new_csv(schema: &'s Schema, kind: &'s Kind, input: R) -> Result<Reader<'s, R>, IngestError> {
+        // The csv crate strips a UTF-8 byte-order mark and accepts CRLF.
+        let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(LineEnds::new(input));
+        let mut header = csv::ByteRecord::new();
+        let got = reader.read_byte_record(&mut header).map_err(|e| csv_error(&e, 1))?;
+        if !got || (header.len() == 1 && header.get(0).is_some_and(|f| f.iter().all(u8::is_ascii_whitespace))) {
+            return Err(IngestError::Empty);
+        }
+        let mut names = Vec::with_capacity(header.len());
+        for f in header.iter() {
+            let s = std::str::from_utf8(f).map_err(|_| IngestError::HeaderNotUtf8)?;
+            names.push(s.trim().trim_start_matches('\u{feff}').to_lowercase());
+        }
+        let (mapping, ignored) = map_columns(schema, kind, &names)?;
+        let width = names.len();
+        Ok(Reader {
+            schema,
+            kind,
+            input: Input::Csv { reader, record: csv::ByteRecord::new(), width },
+            mapping,
+            ignored,
+            json_fields: Vec::new(),
+        })
+    }
+
+    fn new_json(schema: &'s Schema, kind: &'s Kind, input: R) -> Reader<'s, R> {
+        // JSON lines have no header: every key a schema field may carry is a "column".
+        let mut keys = Vec::new();
+        let mut identity = Vec::new();
+        for f in &schema.identity {
+            identity.push(Some(keys.len()));
+            keys.push(f.name.clone());
+        }
+        let mut fields = Vec::new();
+        for f in &kind.fields {
+            fields.push(Some(keys.len()));
+            keys.push(f.name.clone());
+        }
+        let n = keys.len();
+        Reader {
+            schema,
+            kind,
+            input: Input::Json { reader: BufReader::new(input), buf: Vec::new(), line: 0, keys },
+            mapping: Mapping { identity, fields },
+            ignored: Vec::new(),
+            json_fields: vec![None; n],
+        }
+    }
+
+    /// Header columns that map to no schema field (CSV only); they are not read.
+    pub fn ignored_columns(&self) -> &[String] {
+        &self.ignored
+    }
+
+    /// Read the next row into `row`. `Ok(None)` at the end of input.
+    /// Issues about the row (or dropped values) are appended to `issues`.
+    pub fn next_row(&mut self, row: &mut Row, issues: &mut Vec<Issue>) -> Result<Option<Outcome>, IngestError> {
+        row.identity.clear();
+        row.birth_date = None;
+        row.record_id.clear();
+        row.values.iter_mut().for_each(|v| *v = None);
+        let first_issue = issues.len();
+        let schema = self.schema;
+        let kind = self.kind;
+        match &mut self.input {
+            Input::Csv { reader, record, width } => {
+                let line = loop {
+                    let start = reader.position().line();
+                    if !reader.read_byte_record(record).map_err(|e| csv_error(&e, start))? {
+                        return Ok(None);
+                    }
+                    let blank =
+                        record.len() == 1 && record.get(0).is_some_and(|f| f.iter().all(u8::is_ascii_whitespace));
+                    if !blank {
+                        break record_start_line(reader, record);
+                    }
+                };
+                row.line = line;
+                if record.len() != *width {
+                    let spans = newlines_in(record) + 1;
+                    if spans > 1 {
+                        return Err(IngestError::UnbalancedQuote {
+                            line,
+                            lines: spans,
+                            got: record.len(),
+                            want: *width,
+                        });
+                    }
+                    issues.push(Issue {
+                        line,
+                        field: "-".into(),
+                        reason: format!("{} fields where the header has {}", record.len(), width),
+                        action: Action::RowQuarantined,
+                    });
+                    return Ok(Some(Outcome::Quarantined));
+                }
+                let get = |col: Option<usize>| -> Cell<'_> {
+                    match col.and_then(|c| record.get(c)) {
+                        None => Cell::Absent,
+                        Some(bytes) if bytes.len() > MAX_FIELD_BYTES => Cell::TooLong,
+                        Some(bytes) => match std::str::from_utf8(bytes) {
+                            Ok(s) => Cell::Text(s),
+                            Err(_) => Cell::NotUtf8,
+                        },
+                    }
+                };
+                validate_row(schema, kind, &self.mapping, get, row, issues);
+            }
+            Input::Json { reader, buf, line, keys } => {
+                let json_fields = &mut self.json_fields;
+                loop {
+                    buf.clear();
+                    *line += 1;
+                    let n = reader.by_ref().take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', buf)?;
+                    if n == 0 {
+                        return Ok(None);
+                    }
+                    if buf.len() > MAX_LINE_BYTES {
+                        return Err(IngestError::LineTooLong { line: *line });
+                    }
+                    if !buf.iter().all(u8::is_ascii_whitespace) {
+                        break;
+                    }
+                }
+                row.line = *line;
+                match parse_json_object(buf, keys, json_fields) {
+                    Ok(()) => {
+                        let get = |col: Option<usize>| -> Cell<'_> {
+                            match col.and_then(|c| json_fields.get(c)).and_then(|v| v.as_deref()) {
+                                None => Cell::Absent,
+                                Some(s) if s.len() > MAX_FIELD_BYTES => Cell::TooLong,
+                                Some(s) => Cell::Text(s),
+                            }
+                        };
+                        validate_row(schema, kind, &self.mapping, get, row, issues);
+                    }
+                    Err(reason) => {
+                        issues.push(Issue { line: *line, field: "-".into(), reason, action: Action::RowQuarantined })
+                    }
+                }
+            }
+        }
+        let quarantined = issues[first_issue..].iter().any(|i| i.action == Action::RowQuarantined);
+        Ok(Some(if quarantined { Outcome::Quarantined } else { Outcome::Accepted }))
+    }
+}
+
+/// The line a record starts on. The csv crate's own record position counts
+/// blank lines skipped before the record as part of it, so count back from
+/// where the record ended instead: the end line, less the newlines inside
+/// quoted fields, less the record's own terminator when it had one.
+fn record_start_line<R: Read>(reader: &csv::Reader<LineEnds<R>>, record: &csv::ByteRecord) -> u64 {
+    let end = reader.position();
+    let src = reader.get_ref();
+    // A record that ends at the end of input had no terminator if the input
+    // does not end in a newline, or if that newline is inside its last field.
+    let at_end = src.eof && end.byte() == src.total;
+    let last_field_ends_nl = record.iter().last().is_some_and(|f| f.last() == Some(&b'\n'));
+    let unterminated = at_end && (src.last != Some(b'\n') || last_field_ends_nl);
+    end.line().saturating_sub(newlines_in(record)).saturating_sub(u64::from(!unterminated)).max(1)
+}
+
+fn newlines_in(record: &csv::ByteRecord) -> u64 {
+    record.as_slice().iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// Turns CRLF and lone CR line ends into LF on the way to the csv parser, so
+/// line numbers are counted the same way for every export (the csv crate
+/// counts a CRLF's LF with the following record), and counts the bytes.
+pub struct LineEnds<R> {
+    inner: R,
+    pending_cr: bool,
+    /// Bytes handed out so far (after translation).
+    total: u64,
+    /// The last byte handed out.
+    last: Option<u8>,
+    eof: bool,
+}
+
+impl<R: Read> LineEnds<R> {
+    pub fn new(inner: R) -> LineEnds<R> {
+        LineEnds { inner, pending_cr: false, total: 0, last: None, eof: false }
+    }
+}
+
+impl<R: Read> Read for LineEnds<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let mut raw = [0u8; 8192];
+        loop {
+            // A pending CR may turn into one more output byte: leave room for it.
+            let room = (out.len() - usize::from(self.pending_cr)).min(raw.len());
+            if room == 0 {
+                out[0] = b'\n';
+                self.pending_cr = false;
+                self.total += 1;
+                self.last = Some(b'\n');
+                return Ok(1);
+            }
+            let n = self.inner.read(&mut raw[..room])?;
+            if n == 0 {
+                if self.pending_cr {
+                    self.pending_cr = false;
+                    out[0] = b'\n';
+                    self.total += 1;
+                    self.last = Some(b'\n');
+                    return Ok(1);
+                }
+                self.eof = true;
+                return Ok(0);
+            }
+            let mut w = 0;
+            for &b in &raw[..n] {
+                if self.pending_cr {
+                    self.pending_cr = false;
+                    out[w] = b'\n';
+                    w += 1;
+                    if b == b'\n' {
+                        continue;
+                    }
+                }
+                if b == b'\r' {
+                    self.pending_cr = true;
+                    continue;
+                }
+                out[w] = b;
+                w += 1;
+            }
+            if w > 0 {
+                self.total += w as u64;
+                self.last = Some(out[w - 1]);
+                return Ok(w);
+            }
+        }
+    }
+}
+
+fn csv_error(e: &csv::Error, line: u64) -> IngestError {
+    match e.kind() {
+        csv::ErrorKind::Io(_) => IngestError::Io(io::Error::other(e.to_string())),
+        // Other csv errors do not quote field contents, but say only where.
+        _ => IngestError::Csv { line: e.position().map_or(line, |p| p.line()), message: "malformed CSV".into() },
+    }
+}
+
+/// Map header names to schema fields; refuse missing required columns (all
+/// named at once) and two columns claiming one field.
+fn map_columns(schema: &Schema, kind: &Kind, names: &[String]) -> Result<(Mapping, Vec<String>), IngestError> {
+    let find = |field: &str, columns: &[String]| -> Result<Option<usize>, IngestError> {
+        let hits: Vec<usize> = names.iter().enumerate().filter(|(_, n)| columns.contains(n)).map(|(i, _)| i).collect();
+        match hits.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(*one)),
+            [a, b, ..] => Err(IngestError::DuplicateColumn {
+                a: names[*a].clone(),
+                b: names[*b].clone(),
+                field: field.to_string(),
+            }),
+        }
+    };
+    let mut missing = Vec::new();
+    let mut identity = Vec::new();
+    for f in &schema.identity {
+        let col = find(&f.name, &f.columns)?;
+        if col.is_none() && f.required {
+            missing.push(f.name.clone());
+        }
+        identity.push(col);
+    }
+    let mut fields = Vec::new();
+    for f in &kind.fields {
+        let col = find(&f.name, &f.columns)?;
+        if col.is_none() && f.required {
+            missing.push(f.name.clone());
+        }
+        fields.push(col);
+    }
+    if !missing.is_empty() {
+        return Err(IngestError::MissingColumns { kind: kind.name.clone(), missing });
+    }
+    let used: Vec<usize> = identity.iter().chain(&fields).flatten().copied().collect();
+    let ignored = names.iter().enumerate().filter(|(i, _)| !used.contains(i)).map(|(_, n)| n.clone()).collect();
+    Ok((Mapping { identity, fields }, ignored))
+}
+
+/// Parse one JSON line into string slots per key. Returns a reason (never a value) on failure.
+fn parse_json_object(buf: &[u8], keys: &[String], out: &mut [Option<String>]) -> Result<(), String> {
+    out.iter_mut().for_each(|v| *v = None);
+    let value: serde_json::Value = serde_json::from_slice(buf).map_err(|e| match e.classify() {
+        serde_json::error::Category::Io | serde_json::error::Category::Eof => "not a complete JSON value".to_string(),
+        _ => format!("not valid JSON (error at column {})", e.column()),
+    })?;
+    let serde_json::Value::Object(map) = value else {
+        return Err("not a JSON object".into());
+    };
+    let mut by_key: HashMap<String, &serde_json::Value> = HashMap::with_capacity(map.len());
+    for (k, v) in &map {
+        by_key.insert(k.trim().to_lowercase(), v);
+    }
+    for (slot, key) in out.iter_mut().zip(keys) {
+        let Some(v) = by_key.get(key.as_str()) else { continue };
+        *slot = match v {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Bool(b) => Some(b.to_string()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => return Err(format!("field {key}: not a scalar value")),
+        };
+    }
+    Ok(())
+}
+
+/// One cell of input as the validator sees it.
+enum Cell<'a> {
+    Absent,
+    Text(&'a str),
+    NotUtf8,
+    TooLong,
+}
+
+fn validate_row<'c>(
+    schema: &Schema,
+    kind: &Kind,
+    mapping: &Mapping,
+    get: impl Fn(Option<usize>) -> Cell<'c>,
+    row: &mut Row,
+    issues: &mut Vec<Issue>,
+) {
+    let line = row.line;
+    let quarantine = |field: &str, reason: String, issues: &mut Vec<Issue>| {
+        issues.push(Issue { line, field: field.to_string(), reason, action: Action::RowQuarantined });
+    };
+
+    // Identity fields: normalize; a required one that fails quarantines the row,
+    // an optional one that is present but unusable is dropped with a note.
+    for (i, f) in schema.identity.iter().enumerate() {
+        let text = match get(mapping.identity[i]) {
+            Cell::Absent => "",
+            Cell::Text(s) => s,
+            Cell::NotUtf8 => {
+                quarantine(&f.name, "not valid UTF-8".into(), issues);
+                continue;
+            }
+            Cell::TooLong => {
+                quarantine(&f.name, format!("longer than {MAX_FIELD_BYTES} bytes"), issues);
+                continue;
+            }
+        };
+        let result = normalize::normalize(f.norm, text, row.identity.slot(i));
+        match result {
+            Ok(()) => row.identity.set_present(i, true),
+            Err(NormError::Empty) if !f.required => {}
+            Err(NormError::Empty) => quarantine(&f.name, "missing".into(), issues),
+            Err(e) if f.required => quarantine(&f.name, e.to_string(), issues),
+            Err(e) => {
+                issues.push(Issue { line, field: f.name.clone(), reason: e.to_string(), action: Action::ValueDropped })
+            }
+        }
+    }
+    if let Some(b) = schema.birth_date_field() {
+        row.birth_date = row.identity.get(b).and_then(|s| normalize::parse_date(s).ok());
+    }
+
+    for (i, f) in kind.fields.iter().enumerate() {
+        let text = match get(mapping.fields[i]) {
+            Cell::Absent => "",
+            Cell::Text(s) => s.trim(),
+            Cell::NotUtf8 => {
+                quarantine(&f.name, "not valid UTF-8".into(), issues);
+                continue;
+            }
+            Cell::TooLong => {
+                quarantine(&f.name, format!("longer than {MAX_FIELD_BYTES} bytes"), issues);
+                continue;
+            }
+        };
+        if text.is_empty() {
+            if f.required {
+                quarantine(&f.name, "missing".into(), issues);
+            }
+            continue;
+        }
+        if i == kind.record_id {
+            row.record_id.push_str(text);
+        }
+        match parse_value(&f.ty, text) {
+            Ok(v) => row.values[i] = v,
+            Err(reason) => quarantine(&f.name, reason, issues),
+        }
+    }
+
+    // Age at the event must be plausible: a date of birth after the event,
+    // or more than 120 years before it, is a recording error.
+    if let (Some(b), Some(dob), Some(event)) = (schema.birth_date_field(), row.birth_date, row.event_date(kind)) {
+        let name = &schema.identity[b].name;
+        if dob > event {
+            quarantine(name, format!("after the event date ({})", kind.fields[kind.event_date].name), issues);
+        } else if age_at(dob, event) > MAX_AGE_YEARS {
+            quarantine(name, format!("implausible: more than {MAX_AGE_YEARS} years before the event"), issues);
+        }
+    }
+}
+
+/// Whole years from `dob` to `at` (0 if `at` is before `dob`).
+pub fn age_at(dob: Date, at: Date) -> i32 {
+    let mut years = at.year() - dob.year();
+    if (at.month() as u8, at.day()) < (dob.month() as u8, dob.day()) {
+        years -= 1;
+    }
+    years.max(0)
+}
+
+/// Parse a non-identity value by its declared type. The reason never includes the value.
+fn parse_value(ty: &FieldType, text: &str) -> Result<Option<Value>, String> {
+    match ty {
+        FieldType::String { safe } => Ok(safe.then(|| Value::Str(text.to_string()))),
+        FieldType::Date => {
+            let d = normalize::parse_date(text).map_err(|e| e.to_string())?;
+            if d.year() < 1900 || d.year() > 2099 {
+                return Err("implausible date (before 1900 or after 2099)".into());
+            }
+            Ok(Some(Value::Date(d)))
+        }
+        FieldType::Enum(e) => match e.resolve(text) {
+            Some(i) => Ok(Some(Value::Enum(i))),
+            None => Err(format!("not one of {}", e.values.join(", "))),
+        },
+        FieldType::Bool => {
+            parse_bool(text).map(|b| Some(Value::Bool(b))).ok_or_else(|| "not a yes/no value".to_string())
+        }
+        FieldType::Integer { min, max } => {
+            let n: i64 = text.parse().map_err(|_| "not a whole number".to_string())?;
+            if min.is_some_and(|m| n < m) || max.is_some_and(|m| n > m) {
+                return Err(format!(
+                    "out of range ({}..{})",
+                    min.map_or(String::new(), |m| m.to_string()),
+                    max.map_or(String::new(), |m| m.to_string())
+                ));
+            }
+            Ok(Some(Value::Int(n)))
+        }
+    }
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    const TRUE: [&str; 5] = ["true", "yes", "y", "1", "t"];
+    const FALSE: [&str; 5] = ["false", "no", "n", "0", "f"];
+    if TRUE.iter().any(|t| text.eq_ignore_ascii_case(t)) {
+        Some(true)
+    } else if FALSE.iter().any(|t| text.eq_ignore_ascii_case(t)) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Schema {
+        Schema::default_schema().unwrap()
+    }
+
+    /// Run a whole input; returns (accepted lines, issues) or the file error.
+    fn run(kind: &str, format: Format, input: &[u8]) -> Result<(Vec<u64>, Vec<Issue>), IngestError> {
+        let schema = schema();
+        let kind = schema.kind(kind).unwrap();
+        let mut r = Reader::new(&schema, kind, format, input)?;
+        let mut row = Row::new(&schema, kind);
+        let mut issues = Vec::new();
+        let mut accepted = Vec::new();
+        while let Some(o) = r.next_row(&mut row, &mut issues)? {
+            if o == Outcome::Accepted {
+                accepted.push(row.line);
+            }
+        }
+        Ok((accepted, issues))
+    }
+
+    const ARREST_HEADER: &str = "Arrest_ID,LAST_NAME,first_name,DOB,sex,arrest_date,warrant,violent,felony\n";
+
+    #[test]
+    fn csv_with_bom_crlf_quotes_and_aliases() {
+        let input = format!(
+            "\u{feff}{}A1,\"O'Brien, Jr.\",Bill,3/14/1980,M,2019-03-04T10:22:00,Y,n,0\r\nA2,Smith,\"Ann\nMarie\",1990-01-02,f,1/5/2020 10:22,no,no,yes\r\n",
+            ARREST_HEADER.replace('\n', "\r\n")
+        );
+        let (accepted, issues) = run("arrest", Format::Csv, input.as_bytes()).unwrap();
+        assert_eq!(accepted, vec![2, 3], "{issues:?}");
+        assert!(issues.is_empty());
+    }
+
+    #[test]
+    fn bad_rows_are_quarantined_with_line_field_reason_never_value() {
+        let input = format!(
+            "{ARREST_HEADER}A1,Smith,Ann,13/45/1980,M,2019-03-04,y,n,n\nA2,Smith,Ann,1980-01-01,M,2019-03-04,maybe,n,n\nA3,Smith,Ann,1980-01-01,M\nA4,,Ann,1980-01-01,M,2019-03-04,y,n,n\nA5,Secretname,Ann,2020-01-01,M,2019-03-04,y,n,n\nA6,Smith,Ann,1980-01-01,Q,2019-03-04,y,n,n\n"
+        );
+        let (accepted, issues) = run("arrest", Format::Csv, input.as_bytes()).unwrap();
+        assert_eq!(accepted, vec![7], "the unknown sex code is dropped, the row kept: {issues:?}");
+        let find = |line: u64| issues.iter().find(|i| i.line == line).unwrap();
+        assert_eq!(find(2).field, "dob");
+        assert_eq!(find(3).field, "warrant");
+        assert_eq!(find(4).field, "-");
+        assert_eq!((find(5).field.as_str(), find(5).reason.as_str()), ("family_name", "missing"));
+        assert!(find(6).reason.contains("after the event date"));
+        assert_eq!(find(7).action, Action::ValueDropped);
+        for i in &issues {
+            for secret in ["Secretname", "13/45/1980", "maybe", "Smith", "Q"] {
+                assert!(!i.reason.contains(secret) && !i.field.contains(secret), "{i:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn missing_required_columns_refuse_the_file_naming_them() {
+        let err = run("arrest", Format::Csv, b"arrest_id,given_name,arrest_date\nA1,Ann,2019-01-01\n").unwrap_err();
+        let msg = err.to_string();
+        for col in ["family_name", "dob", "warrant", "violent", "felony"] {
+            assert!(msg.contains(col), "{msg}");
+        }
+        assert!(!msg.contains("sex"), "sex is optional: {msg}");
+    }
+
+    #[test]
+    fn malformed_files_are_clear_errors() {
+        assert!(matches!(run("arrest", Format::Csv, b""), Err(IngestError::Empty)));
+        assert!(matches!(run("arrest", Format::Csv, b"\xff\xfe,a\n"), Err(IngestError::HeaderNotUtf8)));
+        let unbalanced = format!("{ARREST_HEADER}A1,\"Smith,Ann,1980-01-01,M,2019-03-04,y,n,n\nA2,Lee,Bo,1980-01-01,M,2019-03-04,y,n,n\nA3,Lee,Bo,1980-01-01,M,2019-03-04,y,n,n\n");
+        assert!(matches!(
+            run("arrest", Format::Csv, unbalanced.as_bytes()),
+            Err(IngestError::UnbalancedQuote { line: 2, .. })
+        ));
+        let dup = "arrest_id,family_name,last_name,given_name,dob,arrest_date,warrant,violent,felony\n";
+        assert!(matches!(run("arrest", Format::Csv, dup.as_bytes()), Err(IngestError::DuplicateColumn { .. })));
+        let huge = format!("{ARREST_HEADER}A1,{},Ann,1980-01-01,M,2019-03-04,y,n,n\n", "x".repeat(MAX_FIELD_BYTES + 1));
+        let (acc, issues) = run("arrest", Format::Csv, huge.as_bytes()).unwrap();
+        assert!(acc.is_empty() && issues[0].reason.contains("longer than"));
+        let bad_utf8 = [ARREST_HEADER.as_bytes(), b"A1,Sm\xffth,Ann,1980-01-01,M,2019-03-04,y,n,n\n"].concat();
+        let (acc, issues) = run("arrest", Format::Csv, &bad_utf8).unwrap();
+        assert!(acc.is_empty() && issues[0].reason == "not valid UTF-8");
+    }
+
+    #[test]
+    fn json_lines() {
+        let input = br#"{"arrest_id":"A1","family_name":"Lee","given_name":"Bo","dob":"1980-01-01","arrest_date":"2019-03-04","warrant":true,"violent":false,"felony":"no"}
+
+{"arrest_id":"A2","family_name":"Lee"}
+not json
+[1,2]
+{"arrest_id":"A3","family_name":"Lee","given_name":"Bo","dob":"1980-01-01","arrest_date":"2019-03-04","warrant":true,"violent":false,"felony":{"x":1}}
+"#;
+        let (accepted, issues) = run("arrest", Format::JsonLines, input).unwrap();
+        assert_eq!(accepted, vec![1]);
+        let lines: Vec<u64> = issues.iter().map(|i| i.line).collect();
+        assert!(lines.contains(&3) && lines.contains(&4) && lines.contains(&5) && lines.contains(&6), "{issues:?}");
+    }
+
+    #[test]
+    fn line_numbers_count_physical_lines_whatever_the_line_ends() {
+        for nl in ["\n", "\r\n", "\r"] {
+            let rows = [
+                ARREST_HEADER.trim_end(),
+                "",
+                "A1,Lee,Bo,1980-01-01,M,2019-03-04,y,n,n",
+                "   ",
+                "A2,\"Lee",
+                "Jr\",Bo,1980-01-01,M,2019-03-04,y,n,n",
+                "A3,Lee,Bo,1980-01-01,M,2019-03-04,y,n,n",
+            ];
+            let text = rows.join(nl);
+            for input in [text.clone(), format!("{text}{nl}")] {
+                let (accepted, issues) = run("arrest", Format::Csv, input.as_bytes()).unwrap();
+                assert_eq!(accepted, vec![3, 5, 7], "line end {nl:?}: {issues:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn ages() {
+        let d = |y, m, dd| Date::from_calendar_date(y, time::Month::try_from(m).unwrap(), dd).unwrap();
+        assert_eq!(age_at(d(1980, 3, 14), d(2019, 3, 13)), 38);
+        assert_eq!(age_at(d(1980, 3, 14), d(2019, 3, 14)), 39);
+        assert_eq!(age_at(d(2000, 2, 29), d(2001, 2, 28)), 0);
+    }
+}

@@ -1,0 +1,238 @@
+//! Street addresses, places (cities, counties, birthplaces) and postal codes.
+//!
+//! Addresses and places: lowercase ASCII words (letters and digits) joined by
+//! single spaces; apostrophes join (`O'Connor` → `oconnor`), every other
+//! punctuation character separates.
+//!
+//! Addresses additionally use the USPS standard abbreviations for street
+//! suffixes (`street`→`st`, `avenue`→`ave`, ...), directionals (`north`→`n`,
+//! `northeast`→`ne`, ...), and a single secondary-unit designator: `apartment`,
+//! `apt`, `unit`, `suite`, `ste` and `#` all become `apt`, and repeated
+//! designators collapse (`Apt #4` → `apt 4`). `P.O. Box`, `PO Box` and
+//! `Post Office Box` become `po box`. `saint`/`fort`/`mount` become
+//! `st`/`ft`/`mt`, as in places.
+//!
+//! Places: only `saint`→`st`, `fort`→`ft`, `mount`→`mt`.
+//!
+//! Postal codes: letters and digits, uppercase; if the result is 5 or 9 digits
+//! (a US ZIP or ZIP+4, with or without the hyphen) only the 5-digit ZIP is
+//! kept.
+
+use super::words::{key_bytes, push_alnum, Key, Words};
+
+/// Address abbreviation for a word key, if any.
+fn address_abbrev(key: &[u8]) -> Option<&'static str> {
+    Some(match key {
+        b"street" | b"str" | b"strt" => "st",
+        b"avenue" | b"av" | b"aven" | b"avenu" | b"avn" | b"avnue" => "ave",
+        b"road" => "rd",
+        b"boulevard" | b"boul" | b"boulv" => "blvd",
+        b"drive" | b"driv" | b"drv" => "dr",
+        b"lane" => "ln",
+        b"court" => "ct",
+        b"place" => "pl",
+        b"terrace" | b"terr" => "ter",
+        b"circle" | b"circ" | b"crcl" => "cir",
+        b"highway" | b"hiway" | b"hiwy" | b"highwy" => "hwy",
+        b"parkway" | b"parkwy" | b"pkway" | b"pky" => "pkwy",
+        b"square" | b"sqr" => "sq",
+        b"trail" | b"trails" => "trl",
+        b"expressway" | b"expy" | b"expw" => "expy",
+        b"freeway" | b"frwy" => "fwy",
+        b"center" | b"centre" | b"cntr" | b"cent" => "ctr",
+        b"heights" => "hts",
+        b"crossing" | b"crssng" => "xing",
+        b"plaza" | b"plza" => "plz",
+        b"alley" | b"ally" => "aly",
+        b"point" => "pt",
+        b"route" => "rte",
+        b"turnpike" | b"trnpk" => "tpke",
+        b"junction" => "jct",
+        b"mountain" => "mtn",
+        b"mount" => "mt",
+        b"fort" => "ft",
+        b"saint" => "st",
+        b"north" => "n",
+        b"south" => "s",
+        b"east" => "e",
+        b"west" => "w",
+        b"northeast" => "ne",
+        b"northwest" => "nw",
+        b"southeast" => "se",
+        b"southwest" => "sw",
+        b"apartment" | b"apt" | b"unit" | b"suite" | b"ste" | b"#" => "apt",
+        b"building" | b"bldg" => "bldg",
+        b"floor" => "fl",
+        b"room" => "rm",
+        b"department" => "dept",
+        _ => return None,
+    })
+}
+
+/// Place abbreviation for a word key, if any.
+fn place_abbrev(key: &[u8]) -> Option<&'static str> {
+    Some(match key {
+        b"saint" => "st",
+        b"fort" => "ft",
+        b"mount" => "mt",
+        _ => return None,
+    })
+}
+
+fn push_word(out: &mut String, w: &str) {
+    if !out.is_empty() {
+        out.push(' ');
+    }
+    out.push_str(w);
+}
+
+/// Address of ASCII input; leaves `out` empty when nothing remains.
+pub(crate) fn address(s: &[u8], out: &mut String) {
+    let mut words = Words::with_hash(s);
+    let mut last_was_apt = false;
+    while let Some(w) = words.next() {
+        let k = Key::of_unquoted(w.bytes);
+        let k = key_bytes(&k);
+        if !w.bytes.iter().any(|&b| b.is_ascii_alphanumeric() || b == b'#') {
+            continue; // only apostrophes
+        }
+        // P.O. Box / Post Office Box → po box
+        if k == b"p" || k == b"post" {
+            let second: &[u8] = if k == b"p" { b"o" } else { b"office" };
+            let mut ahead = words.clone();
+            if let (Some(o), Some(b)) = (ahead.next(), ahead.next()) {
+                if key_bytes(&Key::of_unquoted(o.bytes)) == second && key_bytes(&Key::of_unquoted(b.bytes)) == b"box" {
+                    words.next();
+                    push_word(out, "po");
+                    last_was_apt = false;
+                    continue;
+                }
+            }
+        }
+        match address_abbrev(k) {
+            Some("apt") => {
+                if !last_was_apt {
+                    push_word(out, "apt");
+                }
+                last_was_apt = true;
+            }
+            Some(a) => {
+                push_word(out, a);
+                last_was_apt = false;
+            }
+            None => {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                push_alnum(w.bytes, out);
+                last_was_apt = false;
+            }
+        }
+    }
+}
+
+/// Place of ASCII input; leaves `out` empty when nothing remains.
+pub(crate) fn place(s: &[u8], out: &mut String) {
+    for w in Words::new(s) {
+        if !w.bytes.iter().any(u8::is_ascii_alphanumeric) {
+            continue;
+        }
+        let k = Key::of_unquoted(w.bytes);
+        match place_abbrev(key_bytes(&k)) {
+            Some(a) => push_word(out, a),
+            None => {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                push_alnum(w.bytes, out);
+            }
+        }
+    }
+}
+
+/// Postal code of ASCII input; leaves `out` empty when nothing remains.
+pub(crate) fn postal(s: &[u8], out: &mut String) {
+    for &b in s {
+        if b.is_ascii_alphanumeric() {
+            out.push(b.to_ascii_uppercase() as char);
+        }
+    }
+    if (out.len() == 5 || out.len() == 9) && out.bytes().all(|b| b.is_ascii_digit()) {
+        out.truncate(5);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{normalize, NormError, NormKind};
+
+    fn norm(kind: NormKind, s: &str) -> Result<String, NormError> {
+        let mut out = String::new();
+        normalize(kind, s, &mut out).map(|()| out)
+    }
+
+    fn addr(s: &str) -> String {
+        norm(NormKind::Address, s).unwrap()
+    }
+
+    #[test]
+    fn addresses() {
+        for v in [
+            "123 North Main Street, Apartment 4",
+            "123 N. Main St. Apt. 4",
+            "123 N MAIN ST #4",
+            "123 n main st apt #4",
+            "123 N Main St, Unit 4",
+            "123 N Main St Suite 4",
+            "123  N  Main   St  Ste 4",
+            "123 N. Main St., # 4",
+        ] {
+            assert_eq!(addr(v), "123 n main st apt 4", "{v}");
+        }
+        assert_eq!(addr("45 Martin Luther King Jr. Boulevard"), "45 martin luther king jr blvd");
+        assert_eq!(addr("9 O'Connor Avenue"), "9 oconnor ave");
+        assert_eq!(addr("9 Elm St're'et"), "9 elm st");
+        assert_eq!(addr("1 Saint Paul Road"), "1 st paul rd");
+        assert_eq!(addr("77 Southwest Elm Lane"), "77 sw elm ln");
+        assert_eq!(addr("P.O. Box 12"), "po box 12");
+        assert_eq!(addr("PO Box 12"), "po box 12");
+        assert_eq!(addr("Post Office Box 12"), "po box 12");
+        assert_eq!(addr("p o"), "p o");
+        assert_eq!(addr("1 Rue de l'Église"), "1 rue de leglise");
+        assert_eq!(addr("12-B Court Place"), "12 b ct pl");
+        assert_eq!(addr("#"), "apt");
+        assert_eq!(norm(NormKind::Address, " ,. "), Err(NormError::Empty));
+    }
+
+    #[test]
+    fn places() {
+        let p = |s| norm(NormKind::Place, s).unwrap();
+        assert_eq!(p("Saint Louis"), "st louis");
+        assert_eq!(p("St. Louis"), "st louis");
+        assert_eq!(p("ST LOUIS"), "st louis");
+        assert_eq!(p("Fort Worth"), "ft worth");
+        assert_eq!(p("Ft. Worth"), "ft worth");
+        assert_eq!(p("Mount Vernon"), "mt vernon");
+        assert_eq!(p("Mt Vernon"), "mt vernon");
+        assert_eq!(p("Winston-Salem"), "winston salem");
+        assert_eq!(p("Coeur d'Alene"), "coeur dalene");
+        assert_eq!(p("San José"), "san jose");
+        assert_eq!(p("  Los   Angeles  "), "los angeles");
+        assert_eq!(p("Street"), "street");
+        assert_eq!(norm(NormKind::Place, "--"), Err(NormError::Empty));
+    }
+
+    #[test]
+    fn postal_codes() {
+        let p = |s| norm(NormKind::PostalCode, s);
+        assert_eq!(p("02134").as_deref(), Ok("02134"));
+        assert_eq!(p(" 02134-1234 ").as_deref(), Ok("02134"));
+        assert_eq!(p("021341234").as_deref(), Ok("02134"));
+        assert_eq!(p("02134 1234").as_deref(), Ok("02134"));
+        assert_eq!(p("k1a 0b1").as_deref(), Ok("K1A0B1"));
+        assert_eq!(p("SW1A 1AA").as_deref(), Ok("SW1A1AA"));
+        assert_eq!(p("1234").as_deref(), Ok("1234"));
+        assert_eq!(p("12345678").as_deref(), Ok("12345678"));
+        assert_eq!(p(" - "), Err(NormError::Empty));
+    }
+}

@@ -1,0 +1,327 @@
+//! Given and family names: canonical form is lowercase `a-z` only.
+//!
+//! Both rules split the (ASCII or folded) input into words (see `words`):
+//! apostrophes join (`O'Brien` → `obrien`), every other non-alphanumeric
+//! character separates, and digits are dropped from the output.
+//!
+//! **Titles** (`mr mrs ms mx miss dr rev revd prof hon fr sr`) are removed
+//! only at the start of the field (`Dr. Rev. Smith` → `smith`).
+//! **Generational suffixes** (`jr jnr sr snr ii iii iv v 2nd 3rd 4th esq`)
+//! are removed wherever they stand as words (`Garcia, Jr.` → `garcia`).
+//! If removing titles and suffixes would leave nothing, nothing is removed
+//! (a family name that is literally `Hon` stays `hon`). A word containing an
+//! apostrophe is never a title or suffix (`M'iss` is part of a name).
+//!
+//! **Family names**: all remaining words joined (`De La Cruz` → `delacruz`,
+//! `Smith-Jones` = `Smith Jones` = `SmithJones`); the word `saint` is written
+//! `st` (`Saint John` = `St. John` → `stjohn`).
+//!
+//! **Given names**: only the first remaining word is kept, together with the
+//! words hyphen-joined to it: `John Quincy` → `john`, `John Q.` → `john`,
+//! but `Mary-Ann` → `maryann` (= `MaryAnn`). Consequence: `Mary Ann` →
+//! `mary`, which does not agree with `Mary-Ann`; a space is read as "middle
+//! name follows", a hyphen as "one compound name". The result is then mapped
+//! through the nickname table (`Billy` → `william`).
+
+use super::nicknames;
+use super::words::{has_letter, key_bytes, push_letters, Key, Words};
+
+/// Leading titles (removed only at the start of the field).
+fn is_title(key: &[u8]) -> bool {
+    matches!(
+        key,
+        b"mr" | b"mrs" | b"ms" | b"mx" | b"miss" | b"dr" | b"rev" | b"revd" | b"prof" | b"hon" | b"fr" | b"sr"
+    )
+}
+
+/// Generational and honorific suffixes (removed anywhere).
+fn is_suffix(key: &[u8]) -> bool {
+    matches!(key, b"jr" | b"jnr" | b"sr" | b"snr" | b"ii" | b"iii" | b"iv" | b"v" | b"2nd" | b"3rd" | b"4th" | b"esq")
+}
+
+/// Whether a word would be removed as a title or suffix in some position.
+/// Used by tests that generate name variants.
+#[cfg(test)]
+pub(crate) fn is_affix_word(word: &str) -> bool {
+    let k = Key::of(word.as_bytes());
+    let k = key_bytes(&k);
+    is_title(k) || is_suffix(k)
+}
+
+/// Family name of ASCII input; leaves `out` empty when nothing remains.
+pub(crate) fn family(s: &[u8], out: &mut String) {
+    let mut leading = true;
+    for w in Words::new(s) {
+        let k = Key::of(w.bytes);
+        let k = key_bytes(&k);
+        if leading && is_title(k) {
+            continue;
+        }
+        if !has_letter(w.bytes) {
+            continue;
+        }
+        leading = false;
+        if is_suffix(k) {
+            continue;
+        }
+        if k == b"saint" {
+            out.push_str("st");
+        } else {
+            push_letters(w.bytes, out);
+        }
+    }
+    if out.is_empty() {
+        // Everything was a title or suffix: keep it all rather than lose the field.
+        for w in Words::new(s) {
+            push_letters(w.bytes, out);
+        }
+    }
+}
+
+/// Given name of ASCII input, nickname-mapped; leaves `out` empty when
+/// nothing remains.
+pub(crate) fn given(s: &[u8], out: &mut String) {
+    select_given(s, true, out);
+    if out.is_empty() {
+        select_given(s, false, out);
+    }
+    if let Some(canonical) = nicknames::canonical(out) {
+        out.clear();
+        out.push_str(canonical);
+    }
+}
+
+/// First word (after titles, skipping suffixes when `strip`) plus the words
+/// hyphen-joined to it.
+fn select_given(s: &[u8], strip: bool, out: &mut String) {
+    let mut leading = true;
+    let mut started = false;
+    for w in Words::new(s) {
+        let k = Key::of(w.bytes);
+        let k = key_bytes(&k);
+        if started {
+            if !w.hyphen_before {
+                break;
+            }
+            if !(strip && is_suffix(k)) {
+                push_letters(w.bytes, out);
+            }
+            continue;
+        }
+        if strip && leading && is_title(k) {
+            continue;
+        }
+        if !has_letter(w.bytes) {
+            continue;
+        }
+        leading = false;
+        if strip && is_suffix(k) {
+            continue;
+        }
+        push_letters(w.bytes, out);
+        started = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{normalize, NormError, NormKind};
+
+    fn given(s: &str) -> String {
+        let mut out = String::new();
+        normalize(NormKind::GivenName, s, &mut out).map(|()| out).unwrap()
+    }
+
+    fn family(s: &str) -> String {
+        let mut out = String::new();
+        normalize(NormKind::FamilyName, s, &mut out).map(|()| out).unwrap()
+    }
+
+    #[test]
+    fn diacritics() {
+        assert_eq!(family("Muñoz"), "munoz");
+        assert_eq!(given("José"), "jose");
+        assert_eq!(family("Nguyễn"), "nguyen");
+        assert_eq!(family("NGUYỄN"), "nguyen");
+        assert_eq!(family("Müller"), "muller");
+        assert_eq!(family("Strauß"), "strauss");
+        assert_eq!(family("Søren\u{AD}sen"), "sorensen");
+        assert_eq!(family("Wałęsa"), "walesa");
+        assert_eq!(family("Đỗ"), "do");
+        assert_eq!(family("Ægir"), "aegir");
+        assert_eq!(family("Şahin"), "sahin");
+        assert_eq!(family("Иванов"), "ivanov");
+    }
+
+    #[test]
+    fn punctuation_and_spacing() {
+        for v in ["O'Brien", "OBRIEN", "o brien", "O\u{2019}Brien", "o'brien ", "O. Brien"] {
+            assert_eq!(family(v), "obrien", "{v}");
+        }
+        for v in ["Smith-Jones", "Smith Jones", "SmithJones", "smith \u{2013} jones"] {
+            assert_eq!(family(v), "smithjones", "{v}");
+        }
+        assert_eq!(family("De La Cruz"), "delacruz");
+        assert_eq!(family("de la cruz"), "delacruz");
+        assert_eq!(family("DeLaCruz"), "delacruz");
+        assert_eq!(family("Saint John"), "stjohn");
+        assert_eq!(family("St. John"), "stjohn");
+        assert_eq!(family("Smith2"), "smith");
+    }
+
+    #[test]
+    fn suffixes() {
+        for v in [
+            "Garcia, Jr.",
+            "Garcia Jr",
+            "GARCIA JR.",
+            "Garcia Sr.",
+            "Garcia III",
+            "Garcia, II",
+            "Garcia IV",
+            "Garcia V",
+            "Garcia 2nd",
+            "Garcia 3rd",
+            "Garcia, Esq.",
+            "Garcia Jr., Esq.",
+        ] {
+            assert_eq!(family(v), "garcia", "{v}");
+        }
+        assert_eq!(given("John Jr."), "john");
+        assert_eq!(given("Jr. John"), "john");
+        // the only word is never removed
+        assert_eq!(family("Jr"), "jr");
+        assert_eq!(family("V"), "v");
+        assert_eq!(given("V"), "v");
+    }
+
+    #[test]
+    fn titles() {
+        for v in ["Mr. John", "Mr John", "MR. JOHN", "Dr. John", "Rev Dr John", "Prof. John"] {
+            assert_eq!(given(v), "john", "{v}");
+        }
+        assert_eq!(given("Sr. Mary"), "mary");
+        assert_eq!(given("Miss Jane"), "jane");
+        assert_eq!(given("Mrs. Jane"), "jane");
+        assert_eq!(given("Hon. Jane"), "jane");
+        assert_eq!(family("Dr. Smith"), "smith");
+        // not at the start: not a title
+        assert_eq!(family("Smith Hon"), "smithhon");
+        assert_eq!(family("Hon"), "hon");
+        assert_eq!(given("Miss"), "miss");
+    }
+
+    #[test]
+    fn given_name_words() {
+        assert_eq!(given("John Quincy"), "john");
+        assert_eq!(given("John Q."), "john");
+        assert_eq!(given("Mary-Ann"), "maryann");
+        assert_eq!(given("Mary - Ann"), "maryann");
+        assert_eq!(given("MaryAnn"), "maryann");
+        assert_eq!(given("Mary Ann"), "mary");
+        assert_eq!(given("Jean-Pierre Luc"), "jeanpierre");
+        assert_eq!(given("D'Andre"), "dandre");
+        assert_eq!(given("  ,John"), "john");
+        assert_eq!(given("123 John"), "john");
+    }
+
+    #[test]
+    fn nicknames() {
+        for (v, c) in [
+            ("Bill", "william"),
+            ("Billy", "william"),
+            ("will", "william"),
+            ("Bob", "robert"),
+            ("Bobby", "robert"),
+            ("Rob", "robert"),
+            ("Liz", "elizabeth"),
+            ("Beth", "elizabeth"),
+            ("Betty", "elizabeth"),
+            ("Eliza", "elizabeth"),
+            ("Mike", "michael"),
+            ("Mick", "michael"),
+            ("Jim", "james"),
+            ("Jimmy", "james"),
+            ("Jamie", "james"),
+            ("Kate", "katherine"),
+            ("Katie", "katherine"),
+            ("Kathy", "katherine"),
+            ("Catherine", "katherine"),
+            ("Kathryn", "katherine"),
+            ("Tony", "anthony"),
+            ("Joe", "joseph"),
+            ("Joey", "joseph"),
+            ("Dave", "david"),
+            ("Chris", "christopher"),
+            ("Jen", "jennifer"),
+            ("Jenny", "jennifer"),
+            ("Sue", "susan"),
+            ("Susie", "susan"),
+            ("Tom", "thomas"),
+            ("Tommy", "thomas"),
+            ("Dan", "daniel"),
+            ("Danny", "daniel"),
+            ("Rick", "richard"),
+            ("Rich", "richard"),
+            ("Dick", "richard"),
+            ("Pat", "patricia"),
+            ("Patty", "patricia"),
+            ("Peggy", "margaret"),
+            ("Maggie", "margaret"),
+            ("Meg", "margaret"),
+            ("Sandy", "sandra"),
+            ("Becky", "rebecca"),
+            ("Steve", "steven"),
+            ("Stephen", "steven"),
+            ("Matt", "matthew"),
+            ("Nick", "nicholas"),
+            ("Alex", "alexander"),
+            ("Sam", "samuel"),
+            ("Ben", "benjamin"),
+            ("Andy", "andrew"),
+            ("Drew", "andrew"),
+            ("Greg", "gregory"),
+            ("Larry", "lawrence"),
+            ("Jerry", "gerald"),
+            ("Ron", "ronald"),
+            ("Don", "donald"),
+            ("Ed", "edward"),
+            ("Eddie", "edward"),
+            ("Ted", "edward"),
+            ("Frank", "francis"),
+            ("Jack", "john"),
+            ("Johnny", "john"),
+            ("Josh", "joshua"),
+            ("Tim", "timothy"),
+            ("Ken", "kenneth"),
+            ("Vicky", "victoria"),
+            ("Debbie", "deborah"),
+            ("Cindy", "cynthia"),
+            ("Jackie", "jacqueline"),
+            ("Tina", "christina"),
+            ("Terry", "teresa"),
+            ("Angie", "angela"),
+            ("Barb", "barbara"),
+            ("Jess", "jessica"),
+            ("Mandy", "amanda"),
+            ("Abby", "abigail"),
+            ("Nate", "nathan"),
+            ("William", "william"),
+            ("Mr. Billy Bob", "william"),
+            ("Wm.", "william"),
+        ] {
+            assert_eq!(given(v), c, "{v}");
+        }
+        // nickname mapping is for given names only
+        assert_eq!(family("Bill"), "bill");
+    }
+
+    #[test]
+    fn empty() {
+        let mut out = String::from("stale");
+        for v in ["", "   ", "-", "'", "123", ".,;", "王", "😀"] {
+            assert_eq!(normalize(NormKind::GivenName, v, &mut out), Err(NormError::Empty), "{v:?}");
+            assert_eq!(normalize(NormKind::FamilyName, v, &mut out), Err(NormError::Empty), "{v:?}");
+        }
+    }
+}

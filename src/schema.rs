@@ -1,0 +1,836 @@
+//! The record schema: kinds, fields, identity fields, token schemes and the linkage rule — parsed from TOML in two stages (raw → validated), reporting every problem at once.
+//!
+//! Pure: no IO. `load` in `config` reads the file; this module turns text
+//! into a [`Schema`] or a list of [`Problem`]s, each naming its key.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::normalize::NormKind;
+
+/// The minimum estimated information, in bits, a token scheme must carry.
+/// Below it a token is open to frequency analysis: the steward could guess
+/// a common surname from how often its token occurs.
+pub const MIN_SCHEME_BITS: f64 = 24.0;
+
+/// At most this many schemes: the linkage rule enumerates subsets of them.
+pub const MAX_SCHEMES: usize = 16;
+
+/// Names a kind's released fields may not take, because the pseudonymizer adds them.
+pub const RESERVED_FIELD_NAMES: [&str; 7] = ["age", "source", "kind", "line", "epoch", "rid", "tokens"];
+
+/// One problem found in a config file: the key it is about and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem { key: key.into(), message: message.into() }
+}
+
+// ---------------------------------------------------------------------------
+// Raw form: exactly what the TOML says.
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchema {
+    version: u32,
+    #[serde(default)]
+    identity: BTreeMap<String, RawIdentity>,
+    #[serde(default)]
+    schemes: Vec<RawScheme>,
+    linkage: Option<RawLinkage>,
+    #[serde(default)]
+    kinds: BTreeMap<String, RawKind>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    normalize: NormKind,
+    #[serde(default)]
+    required: bool,
+    #[serde(default)]
+    columns: Vec<String>,
+    #[serde(default)]
+    release: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScheme {
+    name: String,
+    parts: Vec<String>,
+    #[serde(default)]
+    unordered: Vec<String>,
+    #[serde(default = "default_weight")]
+    weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLinkage {
+    threshold: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKind {
+    agency: Option<String>,
+    record_id: String,
+    event_date: String,
+    #[serde(default)]
+    fields: BTreeMap<String, RawField>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    #[serde(rename = "type")]
+    ty: RawType,
+    #[serde(default)]
+    required: bool,
+    #[serde(default)]
+    columns: Vec<String>,
+    #[serde(default)]
+    values: Vec<String>,
+    #[serde(default)]
+    aliases: BTreeMap<String, String>,
+    min: Option<i64>,
+    max: Option<i64>,
+    #[serde(default)]
+    safe: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawType {
+    String,
+    Date,
+    Enum,
+    Bool,
+    Integer,
+}
+
+// ---------------------------------------------------------------------------
+// Validated form.
+// ---------------------------------------------------------------------------
+
+/// A validated schema. Indices into `identity`, `schemes` and each kind's
+/// `fields` are stable for the life of the value.
+#[derive(Debug, Clone)]
+pub struct Schema {
+    pub identity: Vec<IdentityField>,
+    pub schemes: Vec<Scheme>,
+    pub linkage: LinkageRule,
+    pub kinds: Vec<Kind>,
+}
+
+/// A field that identifies a person: normalized, tokenized, then dropped.
+#[derive(Debug, Clone)]
+pub struct IdentityField {
+    pub name: String,
+    pub norm: NormKind,
+    pub required: bool,
+    /// Header names that map to this field, lower-case, the field's own name first.
+    pub columns: Vec<String>,
+    /// Released as a public category after tokenization (only `sex`).
+    pub release: bool,
+}
+
+/// A token scheme: which normalized identity parts are hashed together.
+#[derive(Debug, Clone)]
+pub struct Scheme {
+    pub name: String,
+    pub parts: Vec<Part>,
+    /// Positions in `parts` whose order does not matter (encoded sorted).
+    pub unordered: Vec<usize>,
+    pub weight: u32,
+}
+
+/// One part of a scheme: an identity field and a transform of its normalized value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Part {
+    pub field: usize,
+    pub transform: Transform,
+}
+
+/// A transform of a normalized identity value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transform {
+    Full,
+    Initial,
+    Prefix(u8),
+    Soundex,
+    Year,
+    Month,
+    Day,
+    YearMonth,
+}
+
+impl Transform {
+    fn parse(s: &str) -> Option<Transform> {
+        Some(match s {
+            "" | "full" => Transform::Full,
+            "initial" => Transform::Initial,
+            "soundex" => Transform::Soundex,
+            "year" => Transform::Year,
+            "month" => Transform::Month,
+            "day" => Transform::Day,
+            "year_month" => Transform::YearMonth,
+            _ => {
+                let n: u8 = s.strip_prefix("prefix")?.parse().ok()?;
+                if (1..=9).contains(&n) {
+                    Transform::Prefix(n)
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
+
+    fn is_date_part(self) -> bool {
+        matches!(self, Transform::Year | Transform::Month | Transform::Day | Transform::YearMonth)
+    }
+
+    fn is_text_part(self) -> bool {
+        matches!(self, Transform::Initial | Transform::Prefix(_) | Transform::Soundex)
+    }
+}
+
+/// Estimated information of a transformed part, in bits, for the frequency-analysis check.
+///
+/// These are deliberately rough, conservative figures for a US program
+/// population: a given name ≈ 9 bits (a few hundred common names), a family
+/// name ≈ 11, a date of birth ≈ 14 (about 40 birth years), a sex code 1.
+pub fn part_bits(norm: NormKind, t: Transform) -> f64 {
+    use NormKind::*;
+    let full = match norm {
+        GivenName => 9.0,
+        FamilyName => 11.0,
+        Date => 14.0,
+        Sex => 1.0,
+        Id => 24.0,
+        Address => 16.0,
+        PostalCode => 6.0,
+        Place => 4.0,
+    };
+    match t {
+        Transform::Full => full,
+        Transform::Initial => full.min(4.0),
+        Transform::Prefix(n) => full.min(1.5 + 2.5 * f64::from(n)),
+        Transform::Soundex => (full - 2.0).max(0.0),
+        Transform::Year => 5.5,
+        Transform::Month => 3.5,
+        Transform::Day => 5.0,
+        Transform::YearMonth => 9.0,
+    }
+}
+
+/// Which sets of agreeing schemes link two records.
+#[derive(Debug, Clone)]
+pub struct LinkageRule {
+    pub threshold: u32,
+    /// The minimal sets of scheme indices whose weights reach the threshold:
+    /// two records link when, for one of these sets, all its tokens agree.
+    pub qualifying: Vec<Vec<usize>>,
+}
+
+/// A record kind an agency exports.
+#[derive(Debug, Clone)]
+pub struct Kind {
+    pub name: String,
+    pub agency: Option<String>,
+    pub fields: Vec<Field>,
+    /// Index in `fields` of the agency's record id.
+    pub record_id: usize,
+    /// Index in `fields` of the date the record is about (a `Date` field).
+    pub event_date: usize,
+}
+
+impl Kind {
+    pub fn field_index(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f.name == name)
+    }
+}
+
+/// A non-identity field of a kind.
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub name: String,
+    pub ty: FieldType,
+    pub required: bool,
+    /// Header names that map to this field, lower-case, the field's own name first.
+    pub columns: Vec<String>,
+}
+
+impl Field {
+    /// Whether the field's value may leave the agency (free text only when marked safe).
+    pub fn released(&self) -> bool {
+        !matches!(self.ty, FieldType::String { safe: false })
+    }
+}
+
+/// A field's type and its constraints.
+#[derive(Debug, Clone)]
+pub enum FieldType {
+    String { safe: bool },
+    Date,
+    Enum(EnumType),
+    Bool,
+    Integer { min: Option<i64>, max: Option<i64> },
+}
+
+/// An enum's allowed values and the spellings that map to them.
+#[derive(Debug, Clone)]
+pub struct EnumType {
+    pub values: Vec<String>,
+    /// Lookup key (see [`enum_key`]) → index in `values`.
+    lookup: HashMap<String, u16>,
+}
+
+impl EnumType {
+    /// The index of the value `raw` names (case, spacing, `-`/`_` ignored), if any.
+    pub fn resolve(&self, raw: &str) -> Option<u16> {
+        self.lookup.get(&enum_key(raw)).copied()
+    }
+}
+
+/// The form enum spellings are compared in: lower case, `-`, `_` and runs of
+/// white space all as one `_`, trimmed.
+pub fn enum_key(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut pending_sep = false;
+    for c in raw.trim().chars() {
+        if c.is_whitespace() || c == '-' || c == '_' {
+            pending_sep = !out.is_empty();
+        } else {
+            if pending_sep {
+                out.push('_');
+                pending_sep = false;
+            }
+            out.extend(c.to_lowercase());
+        }
+    }
+    out
+}
+
+impl Schema {
+    /// Parse and validate schema TOML; on failure, every problem found.
+    pub fn from_toml(text: &str) -> Result<Schema, Vec<Problem>> {
+        let raw: RawSchema = toml::from_str(text).map_err(|e| vec![toml_problem(&e)])?;
+        validate(raw)
+    }
+
+    /// The shipped default schema (`config/schema.toml`).
+    pub fn default_schema() -> Result<Schema, Vec<Problem>> {
+        Schema::from_toml(DEFAULT_SCHEMA)
+    }
+
+    pub fn kind(&self, name: &str) -> Option<&Kind> {
+        self.kinds.iter().find(|k| k.name == name)
+    }
+
+    pub fn kind_names(&self) -> Vec<&str> {
+        self.kinds.iter().map(|k| k.name.as_str()).collect()
+    }
+
+    pub fn identity_index(&self, name: &str) -> Option<usize> {
+        self.identity.iter().position(|f| f.name == name)
+    }
+
+    /// The identity field normalized as a date of birth, if the schema has one
+    /// (its value becomes `age` at the event).
+    pub fn birth_date_field(&self) -> Option<usize> {
+        self.identity.iter().position(|f| f.norm == NormKind::Date)
+    }
+
+    pub fn scheme_index(&self, name: &str) -> Option<usize> {
+        self.schemes.iter().position(|s| s.name == name)
+    }
+}
+
+/// The text of `config/schema.toml`, compiled in so every command has a default.
+pub const DEFAULT_SCHEMA: &str = include_str!("../config/schema.toml");
+
+/// A TOML syntax or type error as one problem. toml's message carries the
+/// line and an excerpt; config files hold no identity values, so quoting is safe.
+pub fn toml_problem(e: &toml::de::Error) -> Problem {
+    problem("", e.to_string().trim_end().replace('\n', "\n    "))
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && s.as_bytes()[0].is_ascii_lowercase()
+}
+
+const NAME_RULE: &str = "names are 1-64 characters of a-z, 0-9 and _, starting with a letter";
+
+fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
+    let mut problems = Vec::new();
+    if raw.version != 1 {
+        problems.push(problem(
+            "version",
+            format!("unsupported schema version {}; this divert reads version 1", raw.version),
+        ));
+    }
+
+    // Identity fields.
+    let mut identity = Vec::new();
+    for (name, f) in &raw.identity {
+        let key = format!("identity.{name}");
+        if !valid_name(name) {
+            problems.push(problem(&key, NAME_RULE));
+        }
+        if f.release && f.normalize != NormKind::Sex {
+            problems.push(problem(
+                format!("{key}.release"),
+                "only a sex field may be released; releasing a name, date or id would defeat pseudonymization",
+            ));
+        }
+        identity.push(IdentityField {
+            name: name.clone(),
+            norm: f.normalize,
+            required: f.required,
+            columns: columns_of(name, &f.columns),
+            release: f.release,
+        });
+    }
+    if identity.is_empty() {
+        problems.push(problem("identity", "no identity fields: declare at least the fields the token schemes use"));
+    }
+    if identity.iter().filter(|f| f.norm == NormKind::Date).count() > 1 {
+        problems.push(problem(
+            "identity",
+            "more than one identity field is normalized as `date`; only one (the date of birth) is allowed",
+        ));
+    }
+    let id_index: HashMap<&str, usize> = identity.iter().enumerate().map(|(i, f)| (f.name.as_str(), i)).collect();
+
+    // Token schemes.
+    let mut schemes = Vec::new();
+    let mut seen_names = HashSet::new();
+    let mut seen_shapes: HashMap<(Vec<Part>, Vec<usize>), String> = HashMap::new();
+    if raw.schemes.len() > MAX_SCHEMES {
+        problems.push(problem("schemes", format!("{} schemes; at most {MAX_SCHEMES} are allowed", raw.schemes.len())));
+    }
+    if raw.schemes.is_empty() {
+        problems.push(problem("schemes", "no token schemes: records could never be linked"));
+    }
+    for (i, s) in raw.schemes.iter().enumerate() {
+        let key = format!("schemes[{i}] ({})", s.name);
+        if !valid_name(&s.name) {
+            problems.push(problem(&key, NAME_RULE));
+        }
+        if !seen_names.insert(s.name.clone()) {
+            problems.push(problem(&key, "duplicate scheme name"));
+        }
+        if s.weight == 0 || s.weight > 1000 {
+            problems.push(problem(format!("{key}.weight"), "weight must be 1 to 1000"));
+        }
+        let mut parts = Vec::new();
+        let mut ok = true;
+        for p in &s.parts {
+            let (field, transform) = p.split_once(':').unwrap_or((p.as_str(), ""));
+            let Some(&fi) = id_index.get(field) else {
+                problems.push(problem(format!("{key}.parts"), format!("`{field}` is not a declared identity field")));
+                ok = false;
+                continue;
+            };
+            let Some(t) = Transform::parse(transform) else {
+                problems.push(problem(
+                    format!("{key}.parts"),
+                    format!("`{transform}` is not a transform (full, initial, prefix1..prefix9, soundex, year, month, day, year_month)"),
+                ));
+                ok = false;
+                continue;
+            };
+            let norm = identity[fi].norm;
+            if t.is_date_part() && norm != NormKind::Date {
+                problems.push(problem(format!("{key}.parts"), format!("`{p}`: date parts apply only to date fields")));
+                ok = false;
+            }
+            if t.is_text_part() && matches!(norm, NormKind::Date | NormKind::Sex) {
+                problems.push(problem(
+                    format!("{key}.parts"),
+                    format!("`{p}`: this transform applies to text fields, not {norm:?}"),
+                ));
+                ok = false;
+            }
+            parts.push(Part { field: fi, transform: t });
+        }
+        if s.parts.is_empty() {
+            problems.push(problem(format!("{key}.parts"), "a scheme needs at least one part"));
+            ok = false;
+        }
+        let mut dedup = parts.clone();
+        dedup.sort_by_key(|p| (p.field, format!("{:?}", p.transform)));
+        dedup.dedup();
+        if dedup.len() != parts.len() {
+            problems.push(problem(format!("{key}.parts"), "the same part appears twice"));
+        }
+        let mut unordered = Vec::new();
+        for u in &s.unordered {
+            match s.parts.iter().position(|p| p.split_once(':').map_or(p.as_str(), |(f, _)| f) == u) {
+                Some(pos) => unordered.push(pos),
+                None => {
+                    problems
+                        .push(problem(format!("{key}.unordered"), format!("`{u}` is not one of this scheme's parts")));
+                    ok = false;
+                }
+            }
+        }
+        if !unordered.is_empty() && unordered.len() < 2 {
+            problems.push(problem(format!("{key}.unordered"), "name at least two parts whose order does not matter"));
+        }
+        if ok {
+            let bits: f64 = parts.iter().map(|p| part_bits(identity[p.field].norm, p.transform)).sum();
+            if bits < MIN_SCHEME_BITS {
+                problems.push(problem(
+                    format!("{key}.parts"),
+                    format!(
+                        "too little information: about {bits:.0} bits, at least {MIN_SCHEME_BITS:.0} needed; a token this coarse is open to frequency analysis (add a date of birth or another name part)"
+                    ),
+                ));
+            }
+            let shape = (parts.clone(), {
+                let mut u = unordered.clone();
+                u.sort_unstable();
+                u
+            });
+            if let Some(other) = seen_shapes.insert(shape, s.name.clone()) {
+                problems.push(problem(
+                    &key,
+                    format!("same parts as scheme `{other}`: the tokens would always agree together"),
+                ));
+            }
+        }
+        schemes.push(Scheme { name: s.name.clone(), parts, unordered, weight: s.weight });
+    }
+
+    // Linkage rule.
+    let threshold = match &raw.linkage {
+        Some(l) => l.threshold,
+        None => {
+            problems.push(problem("linkage", "missing [linkage] table with a `threshold`"));
+            0
+        }
+    };
+    let mut qualifying = Vec::new();
+    if threshold == 0 && raw.linkage.is_some() {
+        problems.push(problem("linkage.threshold", "must be at least 1"));
+    } else if threshold > 0 && schemes.len() <= MAX_SCHEMES {
+        qualifying = minimal_qualifying_sets(&schemes.iter().map(|s| s.weight).collect::<Vec<_>>(), threshold);
+        if qualifying.is_empty() && !schemes.is_empty() {
+            let total: u32 = schemes.iter().map(|s| s.weight).sum();
+            problems.push(problem(
+                "linkage.threshold",
+                format!(
+                    "{threshold} cannot be reached: all schemes together weigh {total}, so no records would ever link"
+                ),
+            ));
+        }
+    }
+
+    // Kinds.
+    let released_identity: Vec<&str> = identity.iter().filter(|f| f.release).map(|f| f.name.as_str()).collect();
+    let mut identity_claims: HashMap<&str, String> = HashMap::new();
+    for f in &identity {
+        for c in &f.columns {
+            if let Some(prev) = identity_claims.insert(c.as_str(), f.name.clone()) {
+                problems.push(problem(
+                    format!("identity.{}.columns", f.name),
+                    format!("header `{c}` is already claimed by `{prev}`"),
+                ));
+            }
+        }
+    }
+    let mut kinds = Vec::new();
+    if raw.kinds.is_empty() {
+        problems.push(problem("kinds", "no record kinds declared"));
+    }
+    for (kname, k) in &raw.kinds {
+        let key = format!("kinds.{kname}");
+        if !valid_name(kname) {
+            problems.push(problem(&key, NAME_RULE));
+        }
+        if let Some(a) = &k.agency {
+            if !valid_name(a) {
+                problems.push(problem(format!("{key}.agency"), NAME_RULE));
+            }
+        }
+        let mut fields = Vec::new();
+        for (fname, f) in &k.fields {
+            let fkey = format!("{key}.fields.{fname}");
+            if !valid_name(fname) {
+                problems.push(problem(&fkey, NAME_RULE));
+            }
+            if id_index.contains_key(fname.as_str()) {
+                problems.push(problem(&fkey, "has the name of an identity field"));
+            }
+            if RESERVED_FIELD_NAMES.contains(&fname.as_str()) || released_identity.contains(&fname.as_str()) {
+                problems.push(problem(&fkey, "this name is reserved for what the pseudonymizer adds"));
+            }
+            if f.ty != RawType::Enum && (!f.values.is_empty() || !f.aliases.is_empty()) {
+                problems.push(problem(&fkey, "`values` and `aliases` apply only to type = \"enum\""));
+            }
+            if f.ty != RawType::Integer && (f.min.is_some() || f.max.is_some()) {
+                problems.push(problem(&fkey, "`min` and `max` apply only to type = \"integer\""));
+            }
+            if f.ty != RawType::String && f.safe {
+                problems.push(problem(&fkey, "`safe` applies only to type = \"string\""));
+            }
+            let ty = match f.ty {
+                RawType::String => FieldType::String { safe: f.safe },
+                RawType::Date => FieldType::Date,
+                RawType::Bool => FieldType::Bool,
+                RawType::Integer => {
+                    if let (Some(lo), Some(hi)) = (f.min, f.max) {
+                        if lo > hi {
+                            problems.push(problem(&fkey, format!("min {lo} is above max {hi}")));
+                        }
+                    }
+                    FieldType::Integer { min: f.min, max: f.max }
+                }
+                RawType::Enum => FieldType::Enum(build_enum(&fkey, f, &mut problems)),
+            };
+            fields.push(Field {
+                name: fname.clone(),
+                ty,
+                required: f.required,
+                columns: columns_of(fname, &f.columns),
+            });
+        }
+        let record_id = fields.iter().position(|f| f.name == k.record_id);
+        match record_id {
+            None => problems
+                .push(problem(format!("{key}.record_id"), format!("`{}` is not a field of this kind", k.record_id))),
+            Some(i) => {
+                if !fields[i].required {
+                    problems.push(problem(
+                        format!("{key}.record_id"),
+                        format!("`{}` must be required = true", k.record_id),
+                    ));
+                }
+            }
+        }
+        let event_date = fields.iter().position(|f| f.name == k.event_date);
+        match event_date {
+            None => problems
+                .push(problem(format!("{key}.event_date"), format!("`{}` is not a field of this kind", k.event_date))),
+            Some(i) => {
+                if !matches!(fields[i].ty, FieldType::Date) || !fields[i].required {
+                    problems.push(problem(
+                        format!("{key}.event_date"),
+                        format!("`{}` must be a required date field", k.event_date),
+                    ));
+                }
+            }
+        }
+        // Two fields of one kind (identity included) may not claim the same header.
+        let mut claimed = identity_claims.clone();
+        for f in &fields {
+            for c in &f.columns {
+                if let Some(prev) = claimed.insert(c.as_str(), f.name.clone()) {
+                    problems.push(problem(
+                        format!("{key}.fields.{}.columns", f.name),
+                        format!("header `{c}` is already claimed by `{prev}`"),
+                    ));
+                }
+            }
+        }
+        kinds.push(Kind {
+            name: kname.clone(),
+            agency: k.agency.clone(),
+            fields,
+            record_id: record_id.unwrap_or(0),
+            event_date: event_date.unwrap_or(0),
+        });
+    }
+
+    if problems.is_empty() {
+        Ok(Schema { identity, schemes, linkage: LinkageRule { threshold, qualifying }, kinds })
+    } else {
+        Err(problems)
+    }
+}
+
+fn columns_of(name: &str, extra: &[String]) -> Vec<String> {
+    let mut cols = vec![name.to_ascii_lowercase()];
+    for c in extra {
+        let c = c.trim().to_lowercase();
+        if !cols.contains(&c) {
+            cols.push(c);
+        }
+    }
+    cols
+}
+
+fn build_enum(key: &str, f: &RawField, problems: &mut Vec<Problem>) -> EnumType {
+    let mut lookup = HashMap::new();
+    if f.values.is_empty() {
+        problems.push(problem(format!("{key}.values"), "an enum needs at least one value"));
+    }
+    if f.values.len() > usize::from(u16::MAX) {
+        problems.push(problem(format!("{key}.values"), "too many values"));
+    }
+    for (i, v) in f.values.iter().enumerate() {
+        if !valid_name(v) {
+            problems.push(problem(format!("{key}.values"), format!("`{v}`: {NAME_RULE}")));
+        }
+        if lookup.insert(enum_key(v), i as u16).is_some() {
+            problems.push(problem(format!("{key}.values"), format!("`{v}` appears twice")));
+        }
+    }
+    for (alias, target) in &f.aliases {
+        match f.values.iter().position(|v| v == target) {
+            None => problems.push(problem(
+                format!("{key}.aliases"),
+                format!("`{alias}` maps to `{target}`, which is not one of the values"),
+            )),
+            Some(i) => {
+                if let Some(prev) = lookup.insert(enum_key(alias), i as u16) {
+                    if usize::from(prev) != i {
+                        problems.push(problem(
+                            format!("{key}.aliases"),
+                            format!("`{alias}` is already a spelling of `{}`", f.values[usize::from(prev)]),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    EnumType { values: f.values.clone(), lookup }
+}
+
+/// Every minimal set of scheme indices whose weights sum to at least `threshold`.
+/// A set is minimal when dropping any member falls below the threshold.
+pub fn minimal_qualifying_sets(weights: &[u32], threshold: u32) -> Vec<Vec<usize>> {
+    let n = weights.len();
+    let mut out = Vec::new();
+    for mask in 1u32..(1u32 << n) {
+        let members: Vec<usize> = (0..n).filter(|i| mask & (1 << i) != 0).collect();
+        let sum: u64 = members.iter().map(|&i| u64::from(weights[i])).sum();
+        if sum < u64::from(threshold) {
+            continue;
+        }
+        let minimal = members.iter().all(|&i| sum - u64::from(weights[i]) < u64::from(threshold));
+        if minimal {
+            out.push(members);
+        }
+    }
+    out.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_schema_is_valid() {
+        let s = Schema::default_schema().unwrap_or_else(|p| panic!("{p:?}"));
+        for k in [
+            "referral",
+            "arrest",
+            "booking",
+            "charge",
+            "program_status",
+            "intake",
+            "plan",
+            "contact",
+            "service",
+            "monthly_status",
+            "episode",
+        ] {
+            assert!(s.kind(k).is_some(), "kind {k}");
+        }
+        assert!(s.birth_date_field().is_some());
+        // Every single-scheme set qualifies for the weight-10 schemes.
+        assert!(s.linkage.qualifying.iter().any(|q| q.len() == 1));
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let text = r#"
+version = 2
+[identity.given_name]
+normalize = "given_name"
+release = true
+[identity.family_name]
+normalize = "family_name"
+[[schemes]]
+name = "surname_only"
+parts = ["family_name"]
+[[schemes]]
+name = "bad"
+parts = ["nope", "given_name:wobble"]
+[linkage]
+threshold = 100
+[kinds.arrest]
+record_id = "missing"
+event_date = "arrest_date"
+[kinds.arrest.fields]
+arrest_date = { type = "string" }
+level = { type = "enum", values = ["felony"], aliases = { f = "fel" } }
+"#;
+        let problems = Schema::from_toml(text).unwrap_err();
+        let all: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let has = |needle: &str| all.iter().any(|p| p.contains(needle));
+        assert!(has("version: unsupported"), "{all:#?}");
+        assert!(has("identity.given_name.release"), "{all:#?}");
+        assert!(has("schemes[0] (surname_only).parts: too little information"), "{all:#?}");
+        assert!(has("`nope` is not a declared identity field"), "{all:#?}");
+        assert!(has("`wobble` is not a transform"), "{all:#?}");
+        assert!(has("linkage.threshold: 100 cannot be reached"), "{all:#?}");
+        assert!(has("kinds.arrest.record_id"), "{all:#?}");
+        assert!(has("kinds.arrest.event_date"), "{all:#?}");
+        assert!(has("kinds.arrest.fields.level.aliases"), "{all:#?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let text = Schema::default_schema().map(|_| DEFAULT_SCHEMA.replace("version = 1", "version = 1\nverison = 1"));
+        let problems = Schema::from_toml(&text.unwrap_or_default()).unwrap_err();
+        assert!(problems[0].to_string().contains("verison"), "{problems:?}");
+    }
+
+    #[test]
+    fn minimal_sets() {
+        let sets = minimal_qualifying_sets(&[10, 5, 5, 3], 10);
+        assert_eq!(sets, vec![vec![0], vec![1, 2]]);
+        // {1,3}=8 is short; {1,2,3} is not minimal.
+        assert!(minimal_qualifying_sets(&[1, 1], 3).is_empty());
+    }
+
+    #[test]
+    fn enum_spellings() {
+        let s = Schema::default_schema().unwrap_or_else(|p| panic!("{p:?}"));
+        let k = s.kind("referral").unwrap();
+        let FieldType::Enum(e) = &k.fields[k.field_index("referral_type").unwrap()].ty else { panic!() };
+        assert_eq!(e.resolve("Social Contact"), e.resolve("social_contact"));
+        assert_eq!(e.resolve(" SOCIAL "), e.resolve("social-contact"));
+        assert!(e.resolve("other").is_none());
+    }
+}

@@ -1,0 +1,413 @@
+//! The source daemon's service: the inbox watcher, handed-over files, the encrypted raw store, the durable outbox and the pusher to the steward.
+//!
+//! An export goes: inbox/ (or `divert ingest`) → [`file::ingest`] (schema
+//! check, raw rows encrypted into the store, pseudonymized records into
+//! outbox batches, bad rows to a quarantine CSV; all of it durable before the
+//! file moves to done/) → [`push`] (the oldest batches to the steward over
+//! mutual TLS; removed on acknowledgement only). The store layout is in
+//! [`store`].
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::daemon::config::SourceConfig;
+use crate::daemon::Context;
+use crate::fsutil;
+use crate::ingest::Format;
+use crate::keys;
+use crate::schema::Schema;
+use crate::token::Tokenizer;
+
+pub mod crypt;
+pub mod file;
+pub mod inbox;
+pub mod push;
+pub mod raw;
+pub mod store;
+
+use crypt::DataKey;
+use file::{Env, FileError, Job, State};
+use inbox::Dirs;
+use push::{Health, Outbox, Stats};
+use store::Store;
+
+/// The running source service.
+pub struct Source {
+    ctx: Arc<Context>,
+    cfg: SourceConfig,
+    /// Our source name (from our certificate's SPIFFE ID).
+    name: String,
+    schema: Schema,
+    tokenizer: Tokenizer,
+    key_epoch: u32,
+    key_fingerprint: String,
+    data_key: DataKey,
+    store: Store,
+    store_id: String,
+    dirs: Dirs,
+    /// Ourselves, for the blocking tasks `ingest` starts.
+    me: std::sync::Weak<Source>,
+    /// Held while a file is ingested: files go one at a time.
+    state: Arc<AsyncMutex<State>>,
+    /// What status shows of `state`, readable while a file is being ingested.
+    counts: Mutex<Counts>,
+    outbox: Outbox,
+    stats: Stats,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Counts {
+    files_done: u64,
+    files_rejected: u64,
+    held: std::collections::BTreeMap<String, u64>,
+}
+
+fn load_schema(path: Option<&Path>) -> anyhow::Result<Schema> {
+    match path {
+        Some(p) => crate::cmd::load_schema(Some(p)),
+        None => Schema::default_schema()
+            .map_err(|p| anyhow::anyhow!("the built-in schema is broken: {} problem(s)", p.len())),
+    }
+}
+
+impl Source {
+    /// Open the store, load the schema, linkage key and data key (made 0600
+    /// if missing), create the inbox directories, roll back any file left
+    /// half-written, and start the inbox watcher and the pushers on the tracker.
+    pub async fn start(ctx: Arc<Context>, cfg: SourceConfig) -> anyhow::Result<Arc<Source>> {
+        let data_dir = ctx.config.data_dir.clone();
+        fsutil::create_private_dir(&data_dir)?;
+        let schema = load_schema(cfg.schema.as_deref())?;
+        let key = keys::load_active(&cfg.keys)?;
+        let tokenizer = Tokenizer::new(&schema, &key)?;
+        let (key_epoch, key_fingerprint) = (key.epoch(), key.fingerprint());
+        drop(key);
+        let (data_key, created) = DataKey::load_or_create(&cfg.data_key)
+            .with_context(|| format!("the data key that encrypts raw records ({})", cfg.data_key.display()))?;
+        if created {
+            tracing::info!(path = %cfg.data_key.display(), "made a new data key for the raw store (0600); back it up with the store");
+        }
+        let dirs = Dirs::new(&cfg.inbox);
+        dirs.create().with_context(|| format!("creating the inbox {}", cfg.inbox.display()))?;
+
+        let store_dir = data_dir.join("store");
+        let opened = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            fsutil::create_private_dir(&store_dir)?;
+            let store = Store::open(&store_dir).with_context(|| {
+                format!("opening the store {} (is another divert running on it?)", store_dir.display())
+            })?;
+            let rolled = store.rollback_unfinished()?;
+            let store_id = store.store_id()?;
+            let state = State {
+                next_seq: store.outbox_next()?,
+                files_done: store.get_u64(store::META_FILES_DONE)?,
+                files_rejected: store.get_u64(store::META_FILES_REJECTED)?,
+                held: store.held()?,
+            };
+            let outbox = store.outbox_index()?;
+            let stats = Stats::new(
+                store.get_u64(store::META_PUSHED_BATCHES)?,
+                store.get_u64(store::META_PUSHED_RECORDS)?,
+                store.tree().get(store::META_LAST_PUSH)?.map(|v| String::from_utf8_lossy(&v).into_owned()),
+            );
+            Ok((store, rolled, store_id, state, outbox, stats))
+        })
+        .await
+        .context("opening the store")??;
+        let (store, rolled, store_id, state, pending, stats) = opened;
+        if rolled > 0 {
+            tracing::warn!(files = rolled, "rolled back files left half-ingested by an earlier stop; they are ingested again");
+        }
+        let counts =
+            Counts { files_done: state.files_done, files_rejected: state.files_rejected, held: state.held.clone() };
+        let outbox = Outbox::default();
+        outbox.add(pending);
+        let src = Arc::new_cyclic(|me| Source {
+            me: me.clone(),
+            name: ctx.config.identity.name.clone(),
+            ctx: ctx.clone(),
+            cfg,
+            schema,
+            tokenizer,
+            key_epoch,
+            key_fingerprint,
+            data_key,
+            store,
+            store_id,
+            dirs,
+            state: Arc::new(AsyncMutex::new(state)),
+            counts: Mutex::new(counts),
+            outbox,
+            stats,
+        });
+        let (batches, records) = src.outbox.depth();
+        tracing::info!(
+            inbox = %src.cfg.inbox.display(),
+            steward = %src.cfg.steward_addr,
+            key_epoch = src.key_epoch,
+            key_fingerprint = %src.key_fingerprint,
+            outbox_batches = batches,
+            outbox_records = records,
+            "source started"
+        );
+        ctx.tracker.spawn(watch_inbox(src.clone()));
+        for _ in 0..push::PUSH_CONNECTIONS {
+            ctx.tracker.spawn(push::worker(src.clone()));
+        }
+        Ok(src)
+    }
+
+    fn env(&self) -> Env<'_> {
+        Env {
+            schema: &self.schema,
+            tokenizer: &self.tokenizer,
+            source: &self.name,
+            data_key: &self.data_key,
+            store: &self.store,
+            batch_records: self.cfg.batch_records,
+            cancel: &self.ctx.shutdown,
+        }
+    }
+
+    fn set_counts(&self, state: &State) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        *c = Counts { files_done: state.files_done, files_rejected: state.files_rejected, held: state.held.clone() };
+    }
+
+    /// A file handed over by `divert ingest --kind KIND PATH`: ingested like an
+    /// inbox file but left where it is; bad rows go to `PATH.quarantine.csv`.
+    /// The error names a line or a column, never a value.
+    pub async fn ingest(&self, kind: &str, path: &Path) -> Result<serde_json::Value, String> {
+        if self.schema.kind(kind).is_none() {
+            return Err(format!(
+                "`{kind}` is not a record kind of the schema; kinds: {}",
+                self.schema.kind_names().join(", ")
+            ));
+        }
+        let shown = path.display().to_string();
+        let format = Format::from_path(path)
+            .ok_or_else(|| format!("{shown}: cannot tell the format from the extension (.csv, .jsonl or .ndjson)"))?;
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Err(format!("{shown}: not a regular file")),
+            Err(e) => return Err(format!("{shown}: {e}")),
+        }
+        let src = self.me.upgrade().ok_or_else(|| "the source service has stopped".to_string())?;
+        let path = path.to_path_buf();
+        let kind = kind.to_string();
+        let state = self.state.clone().lock_owned().await;
+        let job_src = src.clone();
+        let (job_path, job_kind) = (path.clone(), kind.clone());
+        let result = self
+            .ctx
+            .tracker
+            .spawn_blocking(move || {
+                let mut state = state;
+                let src = job_src;
+                let Some(k) = src.schema.kind(&job_kind) else {
+                    return Err(FileError::Failed("unknown kind".into()));
+                };
+                let quarantine = crate::cmd::pseudonymize::quarantine_path(&job_path);
+                let job = Job { path: &job_path, kind: k, format, quarantine, dest: None };
+                let r = file::ingest(&src.env(), &mut state, &job);
+                src.set_counts(&state);
+                r
+            })
+            .await
+            .map_err(|e| format!("{shown}: the ingest task failed: {e}"))?;
+        match result {
+            Ok(done) => {
+                src.outbox.add(done.batches.iter().copied());
+                log_file(&shown, &kind, &done);
+                Ok(summary_json(&shown, &kind, &done))
+            }
+            Err(e) => {
+                tracing::warn!(file = %shown, kind = %kind, error = %e, "handed-over file not ingested");
+                Err(format!("{shown}: {e}"))
+            }
+        }
+    }
+
+    /// For `divert status`: counts only.
+    pub fn status(&self) -> serde_json::Value {
+        let (batches, records) = self.outbox.depth();
+        let c = self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let last_push = self.stats.last_push.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let steward = match self.stats.health_now() {
+            Health::Unknown => serde_json::json!({ "addr": self.cfg.steward_addr, "state": "unknown" }),
+            Health::Ok => serde_json::json!({ "addr": self.cfg.steward_addr, "state": "ok" }),
+            Health::Failing { since, error, .. } => serde_json::json!({
+                "addr": self.cfg.steward_addr, "state": "failing", "since": since, "error": error,
+            }),
+        };
+        serde_json::json!({
+            "source": self.name,
+            "key": { "epoch": self.key_epoch, "fingerprint": self.key_fingerprint },
+            "outbox": { "batches": batches, "records": records },
+            "pushed": {
+                "batches": self.stats.batches.load(std::sync::atomic::Ordering::Relaxed),
+                "records": self.stats.records.load(std::sync::atomic::Ordering::Relaxed),
+            },
+            "last_push": last_push,
+            "steward": steward,
+            "held": c.held,
+            "files": { "done": c.files_done, "rejected": c.files_rejected },
+        })
+    }
+
+    /// After shutdown is cancelled and the tasks drained: flush the store.
+    pub async fn close(&self) {
+        match self.store.flush_async().await {
+            Ok(_) => tracing::info!("source store flushed"),
+            Err(e) => tracing::error!(error = %e, "flushing the source store failed"),
+        }
+    }
+}
+
+fn log_file(file: &str, kind: &str, d: &file::Done) {
+    let s = &d.summary;
+    if d.already {
+        tracing::info!(file, kind, rows = s.rows_read, accepted = s.accepted, "file already ingested (same kind and bytes); nothing sent again");
+    } else {
+        tracing::info!(
+            file,
+            kind,
+            rows = s.rows_read,
+            accepted = s.accepted,
+            quarantined = s.quarantined,
+            values_dropped = s.values_dropped,
+            batches = d.batches.len(),
+            "file ingested"
+        );
+    }
+}
+
+fn summary_json(file: &str, kind: &str, d: &file::Done) -> serde_json::Value {
+    serde_json::json!({
+        "file": file,
+        "kind": kind,
+        "rows_read": d.summary.rows_read,
+        "accepted": d.summary.accepted,
+        "quarantined": d.summary.quarantined,
+        "values_dropped": d.summary.values_dropped,
+        "quarantine": d.quarantine.as_ref().map(|p| p.display().to_string()),
+        "batches": d.batches.len(),
+        "already_ingested": d.already,
+    })
+}
+
+/// Poll the inbox until shutdown, one file at a time.
+async fn watch_inbox(src: Arc<Source>) {
+    let shutdown = src.ctx.shutdown.clone();
+    // Files that failed on our side, with the error last logged (to log a change only).
+    let mut failing: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    loop {
+        let names = match src.dirs.ready() {
+            Ok(n) => n,
+            Err(e) => {
+                let msg = e.to_string();
+                if failing.insert(String::new(), msg.clone()).as_deref() != Some(msg.as_str()) {
+                    tracing::warn!(inbox = %src.dirs.inbox.display(), error = %msg, "cannot read the inbox");
+                }
+                Vec::new()
+            }
+        };
+        for name in names {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match inbox_file(&src, &name).await {
+                Ok(()) => {
+                    failing.remove(&name);
+                }
+                Err(msg) => {
+                    if failing.get(&name) != Some(&msg) {
+                        tracing::warn!(file = %name, error = %msg, "inbox file not ingested; it stays and is tried again");
+                        failing.insert(name, msg);
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(src.cfg.poll_interval) => {}
+        }
+    }
+}
+
+/// Ingest one inbox file and move it. `Err` for a failure on our side (the file stays).
+async fn inbox_file(src: &Arc<Source>, name: &str) -> Result<(), String> {
+    let state = src.state.clone().lock_owned().await;
+    let job_src = src.clone();
+    let name = name.to_string();
+    let outcome = src
+        .ctx
+        .tracker
+        .spawn_blocking(move || {
+            let mut state = state;
+            let r = inbox_file_blocking(&job_src, &mut state, &name);
+            job_src.set_counts(&state);
+            r
+        })
+        .await
+        .map_err(|e| format!("the ingest task failed: {e}"))?;
+    outcome
+}
+
+fn inbox_file_blocking(src: &Source, state: &mut State, name: &str) -> Result<(), String> {
+    let dirs = &src.dirs;
+    let path = dirs.inbox.join(name);
+    if !path.is_file() {
+        return Ok(()); // taken away meanwhile
+    }
+    let reject = |state: &mut State, reason: &str| -> Result<(), String> {
+        let dest = dirs.unique_dest(name);
+        dirs.move_rejected(name, &dest, reason).map_err(|e| format!("moving to rejected/: {e}"))?;
+        state.files_rejected += 1;
+        let _ = src.store.put_u64(store::META_FILES_REJECTED, state.files_rejected);
+        tracing::warn!(file = name, moved_to = %dirs.rejected.join(&dest).display(), reason, "inbox file rejected");
+        Ok(())
+    };
+    let kind_name = match inbox::tell_kind(&src.schema, &dirs.inbox, name) {
+        Ok(k) => k,
+        Err(reason) => return reject(state, &reason),
+    };
+    let Some(kind) = src.schema.kind(&kind_name) else {
+        return reject(state, &format!("`{kind_name}` is not a record kind of the schema"));
+    };
+    let Some(format) = Format::from_path(&path) else {
+        return reject(
+            state,
+            "cannot tell the format from the extension: name the file .csv, .txt (CSV) or .jsonl, .ndjson (JSON lines)",
+        );
+    };
+    let dest = dirs.unique_dest(name);
+    let quarantine = dirs.rejected.join(format!("{dest}.quarantine.csv"));
+    let job = Job { path: &path, kind, format, quarantine, dest: Some(dest.clone()) };
+    match file::ingest(&src.env(), state, &job) {
+        Ok(done) => {
+            // A file already ingested keeps the name it was first given in done/ if that is still free.
+            let dest = match &done.dest {
+                Some(d) if done.already && !dirs.done.join(d).exists() => d.clone(),
+                _ => dest,
+            };
+            dirs.move_done(name, &dest).map_err(|e| format!("ingested, but moving to done/ failed: {e}"))?;
+            src.outbox.add(done.batches.iter().copied());
+            log_file(name, &kind_name, &done);
+            Ok(())
+        }
+        Err(FileError::Refused(m)) => reject(state, &format!("refused ({kind_name}): {m}")),
+        Err(FileError::Stopped) => Ok(()),
+        Err(e @ FileError::Failed(_)) => Err(e.to_string()),
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Source>();
+}

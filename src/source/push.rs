@@ -1,0 +1,418 @@
+//! The pusher: posts the oldest outbox batches to the steward over mutual TLS, several connections at once, each kept alive for many batches; a batch leaves the outbox only on the steward's acknowledgement.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rand::{Rng, SeedableRng};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_rustls::TlsConnector;
+
+use crate::pki::Role;
+use crate::tls;
+use crate::wire::{BatchAck, ErrorBody, BATCH_PATH};
+
+use super::store;
+use super::Source;
+
+/// Connections pushing at once.
+pub const PUSH_CONNECTIONS: usize = 3;
+/// First retry delay bound; doubles per failure up to the configured cap.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+/// The delay before retry number `attempt` (0 = first retry): uniformly
+/// random in [0, min(cap, base · 2^attempt)] ("full jitter").
+pub fn backoff(attempt: u32, cap: Duration, rng: &mut impl Rng) -> Duration {
+    let ceiling = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(20)).min(cap);
+    let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rng.gen_range(0..=ms))
+}
+
+/// Durable, unacknowledged batches: sequence → records.
+#[derive(Default)]
+pub struct Outbox {
+    queue: Mutex<Queue>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: BTreeMap<u64, u32>,
+    in_flight: BTreeMap<u64, u32>,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Make batches (already durable in the store) pushable.
+    pub fn add(&self, batches: impl IntoIterator<Item = (u64, u32)>) {
+        self.lock().waiting.extend(batches);
+        self.notify.notify_waiters();
+    }
+
+    /// The oldest batch nobody is pushing; waits for one.
+    async fn take(&self) -> (u64, u32) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut q = self.lock();
+                if let Some((seq, n)) = q.waiting.pop_first() {
+                    q.in_flight.insert(seq, n);
+                    return (seq, n);
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn put_back(&self, seq: u64) {
+        let mut q = self.lock();
+        if let Some(n) = q.in_flight.remove(&seq) {
+            q.waiting.insert(seq, n);
+        }
+        drop(q);
+        self.notify.notify_waiters();
+    }
+
+    fn done(&self, seq: u64) {
+        self.lock().in_flight.remove(&seq);
+    }
+
+    /// (batches, records) not yet acknowledged.
+    pub fn depth(&self) -> (u64, u64) {
+        let q = self.lock();
+        let batches = (q.waiting.len() + q.in_flight.len()) as u64;
+        let records = q.waiting.values().chain(q.in_flight.values()).map(|&n| u64::from(n)).sum();
+        (batches, records)
+    }
+}
+
+/// How pushing goes, for status and for logging once per change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Nothing pushed yet.
+    Unknown,
+    Ok,
+    /// Failing since (RFC 3339), with the last error's class and message.
+    Failing { since: String, class: &'static str, error: String },
+}
+
+/// Counters for status.
+pub struct Stats {
+    pub batches: AtomicU64,
+    pub records: AtomicU64,
+    pub last_push: Mutex<Option<String>>,
+    pub health: Mutex<Health>,
+}
+
+impl Stats {
+    pub fn new(batches: u64, records: u64, last_push: Option<String>) -> Stats {
+        Stats {
+            batches: AtomicU64::new(batches),
+            records: AtomicU64::new(records),
+            last_push: Mutex::new(last_push),
+            health: Mutex::new(Health::Unknown),
+        }
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn health_now(&self) -> Health {
+        self.health().clone()
+    }
+
+    fn succeeded(&self, steward: &str) {
+        let mut h = self.health();
+        match &*h {
+            Health::Ok => {}
+            Health::Unknown => tracing::info!(steward, "pushing batches to the steward"),
+            Health::Failing { .. } => tracing::info!(steward, "the steward answers again; draining the outbox"),
+        }
+        *h = Health::Ok;
+    }
+
+    fn failed(&self, steward: &str, e: &PushError, outbox: (u64, u64)) {
+        let mut h = self.health();
+        let class = e.class();
+        let changed = !matches!(&*h, Health::Failing { class: c, .. } if *c == class);
+        if changed {
+            tracing::warn!(
+                steward,
+                error = %e,
+                outbox_batches = outbox.0,
+                outbox_records = outbox.1,
+                "cannot push to the steward; batches stay in the outbox, retrying with backoff"
+            );
+        }
+        let since = match &*h {
+            Health::Failing { since, .. } => since.clone(),
+            _ => crate::pki::format_time(time::OffsetDateTime::now_utc()),
+        };
+        *h = Health::Failing { since, class, error: e.to_string() };
+    }
+}
+
+/// Why one push failed. Messages carry no record.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("connecting to {addr}: {detail}")]
+    Connect { addr: String, detail: String },
+    #[error("TLS with the steward: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    Identity(String),
+    #[error("HTTP: {0}")]
+    Http(String),
+    #[error("the steward answered {status}: {error}")]
+    Status { status: StatusCode, error: String },
+    #[error("the steward's answer is not an acknowledgement of batch {batch_id}: {detail}")]
+    Answer { batch_id: String, detail: String },
+    #[error("the store: {0}")]
+    Store(String),
+}
+
+impl PushError {
+    fn class(&self) -> &'static str {
+        match self {
+            PushError::Connect { .. } => "connect",
+            PushError::Tls(_) => "tls",
+            PushError::Identity(_) => "identity",
+            PushError::Http(_) => "http",
+            PushError::Status { .. } => "status",
+            PushError::Answer { .. } => "answer",
+            PushError::Store(_) => "store",
+        }
+    }
+}
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// One pushing connection's loop, until shutdown.
+pub async fn worker(src: Arc<Source>) {
+    let shutdown = src.ctx.shutdown.clone();
+    let mut conn: Option<Sender> = None;
+    let mut attempt = 0u32;
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    loop {
+        let (seq, n) = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            b = src.outbox.take() => b,
+        };
+        let result = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                // Not acknowledged: it stays in the outbox (the steward takes a replay as a duplicate).
+                src.outbox.put_back(seq);
+                return;
+            }
+            r = push_one(&src, &mut conn, seq, n) => r,
+        };
+        match result {
+            Ok(()) => {
+                attempt = 0;
+                src.stats.succeeded(&src.cfg.steward_addr);
+            }
+            Err(e) => {
+                conn = None;
+                src.outbox.put_back(seq);
+                src.stats.failed(&src.cfg.steward_addr, &e, src.outbox.depth());
+                tracing::debug!(batch = seq, error = %e, "push failed");
+                let delay = backoff(attempt, src.cfg.max_backoff, &mut rng);
+                attempt = attempt.saturating_add(1);
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+
+/// The request body: `{"source":..,"batch_id":..,"records":[..]}` around the stored records.
+pub fn batch_body(source: &str, batch_id: &str, records: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(records.len() + source.len() + batch_id.len() + 64);
+    body.extend_from_slice(b"{\"source\":");
+    let _ = serde_json::to_writer(&mut body, source);
+    body.extend_from_slice(b",\"batch_id\":");
+    let _ = serde_json::to_writer(&mut body, batch_id);
+    body.extend_from_slice(b",\"records\":[");
+    body.extend_from_slice(records);
+    body.extend_from_slice(b"]}");
+    body
+}
+
+async fn push_one(src: &Source, conn: &mut Option<Sender>, seq: u64, n: u32) -> Result<(), PushError> {
+    let key = store::outbox_key(seq);
+    let value = match src.store.tree().get(key) {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            // Already acknowledged and removed (e.g. by another worker after a retry): nothing to do.
+            src.outbox.done(seq);
+            return Ok(());
+        }
+        Err(e) => return Err(PushError::Store(e.to_string())),
+    };
+    let Some((_, records)) = store::split_outbox_value(&value) else {
+        return Err(PushError::Store(format!("outbox batch {seq} is malformed")));
+    };
+    let batch_id = format!("{}-{seq}", src.store_id);
+    let body = Bytes::from(batch_body(&src.name, &batch_id, records));
+    drop(value);
+
+    if let Some(c) = conn.as_mut() {
+        if c.ready().await.is_err() {
+            *conn = None;
+        }
+    }
+    let sender = match conn {
+        Some(c) => c,
+        None => conn.insert(connect(src).await?),
+    };
+    let req = Request::post(BATCH_PATH)
+        .header(hyper::header::HOST, src.cfg.steward_addr.as_str())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .map_err(|e| PushError::Http(e.to_string()))?;
+    let exchange = async {
+        let resp = sender.send_request(req).await.map_err(|e| PushError::Http(e.to_string()))?;
+        let status = resp.status();
+        let answer = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| PushError::Http(format!("reading the answer: {e}")))?
+            .to_bytes();
+        Ok::<_, PushError>((status, answer))
+    };
+    let (status, answer) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| PushError::Http(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs())))??;
+    if status != StatusCode::OK {
+        let error = serde_json::from_slice::<ErrorBody>(&answer)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&answer[..answer.len().min(200)]).into_owned());
+        return Err(PushError::Status { status, error });
+    }
+    let ack: BatchAck = serde_json::from_slice(&answer)
+        .map_err(|e| PushError::Answer { batch_id: batch_id.clone(), detail: e.to_string() })?;
+    if ack.batch_id != batch_id {
+        return Err(PushError::Answer { batch_id, detail: format!("it acknowledges `{}`", ack.batch_id) });
+    }
+    // Acknowledged means durable at the steward: only now may the batch go.
+    src.store.tree().remove(key).map_err(|e| PushError::Store(e.to_string()))?;
+    src.outbox.done(seq);
+    let batches = src.stats.batches.fetch_add(1, Ordering::Relaxed) + 1;
+    let records = src.stats.records.fetch_add(u64::from(n), Ordering::Relaxed) + u64::from(n);
+    let now = crate::pki::format_time(time::OffsetDateTime::now_utc());
+    let tree = src.store.tree();
+    let _ = tree.insert(store::META_PUSHED_BATCHES, &batches.to_be_bytes());
+    let _ = tree.insert(store::META_PUSHED_RECORDS, &records.to_be_bytes());
+    let _ = tree.insert(store::META_LAST_PUSH, now.as_bytes());
+    *src.stats.last_push.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+    tracing::debug!(batch = %batch_id, records = n, stored = ack.stored, duplicate = ack.duplicate, "batch acknowledged");
+    Ok(())
+}
+
+/// A new mTLS connection to the steward, its certificate checked to be a steward of our program.
+async fn connect(src: &Source) -> Result<Sender, PushError> {
+    let material = src.ctx.tls.borrow().clone();
+    let addr = src.cfg.steward_addr.as_str();
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| PushError::Connect { addr: addr.into(), detail: "timed out".into() })?
+        .map_err(|e| PushError::Connect { addr: addr.into(), detail: e.to_string() })?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(src.cfg.steward_host.clone())
+        .map_err(|_| PushError::Tls(format!("`{}` is not a valid server name", src.cfg.steward_host)))?;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(material.client.clone()).connect(name, tcp))
+        .await
+        .map_err(|_| PushError::Tls("the handshake timed out".into()))?
+        .map_err(|e| PushError::Tls(e.to_string()))?;
+    let program = &src.ctx.config.identity.program;
+    match tls::peer_identity(stream.get_ref().1) {
+        Some(id) if id.role == Role::Steward && &id.program == program => {}
+        Some(id) => {
+            return Err(PushError::Identity(format!(
+                "the server at {addr} is {id}, not a steward of program {program}: refusing to send"
+            )))
+        }
+        None => {
+            return Err(PushError::Identity(format!(
+                "the server at {addr} has no SPIFFE identity in its certificate: refusing to send"
+            )))
+        }
+    }
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| PushError::Http(e.to_string()))?;
+    src.ctx.tracker.spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "steward connection closed");
+        }
+    });
+    Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_bounds() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let cap = Duration::from_secs(5);
+        for attempt in 0..40u32 {
+            let ceiling = (BACKOFF_BASE * 2u32.pow(attempt.min(20))).min(cap);
+            let mut max_seen = Duration::ZERO;
+            for _ in 0..200 {
+                let d = backoff(attempt, cap, &mut rng);
+                assert!(d <= ceiling, "attempt {attempt}: {d:?} > {ceiling:?}");
+                max_seen = max_seen.max(d);
+            }
+            assert!(max_seen >= ceiling / 2, "attempt {attempt}: jitter spans the range ({max_seen:?})");
+        }
+        assert!(backoff(0, cap, &mut rng) <= Duration::from_millis(100));
+        assert!(backoff(1000, Duration::from_secs(1), &mut rng) <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn body_is_a_wire_batch() {
+        let rec = r#"{"source":"police","kind":"arrest","line":2,"epoch":1,"rid":"00","tokens":{},"fields":{"age":null}}"#;
+        let records = format!("{rec}\n,{rec}\n");
+        let body = batch_body("police", "abc-7", records.as_bytes());
+        let b: crate::wire::Batch = serde_json::from_slice(&body).unwrap();
+        assert_eq!((b.source.as_str(), b.batch_id.as_str(), b.records.len()), ("police", "abc-7", 2));
+    }
+
+    #[tokio::test]
+    async fn outbox_takes_oldest_and_puts_back() {
+        let o = Outbox::default();
+        o.add([(5, 10), (3, 7)]);
+        assert_eq!(o.take().await, (3, 7));
+        assert_eq!(o.depth(), (2, 17));
+        o.put_back(3);
+        assert_eq!(o.take().await, (3, 7));
+        assert_eq!(o.take().await, (5, 10));
+        o.done(3);
+        assert_eq!(o.depth(), (1, 10));
+    }
+}

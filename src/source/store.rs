@@ -1,0 +1,300 @@
+//! The source's sled store: one tree, keys by a one-byte prefix.
+//!
+//! ```text
+//! m:<name>                    meta: store_id, outbox_next, held:<kind>, files_done, files_rejected,
+//!                             pushed_batches, pushed_records, last_push
+//! o ‖ seq (u64 BE)            outbox batch: records (u32 BE) ‖ the records as the inside of a JSON array
+//! r ‖ file id (32) ‖ chunk (u32 BE)   raw chunk, AES-256-GCM: nonce ‖ ciphertext ‖ tag (AD = this key);
+//!                             chunk 0 is the file's header, 1.. its accepted rows
+//! f ‖ file id (32)            the file's record (JSON): in progress (with its outbox range) or done
+//! ```
+//!
+//! A file id is SHA-256 of the kind and the file's bytes, so the same export
+//! dropped twice is recognised.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub const FILE_ID_LEN: usize = 32;
+pub type FileId = [u8; FILE_ID_LEN];
+
+const OUTBOX: u8 = b'o';
+const RAW: u8 = b'r';
+const FILE: u8 = b'f';
+
+pub const META_STORE_ID: &[u8] = b"m:store_id";
+pub const META_OUTBOX_NEXT: &[u8] = b"m:outbox_next";
+pub const META_FILES_DONE: &[u8] = b"m:files_done";
+pub const META_FILES_REJECTED: &[u8] = b"m:files_rejected";
+pub const META_PUSHED_BATCHES: &[u8] = b"m:pushed_batches";
+pub const META_PUSHED_RECORDS: &[u8] = b"m:pushed_records";
+pub const META_LAST_PUSH: &[u8] = b"m:last_push";
+const META_HELD: &[u8] = b"m:held:";
+
+pub fn outbox_key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = OUTBOX;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    let b: [u8; 8] = key.get(1..9)?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+pub fn raw_key(file: &FileId, chunk: u32) -> [u8; 37] {
+    let mut k = [0u8; 37];
+    k[0] = RAW;
+    k[1..33].copy_from_slice(file);
+    k[33..].copy_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+fn raw_prefix(file: &FileId) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = RAW;
+    k[1..].copy_from_slice(file);
+    k
+}
+
+pub fn file_key(file: &FileId) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = FILE;
+    k[1..].copy_from_slice(file);
+    k
+}
+
+pub fn held_key(kind: &str) -> Vec<u8> {
+    [META_HELD, kind.as_bytes()].concat()
+}
+
+/// An outbox value: record count, then the records.
+pub fn outbox_value(records: u32, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + body.len());
+    v.extend_from_slice(&records.to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// (record count, the records as the inside of a JSON array) of an outbox value.
+pub fn split_outbox_value(v: &[u8]) -> Option<(u32, &[u8])> {
+    let n: [u8; 4] = v.get(..4)?.try_into().ok()?;
+    Some((u32::from_be_bytes(n), &v[4..]))
+}
+
+/// Where a file stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileState {
+    /// Part of it is written (outbox `start_seq..end_seq`, not yet pushable);
+    /// rolled back at start-up and ingested again.
+    InProgress,
+    /// All of it is written and durable.
+    Done,
+}
+
+/// What the store knows of one ingested file. Counts and names only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub state: FileState,
+    pub kind: String,
+    /// The file's name when it was ingested.
+    pub name: String,
+    /// Where an inbox file goes in done/ (so a restart moves it to the same name).
+    pub dest: Option<String>,
+    pub start_seq: u64,
+    pub end_seq: u64,
+    pub rows_read: u64,
+    pub accepted: u64,
+    pub quarantined: u64,
+    pub values_dropped: u64,
+    /// The quarantine file written, if any.
+    pub quarantine: Option<String>,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// The store. Cheap to share (sled handles are reference-counted).
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> sled::Result<Store> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(128 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(500))
+            .open()?;
+        let tree = db.open_tree("source")?;
+        Ok(Store { db, tree })
+    }
+
+    pub fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    pub fn get_u64(&self, key: &[u8]) -> sled::Result<u64> {
+        Ok(self.tree.get(key)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map_or(0, u64::from_be_bytes))
+    }
+
+    pub fn put_u64(&self, key: &[u8], n: u64) -> sled::Result<()> {
+        self.tree.insert(key, &n.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// The store's random id, made on first use and kept.
+    pub fn store_id(&self) -> anyhow::Result<String> {
+        if let Some(v) = self.tree.get(META_STORE_ID)? {
+            if let Ok(s) = std::str::from_utf8(&v) {
+                return Ok(s.to_string());
+            }
+        }
+        let mut id = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
+            .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+        let id = crate::keys::hex(&id);
+        self.tree.insert(META_STORE_ID, id.as_bytes())?;
+        self.db.flush()?;
+        Ok(id)
+    }
+
+    pub fn held(&self) -> sled::Result<BTreeMap<String, u64>> {
+        let mut out = BTreeMap::new();
+        for kv in self.tree.scan_prefix(META_HELD) {
+            let (k, v) = kv?;
+            let kind = String::from_utf8_lossy(&k[META_HELD.len()..]).into_owned();
+            let n = <[u8; 8]>::try_from(v.as_ref()).map_or(0, u64::from_be_bytes);
+            out.insert(kind, n);
+        }
+        Ok(out)
+    }
+
+    pub fn file(&self, id: &FileId) -> sled::Result<Option<FileRecord>> {
+        Ok(self.tree.get(file_key(id))?.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Remove everything an unfinished file wrote (its outbox range, raw
+    /// chunks and record) in one atomic batch, and keep `outbox_next` past it.
+    pub fn rollback(&self, id: &FileId, rec: &FileRecord, outbox_next: u64) -> sled::Result<()> {
+        let mut batch = sled::Batch::default();
+        for kv in self.tree.range(outbox_key(rec.start_seq)..outbox_key(rec.end_seq)) {
+            let (k, _) = kv?;
+            batch.remove(k);
+        }
+        for kv in self.tree.scan_prefix(raw_prefix(id)) {
+            let (k, _) = kv?;
+            batch.remove(k);
+        }
+        batch.remove(&file_key(id)[..]);
+        batch.insert(META_OUTBOX_NEXT, &outbox_next.max(rec.end_seq).to_be_bytes());
+        self.tree.apply_batch(batch)
+    }
+
+    /// Roll back every file left in progress by a stop or a crash. Returns how many.
+    pub fn rollback_unfinished(&self) -> sled::Result<usize> {
+        let mut unfinished = Vec::new();
+        for kv in self.tree.scan_prefix([FILE]) {
+            let (k, v) = kv?;
+            let Ok(rec) = serde_json::from_slice::<FileRecord>(&v) else { continue };
+            if rec.state == FileState::InProgress {
+                if let Ok(id) = <FileId>::try_from(&k[1..]) {
+                    unfinished.push((id, rec));
+                }
+            }
+        }
+        let next = self.get_u64(META_OUTBOX_NEXT)?;
+        for (id, rec) in &unfinished {
+            self.rollback(id, rec, next)?;
+        }
+        if !unfinished.is_empty() {
+            self.db.flush()?;
+        }
+        Ok(unfinished.len())
+    }
+
+    /// The outbox: sequence → record count, oldest first.
+    pub fn outbox_index(&self) -> sled::Result<BTreeMap<u64, u32>> {
+        let mut out = BTreeMap::new();
+        for kv in self.tree.scan_prefix([OUTBOX]) {
+            let (k, v) = kv?;
+            if let (Some(seq), Some((n, _))) = (seq_of(&k), split_outbox_value(&v)) {
+                out.insert(seq, n);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The next outbox sequence: past the persisted counter and every key present.
+    pub fn outbox_next(&self) -> sled::Result<u64> {
+        let stored = self.get_u64(META_OUTBOX_NEXT)?;
+        let last = match self.tree.scan_prefix([OUTBOX]).next_back() {
+            Some(kv) => seq_of(&kv?.0).map_or(0, |s| s + 1),
+            None => 0,
+        };
+        Ok(stored.max(last))
+    }
+
+    pub fn apply(&self, batch: sled::Batch) -> sled::Result<()> {
+        self.tree.apply_batch(batch)
+    }
+
+    pub fn flush(&self) -> sled::Result<usize> {
+        self.db.flush()
+    }
+
+    pub async fn flush_async(&self) -> sled::Result<usize> {
+        self.db.flush_async().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_order_and_rollback() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert!(outbox_key(1) < outbox_key(256) && outbox_key(256) < outbox_key(u64::MAX - 1));
+        let id = [3u8; 32];
+        let mut b = sled::Batch::default();
+        for seq in 4..7 {
+            b.insert(&outbox_key(seq)[..], outbox_value(2, b"{},{}"));
+        }
+        b.insert(&raw_key(&id, 0)[..], b"x".as_slice());
+        b.insert(&raw_key(&[4u8; 32], 0)[..], b"y".as_slice());
+        let rec = FileRecord {
+            state: FileState::InProgress,
+            kind: "arrest".into(),
+            name: "a.csv".into(),
+            dest: None,
+            start_seq: 5,
+            end_seq: 7,
+            rows_read: 0,
+            accepted: 0,
+            quarantined: 0,
+            values_dropped: 0,
+            quarantine: None,
+            at: String::new(),
+        };
+        b.insert(&file_key(&id)[..], serde_json::to_vec(&rec).unwrap());
+        s.apply(b).unwrap();
+        assert_eq!(s.outbox_next().unwrap(), 7);
+        assert_eq!(s.rollback_unfinished().unwrap(), 1);
+        assert_eq!(s.outbox_index().unwrap().into_iter().collect::<Vec<_>>(), vec![(4, 2)]);
+        assert!(s.tree().get(raw_key(&id, 0)).unwrap().is_none());
+        assert!(s.tree().get(raw_key(&[4u8; 32], 0)).unwrap().is_some());
+        assert!(s.file(&id).unwrap().is_none());
+        assert_eq!(s.outbox_next().unwrap(), 7, "sequences are never reused");
+        let sid = s.store_id().unwrap();
+        assert_eq!(sid.len(), 32);
+        assert_eq!(s.store_id().unwrap(), sid);
+    }
+}

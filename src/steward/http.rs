@@ -1,0 +1,309 @@
+//! Requests to the steward: routing by path and certificate role, and the batch endpoint.
+//!
+//! Authorization happens in [`route`], from the certificate only, before a
+//! handler runs and before a byte of the body is read. Error answers are
+//! [`ErrorBody`] JSON that name what is wrong in words and never echo the
+//! request (serde's messages quote values, so they are not passed on).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use tracing::{error, info};
+
+use super::store::{PutOutcome, Store, StoreError};
+use super::{Refusal, Steward};
+use crate::pki::{Role, SpiffeId};
+use crate::token;
+use crate::wire::{Batch, BatchAck, ErrorBody, BATCH_PATH};
+
+/// Who is asking: the TCP peer and the SPIFFE ID of its verified certificate.
+pub(crate) struct Peer {
+    pub addr: SocketAddr,
+    pub id: SpiffeId,
+}
+
+pub(crate) type Resp = Response<Full<Bytes>>;
+
+/// Longest batch id accepted, in bytes.
+pub const MAX_BATCH_ID_BYTES: usize = 128;
+
+/// A request refused after the body was read: the status, the counter and the words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: StatusCode,
+    pub kind: Refusal,
+    pub message: String,
+}
+
+impl Rejection {
+    fn bad(message: impl Into<String>) -> Rejection {
+        Rejection { status: StatusCode::BAD_REQUEST, kind: Refusal::BadRequest, message: message.into() }
+    }
+
+    fn forbidden(message: impl Into<String>) -> Rejection {
+        Rejection { status: StatusCode::FORBIDDEN, kind: Refusal::Forbidden, message: message.into() }
+    }
+}
+
+/// A batch the store has taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub batch_id: String,
+    pub records: u64,
+    pub outcome: PutOutcome,
+}
+
+fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Resp {
+    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn error_response(status: StatusCode, message: &str) -> Resp {
+    json_response(status, &ErrorBody { error: message.to_string() })
+}
+
+/// Refuse without reading the body: count, log, answer, and close the connection
+/// afterwards (the unread body makes it unusable for another request).
+fn refuse_unread(st: &Steward, peer: &Peer, kind: Refusal, status: StatusCode, message: &str) -> Resp {
+    st.refuse(kind, peer.addr, Some(&peer.id), message);
+    let mut resp = error_response(status, message);
+    resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Route a request by path and the role of the peer's certificate.
+///
+/// This match is the authorization table: a role reaches a handler only
+/// through an arm naming it. Evaluator endpoints (`/v1/query`, `/v1/catalog`,
+/// ...) go here as `(path, Role::Evaluator)` arms.
+pub(crate) async fn route(st: Arc<Steward>, peer: Arc<Peer>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let resp = match (req.uri().path(), peer.id.role) {
+        (BATCH_PATH, Role::Source) if req.method() == Method::POST => post_batch(&st, &peer, req).await,
+        (BATCH_PATH, Role::Source) => {
+            let mut resp = refuse_unread(
+                &st,
+                &peer,
+                Refusal::NotFound,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "batches are sent with POST",
+            );
+            resp.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+            resp
+        }
+        (BATCH_PATH, role) => refuse_unread(
+            &st,
+            &peer,
+            Refusal::Forbidden,
+            StatusCode::FORBIDDEN,
+            &format!("only source certificates may send batches; this certificate's role is {role}"),
+        ),
+        // Next issue: ("/v1/query", Role::Evaluator) => ..., ("/v1/catalog", Role::Evaluator) => ...
+        _ => refuse_unread(&st, &peer, Refusal::NotFound, StatusCode::NOT_FOUND, "no such endpoint"),
+    };
+    Ok(resp)
+}
+
+async fn post_batch(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> Resp {
+    let max = st.cfg.max_body_bytes;
+    let too_large = format!("the body is larger than the steward accepts ({max} bytes); send smaller batches");
+    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return refuse_unread(st, peer, Refusal::TooLarge, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
+    }
+    // Reading stops at the limit, whatever the headers said.
+    let limited = Limited::new(req.into_body(), usize::try_from(max).unwrap_or(usize::MAX));
+    let body = match tokio::time::timeout(st.cfg.io_timeout, limited.collect()).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return refuse_unread(st, peer, Refusal::TooLarge, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
+        }
+        Ok(Err(_)) => {
+            let msg = "the request body could not be read";
+            return refuse_unread(st, peer, Refusal::BadRequest, StatusCode::BAD_REQUEST, msg);
+        }
+        Err(_) => {
+            let msg = format!("the body did not arrive within {} s", st.cfg.io_timeout.as_secs_f64());
+            return refuse_unread(st, peer, Refusal::BodyTimeout, StatusCode::REQUEST_TIMEOUT, &msg);
+        }
+    };
+
+    match ingest_body(&st.store, &peer.id.name, body).await {
+        Ok(acc) => {
+            let duplicate = acc.outcome == PutOutcome::Duplicate;
+            let stored = match acc.outcome {
+                PutOutcome::Stored(n) => n,
+                PutOutcome::Duplicate => 0,
+            };
+            let counter = if duplicate { &st.batches_duplicate } else { &st.batches_stored };
+            counter.fetch_add(1, Ordering::Relaxed);
+            info!(
+                source = %peer.id.name,
+                batch_id = %acc.batch_id,
+                records = acc.records,
+                stored,
+                duplicate,
+                "batch received"
+            );
+            json_response(StatusCode::OK, &BatchAck { batch_id: acc.batch_id, stored, duplicate })
+        }
+        Err(IngestError::Rejected(r)) => {
+            st.refuse(r.kind, peer.addr, Some(&peer.id), &r.message);
+            error_response(r.status, &r.message)
+        }
+        Err(e) => {
+            error!(source = %peer.id.name, error = %e, "storing a batch failed");
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, "the steward could not store the batch; retry later")
+        }
+    }
+}
+
+/// Why [`ingest_body`] did not take a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{}", .0.message)]
+    Rejected(Rejection),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the task storing the batch {0}")]
+    Internal(&'static str),
+}
+
+/// The whole non-network path of a batch: validate `body` as a batch from
+/// source `cert_name` ([`check_batch`]), store it unless held, and flush.
+/// Returns once the batch is durable. Public for benchmarks.
+pub async fn ingest_body(store: &Arc<Store>, cert_name: &str, body: Bytes) -> Result<Accepted, IngestError> {
+    let store2 = store.clone();
+    let name = cert_name.to_string();
+    let put = tokio::task::spawn_blocking(move || -> Result<Accepted, IngestError> {
+        let (batch_id, records) = check_batch(&body, &name).map_err(IngestError::Rejected)?;
+        let outcome = store2.put_batch(&name, &batch_id, records, &body)?;
+        Ok(Accepted { batch_id, records, outcome })
+    })
+    .await;
+    let accepted = match put {
+        Ok(r) => r?,
+        Err(e) => return Err(IngestError::Internal(if e.is_panic() { "panicked" } else { "was cancelled" })),
+    };
+    // Replays are flushed too: the first copy may still be on its way to disk.
+    store.flush().await?;
+    Ok(accepted)
+}
+
+fn is_hex32(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Validate a batch body sent under a certificate named `cert_name`:
+/// returns its batch id and record count. Messages never quote the body.
+pub fn check_batch(body: &[u8], cert_name: &str) -> Result<(String, u64), Rejection> {
+    let batch: Batch = serde_json::from_slice(body).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Syntax => "is not valid JSON",
+            serde_json::error::Category::Eof => "ends before the JSON does",
+            serde_json::error::Category::Data => {
+                "does not have the shape of a batch ({source, batch_id, records: [{source, kind, line, epoch, rid, tokens, fields}]})"
+            }
+            serde_json::error::Category::Io => "could not be read",
+        };
+        Rejection::bad(format!("the body {what}: line {} column {}", e.line(), e.column()))
+    })?;
+    if batch.source != cert_name {
+        return Err(Rejection::forbidden(format!(
+            "the batch names another source than this certificate (source `{cert_name}`)"
+        )));
+    }
+    let id = &batch.batch_id;
+    if id.is_empty() || id.len() > MAX_BATCH_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Rejection::bad(format!(
+            "batch_id must be 1 to {MAX_BATCH_ID_BYTES} printable ASCII characters without spaces"
+        )));
+    }
+    for (i, r) in batch.records.iter().enumerate() {
+        if r.source != cert_name {
+            return Err(Rejection::forbidden(format!(
+                "record {i} names another source than this certificate (source `{cert_name}`)"
+            )));
+        }
+        if !is_hex32(&r.rid) {
+            return Err(Rejection::bad(format!("record {i}: rid is not 32 hex digits")));
+        }
+        if r.kind.is_empty() {
+            return Err(Rejection::bad(format!("record {i}: kind is empty")));
+        }
+        for t in r.tokens.values() {
+            match token::parse_token(t) {
+                Some((epoch, _)) if epoch == r.epoch => {}
+                Some(_) => return Err(Rejection::bad(format!("record {i}: a token's epoch differs from the record's"))),
+                None => return Err(Rejection::bad(format!("record {i}: a token is not <epoch>:<32 hex digits>"))),
+            }
+        }
+    }
+    Ok((batch.batch_id, batch.records.len() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::PseudoRecord;
+
+    fn record(source: &str) -> PseudoRecord {
+        PseudoRecord {
+            source: source.into(),
+            kind: "arrest".into(),
+            line: 2,
+            epoch: 3,
+            rid: "ab".repeat(16),
+            tokens: [("name_dob".to_string(), format!("3:{}", "cd".repeat(16)))].into(),
+            fields: Default::default(),
+        }
+    }
+
+    fn body(source: &str, id: &str, records: Vec<PseudoRecord>) -> Vec<u8> {
+        serde_json::to_vec(&Batch { source: source.into(), batch_id: id.into(), records }).unwrap()
+    }
+
+    #[test]
+    fn accepts_a_good_batch() {
+        let b = body("police", "p-1", vec![record("police"), record("police")]);
+        assert_eq!(check_batch(&b, "police").unwrap(), ("p-1".to_string(), 2));
+    }
+
+    #[test]
+    fn refuses_other_sources_and_bad_shapes_without_echoing() {
+        let r = check_batch(&body("jail", "p-1", vec![]), "police").unwrap_err();
+        assert_eq!((r.status, r.kind), (StatusCode::FORBIDDEN, Refusal::Forbidden));
+        assert!(!r.message.contains("jail"), "{}", r.message);
+        let r = check_batch(&body("police", "p-1", vec![record("police"), record("jail")]), "police").unwrap_err();
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert!(r.message.contains("record 1"));
+        for id in ["", "has space", &"x".repeat(129)] {
+            assert_eq!(check_batch(&body("police", id, vec![]), "police").unwrap_err().status, StatusCode::BAD_REQUEST);
+        }
+        let mut bad = record("police");
+        bad.tokens.insert("x".into(), "4:".to_string() + &"cd".repeat(16));
+        assert!(check_batch(&body("police", "a", vec![bad]), "police").unwrap_err().message.contains("epoch"));
+        let mut bad = record("police");
+        bad.rid = "SECRET".into();
+        let r = check_batch(&body("police", "a", vec![bad]), "police").unwrap_err();
+        assert!(!r.message.contains("SECRET"));
+        for text in [
+            r#"{"source":"police","batch_id":"a","records":[{"SECRET_FIELD":1}]}"#,
+            r#"{"source":"police","batch_id":"a","records":"SECRET_VALUE"}"#,
+            r#"{"source":"police","batch_id":"a","records":[SECRET"#,
+            r#"SECRET"#,
+        ] {
+            let r = check_batch(text.as_bytes(), "police").unwrap_err();
+            assert_eq!(r.status, StatusCode::BAD_REQUEST);
+            assert!(!r.message.contains("SECRET"), "{}", r.message);
+        }
+    }
+}

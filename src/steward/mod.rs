@@ -1,0 +1,372 @@
+//! The steward's network service: HTTPS with mutual TLS, authorization from the peer certificate's SPIFFE ID, durable idempotent batches.
+//!
+//! # Connection lifecycle and its bounds
+//!
+//! 1. **Accept.** At most `max_connections` connections are open at once (a
+//!    semaphore). When all permits are taken the accept loop *stops
+//!    accepting*: new connections wait in the kernel's listen backlog (and
+//!    time out on the client's side if it stays full) instead of being
+//!    accepted and dropped, so a burst of sources is served in turn.
+//! 2. **Handshake** with the server config current *at accept time*
+//!    (`ctx.tls.borrow()`), so a SIGHUP reload (new certificate, new CRL)
+//!    applies to every new handshake while older connections finish. The
+//!    handshake must complete within `handshake_timeout`. rustls requires a
+//!    client certificate of the program CA, not revoked, checked against a
+//!    CRL that is not past its next-update; any failure refuses the peer here.
+//! 3. **Identity.** The peer's SPIFFE ID is read from its certificate; a
+//!    certificate without one, or of another program, is refused (closed)
+//!    before HTTP starts. Nothing the client says about itself is used.
+//! 4. **HTTP/1.1** (hyper). The TLS stream is wrapped in [`timeout_io::TimeoutIo`]:
+//!    every read and every write must make progress within `io_timeout`
+//!    (this also closes idle keep-alive connections and peers that stop
+//!    reading). Headers must arrive within `io_timeout` (hyper's
+//!    `header_read_timeout`), and a whole request body within `io_timeout`
+//!    (a deadline around reading it), so a slow trickle cannot hold a
+//!    connection for long either. Bodies are capped at `max_body_bytes`.
+//! 5. **Routing** on path and certificate role, before any body is read
+//!    (see `http::route`).
+//! 6. **Shutdown**: when `ctx.shutdown` is cancelled the accept loop stops,
+//!    handshakes in progress are dropped, and established connections are
+//!    shut down gracefully (the request in flight finishes and is answered).
+//!    The daemon then calls [`Steward::close`] to flush the store.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, error, info, warn};
+
+use crate::daemon::config::StewardConfig;
+use crate::daemon::Context;
+use crate::fsutil;
+use crate::pki::SpiffeId;
+use crate::record::PseudoRecord;
+use crate::tls;
+
+mod http;
+pub mod store;
+mod timeout_io;
+
+pub use http::{check_batch, ingest_body, Accepted, IngestError, Rejection, MAX_BATCH_ID_BYTES};
+pub use store::{PutOutcome, SourceCounts, Store, StoreError, StoredBatch};
+
+/// Where, under the data directory, the store lives.
+pub const STORE_DIR: &str = "store";
+/// Where, under the data directory, the bound address is written (one line, `IP:PORT`).
+pub const LISTEN_ADDR_FILE: &str = "listen.addr";
+
+/// Why the steward could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StewardError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    File(#[from] fsutil::SecretFileError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("opening the store: {0}")]
+    Join(String),
+}
+
+/// Why a peer or a request was refused; each has its own counter in `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The TLS handshake failed: no client certificate, unknown CA, expired,
+    /// not yet valid, revoked, CRL past next-update, or not TLS at all.
+    Handshake,
+    /// No complete handshake within `handshake_timeout`.
+    HandshakeTimeout,
+    /// A verified certificate without a SPIFFE ID of our program.
+    Identity,
+    /// The certificate's role or name does not allow the request (403).
+    Forbidden,
+    /// The body is larger than `max_body_bytes` (413).
+    TooLarge,
+    /// The body is not a valid batch (400).
+    BadRequest,
+    /// The body did not arrive within `io_timeout` (408).
+    BodyTimeout,
+    /// No such path (404) or method (405).
+    NotFound,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 8] = [
+        Refusal::Handshake,
+        Refusal::HandshakeTimeout,
+        Refusal::Identity,
+        Refusal::Forbidden,
+        Refusal::TooLarge,
+        Refusal::BadRequest,
+        Refusal::BodyTimeout,
+        Refusal::NotFound,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Handshake => "handshake",
+            Refusal::HandshakeTimeout => "handshake_timeout",
+            Refusal::Identity => "identity",
+            Refusal::Forbidden => "forbidden",
+            Refusal::TooLarge => "too_large",
+            Refusal::BadRequest => "bad_request",
+            Refusal::BodyTimeout => "body_timeout",
+            Refusal::NotFound => "not_found",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The running steward service.
+pub struct Steward {
+    pub(crate) store: Arc<Store>,
+    pub(crate) cfg: StewardConfig,
+    program: String,
+    local_addr: SocketAddr,
+    data_dir: PathBuf,
+    connections: Arc<Semaphore>,
+    open: AtomicUsize,
+    refusals: [AtomicU64; Refusal::ALL.len()],
+    pub(crate) batches_stored: AtomicU64,
+    pub(crate) batches_duplicate: AtomicU64,
+}
+
+/// Decrements the open-connection gauge when a connection task ends, however it ends.
+struct OpenGuard<'a>(&'a AtomicUsize);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Steward {
+    /// Open the store at `<data_dir>/store`, bind `cfg.listen`, write the
+    /// bound address to `<data_dir>/listen.addr`, spawn the accept loop on
+    /// `ctx.tracker`, and return once listening.
+    pub async fn start(ctx: Arc<Context>, cfg: StewardConfig) -> anyhow::Result<Arc<Steward>> {
+        Ok(Steward::start_inner(ctx, cfg).await?)
+    }
+
+    async fn start_inner(ctx: Arc<Context>, cfg: StewardConfig) -> Result<Arc<Steward>, StewardError> {
+        let data_dir = ctx.config.data_dir.clone();
+        fsutil::create_private_dir(&data_dir)?;
+        let store_path = data_dir.join(STORE_DIR);
+        let store = tokio::task::spawn_blocking(move || Store::open(&store_path))
+            .await
+            .map_err(|e| StewardError::Join(e.to_string()))??;
+        let listener =
+            TcpListener::bind(cfg.listen).await.map_err(|source| StewardError::Bind { addr: cfg.listen, source })?;
+        let local_addr = listener.local_addr().map_err(|source| StewardError::Bind { addr: cfg.listen, source })?;
+        fsutil::write_public(&data_dir.join(LISTEN_ADDR_FILE), format!("{local_addr}\n").as_bytes())?;
+
+        let max = usize::try_from(cfg.max_connections).unwrap_or(usize::MAX).clamp(1, Semaphore::MAX_PERMITS);
+        let steward = Arc::new(Steward {
+            store: Arc::new(store),
+            program: ctx.config.identity.program.clone(),
+            local_addr,
+            data_dir,
+            connections: Arc::new(Semaphore::new(max)),
+            open: AtomicUsize::new(0),
+            refusals: Default::default(),
+            batches_stored: AtomicU64::new(0),
+            batches_duplicate: AtomicU64::new(0),
+            cfg,
+        });
+        info!(
+            listen = %local_addr,
+            max_connections = max,
+            max_body_bytes = steward.cfg.max_body_bytes,
+            handshake_timeout_secs = steward.cfg.handshake_timeout.as_secs_f64(),
+            io_timeout_secs = steward.cfg.io_timeout.as_secs_f64(),
+            "steward listening"
+        );
+        ctx.tracker.spawn(accept_loop(ctx.clone(), steward.clone(), listener));
+        Ok(steward)
+    }
+
+    /// The address the steward listens on (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The store, for reading what is held (linkage, tests, benchmarks).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Every record held, batch by batch.
+    pub fn records(&self) -> impl Iterator<Item = Result<PseudoRecord, StoreError>> + '_ {
+        self.store.records()
+    }
+
+    /// How many refusals of one kind so far (this run).
+    pub fn refusals(&self, kind: Refusal) -> u64 {
+        self.refusals[kind.index()].load(Ordering::Relaxed)
+    }
+
+    /// All refusals so far (this run).
+    pub fn refusals_total(&self) -> u64 {
+        self.refusals.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// For `divert status`: counts only, never a record, token or id.
+    pub fn status(&self) -> serde_json::Value {
+        let mut status = serde_json::json!({
+            "listen": self.local_addr.to_string(),
+            "data_dir": self.data_dir.display().to_string(),
+            "connections_open": self.open.load(Ordering::Relaxed),
+            "max_connections": self.cfg.max_connections,
+            "batches_stored_this_run": self.batches_stored.load(Ordering::Relaxed),
+            "duplicates_this_run": self.batches_duplicate.load(Ordering::Relaxed),
+        });
+        let mut refusals: serde_json::Map<String, serde_json::Value> =
+            Refusal::ALL.iter().map(|r| (r.as_str().to_string(), self.refusals(*r).into())).collect();
+        refusals.insert("total".into(), self.refusals_total().into());
+        status["refusals"] = refusals.into();
+        match self.store.counts() {
+            Ok(counts) => {
+                let per = |f: fn(&SourceCounts) -> u64| -> BTreeMap<&str, u64> {
+                    counts.iter().map(|(k, c)| (k.as_str(), f(c))).collect()
+                };
+                status["records_per_source"] = serde_json::json!(per(|c| c.records));
+                status["batches_per_source"] = serde_json::json!(per(|c| c.batches));
+                status["records"] = counts.values().map(|c| c.records).sum::<u64>().into();
+                status["batches"] = counts.values().map(|c| c.batches).sum::<u64>().into();
+            }
+            Err(e) => status["store_error"] = e.to_string().into(),
+        }
+        match self.store.size_on_disk() {
+            Ok(n) => status["store_bytes"] = n.into(),
+            Err(e) => status["store_error"] = e.to_string().into(),
+        }
+        status
+    }
+
+    /// Called after shutdown is cancelled and in-flight connections drained: flush the store.
+    pub async fn close(&self) {
+        match self.store.flush().await {
+            Ok(()) => info!("steward store flushed"),
+            Err(e) => error!(error = %e, "flushing the steward store failed"),
+        }
+    }
+
+    /// Count a refusal and log it at warn with the peer and the reason.
+    pub(crate) fn refuse(&self, kind: Refusal, peer: SocketAddr, id: Option<&SpiffeId>, reason: &str) {
+        self.refusals[kind.index()].fetch_add(1, Ordering::Relaxed);
+        match id {
+            Some(id) => warn!(peer = %peer, identity = %id, refusal = kind.as_str(), reason, "refused"),
+            None => warn!(peer = %peer, refusal = kind.as_str(), reason, "refused"),
+        }
+    }
+}
+
+async fn accept_loop(ctx: Arc<Context>, st: Arc<Steward>, listener: TcpListener) {
+    loop {
+        // Full: stop accepting until a connection ends (see the module docs).
+        let permit = tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => break,
+            p = st.connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accepting a connection failed");
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                }
+            }
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            debug!(peer = %peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        // The config current now: a reload applies to this and later handshakes only.
+        let tls = ctx.tls.borrow().server.clone();
+        ctx.tracker.spawn(connection(ctx.clone(), st.clone(), tcp, peer, tls, permit));
+    }
+    info!(listen = %st.local_addr, "steward stopped accepting connections");
+}
+
+async fn connection(
+    ctx: Arc<Context>,
+    st: Arc<Steward>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    _permit: OwnedSemaphorePermit,
+) {
+    st.open.fetch_add(1, Ordering::Relaxed);
+    let _open = OpenGuard(&st.open);
+    let handshake = tokio::time::timeout(st.cfg.handshake_timeout, TlsAcceptor::from(tls).accept(tcp));
+    let stream = tokio::select! {
+        _ = ctx.shutdown.cancelled() => return,
+        r = handshake => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                st.refuse(Refusal::Handshake, peer, None, &format!("TLS handshake failed: {e}"));
+                return;
+            }
+            Err(_) => {
+                let secs = st.cfg.handshake_timeout.as_secs_f64();
+                st.refuse(Refusal::HandshakeTimeout, peer, None, &format!("no TLS handshake within {secs} s"));
+                return;
+            }
+        },
+    };
+    let id = match tls::peer_identity(stream.get_ref().1) {
+        Some(id) => id,
+        None => {
+            st.refuse(Refusal::Identity, peer, None, "the client certificate has no usable spiffe:// identity");
+            return;
+        }
+    };
+    if id.program != st.program {
+        let reason = format!("the certificate is for program `{}`, not `{}`", id.program, st.program);
+        st.refuse(Refusal::Identity, peer, Some(&id), &reason);
+        return;
+    }
+    debug!(peer = %peer, identity = %id, "connection authenticated");
+
+    let io_timeout = st.cfg.io_timeout;
+    let io = TokioIo::new(timeout_io::TimeoutIo::new(stream, io_timeout));
+    let peer_info = Arc::new(http::Peer { addr: peer, id });
+    let svc_state = st.clone();
+    let svc = service_fn(move |req| http::route(svc_state.clone(), peer_info.clone(), req));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(io_timeout).keep_alive(true);
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = ctx.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        // Timeouts and peers going away: worth a line, not a warning.
+        debug!(peer = %peer, error = %e, "connection ended with an error");
+    }
+}

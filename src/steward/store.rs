@@ -1,0 +1,377 @@
+//! The steward's event store: batches of pseudonymized records in one sled tree, written one batch per sled batch, acknowledged only after a flush.
+//!
+//! # Layout (one tree, `batches`, three key prefixes)
+//!
+//! | key | value |
+//! |---|---|
+//! | `h` source `00` batch_id | header: version, records, chunks, bytes, sequence, received-at (37 bytes) |
+//! | `d` source `00` batch_id `00` chunk (u32 BE) | up to [`CHUNK_BYTES`] of the batch's JSON body, as received |
+//! | `n` source | records and batches held for the source (two u64 LE) |
+//!
+//! A batch is validated (every record parsed) before it is stored, and then
+//! kept as the bytes the source sent, cut into chunks: parsing is needed
+//! anyway, but re-encoding is not, and the store writes a few hundred keys
+//! per batch instead of one per record. Chunks stay small on purpose: sled
+//! 0.34 writes any log item larger than a quarter segment (128 KiB) to a
+//! separate "blob" file that its flush never fsyncs, so large values (or
+//! leaves full of them) would not be durable across a power loss. With 4 KiB
+//! chunks a leaf (at most ~17 entries before it splits) stays inline in the
+//! log, which `flush` does fsync.
+//!
+//! The header, its chunks and the source's counts go in one `apply_batch`,
+//! so a crash leaves a batch either wholly there or absent (the source then
+//! re-sends it). Writers hold one lock for the read-check-write of header and
+//! counts; the flush that makes a batch durable happens outside the lock, so
+//! concurrent batches share fsyncs (group commit).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::record::PseudoRecord;
+use crate::wire::Batch;
+
+/// How many body bytes one chunk holds (see the module docs for why small).
+pub const CHUNK_BYTES: usize = 4096;
+
+const TREE: &str = "batches";
+const HEADER_VERSION: u8 = 1;
+const HEADER_LEN: usize = 1 + 8 + 4 + 8 + 8 + 8;
+const P_HEADER: u8 = b'h';
+const P_CHUNK: u8 = b'd';
+const P_COUNT: u8 = b'n';
+
+/// Why the store failed. Messages never carry a record or a value from one.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: cannot open the steward store: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("steward store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("steward store: a writer panicked while holding the store lock")]
+    Poisoned,
+    #[error("steward store: batch {batch_id} of {source_name} is damaged: {detail}")]
+    Corrupt { source_name: String, batch_id: String, detail: String },
+    #[error("steward store: a stored key is damaged: {0}")]
+    BadKey(String),
+}
+
+/// The fixed-size record kept for every stored batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    /// Records in the batch.
+    pub records: u64,
+    /// Chunks the body was cut into.
+    pub chunks: u32,
+    /// Length of the body in bytes.
+    pub bytes: u64,
+    /// Store-wide arrival order.
+    pub seq: u64,
+    /// Unix seconds when the batch was stored.
+    pub received_at: i64,
+}
+
+impl BatchHeader {
+    fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[0] = HEADER_VERSION;
+        out[1..9].copy_from_slice(&self.records.to_le_bytes());
+        out[9..13].copy_from_slice(&self.chunks.to_le_bytes());
+        out[13..21].copy_from_slice(&self.bytes.to_le_bytes());
+        out[21..29].copy_from_slice(&self.seq.to_le_bytes());
+        out[29..37].copy_from_slice(&self.received_at.to_le_bytes());
+        out
+    }
+
+    fn decode(v: &[u8]) -> Option<BatchHeader> {
+        if v.len() != HEADER_LEN || v[0] != HEADER_VERSION {
+            return None;
+        }
+        let u64_at = |i: usize| v.get(i..i + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes);
+        Some(BatchHeader {
+            records: u64_at(1)?,
+            chunks: v.get(9..13).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes)?,
+            bytes: u64_at(13)?,
+            seq: u64_at(21)?,
+            received_at: u64_at(29)? as i64,
+        })
+    }
+}
+
+/// Records and batches held for one source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceCounts {
+    pub records: u64,
+    pub batches: u64,
+}
+
+impl SourceCounts {
+    fn encode(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.records.to_le_bytes());
+        out[8..].copy_from_slice(&self.batches.to_le_bytes());
+        out
+    }
+
+    fn decode(v: &[u8]) -> Option<SourceCounts> {
+        Some(SourceCounts {
+            records: u64::from_le_bytes(v.get(..8)?.try_into().ok()?),
+            batches: u64::from_le_bytes(v.get(8..16)?.try_into().ok()?),
+        })
+    }
+}
+
+/// What storing a batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The batch is new; this many records were written (durable after [`Store::flush`]).
+    Stored(u64),
+    /// The batch was already held; nothing was written.
+    Duplicate,
+}
+
+/// One stored batch, read back.
+#[derive(Debug, Clone)]
+pub struct StoredBatch {
+    pub source: String,
+    pub batch_id: String,
+    pub header: BatchHeader,
+    pub records: Vec<PseudoRecord>,
+}
+
+/// The steward's store (a sled database of its own).
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+    /// Serializes the duplicate check and the counts update of writers.
+    write: Mutex<()>,
+}
+
+fn batch_key(prefix: u8, source: &str, batch_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + source.len() + batch_id.len() + 5);
+    k.push(prefix);
+    k.extend_from_slice(source.as_bytes());
+    k.push(0);
+    k.extend_from_slice(batch_id.as_bytes());
+    k
+}
+
+fn count_key(source: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + source.len());
+    k.push(P_COUNT);
+    k.extend_from_slice(source.as_bytes());
+    k
+}
+
+/// Split a header key (without its prefix byte) into source and batch id.
+fn split_batch_key(k: &[u8]) -> Result<(String, String), StoreError> {
+    let rest = k.get(1..).unwrap_or_default();
+    let pos = rest.iter().position(|&b| b == 0).ok_or_else(|| StoreError::BadKey("no separator".into()))?;
+    let (s, b) = rest.split_at(pos);
+    let text = |x: &[u8]| String::from_utf8(x.to_vec()).map_err(|_| StoreError::BadKey("not UTF-8".into()));
+    Ok((text(s)?, text(b.get(1..).unwrap_or_default())?))
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl Store {
+    /// Open (or create) the store in directory `path`. sled locks it: a second
+    /// process opening the same store fails here.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        let db = sled::Config::new()
+            .path(path)
+            // Batches are written once and read rarely (linkage); a modest cache is enough.
+            .cache_capacity(256 * 1024 * 1024)
+            .open()
+            .map_err(open_err)?;
+        let tree = db.open_tree(TREE).map_err(open_err)?;
+        Ok(Store { db, tree, write: Mutex::new(()) })
+    }
+
+    /// Store the body of a batch (already validated: `records` is how many it
+    /// holds) unless `(source, batch_id)` is already held. Blocking: call it
+    /// from `spawn_blocking`. Not durable until [`Store::flush`] returns.
+    pub fn put_batch(&self, source: &str, batch_id: &str, records: u64, body: &[u8]) -> Result<PutOutcome, StoreError> {
+        let header_key = batch_key(P_HEADER, source, batch_id);
+        let mut chunk_prefix = batch_key(P_CHUNK, source, batch_id);
+        chunk_prefix.push(0);
+        let chunks = u32::try_from(body.len().div_ceil(CHUNK_BYTES)).unwrap_or(u32::MAX);
+
+        // Build the write set outside the lock: copying the body is the costly part.
+        let mut batch = sled::Batch::default();
+        for (i, chunk) in body.chunks(CHUNK_BYTES).enumerate() {
+            let mut k = Vec::with_capacity(chunk_prefix.len() + 4);
+            k.extend_from_slice(&chunk_prefix);
+            k.extend_from_slice(&u32::try_from(i).unwrap_or(u32::MAX).to_be_bytes());
+            batch.insert(k, chunk);
+        }
+
+        let _guard = self.write.lock().map_err(|_| StoreError::Poisoned)?;
+        if self.tree.contains_key(&header_key)? {
+            return Ok(PutOutcome::Duplicate);
+        }
+        let ckey = count_key(source);
+        let mut counts = self.tree.get(&ckey)?.and_then(|v| SourceCounts::decode(&v)).unwrap_or_default();
+        counts.records = counts.records.saturating_add(records);
+        counts.batches = counts.batches.saturating_add(1);
+        let header = BatchHeader {
+            records,
+            chunks,
+            bytes: body.len() as u64,
+            seq: self.db.generate_id()?,
+            received_at: now_unix(),
+        };
+        batch.insert(header_key, &header.encode()[..]);
+        batch.insert(ckey, &counts.encode()[..]);
+        self.tree.apply_batch(batch)?;
+        Ok(PutOutcome::Stored(records))
+    }
+
+    /// Make everything written so far durable (fsync). Concurrent callers share the work.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Records and batches held per source.
+    pub fn counts(&self) -> Result<BTreeMap<String, SourceCounts>, StoreError> {
+        let mut out = BTreeMap::new();
+        for kv in self.tree.scan_prefix([P_COUNT]) {
+            let (k, v) = kv?;
+            let name = String::from_utf8(k.get(1..).unwrap_or_default().to_vec())
+                .map_err(|_| StoreError::BadKey("source name not UTF-8".into()))?;
+            let c = SourceCounts::decode(&v).ok_or_else(|| StoreError::BadKey(format!("counts of {name}")))?;
+            out.insert(name, c);
+        }
+        Ok(out)
+    }
+
+    /// Whether `(source, batch_id)` is held.
+    pub fn contains(&self, source: &str, batch_id: &str) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(batch_key(P_HEADER, source, batch_id))?)
+    }
+
+    /// Bytes the store takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    /// Every stored batch, in key order (source, then batch id).
+    pub fn batches(&self) -> impl Iterator<Item = Result<StoredBatch, StoreError>> + '_ {
+        self.tree.scan_prefix([P_HEADER]).map(move |kv| {
+            let (k, v) = kv?;
+            let (source, batch_id) = split_batch_key(&k)?;
+            self.read_batch(source, batch_id, &v)
+        })
+    }
+
+    /// Every stored record, batch by batch.
+    pub fn records(&self) -> impl Iterator<Item = Result<PseudoRecord, StoreError>> + '_ {
+        self.batches().flat_map(|b| -> Box<dyn Iterator<Item = Result<PseudoRecord, StoreError>>> {
+            match b {
+                Ok(b) => Box::new(b.records.into_iter().map(Ok)),
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            }
+        })
+    }
+
+    fn read_batch(&self, source: String, batch_id: String, header: &[u8]) -> Result<StoredBatch, StoreError> {
+        let corrupt = |detail: &str| StoreError::Corrupt {
+            source_name: source.clone(),
+            batch_id: batch_id.clone(),
+            detail: detail.to_string(),
+        };
+        let header = BatchHeader::decode(header).ok_or_else(|| corrupt("unreadable header"))?;
+        let mut prefix = batch_key(P_CHUNK, &source, &batch_id);
+        prefix.push(0);
+        let mut body = Vec::with_capacity(usize::try_from(header.bytes).unwrap_or(0));
+        // Exactly `chunks` chunks: any beyond belong to no stored batch.
+        for (i, kv) in self.tree.scan_prefix(&prefix).take(header.chunks as usize).enumerate() {
+            let (k, v) = kv?;
+            let idx = k.get(prefix.len()..).and_then(|s| <[u8; 4]>::try_from(s).ok()).map(u32::from_be_bytes);
+            if idx != u32::try_from(i).ok() {
+                return Err(corrupt("a chunk is missing"));
+            }
+            body.extend_from_slice(&v);
+        }
+        if body.len() as u64 != header.bytes {
+            return Err(corrupt("chunks do not add up to the stored length"));
+        }
+        let batch: Batch = serde_json::from_slice(&body).map_err(|e| corrupt(&format!("not a batch ({:?})", e.classify())))?;
+        if batch.records.len() as u64 != header.records {
+            return Err(corrupt("record count differs from the header"));
+        }
+        Ok(StoredBatch { source, batch_id, header, records: batch.records })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(source: &str, id: &str, n: usize) -> Vec<u8> {
+        let records: Vec<PseudoRecord> = (0..n)
+            .map(|i| PseudoRecord {
+                source: source.into(),
+                kind: "arrest".into(),
+                line: i as u64 + 2,
+                epoch: 1,
+                rid: format!("{i:032x}"),
+                tokens: [("name_dob".to_string(), format!("1:{:032x}", i * 7))].into(),
+                fields: [("age".to_string(), serde_json::json!(30))].into(),
+            })
+            .collect();
+        serde_json::to_vec(&Batch { source: source.into(), batch_id: id.into(), records }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn stores_once_counts_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let b = body("police", "p-1", 3000);
+        assert!(b.len() > 10 * CHUNK_BYTES);
+        assert_eq!(store.put_batch("police", "p-1", 3000, &b).unwrap(), PutOutcome::Stored(3000));
+        assert_eq!(store.put_batch("police", "p-1", 3000, &b).unwrap(), PutOutcome::Duplicate);
+        // A batch id that extends another must not be confused with it.
+        let b2 = body("police", "p-10", 2);
+        assert_eq!(store.put_batch("police", "p-10", 2, &b2).unwrap(), PutOutcome::Stored(2));
+        let b3 = body("jail", "p-1", 1);
+        assert_eq!(store.put_batch("jail", "p-1", 1, &b3).unwrap(), PutOutcome::Stored(1));
+        store.flush().await.unwrap();
+        let counts = store.counts().unwrap();
+        assert_eq!(counts["police"], SourceCounts { records: 3002, batches: 2 });
+        assert_eq!(counts["jail"], SourceCounts { records: 1, batches: 1 });
+        let all: Vec<PseudoRecord> = store.records().collect::<Result<_, _>>().unwrap();
+        assert_eq!(all.len(), 3003);
+        let batches: Vec<StoredBatch> = store.batches().collect::<Result<_, _>>().unwrap();
+        let ids: Vec<(&str, &str)> = batches.iter().map(|b| (b.source.as_str(), b.batch_id.as_str())).collect();
+        assert_eq!(ids, [("jail", "p-1"), ("police", "p-1"), ("police", "p-10")]);
+        assert!(batches[1].header.seq < batches[2].header.seq);
+        assert!(store.contains("police", "p-10").unwrap());
+        assert!(!store.contains("police", "p-2").unwrap());
+    }
+
+    #[tokio::test]
+    async fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let store = Store::open(&path).unwrap();
+            store.put_batch("police", "a", 5, &body("police", "a", 5)).unwrap();
+            store.flush().await.unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.records().count(), 5);
+        assert_eq!(store.put_batch("police", "a", 5, &body("police", "a", 5)).unwrap(), PutOutcome::Duplicate);
+    }
+
+    #[test]
+    fn header_round_trips() {
+        let h = BatchHeader { records: 7, chunks: 2, bytes: 5000, seq: 9, received_at: -3 };
+        assert_eq!(BatchHeader::decode(&h.encode()), Some(h));
+        assert_eq!(BatchHeader::decode(&[2; HEADER_LEN]), None);
+    }
+}

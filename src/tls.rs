@@ -1,0 +1,174 @@
+//! The rustls adapter: server and client configs for the program's mutual TLS (ring provider, client certificates required, CRLs enforced), and the peer's SPIFFE identity.
+//!
+//! The only module that builds rustls configs. Everything is loaded from
+//! PEM files named in the daemon config, so a SIGHUP reload is "call
+//! [`TlsMaterial::load`] again and swap".
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+use crate::fsutil;
+use crate::pki::{self, Role, SpiffeId};
+
+/// Why TLS material could not be loaded. Messages name the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {detail}")]
+    File { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Secret(#[from] fsutil::SecretFileError),
+    #[error("{path}: {source}")]
+    Pki { path: PathBuf, source: pki::PkiError },
+    #[error("building the TLS configuration: {0}")]
+    Rustls(String),
+    #[error(
+        "{path}: the certificate says {found}, but the config says role `{role}`, name `{name}`, program `{program}`; \
+         use the certificate issued for this daemon (`divert ca issue --role {role} --name {name}`)"
+    )]
+    IdentityMismatch { path: PathBuf, found: String, role: Role, name: String, program: String },
+}
+
+/// Paths of the TLS files of one daemon or client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub crl: PathBuf,
+}
+
+/// Everything loaded from [`TlsPaths`], ready to serve or connect.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    /// Our own identity, read from our certificate.
+    pub identity: SpiffeId,
+    /// When our certificate expires.
+    pub not_after: time::OffsetDateTime,
+    pub server: Arc<ServerConfig>,
+    pub client: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial").field("identity", &self.identity.to_string()).field("not_after", &self.not_after).finish()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn file_err(path: &Path, detail: impl std::fmt::Display) -> TlsError {
+    TlsError::File { path: path.to_path_buf(), detail: detail.to_string() }
+}
+
+/// Read every certificate in a PEM file (at least one).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, format!("cannot read certificates: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(path, format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(file_err(path, "no CERTIFICATE block in the file"));
+    }
+    Ok(certs)
+}
+
+/// Read a private key, refusing a file group or others could read.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = zeroize::Zeroizing::new(fsutil::read_secret(path)?);
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| file_err(path, format!("not a PEM private key: {e}")))
+}
+
+/// Read the CRLs of a PEM file (at least one: without it revocation cannot be checked).
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let crls: Vec<_> = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, format!("cannot read the CRL: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(path, format!("not a PEM CRL file: {e}")))?;
+    if crls.is_empty() {
+        return Err(file_err(path, "no X509 CRL block in the file (refresh it with `divert ca crl`)"));
+    }
+    Ok(crls)
+}
+
+fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(path)? {
+        roots.add(c).map_err(|e| file_err(path, format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+impl TlsMaterial {
+    /// Load certificate, key, CA and CRL and build both configs. Checks that
+    /// the certificate's SPIFFE ID is `expected` when given.
+    pub fn load(paths: &TlsPaths, expected: Option<&SpiffeId>) -> Result<TlsMaterial, TlsError> {
+        let chain = load_certs(&paths.cert)?;
+        let key = load_key(&paths.key)?;
+        let identity = pki::spiffe_id_of(&chain[0]).map_err(|source| TlsError::Pki { path: paths.cert.clone(), source })?;
+        let not_after =
+            pki::cert_not_after(&chain[0]).map_err(|source| TlsError::Pki { path: paths.cert.clone(), source })?;
+        if let Some(want) = expected {
+            if &identity != want {
+                return Err(TlsError::IdentityMismatch {
+                    path: paths.cert.clone(),
+                    found: identity.to_string(),
+                    role: want.role,
+                    name: want.name.clone(),
+                    program: want.program.clone(),
+                });
+            }
+        }
+        let roots = roots(&paths.ca)?;
+        let crls = load_crls(&paths.crl)?;
+
+        // Clients must present a certificate of our CA, not revoked, and a
+        // CRL past its next-update is treated as no CRL at all: refused.
+        let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .with_crls(crls.clone())
+            .enforce_revocation_expiration()
+            .build()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        let mut server = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?
+            .with_client_cert_verifier(client_verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| TlsError::Rustls(format!("{}: {e}", paths.key.display())))?;
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+
+        let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
+            .with_crls(crls)
+            .enforce_revocation_expiration()
+            .build()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        let mut client = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?
+            .with_webpki_verifier(server_verifier)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| TlsError::Rustls(format!("{}: {e}", paths.key.display())))?;
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+
+        Ok(TlsMaterial { identity, not_after, server: Arc::new(server), client: Arc::new(client) })
+    }
+
+    /// Days until our certificate expires (negative once expired).
+    pub fn days_left(&self) -> i64 {
+        (self.not_after - time::OffsetDateTime::now_utc()).whole_days()
+    }
+}
+
+/// The SPIFFE ID of the peer of an established connection, from its first
+/// certificate (already verified against our CA by the handshake).
+pub fn peer_identity(conn: &rustls::CommonState) -> Option<SpiffeId> {
+    let cert = conn.peer_certificates()?.first()?;
+    pki::spiffe_id_of(cert).ok()
+}

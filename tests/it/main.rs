@@ -1,0 +1,8 @@
+//! Integration tests of divert: one module per area, run with `cargo test --test it`.
+
+mod net;
+mod offline;
+mod pki;
+mod steward;
+mod synth;
+mod util;

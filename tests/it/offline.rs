@@ -1,0 +1,158 @@
+//! The offline tools end to end through the binary: config check, keys, pseudonymize, link.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::util::{divert_in, divert_ok, repo, text};
+
+#[test]
+fn every_shipped_config_passes_check() {
+    let mut files: Vec<String> = fs::read_dir(repo().join("config"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "{files:?}");
+    let mut args = vec!["config", "check"];
+    args.extend(files.iter().map(String::as_str));
+    let out = divert_ok(repo(), &args);
+    assert_eq!(text(&out.stdout).matches(": ok").count(), files.len(), "{}", text(&out.stdout));
+}
+
+#[test]
+fn config_check_reports_every_problem_with_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = repo().join("config/schema.toml");
+    let text_in = fs::read_to_string(bad).unwrap();
+    let broken = text_in
+        .replace("threshold = 10", "threshold = 100000")
+        .replace("parts = [\"given_name\", \"dob\", \"sex\"]", "parts = [\"sex\", \"dob:month\"]")
+        .replace("record_id = \"arrest_id\"", "record_id = \"arrest_number\"");
+    let path = dir.path().join("schema.toml");
+    fs::write(&path, broken).unwrap();
+    let out = divert_in(dir.path(), &["config", "check", "schema.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    for needle in [
+        "schema.toml: linkage.threshold",
+        "schema.toml: schemes[6] (given_dob_sex).parts: too little information",
+        "schema.toml: kinds.arrest.record_id",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+}
+
+const ARRESTS: &str = "arrest_id,first_name,LAST_NAME,DOB,Sex,arrest_date,warrant,violent,felony,state_id\n\
+A-1,José,Muñoz,3/14/1980,M,2019-03-04,Y,N,N,00123456\n\
+A-2,Jose,MUNOZ,1980-03-14,male,2019-05-04 10:22,no,no,yes,\n\
+A-3,Hidalgo,Vanessa,1986-07-01,F,2019-05-04,maybe,no,no,\n\
+A-4,Vanessa,Hidalgo,07/01/1986,,2019-06-04,no,no,no,\n";
+
+#[test]
+fn pseudonymize_then_link_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::write(d.join("arrests.csv"), ARRESTS).unwrap();
+    let schema = repo().join("config/schema.toml").display().to_string();
+
+    // Keys: created 0600, status shows only a fingerprint.
+    let init = divert_ok(d, &["keys", "init", "--keys", "keys"]);
+    assert!(text(&init.stdout).contains("epoch 1"));
+    let key_path = d.join("keys/epoch-000001.key");
+    assert_eq!(fs::metadata(&key_path).unwrap().permissions().mode() & 0o777, 0o600);
+    let key_hex: String = fs::read(&key_path).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    let status = divert_ok(d, &["keys", "status", "--keys", "keys", "--json"]);
+    let status_json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status_json["active_epoch"], 1);
+    assert!(!text(&status.stdout).contains(&key_hex[..16]));
+
+    let out = divert_ok(
+        d,
+        &[
+            "pseudonymize",
+            "--schema",
+            &schema,
+            "--keys",
+            "keys",
+            "--source",
+            "police",
+            "--kind",
+            "arrest",
+            "arrests.csv",
+        ],
+    );
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("4 rows read, 3 accepted, 1 quarantined"), "{stderr}");
+    for secret in [
+        "José", "Jose", "jose", "Muñoz", "munoz", "MUNOZ", "Hidalgo", "hidalgo", "Vanessa", "1980", "1986", "123456",
+        "A-1",
+    ] {
+        assert!(!stdout.contains(secret), "{secret} leaked into the records");
+        assert!(!stderr.contains(secret), "{secret} leaked into stderr");
+    }
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().map(|l| l["line"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 3, 5]);
+    assert_eq!(lines[0]["fields"]["age"], 38);
+    let quarantine = fs::read_to_string(d.join("arrests.csv.quarantine.csv")).unwrap();
+    assert_eq!(quarantine, "line,field,reason,action\n4,warrant,not a yes/no value,row quarantined\n");
+
+    fs::write(d.join("arrests.jsonl"), &out.stdout).unwrap();
+    fs::write(
+        d.join("truth.csv"),
+        "source,kind,line,entity\npolice,arrest,2,P1\npolice,arrest,3,P1\npolice,arrest,4,P2\npolice,arrest,5,P2\n",
+    )
+    .unwrap();
+    let link = divert_ok(d, &["link", "--schema", &schema, "--truth", "truth.csv", "arrests.jsonl"]);
+    let link_out = text(&link.stdout);
+    assert!(link_out.contains("records: 3") && link_out.contains("persons: 2"), "{link_out}");
+    let metrics: serde_json::Value = serde_json::from_str(link_out.lines().last().unwrap()).unwrap();
+    assert_eq!(metrics["precision"], 1.0);
+    assert_eq!(metrics["recall"], 1.0);
+    assert_eq!(metrics["pairs_true"], 1);
+}
+
+#[test]
+fn pseudonymize_refuses_bad_files_and_loose_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let schema = repo().join("config/schema.toml").display().to_string();
+    divert_ok(d, &["keys", "init", "--keys", "keys"]);
+    let run = |file: &str| {
+        divert_in(
+            d,
+            &["pseudonymize", "--schema", &schema, "--keys", "keys", "--source", "jail", "--kind", "booking", file],
+        )
+    };
+
+    fs::write(d.join("empty.csv"), "").unwrap();
+    let out = run("empty.csv");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("empty"), "{}", text(&out.stderr));
+
+    fs::write(d.join("nocol.csv"), "booking_id,given_name,family_name\nB1,Ann,Lee\n").unwrap();
+    let err = text(&run("nocol.csv").stderr);
+    assert!(err.contains("dob") && err.contains("booking_date"), "{err}");
+    assert!(!err.contains("Ann") && !err.contains("Lee"), "{err}");
+
+    fs::write(d.join("quote.csv"), "booking_id,given_name,family_name,dob,booking_date\nB1,\"Ann,Lee,1980-01-01,2019-01-01\nB2,Bo,Lee,1980-01-01,2019-01-01\nB3,Bo,Lee,1980-01-01,2019-01-01\n").unwrap();
+    let err = text(&run("quote.csv").stderr);
+    assert!(err.contains("unbalanced quote"), "{err}");
+    assert!(!err.contains("panicked"));
+
+    fs::write(d.join("binary.csv"), [0xffu8, 0x00, 0xfe, b'\n', 0x80]).unwrap();
+    let out = run("binary.csv");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!text(&out.stderr).contains("panicked"));
+
+    fs::set_permissions(d.join("keys/epoch-000001.key"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(
+        d.join("ok.csv"),
+        "booking_id,given_name,family_name,dob,booking_date\nB1,Ann,Lee,1980-01-01,2019-01-01\n",
+    )
+    .unwrap();
+    let err = text(&run("ok.csv").stderr);
+    assert!(err.contains("too open") && err.contains("epoch-000001.key"), "{err}");
+}
