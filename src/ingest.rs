@@ -332,7 +332,7 @@ fn record_start_line<R: Read>(reader: &csv::Reader<LineEnds<R>>, record: &csv::B
     // A record that ends at the end of input had no terminator if the input
     // does not end in a newline, or if that newline is inside its last field.
     let at_end = src.eof && end.byte() == src.total;
-    let last_field_ends_nl = record.iter().last().is_some_and(|f| f.last() == Some(&b'\n'));
+    let last_field_ends_nl = record.iter().next_back().is_some_and(|f| f.last() == Some(&b'\n'));
     let unterminated = at_end && (src.last != Some(b'\n') || last_field_ends_nl);
     end.line().saturating_sub(newlines_in(record)).saturating_sub(u64::from(!unterminated)).max(1)
 }

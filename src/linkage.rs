@@ -75,7 +75,6 @@ impl Linker {
             let k = (set_id as u16, epoch, key);
             match self.index.get(&k) {
                 Some(&other) => {
-                    let other = other;
                     union(&mut self.parent, &mut self.size, me, other);
                 }
                 None => {

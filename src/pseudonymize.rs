@@ -172,19 +172,15 @@ pub struct Summary {
 /// Read a whole export, write one JSON line per accepted row to `out`, and
 /// hand every issue to `on_issue` (for the quarantine file).
 pub fn pseudonymize_stream<R: std::io::Read, W: std::io::Write>(
-    schema: &Schema,
-    kind: &Kind,
-    source: &str,
-    tokenizer: &Tokenizer,
+    p: &mut Pseudonymizer<'_>,
     format: crate::ingest::Format,
     input: R,
     mut out: W,
     mut on_issue: impl FnMut(&crate::ingest::Issue) -> std::io::Result<()>,
 ) -> Result<Summary, crate::ingest::IngestError> {
     use crate::ingest::{Action, Outcome, Reader};
-    let mut reader = Reader::new(schema, kind, format, input)?;
-    let mut row = Row::new(schema, kind);
-    let mut p = Pseudonymizer::new(schema, kind, source, tokenizer);
+    let mut reader = Reader::new(p.schema, p.kind, format, input)?;
+    let mut row = Row::new(p.schema, p.kind);
     let mut issues = Vec::new();
     let mut buf = Vec::with_capacity(1 << 17);
     let mut s = Summary::default();

@@ -180,6 +180,8 @@ pub enum Transform {
     Full,
     Initial,
     Prefix(u8),
+    /// The last N letters: survives a typo in the first part of a name.
+    Suffix(u8),
     Soundex,
     Year,
     Month,
@@ -198,9 +200,13 @@ impl Transform {
             "day" => Transform::Day,
             "year_month" => Transform::YearMonth,
             _ => {
-                let n: u8 = s.strip_prefix("prefix")?.parse().ok()?;
+                let (ctor, digits): (fn(u8) -> Transform, &str) = match s.strip_prefix("prefix") {
+                    Some(d) => (Transform::Prefix, d),
+                    None => (Transform::Suffix, s.strip_prefix("suffix")?),
+                };
+                let n: u8 = digits.parse().ok()?;
                 if (1..=9).contains(&n) {
-                    Transform::Prefix(n)
+                    ctor(n)
                 } else {
                     return None;
                 }
@@ -213,7 +219,7 @@ impl Transform {
     }
 
     fn is_text_part(self) -> bool {
-        matches!(self, Transform::Initial | Transform::Prefix(_) | Transform::Soundex)
+        matches!(self, Transform::Initial | Transform::Prefix(_) | Transform::Suffix(_) | Transform::Soundex)
     }
 }
 
@@ -237,7 +243,7 @@ pub fn part_bits(norm: NormKind, t: Transform) -> f64 {
     match t {
         Transform::Full => full,
         Transform::Initial => full.min(4.0),
-        Transform::Prefix(n) => full.min(1.5 + 2.5 * f64::from(n)),
+        Transform::Prefix(n) | Transform::Suffix(n) => full.min(1.5 + 2.5 * f64::from(n)),
         Transform::Soundex => (full - 2.0).max(0.0),
         Transform::Year => 5.5,
         Transform::Month => 3.5,
@@ -461,7 +467,7 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
             let Some(t) = Transform::parse(transform) else {
                 problems.push(problem(
                     format!("{key}.parts"),
-                    format!("`{transform}` is not a transform (full, initial, prefix1..prefix9, soundex, year, month, day, year_month)"),
+                    format!("`{transform}` is not a transform (full, initial, prefix1..prefix9, suffix1..suffix9, soundex, year, month, day, year_month)"),
                 ));
                 ok = false;
                 continue;
@@ -492,9 +498,21 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
         }
         let mut unordered = Vec::new();
         for u in &s.unordered {
-            match s.parts.iter().position(|p| p.split_once(':').map_or(p.as_str(), |(f, _)| f) == u) {
-                Some(pos) => unordered.push(pos),
-                None => {
+            // An entry names a part exactly ("dob:month") or by its field when only one part uses it.
+            let field_of = |p: &String| p.split_once(':').map_or(p.as_str(), |(f, _)| f).to_string();
+            let exact: Vec<usize> = s.parts.iter().enumerate().filter(|(_, p)| *p == u).map(|(i, _)| i).collect();
+            let by_field: Vec<usize> =
+                s.parts.iter().enumerate().filter(|(_, p)| field_of(p) == *u).map(|(i, _)| i).collect();
+            match (exact.as_slice(), by_field.as_slice()) {
+                ([pos], _) | ([], [pos]) => unordered.push(*pos),
+                ([], [_, _, ..]) => {
+                    problems.push(problem(
+                        format!("{key}.unordered"),
+                        format!("`{u}` names several parts; write the part as in `parts` (e.g. `{u}:month`)"),
+                    ));
+                    ok = false;
+                }
+                _ => {
                     problems
                         .push(problem(format!("{key}.unordered"), format!("`{u}` is not one of this scheme's parts")));
                     ok = false;

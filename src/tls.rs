@@ -24,7 +24,7 @@ pub enum TlsError {
     #[error(transparent)]
     Secret(#[from] fsutil::SecretFileError),
     #[error("{path}: {source}")]
-    Pki { path: PathBuf, source: pki::PkiError },
+    Pki { path: PathBuf, source: Box<pki::PkiError> },
     #[error("building the TLS configuration: {0}")]
     Rustls(String),
     #[error(
@@ -56,7 +56,10 @@ pub struct TlsMaterial {
 
 impl std::fmt::Debug for TlsMaterial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsMaterial").field("identity", &self.identity.to_string()).field("not_after", &self.not_after).finish()
+        f.debug_struct("TlsMaterial")
+            .field("identity", &self.identity.to_string())
+            .field("not_after", &self.not_after)
+            .finish()
     }
 }
 
@@ -112,9 +115,10 @@ impl TlsMaterial {
     pub fn load(paths: &TlsPaths, expected: Option<&SpiffeId>) -> Result<TlsMaterial, TlsError> {
         let chain = load_certs(&paths.cert)?;
         let key = load_key(&paths.key)?;
-        let identity = pki::spiffe_id_of(&chain[0]).map_err(|source| TlsError::Pki { path: paths.cert.clone(), source })?;
-        let not_after =
-            pki::cert_not_after(&chain[0]).map_err(|source| TlsError::Pki { path: paths.cert.clone(), source })?;
+        let identity = pki::spiffe_id_of(&chain[0])
+            .map_err(|source| TlsError::Pki { path: paths.cert.clone(), source: Box::new(source) })?;
+        let not_after = pki::cert_not_after(&chain[0])
+            .map_err(|source| TlsError::Pki { path: paths.cert.clone(), source: Box::new(source) })?;
         if let Some(want) = expected {
             if &identity != want {
                 return Err(TlsError::IdentityMismatch {

@@ -148,6 +148,12 @@ fn apply(t: Transform, value: &str, out: &mut String) {
         Transform::Full => out.push_str(value),
         Transform::Initial => out.push_str(prefix(1)),
         Transform::Prefix(n) => out.push_str(prefix(usize::from(n))),
+        Transform::Suffix(n) => {
+            let n = usize::from(n);
+            let count = value.chars().count();
+            let start = value.char_indices().nth(count.saturating_sub(n)).map_or(0, |(i, _)| i);
+            out.push_str(&value[start..]);
+        }
         Transform::Soundex => normalize::soundex(value, out),
         Transform::Year => out.push_str(value.get(0..4).unwrap_or("")),
         Transform::Month => out.push_str(value.get(5..7).unwrap_or("")),
@@ -180,7 +186,7 @@ pub fn parse_token(s: &str) -> Option<(u32, Token)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::normalize::{normalize, NormKind};
+    use crate::normalize::normalize;
 
     fn identity(schema: &Schema, values: &[(&str, &str)]) -> Identity {
         let mut id = Identity::with_fields(schema.identity.len());

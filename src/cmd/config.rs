@@ -88,7 +88,14 @@ pub fn check_file(path: &Path) -> Result<(ConfigKind, String), Vec<Problem>> {
         }
         ConfigKind::Daemon => {
             let c = crate::daemon::config::Config::from_toml(&text, path)?;
-            Ok((kind, format!("{} daemon {}", if matches!(c.role, crate::daemon::config::RoleConfig::Steward(_)) { "steward" } else { "source" }, c.identity)))
+            Ok((
+                kind,
+                format!(
+                    "{} daemon {}",
+                    if matches!(c.role, crate::daemon::config::RoleConfig::Steward(_)) { "steward" } else { "source" },
+                    c.identity
+                ),
+            ))
         }
         ConfigKind::Synth => {
             match crate::synth::Params::from_overlay(&path.display().to_string(), &text) {
@@ -97,7 +104,9 @@ pub fn check_file(path: &Path) -> Result<(ConfigKind, String), Vec<Problem>> {
                     .into_iter()
                     .map(|p| match p.split_once(' ') {
                         // Problems start with the key they are about.
-                        Some((key, rest)) if key.contains('.') => Problem { key: key.to_string(), message: rest.to_string() },
+                        Some((key, rest)) if key.contains('.') => {
+                            Problem { key: key.to_string(), message: rest.to_string() }
+                        }
                         _ => Problem { key: String::new(), message: p },
                     })
                     .collect()),

@@ -36,6 +36,9 @@ pub struct DemoArgs {
     /// Keep the working directory (always kept when --dir is given).
     #[arg(long)]
     pub keep: bool,
+    /// Record schema (token schemes, linkage rule) to use; default: the built-in config/schema.toml.
+    #[arg(long, value_name = "FILE")]
+    pub schema: Option<PathBuf>,
 }
 
 /// What the demo did, for the summary and for tests.
@@ -59,7 +62,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         Some(d) => (d.clone(), false),
         None => (temp_dir()?, !args.keep),
     };
-    let result = run_in(&dir, args.persons, args.seed);
+    let schema = match &args.schema {
+        Some(p) => super::load_schema(Some(p))?,
+        None => Schema::default_schema().map_err(|p| anyhow::anyhow!("built-in schema: {p:?}"))?,
+    };
+    let result = run_in(&dir, &schema, args.persons, args.seed);
     match &result {
         Ok(report) => print_report(report, started),
         Err(_) if temporary => eprintln!("demo: working directory kept for inspection: {}", dir.display()),
@@ -76,16 +83,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 /// A fresh private directory under the system's temporary directory.
 fn temp_dir() -> anyhow::Result<PathBuf> {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let dir = std::env::temp_dir().join(format!("divert-demo-{}-{nanos:08x}", std::process::id()));
     crate::fsutil::create_private_dir(&dir)?;
     Ok(dir)
 }
 
 /// Run the pipeline in `dir`.
-pub fn run_in(dir: &Path, persons: u32, seed: u64) -> anyhow::Result<DemoReport> {
+pub fn run_in(dir: &Path, schema: &Schema, persons: u32, seed: u64) -> anyhow::Result<DemoReport> {
     crate::fsutil::create_private_dir(dir)?;
-    let schema = Schema::default_schema().map_err(|p| anyhow::anyhow!("built-in schema: {p:?}"))?;
 
     step("generating synthetic program data");
     let params = Params::defaults().context("built-in synthetic-data parameters")?;
@@ -100,7 +107,7 @@ pub fn run_in(dir: &Path, persons: u32, seed: u64) -> anyhow::Result<DemoReport>
         Err(keys::KeyError::NoKey { .. }) | Err(keys::KeyError::Dir { .. }) => keys::init(&keys_dir)?,
         Err(e) => return Err(e.into()),
     };
-    let tokenizer = Tokenizer::new(&schema, &key)?;
+    let tokenizer = Tokenizer::new(schema, &key)?;
 
     step("pseudonymizing each agency's exports");
     let out_dir = dir.join("pseudonymized");
@@ -116,15 +123,24 @@ pub fn run_in(dir: &Path, persons: u32, seed: u64) -> anyhow::Result<DemoReport>
             let out = out_dir.join(&agency_name).join(format!("{kind}.jsonl"));
             fs::create_dir_all(out.parent().unwrap_or(&out_dir))?;
             let file = File::create(&out).with_context(|| format!("creating {}", out.display()))?;
-            let summary = pseudonymize_file(&schema, &agency_name, &kind, &tokenizer, Format::Csv, &input, &quarantine_path(&input), file)
-                .with_context(|| format!("pseudonymizing {}", input.display()))?;
+            let summary = pseudonymize_file(
+                schema,
+                &agency_name,
+                &kind,
+                &tokenizer,
+                Format::Csv,
+                &input,
+                &quarantine_path(&input),
+                file,
+            )
+            .with_context(|| format!("pseudonymizing {}", input.display()))?;
             files.push(FileRow { agency: agency_name.clone(), kind, summary });
             outputs.push(out);
         }
     }
 
     step("linking records into persons");
-    let link = link_files(&schema, &outputs, Some(&data.join("truth.csv")))?;
+    let link = link_files(schema, &outputs, Some(&data.join("truth.csv")))?;
     Ok(DemoReport { dir: dir.to_path_buf(), files, link })
 }
 
@@ -137,7 +153,8 @@ fn file_name(p: &Path) -> String {
 }
 
 fn sorted_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+    let mut v: Vec<PathBuf> =
+        fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
     v.sort();
     Ok(v)
 }
@@ -156,7 +173,10 @@ fn print_report(r: &DemoReport, started: Instant) {
     println!("{:<10} {:<15} {:>9} {:>9} {:>11}", "agency", "kind", "rows", "accepted", "quarantined");
     let mut total = crate::pseudonymize::Summary::default();
     for f in &r.files {
-        println!("{:<10} {:<15} {:>9} {:>9} {:>11}", f.agency, f.kind, f.summary.rows_read, f.summary.accepted, f.summary.quarantined);
+        println!(
+            "{:<10} {:<15} {:>9} {:>9} {:>11}",
+            f.agency, f.kind, f.summary.rows_read, f.summary.accepted, f.summary.quarantined
+        );
         total.rows_read += f.summary.rows_read;
         total.accepted += f.summary.accepted;
         total.quarantined += f.summary.quarantined;

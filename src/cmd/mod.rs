@@ -13,7 +13,7 @@ pub mod ingest;
 pub mod keys;
 pub mod link;
 pub mod pseudonymize;
-// pub mod serve; (declared with daemon::service)
+pub mod serve;
 pub mod status;
 pub mod synth;
 

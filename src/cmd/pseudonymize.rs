@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use crate::ingest::{Format, Issue};
 use crate::keys;
-use crate::pseudonymize::{pseudonymize_stream, Summary};
+use crate::pseudonymize::{pseudonymize_stream, Pseudonymizer, Summary};
 use crate::schema::Schema;
 use crate::token::Tokenizer;
 
@@ -139,17 +139,9 @@ pub fn pseudonymize_file<W: Write>(
         Ok(())
     };
     let out = BufWriter::with_capacity(1 << 20, out);
-    let summary = pseudonymize_stream(
-        schema,
-        kind,
-        source,
-        tokenizer,
-        format,
-        io::BufReader::with_capacity(1 << 20, file),
-        out,
-        &mut on_issue,
-    )
-    .with_context(|| format!("{}: refused", input.display()))?;
+    let mut p = Pseudonymizer::new(schema, kind, source, tokenizer);
+    let summary = pseudonymize_stream(&mut p, format, io::BufReader::with_capacity(1 << 20, file), out, &mut on_issue)
+        .with_context(|| format!("{}: refused", input.display()))?;
     match q {
         Some(mut w) => w.flush().with_context(|| format!("writing {}", quarantine.display()))?,
         None => {

@@ -63,9 +63,7 @@ pub enum AdminError {
     InUse { path: PathBuf },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error(
-        "{path}: no daemon answers ({source}); is `divert serve --config …` running with this config?"
-    )]
+    #[error("{path}: no daemon answers ({source}); is `divert serve --config …` running with this config?")]
     NotRunning { path: PathBuf, source: io::Error },
     #[error("{path}: the daemon's answer was not understood: {detail}")]
     BadResponse { path: PathBuf, detail: String },
@@ -142,8 +140,9 @@ async fn handle(stream: UnixStream, handler: Handler) -> io::Result<()> {
 
 /// Send one request to the daemon whose admin socket is `path`.
 pub async fn request(path: &Path, req: &Request) -> Result<Response, AdminError> {
-    let stream =
-        UnixStream::connect(path).await.map_err(|source| AdminError::NotRunning { path: path.to_path_buf(), source })?;
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| AdminError::NotRunning { path: path.to_path_buf(), source })?;
     let io_err = |source| AdminError::Io { path: path.to_path_buf(), source };
     let (read, mut write) = stream.into_split();
     let mut bytes = serde_json::to_vec(req).map_err(|e| io_err(io::Error::other(e)))?;

@@ -139,7 +139,8 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, Vec<Problem>> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| vec![toml_problem(&e)])?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let resolve = |p: &Path| if p.is_absolute() || base.as_os_str().is_empty() { p.to_path_buf() } else { base.join(p) };
+        let resolve =
+            |p: &Path| if p.is_absolute() || base.as_os_str().is_empty() { p.to_path_buf() } else { base.join(p) };
         let mut problems = Vec::new();
         let mut bad = |key: &str, message: String| problems.push(Problem { key: key.to_string(), message });
 
@@ -190,7 +191,10 @@ impl Config {
                         let listen = match s.listen.parse::<SocketAddr>() {
                             Ok(a) => a,
                             Err(_) => {
-                                bad("steward.listen", format!("`{}` is not an address:port like 127.0.0.1:7443", s.listen));
+                                bad(
+                                    "steward.listen",
+                                    format!("`{}` is not an address:port like 127.0.0.1:7443", s.listen),
+                                );
                                 SocketAddr::from(([127, 0, 0, 1], 0))
                             }
                         };

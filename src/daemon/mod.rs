@@ -36,4 +36,4 @@ pub fn admin_socket_of(config_path: &std::path::Path) -> anyhow::Result<(Config,
     Ok((config, socket))
 }
 
-// The service loop lives in service.rs; declared once the role services exist.
+pub mod service;

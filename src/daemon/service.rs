@@ -1,6 +1,5 @@
 //! The running daemon: start the role service and the admin socket, handle signals and TLS reloads, drain and flush on stop.
 
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
@@ -8,13 +7,13 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::daemon::config::{Config, RoleConfig};
 use crate::daemon::{admin, Context};
+use crate::source::Source;
+use crate::steward::Steward;
 use crate::tls::TlsMaterial;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use crate::source::Source;
-use crate::steward::Steward;
 
 /// How long a stopping daemon waits for in-flight work before exiting anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -140,7 +139,9 @@ fn admin_handler(ctx: Arc<Context>, service: Service, started: time::OffsetDateT
                         Ok(v) => admin::Response::ok(v),
                         Err(e) => admin::Response::err(e),
                     },
-                    Service::Steward(_) => admin::Response::err("this daemon is a steward; files are ingested by sources"),
+                    Service::Steward(_) => {
+                        admin::Response::err("this daemon is a steward; files are ingested by sources")
+                    }
                 },
             }
         })
@@ -173,4 +174,3 @@ fn status(ctx: &Context, service: &Service, started: time::OffsetDateTime) -> se
         role: detail,
     })
 }
-

@@ -1,20 +1,25 @@
-//! Ingesting one export into the store (blocking; run on a blocking thread): raw rows encrypted in chunks, pseudonymized records in outbox batches, quarantined rows to a CSV beside — all of a file committed atomically and flushed before its outcome counts.
+//! Ingesting one export into the store (blocking; run on a blocking thread): raw rows encrypted in chunks, pseudonymized records in outbox batches, quarantined rows to a CSV beside — the file's outcome durable before it counts.
 //!
-//! Large files are written in segments (atomic sled batches) marked "in
-//! progress" with their outbox range; the pusher sees none of a file's
-//! batches until the whole file is durable, and a file that stops half way
-//! (a refusal late in the file, a stop, a crash) is rolled back, so a file
-//! is either wholly in the outbox or not at all.
+//! A file is written in segments of about [`SEGMENT_ROWS`] accepted rows,
+//! each one atomic sled batch (raw chunks, outbox batches, the file's record
+//! saying how many accepted rows are in), flushed, then handed to the pusher:
+//! pushing overlaps ingesting. A file that stops part-way (a stop, a crash,
+//! a disk error) resumes when ingested again: its rows are read again and
+//! the first `committed_rows` accepted ones are skipped, so no record is
+//! made twice. A file refused as a whole (an `IngestError`) must leave
+//! nothing: a pre-scan (while hashing) looks for what can refuse a file
+//! after its header (an unbalanced quote, an overlong JSON line) and such a
+//! file is written in one piece at the end, so its refusal leaves nothing.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use ring::digest;
 use tokio_util::sync::CancellationToken;
 
 use crate::fsutil;
-use crate::ingest::{Action, Format, Issue, Outcome, Reader, Row};
+use crate::ingest::{Action, Format, IngestError, Issue, LineEnds, Outcome, Reader, Row, MAX_LINE_BYTES};
 use crate::pseudonymize::{Pseudonymizer, Summary};
 use crate::schema::{Kind, Schema};
 use crate::token::Tokenizer;
@@ -23,8 +28,8 @@ use super::crypt::DataKey;
 use super::raw::{encode_header, ChunkBuilder, RawReader, RAW_CHUNK_ROWS};
 use super::store::{self, FileId, FileRecord, FileState, Store};
 
-/// Accepted rows written per segment (one atomic sled batch) of a large file.
-pub const SEGMENT_ROWS: u64 = 50_000;
+/// Accepted rows per segment: written atomically, flushed, then pushable.
+pub const SEGMENT_ROWS: u64 = 10_000;
 
 /// What every file's ingest needs.
 pub struct Env<'a> {
@@ -34,7 +39,11 @@ pub struct Env<'a> {
     pub data_key: &'a DataKey,
     pub store: &'a Store,
     pub batch_records: u32,
+    /// Accepted rows per segment ([`SEGMENT_ROWS`] in the daemon).
+    pub segment_rows: u64,
     pub cancel: &'a CancellationToken,
+    /// Called with outbox batches (sequence, records) once they are durable.
+    pub on_durable: &'a (dyn Fn(&[(u64, u32)]) + Sync),
 }
 
 /// Ingest state kept between files (under the ingest lock).
@@ -64,8 +73,10 @@ pub struct Done {
     pub quarantine: Option<PathBuf>,
     /// The file was ingested before (same kind, same bytes): nothing new was written.
     pub already: bool,
-    /// Outbox batches written (sequence, records).
-    pub batches: Vec<(u64, u32)>,
+    /// Outbox batches written by this run (already handed to `on_durable`).
+    pub batches: usize,
+    /// Accepted rows an earlier, interrupted run had written (skipped now).
+    pub resumed_after: u64,
     /// For an inbox file: its name in done/ (as first decided, when `already`).
     pub dest: Option<String>,
 }
@@ -75,9 +86,9 @@ pub struct Done {
 pub enum FileError {
     /// The file itself is unusable (an `IngestError`): it goes to rejected/. Names a line or column, never a value.
     Refused(String),
-    /// Something on our side failed (disk, store): the file stays and is tried again.
+    /// Something on our side failed (disk, store): the file stays and is tried again (resuming).
     Failed(String),
-    /// The daemon is stopping.
+    /// The daemon is stopping; the file resumes at the next start.
     Stopped,
 }
 
@@ -95,24 +106,90 @@ fn failed(what: &str) -> impl Fn(&dyn std::fmt::Display) -> FileError + '_ {
     move |e| FileError::Failed(format!("{what}: {e}"))
 }
 
-/// SHA-256 over the kind and the file's bytes: the file's id in the store.
-pub fn file_id(path: &Path, kind: &str) -> io::Result<FileId> {
+fn ingest_error(e: IngestError) -> FileError {
+    match e {
+        IngestError::Io(e) => FileError::Failed(format!("reading the file: {e}")),
+        other => FileError::Refused(other.to_string()),
+    }
+}
+
+/// Hashes everything read through it.
+struct Hashing<R> {
+    inner: R,
+    ctx: digest::Context,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.ctx.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// One pass over the file: its id (SHA-256 of the kind and the bytes) and
+/// whether it may be refused after its header (`suspect`): a CSV record with
+/// a line break and the wrong number of fields (an unbalanced quote), or a
+/// JSON line longer than ingest accepts. Conservative: suspect files are
+/// only written in one piece.
+pub fn scan(path: &Path, kind: &str, format: Format) -> io::Result<(FileId, bool)> {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(b"divert/source-file/v1\0");
     ctx.update(kind.as_bytes());
     ctx.update(b"\0");
-    let mut f = File::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
+    let mut input = Hashing { inner: BufReader::with_capacity(1 << 20, File::open(path)?), ctx };
+    let mut suspect = false;
+    match format {
+        Format::Csv => {
+            let mut reader =
+                csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(LineEnds::new(&mut input));
+            let mut record = csv::ByteRecord::new();
+            let mut width = None;
+            loop {
+                match reader.read_byte_record(&mut record) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => return Err(io::Error::other(e.to_string())),
+                    Err(_) => {
+                        suspect = true;
+                        break;
+                    }
+                }
+                let blank = record.len() == 1 && record.get(0).is_some_and(|f| f.iter().all(u8::is_ascii_whitespace));
+                match width {
+                    None => width = Some(record.len()),
+                    Some(_) if blank => {}
+                    Some(w) => {
+                        if record.len() != w && record.as_slice().contains(&b'\n') {
+                            suspect = true;
+                            break;
+                        }
+                    }
+                }
+            }
         }
-        ctx.update(&buf[..n]);
+        Format::JsonLines => {
+            // Bytes this buffer holds were hashed when read into it.
+            let mut lines = BufReader::with_capacity(1 << 16, &mut input);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                let n = (&mut lines).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut line)?;
+                if n == 0 {
+                    break;
+                }
+                if line.len() > MAX_LINE_BYTES {
+                    suspect = true;
+                    break;
+                }
+            }
+        }
     }
+    // Hash whatever the parser did not read.
+    io::copy(&mut input, &mut io::sink())?;
     let mut id = [0u8; 32];
-    id.copy_from_slice(ctx.finish().as_ref());
-    Ok(id)
+    id.copy_from_slice(input.ctx.finish().as_ref());
+    Ok((id, suspect))
 }
 
 /// The quarantine CSV, written to a hidden temporary first and renamed into place at the end.
@@ -176,13 +253,15 @@ fn now_rfc3339() -> String {
     crate::pki::format_time(time::OffsetDateTime::now_utc())
 }
 
-/// Ingest one file. On success the file's outcome is durable (flushed).
+/// Ingest one file. On success the file's outcome is durable (flushed) and
+/// every batch was handed to `env.on_durable`.
 pub fn ingest(env: &Env<'_>, state: &mut State, job: &Job<'_>) -> Result<Done, FileError> {
     let kind = job.kind;
-    let id = file_id(job.path, &kind.name).map_err(|e| failed("reading the file")(&e))?;
+    let (id, suspect) = scan(job.path, &kind.name, job.format).map_err(|e| failed("reading the file")(&e))?;
     let name = job.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    match env.store.file(&id).map_err(|e| failed("reading the store")(&e))? {
-        Some(rec) if rec.state == FileState::Done => {
+    let earlier = env.store.file(&id).map_err(|e| failed("reading the store")(&e))?;
+    if let Some(rec) = &earlier {
+        if rec.state == FileState::Done {
             return Ok(Done {
                 summary: Summary {
                     rows_read: rec.rows_read,
@@ -190,23 +269,18 @@ pub fn ingest(env: &Env<'_>, state: &mut State, job: &Job<'_>) -> Result<Done, F
                     quarantined: rec.quarantined,
                     values_dropped: rec.values_dropped,
                 },
-                quarantine: rec.quarantine.map(PathBuf::from),
+                quarantine: rec.quarantine.clone().map(PathBuf::from),
                 already: true,
-                batches: Vec::new(),
-                dest: rec.dest,
+                batches: 0,
+                resumed_after: 0,
+                dest: rec.dest.clone(),
             });
         }
-        Some(rec) => {
-            env.store.rollback(&id, &rec, state.next_seq).map_err(|e| failed("rolling back")(&e))?;
-            state.next_seq = state.next_seq.max(rec.end_seq);
-        }
-        None => {}
     }
 
     let open = |p: &Path| File::open(p).map(|f| BufReader::with_capacity(1 << 20, f));
     let input = open(job.path).map_err(|e| failed("opening the file")(&e))?;
-    let mut reader =
-        Reader::new(env.schema, kind, job.format, input).map_err(|e| FileError::Refused(e.to_string()))?;
+    let mut reader = Reader::new(env.schema, kind, job.format, input).map_err(ingest_error)?;
     let raw_input = open(job.path).map_err(|e| failed("opening the file")(&e))?;
     let mut raw = RawReader::new(job.format, raw_input).map_err(|e| failed("reading the file")(&e))?;
     let columns = raw.keep_mapped(reader.ignored_columns());
@@ -214,25 +288,36 @@ pub fn ingest(env: &Env<'_>, state: &mut State, job: &Job<'_>) -> Result<Done, F
     let mut w = Writer {
         env,
         id,
-        start_seq: state.next_seq,
+        kind: &kind.name,
+        name: &name,
+        seqs: earlier.as_ref().map(|r| r.seqs.clone()).unwrap_or_default(),
+        range_start: state.next_seq,
         seq: state.next_seq,
+        skip: earlier.as_ref().map_or(0, |r| r.committed_rows),
+        emitted: 0,
+        segment_rows: if suspect { u64::MAX } else { env.segment_rows.max(1) },
         batch: sled::Batch::default(),
-        committed: false,
         chunk: ChunkBuilder::new(),
-        chunk_no: 1,
+        chunk_no: earlier.as_ref().map_or(1, |r| r.next_chunk.max(1)),
         records: Vec::with_capacity(1 << 20),
         in_batch: 0,
-        batches: Vec::new(),
+        pending: Vec::new(),
+        batches: 0,
         since_commit: 0,
     };
-    let result = w.run(state, job, &mut reader, &mut raw, &columns, &name);
-    if result.is_err() {
-        // Sequences handed out are never reused, even when the file is rolled back.
-        state.next_seq = w.seq;
-        if w.committed {
-            let rec = w.record(FileState::InProgress, &kind.name, &name, None, &Summary::default(), None);
-            if let Err(e) = env.store.rollback(&id, &rec, w.seq) {
-                tracing::error!(file = %name, error = %e, "rolling back a partly written file failed; it is rolled back at the next start");
+    let result = w.run(state, job, &mut reader, &mut raw, &columns);
+    // Sequences handed out are never used again, whatever happened.
+    state.next_seq = state.next_seq.max(w.seq);
+    if let Err(FileError::Refused(_)) = &result {
+        // Only reachable when the pre-scan missed a refusal: take back what is not yet sent.
+        if let Ok(Some(rec)) = env.store.file(&id) {
+            tracing::error!(
+                file = %name,
+                rows_already_written = rec.committed_rows,
+                "a file was refused after part of it was written; its unsent part is removed, records already sent stay at the steward"
+            );
+            if let Err(e) = env.store.rollback(&id, &rec) {
+                tracing::error!(file = %name, error = %e, "removing the written part of a refused file failed");
             }
         }
     }
@@ -242,17 +327,26 @@ pub fn ingest(env: &Env<'_>, state: &mut State, job: &Job<'_>) -> Result<Done, F
 struct Writer<'e, 'a> {
     env: &'e Env<'a>,
     id: FileId,
-    start_seq: u64,
+    kind: &'e str,
+    name: &'e str,
+    /// Sequence ranges of the file's batches already committed.
+    seqs: Vec<(u64, u64)>,
+    range_start: u64,
     seq: u64,
+    /// Accepted rows an earlier run committed: read again but not written.
+    skip: u64,
+    /// Accepted rows seen so far this run (skipped or written).
+    emitted: u64,
+    segment_rows: u64,
     batch: sled::Batch,
-    /// Some segment of this file was applied to the store.
-    committed: bool,
     chunk: ChunkBuilder,
     chunk_no: u32,
     /// The current outbox batch: records separated by commas.
     records: Vec<u8>,
     in_batch: u32,
-    batches: Vec<(u64, u32)>,
+    /// Batches in `batch`, not yet durable.
+    pending: Vec<(u64, u32)>,
+    batches: usize,
     since_commit: u64,
 }
 
@@ -274,28 +368,25 @@ impl Writer<'_, '_> {
             return;
         }
         self.batch.insert(&store::outbox_key(self.seq)[..], store::outbox_value(self.in_batch, &self.records));
-        self.batches.push((self.seq, self.in_batch));
+        self.pending.push((self.seq, self.in_batch));
         self.seq += 1;
         self.records.clear();
         self.in_batch = 0;
     }
 
-    fn record(
-        &self,
-        state: FileState,
-        kind: &str,
-        name: &str,
-        dest: Option<String>,
-        s: &Summary,
-        quarantine: Option<&Path>,
-    ) -> FileRecord {
+    fn record(&self, state: FileState, dest: Option<String>, s: &Summary, quarantine: Option<&Path>) -> FileRecord {
+        let mut seqs = self.seqs.clone();
+        if self.seq > self.range_start {
+            seqs.push((self.range_start, self.seq));
+        }
         FileRecord {
             state,
-            kind: kind.to_string(),
-            name: name.to_string(),
+            kind: self.kind.to_string(),
+            name: self.name.to_string(),
             dest,
-            start_seq: self.start_seq,
-            end_seq: self.seq,
+            seqs,
+            committed_rows: self.emitted,
+            next_chunk: self.chunk_no,
             rows_read: s.rows_read,
             accepted: s.accepted,
             quarantined: s.quarantined,
@@ -305,18 +396,23 @@ impl Writer<'_, '_> {
         }
     }
 
-    /// Apply the segment so far, marked in progress (not yet pushable).
-    fn commit_segment(&mut self, kind: &str, name: &str) -> Result<(), FileError> {
-        self.seal_chunk()?;
-        let rec = self.record(FileState::InProgress, kind, name, None, &Summary::default(), None);
-        let rec = serde_json::to_vec(&rec).map_err(|e| failed("encoding")(&e))?;
+    /// Apply what is in `batch` with the file's record, flush, and hand the batches to the pusher.
+    fn commit(&mut self, rec: FileRecord, extra: &[(&[u8], Vec<u8>)]) -> Result<(), FileError> {
+        let rec_bytes = serde_json::to_vec(&rec).map_err(|e| failed("encoding")(&e))?;
         let mut batch = std::mem::take(&mut self.batch);
-        batch.insert(&store::file_key(&self.id)[..], rec);
+        batch.insert(&store::file_key(&self.id)[..], rec_bytes);
         batch.insert(store::META_OUTBOX_NEXT, &self.seq.to_be_bytes());
-        // Marked before applying: a failed apply may still have written part of it.
-        self.committed = true;
+        for (k, v) in extra {
+            batch.insert(*k, v.as_slice());
+        }
         self.env.store.apply(batch).map_err(|e| failed("writing the store")(&e))?;
+        self.env.store.flush().map_err(|e| failed("flushing the store")(&e))?;
+        self.seqs = rec.seqs;
+        self.range_start = self.seq;
         self.since_commit = 0;
+        self.batches += self.pending.len();
+        (self.env.on_durable)(&self.pending);
+        self.pending.clear();
         Ok(())
     }
 
@@ -327,14 +423,15 @@ impl Writer<'_, '_> {
         reader: &mut Reader<'_, R>,
         raw: &mut RawReader<Q>,
         columns: &[String],
-        name: &str,
     ) -> Result<Done, FileError> {
         let env = self.env;
         let kind = job.kind;
-        let header = encode_header(job.format, &kind.name, columns);
-        let key = store::raw_key(&self.id, 0);
-        self.batch.insert(&key[..], env.data_key.seal(&key, header.as_slice()).map_err(|e| failed("encrypting")(&e))?);
-        drop(header);
+        if self.skip == 0 {
+            let header = encode_header(job.format, &kind.name, columns);
+            let key = store::raw_key(&self.id, 0);
+            let sealed = env.data_key.seal(&key, header.as_slice()).map_err(|e| failed("encrypting")(&e))?;
+            self.batch.insert(&key[..], sealed);
+        }
 
         let mut quarantine = Quarantine::new(job.quarantine.clone());
         let mut p = Pseudonymizer::new(env.schema, kind, env.source, env.tokenizer);
@@ -345,7 +442,7 @@ impl Writer<'_, '_> {
             let outcome = match reader.next_row(&mut row, &mut issues) {
                 Ok(Some(o)) => o,
                 Ok(None) => break,
-                Err(e) => return Err(FileError::Refused(e.to_string())),
+                Err(e) => return Err(ingest_error(e)),
             };
             s.rows_read += 1;
             for i in issues.drain(..) {
@@ -355,10 +452,16 @@ impl Writer<'_, '_> {
                 quarantine.write(&i).map_err(|e| failed("writing the quarantine file")(&e))?;
             }
             let accepted = outcome == Outcome::Accepted;
-            raw.next(row.line, if accepted { Some(&mut self.chunk) } else { None })
+            let write = accepted && self.emitted >= self.skip;
+            raw.next(row.line, if write { Some(&mut self.chunk) } else { None })
                 .map_err(|e| failed("keeping the raw row")(&e))?;
             if accepted {
                 s.accepted += 1;
+                self.emitted += 1;
+            } else {
+                s.quarantined += 1;
+            }
+            if write {
                 if self.in_batch > 0 {
                     self.records.push(b',');
                 }
@@ -370,12 +473,12 @@ impl Writer<'_, '_> {
                 }
                 if self.in_batch >= env.batch_records {
                     self.finish_outbox_batch();
-                    if self.since_commit >= SEGMENT_ROWS {
-                        self.commit_segment(&kind.name, name)?;
+                    if self.since_commit >= self.segment_rows {
+                        self.seal_chunk()?;
+                        let rec = self.record(FileState::InProgress, None, &Summary::default(), None);
+                        self.commit(rec, &[])?;
                     }
                 }
-            } else {
-                s.quarantined += 1;
             }
             if s.rows_read % 1024 == 0 && env.cancel.is_cancelled() {
                 return Err(FileError::Stopped);
@@ -386,25 +489,22 @@ impl Writer<'_, '_> {
         // The quarantine file is in place before the outcome is recorded, so "done" implies it exists.
         let qpath = quarantine.finish().map_err(|e| failed("writing the quarantine file")(&e))?;
 
-        let rec = self.record(FileState::Done, &kind.name, name, job.dest.clone(), &s, qpath.as_deref());
-        let rec = serde_json::to_vec(&rec).map_err(|e| failed("encoding")(&e))?;
         let held = state.held.get(&kind.name).copied().unwrap_or(0) + s.accepted;
-        let mut batch = std::mem::take(&mut self.batch);
-        batch.insert(&store::file_key(&self.id)[..], rec);
-        batch.insert(store::META_OUTBOX_NEXT, &self.seq.to_be_bytes());
-        batch.insert(store::held_key(&kind.name), &held.to_be_bytes());
-        batch.insert(store::META_FILES_DONE, &(state.files_done + 1).to_be_bytes());
-        self.committed = true;
-        env.store.apply(batch).map_err(|e| failed("writing the store")(&e))?;
-        env.store.flush().map_err(|e| failed("flushing the store")(&e))?;
-        state.next_seq = self.seq;
-        state.files_done += 1;
+        let rec = self.record(FileState::Done, job.dest.clone(), &s, qpath.as_deref());
+        let held_key = store::held_key(&kind.name);
+        let files_done = state.files_done + 1;
+        self.commit(
+            rec,
+            &[(&held_key, held.to_be_bytes().to_vec()), (store::META_FILES_DONE, files_done.to_be_bytes().to_vec())],
+        )?;
+        state.files_done = files_done;
         state.held.insert(kind.name.clone(), held);
         Ok(Done {
             summary: s,
             quarantine: qpath,
             already: false,
-            batches: std::mem::take(&mut self.batches),
+            batches: self.batches,
+            resumed_after: self.skip,
             dest: job.dest.clone(),
         })
     }
@@ -426,4 +526,157 @@ pub fn write_durable(path: &Path, text: &str) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::EpochKey;
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
+    const HEADER: &str = "arrest_id,arrest_date,family_name,given_name,dob,sex,warrant,violent,felony\n";
+
+    fn export(rows: usize) -> String {
+        let mut s = String::from(HEADER);
+        for i in 0..rows {
+            s.push_str(&format!("A{i},2019-03-04,Lee,Bo,1980-01-{:02},M,y,n,n\n", 1 + i % 28));
+        }
+        s
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        schema: Schema,
+        tokenizer: Tokenizer,
+        key: DataKey,
+        store: Store,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Schema::default_schema().unwrap();
+        let tokenizer = Tokenizer::new(&schema, &EpochKey::from_bytes(1, &[9u8; 32]).unwrap()).unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        Fixture { key: DataKey::from_bytes(&[1u8; 32]).unwrap(), dir, schema, tokenizer, store }
+    }
+
+    /// Run one ingest; `stop_after` cancels once that many segments are durable.
+    fn run(f: &Fixture, state: &mut State, path: &Path, stop_after: Option<usize>) -> (Result<Done, FileError>, Vec<(u64, u32)>) {
+        let cancel = CancellationToken::new();
+        let seen = Mutex::new(Vec::new());
+        let segments = Mutex::new(0usize);
+        let on_durable = |b: &[(u64, u32)]| {
+            seen.lock().unwrap().extend_from_slice(b);
+            let mut n = segments.lock().unwrap();
+            *n += 1;
+            if stop_after.is_some_and(|s| *n >= s) {
+                cancel.cancel();
+            }
+        };
+        let env = Env {
+            schema: &f.schema,
+            tokenizer: &f.tokenizer,
+            source: "police",
+            data_key: &f.key,
+            store: &f.store,
+            batch_records: 100,
+            segment_rows: 500,
+            cancel: &cancel,
+            on_durable: &on_durable,
+        };
+        let kind = f.schema.kind("arrest").unwrap();
+        let job = Job { path, kind, format: Format::Csv, quarantine: f.dir.path().join("q.csv"), dest: None };
+        let r = ingest(&env, state, &job);
+        let seen = seen.into_inner().unwrap();
+        (r, seen)
+    }
+
+    fn outbox_lines(store: &Store) -> Vec<u64> {
+        let mut lines = Vec::new();
+        for kv in store.tree().scan_prefix(b"o") {
+            let (_, v) = kv.unwrap();
+            let (n, body) = store::split_outbox_value(&v).unwrap();
+            let recs: Vec<crate::record::PseudoRecord> =
+                serde_json::from_slice(&[b"[", body, b"]"].concat()).unwrap();
+            assert_eq!(recs.len() as u32, n);
+            lines.extend(recs.iter().map(|r| r.line));
+        }
+        lines
+    }
+
+    #[test]
+    fn an_interrupted_file_resumes_without_making_a_record_twice() {
+        let f = fixture();
+        let path = f.dir.path().join("arrest.csv");
+        std::fs::write(&path, export(3000)).unwrap();
+        let mut state = State::default();
+        let (r, first) = run(&f, &mut state, &path, Some(1));
+        assert!(matches!(r, Err(FileError::Stopped)), "{r:?}");
+        // Segments of 500 rows were durable before the stop was seen (every 1024 rows).
+        let written: u32 = first.iter().map(|b| b.1).sum();
+        assert_eq!(written, 1000);
+        let rec = f.store.file(&scan(&path, "arrest", Format::Csv).unwrap().0).unwrap().unwrap();
+        assert_eq!((rec.state, rec.committed_rows), (FileState::InProgress, 1000));
+
+        let (r, second) = run(&f, &mut state, &path, None);
+        let done = r.unwrap();
+        assert_eq!((done.summary.accepted, done.resumed_after), (3000, 1000));
+        let again: u32 = second.iter().map(|b| b.1).sum();
+        assert_eq!(again, 2000);
+        let firsts: BTreeSet<u64> = first.iter().map(|b| b.0).collect();
+        assert!(second.iter().all(|b| !firsts.contains(&b.0)), "sequences are not reused");
+        let mut lines = outbox_lines(&f.store);
+        lines.sort_unstable();
+        assert_eq!(lines, (2..3002).collect::<Vec<u64>>(), "every row once");
+        // Raw chunks: header + 3000 rows, each row once.
+        let mut raw_rows = BTreeSet::new();
+        for kv in f.store.tree().scan_prefix(b"r") {
+            let (k, v) = kv.unwrap();
+            let plain = f.key.open(&k, &v).unwrap();
+            if k.ends_with(&0u32.to_be_bytes()) {
+                continue;
+            }
+            super::super::raw::for_each_row(&plain, |line, _| assert!(raw_rows.insert(line), "raw line {line} twice"))
+                .unwrap();
+        }
+        assert_eq!(raw_rows.len(), 3000);
+        assert_eq!(state.held["arrest"], 3000);
+
+        // Once done, the same bytes are recognised.
+        let (r, third) = run(&f, &mut state, &path, None);
+        assert!(r.unwrap().already && third.is_empty());
+    }
+
+    #[test]
+    fn a_file_refused_late_leaves_nothing() {
+        let f = fixture();
+        let path = f.dir.path().join("arrest.csv");
+        let mut text = export(3000);
+        text.push_str("B1,2019-03-04,\"Lee,Bo,1980-01-01,M,y,n,n\nB2,2019-03-04,Lee,Bo,1980-01-01,M,y,n,n\n");
+        std::fs::write(&path, &text).unwrap();
+        assert!(scan(&path, "arrest", Format::Csv).unwrap().1, "the pre-scan flags the unbalanced quote");
+        let mut state = State::default();
+        let (r, seen) = run(&f, &mut state, &path, None);
+        assert!(matches!(&r, Err(FileError::Refused(m)) if m.contains("line 3002")), "{r:?}");
+        assert!(seen.is_empty());
+        assert_eq!(f.store.tree().len(), 0, "nothing of the file is in the store");
+    }
+
+    #[test]
+    fn file_ids_depend_on_kind_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.csv");
+        std::fs::write(&a, export(3)).unwrap();
+        let (id, suspect) = scan(&a, "arrest", Format::Csv).unwrap();
+        assert!(!suspect);
+        assert_ne!(id, scan(&a, "booking", Format::Csv).unwrap().0);
+        std::fs::write(&a, export(4)).unwrap();
+        assert_ne!(id, scan(&a, "arrest", Format::Csv).unwrap().0);
+        let j = dir.path().join("a.jsonl");
+        std::fs::write(&j, format!("{{}}\n{}\n", "x".repeat(MAX_LINE_BYTES + 5))).unwrap();
+        assert!(scan(&j, "arrest", Format::JsonLines).unwrap().1);
+        std::fs::write(&j, "{}\n{}\n").unwrap();
+        assert!(!scan(&j, "arrest", Format::JsonLines).unwrap().1);
+    }
 }

@@ -99,7 +99,7 @@ impl Source {
             let store = Store::open(&store_dir).with_context(|| {
                 format!("opening the store {} (is another divert running on it?)", store_dir.display())
             })?;
-            let rolled = store.rollback_unfinished()?;
+            let unfinished = store.unfinished()?;
             let store_id = store.store_id()?;
             let state = State {
                 next_seq: store.outbox_next()?,
@@ -113,13 +113,18 @@ impl Source {
                 store.get_u64(store::META_PUSHED_RECORDS)?,
                 store.tree().get(store::META_LAST_PUSH)?.map(|v| String::from_utf8_lossy(&v).into_owned()),
             );
-            Ok((store, rolled, store_id, state, outbox, stats))
+            Ok((store, unfinished, store_id, state, outbox, stats))
         })
         .await
         .context("opening the store")??;
-        let (store, rolled, store_id, state, pending, stats) = opened;
-        if rolled > 0 {
-            tracing::warn!(files = rolled, "rolled back files left half-ingested by an earlier stop; they are ingested again");
+        let (store, unfinished, store_id, state, pending, stats) = opened;
+        for f in &unfinished {
+            tracing::warn!(
+                file = %f.name,
+                kind = %f.kind,
+                rows_written = f.committed_rows,
+                "a file was left part-way by an earlier stop; it resumes when ingested again (inbox files: now; handed-over files: hand it over again)"
+            );
         }
         let counts =
             Counts { files_done: state.files_done, files_rejected: state.files_rejected, held: state.held.clone() };
@@ -160,7 +165,7 @@ impl Source {
         Ok(src)
     }
 
-    fn env(&self) -> Env<'_> {
+    fn env<'a>(&'a self, on_durable: &'a (dyn Fn(&[(u64, u32)]) + Sync)) -> Env<'a> {
         Env {
             schema: &self.schema,
             tokenizer: &self.tokenizer,
@@ -168,7 +173,9 @@ impl Source {
             data_key: &self.data_key,
             store: &self.store,
             batch_records: self.cfg.batch_records,
+            segment_rows: file::SEGMENT_ROWS,
             cancel: &self.ctx.shutdown,
+            on_durable,
         }
     }
 
@@ -212,7 +219,8 @@ impl Source {
                 };
                 let quarantine = crate::cmd::pseudonymize::quarantine_path(&job_path);
                 let job = Job { path: &job_path, kind: k, format, quarantine, dest: None };
-                let r = file::ingest(&src.env(), &mut state, &job);
+                let add = |b: &[(u64, u32)]| src.outbox.add(b.iter().copied());
+                let r = file::ingest(&src.env(&add), &mut state, &job);
                 src.set_counts(&state);
                 r
             })
@@ -220,7 +228,6 @@ impl Source {
             .map_err(|e| format!("{shown}: the ingest task failed: {e}"))?;
         match result {
             Ok(done) => {
-                src.outbox.add(done.batches.iter().copied());
                 log_file(&shown, &kind, &done);
                 Ok(summary_json(&shown, &kind, &done))
             }
@@ -279,7 +286,8 @@ fn log_file(file: &str, kind: &str, d: &file::Done) {
             accepted = s.accepted,
             quarantined = s.quarantined,
             values_dropped = s.values_dropped,
-            batches = d.batches.len(),
+            batches = d.batches,
+            resumed_after = d.resumed_after,
             "file ingested"
         );
     }
@@ -294,7 +302,7 @@ fn summary_json(file: &str, kind: &str, d: &file::Done) -> serde_json::Value {
         "quarantined": d.summary.quarantined,
         "values_dropped": d.summary.values_dropped,
         "quarantine": d.quarantine.as_ref().map(|p| p.display().to_string()),
-        "batches": d.batches.len(),
+        "batches": d.batches,
         "already_ingested": d.already,
     })
 }
@@ -388,7 +396,8 @@ fn inbox_file_blocking(src: &Source, state: &mut State, name: &str) -> Result<()
     let dest = dirs.unique_dest(name);
     let quarantine = dirs.rejected.join(format!("{dest}.quarantine.csv"));
     let job = Job { path: &path, kind, format, quarantine, dest: Some(dest.clone()) };
-    match file::ingest(&src.env(), state, &job) {
+    let add = |b: &[(u64, u32)]| src.outbox.add(b.iter().copied());
+    match file::ingest(&src.env(&add), state, &job) {
         Ok(done) => {
             // A file already ingested keeps the name it was first given in done/ if that is still free.
             let dest = match &done.dest {
@@ -396,7 +405,6 @@ fn inbox_file_blocking(src: &Source, state: &mut State, name: &str) -> Result<()
                 _ => dest,
             };
             dirs.move_done(name, &dest).map_err(|e| format!("ingested, but moving to done/ failed: {e}"))?;
-            src.outbox.add(done.batches.iter().copied());
             log_file(name, &kind_name, &done);
             Ok(())
         }

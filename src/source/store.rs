@@ -6,7 +6,7 @@
 //! o ‖ seq (u64 BE)            outbox batch: records (u32 BE) ‖ the records as the inside of a JSON array
 //! r ‖ file id (32) ‖ chunk (u32 BE)   raw chunk, AES-256-GCM: nonce ‖ ciphertext ‖ tag (AD = this key);
 //!                             chunk 0 is the file's header, 1.. its accepted rows
-//! f ‖ file id (32)            the file's record (JSON): in progress (with its outbox range) or done
+//! f ‖ file id (32)            the file's record (JSON): in progress (rows committed so far) or done
 //! ```
 //!
 //! A file id is SHA-256 of the kind and the file's bytes, so the same export
@@ -89,8 +89,9 @@ pub fn split_outbox_value(v: &[u8]) -> Option<(u32, &[u8])> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileState {
-    /// Part of it is written (outbox `start_seq..end_seq`, not yet pushable);
-    /// rolled back at start-up and ingested again.
+    /// Its first `committed_rows` accepted rows are durable (raw chunks
+    /// `1..next_chunk`, outbox batches in `seqs`, pushable); ingesting it
+    /// again resumes after them.
     InProgress,
     /// All of it is written and durable.
     Done,
@@ -105,8 +106,12 @@ pub struct FileRecord {
     pub name: String,
     /// Where an inbox file goes in done/ (so a restart moves it to the same name).
     pub dest: Option<String>,
-    pub start_seq: u64,
-    pub end_seq: u64,
+    /// Outbox sequence ranges `[start, end)` the file's batches were given.
+    pub seqs: Vec<(u64, u64)>,
+    /// Accepted rows written (all of them once done).
+    pub committed_rows: u64,
+    /// The next raw chunk number.
+    pub next_chunk: u32,
     pub rows_read: u64,
     pub accepted: u64,
     pub quarantined: u64,
@@ -180,43 +185,37 @@ impl Store {
         Ok(self.tree.get(file_key(id))?.and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
-    /// Remove everything an unfinished file wrote (its outbox range, raw
-    /// chunks and record) in one atomic batch, and keep `outbox_next` past it.
-    pub fn rollback(&self, id: &FileId, rec: &FileRecord, outbox_next: u64) -> sled::Result<()> {
+    /// Remove what a file wrote and is still here (its unsent outbox batches,
+    /// raw chunks and record) in one atomic batch. Only for a file refused
+    /// after part of it was written, which the pre-scan makes all but impossible.
+    pub fn rollback(&self, id: &FileId, rec: &FileRecord) -> sled::Result<()> {
         let mut batch = sled::Batch::default();
-        for kv in self.tree.range(outbox_key(rec.start_seq)..outbox_key(rec.end_seq)) {
-            let (k, _) = kv?;
-            batch.remove(k);
+        for &(start, end) in &rec.seqs {
+            for kv in self.tree.range(outbox_key(start)..outbox_key(end)) {
+                let (k, _) = kv?;
+                batch.remove(k);
+            }
         }
         for kv in self.tree.scan_prefix(raw_prefix(id)) {
             let (k, _) = kv?;
             batch.remove(k);
         }
         batch.remove(&file_key(id)[..]);
-        batch.insert(META_OUTBOX_NEXT, &outbox_next.max(rec.end_seq).to_be_bytes());
         self.tree.apply_batch(batch)
     }
 
-    /// Roll back every file left in progress by a stop or a crash. Returns how many.
-    pub fn rollback_unfinished(&self) -> sled::Result<usize> {
-        let mut unfinished = Vec::new();
+    /// Files left part-way by a stop or a crash (they resume when ingested again).
+    pub fn unfinished(&self) -> sled::Result<Vec<FileRecord>> {
+        let mut out = Vec::new();
         for kv in self.tree.scan_prefix([FILE]) {
-            let (k, v) = kv?;
-            let Ok(rec) = serde_json::from_slice::<FileRecord>(&v) else { continue };
-            if rec.state == FileState::InProgress {
-                if let Ok(id) = <FileId>::try_from(&k[1..]) {
-                    unfinished.push((id, rec));
+            let (_, v) = kv?;
+            if let Ok(rec) = serde_json::from_slice::<FileRecord>(&v) {
+                if rec.state == FileState::InProgress {
+                    out.push(rec);
                 }
             }
         }
-        let next = self.get_u64(META_OUTBOX_NEXT)?;
-        for (id, rec) in &unfinished {
-            self.rollback(id, rec, next)?;
-        }
-        if !unfinished.is_empty() {
-            self.db.flush()?;
-        }
-        Ok(unfinished.len())
+        Ok(out)
     }
 
     /// The outbox: sequence → record count, oldest first.
@@ -275,8 +274,9 @@ mod tests {
             kind: "arrest".into(),
             name: "a.csv".into(),
             dest: None,
-            start_seq: 5,
-            end_seq: 7,
+            seqs: vec![(5, 6), (6, 7)],
+            committed_rows: 4,
+            next_chunk: 1,
             rows_read: 0,
             accepted: 0,
             quarantined: 0,
@@ -285,9 +285,11 @@ mod tests {
             at: String::new(),
         };
         b.insert(&file_key(&id)[..], serde_json::to_vec(&rec).unwrap());
+        b.insert(META_OUTBOX_NEXT, &7u64.to_be_bytes());
         s.apply(b).unwrap();
         assert_eq!(s.outbox_next().unwrap(), 7);
-        assert_eq!(s.rollback_unfinished().unwrap(), 1);
+        assert_eq!(s.unfinished().unwrap(), vec![rec.clone()]);
+        s.rollback(&id, &rec).unwrap();
         assert_eq!(s.outbox_index().unwrap().into_iter().collect::<Vec<_>>(), vec![(4, 2)]);
         assert!(s.tree().get(raw_key(&id, 0)).unwrap().is_none());
         assert!(s.tree().get(raw_key(&[4u8; 32], 0)).unwrap().is_some());

@@ -242,7 +242,9 @@ pub fn check_batch(body: &[u8], cert_name: &str) -> Result<(String, u64), Reject
         for t in r.tokens.values() {
             match token::parse_token(t) {
                 Some((epoch, _)) if epoch == r.epoch => {}
-                Some(_) => return Err(Rejection::bad(format!("record {i}: a token's epoch differs from the record's"))),
+                Some(_) => {
+                    return Err(Rejection::bad(format!("record {i}: a token's epoch differs from the record's")))
+                }
                 None => return Err(Rejection::bad(format!("record {i}: a token is not <epoch>:<32 hex digits>"))),
             }
         }

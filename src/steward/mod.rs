@@ -16,7 +16,7 @@
 //! 3. **Identity.** The peer's SPIFFE ID is read from its certificate; a
 //!    certificate without one, or of another program, is refused (closed)
 //!    before HTTP starts. Nothing the client says about itself is used.
-//! 4. **HTTP/1.1** (hyper). The TLS stream is wrapped in [`timeout_io::TimeoutIo`]:
+//! 4. **HTTP/1.1** (hyper). The TLS stream is wrapped in `timeout_io::TimeoutIo`:
 //!    every read and every write must make progress within `io_timeout`
 //!    (this also closes idle keep-alive connections and peers that stop
 //!    reading). Headers must arrive within `io_timeout` (hyper's
@@ -29,6 +29,21 @@
 //!    handshakes in progress are dropped, and established connections are
 //!    shut down gracefully (the request in flight finishes and is answered).
 //!    The daemon then calls [`Steward::close`] to flush the store.
+//!
+//! # Durability and idempotence
+//!
+//! A batch is acknowledged (200 with a [`BatchAck`](crate::wire::BatchAck))
+//! only after it is written and the store flushed; a replay of a held
+//! `(source, batch_id)` stores nothing and is acknowledged with
+//! `duplicate: true` (after a flush too, since the first copy may still be on
+//! its way to disk). The layout is in [`store`].
+//!
+//! # Benchmarks
+//!
+//! The pieces can be timed apart: [`check_batch`] (parse and validate a
+//! body), [`Store::put_batch`] + [`Store::flush`] (the bare store),
+//! [`ingest_body`] (both, as the endpoint runs them), and the whole service
+//! with [`Steward::start`] on a hand-built [`Context`] listening on port 0.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

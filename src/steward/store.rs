@@ -300,7 +300,8 @@ impl Store {
         if body.len() as u64 != header.bytes {
             return Err(corrupt("chunks do not add up to the stored length"));
         }
-        let batch: Batch = serde_json::from_slice(&body).map_err(|e| corrupt(&format!("not a batch ({:?})", e.classify())))?;
+        let batch: Batch =
+            serde_json::from_slice(&body).map_err(|e| corrupt(&format!("not a batch ({:?})", e.classify())))?;
         if batch.records.len() as u64 != header.records {
             return Err(corrupt("record count differs from the header"));
         }

@@ -84,7 +84,13 @@ impl Categorical {
 
     /// Zipf-like weights 1/(rank + 2)^0.9 for a list ordered from most to least common.
     pub fn zipf(n: usize) -> Categorical {
-        let weights: Vec<f64> = (0..n).map(|rank| 1.0 / (rank as f64 + 2.0).powf(0.9)).collect();
+        Categorical::zipf_with(n, 0.9, 2.0)
+    }
+
+    /// Zipf-like weights 1/(rank + offset)^exponent: a larger offset and a
+    /// smaller exponent flatten the head of the list.
+    pub fn zipf_with(n: usize, exponent: f64, offset: f64) -> Categorical {
+        let weights: Vec<f64> = (0..n).map(|rank| 1.0 / (rank as f64 + offset).powf(exponent)).collect();
         Categorical::new(&weights)
     }
 

@@ -3,6 +3,7 @@
 mod net;
 mod offline;
 mod pki;
+mod source;
 mod steward;
 mod synth;
 mod util;

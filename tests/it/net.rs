@@ -20,8 +20,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use rcgen::{
-    CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    Ia5String, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+    CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Ia5String,
+    IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use rustls::client::WebPkiServerVerifier;
 use rustls::{ClientConfig, RootCertStore};
@@ -127,13 +127,8 @@ fn rand_byte() -> u8 {
 
 fn write_file(path: &Path, bytes: &[u8], mode: u32) {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .expect("create file");
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path).expect("create file");
     f.write_all(bytes).expect("write file");
 }
 
@@ -273,7 +268,12 @@ impl TestSteward {
     }
 
     pub fn record_count(&self) -> usize {
-        self.steward.records().map(|r| r.expect("stored record")).count()
+        let mut n = 0;
+        for r in self.steward.records() {
+            r.expect("stored record");
+            n += 1;
+        }
+        n
     }
 }
 
@@ -284,7 +284,8 @@ pub fn client_config(ca_pem: &Path, cert_dir: Option<&Path>) -> Arc<ClientConfig
     for c in CertificateDer::pem_file_iter(ca_pem).expect("ca pem") {
         roots.add(c.expect("ca cert")).expect("add root");
     }
-    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().expect("verifier");
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().expect("verifier");
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("versions")
@@ -356,7 +357,11 @@ impl Drop for Client {
 }
 
 /// Connect, post one batch, return status and body.
-pub async fn post_batch(addr: SocketAddr, cfg: Arc<ClientConfig>, batch: &Batch) -> Result<(StatusCode, Vec<u8>), String> {
+pub async fn post_batch(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    batch: &Batch,
+) -> Result<(StatusCode, Vec<u8>), String> {
     Client::connect(addr, cfg).await?.post_batch(batch).await
 }
 
@@ -446,6 +451,13 @@ pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
 impl LogCapture {
     /// Start capturing; logs go here until the guard is dropped.
     pub fn install(&self) -> tracing::subscriber::DefaultGuard {
+        // tracing caches, per call site, whether anyone listens. While only one
+        // dispatcher exists it asks the *current thread's* default, so a call
+        // site first reached by another test's thread (no subscriber) would be
+        // cached as "never" and our thread-local capture would miss it. A
+        // second, permanent dispatcher makes tracing ask every dispatcher.
+        static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+        SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
         let sub = tracing_subscriber::fmt()
             .with_ansi(false)
             .with_max_level(tracing::Level::INFO)

@@ -17,7 +17,8 @@ fn ack(body: &[u8]) -> BatchAck {
 }
 
 fn error_body(body: &[u8]) -> ErrorBody {
-    serde_json::from_slice(body).unwrap_or_else(|e| panic!("not an error body ({e}): {}", String::from_utf8_lossy(body)))
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not an error body ({e}): {}", String::from_utf8_lossy(body)))
 }
 
 /// Every bad peer of issue 3 is refused and counted, logged at warn, and stores nothing.
@@ -43,7 +44,8 @@ async fn bad_peer_matrix() {
     assert_eq!(ack(&body), BatchAck { batch_id: "p-1".into(), stored: 3, duplicate: false });
 
     // No client certificate: the handshake fails.
-    let r = net::post_batch(st.addr, client_config(&ca, None), &batch("police", "x-1", fake_records("police", 0, 1))).await;
+    let r =
+        net::post_batch(st.addr, client_config(&ca, None), &batch("police", "x-1", fake_records("police", 0, 1))).await;
     assert!(r.is_err(), "{r:?}");
     refusals += 1;
     st.wait_refusals(refusals).await;
@@ -115,7 +117,8 @@ async fn bad_peer_matrix() {
     pki::revoke(&pki.ca, "da", None, None, 7).unwrap();
     std::fs::copy(pki.ca.join(pki::CRL_FILE), st.tls_dir.join(pki::CRL_FILE)).unwrap();
     st.reload();
-    let r = net::post_batch(st.addr, client_config(&ca, Some(&da)), &batch("da", "d-2", fake_records("da", 300, 1))).await;
+    let r =
+        net::post_batch(st.addr, client_config(&ca, Some(&da)), &batch("da", "d-2", fake_records("da", 300, 1))).await;
     assert!(r.is_err(), "{r:?}");
     refusals += 1;
     st.wait_refusals(refusals).await;
@@ -123,8 +126,12 @@ async fn bad_peer_matrix() {
     // A CRL past its next-update: every new handshake is refused, even a good source's.
     std::fs::write(st.tls_dir.join(pki::CRL_FILE), pki.stale_crl_pem()).unwrap();
     st.reload();
-    let r = net::post_batch(st.addr, client_config(&ca, Some(&police)), &batch("police", "p-2", fake_records("police", 400, 1)))
-        .await;
+    let r = net::post_batch(
+        st.addr,
+        client_config(&ca, Some(&police)),
+        &batch("police", "p-2", fake_records("police", 400, 1)),
+    )
+    .await;
     assert!(r.is_err(), "{r:?}");
     refusals += 1;
     st.wait_refusals(refusals).await;
@@ -159,12 +166,13 @@ async fn bad_peer_matrix() {
     let log = logs.text();
     let warns: Vec<&str> = log.lines().filter(|l| l.contains("WARN") && l.contains("refused")).collect();
     assert_eq!(warns.len() as u64, refusals, "{log}");
-    for needle in ["127.0.0.1:", "TLS handshake failed", "other-program", "only source certificates", "another source"] {
+    for needle in ["127.0.0.1:", "TLS handshake failed", "other-program", "only source certificates", "another source"]
+    {
         assert!(warns.iter().any(|l| l.contains(needle)), "no refusal log with {needle:?}:\n{log}");
     }
     for reason in [
         "no certificates",
-        "UnknownIssuer",
+        "BadSignature",
         "certificate expired",
         "certificate not valid yet",
         "Revoked",
@@ -283,7 +291,8 @@ async fn body_limit_and_malformed_bodies() {
     for bad in [
         r#"{"source":"police","batch_id":"b","records":[{"SECRET_FIELD_NAME":1}]}"#.to_string(),
         r#"{"source":"police","batch_id":"b","records":"SECRET_VALUE"}"#.to_string(),
-        r#"{"source":"police","batch_id":"b","records":[{"source":"police","kind":"SECRET_KIND","line":"SECRET_LINE"#.to_string(),
+        r#"{"source":"police","batch_id":"b","records":[{"source":"police","kind":"SECRET_KIND","line":"SECRET_LINE"#
+            .to_string(),
         "SECRET not json at all".to_string(),
         String::new(),
         format!("{{\"source\":\"police\",\"batch_id\":\"b\",\"records\":[{}]}}", {
@@ -301,9 +310,11 @@ async fn body_limit_and_malformed_bodies() {
         }
         error_body(&body);
     }
-    let (status, _) = Client::connect(st.addr, cfg.clone()).await.unwrap().request("GET", "/v1/batches", vec![]).await.unwrap();
+    let (status, _) =
+        Client::connect(st.addr, cfg.clone()).await.unwrap().request("GET", "/v1/batches", vec![]).await.unwrap();
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    let (status, _) = Client::connect(st.addr, cfg.clone()).await.unwrap().request("POST", "/v1/other", vec![]).await.unwrap();
+    let (status, _) =
+        Client::connect(st.addr, cfg.clone()).await.unwrap().request("POST", "/v1/other", vec![]).await.unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     assert_eq!(st.steward.refusals(Refusal::TooLarge), 2);
