@@ -36,6 +36,10 @@ pub enum Command {
     Ingest(cmd::ingest::IngestArgs),
     /// Run the whole pipeline on synthetic data in a temporary directory.
     Demo(cmd::demo::DemoArgs),
+    /// Set and list evaluators' privacy budgets on the running steward.
+    Budget(cmd::budget::BudgetArgs),
+    /// Check the steward's hash-chained audit log.
+    Audit(cmd::audit::AuditArgs),
 }
 
 /// Parse the command line, run it, and turn the outcome into an exit code.
@@ -63,6 +67,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => cmd::serve::run(args)?,
         Command::Status(args) => cmd::status::run(args)?,
         Command::Ingest(args) => cmd::ingest::run(args)?,
+        Command::Budget(args) => cmd::budget::run(args)?,
+        Command::Audit(args) => return cmd::audit::run(args),
     }
     Ok(ExitCode::SUCCESS)
 }

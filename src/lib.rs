@@ -5,9 +5,11 @@
 //! readers) and the CLI commands in `cmd`. See ARCHITECTURE.md.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod cli;
 pub mod cmd;
 pub mod daemon;
+pub mod dp;
 pub mod fsutil;
 pub mod identity;
 pub mod ingest;
@@ -16,6 +18,7 @@ pub mod linkage;
 pub mod normalize;
 pub mod pki;
 pub mod pseudonymize;
+pub mod query;
 pub mod record;
 pub mod schema;
 pub mod source;

@@ -7,7 +7,7 @@
 use std::io::Write;
 
 use crate::ingest::{age_at, Row, Value};
-use crate::keys::hex;
+use crate::keys::hex_into;
 use crate::schema::{FieldType, Kind, Schema};
 use crate::token::{Scratch, Token, Tokenizer};
 
@@ -19,10 +19,55 @@ pub struct Pseudonymizer<'a> {
     tokenizer: &'a Tokenizer,
     scratch: Scratch,
     tokens: Vec<Option<Token>>,
-    /// Scheme names and field names pre-escaped as JSON keys.
-    scheme_keys: Vec<String>,
-    field_keys: Vec<String>,
+    /// `"scheme":"<epoch>:` per scheme, pre-escaped.
+    scheme_keys: Vec<Vec<u8>>,
+    /// `,"field":` per field, pre-escaped.
+    field_keys: Vec<Vec<u8>>,
+    /// Each enum field's values as JSON strings, pre-escaped.
+    enum_values: Vec<Vec<Vec<u8>>>,
     prefix: Vec<u8>,
+}
+
+/// Append an unsigned integer in decimal (the hot path avoids `fmt`).
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+fn push_i64(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    push_u64(out, n.unsigned_abs());
+}
+
+/// `"YYYY-MM-DD"` with quotes.
+fn push_date(out: &mut Vec<u8>, d: time::Date) {
+    let y = d.year().clamp(0, 9999) as u32;
+    let (m, day) = (d.month() as u8, d.day());
+    out.extend_from_slice(&[
+        b'"',
+        b'0' + (y / 1000) as u8,
+        b'0' + (y / 100 % 10) as u8,
+        b'0' + (y / 10 % 10) as u8,
+        b'0' + (y % 10) as u8,
+        b'-',
+        b'0' + m / 10,
+        b'0' + m % 10,
+        b'-',
+        b'0' + day / 10,
+        b'0' + day % 10,
+        b'"',
+    ]);
 }
 
 fn json_str(s: &str) -> String {
@@ -40,8 +85,20 @@ impl<'a> Pseudonymizer<'a> {
             tokenizer,
             scratch: Scratch::default(),
             tokens: Vec::with_capacity(schema.schemes.len()),
-            scheme_keys: schema.schemes.iter().map(|s| json_str(&s.name)).collect(),
-            field_keys: kind.fields.iter().map(|f| json_str(&f.name)).collect(),
+            scheme_keys: schema
+                .schemes
+                .iter()
+                .map(|s| format!("{}:\"{}:", json_str(&s.name), tokenizer.epoch()).into_bytes())
+                .collect(),
+            field_keys: kind.fields.iter().map(|f| format!(",{}:", json_str(&f.name)).into_bytes()).collect(),
+            enum_values: kind
+                .fields
+                .iter()
+                .map(|f| match &f.ty {
+                    FieldType::Enum(e) => e.values.iter().map(|v| json_str(v).into_bytes()).collect(),
+                    _ => Vec::new(),
+                })
+                .collect(),
             prefix,
         }
     }
@@ -53,8 +110,12 @@ impl<'a> Pseudonymizer<'a> {
         let rid = self.tokenizer.record_id(self.source, &self.kind.name, &row.record_id);
 
         out.extend_from_slice(&self.prefix);
-        // Writing into a Vec cannot fail; `write!` results are ignored for that reason.
-        let _ = write!(out, "{},\"epoch\":{epoch},\"rid\":\"{}\",\"tokens\":{{", row.line, hex(&rid));
+        push_u64(out, row.line);
+        out.extend_from_slice(b",\"epoch\":");
+        push_u64(out, u64::from(epoch));
+        out.extend_from_slice(b",\"rid\":\"");
+        hex_into(&rid, out);
+        out.extend_from_slice(b"\",\"tokens\":{");
         let mut first = true;
         for (key, tok) in self.scheme_keys.iter().zip(&self.tokens) {
             if let Some(t) = tok {
@@ -62,7 +123,9 @@ impl<'a> Pseudonymizer<'a> {
                     out.push(b',');
                 }
                 first = false;
-                let _ = write!(out, "{key}:\"{epoch}:{}\"", hex(t));
+                out.extend_from_slice(key);
+                hex_into(t, out);
+                out.push(b'"');
             }
         }
         out.extend_from_slice(b"},\"fields\":{\"age\":");
@@ -71,9 +134,7 @@ impl<'a> Pseudonymizer<'a> {
             _ => None,
         };
         match age {
-            Some(a) => {
-                let _ = write!(out, "{a}");
-            }
+            Some(a) => push_i64(out, i64::from(a)),
             None => out.extend_from_slice(b"null"),
         }
         for (i, f) in self.schema.identity.iter().enumerate() {
@@ -91,26 +152,19 @@ impl<'a> Pseudonymizer<'a> {
             if i == self.kind.record_id || !f.released() {
                 continue;
             }
-            out.push(b',');
-            out.extend_from_slice(self.field_keys[i].as_bytes());
-            out.push(b':');
+            out.extend_from_slice(&self.field_keys[i]);
             match (&row.values[i], &f.ty) {
                 (None, _) => out.extend_from_slice(b"null"),
                 (Some(Value::Str(s)), _) => {
                     let _ = serde_json::to_writer(&mut *out, s);
                 }
-                (Some(Value::Date(d)), _) => {
-                    let _ = write!(out, "\"{:04}-{:02}-{:02}\"", d.year(), d.month() as u8, d.day());
-                }
-                (Some(Value::Enum(e)), FieldType::Enum(et)) => {
-                    let v = et.values.get(usize::from(*e)).map_or("", String::as_str);
-                    let _ = serde_json::to_writer(&mut *out, v);
-                }
-                (Some(Value::Enum(_)), _) => out.extend_from_slice(b"null"),
+                (Some(Value::Date(d)), _) => push_date(out, *d),
+                (Some(Value::Enum(e)), _) => match self.enum_values[i].get(usize::from(*e)) {
+                    Some(v) => out.extend_from_slice(v),
+                    None => out.extend_from_slice(b"null"),
+                },
                 (Some(Value::Bool(b)), _) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-                (Some(Value::Int(n)), _) => {
-                    let _ = write!(out, "{n}");
-                }
+                (Some(Value::Int(n)), _) => push_i64(out, *n),
             }
         }
         out.extend_from_slice(b"}}\n");

@@ -77,9 +77,30 @@ struct RawScheme {
     name: String,
     parts: Vec<String>,
     #[serde(default)]
-    unordered: Vec<String>,
+    unordered: Unordered,
     #[serde(default = "default_weight")]
     weight: u32,
+}
+
+/// `unordered = ["a", "b"]` (one group) or `[["a", "b"], ["c", "d"]]` (several).
+#[derive(Debug, Default, Deserialize)]
+#[serde(untagged)]
+enum Unordered {
+    #[default]
+    None,
+    One(Vec<String>),
+    Many(Vec<Vec<String>>),
+}
+
+impl Unordered {
+    fn groups(&self) -> Vec<Vec<String>> {
+        match self {
+            Unordered::None => Vec::new(),
+            Unordered::One(g) if g.is_empty() => Vec::new(),
+            Unordered::One(g) => vec![g.clone()],
+            Unordered::Many(gs) => gs.clone(),
+        }
+    }
 }
 
 fn default_weight() -> u32 {
@@ -162,8 +183,9 @@ pub struct IdentityField {
 pub struct Scheme {
     pub name: String,
     pub parts: Vec<Part>,
-    /// Positions in `parts` whose order does not matter (encoded sorted).
-    pub unordered: Vec<usize>,
+    /// Groups of positions in `parts` whose order does not matter: each
+    /// group's values are encoded sorted.
+    pub unordered: Vec<Vec<usize>>,
     pub weight: u32,
 }
 
@@ -437,7 +459,7 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
     // Token schemes.
     let mut schemes = Vec::new();
     let mut seen_names = HashSet::new();
-    let mut seen_shapes: HashMap<(Vec<Part>, Vec<usize>), String> = HashMap::new();
+    let mut seen_shapes: HashMap<(Vec<Part>, Vec<Vec<usize>>), String> = HashMap::new();
     if raw.schemes.len() > MAX_SCHEMES {
         problems.push(problem("schemes", format!("{} schemes; at most {MAX_SCHEMES} are allowed", raw.schemes.len())));
     }
@@ -496,31 +518,46 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
         if dedup.len() != parts.len() {
             problems.push(problem(format!("{key}.parts"), "the same part appears twice"));
         }
-        let mut unordered = Vec::new();
-        for u in &s.unordered {
-            // An entry names a part exactly ("dob:month") or by its field when only one part uses it.
-            let field_of = |p: &String| p.split_once(':').map_or(p.as_str(), |(f, _)| f).to_string();
-            let exact: Vec<usize> = s.parts.iter().enumerate().filter(|(_, p)| *p == u).map(|(i, _)| i).collect();
-            let by_field: Vec<usize> =
-                s.parts.iter().enumerate().filter(|(_, p)| field_of(p) == *u).map(|(i, _)| i).collect();
-            match (exact.as_slice(), by_field.as_slice()) {
-                ([pos], _) | ([], [pos]) => unordered.push(*pos),
-                ([], [_, _, ..]) => {
-                    problems.push(problem(
-                        format!("{key}.unordered"),
-                        format!("`{u}` names several parts; write the part as in `parts` (e.g. `{u}:month`)"),
-                    ));
-                    ok = false;
-                }
-                _ => {
-                    problems
-                        .push(problem(format!("{key}.unordered"), format!("`{u}` is not one of this scheme's parts")));
-                    ok = false;
+        let mut unordered: Vec<Vec<usize>> = Vec::new();
+        let mut used = HashSet::new();
+        for group in s.unordered.groups() {
+            let mut positions = Vec::new();
+            for u in &group {
+                // An entry names a part exactly ("dob:month") or by its field when only one part uses it.
+                let field_of = |p: &String| p.split_once(':').map_or(p.as_str(), |(f, _)| f).to_string();
+                let exact: Vec<usize> = s.parts.iter().enumerate().filter(|(_, p)| *p == u).map(|(i, _)| i).collect();
+                let by_field: Vec<usize> =
+                    s.parts.iter().enumerate().filter(|(_, p)| field_of(p) == *u).map(|(i, _)| i).collect();
+                match (exact.as_slice(), by_field.as_slice()) {
+                    ([pos], _) | ([], [pos]) => {
+                        if !used.insert(*pos) {
+                            problems.push(problem(format!("{key}.unordered"), format!("`{u}` is in two groups")));
+                            ok = false;
+                        }
+                        positions.push(*pos)
+                    }
+                    ([], [_, _, ..]) => {
+                        problems.push(problem(
+                            format!("{key}.unordered"),
+                            format!("`{u}` names several parts; write the part as in `parts` (e.g. `{u}:month`)"),
+                        ));
+                        ok = false;
+                    }
+                    _ => {
+                        problems.push(problem(
+                            format!("{key}.unordered"),
+                            format!("`{u}` is not one of this scheme's parts"),
+                        ));
+                        ok = false;
+                    }
                 }
             }
-        }
-        if !unordered.is_empty() && unordered.len() < 2 {
-            problems.push(problem(format!("{key}.unordered"), "name at least two parts whose order does not matter"));
+            if positions.len() < 2 {
+                problems
+                    .push(problem(format!("{key}.unordered"), "a group names at least two parts whose order does not matter"));
+            }
+            positions.sort_unstable();
+            unordered.push(positions);
         }
         if ok {
             let bits: f64 = parts.iter().map(|p| part_bits(identity[p.field].norm, p.transform)).sum();
@@ -534,7 +571,7 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
             }
             let shape = (parts.clone(), {
                 let mut u = unordered.clone();
-                u.sort_unstable();
+                u.sort();
                 u
             });
             if let Some(other) = seen_shapes.insert(shape, s.name.clone()) {

@@ -32,20 +32,23 @@ pub struct Tokenizer {
 
 struct SchemePlan {
     parts: Vec<(usize, Transform)>,
-    unordered: Vec<usize>,
+    /// Groups of positions (ascending) whose values are encoded sorted.
+    unordered: Vec<Vec<usize>>,
 }
 
-/// Reusable buffers for [`Tokenizer::tokens`]; zeroized when dropped and between uses.
+/// Reusable buffers for [`Tokenizer::tokens`]; zeroized when dropped.
 #[derive(Default)]
 pub struct Scratch {
     parts: Vec<String>,
     sorted: Vec<String>,
+    message: Vec<u8>,
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
         use zeroize::Zeroize;
         self.parts.iter_mut().chain(self.sorted.iter_mut()).for_each(|s| s.zeroize());
+        self.message.zeroize();
     }
 }
 
@@ -99,38 +102,40 @@ impl Tokenizer {
                 return None;
             }
         }
-        if !plan.unordered.is_empty() {
+        for group in &plan.unordered {
             // Order-insensitive parts: place their values back sorted, so
             // (given, family) and (family, given) encode the same.
             scratch.sorted.clear();
-            for &i in &plan.unordered {
+            for &i in group {
                 scratch.sorted.push(std::mem::take(&mut scratch.parts[i]));
             }
             scratch.sorted.sort_unstable();
-            let mut positions = plan.unordered.clone();
-            positions.sort_unstable();
-            for (pos, v) in positions.into_iter().zip(scratch.sorted.drain(..)) {
+            for (&pos, v) in group.iter().zip(scratch.sorted.drain(..)) {
                 scratch.parts[pos] = v;
             }
         }
-        let mut ctx = hmac::Context::with_key(key);
         // Unambiguous: every part is length-prefixed, so ("ab","c") ≠ ("a","bc").
+        // One buffer and one HMAC update: the hot path of pseudonymization.
+        let msg = &mut scratch.message;
+        msg.clear();
         for part in &scratch.parts[..n] {
-            ctx.update(&(part.len() as u32).to_be_bytes());
-            ctx.update(part.as_bytes());
+            msg.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            msg.extend_from_slice(part.as_bytes());
         }
-        Some(truncate(ctx.sign().as_ref()))
+        let tag = hmac::sign(key, msg);
+        msg.iter_mut().for_each(|b| *b = 0);
+        Some(truncate(tag.as_ref()))
     }
 
     /// The keyed hash of an agency's record id, so re-sends of one record are
     /// recognised by the steward without the id itself leaving the agency.
     pub fn record_id(&self, source: &str, kind: &str, record_id: &str) -> Token {
-        let mut ctx = hmac::Context::with_key(&self.record_id_key);
+        let mut msg = Vec::with_capacity(source.len() + kind.len() + record_id.len() + 12);
         for part in [source, kind, record_id] {
-            ctx.update(&(part.len() as u32).to_be_bytes());
-            ctx.update(part.as_bytes());
+            msg.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            msg.extend_from_slice(part.as_bytes());
         }
-        truncate(ctx.sign().as_ref())
+        truncate(hmac::sign(&self.record_id_key, &msg).as_ref())
     }
 }
 

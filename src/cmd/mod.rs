@@ -6,6 +6,8 @@ use anyhow::Context;
 
 use crate::schema::Schema;
 
+pub mod audit;
+pub mod budget;
 pub mod ca;
 pub mod config;
 pub mod demo;

@@ -31,6 +31,10 @@ pub enum Request {
     Status,
     /// Ingest a file (source only); `path` is absolute.
     Ingest { kind: String, path: PathBuf },
+    /// Set an evaluator's total privacy budget (steward only), in micro-epsilon.
+    BudgetGrant { evaluator: String, epsilon_micro: u64 },
+    /// Every evaluator's budget and the program cap (steward only).
+    Budgets,
 }
 
 /// The daemon's answer: `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`.
@@ -171,6 +175,7 @@ mod tests {
                 match req {
                     Request::Status => Response::ok(serde_json::json!({"role": "test"})),
                     Request::Ingest { .. } => Response::err("not here"),
+                    _ => Response::err("unexpected"),
                 }
             })
         });

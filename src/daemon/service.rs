@@ -143,6 +143,9 @@ fn admin_handler(ctx: Arc<Context>, service: Service, started: time::OffsetDateT
                         admin::Response::err("this daemon is a steward; files are ingested by sources")
                     }
                 },
+                admin::Request::BudgetGrant { .. } | admin::Request::Budgets => {
+                    admin::Response::err("budgets are not served by this build yet")
+                }
             }
         })
     })

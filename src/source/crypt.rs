@@ -70,7 +70,8 @@ impl DataKey {
         if bytes.len() != DATA_KEY_LEN {
             return Err(DataKeyError::BadLength { path: path.to_path_buf(), len: bytes.len() });
         }
-        let key = DataKey::from_bytes(&bytes).ok_or(DataKeyError::BadLength { path: path.to_path_buf(), len: bytes.len() })?;
+        let key = DataKey::from_bytes(&bytes)
+            .ok_or(DataKeyError::BadLength { path: path.to_path_buf(), len: bytes.len() })?;
         Ok((key, created))
     }
 

@@ -31,6 +31,9 @@ use super::store::{self, FileId, FileRecord, FileState, Store};
 /// Accepted rows per segment: written atomically, flushed, then pushable.
 pub const SEGMENT_ROWS: u64 = 10_000;
 
+/// Told of outbox batches (sequence, records) once they are durable.
+pub type OnDurable<'a> = dyn Fn(&[(u64, u32)]) + Sync + 'a;
+
 /// What every file's ingest needs.
 pub struct Env<'a> {
     pub schema: &'a Schema,
@@ -43,7 +46,7 @@ pub struct Env<'a> {
     pub segment_rows: u64,
     pub cancel: &'a CancellationToken,
     /// Called with outbox batches (sequence, records) once they are durable.
-    pub on_durable: &'a (dyn Fn(&[(u64, u32)]) + Sync),
+    pub on_durable: &'a OnDurable<'a>,
 }
 
 /// Ingest state kept between files (under the ingest lock).
@@ -562,7 +565,12 @@ mod tests {
     }
 
     /// Run one ingest; `stop_after` cancels once that many segments are durable.
-    fn run(f: &Fixture, state: &mut State, path: &Path, stop_after: Option<usize>) -> (Result<Done, FileError>, Vec<(u64, u32)>) {
+    fn run(
+        f: &Fixture,
+        state: &mut State,
+        path: &Path,
+        stop_after: Option<usize>,
+    ) -> (Result<Done, FileError>, Vec<(u64, u32)>) {
         let cancel = CancellationToken::new();
         let seen = Mutex::new(Vec::new());
         let segments = Mutex::new(0usize);
@@ -597,8 +605,7 @@ mod tests {
         for kv in store.tree().scan_prefix(b"o") {
             let (_, v) = kv.unwrap();
             let (n, body) = store::split_outbox_value(&v).unwrap();
-            let recs: Vec<crate::record::PseudoRecord> =
-                serde_json::from_slice(&[b"[", body, b"]"].concat()).unwrap();
+            let recs: Vec<crate::record::PseudoRecord> = serde_json::from_slice(&[b"[", body, b"]"].concat()).unwrap();
             assert_eq!(recs.len() as u32, n);
             lines.extend(recs.iter().map(|r| r.line));
         }

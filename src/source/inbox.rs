@@ -107,9 +107,10 @@ pub fn kind_from_name<'k>(name: &str, kinds: &[&'k str]) -> Option<&'k str> {
     let lower = name.to_lowercase();
     let mut best: Option<&'k str> = None;
     for &k in kinds {
-        let fits = lower.len() > k.len()
-            && lower.starts_with(&k.to_lowercase())
-            && matches!(lower.as_bytes()[k.len()], b'.' | b'-' | b'_');
+        let kl = k.to_lowercase();
+        let fits = !kl.is_empty()
+            && lower.starts_with(&kl)
+            && matches!(lower.as_bytes().get(kl.len()), Some(b'.' | b'-' | b'_'));
         if fits && best.map_or(true, |b| k.len() > b.len()) {
             best = Some(k);
         }

@@ -165,7 +165,7 @@ impl Source {
         Ok(src)
     }
 
-    fn env<'a>(&'a self, on_durable: &'a (dyn Fn(&[(u64, u32)]) + Sync)) -> Env<'a> {
+    fn env<'a>(&'a self, on_durable: &'a file::OnDurable<'a>) -> Env<'a> {
         Env {
             schema: &self.schema,
             tokenizer: &self.tokenizer,
@@ -277,7 +277,13 @@ impl Source {
 fn log_file(file: &str, kind: &str, d: &file::Done) {
     let s = &d.summary;
     if d.already {
-        tracing::info!(file, kind, rows = s.rows_read, accepted = s.accepted, "file already ingested (same kind and bytes); nothing sent again");
+        tracing::info!(
+            file,
+            kind,
+            rows = s.rows_read,
+            accepted = s.accepted,
+            "file already ingested (same kind and bytes); nothing sent again"
+        );
     } else {
         tracing::info!(
             file,
@@ -307,35 +313,60 @@ fn summary_json(file: &str, kind: &str, d: &file::Done) -> serde_json::Value {
     })
 }
 
-/// Poll the inbox until shutdown, one file at a time.
+/// An inbox file that failed on our side: when to try it again.
+struct Retry {
+    error: String,
+    attempts: u32,
+    next: tokio::time::Instant,
+}
+
+/// Poll the inbox until shutdown, one file at a time. A file that fails on
+/// our side (disk, store) is tried again with backoff, its error logged when it changes.
 async fn watch_inbox(src: Arc<Source>) {
     let shutdown = src.ctx.shutdown.clone();
-    // Files that failed on our side, with the error last logged (to log a change only).
-    let mut failing: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut failing: std::collections::HashMap<String, Retry> = std::collections::HashMap::new();
+    let mut dir_error: Option<String> = None;
     loop {
         let names = match src.dirs.ready() {
-            Ok(n) => n,
+            Ok(n) => {
+                dir_error = None;
+                n
+            }
             Err(e) => {
                 let msg = e.to_string();
-                if failing.insert(String::new(), msg.clone()).as_deref() != Some(msg.as_str()) {
+                if dir_error.as_deref() != Some(msg.as_str()) {
                     tracing::warn!(inbox = %src.dirs.inbox.display(), error = %msg, "cannot read the inbox");
+                    dir_error = Some(msg);
                 }
                 Vec::new()
             }
         };
+        failing.retain(|name, _| names.contains(name));
         for name in names {
             if shutdown.is_cancelled() {
                 return;
+            }
+            if failing.get(&name).is_some_and(|r| tokio::time::Instant::now() < r.next) {
+                continue;
             }
             match inbox_file(&src, &name).await {
                 Ok(()) => {
                     failing.remove(&name);
                 }
-                Err(msg) => {
-                    if failing.get(&name) != Some(&msg) {
-                        tracing::warn!(file = %name, error = %msg, "inbox file not ingested; it stays and is tried again");
-                        failing.insert(name, msg);
+                Err(error) => {
+                    let r = failing.entry(name.clone()).or_insert(Retry {
+                        error: String::new(),
+                        attempts: 0,
+                        next: tokio::time::Instant::now(),
+                    });
+                    if r.error != error {
+                        tracing::warn!(file = %name, error = %error, "inbox file not ingested; it stays and is tried again");
+                        r.error = error;
                     }
+                    let mut rng = rand::thread_rng();
+                    let delay = push::backoff(r.attempts, src.cfg.max_backoff, &mut rng).max(src.cfg.poll_interval);
+                    r.attempts = r.attempts.saturating_add(1);
+                    r.next = tokio::time::Instant::now() + delay;
                 }
             }
         }
@@ -412,10 +443,4 @@ fn inbox_file_blocking(src: &Source, state: &mut State, name: &str) -> Result<()
         Err(FileError::Stopped) => Ok(()),
         Err(e @ FileError::Failed(_)) => Err(e.to_string()),
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<Source>();
 }

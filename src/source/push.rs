@@ -109,7 +109,11 @@ pub enum Health {
     Unknown,
     Ok,
     /// Failing since (RFC 3339), with the last error's class and message.
-    Failing { since: String, class: &'static str, error: String },
+    Failing {
+        since: String,
+        class: &'static str,
+        error: String,
+    },
 }
 
 /// Counters for status.
@@ -247,7 +251,6 @@ pub async fn worker(src: Arc<Source>) {
     }
 }
 
-
 /// The request body: `{"source":..,"batch_id":..,"records":[..]}` around the stored records.
 pub fn batch_body(source: &str, batch_id: &str, records: &[u8]) -> Vec<u8> {
     let mut body = Vec::with_capacity(records.len() + source.len() + batch_id.len() + 64);
@@ -279,33 +282,7 @@ async fn push_one(src: &Source, conn: &mut Option<Sender>, seq: u64, n: u32) -> 
     let body = Bytes::from(batch_body(&src.name, &batch_id, records));
     drop(value);
 
-    if let Some(c) = conn.as_mut() {
-        if c.ready().await.is_err() {
-            *conn = None;
-        }
-    }
-    let sender = match conn {
-        Some(c) => c,
-        None => conn.insert(connect(src).await?),
-    };
-    let req = Request::post(BATCH_PATH)
-        .header(hyper::header::HOST, src.cfg.steward_addr.as_str())
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(body))
-        .map_err(|e| PushError::Http(e.to_string()))?;
-    let exchange = async {
-        let resp = sender.send_request(req).await.map_err(|e| PushError::Http(e.to_string()))?;
-        let status = resp.status();
-        let answer = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| PushError::Http(format!("reading the answer: {e}")))?
-            .to_bytes();
-        Ok::<_, PushError>((status, answer))
-    };
-    let (status, answer) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-        .await
-        .map_err(|_| PushError::Http(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs())))??;
+    let (status, answer) = exchange(src, conn, body).await?;
     if status != StatusCode::OK {
         let error = serde_json::from_slice::<ErrorBody>(&answer)
             .map(|b| b.error)
@@ -330,6 +307,49 @@ async fn push_one(src: &Source, conn: &mut Option<Sender>, seq: u64, n: u32) -> 
     *src.stats.last_push.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
     tracing::debug!(batch = %batch_id, records = n, stored = ack.stored, duplicate = ack.duplicate, "batch acknowledged");
     Ok(())
+}
+
+/// Post one body and read the answer. A kept-alive connection the steward
+/// has closed meanwhile is replaced once, silently (a batch is idempotent, so
+/// sending it again is safe); other failures are the caller's to retry.
+async fn exchange(src: &Source, conn: &mut Option<Sender>, body: Bytes) -> Result<(StatusCode, Bytes), PushError> {
+    let mut reused = false;
+    if let Some(c) = conn.as_mut() {
+        reused = c.ready().await.is_ok();
+        if !reused {
+            *conn = None;
+        }
+    }
+    loop {
+        let sender = match conn {
+            Some(c) => c,
+            None => conn.insert(connect(src).await?),
+        };
+        let req = Request::post(BATCH_PATH)
+            .header(hyper::header::HOST, src.cfg.steward_addr.as_str())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body.clone()))
+            .map_err(|e| PushError::Http(e.to_string()))?;
+        let sent = tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(req)).await;
+        let resp = match sent {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) if reused => {
+                tracing::debug!(error = %e, "a kept-alive steward connection failed; connecting again");
+                *conn = None;
+                reused = false;
+                continue;
+            }
+            Ok(Err(e)) => return Err(PushError::Http(e.to_string())),
+            Err(_) => return Err(PushError::Http(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()))),
+        };
+        let status = resp.status();
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, Limited::new(resp.into_body(), MAX_ANSWER_BYTES).collect())
+            .await
+            .map_err(|_| PushError::Http(format!("the answer did not arrive within {}s", REQUEST_TIMEOUT.as_secs())))?
+            .map_err(|e| PushError::Http(format!("reading the answer: {e}")))?
+            .to_bytes();
+        return Ok((status, answer));
+    }
 }
 
 /// A new mTLS connection to the steward, its certificate checked to be a steward of our program.
@@ -396,7 +416,8 @@ mod tests {
 
     #[test]
     fn body_is_a_wire_batch() {
-        let rec = r#"{"source":"police","kind":"arrest","line":2,"epoch":1,"rid":"00","tokens":{},"fields":{"age":null}}"#;
+        let rec =
+            r#"{"source":"police","kind":"arrest","line":2,"epoch":1,"rid":"00","tokens":{},"fields":{"age":null}}"#;
         let records = format!("{rec}\n,{rec}\n");
         let body = batch_body("police", "abc-7", records.as_bytes());
         let b: crate::wire::Batch = serde_json::from_slice(&body).unwrap();

@@ -360,7 +360,10 @@ mod tests {
                      A2,Smith,Ann,13/45/1980,F,2019-03-04,y,n,n,x\r\n\
                      A3,\"Lee\r\nJr\",Bo,1980-01-01,M,2019-03-04,y,n,n,y\r\n";
         let (cols, rows) = walk(Format::Csv, input.as_bytes());
-        assert_eq!(cols, ["arrest_id", "last_name", "first_name", "dob", "sex", "arrest_date", "warrant", "violent", "felony"]);
+        assert_eq!(
+            cols,
+            ["arrest_id", "last_name", "first_name", "dob", "sex", "arrest_date", "warrant", "violent", "felony"]
+        );
         assert_eq!(rows.len(), 2, "{rows:?}");
         assert_eq!(rows[0].0, 3);
         assert_eq!(rows[0].1[1], "O'Brien, Jr.");

@@ -1,8 +1,10 @@
 //! Integration tests of divert: one module per area, run with `cargo test --test it`.
 
+mod ledger;
 mod net;
 mod offline;
 mod pki;
+mod query;
 mod source;
 mod steward;
 mod synth;

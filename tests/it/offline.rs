@@ -28,7 +28,7 @@ fn config_check_reports_every_problem_with_file_and_key() {
     let text_in = fs::read_to_string(bad).unwrap();
     let broken = text_in
         .replace("threshold = 10", "threshold = 100000")
-        .replace("parts = [\"given_name\", \"dob\", \"sex\"]", "parts = [\"sex\", \"dob:month\"]")
+        .replace("parts = [\"state_id\", \"dob:year\"]", "parts = [\"sex\", \"dob:month\"]")
         .replace("record_id = \"arrest_id\"", "record_id = \"arrest_number\"");
     let path = dir.path().join("schema.toml");
     fs::write(&path, broken).unwrap();
@@ -37,7 +37,7 @@ fn config_check_reports_every_problem_with_file_and_key() {
     let stdout = text(&out.stdout);
     for needle in [
         "schema.toml: linkage.threshold",
-        "schema.toml: schemes[6] (given_dob_sex).parts: too little information",
+        "(state_id_birth_year).parts: too little information",
         "schema.toml: kinds.arrest.record_id",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");

@@ -138,7 +138,9 @@ fn synth_police(dir: &Path) -> PathBuf {
 
 /// What offline `divert pseudonymize` makes of an export under the same key: the records the steward must hold.
 fn offline_records(dir: &Path, keys: &Path, kind: &str, file: &Path) -> Vec<PseudoRecord> {
-    let schema = crate::util::repo().join("config/schema.toml");
+    // The schema the source uses (the built-in one), whatever config/schema.toml holds meanwhile.
+    let schema = dir.join("builtin-schema.toml");
+    std::fs::write(&schema, divert::schema::DEFAULT_SCHEMA).expect("write the schema");
     let out = divert_ok(
         dir,
         &[
@@ -327,8 +329,11 @@ async fn handed_over_rejected_and_quarantined_files() {
     let err = source.src.ingest("arrest", &tmp.path().join("nope.csv")).await.unwrap_err();
     assert!(err.contains("nope.csv"), "{err}");
     let no_dob = tmp.path().join("no-dob.csv");
-    std::fs::write(&no_dob, "arrest_id,arrest_date,family_name,given_name,warrant,violent,felony\nA9,2019-01-01,Lee,Bo,y,n,n\n")
-        .unwrap();
+    std::fs::write(
+        &no_dob,
+        "arrest_id,arrest_date,family_name,given_name,warrant,violent,felony\nA9,2019-01-01,Lee,Bo,y,n,n\n",
+    )
+    .unwrap();
     let err = source.src.ingest("arrest", &no_dob).await.unwrap_err();
     assert!(err.contains("dob") && !err.contains("Lee"), "{err}");
     assert!(no_dob.exists());
@@ -338,8 +343,11 @@ async fn handed_over_rejected_and_quarantined_files() {
     std::fs::write(inbox.join(".arrest-partial.csv"), "still being copied").unwrap();
     std::fs::write(inbox.join("arrest-old.csv.tmp"), "still being copied").unwrap();
     let dropped = tmp.path().join("no-dob-2.csv");
-    std::fs::write(&dropped, "arrest_id,arrest_date,family_name,given_name,warrant,violent,felony\nA9,2019-01-01,Lee,Bo,y,n,n\n")
-        .unwrap();
+    std::fs::write(
+        &dropped,
+        "arrest_id,arrest_date,family_name,given_name,warrant,violent,felony\nA9,2019-01-01,Lee,Bo,y,n,n\n",
+    )
+    .unwrap();
     source.drop_in(&dropped, "arrest-2019-03.csv");
     let reason_file = inbox.join("rejected/arrest-2019-03.csv.reason");
     wait_for(10, "the file rejected", || reason_file.exists()).await;
@@ -406,7 +414,11 @@ async fn data_key_and_raw_store() {
 
     let mut body = String::from(ARREST_HEADER);
     for i in 0..2500 {
-        body.push_str(&format!("A{i},2019-03-04,Quillfeather,Zebediah,1980-01-{:02},M,{},y,n,n\n", 1 + i % 28, 700_000 + i));
+        body.push_str(&format!(
+            "A{i},2019-03-04,Quillfeather,Zebediah,1980-01-{:02},M,{},y,n,n\n",
+            1 + i % 28,
+            700_000 + i
+        ));
     }
     std::fs::write(tmp.path().join("a.csv"), &body).unwrap();
     source.drop_in(&tmp.path().join("a.csv"), "arrest.csv");
@@ -420,7 +432,11 @@ async fn data_key_and_raw_store() {
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
         for secret in ["Quillfeather", "QUILLFEATHER", "quillfeather", "Zebediah", "zebediah", "700001"] {
-            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} in plaintext in {}", f.display());
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} in plaintext in {}",
+                f.display()
+            );
         }
     }
 
@@ -514,4 +530,51 @@ fn cpu_seconds() -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // Fields after the command: state is 0, utime 11, stime 12 (clock ticks, 100 per second on Linux).
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A server of our CA that is not a steward (here another source) gets nothing:
+/// the pusher checks the peer's SPIFFE ID after the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_steward_gets_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let impostor = pki.issue(Role::Source, "da");
+    let material = TlsMaterial::load(&tls_paths(&impostor), None).expect("impostor TLS");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(material.server.clone());
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let got = received.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            let got = got.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        got.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+
+    let source = TestSource::start(&pki, &tmp.path().join("police"), addr, "").await;
+    let mut body = String::from(ARREST_HEADER);
+    body.push_str("A1,2019-03-04,Lee,Bo,1980-01-01,M,1,y,n,n\n");
+    std::fs::write(tmp.path().join("a.csv"), body).unwrap();
+    source.drop_in(&tmp.path().join("a.csv"), "arrest.csv");
+    wait_for(10, "the push refused", || source.status()["steward"]["state"] == "failing").await;
+    let s = source.status();
+    let error = s["steward"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("spiffe://test-lead/source/da") && error.contains("not a steward"), "{s}");
+    assert_eq!(received.load(std::sync::atomic::Ordering::Relaxed), 0, "not a byte of a request was sent");
+    assert_eq!(source.outbox_records(), 1, "the batch stays in the outbox");
+    source.stop().await;
+    server.abort();
 }

@@ -1,0 +1,600 @@
+//! Persons and their events in a compact columnar form, built once so queries are fast.
+//!
+//! The privacy unit of every release is a person. The steward links records
+//! into persons and hands them here as `(person id, record)` pairs; the ids
+//! only group records and are dropped once the population is built. Only
+//! persons with a usable referral (a date and an `arm`) are kept: every
+//! query's cohort is a subset of them.
+//!
+//! Layout: per person, the anchor (first referral date, days since
+//! 1970-01-01) and the public categories of the first referral; per record
+//! kind, CSR arrays (`offsets[p]..offsets[p + 1]` are person p's events,
+//! sorted by date, then by arrival) with one column per schema field: dates
+//! as `i32` days, enums as `u16` value indices, bools as bits, integers as
+//! `i64`. Free text is not kept.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::model::Category;
+use crate::normalize::NormKind;
+use crate::record::PseudoRecord;
+use crate::schema::{FieldType, Schema};
+
+/// Enum column: no value.
+pub(crate) const NO_ENUM: u16 = u16::MAX;
+/// Integer column: no value.
+pub(crate) const NO_INT: i64 = i64::MIN;
+/// Date column: no value.
+pub(crate) const NO_DATE: i32 = i32::MIN;
+/// Person category code: the value has no declared category (only for a required field left empty).
+pub(crate) const NO_CATEGORY: u8 = u8::MAX;
+
+/// The label of a missing category value.
+pub const UNKNOWN: &str = "unknown";
+/// Age bands at the first referral, in order; ages below 18 are `under_18`.
+pub const AGE_BANDS: [&str; 7] = ["under_18", "18-25", "26-35", "36-45", "46-55", "56+", UNKNOWN];
+/// Released sex codes (see `normalize`), then `unknown`.
+pub const SEX_VALUES: [&str; 4] = ["f", "m", "x", UNKNOWN];
+
+/// The kind whose first record anchors each person, and its fields the categories come from.
+pub(crate) const REFERRAL: &str = "referral";
+pub(crate) const ARM: &str = "arm";
+pub(crate) const RACE: &str = "race_ethnicity";
+pub(crate) const REFERRAL_TYPE: &str = "referral_type";
+pub(crate) const SCREENING: &str = "screening";
+
+/// The declared values of each public category, from the schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Categories {
+    values: [Vec<String>; 5],
+}
+
+impl Categories {
+    /// arm, race_ethnicity and referral_type: the referral kind's enum values
+    /// (with `unknown` added for an optional field that lacks it); sex and age
+    /// band: fixed lists.
+    pub fn from_schema(schema: &Schema) -> Categories {
+        let referral = schema.kind(REFERRAL);
+        let enum_values = |name: &str, with_unknown: bool| -> Vec<String> {
+            let field = referral.and_then(|k| k.field_index(name).map(|i| &k.fields[i]));
+            let mut v: Vec<String> = match field.map(|f| (&f.ty, f.required)) {
+                Some((FieldType::Enum(e), required)) => {
+                    let mut v = e.values.clone();
+                    if with_unknown && !required && !v.iter().any(|x| x == UNKNOWN) {
+                        v.push(UNKNOWN.into());
+                    }
+                    v
+                }
+                _ if with_unknown => vec![UNKNOWN.into()],
+                _ => Vec::new(),
+            };
+            v.dedup();
+            v
+        };
+        Categories {
+            values: [
+                enum_values(ARM, false),
+                SEX_VALUES.iter().map(|s| s.to_string()).collect(),
+                AGE_BANDS.iter().map(|s| s.to_string()).collect(),
+                enum_values(RACE, true),
+                enum_values(REFERRAL_TYPE, true),
+            ],
+        }
+    }
+
+    /// The values of a category, in their declared order.
+    pub fn values(&self, c: Category) -> &[String] {
+        &self.values[c.index()]
+    }
+
+    fn code(&self, c: Category, value: Option<&str>) -> u8 {
+        let values = self.values(c);
+        let found = match value {
+            Some(v) => values.iter().position(|x| x == v),
+            None => None,
+        };
+        found.or_else(|| values.iter().position(|x| x == UNKNOWN)).map_or(NO_CATEGORY, |i| i as u8)
+    }
+}
+
+/// Age band index in `AGE_BANDS` of an age.
+pub(crate) fn age_band(age: Option<i64>) -> &'static str {
+    match age {
+        None => UNKNOWN,
+        Some(a) if a < 18 => AGE_BANDS[0],
+        Some(a) if a <= 25 => AGE_BANDS[1],
+        Some(a) if a <= 35 => AGE_BANDS[2],
+        Some(a) if a <= 45 => AGE_BANDS[3],
+        Some(a) if a <= 55 => AGE_BANDS[4],
+        Some(_) => AGE_BANDS[5],
+    }
+}
+
+/// What a schema looks like to the engine: kinds, their fields and field types.
+/// A plan runs only on a population built with the same layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layout(Vec<(String, Vec<(String, u8)>)>);
+
+impl Layout {
+    pub(crate) fn of(schema: &Schema) -> Layout {
+        Layout(
+            schema
+                .kinds
+                .iter()
+                .map(|k| {
+                    let fields = k
+                        .fields
+                        .iter()
+                        .map(|f| {
+                            let t = match &f.ty {
+                                FieldType::String { .. } => 0,
+                                FieldType::Date => 1,
+                                FieldType::Enum(_) => 2,
+                                FieldType::Bool => 3,
+                                FieldType::Integer { .. } => 4,
+                            };
+                            (f.name.clone(), t)
+                        })
+                        .collect();
+                    (k.name.clone(), fields)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Bools as bits, with a presence bit each.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Bits {
+    value: Vec<u64>,
+    present: Vec<u64>,
+    len: usize,
+}
+
+impl Bits {
+    fn push(&mut self, v: Option<bool>) {
+        let (word, bit) = (self.len / 64, self.len % 64);
+        if bit == 0 {
+            self.value.push(0);
+            self.present.push(0);
+        }
+        if let Some(b) = v {
+            self.present[word] |= 1 << bit;
+            if b {
+                self.value[word] |= 1 << bit;
+            }
+        }
+        self.len += 1;
+    }
+
+    pub(crate) fn get(&self, i: usize) -> Option<bool> {
+        let (word, bit) = (i / 64, i % 64);
+        let present = self.present.get(word).is_some_and(|w| w >> bit & 1 == 1);
+        present.then(|| self.value.get(word).is_some_and(|w| w >> bit & 1 == 1))
+    }
+}
+
+/// One field of one kind, for all its events.
+#[derive(Debug, Clone)]
+pub(crate) enum Column {
+    /// Free text and record ids are not kept.
+    Absent,
+    Enum(Vec<u16>),
+    Bool(Bits),
+    Int(Vec<i64>),
+    Date(Vec<i32>),
+}
+
+impl Column {
+    fn new(ty: &FieldType) -> Column {
+        match ty {
+            FieldType::String { .. } => Column::Absent,
+            FieldType::Date => Column::Date(Vec::new()),
+            FieldType::Enum(_) => Column::Enum(Vec::new()),
+            FieldType::Bool => Column::Bool(Bits::default()),
+            FieldType::Integer { .. } => Column::Int(Vec::new()),
+        }
+    }
+
+    fn push(&mut self, ty: &FieldType, v: Option<&Value>) {
+        let v = v.filter(|v| !v.is_null());
+        match (self, ty) {
+            (Column::Enum(c), FieldType::Enum(e)) => {
+                c.push(v.and_then(Value::as_str).and_then(|s| e.resolve(s)).unwrap_or(NO_ENUM))
+            }
+            (Column::Bool(c), _) => c.push(v.and_then(Value::as_bool)),
+            (Column::Int(c), _) => c.push(v.and_then(Value::as_i64).filter(|&i| i != NO_INT).unwrap_or(NO_INT)),
+            (Column::Date(c), _) => c.push(v.and_then(Value::as_str).and_then(parse_date).unwrap_or(NO_DATE)),
+            _ => {}
+        }
+    }
+
+    /// The rows `order` of this column, in that order.
+    fn gather(&self, order: &[usize]) -> Column {
+        match self {
+            Column::Absent => Column::Absent,
+            Column::Enum(c) => Column::Enum(order.iter().map(|&i| c[i]).collect()),
+            Column::Int(c) => Column::Int(order.iter().map(|&i| c[i]).collect()),
+            Column::Date(c) => Column::Date(order.iter().map(|&i| c[i]).collect()),
+            Column::Bool(c) => {
+                let mut b = Bits::default();
+                for &i in order {
+                    b.push(c.get(i));
+                }
+                Column::Bool(b)
+            }
+        }
+    }
+
+    /// The value at `i` as a small code: enum index, bool 0/1; `None` when missing.
+    pub(crate) fn code(&self, i: usize) -> Option<u16> {
+        match self {
+            Column::Enum(c) => c.get(i).copied().filter(|&v| v != NO_ENUM),
+            Column::Bool(c) => c.get(i).map(u16::from),
+            _ => None,
+        }
+    }
+}
+
+/// All events of one kind, grouped by person.
+#[derive(Debug, Clone)]
+pub(crate) struct Events {
+    /// Person p's events are `offsets[p]..offsets[p + 1]`.
+    pub(crate) offsets: Vec<u32>,
+    /// Event dates, sorted within each person.
+    pub(crate) dates: Vec<i32>,
+    /// One column per field of the kind, in schema order.
+    pub(crate) columns: Vec<Column>,
+}
+
+impl Events {
+    /// The index range of person `p`'s events.
+    pub(crate) fn range(&self, p: usize) -> std::ops::Range<usize> {
+        self.offsets[p] as usize..self.offsets[p + 1] as usize
+    }
+}
+
+/// Per-person attributes of the first referral.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Persons {
+    /// Day 0: the first referral's date.
+    pub(crate) anchor: Vec<i32>,
+    /// Category codes (index into `Categories::values`), one vector per `Category`.
+    pub(crate) category: [Vec<u8>; 5],
+    /// The first referral's screening (enum index), `NO_ENUM` when missing.
+    pub(crate) screening: Vec<u16>,
+}
+
+/// The persons of a program and their events, ready for queries.
+#[derive(Debug, Clone)]
+pub struct Population {
+    pub(crate) layout: Layout,
+    pub(crate) categories: Categories,
+    pub(crate) persons: Persons,
+    /// One per schema kind, in schema order.
+    pub(crate) kinds: Vec<Events>,
+}
+
+/// Staging for one kind while records arrive.
+struct Stage {
+    /// (person slot, date, arrival number) per row.
+    keys: Vec<(u32, i32, u32)>,
+    columns: Vec<Column>,
+}
+
+impl Population {
+    /// Group `(person id, record)` pairs into persons and index their events.
+    ///
+    /// Records of a kind the schema does not know, or without a valid event
+    /// date, are skipped. A person's anchor is their earliest referral with a
+    /// date and an arm (ties: the first received); persons without one are
+    /// left out. Their categories come from that referral: arm,
+    /// race_ethnicity, referral_type, screening, sex and age (as an age band).
+    pub fn build(schema: &Schema, persons: impl IntoIterator<Item = (u32, PseudoRecord)>) -> Population {
+        let categories = Categories::from_schema(schema);
+        let kind_index: HashMap<&str, usize> =
+            schema.kinds.iter().enumerate().map(|(i, k)| (k.name.as_str(), i)).collect();
+        let referral = kind_index.get(REFERRAL).copied();
+        let sex_field = schema.identity.iter().find(|f| f.release && f.norm == NormKind::Sex).map(|f| f.name.clone());
+
+        let mut stages: Vec<Stage> = schema
+            .kinds
+            .iter()
+            .map(|k| Stage { keys: Vec::new(), columns: k.fields.iter().map(|f| Column::new(&f.ty)).collect() })
+            .collect();
+        // Referral rows also keep the person's sex code and age band code.
+        let mut referral_identity: Vec<(u8, u8)> = Vec::new();
+        let mut slots: HashMap<u32, u32> = HashMap::new();
+        let mut seq: u32 = 0;
+
+        for (person, record) in persons {
+            let Some(&k) = kind_index.get(record.kind.as_str()) else { continue };
+            let kind = &schema.kinds[k];
+            let date_name = &kind.fields[kind.event_date].name;
+            let Some(date) = record.fields.get(date_name).and_then(Value::as_str).and_then(parse_date) else {
+                continue;
+            };
+            let next = slots.len() as u32;
+            let slot = *slots.entry(person).or_insert(next);
+            let stage = &mut stages[k];
+            stage.keys.push((slot, date, seq));
+            seq = seq.wrapping_add(1);
+            for (f, col) in kind.fields.iter().zip(stage.columns.iter_mut()) {
+                col.push(&f.ty, record.fields.get(&f.name));
+            }
+            if Some(k) == referral {
+                let sex = sex_field.as_ref().and_then(|n| record.fields.get(n)).and_then(Value::as_str);
+                let age = record.fields.get("age").and_then(Value::as_i64);
+                referral_identity.push((
+                    categories.code(Category::Sex, sex),
+                    categories.code(Category::AgeBand, Some(age_band(age))),
+                ));
+            }
+        }
+        drop(slots);
+
+        // Anchors: the earliest referral with an arm, per person slot.
+        let n_slots = stages.iter().flat_map(|s| s.keys.iter().map(|k| k.0 as usize + 1)).max().unwrap_or(0);
+        let mut first: Vec<Option<usize>> = vec![None; n_slots];
+        let column_of = |k: usize, name: &str| schema.kinds[k].field_index(name);
+        if let Some(r) = referral {
+            let stage = &stages[r];
+            let arm = column_of(r, ARM).map(|i| &stage.columns[i]);
+            for (row, &(slot, date, s)) in stage.keys.iter().enumerate() {
+                if arm.and_then(|c| c.code(row)).is_none() {
+                    continue;
+                }
+                let best = &mut first[slot as usize];
+                let better = match *best {
+                    None => true,
+                    Some(b) => {
+                        let (_, bd, bs) = stage.keys[b];
+                        (date, s) < (bd, bs)
+                    }
+                };
+                if better {
+                    *best = Some(row);
+                }
+            }
+        }
+
+        // Kept persons, numbered in order of first arrival.
+        let mut new_index = vec![u32::MAX; n_slots];
+        let mut p = Persons::default();
+        if let Some(r) = referral {
+            let stage = &stages[r];
+            let code = |name: &str, row: usize| column_of(r, name).and_then(|i| stage.columns[i].code(row));
+            let label = |c: Category, row: usize, field: &str| -> u8 {
+                let values = categories.values(c);
+                let v = code(field, row).and_then(|i| match &schema.kinds[r].fields[column_of(r, field)?].ty {
+                    FieldType::Enum(e) => e.values.get(usize::from(i)).cloned(),
+                    _ => None,
+                });
+                match v {
+                    Some(v) => values.iter().position(|x| *x == v).map_or(NO_CATEGORY, |i| i as u8),
+                    None => categories.code(c, None),
+                }
+            };
+            for (slot, row) in first.iter().enumerate() {
+                let Some(row) = *row else { continue };
+                new_index[slot] = p.anchor.len() as u32;
+                p.anchor.push(stage.keys[row].1);
+                p.category[Category::Arm.index()].push(label(Category::Arm, row, ARM));
+                p.category[Category::Sex.index()].push(referral_identity[row].0);
+                p.category[Category::AgeBand.index()].push(referral_identity[row].1);
+                p.category[Category::RaceEthnicity.index()].push(label(Category::RaceEthnicity, row, RACE));
+                p.category[Category::ReferralType.index()].push(label(Category::ReferralType, row, REFERRAL_TYPE));
+                p.screening.push(code(SCREENING, row).unwrap_or(NO_ENUM));
+            }
+        }
+        let n = p.anchor.len();
+
+        // Each kind: kept persons' rows, sorted by (person, date, arrival), as CSR.
+        let kinds = stages
+            .into_iter()
+            .map(|stage| {
+                let mut order: Vec<usize> =
+                    (0..stage.keys.len()).filter(|&i| new_index[stage.keys[i].0 as usize] != u32::MAX).collect();
+                order.sort_unstable_by_key(|&i| {
+                    let (slot, date, s) = stage.keys[i];
+                    (new_index[slot as usize], date, s)
+                });
+                let mut offsets = vec![0u32; n + 1];
+                for &i in &order {
+                    offsets[new_index[stage.keys[i].0 as usize] as usize + 1] += 1;
+                }
+                for i in 0..n {
+                    offsets[i + 1] += offsets[i];
+                }
+                Events {
+                    offsets,
+                    dates: order.iter().map(|&i| stage.keys[i].1).collect(),
+                    columns: stage.columns.iter().map(|c| c.gather(&order)).collect(),
+                }
+            })
+            .collect();
+
+        Population { layout: Layout::of(schema), categories, persons: p, kinds }
+    }
+
+    /// Number of persons (with a referral). For the steward's own monitoring: never send it to an evaluator.
+    pub fn len(&self) -> usize {
+        self.persons.anchor.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of events kept, all kinds. For the steward's own monitoring: never send it to an evaluator.
+    pub fn event_count(&self) -> usize {
+        self.kinds.iter().map(|k| k.dates.len()).sum()
+    }
+
+    /// The declared values of the public categories.
+    pub fn categories(&self) -> &Categories {
+        &self.categories
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+pub(crate) fn days_from_civil(y: i32, m: u32, d: u32) -> i32 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = m as i32;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i32 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Year, month (1-12), day of a day number.
+pub(crate) fn civil_from_days(z: i32) -> (i32, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// The first day of the calendar month `months` months after the month of `day`.
+pub(crate) fn first_of_month_after(day: i32, months: u32) -> i32 {
+    let (y, m, _) = civil_from_days(day);
+    let index = y * 12 + (m as i32 - 1) + months as i32;
+    days_from_civil(index.div_euclid(12), index.rem_euclid(12) as u32 + 1, 1)
+}
+
+/// `YYYY-MM-DD` (the wire form of dates) as days since 1970-01-01.
+pub(crate) fn parse_date(s: &str) -> Option<i32> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let mut n = 0u32;
+        for &c in &b[r] {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            n = n * 10 + u32::from(c - b'0');
+        }
+        Some(n)
+    };
+    let (y, m, d) = (num(0..4)? as i32, num(5..7)?, num(8..10)?);
+    if !(1..=12).contains(&m) || d == 0 || d > 31 {
+        return None;
+    }
+    let day = days_from_civil(y, m, d);
+    (civil_from_days(day) == (y, m, d)).then_some(day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    pub(crate) fn rec(kind: &str, fields: serde_json::Value) -> PseudoRecord {
+        let fields: BTreeMap<String, Value> = serde_json::from_value(fields).unwrap();
+        PseudoRecord {
+            source: "test".into(),
+            kind: kind.into(),
+            line: 1,
+            epoch: 1,
+            rid: "0".repeat(32),
+            tokens: BTreeMap::new(),
+            fields,
+        }
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(parse_date("1970-01-01"), Some(0));
+        assert_eq!(parse_date("2019-03-04"), Some(days_from_civil(2019, 3, 4)));
+        for bad in ["2019-02-30", "2019-3-04", "20190304", "2019-13-01", "abcd-ef-gh", ""] {
+            assert_eq!(parse_date(bad), None, "{bad}");
+        }
+        let d = days_from_civil(2017, 1, 31);
+        assert_eq!(first_of_month_after(d, 1), days_from_civil(2017, 2, 1));
+        assert_eq!(first_of_month_after(d, 12), days_from_civil(2018, 1, 1));
+        assert_eq!(first_of_month_after(d, 0), days_from_civil(2017, 1, 1));
+    }
+
+    #[test]
+    fn groups_persons_anchors_and_sorts() {
+        let schema = Schema::default_schema().unwrap();
+        let records = vec![
+            (
+                7,
+                rec(
+                    "arrest",
+                    serde_json::json!({"arrest_date": "2019-05-01", "warrant": true, "violent": false, "felony": false}),
+                ),
+            ),
+            (
+                7,
+                rec(
+                    "referral",
+                    serde_json::json!({"referral_date": "2019-04-01", "arm": "diversion", "referral_type": "arrest", "sex": "f", "age": 30, "race_ethnicity": null}),
+                ),
+            ),
+            (
+                7,
+                rec(
+                    "referral",
+                    serde_json::json!({"referral_date": "2019-03-01", "arm": "comparison", "referral_type": "social_contact", "sex": "f", "age": 29}),
+                ),
+            ),
+            (
+                7,
+                rec(
+                    "arrest",
+                    serde_json::json!({"arrest_date": "2019-01-01", "warrant": false, "violent": false, "felony": true}),
+                ),
+            ),
+            (
+                9,
+                rec(
+                    "arrest",
+                    serde_json::json!({"arrest_date": "2019-01-01", "warrant": false, "violent": false, "felony": true}),
+                ),
+            ),
+            (7, rec("arrest", serde_json::json!({"arrest_date": "not a date", "warrant": false}))),
+            (7, rec("unknown_kind", serde_json::json!({}))),
+        ];
+        let pop = Population::build(&schema, records);
+        assert_eq!(pop.len(), 1, "person 9 has no referral");
+        assert_eq!(pop.persons.anchor[0], days_from_civil(2019, 3, 1));
+        let arm = pop.persons.category[Category::Arm.index()][0];
+        assert_eq!(pop.categories.values(Category::Arm)[arm as usize], "comparison");
+        let band = pop.persons.category[Category::AgeBand.index()][0];
+        assert_eq!(pop.categories.values(Category::AgeBand)[band as usize], "26-35");
+        let race = pop.persons.category[Category::RaceEthnicity.index()][0];
+        assert_eq!(pop.categories.values(Category::RaceEthnicity)[race as usize], "unknown");
+        let arrests = &pop.kinds[schema.kinds.iter().position(|k| k.name == "arrest").unwrap()];
+        assert_eq!(arrests.range(0), 0..2);
+        assert_eq!(arrests.dates, vec![days_from_civil(2019, 1, 1), days_from_civil(2019, 5, 1)]);
+        let warrant = schema.kind("arrest").unwrap().field_index("warrant").unwrap();
+        assert_eq!(arrests.columns[warrant].code(0), Some(0));
+        assert_eq!(arrests.columns[warrant].code(1), Some(1));
+        assert_eq!(pop.event_count(), 4);
+    }
+
+    #[test]
+    fn bits_round_trip() {
+        let mut b = Bits::default();
+        let vals: Vec<Option<bool>> = (0..200).map(|i| if i % 7 == 0 { None } else { Some(i % 3 == 0) }).collect();
+        for &v in &vals {
+            b.push(v);
+        }
+        for (i, &v) in vals.iter().enumerate() {
+            assert_eq!(b.get(i), v);
+        }
+    }
+}
