@@ -34,6 +34,11 @@ pub enum Service {
 /// admin socket, reload TLS on SIGHUP (or when its files change), then
 /// drain and flush.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Signal handlers first: a SIGTERM that arrives while the services start
+    // must stop the daemon cleanly, not kill it with the default action.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     crate::fsutil::create_private_dir(&config.data_dir)?;
     let material = TlsMaterial::load(&config.tls, Some(&config.identity)).context("loading TLS material")?;
     warn_if_expiring(&material);
@@ -56,9 +61,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ctx.tracker.spawn(admin::serve(admin_listener, handler, ctx.shutdown.clone(), ctx.tracker.clone()));
     tracing::info!(identity = %config.identity, admin_socket = %config.admin_socket.display(), "divert daemon started");
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     let mut watch_tick = tokio::time::interval(TLS_WATCH_INTERVAL);
     let mut stamps = tls_stamps(&config);
     let mut last_expiry_warning = std::time::Instant::now();

@@ -9,3 +9,4 @@ mod source;
 mod steward;
 mod synth;
 mod util;
+mod crash;
