@@ -28,6 +28,8 @@ pub enum Command {
     Pseudonymize(cmd::pseudonymize::PseudonymizeArgs),
     /// Link pseudonymized records into persons offline; score against a truth file.
     Link(cmd::link::LinkArgs),
+    /// Ask the steward for a differentially private answer, as an evaluator.
+    Query(cmd::query::QueryArgs),
     /// Run a source or steward daemon in the foreground.
     Serve(cmd::serve::ServeArgs),
     /// Show a running daemon's role, certificate expiry and counters.
@@ -64,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pseudonymize(args) => cmd::pseudonymize::run(args)?,
         Command::Link(args) => cmd::link::run(args)?,
         Command::Demo(args) => cmd::demo::run(args)?,
+        Command::Query(args) => cmd::query::run(args)?,
         Command::Serve(args) => cmd::serve::run(args)?,
         Command::Status(args) => cmd::status::run(args)?,
         Command::Ingest(args) => cmd::ingest::run(args)?,

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cmd;
 pub mod daemon;
 pub mod dp;
+pub mod evaluator;
 pub mod fsutil;
 pub mod identity;
 pub mod ingest;

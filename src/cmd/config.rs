@@ -33,6 +33,7 @@ pub enum ConfigKind {
     Schema,
     Synth,
     Daemon,
+    Evaluator,
 }
 
 pub fn run(args: ConfigArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -65,6 +66,8 @@ pub fn check_file(path: &Path) -> Result<(ConfigKind, String), Vec<Problem>> {
         ConfigKind::Schema
     } else if value.contains_key("recording") || value.contains_key("demographics") {
         ConfigKind::Synth
+    } else if value.get("role").and_then(|r| r.as_str()) == Some("evaluator") {
+        ConfigKind::Evaluator
     } else if value.contains_key("role") {
         ConfigKind::Daemon
     } else {
@@ -85,6 +88,10 @@ pub fn check_file(path: &Path) -> Result<(ConfigKind, String), Vec<Problem>> {
                     s.schemes.len()
                 ),
             ))
+        }
+        ConfigKind::Evaluator => {
+            let c = crate::evaluator::EvaluatorConfig::from_toml(&text, path)?;
+            Ok((kind, format!("evaluator {} of the steward at {}", c.identity, c.steward_addr)))
         }
         ConfigKind::Daemon => {
             let c = crate::daemon::config::Config::from_toml(&text, path)?;

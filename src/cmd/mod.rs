@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod keys;
 pub mod link;
 pub mod pseudonymize;
+pub mod query;
 pub mod serve;
 pub mod status;
 pub mod synth;

@@ -50,6 +50,7 @@ struct RawSteward {
     handshake_timeout_secs: Option<u64>,
     io_timeout_secs: Option<u64>,
     schema: Option<PathBuf>,
+    program_epsilon_cap: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +102,8 @@ pub struct StewardConfig {
     pub handshake_timeout: Duration,
     pub io_timeout: Duration,
     pub schema: Option<PathBuf>,
+    /// The program-wide cap on the sum of evaluators' budgets, in micro-epsilon.
+    pub program_epsilon_cap_micro: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +123,8 @@ pub struct SourceConfig {
 
 /// Defaults, written out in the example configs under `config/`.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+/// The program-wide privacy budget cap across all evaluators, in epsilon.
+pub const DEFAULT_PROGRAM_EPSILON_CAP: &str = "10";
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
 pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_IO_TIMEOUT_SECS: u64 = 30;
@@ -213,7 +218,19 @@ impl Config {
                                 bad(k, "must be between 1 and 3600 seconds".into());
                             }
                         }
+                        let cap_text = s.program_epsilon_cap.clone().unwrap_or_else(|| DEFAULT_PROGRAM_EPSILON_CAP.into());
+                        let program_epsilon_cap_micro = match crate::dp::ledger::parse_epsilon(&cap_text) {
+                            Ok(m) if m > 0 => m,
+                            _ => {
+                                bad(
+                                    "steward.program_epsilon_cap",
+                                    format!("`{cap_text}` is not a positive epsilon with at most 6 decimals, as a string like \"10\""),
+                                );
+                                0
+                            }
+                        };
                         Some(RoleConfig::Steward(StewardConfig {
+                            program_epsilon_cap_micro,
                             listen,
                             max_body_bytes,
                             max_connections,

@@ -145,9 +145,20 @@ fn admin_handler(ctx: Arc<Context>, service: Service, started: time::OffsetDateT
                         admin::Response::err("this daemon is a steward; files are ingested by sources")
                     }
                 },
-                admin::Request::BudgetGrant { .. } | admin::Request::Budgets => {
-                    admin::Response::err("budgets are not served by this build yet")
-                }
+                admin::Request::BudgetGrant { evaluator, epsilon_micro } => match &service {
+                    Service::Steward(s) => match s.grant(&evaluator, epsilon_micro) {
+                        Ok(b) => admin::Response::ok(serde_json::to_value(b).unwrap_or_default()),
+                        Err(e) => admin::Response::err(e),
+                    },
+                    Service::Source(_) => admin::Response::err("budgets are kept by the steward; run this on the steward host"),
+                },
+                admin::Request::Budgets => match &service {
+                    Service::Steward(s) => match s.budgets() {
+                        Ok(v) => admin::Response::ok(serde_json::to_value(v).unwrap_or_default()),
+                        Err(e) => admin::Response::err(e),
+                    },
+                    Service::Source(_) => admin::Response::err("budgets are kept by the steward; run this on the steward host"),
+                },
             }
         })
     })

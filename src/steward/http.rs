@@ -52,14 +52,16 @@ impl Rejection {
 }
 
 /// A batch the store has taken.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Accepted {
     pub batch_id: String,
     pub records: u64,
     pub outcome: PutOutcome,
+    /// The records, parsed once while checking, for linkage.
+    pub parsed: Vec<crate::record::PseudoRecord>,
 }
 
-fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Resp {
+pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Resp {
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
@@ -67,13 +69,13 @@ fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Resp {
     resp
 }
 
-fn error_response(status: StatusCode, message: &str) -> Resp {
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Resp {
     json_response(status, &ErrorBody { error: message.to_string() })
 }
 
 /// Refuse without reading the body: count, log, answer, and close the connection
 /// afterwards (the unread body makes it unusable for another request).
-fn refuse_unread(st: &Steward, peer: &Peer, kind: Refusal, status: StatusCode, message: &str) -> Resp {
+pub(crate) fn refuse_unread(st: &Steward, peer: &Peer, kind: Refusal, status: StatusCode, message: &str) -> Resp {
     st.refuse(kind, peer.addr, Some(&peer.id), message);
     let mut resp = error_response(status, message);
     resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
@@ -106,7 +108,44 @@ pub(crate) async fn route(st: Arc<Steward>, peer: Arc<Peer>, req: Request<Incomi
             StatusCode::FORBIDDEN,
             &format!("only source certificates may send batches; this certificate's role is {role}"),
         ),
-        // Next issue: ("/v1/query", Role::Evaluator) => ..., ("/v1/catalog", Role::Evaluator) => ...
+        (super::release::CATALOG_PATH, Role::Evaluator) if req.method() == Method::GET => {
+            super::release::get_catalog(&st, &peer).await
+        }
+        (super::release::BUDGET_PATH, Role::Evaluator) if req.method() == Method::GET => {
+            super::release::get_budget(&st, &peer).await
+        }
+        (super::release::RELEASES_PATH, Role::Evaluator) if req.method() == Method::GET => {
+            super::release::get_releases(&st, &peer).await
+        }
+        (super::release::QUERY_PATH, Role::Evaluator) if req.method() == Method::POST => {
+            super::release::post_query(&st, &peer, req).await
+        }
+        (
+            super::release::CATALOG_PATH
+            | super::release::BUDGET_PATH
+            | super::release::RELEASES_PATH
+            | super::release::QUERY_PATH,
+            Role::Evaluator,
+        ) => refuse_unread(
+            &st,
+            &peer,
+            Refusal::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST /v1/query; GET /v1/catalog, /v1/budget, /v1/releases",
+        ),
+        (
+            super::release::CATALOG_PATH
+            | super::release::BUDGET_PATH
+            | super::release::RELEASES_PATH
+            | super::release::QUERY_PATH,
+            role,
+        ) => refuse_unread(
+            &st,
+            &peer,
+            Refusal::Forbidden,
+            StatusCode::FORBIDDEN,
+            &format!("only evaluator certificates may query; this certificate's role is {role}"),
+        ),
         _ => refuse_unread(&st, &peer, Refusal::NotFound, StatusCode::NOT_FOUND, "no such endpoint"),
     };
     Ok(resp)
@@ -145,6 +184,19 @@ async fn post_batch(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> R
             };
             let counter = if duplicate { &st.batches_duplicate } else { &st.batches_stored };
             counter.fetch_add(1, Ordering::Relaxed);
+            // The receipt is audited before the acknowledgement; a failure
+            // here makes the source retry, and a replay is idempotent.
+            let detail = crate::audit::BatchDetail { source: peer.id.name.clone(), batch_id: acc.batch_id.clone() };
+            if !duplicate {
+                if let Err(e) = st.audit.append(crate::audit::Kind::Batch, &peer.id.name, &detail) {
+                    error!(source = %peer.id.name, error = %e, "auditing a batch failed");
+                    return error_response(StatusCode::INTERNAL_SERVER_ERROR, "the steward could not record the batch; retry later");
+                }
+                let st2 = st.clone();
+                let parsed = acc.parsed;
+                // Linking is CPU work; the batch is already durable either way.
+                let _ = tokio::task::spawn_blocking(move || st2.persons.add(parsed)).await;
+            }
             info!(
                 source = %peer.id.name,
                 batch_id = %acc.batch_id,
@@ -184,9 +236,10 @@ pub async fn ingest_body(store: &Arc<Store>, cert_name: &str, body: Bytes) -> Re
     let store2 = store.clone();
     let name = cert_name.to_string();
     let put = tokio::task::spawn_blocking(move || -> Result<Accepted, IngestError> {
-        let (batch_id, records) = check_batch(&body, &name).map_err(IngestError::Rejected)?;
-        let outcome = store2.put_batch(&name, &batch_id, records, &body)?;
-        Ok(Accepted { batch_id, records, outcome })
+        let batch = check_batch(&body, &name).map_err(IngestError::Rejected)?;
+        let records = batch.records.len() as u64;
+        let outcome = store2.put_batch(&name, &batch.batch_id, records, &body)?;
+        Ok(Accepted { batch_id: batch.batch_id, records, outcome, parsed: batch.records })
     })
     .await;
     let accepted = match put {
@@ -203,8 +256,8 @@ fn is_hex32(s: &str) -> bool {
 }
 
 /// Validate a batch body sent under a certificate named `cert_name`:
-/// returns its batch id and record count. Messages never quote the body.
-pub fn check_batch(body: &[u8], cert_name: &str) -> Result<(String, u64), Rejection> {
+/// returns the batch. Messages never quote the body.
+pub fn check_batch(body: &[u8], cert_name: &str) -> Result<Batch, Rejection> {
     let batch: Batch = serde_json::from_slice(body).map_err(|e| {
         let what = match e.classify() {
             serde_json::error::Category::Syntax => "is not valid JSON",
@@ -249,7 +302,7 @@ pub fn check_batch(body: &[u8], cert_name: &str) -> Result<(String, u64), Reject
             }
         }
     }
-    Ok((batch.batch_id, batch.records.len() as u64))
+    Ok(batch)
 }
 
 #[cfg(test)]
@@ -276,7 +329,8 @@ mod tests {
     #[test]
     fn accepts_a_good_batch() {
         let b = body("police", "p-1", vec![record("police"), record("police")]);
-        assert_eq!(check_batch(&b, "police").unwrap(), ("p-1".to_string(), 2));
+        let ok = check_batch(&b, "police").unwrap();
+        assert_eq!((ok.batch_id.as_str(), ok.records.len()), ("p-1", 2));
     }
 
     #[test]

@@ -67,6 +67,8 @@ use crate::record::PseudoRecord;
 use crate::tls;
 
 mod http;
+pub mod persons;
+pub mod release;
 pub mod store;
 mod timeout_io;
 
@@ -75,6 +77,8 @@ pub use store::{PutOutcome, SourceCounts, Store, StoreError, StoredBatch};
 
 /// Where, under the data directory, the store lives.
 pub const STORE_DIR: &str = "store";
+/// The hash-chained audit log, in the data directory.
+pub const AUDIT_FILE: &str = "audit.log";
 /// Where, under the data directory, the bound address is written (one line, `IP:PORT`).
 pub const LISTEN_ADDR_FILE: &str = "listen.addr";
 
@@ -89,6 +93,8 @@ pub enum StewardError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("opening the store: {0}")]
     Join(String),
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// Why a peer or a request was refused; each has its own counter in `status`.
@@ -147,6 +153,11 @@ impl Refusal {
 pub struct Steward {
     pub(crate) store: Arc<Store>,
     pub(crate) cfg: StewardConfig,
+    pub(crate) schema: Arc<crate::schema::Schema>,
+    pub(crate) persons: persons::Persons,
+    pub(crate) ledger: crate::dp::ledger::Ledger,
+    pub(crate) audit: crate::audit::AuditLog,
+    releases: sled::Tree,
     program: String,
     local_addr: SocketAddr,
     data_dir: PathBuf,
@@ -181,6 +192,44 @@ impl Steward {
         let store = tokio::task::spawn_blocking(move || Store::open(&store_path))
             .await
             .map_err(|e| StewardError::Join(e.to_string()))??;
+        let schema = Arc::new(match &cfg.schema {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| StewardError::Setup(format!("{}: {e}", p.display())))?;
+                crate::schema::Schema::from_toml(&text).map_err(|problems| {
+                    let list: Vec<String> = problems.iter().map(|x| x.to_string()).collect();
+                    StewardError::Setup(format!("{}: {}", p.display(), list.join("; ")))
+                })?
+            }
+            None => crate::schema::Schema::default_schema()
+                .map_err(|_| StewardError::Setup("the built-in schema does not validate".into()))?,
+        });
+        let ledger = crate::dp::ledger::Ledger::open(store.db(), cfg.program_epsilon_cap_micro)
+            .map_err(|e| StewardError::Setup(format!("opening the budget ledger: {e}")))?;
+        let audit_path = data_dir.join(AUDIT_FILE);
+        // Reconcile before serving: the audit log is the record of what left.
+        if audit_path.exists() {
+            let spent = crate::audit::AuditLog::spent_by_evaluator(&audit_path)
+                .map_err(|e| StewardError::Setup(format!("{}: {e}; run `divert audit verify`", audit_path.display())))?;
+            let adjustments = ledger.reconcile(&spent).map_err(|e| StewardError::Setup(format!("reconciling budgets: {e}")))?;
+            for a in &adjustments {
+                warn!(adjustment = ?a, "budget ledger raised to match the audit log");
+            }
+        }
+        let audit = crate::audit::AuditLog::open(&audit_path)
+            .map_err(|e| StewardError::Setup(format!("{}: {e}", audit_path.display())))?;
+        let releases =
+            store.db().open_tree("steward_releases").map_err(|e| StewardError::Setup(format!("opening releases: {e}")))?;
+        let persons = persons::Persons::new(schema.clone());
+        let mut held = Vec::new();
+        for r in store.records() {
+            match r {
+                Ok(r) => held.push(r),
+                Err(e) => return Err(StewardError::Setup(format!("reading held records: {e}"))),
+            }
+        }
+        let n_held = held.len();
+        persons.add(held);
+        info!(records = n_held, "held records linked");
         let listener =
             TcpListener::bind(cfg.listen).await.map_err(|source| StewardError::Bind { addr: cfg.listen, source })?;
         let local_addr = listener.local_addr().map_err(|source| StewardError::Bind { addr: cfg.listen, source })?;
@@ -189,6 +238,11 @@ impl Steward {
         let max = usize::try_from(cfg.max_connections).unwrap_or(usize::MAX).clamp(1, Semaphore::MAX_PERMITS);
         let steward = Arc::new(Steward {
             store: Arc::new(store),
+            schema,
+            persons,
+            ledger,
+            audit,
+            releases,
             program: ctx.config.identity.program.clone(),
             local_addr,
             data_dir,
@@ -224,6 +278,48 @@ impl Steward {
     /// Every record held, batch by batch.
     pub fn records(&self) -> impl Iterator<Item = Result<PseudoRecord, StoreError>> + '_ {
         self.store.records()
+    }
+
+    /// Set an evaluator's budget (admin socket), audited.
+    pub fn grant(&self, evaluator: &str, epsilon_micro: u64) -> Result<crate::dp::ledger::EvaluatorBudget, String> {
+        let budget = self.ledger.grant(evaluator, epsilon_micro).map_err(|e| e.to_string())?;
+        let detail = crate::audit::BudgetGrantDetail {
+            evaluator: evaluator.to_string(),
+            total_micro: budget.total_micro,
+            spent_micro: budget.spent_micro,
+        };
+        self.audit.append(crate::audit::Kind::BudgetGrant, "admin", &detail).map_err(|e| e.to_string())?;
+        info!(evaluator, total = %crate::dp::ledger::format_epsilon(budget.total_micro), "budget granted");
+        Ok(crate::dp::ledger::EvaluatorBudget { evaluator: evaluator.to_string(), budget })
+    }
+
+    /// Every evaluator's budget (admin socket).
+    pub fn budgets(&self) -> Result<crate::dp::ledger::BudgetsView, String> {
+        self.ledger.view().map_err(|e| e.to_string())
+    }
+
+    /// Remember a release for `GET /v1/releases` (made durable by the ledger's next flush).
+    pub(crate) fn record_release(&self, evaluator: &str, record: &release::ReleaseRecord) -> Result<(), StoreError> {
+        let mut key = evaluator.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(&self.store.db().generate_id()?.to_be_bytes());
+        let value = serde_json::to_vec(record).unwrap_or_default();
+        self.releases.insert(key, value)?;
+        Ok(())
+    }
+
+    /// An evaluator's own past releases, oldest first.
+    pub(crate) fn releases_of(&self, evaluator: &str) -> Result<Vec<release::ReleaseRecord>, StoreError> {
+        let mut prefix = evaluator.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for kv in self.releases.scan_prefix(prefix) {
+            let (_, v) = kv?;
+            if let Ok(r) = serde_json::from_slice(&v) {
+                out.push(r);
+            }
+        }
+        Ok(out)
     }
 
     /// How many refusals of one kind so far (this run).

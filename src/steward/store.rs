@@ -179,6 +179,11 @@ fn now_unix() -> i64 {
 impl Store {
     /// Open (or create) the store in directory `path`. sled locks it: a second
     /// process opening the same store fails here.
+    /// The sled database, for the trees other steward parts keep beside the batches (budgets, releases).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
         let db = sled::Config::new()

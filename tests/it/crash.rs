@@ -51,19 +51,17 @@ fn steward_sigkill_keeps_every_acknowledged_batch() {
         let acked_in = acked.clone();
         let stream = rt.spawn(async move {
             let mut n = 0u64;
-            'outer: loop {
-                let Ok(mut client) = Client::connect(addr, cfg.clone()).await else { break };
-                loop {
-                    let id = format!("t{trial}-b{n}");
-                    let b = batch("police", &id, fake_records("police", n * 200, 200));
-                    match client.post_batch(&b).await {
-                        Ok((status, _)) if status.is_success() => {
-                            acked_in.lock().expect("lock").push(id);
-                            n += 1;
-                        }
-                        // The steward died mid-request: this batch was never acknowledged.
-                        _ => break 'outer,
+            let Ok(mut client) = Client::connect(addr, cfg.clone()).await else { return };
+            loop {
+                let id = format!("t{trial}-b{n}");
+                let b = batch("police", &id, fake_records("police", n * 200, 200));
+                match client.post_batch(&b).await {
+                    Ok((status, _)) if status.is_success() => {
+                        acked_in.lock().expect("lock").push(id);
+                        n += 1;
                     }
+                    // The steward died mid-request: this batch was never acknowledged.
+                    _ => break,
                 }
             }
         });

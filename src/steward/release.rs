@@ -1,0 +1,308 @@
+//! The evaluator's API at the steward: the catalog, budgets, past releases, and differentially private query answers — budget reserved durably and the release audited before any answer leaves.
+//!
+//! Order of a query (see `dp::ledger`): plan (no data) → cached answer? →
+//! reserve ε durably → draw noise (opendp) → append the release to the
+//! audit log (fsync) → store the answer and the release record (flush) →
+//! respond. A crash anywhere leaves spent ≥ what evaluators received.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::http::{error_response, json_response, Peer, Resp};
+use super::{Refusal, Steward};
+use crate::audit::{RefusalDetail, ReleaseDetail};
+use crate::dp::ledger::{format_epsilon, Budget, Refusal as BudgetRefusal};
+use crate::dp::mechanism::OpenDpNoise;
+use crate::query::{catalog, engine, Query};
+
+pub const CATALOG_PATH: &str = "/v1/catalog";
+pub const QUERY_PATH: &str = "/v1/query";
+pub const BUDGET_PATH: &str = "/v1/budget";
+pub const RELEASES_PATH: &str = "/v1/releases";
+
+/// Largest query request accepted.
+const MAX_QUERY_BYTES: usize = 64 * 1024;
+
+/// A query request: a named analysis with parameters, or a query in full.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// A catalog analysis by name (`GET /v1/catalog`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<String>,
+    /// The analysis's parameters, as strings.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+    /// A query in full (see docs/queries.md), instead of an analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<Query>,
+    /// Overrides the query's epsilon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    /// Return the intervals this epsilon would give, touching no data and no budget.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The answer to a query request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueryResponse {
+    /// Noisy values with their intervals (absent for a dry run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<engine::Answer>,
+    /// What the query would release (dry run only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<engine::DryRun>,
+    /// True when the answer was stored from an earlier identical query (no epsilon spent now).
+    pub cached: bool,
+    /// Epsilon spent by this request.
+    pub epsilon_spent: f64,
+    pub budget: BudgetView,
+}
+
+/// A budget in epsilon, as evaluators see it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct BudgetView {
+    pub total: f64,
+    pub spent: f64,
+    pub left: f64,
+}
+
+impl From<Budget> for BudgetView {
+    fn from(b: Budget) -> BudgetView {
+        let e = |m: u64| m as f64 / 1e6;
+        BudgetView { total: e(b.total_micro), spent: e(b.spent_micro), left: e(b.left_micro) }
+    }
+}
+
+/// One past release, as `GET /v1/releases` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    pub time: String,
+    pub query_hash: String,
+    pub canonical: String,
+    pub epsilon: f64,
+}
+
+fn internal(st: &Steward, what: &str, e: impl std::fmt::Display) -> Resp {
+    tracing::error!(error = %e, "{what}");
+    let _ = st;
+    error_response(StatusCode::INTERNAL_SERVER_ERROR, "the steward could not answer; try again later")
+}
+
+pub(crate) async fn get_catalog(_st: &Arc<Steward>, _peer: &Peer) -> Resp {
+    json_response(StatusCode::OK, &catalog::catalog())
+}
+
+pub(crate) async fn get_budget(st: &Arc<Steward>, peer: &Peer) -> Resp {
+    match st.ledger.budget(&peer.id.name) {
+        Ok(b) => json_response(StatusCode::OK, &BudgetView::from(b)),
+        Err(e) => internal(st, "reading a budget failed", e),
+    }
+}
+
+pub(crate) async fn get_releases(st: &Arc<Steward>, peer: &Peer) -> Resp {
+    match st.releases_of(&peer.id.name) {
+        Ok(list) => json_response(StatusCode::OK, &list),
+        Err(e) => internal(st, "reading releases failed", e),
+    }
+}
+
+fn hash_bytes(hash: &str) -> Option<[u8; 32]> {
+    let hex = hash.strip_prefix("sha256:").unwrap_or(hash);
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+        let hi = (chunk[0] as char).to_digit(16)?;
+        let lo = (chunk[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> Resp {
+    let evaluator = peer.id.name.clone();
+    let body = match tokio::time::timeout(st.cfg.io_timeout, Limited::new(req.into_body(), MAX_QUERY_BYTES).collect()).await
+    {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(_)) => {
+            st.refuse(Refusal::TooLarge, peer.addr, Some(&peer.id), "query request too large or unreadable");
+            return error_response(StatusCode::PAYLOAD_TOO_LARGE, "the query request is larger than 64 KiB or unreadable");
+        }
+        Err(_) => {
+            st.refuse(Refusal::BodyTimeout, peer.addr, Some(&peer.id), "query body timed out");
+            return error_response(StatusCode::REQUEST_TIMEOUT, "the query did not arrive in time");
+        }
+    };
+    let request: QueryRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            // serde's message may quote the request; say only where it broke.
+            let msg = format!(
+                "not a query request (line {} column {}): send {{\"analysis\": NAME, \"params\": {{...}}}} or {{\"query\": {{...}}}}",
+                e.line(),
+                e.column()
+            );
+            return error_response(StatusCode::BAD_REQUEST, &msg);
+        }
+    };
+
+    // Plan: validation and sensitivity, no data touched.
+    let query = match (&request.analysis, &request.query) {
+        (Some(name), None) => match catalog::find(name).and_then(|a| a.instantiate(&request.params)) {
+            Ok(q) => q,
+            Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.to_string()),
+        },
+        (None, Some(q)) if request.params.is_empty() => q.clone(),
+        _ => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "give either `analysis` (with optional `params`) or `query`, not both",
+            )
+        }
+    };
+    let mut query = query;
+    if let Some(e) = request.epsilon {
+        query.epsilon = e;
+    }
+    let plan = match engine::plan(&query, &st.schema) {
+        Ok(p) => p,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let budget_now = match st.ledger.budget(&evaluator) {
+        Ok(b) => b,
+        Err(e) => return internal(st, "reading a budget failed", e),
+    };
+    if request.dry_run {
+        let resp = QueryResponse {
+            answer: None,
+            dry_run: Some(plan.dry_run()),
+            cached: false,
+            epsilon_spent: 0.0,
+            budget: budget_now.into(),
+        };
+        return json_response(StatusCode::OK, &resp);
+    }
+    let Some(hash) = hash_bytes(plan.hash()) else {
+        return internal(st, "a query hash was malformed", plan.hash());
+    };
+    let epsilon_micro = (plan.epsilon() * 1e6).round() as u64;
+
+    // The same query asked again returns the stored answer at no cost.
+    match st.ledger.cached(&evaluator, hash) {
+        Ok(Some(bytes)) => match serde_json::from_slice::<engine::Answer>(&bytes) {
+            Ok(mut answer) => {
+                answer.budget_left = Some(budget_now.left_micro as f64 / 1e6);
+                let resp = QueryResponse {
+                    answer: Some(answer),
+                    dry_run: None,
+                    cached: true,
+                    epsilon_spent: 0.0,
+                    budget: budget_now.into(),
+                };
+                return json_response(StatusCode::OK, &resp);
+            }
+            Err(e) => return internal(st, "a stored answer could not be read", e),
+        },
+        Ok(None) => {}
+        Err(e) => return internal(st, "reading the answer cache failed", e),
+    }
+
+    // Reserve durably before any noise is drawn.
+    let st2 = st.clone();
+    let ev2 = evaluator.clone();
+    let reserved = tokio::task::spawn_blocking(move || st2.ledger.reserve(&ev2, hash, epsilon_micro)).await;
+    let reservation = match reserved {
+        Ok(Ok(Ok(r))) => r,
+        Ok(Ok(Err(refusal))) => {
+            let left = match refusal {
+                BudgetRefusal::Exhausted { left_micro } => left_micro,
+                BudgetRefusal::NoBudget => 0,
+            };
+            let detail = RefusalDetail {
+                query_hash: Some(plan.hash().to_string()),
+                epsilon_micro: Some(epsilon_micro),
+                reason: "budget".into(),
+                left_micro: Some(left),
+            };
+            if let Err(e) = st.audit.append(crate::audit::Kind::Refusal, &evaluator, &detail) {
+                return internal(st, "auditing a refusal failed", e);
+            }
+            warn!(evaluator = %evaluator, asked = %format_epsilon(epsilon_micro), left = %format_epsilon(left), "query refused: budget");
+            let body = serde_json::json!({
+                "error": format!("{refusal}: this query needs {} ε, {} ε left", format_epsilon(epsilon_micro), format_epsilon(left)),
+                "budget_left": left as f64 / 1e6,
+            });
+            return json_response(StatusCode::FORBIDDEN, &body);
+        }
+        Ok(Err(e)) => return internal(st, "reserving budget failed", e),
+        Err(e) => return internal(st, "the reservation task failed", e),
+    };
+
+    // Draw the noise (CPU work, off the reactor).
+    let st2 = st.clone();
+    let executed = tokio::task::spawn_blocking(move || {
+        let population = st2.persons.population();
+        let mut noise = OpenDpNoise::new();
+        engine::execute(&plan, &population, &mut noise).map(|a| (a, plan))
+    })
+    .await;
+    let (mut answer, plan) = match executed {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return internal(st, "executing a query failed (its budget stays spent)", e),
+        Err(e) => return internal(st, "the query task failed (its budget stays spent)", e),
+    };
+    let left = reservation.budget.left_micro;
+    answer.budget_left = Some(left as f64 / 1e6);
+
+    // Audit before the answer leaves; then keep the answer for the cache.
+    let detail = ReleaseDetail {
+        evaluator: evaluator.clone(),
+        query_hash: plan.hash().to_string(),
+        epsilon_micro,
+        left_micro: left,
+    };
+    if let Err(e) = st.audit.release(&detail) {
+        return internal(st, "auditing a release failed (its budget stays spent)", e);
+    }
+    let bytes = match serde_json::to_vec(&answer) {
+        Ok(b) => b,
+        Err(e) => return internal(st, "encoding an answer failed", e),
+    };
+    let record = ReleaseRecord {
+        time: crate::pki::format_time(time::OffsetDateTime::now_utc()),
+        query_hash: plan.hash().to_string(),
+        canonical: plan.canonical().to_string(),
+        epsilon: epsilon_micro as f64 / 1e6,
+    };
+    let st2 = st.clone();
+    let ev2 = evaluator.clone();
+    let stored = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        st2.record_release(&ev2, &record).map_err(|e| e.to_string())?;
+        st2.ledger.store_answer(&ev2, hash, &bytes).map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .await;
+    match stored {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return internal(st, "storing an answer failed (its budget stays spent)", e),
+        Err(e) => return internal(st, "the storing task failed (its budget stays spent)", e),
+    }
+    info!(evaluator = %evaluator, query_hash = %plan.hash(), epsilon = %format_epsilon(epsilon_micro), left = %format_epsilon(left), "released");
+    let resp = QueryResponse {
+        answer: Some(answer),
+        dry_run: None,
+        cached: false,
+        epsilon_spent: epsilon_micro as f64 / 1e6,
+        budget: reservation.budget.into(),
+    };
+    json_response(StatusCode::OK, &resp)
+}
