@@ -21,6 +21,7 @@ pub mod pki;
 pub mod pseudonymize;
 pub mod query;
 pub mod record;
+pub mod report;
 pub mod schema;
 pub mod source;
 pub mod steward;

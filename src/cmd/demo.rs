@@ -1,28 +1,67 @@
-//! `divert demo`: the whole pipeline on synthetic data in one command — synthetic exports for every agency, a fresh linkage key, pseudonymization per agency, linkage, and its quality against the truth.
+//! `divert demo`: the whole program on one machine in one command — a CA and certificates, a linkage key for the sources, synthetic exports, a steward and five source daemons as real processes, the standard evaluation over mTLS, and the evaluator's report.
 
-use std::fs::{self, File};
+use std::collections::BTreeMap;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 
-use crate::cmd::link::{link_files, LinkReport};
+use crate::cmd::link::link_files;
 use crate::cmd::pseudonymize::{pseudonymize_file, quarantine_path};
+use crate::daemon::admin::{self, Request};
+use crate::evaluator::{Client, EvaluatorConfig};
 use crate::ingest::Format;
 use crate::keys;
+use crate::pki::{self, Role};
+use crate::report::{self, BudgetLine, LinkageQuality, ReportInput};
 use crate::schema::Schema;
+use crate::steward::release::{QueryRequest, QueryResponse, QUERY_PATH};
 use crate::synth::{self, Params};
 use crate::token::Tokenizer;
 
+/// The program name of the demo's CA.
+pub const PROGRAM: &str = "demo-program";
+/// The agencies of the demo, each running a source daemon.
+pub const AGENCIES: [&str; 5] = ["police", "jail", "da", "casemgmt", "treatment"];
+/// The evaluator's certificate name.
+pub const EVALUATOR: &str = "evaluator";
+
+/// The standard evaluation: catalog analyses, their parameters, and the epsilon each spends.
+pub const STANDARD_EVALUATION: &[(&str, &[(&str, &str)], f64)] = &[
+    ("referral_funnel", &[], 0.2),
+    ("arrests_per_person", &[("from", "-182"), ("to", "-1")], 0.15),
+    ("arrests_per_person", &[("from", "0"), ("to", "181")], 0.15),
+    ("arrests_before_after", &[], 0.2),
+    ("any_arrest", &[], 0.15),
+    ("felony_charge", &[], 0.1),
+    ("violent_charge", &[], 0.1),
+    ("rearrest_free", &[("day", "180")], 0.1),
+    ("jail_days_before_after", &[], 0.15),
+    // Case management serves the diversion arm only; housing is still asked of both arms
+    // (the report charts it by arm), the other case-management measures of diversion only.
+    ("housing_status", &[("month", "0")], 0.1),
+    ("housing_status", &[("month", "6")], 0.1),
+    ("housing_status", &[("month", "12")], 0.1),
+    ("housing_status", &[("month", "18")], 0.1),
+    ("employment_status", &[("month", "6"), ("arm", "diversion")], 0.1),
+    ("intake_within_days", &[("arm", "diversion")], 0.1),
+];
+
 /// Arguments of `divert demo`.
 #[derive(Debug, clap::Args)]
-#[command(long_about = "Run divert's pipeline end to end on synthetic data, with no setup.\n\n\
-In a working directory (temporary unless --dir is given) it: generates a synthetic \
-diversion program (`divert synth`: police, jail, DA, case management and treatment exports \
-with realistic recording differences), creates a linkage key, pseudonymizes each agency's \
-exports, links the records into persons, and prints a summary with the linkage's precision \
-and recall against the synthetic truth.\n\n\
-Example:\n  cargo run --release -- demo\n  divert demo --persons 2000 --seed 7 --dir /tmp/divert-demo --keep")]
+#[command(long_about = "Run the whole program on one machine, with no setup.\n\n\
+In a working directory (temporary unless --dir is given) it: makes a program CA and certificates \
+for a steward, five sources (police, jail, da, casemgmt, treatment) and an evaluator; a linkage \
+key held by the sources only; a synthetic diversion program (`divert synth`); starts the steward \
+and the sources as real daemons (`divert serve`) on free loopback ports; drops each agency's \
+export into its inbox and waits until the steward holds everything; then, as the evaluator over \
+mutual TLS, grants a budget, runs the standard evaluation and prints each statistic with its \
+noisy value, 95% interval, epsilon and (synthetic data) the true value; writes report.html; and \
+stops the daemons cleanly.\n\n\
+With --keep the directories and configs stay as the template of a real deployment (see README).\n\n\
+Example:\n  cargo run --release -- demo\n  divert demo --persons 1000 --seed 7 --dir /tmp/divert-demo --keep")]
 pub struct DemoArgs {
     /// Referred persons in the synthetic program (both arms; background persons come on top).
     #[arg(long, default_value_t = 300)]
@@ -36,24 +75,9 @@ pub struct DemoArgs {
     /// Keep the working directory (always kept when --dir is given).
     #[arg(long)]
     pub keep: bool,
-    /// Record schema (token schemes, linkage rule) to use; default: the built-in config/schema.toml.
-    #[arg(long, value_name = "FILE")]
-    pub schema: Option<PathBuf>,
-}
-
-/// What the demo did, for the summary and for tests.
-#[derive(Debug)]
-pub struct DemoReport {
-    pub dir: PathBuf,
-    pub files: Vec<FileRow>,
-    pub link: LinkReport,
-}
-
-#[derive(Debug)]
-pub struct FileRow {
-    pub agency: String,
-    pub kind: String,
-    pub summary: crate::pseudonymize::Summary,
+    /// The evaluator's privacy budget, in epsilon.
+    #[arg(long, default_value = "2")]
+    pub epsilon: String,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -62,138 +86,380 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         Some(d) => (d.clone(), false),
         None => (temp_dir()?, !args.keep),
     };
-    let schema = match &args.schema {
-        Some(p) => super::load_schema(Some(p))?,
-        None => Schema::default_schema().map_err(|p| anyhow::anyhow!("built-in schema: {p:?}"))?,
-    };
-    let result = run_in(&dir, &schema, args.persons, args.seed);
+    let budget_micro = crate::dp::ledger::parse_epsilon(&args.epsilon)
+        .map_err(|e| anyhow::anyhow!("--epsilon {}: {e}", args.epsilon))?;
+    let result = run_in(&dir, args.persons, args.seed, budget_micro);
     match &result {
-        Ok(report) => print_report(report, started),
-        Err(_) if temporary => eprintln!("demo: working directory kept for inspection: {}", dir.display()),
-        Err(_) => {}
+        Ok(()) => {
+            println!("done in {:.1} s", started.elapsed().as_secs_f64());
+            if temporary {
+                fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+                println!("(working directory removed; run with --keep or --dir DIR to keep it and report.html)");
+            } else {
+                println!("working directory: {}", dir.display());
+            }
+        }
+        Err(_) => eprintln!("demo: the working directory is kept for inspection: {}", dir.display()),
     }
-    if result.is_ok() && temporary {
-        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-        println!("(working directory removed; run with --keep or --dir DIR to keep it)");
-    } else if result.is_ok() {
-        println!("working directory: {}", dir.display());
-    }
-    result.map(|_| ())
+    result
 }
 
-/// A fresh private directory under the system's temporary directory.
 fn temp_dir() -> anyhow::Result<PathBuf> {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let dir = std::env::temp_dir().join(format!("divert-demo-{}-{nanos:08x}", std::process::id()));
     crate::fsutil::create_private_dir(&dir)?;
     Ok(dir)
 }
 
-/// Run the pipeline in `dir`.
-pub fn run_in(dir: &Path, schema: &Schema, persons: u32, seed: u64) -> anyhow::Result<DemoReport> {
-    crate::fsutil::create_private_dir(dir)?;
+fn step(what: &str) {
+    println!("demo: {what}");
+}
 
-    step("generating synthetic program data");
+/// A daemon process of the demo.
+struct Daemon {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    config: PathBuf,
+}
+
+/// Daemons still running are stopped (SIGTERM) when this is dropped, so a
+/// failing demo never leaves processes behind.
+struct Daemons(Vec<Daemon>);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for d in &mut self.0 {
+            if let Ok(None) = d.child.try_wait() {
+                terminate(&d.child);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = d.child.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = d.child.kill();
+                let _ = d.child.wait();
+            }
+        }
+    }
+}
+
+/// Ask a process to stop as a service manager does (SIGTERM), through the
+/// system's `kill` command: the crate forbids the unsafe code a direct call needs.
+fn terminate(child: &Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+}
+
+/// A free port on 127.0.0.1 (bound, read, released): written into the
+/// steward's config so the kept configs work again on a later start.
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn write_text(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p)?;
+    }
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn tls_block() -> &'static str {
+    "[tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\nca = \"tls/ca.pem\"\ncrl = \"tls/crl.pem\"\n"
+}
+
+fn run_in(dir: &Path, persons: u32, seed: u64, budget_micro: u64) -> anyhow::Result<()> {
+    crate::fsutil::create_private_dir(dir)?;
+    let exe = std::env::current_exe().context("finding the divert binary")?;
+
+    step("making the program CA and certificates (steward, 5 sources, 1 evaluator)");
+    let ca = dir.join("ca");
+    if !ca.join("ca.toml").exists() {
+        pki::init_ca(&ca, PROGRAM, 3650)?;
+    }
+    let port = free_port()?;
+    pki::issue(&ca, Role::Steward, "steward", &dir.join("steward/tls"), 365, &["localhost".into()], &["127.0.0.1".parse()?])?;
+    for a in AGENCIES {
+        pki::issue(&ca, Role::Source, a, &dir.join(a).join("tls"), 365, &["localhost".into()], &["127.0.0.1".parse()?])?;
+    }
+    pki::issue(&ca, Role::Evaluator, EVALUATOR, &dir.join(EVALUATOR).join("tls"), 365, &[], &[])?;
+
+    step("making the linkage key and giving it to the sources only");
+    let master_keys = dir.join("keys");
+    let key = match keys::load_active(&master_keys) {
+        Ok(k) => k,
+        Err(_) => keys::init(&master_keys)?,
+    };
+    let key_file = master_keys.join(keys::epoch_file_name(key.epoch()));
+    let key_bytes = zeroize::Zeroizing::new(crate::fsutil::read_secret(&key_file)?);
+    for a in AGENCIES {
+        let kd = dir.join(a).join("keys");
+        crate::fsutil::create_private_dir(&kd)?;
+        let target = kd.join(keys::epoch_file_name(key.epoch()));
+        crate::fsutil::write_secret(&target, &key_bytes, true)?;
+    }
+
+    step(&format!("generating a synthetic program of {persons} referred persons (seed {seed})"));
     let params = Params::defaults().context("built-in synthetic-data parameters")?;
     let dataset = synth::generate(&params, persons, seed);
     let data = dir.join("synth");
-    synth::write_dataset(&dataset, &data, &mut |_| {}).with_context(|| format!("writing {}", data.display()))?;
+    let summary = synth::write_dataset(&dataset, &data, &mut |_| {}).context("writing the synthetic data")?;
+    let expected: u64 = summary.records.iter().map(|(_, n)| *n).sum();
 
-    step("creating a linkage key (held by the sources only)");
-    let keys_dir = dir.join("keys");
-    let key = match keys::load_active(&keys_dir) {
-        Ok(k) => k,
-        Err(keys::KeyError::NoKey { .. }) | Err(keys::KeyError::Dir { .. }) => keys::init(&keys_dir)?,
-        Err(e) => return Err(e.into()),
+    step("writing configs");
+    let steward_cfg = dir.join("steward/divert.toml");
+    write_text(
+        &steward_cfg,
+        &format!(
+            "role = \"steward\"\nname = \"steward\"\nprogram = \"{PROGRAM}\"\ndata_dir = \"data\"\n\n{}\n[steward]\nlisten = \"127.0.0.1:{port}\"\nprogram_epsilon_cap = \"10\"\n",
+            tls_block()
+        ),
+    )?;
+    let mut source_cfgs = Vec::new();
+    for a in AGENCIES {
+        let cfg = dir.join(a).join("divert.toml");
+        write_text(
+            &cfg,
+            &format!(
+                "role = \"source\"\nname = \"{a}\"\nprogram = \"{PROGRAM}\"\ndata_dir = \"data\"\n\n{}\n[source]\nsteward_url = \"https://127.0.0.1:{port}\"\nkeys = \"keys\"\npoll_interval_ms = 100\n",
+                tls_block()
+            ),
+        )?;
+        source_cfgs.push((a, cfg));
+    }
+    let evaluator_cfg = dir.join(EVALUATOR).join("divert.toml");
+    write_text(
+        &evaluator_cfg,
+        &format!(
+            "role = \"evaluator\"\nname = \"{EVALUATOR}\"\nprogram = \"{PROGRAM}\"\nsteward_url = \"https://127.0.0.1:{port}\"\n\n{}",
+            tls_block()
+        ),
+    )?;
+
+    step(&format!("starting the steward on 127.0.0.1:{port} and 5 source daemons (divert serve)"));
+    let mut daemons = Daemons(Vec::new());
+    let start = |name: &str, config: &Path| -> anyhow::Result<Daemon> {
+        let log = config.with_file_name("divert.log");
+        let file = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(&exe)
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting the {name} daemon"))?;
+        Ok(Daemon { name: name.to_string(), child, log, config: config.to_path_buf() })
     };
-    let tokenizer = Tokenizer::new(schema, &key)?;
+    daemons.0.push(start("steward", &steward_cfg)?);
+    wait_ready(&mut daemons.0[0], dir.join("steward/data/admin.sock"))?;
+    for (a, cfg) in &source_cfgs {
+        daemons.0.push(start(a, cfg)?);
+    }
+    for i in 1..daemons.0.len() {
+        let sock = daemons.0[i].config.with_file_name("data").join("admin.sock");
+        wait_ready(&mut daemons.0[i], sock)?;
+    }
 
-    step("pseudonymizing each agency's exports");
-    let out_dir = dir.join("pseudonymized");
-    let mut files = Vec::new();
-    let mut outputs = Vec::new();
-    for agency in sorted_dirs(&data)? {
-        let agency_name = file_name(&agency);
-        for input in sorted_files(&agency, "csv")? {
-            let kind = file_name(&input).trim_end_matches(".csv").to_string();
-            if kind.ends_with(".quarantine") {
-                continue;
-            }
-            let out = out_dir.join(&agency_name).join(format!("{kind}.jsonl"));
-            fs::create_dir_all(out.parent().unwrap_or(&out_dir))?;
-            let file = File::create(&out).with_context(|| format!("creating {}", out.display()))?;
-            let summary = pseudonymize_file(
-                schema,
-                &agency_name,
-                &kind,
-                &tokenizer,
-                Format::Csv,
-                &input,
-                &quarantine_path(&input),
-                file,
-            )
-            .with_context(|| format!("pseudonymizing {}", input.display()))?;
-            files.push(FileRow { agency: agency_name.clone(), kind, summary });
-            outputs.push(out);
+    step("dropping each agency's exports into its inbox");
+    for a in AGENCIES {
+        let inbox = dir.join(a).join("data/inbox");
+        fs::create_dir_all(&inbox)?;
+        let mut files: Vec<PathBuf> = fs::read_dir(data.join(a))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+            .collect();
+        files.sort();
+        for f in files {
+            let name = f.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+            // Copy under a hidden name, then rename: the daemon never sees half a file.
+            let mut hidden = std::ffi::OsString::from(".");
+            hidden.push(&name);
+            fs::copy(&f, inbox.join(&hidden))?;
+            fs::rename(inbox.join(&hidden), inbox.join(&name))?;
         }
     }
 
-    step("linking records into persons");
-    let link = link_files(schema, &outputs, Some(&data.join("truth.csv")))?;
-    Ok(DemoReport { dir: dir.to_path_buf(), files, link })
-}
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let steward_sock = dir.join("steward/data/admin.sock");
+    let held = wait_for_records(&rt, &mut daemons, &steward_sock, expected)?;
+    println!("demo: the steward holds all {held} records");
 
-fn step(what: &str) {
-    eprintln!("demo: {what} ...");
-}
+    step("acting as the evaluator over mutual TLS: budget, standard evaluation");
+    let grant = rt.block_on(admin::request(
+        &steward_sock,
+        &Request::BudgetGrant { evaluator: EVALUATOR.into(), epsilon_micro: budget_micro },
+    ))?;
+    if !grant.ok {
+        bail!("granting the evaluator's budget failed: {}", grant.error.unwrap_or_default());
+    }
+    let config = EvaluatorConfig::load(&evaluator_cfg).map_err(|p| anyhow::anyhow!("evaluator config: {p:?}"))?;
+    let client = Client::new(config)?;
+    let mut rows = Vec::new();
+    let mut last_budget = None;
+    // What the evaluator received, kept as it came (for inspection, and for the test that
+    // checks it carries no token, name or exact count).
+    let mut received = Vec::new();
+    for (analysis, params, epsilon) in STANDARD_EVALUATION {
+        let request = QueryRequest {
+            analysis: Some((*analysis).to_string()),
+            params: params.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect::<BTreeMap<_, _>>(),
+            query: None,
+            epsilon: Some(*epsilon),
+            dry_run: false,
+        };
+        let reply = rt.block_on(client.request("POST", QUERY_PATH, Some(serde_json::to_vec(&request)?)))?;
+        if reply.status != 200 {
+            let text = String::from_utf8_lossy(&reply.body).into_owned();
+            bail!("the query {analysis} was refused (HTTP {}): {text}; steward log: {}", reply.status, daemons.0[0].log.display());
+        }
+        received.extend_from_slice(&reply.body);
+        received.push(b'\n');
+        let resp: QueryResponse = serde_json::from_slice(&reply.body).context("reading an answer")?;
+        if let Some(answer) = &resp.answer {
+            rows.extend(report::rows_from_answer(analysis, answer, Some(&dataset.truth)));
+        }
+        last_budget = Some(resp.budget);
+    }
 
-fn file_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-}
+    step("measuring the linkage against the synthetic truth (offline, with the sources' key)");
+    let linkage = linkage_quality(dir, &data, &key)?;
 
-fn sorted_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> =
-        fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
-    v.sort();
-    Ok(v)
-}
-
-fn sorted_files(dir: &Path, ext: &str) -> anyhow::Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == ext))
-        .collect();
-    v.sort();
-    Ok(v)
-}
-
-fn print_report(r: &DemoReport, started: Instant) {
+    let budget = last_budget.map(|b| BudgetLine { granted: b.total, spent: b.spent, left: b.left });
+    let input = ReportInput {
+        program: PROGRAM.to_string(),
+        generated: pki::format_time(time::OffsetDateTime::now_utc()),
+        rows,
+        linkage: Some(linkage),
+        budget,
+        synthetic: true,
+    };
     println!();
-    println!("{:<10} {:<15} {:>9} {:>9} {:>11}", "agency", "kind", "rows", "accepted", "quarantined");
-    let mut total = crate::pseudonymize::Summary::default();
-    for f in &r.files {
-        println!(
-            "{:<10} {:<15} {:>9} {:>9} {:>11}",
-            f.agency, f.kind, f.summary.rows_read, f.summary.accepted, f.summary.quarantined
-        );
-        total.rows_read += f.summary.rows_read;
-        total.accepted += f.summary.accepted;
-        total.quarantined += f.summary.quarantined;
-    }
-    println!("{:<10} {:<15} {:>9} {:>9} {:>11}", "all", "", total.rows_read, total.accepted, total.quarantined);
+    print!("{}", report::render_text(&input));
+    let html = dir.join("report.html");
+    fs::write(&html, report::render_html(&input)).with_context(|| format!("writing {}", html.display()))?;
+    fs::write(dir.join(EVALUATOR).join("responses.jsonl"), &received)?;
+    let public = ReportInput { synthetic: false, ..input };
+    fs::write(dir.join(EVALUATOR).join("report-without-truth.html"), report::render_html(&public))?;
     println!();
-    println!("linkage: {} records -> {} persons", r.link.records, r.link.persons);
-    let mut combos: Vec<_> = r.link.persons_by_sources.iter().collect();
-    combos.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
-    for (combo, n) in combos.iter().take(8) {
-        println!("  {n:>7}  {combo}");
+    println!("report: {}", html.display());
+
+    step("stopping the daemons (SIGTERM: stop accepting, drain, flush)");
+    stop_all(&mut daemons)?;
+    Ok(())
+}
+
+/// Wait until a daemon's admin socket answers, or say which daemon failed and where its log is.
+fn wait_ready(d: &mut Daemon, socket: PathBuf) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = d.child.try_wait() {
+            bail!("the {} daemon exited at start ({status}); its log: {}", d.name, d.log.display());
+        }
+        if rt.block_on(admin::request(&socket, &Request::Status)).is_ok_and(|r| r.ok) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the {} daemon did not start within 30 s; its log: {}", d.name, d.log.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    if let Some(m) = &r.link.metrics {
-        println!(
-            "linkage quality against the synthetic truth: precision {:.4}, recall {:.4}, F1 {:.4} ({} true pairs, {} found)",
-            m.precision, m.recall, m.f1, m.pairs_true, m.pairs_found
-        );
+}
+
+/// Poll the steward until it holds `expected` records, showing progress.
+fn wait_for_records(
+    rt: &tokio::runtime::Runtime,
+    daemons: &mut Daemons,
+    socket: &Path,
+    expected: u64,
+) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last_shown = 0;
+    loop {
+        for d in &mut daemons.0 {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                bail!("the {} daemon stopped unexpectedly ({status}); its log: {}", d.name, d.log.display());
+            }
+        }
+        let held = rt
+            .block_on(admin::request(socket, &Request::Status))
+            .ok()
+            .and_then(|r| r.result)
+            .and_then(|v| v["steward"]["records"].as_u64())
+            .unwrap_or(0);
+        if held != last_shown {
+            println!("demo: steward holds {held} of {expected} records");
+            last_shown = held;
+        }
+        if held >= expected {
+            return Ok(held);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the steward holds {held} of {expected} records after 120 s; logs: {}",
+                daemons.0.iter().map(|d| d.log.display().to_string()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
-    println!("done in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+fn stop_all(daemons: &mut Daemons) -> anyhow::Result<()> {
+    // Sources first, then the steward they talk to.
+    for d in daemons.0.iter().rev() {
+        terminate(&d.child);
+    }
+    let mut failures = Vec::new();
+    for d in daemons.0.iter_mut().rev() {
+        let deadline = Instant::now() + Duration::from_secs(45);
+        let status = loop {
+            if let Some(s) = d.child.try_wait()? {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        match status {
+            Some(s) if s.success() => println!("demo: {} stopped cleanly", d.name),
+            Some(s) => failures.push(format!("{} exited with {s} (log: {})", d.name, d.log.display())),
+            None => failures.push(format!("{} did not stop within 45 s (log: {})", d.name, d.log.display())),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!("daemons did not stop cleanly: {}", failures.join("; "))
+    }
+}
+
+/// Pseudonymize each export offline with the sources' key and link it with
+/// the same code the steward runs, scored against the synthetic truth.
+fn linkage_quality(dir: &Path, data: &Path, key: &keys::EpochKey) -> anyhow::Result<LinkageQuality> {
+    let schema = Schema::default_schema().map_err(|p| anyhow::anyhow!("built-in schema: {p:?}"))?;
+    let tokenizer = Tokenizer::new(&schema, key)?;
+    let out_dir = dir.join("linkage-check");
+    fs::create_dir_all(&out_dir)?;
+    let mut outputs = Vec::new();
+    for a in AGENCIES {
+        let mut files: Vec<PathBuf> = fs::read_dir(data.join(a))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "csv") && !p.to_string_lossy().ends_with(".quarantine.csv"))
+            .collect();
+        files.sort();
+        for input in files {
+            let kind = input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let out = out_dir.join(format!("{a}-{kind}.jsonl"));
+            let file = fs::File::create(&out)?;
+            pseudonymize_file(&schema, a, &kind, &tokenizer, Format::Csv, &input, &quarantine_path(&input), file)?;
+            outputs.push(out);
+        }
+    }
+    let report = link_files(&schema, &outputs, Some(&data.join("truth.csv")))?;
+    let m = report.metrics.context("no linkage metrics")?;
+    Ok(LinkageQuality { precision: m.precision, recall: m.recall })
 }

@@ -521,3 +521,31 @@ impl TestSteward {
         self.steward.status()["records"].as_u64().unwrap_or(0)
     }
 }
+
+// ---- helpers added for the release tests (tests/it/release.rs) ----
+
+impl TestSteward {
+    /// Like [`TestSteward::start`] on port 0, returning the steward's error instead of panicking
+    /// (to check that it refuses to start, e.g. on a damaged audit log).
+    pub async fn try_start(pki: &Pki, dir: &Path, extra: &str) -> anyhow::Result<TestSteward> {
+        let tls_dir = dir.join("tls");
+        if !tls_dir.join(pki::CERT_FILE).exists() {
+            pki.issue_into(Role::Steward, "steward", &tls_dir);
+        }
+        let cfg_path = dir.join("steward.toml");
+        let text = steward_config_text(&tls_dir, &dir.join("data"), "127.0.0.1:0", extra);
+        let config = Config::from_toml(&text, &cfg_path).unwrap_or_else(|p| panic!("config: {p:?}"));
+        let material = TlsMaterial::load(&config.tls, Some(&config.identity)).expect("steward TLS material");
+        let (tls_tx, tls_rx) = watch::channel(Arc::new(material));
+        let ctx = Arc::new(Context {
+            config: config.clone(),
+            tls: tls_rx,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
+        let RoleConfig::Steward(sc) = config.role.clone() else { panic!("not a steward config") };
+        let steward = Steward::start(ctx.clone(), sc).await?;
+        let addr = steward.local_addr();
+        Ok(TestSteward { steward, ctx, tls_tx, config, tls_dir, addr })
+    }
+}
