@@ -68,8 +68,9 @@ fn main() {
 
     // 3. The bare HMAC calls: as many as step 1 made, on messages of the
     //    same shape (four length-prefixed parts of typical lengths).
-    let keys: Vec<ring::hmac::Key> =
-        (0..schema.schemes.len()).map(|i| key.derive_hmac_key(format!("bench{i}").as_bytes()).expect("derive")).collect();
+    let keys: Vec<ring::hmac::Key> = (0..schema.schemes.len())
+        .map(|i| key.derive_hmac_key(format!("bench{i}").as_bytes()).expect("derive"))
+        .collect();
     let parts: [&[u8]; 4] = [b"margaret", b"obrien", b"1980-03-14", b"f"];
     let t = Instant::now();
     for i in 0..hmac_calls {
@@ -85,8 +86,15 @@ fn main() {
     let per_rec = hmac_calls as f64 / records as f64;
     println!("records: {records} ({:.0} MB of CSV), token slots {token_bytes}, HMAC calls {hmac_calls} ({per_rec:.1} per record)", total_bytes as f64 / 1e6);
     println!("normalize + tokenize:        {:>10.0} records/s ({tokenize_secs:.2} s)", records as f64 / tokenize_secs);
-    println!("full stream (CSV -> JSONL):  {:>10.0} records/s ({stream_secs:.2} s, {streamed} records)", streamed as f64 / stream_secs);
-    println!("bare HMAC calls alone:       {:>10.0} records/s ({hmac_secs:.2} s, {:.0} HMAC/s)", records as f64 / hmac_secs, hmac_calls as f64 / hmac_secs);
+    println!(
+        "full stream (CSV -> JSONL):  {:>10.0} records/s ({stream_secs:.2} s, {streamed} records)",
+        streamed as f64 / stream_secs
+    );
+    println!(
+        "bare HMAC calls alone:       {:>10.0} records/s ({hmac_secs:.2} s, {:.0} HMAC/s)",
+        records as f64 / hmac_secs,
+        hmac_calls as f64 / hmac_secs
+    );
     println!(
         "tokenize rate / HMAC-bound rate: {:.2} (goal: at least 0.5)",
         (records as f64 / tokenize_secs) / (records as f64 / hmac_secs)

@@ -61,7 +61,8 @@ impl EvaluatorConfig {
     pub fn from_toml(text: &str, path: &Path) -> Result<EvaluatorConfig, Vec<Problem>> {
         let raw: RawEvaluatorConfig = toml::from_str(text).map_err(|e| vec![toml_problem(&e)])?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let resolve = |p: &Path| if p.is_absolute() || base.as_os_str().is_empty() { p.to_path_buf() } else { base.join(p) };
+        let resolve =
+            |p: &Path| if p.is_absolute() || base.as_os_str().is_empty() { p.to_path_buf() } else { base.join(p) };
         let mut problems = Vec::new();
         if raw.role != "evaluator" {
             problems.push(Problem {
@@ -142,10 +143,11 @@ impl Client {
             .map_err(|e| connect_err(e.to_string()))?;
         let name = ServerName::try_from(self.config.steward_host.clone())
             .map_err(|_| connect_err(format!("`{}` is not a valid server name", self.config.steward_host)))?;
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(self.material.client.clone()).connect(name, tcp))
-            .await
-            .map_err(|_| connect_err("the TLS handshake timed out".into()))?
-            .map_err(|e| connect_err(format!("TLS: {e}")))?;
+        let stream =
+            tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(self.material.client.clone()).connect(name, tcp))
+                .await
+                .map_err(|_| connect_err("the TLS handshake timed out".into()))?
+                .map_err(|e| connect_err(format!("TLS: {e}")))?;
         let program = &self.config.identity.program;
         match tls::peer_identity(stream.get_ref().1) {
             Some(id) if id.role == Role::Steward && &id.program == program => {}
@@ -157,8 +159,9 @@ impl Client {
                 })
             }
         }
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
         let driver = tokio::spawn(async move {
             let _ = conn.await;
         });

@@ -553,8 +553,10 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
                 }
             }
             if positions.len() < 2 {
-                problems
-                    .push(problem(format!("{key}.unordered"), "a group names at least two parts whose order does not matter"));
+                problems.push(problem(
+                    format!("{key}.unordered"),
+                    "a group names at least two parts whose order does not matter",
+                ));
             }
             positions.sort_unstable();
             unordered.push(positions);

@@ -28,8 +28,11 @@ pub const AGENCIES: [&str; 5] = ["police", "jail", "da", "casemgmt", "treatment"
 /// The evaluator's certificate name.
 pub const EVALUATOR: &str = "evaluator";
 
+/// One step of the standard evaluation: a catalog analysis, its parameters, the epsilon it spends.
+pub type Step = (&'static str, &'static [(&'static str, &'static str)], f64);
+
 /// The standard evaluation: catalog analyses, their parameters, and the epsilon each spends.
-pub const STANDARD_EVALUATION: &[(&str, &[(&str, &str)], f64)] = &[
+pub const STANDARD_EVALUATION: &[Step] = &[
     ("referral_funnel", &[], 0.2),
     ("arrests_per_person", &[("from", "-182"), ("to", "-1")], 0.15),
     ("arrests_per_person", &[("from", "0"), ("to", "181")], 0.15),
@@ -105,7 +108,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 fn temp_dir() -> anyhow::Result<PathBuf> {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let dir = std::env::temp_dir().join(format!("divert-demo-{}-{nanos:08x}", std::process::id()));
     crate::fsutil::create_private_dir(&dir)?;
     Ok(dir)
@@ -180,9 +184,25 @@ fn run_in(dir: &Path, persons: u32, seed: u64, budget_micro: u64) -> anyhow::Res
         pki::init_ca(&ca, PROGRAM, 3650)?;
     }
     let port = free_port()?;
-    pki::issue(&ca, Role::Steward, "steward", &dir.join("steward/tls"), 365, &["localhost".into()], &["127.0.0.1".parse()?])?;
+    pki::issue(
+        &ca,
+        Role::Steward,
+        "steward",
+        &dir.join("steward/tls"),
+        365,
+        &["localhost".into()],
+        &["127.0.0.1".parse()?],
+    )?;
     for a in AGENCIES {
-        pki::issue(&ca, Role::Source, a, &dir.join(a).join("tls"), 365, &["localhost".into()], &["127.0.0.1".parse()?])?;
+        pki::issue(
+            &ca,
+            Role::Source,
+            a,
+            &dir.join(a).join("tls"),
+            365,
+            &["localhost".into()],
+            &["127.0.0.1".parse()?],
+        )?;
     }
     pki::issue(&ca, Role::Evaluator, EVALUATOR, &dir.join(EVALUATOR).join("tls"), 365, &[], &[])?;
 
@@ -313,7 +333,11 @@ fn run_in(dir: &Path, persons: u32, seed: u64, budget_micro: u64) -> anyhow::Res
         let reply = rt.block_on(client.request("POST", QUERY_PATH, Some(serde_json::to_vec(&request)?)))?;
         if reply.status != 200 {
             let text = String::from_utf8_lossy(&reply.body).into_owned();
-            bail!("the query {analysis} was refused (HTTP {}): {text}; steward log: {}", reply.status, daemons.0[0].log.display());
+            bail!(
+                "the query {analysis} was refused (HTTP {}): {text}; steward log: {}",
+                reply.status,
+                daemons.0[0].log.display()
+            );
         }
         received.extend_from_slice(&reply.body);
         received.push(b'\n');

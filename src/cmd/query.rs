@@ -90,10 +90,16 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
         println!("budget: total {} ε, spent {} ε, left {} ε", value["total"], value["spent"], value["left"]);
     } else if args.releases {
         for r in value.as_array().into_iter().flatten() {
-            println!("{}  ε {}  {}", r["time"].as_str().unwrap_or(""), r["epsilon"], r["canonical"].as_str().unwrap_or(""));
+            println!(
+                "{}  ε {}  {}",
+                r["time"].as_str().unwrap_or(""),
+                r["epsilon"],
+                r["canonical"].as_str().unwrap_or("")
+            );
         }
     } else {
-        let resp: QueryResponse = serde_json::from_value(value).context("the steward's answer has an unexpected shape")?;
+        let resp: QueryResponse =
+            serde_json::from_value(value).context("the steward's answer has an unexpected shape")?;
         print_response(&resp);
     }
     Ok(())
@@ -177,8 +183,5 @@ fn print_response(r: &QueryResponse) {
         print_answer(a);
     }
     let cached = if r.cached { " (the stored answer to this query: nothing spent)" } else { "" };
-    println!(
-        "epsilon spent: {}{cached}; budget: {} of {} left",
-        r.epsilon_spent, r.budget.left, r.budget.total
-    );
+    println!("epsilon spent: {}{cached}; budget: {} of {} left", r.epsilon_spent, r.budget.left, r.budget.total);
 }

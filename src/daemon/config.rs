@@ -218,7 +218,8 @@ impl Config {
                                 bad(k, "must be between 1 and 3600 seconds".into());
                             }
                         }
-                        let cap_text = s.program_epsilon_cap.clone().unwrap_or_else(|| DEFAULT_PROGRAM_EPSILON_CAP.into());
+                        let cap_text =
+                            s.program_epsilon_cap.clone().unwrap_or_else(|| DEFAULT_PROGRAM_EPSILON_CAP.into());
                         let program_epsilon_cap_micro = match crate::dp::ledger::parse_epsilon(&cap_text) {
                             Ok(m) if m > 0 => m,
                             _ => {

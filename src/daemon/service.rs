@@ -150,14 +150,18 @@ fn admin_handler(ctx: Arc<Context>, service: Service, started: time::OffsetDateT
                         Ok(b) => admin::Response::ok(serde_json::to_value(b).unwrap_or_default()),
                         Err(e) => admin::Response::err(e),
                     },
-                    Service::Source(_) => admin::Response::err("budgets are kept by the steward; run this on the steward host"),
+                    Service::Source(_) => {
+                        admin::Response::err("budgets are kept by the steward; run this on the steward host")
+                    }
                 },
                 admin::Request::Budgets => match &service {
                     Service::Steward(s) => match s.budgets() {
                         Ok(v) => admin::Response::ok(serde_json::to_value(v).unwrap_or_default()),
                         Err(e) => admin::Response::err(e),
                     },
-                    Service::Source(_) => admin::Response::err("budgets are kept by the steward; run this on the steward host"),
+                    Service::Source(_) => {
+                        admin::Response::err("budgets are kept by the steward; run this on the steward host")
+                    }
                 },
             }
         })

@@ -190,7 +190,10 @@ async fn post_batch(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> R
             if !duplicate {
                 if let Err(e) = st.audit.append(crate::audit::Kind::Batch, &peer.id.name, &detail) {
                     error!(source = %peer.id.name, error = %e, "auditing a batch failed");
-                    return error_response(StatusCode::INTERNAL_SERVER_ERROR, "the steward could not record the batch; retry later");
+                    return error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the steward could not record the batch; retry later",
+                    );
                 }
                 let st2 = st.clone();
                 let parsed = acc.parsed;

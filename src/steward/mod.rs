@@ -194,7 +194,8 @@ impl Steward {
             .map_err(|e| StewardError::Join(e.to_string()))??;
         let schema = Arc::new(match &cfg.schema {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| StewardError::Setup(format!("{}: {e}", p.display())))?;
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| StewardError::Setup(format!("{}: {e}", p.display())))?;
                 crate::schema::Schema::from_toml(&text).map_err(|problems| {
                     let list: Vec<String> = problems.iter().map(|x| x.to_string()).collect();
                     StewardError::Setup(format!("{}: {}", p.display(), list.join("; ")))
@@ -208,17 +209,21 @@ impl Steward {
         let audit_path = data_dir.join(AUDIT_FILE);
         // Reconcile before serving: the audit log is the record of what left.
         if audit_path.exists() {
-            let spent = crate::audit::AuditLog::spent_by_evaluator(&audit_path)
-                .map_err(|e| StewardError::Setup(format!("{}: {e}; run `divert audit verify`", audit_path.display())))?;
-            let adjustments = ledger.reconcile(&spent).map_err(|e| StewardError::Setup(format!("reconciling budgets: {e}")))?;
+            let spent = crate::audit::AuditLog::spent_by_evaluator(&audit_path).map_err(|e| {
+                StewardError::Setup(format!("{}: {e}; run `divert audit verify`", audit_path.display()))
+            })?;
+            let adjustments =
+                ledger.reconcile(&spent).map_err(|e| StewardError::Setup(format!("reconciling budgets: {e}")))?;
             for a in &adjustments {
                 warn!(adjustment = ?a, "budget ledger raised to match the audit log");
             }
         }
         let audit = crate::audit::AuditLog::open(&audit_path)
             .map_err(|e| StewardError::Setup(format!("{}: {e}", audit_path.display())))?;
-        let releases =
-            store.db().open_tree("steward_releases").map_err(|e| StewardError::Setup(format!("opening releases: {e}")))?;
+        let releases = store
+            .db()
+            .open_tree("steward_releases")
+            .map_err(|e| StewardError::Setup(format!("opening releases: {e}")))?;
         let persons = persons::Persons::new(schema.clone());
         let mut held = Vec::new();
         for r in store.records() {

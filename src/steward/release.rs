@@ -130,18 +130,21 @@ fn hash_bytes(hash: &str) -> Option<[u8; 32]> {
 
 pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> Resp {
     let evaluator = peer.id.name.clone();
-    let body = match tokio::time::timeout(st.cfg.io_timeout, Limited::new(req.into_body(), MAX_QUERY_BYTES).collect()).await
-    {
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(_)) => {
-            st.refuse(Refusal::TooLarge, peer.addr, Some(&peer.id), "query request too large or unreadable");
-            return error_response(StatusCode::PAYLOAD_TOO_LARGE, "the query request is larger than 64 KiB or unreadable");
-        }
-        Err(_) => {
-            st.refuse(Refusal::BodyTimeout, peer.addr, Some(&peer.id), "query body timed out");
-            return error_response(StatusCode::REQUEST_TIMEOUT, "the query did not arrive in time");
-        }
-    };
+    let body =
+        match tokio::time::timeout(st.cfg.io_timeout, Limited::new(req.into_body(), MAX_QUERY_BYTES).collect()).await {
+            Ok(Ok(c)) => c.to_bytes(),
+            Ok(Err(_)) => {
+                st.refuse(Refusal::TooLarge, peer.addr, Some(&peer.id), "query request too large or unreadable");
+                return error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the query request is larger than 64 KiB or unreadable",
+                );
+            }
+            Err(_) => {
+                st.refuse(Refusal::BodyTimeout, peer.addr, Some(&peer.id), "query body timed out");
+                return error_response(StatusCode::REQUEST_TIMEOUT, "the query did not arrive in time");
+            }
+        };
     let request: QueryRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {

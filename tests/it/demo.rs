@@ -52,7 +52,10 @@ fn token_detector_finds_tokens_only() {
 fn demo_runs_the_whole_program_and_leaks_nothing_to_the_evaluator() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("demo");
-    let out = divert_in(tmp.path(), &["demo", "--persons", "200", "--seed", "11", "--dir", dir.to_str().expect("utf-8 path")]);
+    let out = divert_in(
+        tmp.path(),
+        &["demo", "--persons", "200", "--seed", "11", "--dir", dir.to_str().expect("utf-8 path")],
+    );
     let stdout = text(&out.stdout);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
@@ -102,7 +105,11 @@ fn demo_runs_the_whole_program_and_leaks_nothing_to_the_evaluator() {
         serde_json::from_str(&fs::read_to_string(dir.join("synth/truth.json")).expect("truth.json")).expect("json");
     let referred: Vec<u64> = ["diversion", "comparison"]
         .iter()
-        .filter_map(|arm| truth.pointer(&format!("/arms/{arm}/funnel/referred")).or_else(|| truth.pointer(&format!("/{arm}/funnel/referred"))))
+        .filter_map(|arm| {
+            truth
+                .pointer(&format!("/arms/{arm}/funnel/referred"))
+                .or_else(|| truth.pointer(&format!("/{arm}/funnel/referred")))
+        })
         .filter_map(|v| v.as_u64())
         .collect();
     let mut counts = Vec::new();
@@ -117,7 +124,11 @@ fn demo_runs_the_whole_program_and_leaks_nothing_to_the_evaluator() {
     assert!(counts.len() >= 10, "too few person counts in the answers");
     if !referred.is_empty() {
         let exact = counts.iter().filter(|c| referred.iter().any(|r| (**c - *r as f64).abs() < 0.5)).count();
-        assert!(exact * 3 < counts.len(), "{exact} of {} person counts equal the true referred counts: noise missing?", counts.len());
+        assert!(
+            exact * 3 < counts.len(),
+            "{exact} of {} person counts equal the true referred counts: noise missing?",
+            counts.len()
+        );
     }
     let distinct: BTreeSet<i64> = counts.iter().map(|c| *c as i64).collect();
     assert!(distinct.len() > counts.len() / 3, "person counts barely vary across answers: noise missing? {counts:?}");
