@@ -159,7 +159,41 @@ fn pseudonymize_offline(csv: &[u8], keys: &Path) -> Offline {
     Offline { accepted: s.accepted, rows: s.rows_read, json_bytes: sink.0, secs: t.elapsed().as_secs_f64() }
 }
 
+/// CPU ticks (USER_HZ) used so far by this process.
+fn cpu_ticks_self() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |x| x.1);
+    let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    // Fields 14 and 15 of the file (utime, stime); `after` starts at field 3.
+    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+}
+
+/// CPU ticks (USER_HZ) of the whole machine: (busy, total).
+fn cpu_ticks_machine() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or("");
+    let f: Vec<u64> = line.split_whitespace().skip(1).take(8).map(|x| x.parse().unwrap_or(0)).collect();
+    let total: u64 = f.iter().sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Cores' worth of CPU used by this process and by everything else between two readings.
+struct CpuUse {
+    ours: f64,
+    others: f64,
+}
+
+fn cpu_use(wall: f64, self0: u64, machine0: (u64, u64)) -> CpuUse {
+    const HZ: f64 = 100.0;
+    let ours = (cpu_ticks_self() - self0) as f64 / HZ;
+    let (busy, _) = cpu_ticks_machine();
+    let all = (busy - machine0.0) as f64 / HZ;
+    CpuUse { ours: ours / wall, others: ((all - ours) / wall).max(0.0) }
+}
+
 struct EndToEnd {
+    cpu: CpuUse,
     records: u64,
     secs_held: f64,
     secs_acked: f64,
@@ -206,6 +240,7 @@ async fn end_to_end(root: &Path, staged: &Path, expected: u64) -> (EndToEnd, Arc
 
     let held_at_steward =
         || -> u64 { steward.store().counts().expect("steward counts").get(SOURCE).map_or(0, |c| c.records) };
+    let (self0, machine0) = (cpu_ticks_self(), cpu_ticks_machine());
     let t0 = Instant::now();
     std::fs::rename(staged, inbox.join("arrest.csv")).expect("rename into the inbox");
     let (mut t_held, mut t_ingested) = (None, None);
@@ -241,10 +276,12 @@ async fn end_to_end(root: &Path, staged: &Path, expected: u64) -> (EndToEnd, Arc
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    let cpu = cpu_use(t_acked.as_secs_f64(), self0, machine0);
     let records = held_at_steward();
     assert_eq!(records, expected, "the steward holds another number of records than the source accepted");
     let store_bytes = steward.store().size_on_disk().unwrap_or(0);
     let e2e = EndToEnd {
+        cpu,
         records,
         secs_held: t_held.unwrap_or(t_acked).as_secs_f64(),
         secs_acked: t_acked.as_secs_f64(),
@@ -445,6 +482,12 @@ fn main() {
         mb(csv_bytes) / e2e.secs_acked,
         e2e_json_mbs,
         mb(e2e.store_bytes as f64)
+    );
+    println!(
+        "CPU during end to end: this process {:.2} cores ({:.1} µs of CPU per record), other processes {:.2} cores, of {workers}",
+        e2e.cpu.ours,
+        1e6 * e2e.cpu.ours * e2e.secs_acked / e2e.records as f64,
+        e2e.cpu.others
     );
     let bounds = [("bare rustls", tls_rate), ("bare sled (4 KiB chunks, the steward's layout)", sled_chunk_rate)];
     let (bound_name, bound_rate) = bounds.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1)).expect("two bounds");

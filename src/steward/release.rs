@@ -114,6 +114,34 @@ pub(crate) async fn get_releases(st: &Arc<Steward>, peer: &Peer) -> Resp {
     }
 }
 
+/// A query error as the evaluator is told it: names only what the schema
+/// and the catalog define, never a string the request carried (an echoed
+/// request could put whatever an evaluator typed into answers and logs).
+fn public_error(e: &crate::query::QueryError) -> String {
+    use crate::query::QueryError as Q;
+    match e {
+        Q::Json(_) => "the query does not have the shape of the query model (see docs/queries.md)".into(),
+        Q::UnknownAnalysis(_) => {
+            let names: Vec<String> = catalog::catalog().into_iter().map(|a| a.name).collect();
+            format!("unknown analysis; the catalog's analyses: {}", names.join(", "))
+        }
+        Q::UnknownKind(_, kinds) => format!("unknown record kind; the schema's kinds: {kinds}"),
+        Q::Parameter { analysis, parameter, reason } => {
+            let known = catalog::find(analysis).map(|a| a.parameters.iter().any(|p| &p.name == parameter)).unwrap_or(false);
+            if known {
+                e.to_string()
+            } else if reason.starts_with("unknown") {
+                format!("analysis `{analysis}`: an unknown parameter; {reason}")
+            } else {
+                format!("analysis `{analysis}`: a parameter: {reason}")
+            }
+        }
+        Q::UnknownField { kind, .. } => format!("record kind `{kind}` has no such field (see config/schema.toml)"),
+        Q::UnknownValue { what, allowed, .. } => format!("`{what}`: a value that is not allowed (allowed: {allowed})"),
+        other => other.to_string(),
+    }
+}
+
 fn hash_bytes(hash: &str) -> Option<[u8; 32]> {
     let hex = hash.strip_prefix("sha256:").unwrap_or(hash);
     if hex.len() != 64 {
@@ -162,7 +190,7 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
     let query = match (&request.analysis, &request.query) {
         (Some(name), None) => match catalog::find(name).and_then(|a| a.instantiate(&request.params)) {
             Ok(q) => q,
-            Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.to_string()),
+            Err(e) => return error_response(StatusCode::BAD_REQUEST, &public_error(&e)),
         },
         (None, Some(q)) if request.params.is_empty() => q.clone(),
         _ => {
@@ -178,7 +206,7 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
     }
     let plan = match engine::plan(&query, &st.schema) {
         Ok(p) => p,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, &public_error(&e)),
     };
     let budget_now = match st.ledger.budget(&evaluator) {
         Ok(b) => b,

@@ -1233,3 +1233,69 @@ fn release_leak_detector_sees_what_it_looks_for() {
     assert!(s.found_in("sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef").is_empty());
     assert!(s.found_in(&serde_json::to_string(&divert::query::catalog()).unwrap()).is_empty());
 }
+
+/// The ledger charges at least the epsilon the mechanism spends, and an epsilon too small to
+/// charge (under 1 µε) is refused as a bad query, not answered with an internal error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_epsilon_is_charged_in_full() {
+    let s = Setup::new().await;
+    s.st.steward.grant(EVAL, 1_000_000).unwrap();
+    let mut c = s.eval().await;
+    let mut problems = Vec::new();
+    for (i, eps) in [0.0000014, 0.0100004, 0.25].into_iter().enumerate() {
+        let before = micro(budget(&mut c).await.spent);
+        let (status, _, raw) = call(&mut c, "POST", QUERY_PATH, Some(&distinct_query(i as u64, eps))).await;
+        assert_eq!(status, StatusCode::OK, "ε {eps}: {raw}");
+        let r = response(&raw);
+        let used = r.answer.as_ref().unwrap().epsilon_spent;
+        let used_by_releases: f64 = r.answer.as_ref().unwrap().releases.iter().map(|x| x.epsilon).sum();
+        let charged = micro(budget(&mut c).await.spent) - before;
+        if (charged as f64) < used * 1e6 - 1e-6 || (charged as f64) < used_by_releases * 1e6 - 1e-6 {
+            problems.push(format!(
+                "ε {eps}: the mechanism spent {used} ε (releases {used_by_releases} ε) but the ledger charged {charged} µε \
+                 (response epsilon_spent {})",
+                r.epsilon_spent
+            ));
+        }
+    }
+    for eps in [0.0000001, 1e-300] {
+        let before = micro(budget(&mut c).await.spent);
+        let (status, _, raw) =
+            call_once(s.st.addr, s.certs.eval_cfg(), "POST", QUERY_PATH, Some(&distinct_query(99, eps))).await;
+        if status != StatusCode::BAD_REQUEST {
+            problems.push(format!("ε {eps:e} (under 1 µε, cannot be charged): {status} {raw}, expected 400"));
+        }
+        assert_eq!(micro(budget(&mut c).await.spent), before, "ε {eps:e} spent budget");
+    }
+    assert!(problems.is_empty(), "epsilon accounting:\n{}", problems.join("\n"));
+    s.st.stop().await;
+}
+
+/// A 405 names the methods the endpoint allows (`Allow`, RFC 9110 §15.5.6), as the batch endpoint does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_method_not_allowed_names_the_allowed_methods() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = Certs::new(tmp.path());
+    let st = TestSteward::start(&certs.pki, &tmp.path().join("steward"), "").await;
+    let mut missing = Vec::new();
+    for (cfg, method, path, allow) in [
+        (certs.source_cfg("police"), "GET", BATCH_PATH, "POST"),
+        (certs.eval_cfg(), "GET", QUERY_PATH, "POST"),
+        (certs.eval_cfg(), "POST", CATALOG_PATH, "GET"),
+        (certs.eval_cfg(), "DELETE", BUDGET_PATH, "GET"),
+        (certs.eval_cfg(), "PUT", RELEASES_PATH, "GET"),
+    ] {
+        let req = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\n\r\n");
+        let (status, head, body) = crate::net::raw_exchange(st.addr, cfg, req.as_bytes()).await.expect("exchange");
+        assert_eq!(status, 405, "{method} {path}: {head}{}", text(&body));
+        let allowed = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("allow").then(|| v.trim().to_string())
+        });
+        if allowed.as_deref() != Some(allow) {
+            missing.push(format!("{method} {path}: Allow {allowed:?}, expected {allow:?}"));
+        }
+    }
+    assert!(missing.is_empty(), "405 without the right Allow header:\n{}", missing.join("\n"));
+    st.stop().await;
+}
