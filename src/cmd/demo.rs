@@ -365,7 +365,7 @@ fn run_in(dir: &Path, persons: u32, seed: u64, budget_micro: u64) -> anyhow::Res
     let html = dir.join("report.html");
     fs::write(&html, report::render_html(&input)).with_context(|| format!("writing {}", html.display()))?;
     fs::write(dir.join(EVALUATOR).join("responses.jsonl"), &received)?;
-    let public = ReportInput { synthetic: false, ..input };
+    let public = ReportInput { synthetic: false, linkage: None, ..input };
     fs::write(dir.join(EVALUATOR).join("report-without-truth.html"), report::render_html(&public))?;
     println!();
     println!("report: {}", html.display());

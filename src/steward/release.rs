@@ -127,7 +127,8 @@ fn public_error(e: &crate::query::QueryError) -> String {
         }
         Q::UnknownKind(_, kinds) => format!("unknown record kind; the schema's kinds: {kinds}"),
         Q::Parameter { analysis, parameter, reason } => {
-            let known = catalog::find(analysis).map(|a| a.parameters.iter().any(|p| &p.name == parameter)).unwrap_or(false);
+            let known =
+                catalog::find(analysis).map(|a| a.parameters.iter().any(|p| &p.name == parameter)).unwrap_or(false);
             if known {
                 e.to_string()
             } else if reason.starts_with("unknown") {

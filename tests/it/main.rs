@@ -1,5 +1,7 @@
 //! Integration tests of divert: one module per area, run with `cargo test --test it`.
 
+mod crash;
+mod demo;
 mod ledger;
 mod net;
 mod offline;
@@ -11,5 +13,3 @@ mod source;
 mod steward;
 mod synth;
 mod util;
-mod crash;
-mod demo;
