@@ -126,13 +126,18 @@ pub(crate) async fn route(st: Arc<Steward>, peer: Arc<Peer>, req: Request<Incomi
             | super::release::RELEASES_PATH
             | super::release::QUERY_PATH,
             Role::Evaluator,
-        ) => refuse_unread(
-            &st,
-            &peer,
-            Refusal::NotFound,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "POST /v1/query; GET /v1/catalog, /v1/budget, /v1/releases",
-        ),
+        ) => {
+            let allow = if req.uri().path() == super::release::QUERY_PATH { "POST" } else { "GET" };
+            let mut resp = refuse_unread(
+                &st,
+                &peer,
+                Refusal::NotFound,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST /v1/query; GET /v1/catalog, /v1/budget, /v1/releases",
+            );
+            resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+            resp
+        }
         (
             super::release::CATALOG_PATH
             | super::release::BUDGET_PATH

@@ -205,6 +205,17 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
     if let Some(e) = request.epsilon {
         query.epsilon = e;
     }
+    // The ledger counts whole micro-epsilon: a query is charged exactly what
+    // its noise is drawn for, so an epsilon between two micro-epsilon is refused
+    // rather than rounded (rounding down would undercharge).
+    let micro = (query.epsilon * 1e6).round();
+    if !(1.0..=1e13).contains(&micro) || (micro / 1e6 - query.epsilon).abs() > 1e-12 {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "epsilon must be a positive multiple of 0.000001 (the budget is kept in whole micro-epsilon)",
+        );
+    }
+    query.epsilon = micro / 1e6;
     let plan = match engine::plan(&query, &st.schema) {
         Ok(p) => p,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, &public_error(&e)),

@@ -1242,7 +1242,15 @@ async fn release_epsilon_is_charged_in_full() {
     s.st.steward.grant(EVAL, 1_000_000).unwrap();
     let mut c = s.eval().await;
     let mut problems = Vec::new();
-    for (i, eps) in [0.0000014, 0.0100004, 0.25].into_iter().enumerate() {
+    // An epsilon between two micro-epsilon cannot be charged exactly: it is refused, nothing spent.
+    for (i, eps) in [0.0000014, 0.0100004].into_iter().enumerate() {
+        let before = micro(budget(&mut c).await.spent);
+        let (status, _, raw) = call(&mut c, "POST", QUERY_PATH, Some(&distinct_query(50 + i as u64, eps))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "ε {eps}: {raw}");
+        assert!(raw.contains("multiple of 0.000001"), "ε {eps}: {raw}");
+        assert_eq!(micro(budget(&mut c).await.spent), before, "ε {eps} spent budget");
+    }
+    for (i, eps) in [0.000001, 0.010001, 0.25].into_iter().enumerate() {
         let before = micro(budget(&mut c).await.spent);
         let (status, _, raw) = call(&mut c, "POST", QUERY_PATH, Some(&distinct_query(i as u64, eps))).await;
         assert_eq!(status, StatusCode::OK, "ε {eps}: {raw}");
