@@ -1046,13 +1046,16 @@ fn mean_cell(group: &BTreeMap<String, String>, statistic: &str, bounds: [i64; 2]
     let value = if n.v() >= 1.0 { (s.v() / n.v()).clamp(lo_b, hi_b) } else { (lo_b + hi_b) / 2.0 };
     // The true count is a whole number and at least 1 for a mean to exist.
     let (n_lo, n_hi) = (n.lo().max(1.0), n.hi());
-    let (lo, hi) = if n_hi < 1.0 {
+    // Without a noisy count of at least one person there is no estimate: the
+    // value is the middle of the bounds and the interval all of them.
+    let (lo, hi) = if n_hi < 1.0 || n.v() < 1.0 {
         (lo_b, hi_b)
     } else {
         let corners = [s.lo() / n_lo, s.lo() / n_hi, s.hi() / n_lo, s.hi() / n_hi];
         let lo = corners.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = corners.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        (lo.clamp(lo_b, hi_b), hi.clamp(lo_b, hi_b))
+        // The value is inside the corners' hull up to clamping; widen for the rare edge.
+        (lo.clamp(lo_b, hi_b).min(value), hi.clamp(lo_b, hi_b).max(value))
     };
     cell(group, statistic, None, value * scale, (lo * scale, hi * scale), ins)
 }
