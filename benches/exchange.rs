@@ -20,7 +20,10 @@
 //!
 //! Also shown: offline pseudonymization of the same file on one core (the
 //! source's CPU work per record), which counts the accepted records and
-//! measures the average pseudonymized record size.
+//! measures the average pseudonymized record size; and the CPU this process
+//! and all other processes used during the end-to-end run (from /proc), since
+//! on two cores the exchange is CPU-bound and other work on the machine
+//! lowers the figure.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -494,6 +497,12 @@ fn main() {
     println!(
         "the lower of the two bounds is {bound_name} at {bound_rate:.0} records/s; end to end reaches {:.0}% of it",
         100.0 * e2e_rate / bound_rate
+    );
+    let cpu_per_record = e2e.cpu.ours * e2e.secs_acked / e2e.records as f64;
+    println!(
+        "at {:.1} µs of CPU per record, {workers} cores allow at most {:.0} records/s end to end",
+        1e6 * cpu_per_record,
+        workers as f64 / cpu_per_record
     );
     if e2e_rate < 0.5 * bound_rate {
         println!(
