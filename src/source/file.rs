@@ -25,7 +25,7 @@ use crate::schema::{Kind, Schema};
 use crate::token::Tokenizer;
 
 use super::crypt::DataKey;
-use super::raw::{encode_header, ChunkBuilder, RawReader, RAW_CHUNK_ROWS};
+use super::raw::{encode_header, ChunkBuilder, RawReader, RAW_CHUNK_MAX_BYTES, RAW_CHUNK_ROWS};
 use super::store::{self, FileId, FileRecord, FileState, Store};
 
 /// Accepted rows per segment: written atomically, flushed, then pushable.
@@ -370,7 +370,7 @@ impl Writer<'_, '_> {
         if self.in_batch == 0 {
             return;
         }
-        self.batch.insert(&store::outbox_key(self.seq)[..], store::outbox_value(self.in_batch, &self.records));
+        store::insert_outbox(&mut self.batch, self.seq, self.in_batch, &self.records);
         self.pending.push((self.seq, self.in_batch));
         self.seq += 1;
         self.records.clear();
@@ -471,7 +471,9 @@ impl Writer<'_, '_> {
                 p.write(&row, &mut self.records);
                 self.in_batch += 1;
                 self.since_commit += 1;
-                if self.chunk.rows() >= RAW_CHUNK_ROWS {
+                // Sealed by rows or by size: a raw chunk must stay far below the
+                // ~128 KiB past which sled's flush does not make a value durable.
+                if self.chunk.rows() >= RAW_CHUNK_ROWS || self.chunk.bytes() >= RAW_CHUNK_MAX_BYTES {
                     self.seal_chunk()?;
                 }
                 if self.in_batch >= env.batch_records {
@@ -602,8 +604,8 @@ mod tests {
 
     fn outbox_lines(store: &Store) -> Vec<u64> {
         let mut lines = Vec::new();
-        for kv in store.tree().scan_prefix(b"o") {
-            let (_, v) = kv.unwrap();
+        for seq in store.outbox_index().unwrap().into_keys() {
+            let v = store::read_outbox(store.tree(), seq).unwrap().unwrap();
             let (n, body) = store::split_outbox_value(&v).unwrap();
             let recs: Vec<crate::record::PseudoRecord> = serde_json::from_slice(&[b"[", body, b"]"].concat()).unwrap();
             assert_eq!(recs.len() as u32, n);

@@ -265,8 +265,7 @@ pub fn batch_body(source: &str, batch_id: &str, records: &[u8]) -> Vec<u8> {
 }
 
 async fn push_one(src: &Source, conn: &mut Option<Sender>, seq: u64, n: u32) -> Result<(), PushError> {
-    let key = store::outbox_key(seq);
-    let value = match src.store.tree().get(key) {
+    let value = match store::read_outbox(src.store.tree(), seq) {
         Ok(Some(v)) => v,
         Ok(None) => {
             // Already acknowledged and removed (e.g. by another worker after a retry): nothing to do.
@@ -295,7 +294,7 @@ async fn push_one(src: &Source, conn: &mut Option<Sender>, seq: u64, n: u32) -> 
         return Err(PushError::Answer { batch_id, detail: format!("it acknowledges `{}`", ack.batch_id) });
     }
     // Acknowledged means durable at the steward: only now may the batch go.
-    src.store.tree().remove(key).map_err(|e| PushError::Store(e.to_string()))?;
+    store::remove_outbox(src.store.tree(), seq).map_err(|e| PushError::Store(e.to_string()))?;
     src.outbox.done(seq);
     let batches = src.stats.batches.fetch_add(1, Ordering::Relaxed) + 1;
     let records = src.stats.records.fetch_add(u64::from(n), Ordering::Relaxed) + u64::from(n);

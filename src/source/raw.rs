@@ -21,6 +21,8 @@ use super::crypt::SecretBuf;
 pub const RAW_VERSION: u8 = 1;
 /// Accepted rows per raw chunk (one store value).
 pub const RAW_CHUNK_ROWS: usize = 1000;
+/// A chunk is also sealed once its plaintext reaches this size.
+pub const RAW_CHUNK_MAX_BYTES: usize = 48 * 1024;
 
 fn put_u32(out: &mut SecretBuf, n: usize) {
     out.extend(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
@@ -157,6 +159,11 @@ impl ChunkBuilder {
 
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// Bytes of plaintext so far.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
     }
 
     /// Start a row: its line and number of fields; then call [`ChunkBuilder::field`] that many times.

@@ -40,6 +40,49 @@ pub fn outbox_key(seq: u64) -> [u8; 9] {
     k
 }
 
+/// Bytes per stored piece of an outbox batch. sled 0.34 writes a value over
+/// about 128 KiB to a separate blob file that its flush does not fsync, so a
+/// batch (megabytes) is kept as small pieces to be durable when flushed.
+pub const OUTBOX_PIECE_BYTES: usize = 16 * 1024;
+
+/// The key of piece `piece` of outbox batch `seq`: `o ‖ seq ‖ piece` (u32 BE).
+pub fn outbox_piece_key(seq: u64, piece: u32) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[..9].copy_from_slice(&outbox_key(seq));
+    k[9..].copy_from_slice(&piece.to_be_bytes());
+    k
+}
+
+/// Add outbox batch `seq` (its count and records) to `batch`, in pieces.
+pub fn insert_outbox(batch: &mut sled::Batch, seq: u64, records: u32, body: &[u8]) {
+    let value = outbox_value(records, body);
+    for (i, piece) in value.chunks(OUTBOX_PIECE_BYTES).enumerate() {
+        batch.insert(&outbox_piece_key(seq, i as u32)[..], piece);
+    }
+}
+
+/// The whole value of outbox batch `seq` (count and records), if it is still here.
+pub fn read_outbox(tree: &sled::Tree, seq: u64) -> sled::Result<Option<Vec<u8>>> {
+    let mut value = Vec::new();
+    let mut found = false;
+    for kv in tree.scan_prefix(outbox_key(seq)) {
+        let (_, v) = kv?;
+        found = true;
+        value.extend_from_slice(&v);
+    }
+    Ok(found.then_some(value))
+}
+
+/// Remove outbox batch `seq`, every piece at once.
+pub fn remove_outbox(tree: &sled::Tree, seq: u64) -> sled::Result<()> {
+    let mut batch = sled::Batch::default();
+    for kv in tree.scan_prefix(outbox_key(seq)) {
+        let (k, _) = kv?;
+        batch.remove(k);
+    }
+    tree.apply_batch(batch)
+}
+
 fn seq_of(key: &[u8]) -> Option<u64> {
     let b: [u8; 8] = key.get(1..9)?.try_into().ok()?;
     Some(u64::from_be_bytes(b))
@@ -223,7 +266,9 @@ impl Store {
         let mut out = BTreeMap::new();
         for kv in self.tree.scan_prefix([OUTBOX]) {
             let (k, v) = kv?;
-            if let (Some(seq), Some((n, _))) = (seq_of(&k), split_outbox_value(&v)) {
+            // The count is at the start of a batch's first piece.
+            let first_piece = k.len() == 13 && k[9..] == [0, 0, 0, 0];
+            if let (true, Some(seq), Some((n, _))) = (first_piece, seq_of(&k), split_outbox_value(&v)) {
                 out.insert(seq, n);
             }
         }
@@ -265,7 +310,7 @@ mod tests {
         let id = [3u8; 32];
         let mut b = sled::Batch::default();
         for seq in 4..7 {
-            b.insert(&outbox_key(seq)[..], outbox_value(2, b"{},{}"));
+            insert_outbox(&mut b, seq, 2, b"{},{}");
         }
         b.insert(&raw_key(&id, 0)[..], b"x".as_slice());
         b.insert(&raw_key(&[4u8; 32], 0)[..], b"y".as_slice());
@@ -298,5 +343,24 @@ mod tests {
         let sid = s.store_id().unwrap();
         assert_eq!(sid.len(), 32);
         assert_eq!(s.store_id().unwrap(), sid);
+    }
+
+    #[test]
+    fn a_large_outbox_batch_is_stored_in_small_pieces_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let body: Vec<u8> = (0..3_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut b = sled::Batch::default();
+        insert_outbox(&mut b, 5, 4000, &body);
+        s.apply(b).unwrap();
+        for kv in s.tree().scan_prefix(outbox_key(5)) {
+            let (_, v) = kv.unwrap();
+            assert!(v.len() <= OUTBOX_PIECE_BYTES, "a piece of {} bytes would go to an unsynced sled blob", v.len());
+        }
+        let whole = read_outbox(s.tree(), 5).unwrap().unwrap();
+        assert_eq!(split_outbox_value(&whole), Some((4000, &body[..])));
+        assert_eq!(s.outbox_index().unwrap().into_iter().collect::<Vec<_>>(), vec![(5, 4000)]);
+        remove_outbox(s.tree(), 5).unwrap();
+        assert!(read_outbox(s.tree(), 5).unwrap().is_none());
     }
 }
