@@ -9,6 +9,7 @@ pub mod audit;
 pub mod cli;
 pub mod cmd;
 pub mod daemon;
+pub mod days;
 pub mod dp;
 pub mod evaluator;
 pub mod fsutil;

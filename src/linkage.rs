@@ -49,7 +49,7 @@ impl Linker {
     pub fn reserve(&mut self, n: usize) {
         self.parent.reserve(n);
         self.size.reserve(n);
-        self.index.reserve(n * self.qualifying.len().min(4));
+        self.index.reserve(n * self.qualifying.len());
     }
 
     /// Number of records added.

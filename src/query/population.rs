@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::model::Category;
+pub(crate) use crate::days::{civil_from_days, days_from_civil, first_of_month_after};
 use crate::normalize::NormKind;
 use crate::record::PseudoRecord;
 use crate::schema::{FieldType, Schema};
@@ -437,38 +438,6 @@ impl Population {
     pub fn categories(&self) -> &Categories {
         &self.categories
     }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
-pub(crate) fn days_from_civil(y: i32, m: u32, d: u32) -> i32 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = m as i32;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i32 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Year, month (1-12), day of a day number.
-pub(crate) fn civil_from_days(z: i32) -> (i32, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// The first day of the calendar month `months` months after the month of `day`.
-pub(crate) fn first_of_month_after(day: i32, months: u32) -> i32 {
-    let (y, m, _) = civil_from_days(day);
-    let index = y * 12 + (m as i32 - 1) + months as i32;
-    days_from_civil(index.div_euclid(12), index.rem_euclid(12) as u32 + 1, 1)
 }
 
 /// `YYYY-MM-DD` (the wire form of dates) as days since 1970-01-01.

@@ -202,7 +202,8 @@ async fn post_batch(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> R
                 }
                 let st2 = st.clone();
                 let parsed = acc.parsed;
-                // Linking is CPU work; the batch is already durable either way.
+                // Linked before the acknowledgement, so a query after it sees the
+                // batch; the work runs off the reactor.
                 let _ = tokio::task::spawn_blocking(move || st2.persons.add(parsed)).await;
             }
             info!(

@@ -5,33 +5,7 @@
 
 use std::fmt::Write;
 
-/// A calendar day: days since 1970-01-01 (negative before).
-pub type Day = i32;
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
-pub fn days_from_civil(y: i32, m: u32, d: u32) -> Day {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = m as i32;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i32 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Year, month (1-12), day (1-31) of a day (H. Hinnant's `civil_from_days`).
-pub fn civil_from_days(z: Day) -> (i32, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
+pub use crate::days::{civil_from_days, days_from_civil, first_of_month_after, Day};
 
 /// The day if (y, m, d) is a real calendar date.
 pub fn checked(y: i32, m: u32, d: u32) -> Option<Day> {
@@ -49,13 +23,6 @@ pub fn parse_iso(s: &str) -> Option<Day> {
     let m = parts.next()?.parse().ok()?;
     let d = parts.next()?.parse().ok()?;
     checked(y, m, d)
-}
-
-/// The first day of the month `months` calendar months after the month of `day`.
-pub fn first_of_month_after(day: Day, months: u32) -> Day {
-    let (y, m, _) = civil_from_days(day);
-    let index = y * 12 + (m as i32 - 1) + months as i32;
-    days_from_civil(index.div_euclid(12), index.rem_euclid(12) as u32 + 1, 1)
 }
 
 /// How an agency spells a date.
