@@ -16,31 +16,34 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// The program's certificate authority: init, issue, revoke, crl, list.
+    // (about only: a doc comment here would hide the subcommand's long help)
+    #[command(about = "The program's certificate authority: init, issue, revoke, crl, list")]
     Ca(cmd::ca::CaArgs),
-    /// Write synthetic program data for every agency, with the truth.
+    #[command(about = "Write synthetic program data for every agency, with the truth")]
     Synth(cmd::synth::SynthArgs),
-    /// Validate config files (schema, synthetic-data parameters), reporting every problem.
+    #[command(
+        about = "Validate config files (schema, synthetic data, daemon and evaluator configs), reporting every problem"
+    )]
     Config(cmd::config::ConfigArgs),
-    /// Create the linkage key and show its status.
+    #[command(about = "Create the linkage key and show its status")]
     Keys(cmd::keys::KeysArgs),
-    /// Pseudonymize one agency export offline (CSV or JSON lines → JSON lines).
+    #[command(about = "Pseudonymize one agency export offline (CSV or JSON lines → JSON lines)")]
     Pseudonymize(cmd::pseudonymize::PseudonymizeArgs),
-    /// Link pseudonymized records into persons offline; score against a truth file.
+    #[command(about = "Link pseudonymized records into persons offline; score against a truth file")]
     Link(cmd::link::LinkArgs),
-    /// Ask the steward for a differentially private answer, as an evaluator.
+    #[command(about = "Ask the steward for a differentially private answer, as an evaluator")]
     Query(cmd::query::QueryArgs),
-    /// Run a source or steward daemon in the foreground.
+    #[command(about = "Run a source or steward daemon in the foreground")]
     Serve(cmd::serve::ServeArgs),
-    /// Show a running daemon's role, certificate expiry and counters.
+    #[command(about = "Show a running daemon's role, certificate expiry and counters")]
     Status(cmd::status::StatusArgs),
-    /// Hand an export file to the running source daemon.
+    #[command(about = "Hand an export file to the running source daemon")]
     Ingest(cmd::ingest::IngestArgs),
-    /// Run the whole pipeline on synthetic data in a temporary directory.
+    #[command(about = "Run the whole program on one machine: daemons, mTLS, the DP evaluation, the report")]
     Demo(cmd::demo::DemoArgs),
-    /// Set and list evaluators' privacy budgets on the running steward.
+    #[command(about = "Set and list evaluators' privacy budgets on the running steward")]
     Budget(cmd::budget::BudgetArgs),
-    /// Check the steward's hash-chained audit log.
+    #[command(about = "Check the steward's hash-chained audit log")]
     Audit(cmd::audit::AuditArgs),
 }
 

@@ -7,6 +7,11 @@ use crate::audit;
 
 /// Arguments of `divert audit`.
 #[derive(Debug, clap::Args)]
+#[command(long_about = "Check the steward's audit log: every batch receipt, budget grant, release and \
+refusal is a line carrying the hash of the line before it, so an edited, deleted or reordered entry \
+breaks the chain. `verify` names the first bad entry and exits 1. Keep the last hash it prints \
+somewhere else: removing the newest entries cannot be seen from the file alone.\n\n\
+Example:\n  divert audit verify --config /etc/divert/steward.toml\n  divert audit verify /var/lib/divert/steward/audit.log")]
 pub struct AuditArgs {
     #[command(subcommand)]
     pub command: AuditCommand,

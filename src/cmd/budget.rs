@@ -8,6 +8,12 @@ use crate::dp::ledger::{format_epsilon, parse_epsilon, BudgetsView, EvaluatorBud
 
 /// Arguments of `divert budget`.
 #[derive(Debug, clap::Args)]
+#[command(long_about = "Set and list evaluators' privacy budgets, on the steward host, through the running \
+steward's admin socket. Budgets are kept in whole micro-epsilon; the sum of all evaluators' budgets may \
+not exceed the steward's `program_epsilon_cap`, and a budget is never set below what is already spent. \
+Every grant is written to the audit log.\n\n\
+Example:\n  divert budget grant --config /etc/divert/steward.toml --evaluator unm --epsilon 2\n  \
+divert budget show --config /etc/divert/steward.toml")]
 pub struct BudgetArgs {
     #[command(subcommand)]
     pub command: BudgetCommand,
