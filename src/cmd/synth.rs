@@ -44,7 +44,11 @@ nicknames, swapped names, wrong dates of birth, missing sex or state id);
   truth.csv   source,kind,line,entity: the synthetic person (P000123) behind
               each record, by the line the record starts on;
   truth.json  the true values of the standard statistics, by arm.
-Progress is reported on stderr from 10000 persons on.";
+Progress is reported on stderr from 10000 persons on.
+
+Example:
+  divert synth --persons 300 --seed 1 --out /tmp/program
+  divert synth --persons 5000 --params my-rates.toml --out /tmp/big";
 
 /// Runs long enough to report progress from this many referred persons on.
 const PROGRESS_FROM: u32 = 10_000;
