@@ -90,9 +90,9 @@ pub struct ReleaseRecord {
     pub epsilon: f64,
 }
 
-fn internal(st: &Steward, what: &str, e: impl std::fmt::Display) -> Resp {
+/// A failure on the steward's side: logged in full here, answered in general terms.
+fn internal(what: &str, e: impl std::fmt::Display) -> Resp {
     tracing::error!(error = %e, "{what}");
-    let _ = st;
     error_response(StatusCode::INTERNAL_SERVER_ERROR, "the steward could not answer; try again later")
 }
 
@@ -103,14 +103,14 @@ pub(crate) async fn get_catalog(_st: &Arc<Steward>, _peer: &Peer) -> Resp {
 pub(crate) async fn get_budget(st: &Arc<Steward>, peer: &Peer) -> Resp {
     match st.ledger.budget(&peer.id.name) {
         Ok(b) => json_response(StatusCode::OK, &BudgetView::from(b)),
-        Err(e) => internal(st, "reading a budget failed", e),
+        Err(e) => internal("reading a budget failed", e),
     }
 }
 
 pub(crate) async fn get_releases(st: &Arc<Steward>, peer: &Peer) -> Resp {
     match st.releases_of(&peer.id.name) {
         Ok(list) => json_response(StatusCode::OK, &list),
-        Err(e) => internal(st, "reading releases failed", e),
+        Err(e) => internal("reading releases failed", e),
     }
 }
 
@@ -222,7 +222,7 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
     };
     let budget_now = match st.ledger.budget(&evaluator) {
         Ok(b) => b,
-        Err(e) => return internal(st, "reading a budget failed", e),
+        Err(e) => return internal("reading a budget failed", e),
     };
     if request.dry_run {
         let resp = QueryResponse {
@@ -235,7 +235,7 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
         return json_response(StatusCode::OK, &resp);
     }
     let Some(hash) = hash_bytes(plan.hash()) else {
-        return internal(st, "a query hash was malformed", plan.hash());
+        return internal("a query hash was malformed", plan.hash());
     };
     let epsilon_micro = (plan.epsilon() * 1e6).round() as u64;
 
@@ -253,10 +253,10 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
                 };
                 return json_response(StatusCode::OK, &resp);
             }
-            Err(e) => return internal(st, "a stored answer could not be read", e),
+            Err(e) => return internal("a stored answer could not be read", e),
         },
         Ok(None) => {}
-        Err(e) => return internal(st, "reading the answer cache failed", e),
+        Err(e) => return internal("reading the answer cache failed", e),
     }
 
     // Reserve durably before any noise is drawn.
@@ -277,7 +277,7 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
                 left_micro: Some(left),
             };
             if let Err(e) = st.audit.append(crate::audit::Kind::Refusal, &evaluator, &detail) {
-                return internal(st, "auditing a refusal failed", e);
+                return internal("auditing a refusal failed", e);
             }
             warn!(evaluator = %evaluator, asked = %format_epsilon(epsilon_micro), left = %format_epsilon(left), "query refused: budget");
             let body = serde_json::json!({
@@ -286,8 +286,8 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
             });
             return json_response(StatusCode::FORBIDDEN, &body);
         }
-        Ok(Err(e)) => return internal(st, "reserving budget failed", e),
-        Err(e) => return internal(st, "the reservation task failed", e),
+        Ok(Err(e)) => return internal("reserving budget failed", e),
+        Err(e) => return internal("the reservation task failed", e),
     };
 
     // Draw the noise (CPU work, off the reactor).
@@ -300,8 +300,8 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
     .await;
     let (mut answer, plan) = match executed {
         Ok(Ok(x)) => x,
-        Ok(Err(e)) => return internal(st, "executing a query failed (its budget stays spent)", e),
-        Err(e) => return internal(st, "the query task failed (its budget stays spent)", e),
+        Ok(Err(e)) => return internal("executing a query failed (its budget stays spent)", e),
+        Err(e) => return internal("the query task failed (its budget stays spent)", e),
     };
     let left = reservation.budget.left_micro;
     answer.budget_left = Some(left as f64 / 1e6);
@@ -314,11 +314,11 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
         left_micro: left,
     };
     if let Err(e) = st.audit.release(&detail) {
-        return internal(st, "auditing a release failed (its budget stays spent)", e);
+        return internal("auditing a release failed (its budget stays spent)", e);
     }
     let bytes = match serde_json::to_vec(&answer) {
         Ok(b) => b,
-        Err(e) => return internal(st, "encoding an answer failed", e),
+        Err(e) => return internal("encoding an answer failed", e),
     };
     let record = ReleaseRecord {
         time: crate::pki::format_time(time::OffsetDateTime::now_utc()),
@@ -336,8 +336,8 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
     .await;
     match stored {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return internal(st, "storing an answer failed (its budget stays spent)", e),
-        Err(e) => return internal(st, "the storing task failed (its budget stays spent)", e),
+        Ok(Err(e)) => return internal("storing an answer failed (its budget stays spent)", e),
+        Err(e) => return internal("the storing task failed (its budget stays spent)", e),
     }
     info!(evaluator = %evaluator, query_hash = %plan.hash(), epsilon = %format_epsilon(epsilon_micro), left = %format_epsilon(left), "released");
     let resp = QueryResponse {
