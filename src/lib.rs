@@ -24,6 +24,7 @@ pub mod query;
 pub mod record;
 pub mod report;
 pub mod schema;
+pub mod sledlock;
 pub mod source;
 pub mod steward;
 pub mod synth;

@@ -254,6 +254,8 @@ impl Ledger {
     /// may not exceed the program cap (a grant that lowers a total is always
     /// allowed, so a lowered cap can be met again). Durable when it returns.
     pub fn grant(&self, evaluator: &str, epsilon_micro: u64) -> Result<Budget, LedgerError> {
+        // Batches, transactions and flushes of sled go one at a time (see `sledlock`).
+        let _sled = crate::sledlock::guard();
         check_evaluator(evaluator)?;
         let cap = self.cap_micro;
         let result = (&self.budgets, &self.program).transaction(|(budgets, program)| {
@@ -302,6 +304,8 @@ impl Ledger {
         query_hash: [u8; 32],
         epsilon_micro: u64,
     ) -> Result<Result<Reservation, Refusal>, LedgerError> {
+        // Batches, transactions and flushes of sled go one at a time (see `sledlock`).
+        let _sled = crate::sledlock::guard();
         check_evaluator(evaluator)?;
         if epsilon_micro == 0 {
             return Err(LedgerError::ZeroReservation);
@@ -359,6 +363,8 @@ impl Ledger {
     /// is already stored (two identical queries raced, and both were paid
     /// for), the first one stays and this returns `false`.
     pub fn store_answer(&self, evaluator: &str, query_hash: [u8; 32], answer: &[u8]) -> Result<bool, LedgerError> {
+        // Batches, transactions and flushes of sled go one at a time (see `sledlock`).
+        let _sled = crate::sledlock::guard();
         check_evaluator(evaluator)?;
         if answer.len() > MAX_ANSWER_BYTES {
             return Err(LedgerError::AnswerTooLarge { bytes: answer.len() });
@@ -428,6 +434,8 @@ impl Ledger {
     /// gets a record with total 0. Returns what changed (the steward should
     /// log and audit it); durable when it returns.
     pub fn reconcile(&self, audit_spent: &BTreeMap<String, u64>) -> Result<Vec<Adjustment>, LedgerError> {
+        // Batches, transactions and flushes of sled go one at a time (see `sledlock`).
+        let _sled = crate::sledlock::guard();
         let mut changed = Vec::new();
         for (evaluator, &audited) in audit_spent {
             check_evaluator(evaluator)?;

@@ -80,6 +80,7 @@ pub fn remove_outbox(tree: &sled::Tree, seq: u64) -> sled::Result<()> {
         let (k, _) = kv?;
         batch.remove(k);
     }
+    let _g = crate::sledlock::guard();
     tree.apply_batch(batch)
 }
 
@@ -209,7 +210,10 @@ impl Store {
             .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
         let id = crate::keys::hex(&id);
         self.tree.insert(META_STORE_ID, id.as_bytes())?;
-        self.db.flush()?;
+        {
+            let _g = crate::sledlock::guard();
+            self.db.flush()?;
+        }
         Ok(id)
     }
 
@@ -244,6 +248,7 @@ impl Store {
             batch.remove(k);
         }
         batch.remove(&file_key(id)[..]);
+        let _g = crate::sledlock::guard();
         self.tree.apply_batch(batch)
     }
 
@@ -286,15 +291,17 @@ impl Store {
     }
 
     pub fn apply(&self, batch: sled::Batch) -> sled::Result<()> {
+        let _g = crate::sledlock::guard();
         self.tree.apply_batch(batch)
     }
 
     pub fn flush(&self) -> sled::Result<usize> {
+        let _g = crate::sledlock::guard();
         self.db.flush()
     }
 
     pub async fn flush_async(&self) -> sled::Result<usize> {
-        self.db.flush_async().await
+        crate::sledlock::flush(&self.db).await
     }
 }
 

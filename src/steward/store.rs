@@ -231,13 +231,16 @@ impl Store {
         };
         batch.insert(header_key, &header.encode()[..]);
         batch.insert(ckey, &counts.encode()[..]);
-        self.tree.apply_batch(batch)?;
+        {
+            let _g = crate::sledlock::guard();
+            self.tree.apply_batch(batch)?;
+        }
         Ok(PutOutcome::Stored(records))
     }
 
     /// Make everything written so far durable (fsync). Concurrent callers share the work.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        crate::sledlock::flush(&self.db).await?;
         Ok(())
     }
 
