@@ -242,7 +242,7 @@ async fn end_to_end(root: &Path, staged: &Path, expected: u64) -> (EndToEnd, Arc
     );
 
     let held_at_steward =
-        || -> u64 { steward.store().counts().expect("steward counts").get(SOURCE).map_or(0, |c| c.records) };
+        || -> u64 { steward.store().counts(None).expect("steward counts").get(SOURCE).map_or(0, |c| c.records) };
     let (self0, machine0) = (cpu_ticks_self(), cpu_ticks_machine());
     let t0 = Instant::now();
     std::fs::rename(staged, inbox.join("arrest.csv")).expect("rename into the inbox");

@@ -69,6 +69,12 @@ impl EpochKey {
         Ok(hmac::Key::from(okm))
     }
 
+    /// The key in hex, for the custodian to hand to a source over mutual TLS
+    /// (`source::keyserver`). Never logged or printed.
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex(&self.key))
+    }
+
     /// A short public fingerprint: identifies the key in status output and logs without revealing it.
     pub fn fingerprint(&self) -> String {
         match self.derive_hmac_key(b"divert/v1/fingerprint") {
@@ -125,7 +131,8 @@ pub fn list(dir: &Path) -> Result<Vec<EpochInfo>, KeyError> {
     Ok(out)
 }
 
-fn epochs_in(dir: &Path) -> Result<Vec<u32>, KeyError> {
+/// The epochs whose key files are in `dir`, ascending (not loaded).
+pub fn epochs_in(dir: &Path) -> Result<Vec<u32>, KeyError> {
     let rd = std::fs::read_dir(dir).map_err(|source| KeyError::Dir { dir: dir.to_path_buf(), source })?;
     let mut epochs = Vec::new();
     for entry in rd {
@@ -163,6 +170,27 @@ pub fn init(dir: &Path) -> Result<EpochKey, KeyError> {
         return Err(KeyError::AlreadyInitialized { dir: dir.to_path_buf(), epoch: e });
     }
     write_new_epoch(dir, 1)
+}
+
+/// Store a key received from the custodian for `epoch` (0600, atomic, fsynced):
+/// the file is whole or absent after a crash. Refuses to overwrite.
+pub fn store_epoch(dir: &Path, epoch: u32, bytes: &[u8]) -> Result<EpochKey, KeyError> {
+    if bytes.len() < KEY_LEN {
+        return Err(KeyError::TooShort { path: dir.join(epoch_file_name(epoch)), len: bytes.len() });
+    }
+    fsutil::write_secret(&dir.join(epoch_file_name(epoch)), bytes, false)?;
+    Ok(EpochKey { epoch, key: Zeroizing::new(bytes.to_vec()) })
+}
+
+/// Delete a retired epoch's key file (and make the deletion durable).
+pub fn remove_epoch(dir: &Path, epoch: u32) -> Result<(), KeyError> {
+    let path = dir.join(epoch_file_name(epoch));
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(KeyError::Dir { dir: dir.to_path_buf(), source }),
+    }
+    fsutil::sync_dir(dir).map_err(|source| KeyError::Dir { dir: dir.to_path_buf(), source })
 }
 
 /// Write a new random key for `epoch` (0600, atomic, fsynced); refuses to overwrite.

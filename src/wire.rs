@@ -38,3 +38,89 @@ pub struct BatchAck {
 pub struct ErrorBody {
     pub error: String,
 }
+
+/// Where sources report their key epoch (POST) and read the steward's (GET).
+pub const EPOCHS_PATH: &str = "/v1/epochs";
+/// Where the key custodian serves linkage keys to sources (GET).
+pub const KEYS_PATH: &str = "/v1/keys";
+
+/// A source's report of where it stands in key rotation. Counts only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochReport {
+    /// The epoch the source pseudonymizes new records under.
+    pub active: u32,
+    /// The epochs whose keys the source holds.
+    pub keys: Vec<u32>,
+    /// Re-pseudonymization under a newer epoch, while it runs.
+    pub rekey: Option<RekeyProgress>,
+    /// The newest epoch whose records (re-pseudonymized and new) the steward
+    /// has all acknowledged: the source has finished it.
+    pub complete: Option<u32>,
+}
+
+/// How far a source is in re-pseudonymizing what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RekeyProgress {
+    pub target: u32,
+    pub records_done: u64,
+    pub records_total: u64,
+}
+
+/// The steward's view of key epochs, as sources and `divert keys status` see it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct EpochStatus {
+    /// The epoch whose linkage answers queries.
+    pub active: Option<u32>,
+    /// The epoch whose linkage is being built beside it.
+    pub pending: Option<u32>,
+    /// Per source: its last report and the records held under each epoch.
+    pub sources: std::collections::BTreeMap<String, SourceEpochs>,
+}
+
+/// One source, as the steward sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SourceEpochs {
+    pub report: Option<EpochReport>,
+    /// RFC 3339 time of the last report.
+    pub reported_at: Option<String>,
+    /// Records held per epoch.
+    pub records: std::collections::BTreeMap<u32, u64>,
+    /// Whether the rotation to the pending epoch waits for this source.
+    pub waiting_for: bool,
+}
+
+/// The body of a 409 answer to a batch under an epoch the steward does not link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochRefusal {
+    pub error: String,
+    /// The batch's epoch.
+    pub epoch: u32,
+    /// The epoch the steward links now.
+    pub current_epoch: u32,
+}
+
+/// What the custodian hands a source: the linkage keys it holds, hex-encoded.
+/// Travels only over mutual TLS to a source certificate.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySet {
+    pub epochs: Vec<KeyEntry>,
+}
+
+/// One epoch's key, wiped from memory when dropped. `KeySet`'s `Debug` shows the epoch only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    #[zeroize(skip)]
+    pub epoch: u32,
+    pub key_hex: String,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let epochs: Vec<u32> = self.epochs.iter().map(|e| e.epoch).collect();
+        write!(f, "KeySet(epochs {epochs:?})")
+    }
+}

@@ -238,12 +238,24 @@ fn run_in(dir: &Path, persons: u32, seed: u64, budget_micro: u64) -> anyhow::Res
         ),
     )?;
     let mut source_cfgs = Vec::new();
+    // The first agency is the key custodian: `divert keys rotate` runs there, and the
+    // others fetch new epochs from it over mutual TLS.
+    let mut key_port = free_port()?;
+    while key_port == port {
+        key_port = free_port()?;
+    }
+    let custodian = AGENCIES[0];
     for a in AGENCIES {
         let cfg = dir.join(a).join("divert.toml");
+        let custody = if a == custodian {
+            format!("custodian = \"{custodian}\"\nkey_listen = \"127.0.0.1:{key_port}\"\n")
+        } else {
+            format!("custodian = \"{custodian}\"\ncustodian_url = \"https://127.0.0.1:{key_port}\"\n")
+        };
         write_text(
             &cfg,
             &format!(
-                "role = \"source\"\nname = \"{a}\"\nprogram = \"{PROGRAM}\"\ndata_dir = \"data\"\n\n{}\n[source]\nsteward_url = \"https://127.0.0.1:{port}\"\nkeys = \"keys\"\npoll_interval_ms = 100\n",
+                "role = \"source\"\nname = \"{a}\"\nprogram = \"{PROGRAM}\"\ndata_dir = \"data\"\n\n{}\n[source]\nsteward_url = \"https://127.0.0.1:{port}\"\nkeys = \"keys\"\npoll_interval_ms = 100\nepoch_poll_ms = 1000\n{custody}",
                 tls_block()
             ),
         )?;

@@ -35,6 +35,10 @@ pub enum Request {
     BudgetGrant { evaluator: String, epsilon_micro: u64 },
     /// Every evaluator's budget and the program cap (steward only).
     Budgets,
+    /// Key epochs: a source's own and the steward's view of every source; a steward's view.
+    KeyStatus,
+    /// A key file was added to the keys directory (`divert keys rotate`): look now (source only).
+    KeysChanged,
 }
 
 /// The daemon's answer: `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`.

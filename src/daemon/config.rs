@@ -21,6 +21,7 @@ struct RawConfig {
     #[serde(default)]
     log: RawLog,
     admin_socket: Option<PathBuf>,
+    metrics_listen: Option<String>,
     steward: Option<RawSteward>,
     source: Option<RawSource>,
 }
@@ -64,6 +65,10 @@ struct RawSource {
     batch_records: Option<u32>,
     poll_interval_ms: Option<u64>,
     max_backoff_secs: Option<u64>,
+    custodian: Option<String>,
+    key_listen: Option<String>,
+    custodian_url: Option<String>,
+    epoch_poll_ms: Option<u64>,
 }
 
 /// How the daemon logs.
@@ -84,6 +89,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     pub admin_socket: PathBuf,
+    /// Where Prometheus metrics are served (plain HTTP, loopback by default); `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
     pub role: RoleConfig,
 }
 
@@ -119,6 +126,22 @@ pub struct SourceConfig {
     pub batch_records: u32,
     pub poll_interval: Duration,
     pub max_backoff: Duration,
+    /// Key rotation: who hands out linkage keys, and how this source reaches it.
+    pub custody: Custody,
+    /// How often the source looks for a new key epoch and reports its own to the steward.
+    pub epoch_poll: Duration,
+}
+
+/// Where a source's new linkage keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Custody {
+    /// No custodian configured: new epochs arrive only as files an admin puts in the keys directory.
+    Manual,
+    /// This source is the custodian: it makes epochs (`divert keys rotate`) and serves them to
+    /// other sources over mutual TLS on `listen`.
+    Custodian { listen: SocketAddr },
+    /// Another source (`name`) is the custodian, reached at `addr` (`host:port`, TLS name `host`).
+    Fetch { name: String, addr: String, host: String },
 }
 
 /// Defaults, written out in the example configs under `config/`.
@@ -131,6 +154,7 @@ pub const DEFAULT_IO_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_BATCH_RECORDS: u32 = 5000;
 pub const DEFAULT_POLL_INTERVAL_MS: u64 = 500;
 pub const DEFAULT_MAX_BACKOFF_SECS: u64 = 60;
+pub const DEFAULT_EPOCH_POLL_MS: u64 = 5000;
 
 impl Config {
     /// Read and validate a config file, reporting every problem.
@@ -181,6 +205,14 @@ impl Config {
             bad("log.level", format!("`{log_level}` is not a level or filter (error, warn, info, debug, trace)"));
         }
         let data_dir = resolve(&raw.data_dir);
+        let metrics_listen = match raw.metrics_listen.as_deref().map(str::parse::<SocketAddr>) {
+            None => None,
+            Some(Ok(a)) => Some(a),
+            Some(Err(_)) => {
+                bad("metrics_listen", "not an address:port like 127.0.0.1:9464".into());
+                None
+            }
+        };
 
         let role_config = match role {
             Some(Role::Steward) => {
@@ -271,7 +303,68 @@ impl Config {
                         if !(1..=3600).contains(&backoff) {
                             bad("source.max_backoff_secs", "must be between 1 and 3600".into());
                         }
+                        let epoch_poll = s.epoch_poll_ms.unwrap_or(DEFAULT_EPOCH_POLL_MS);
+                        if !(50..=3_600_000).contains(&epoch_poll) {
+                            bad("source.epoch_poll_ms", "must be between 50 and 3600000".into());
+                        }
+                        let custody = match (&s.custodian, &s.key_listen, &s.custodian_url) {
+                            (None, None, None) => Custody::Manual,
+                            (None, _, _) => {
+                                bad("source.custodian", "key_listen and custodian_url need `custodian`, the name of the source that holds the keys".into());
+                                Custody::Manual
+                            }
+                            (Some(c), listen, url) if *c == raw.name => {
+                                if url.is_some() {
+                                    bad(
+                                        "source.custodian_url",
+                                        "this source is the custodian: it serves keys (key_listen) and fetches none"
+                                            .into(),
+                                    );
+                                }
+                                match listen.as_deref().map(str::parse::<SocketAddr>) {
+                                    Some(Ok(a)) => Custody::Custodian { listen: a },
+                                    Some(Err(_)) => {
+                                        bad("source.key_listen", "not an address:port like 127.0.0.1:7444".into());
+                                        Custody::Manual
+                                    }
+                                    None => {
+                                        bad(
+                                            "source.key_listen",
+                                            "the custodian needs key_listen, the address other sources fetch keys from"
+                                                .into(),
+                                        );
+                                        Custody::Manual
+                                    }
+                                }
+                            }
+                            (Some(c), listen, url) => {
+                                if listen.is_some() {
+                                    bad("source.key_listen", format!("only the custodian (`{c}`) serves keys"));
+                                }
+                                if SpiffeId::new(&raw.program, Role::Source, c).is_err() {
+                                    bad("source.custodian", format!("`{c}` is not a source name"));
+                                }
+                                match url.as_deref().map(|u| (u, parse_https_url(u))) {
+                                    Some((_, Some((addr, host)))) => Custody::Fetch { name: c.clone(), addr, host },
+                                    Some((u, None)) => {
+                                        bad("source.custodian_url", format!("`{u}` is not https://HOST:PORT"));
+                                        Custody::Manual
+                                    }
+                                    None => {
+                                        bad(
+                                            "source.custodian_url",
+                                            format!(
+                                                "needed to fetch new keys from the custodian `{c}` (https://HOST:PORT)"
+                                            ),
+                                        );
+                                        Custody::Manual
+                                    }
+                                }
+                            }
+                        };
                         Some(RoleConfig::Source(SourceConfig {
+                            custody,
+                            epoch_poll: Duration::from_millis(epoch_poll),
                             steward_addr,
                             steward_host,
                             schema: s.schema.as_deref().map(resolve),
@@ -290,6 +383,7 @@ impl Config {
 
         match (identity, role_config, problems.is_empty()) {
             (Some(identity), Some(role), true) => Ok(Config {
+                metrics_listen,
                 path: path.to_path_buf(),
                 identity,
                 admin_socket: raw.admin_socket.as_deref().map(resolve).unwrap_or_else(|| data_dir.join("admin.sock")),

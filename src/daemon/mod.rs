@@ -25,6 +25,7 @@ pub struct Context {
 }
 
 pub mod admin;
+pub mod metrics;
 
 /// The admin socket of a config file, for the CLI commands that talk to a running daemon.
 pub fn admin_socket_of(config_path: &std::path::Path) -> anyhow::Result<(Config, std::path::PathBuf)> {

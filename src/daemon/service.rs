@@ -6,10 +6,11 @@ use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::daemon::config::{Config, RoleConfig};
-use crate::daemon::{admin, Context};
+use crate::daemon::{admin, metrics, Context};
 use crate::source::Source;
 use crate::steward::Steward;
 use crate::tls::TlsMaterial;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +53,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // The admin socket first: a second daemon on the same data directory stops here.
     let admin_listener = admin::bind(&config.admin_socket).await?;
+    // Then the metrics port: a bind failure stops the daemon before its service starts.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            tracing::info!(metrics_listen = %bound, "serving Prometheus metrics at http://{bound}/metrics");
+            Some(listener)
+        }
+        None => None,
+    };
+    let reloads = Arc::new(AtomicU64::new(0));
     let service = match &config.role {
         RoleConfig::Steward(c) => Service::Steward(Steward::start(ctx.clone(), c.clone()).await?),
         RoleConfig::Source(c) => Service::Source(Source::start(ctx.clone(), c.clone()).await?),
@@ -59,6 +71,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let started = time::OffsetDateTime::now_utc();
     let handler = admin_handler(ctx.clone(), service.clone(), started);
     ctx.tracker.spawn(admin::serve(admin_listener, handler, ctx.shutdown.clone(), ctx.tracker.clone()));
+    if let Some(listener) = metrics_listener {
+        let render = metrics_render(ctx.clone(), service.clone(), started, reloads.clone());
+        ctx.tracker.spawn(metrics::serve(listener, render, ctx.shutdown.clone(), ctx.tracker.clone()));
+    }
     tracing::info!(identity = %config.identity, admin_socket = %config.admin_socket.display(), "divert daemon started");
 
     let mut watch_tick = tokio::time::interval(TLS_WATCH_INTERVAL);
@@ -71,14 +87,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = ctx.shutdown.cancelled() => { tracing::warn!("a service asked the daemon to stop"); break; }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading certificates, key and CRL");
-                reload(&config, &tls_tx);
+                reload(&config, &tls_tx, &reloads);
                 stamps = tls_stamps(&config);
             }
             _ = watch_tick.tick() => {
                 let now = tls_stamps(&config);
                 if now != stamps {
                     tracing::info!("TLS files changed on disk: reloading");
-                    reload(&config, &tls_tx);
+                    reload(&config, &tls_tx, &reloads);
                     stamps = now;
                 }
                 if last_expiry_warning.elapsed() > Duration::from_secs(24 * 3600) {
@@ -110,13 +126,14 @@ fn tls_stamps(config: &Config) -> Vec<Option<SystemTime>> {
         .collect()
 }
 
-/// Load the TLS files again and publish them; on any error keep the old ones.
-fn reload(config: &Config, tx: &watch::Sender<Arc<TlsMaterial>>) {
+/// Load the TLS files again and publish them (counted in `reloads`); on any error keep the old ones.
+fn reload(config: &Config, tx: &watch::Sender<Arc<TlsMaterial>>, reloads: &AtomicU64) {
     match TlsMaterial::load(&config.tls, Some(&config.identity)) {
         Ok(m) => {
             warn_if_expiring(&m);
             tracing::info!(not_after = %crate::pki::format_time(m.not_after), "TLS material reloaded; new handshakes use it");
             tx.send_replace(Arc::new(m));
+            reloads.fetch_add(1, Ordering::Relaxed);
         }
         Err(e) => tracing::error!(error = %e, "reload failed; still using the previous certificates and CRL"),
     }
@@ -154,6 +171,20 @@ fn admin_handler(ctx: Arc<Context>, service: Service, started: time::OffsetDateT
                         admin::Response::err("budgets are kept by the steward; run this on the steward host")
                     }
                 },
+                admin::Request::KeyStatus => match &service {
+                    Service::Source(s) => admin::Response::ok(s.key_status().await),
+                    Service::Steward(s) => match s.epoch_status() {
+                        Ok(v) => admin::Response::ok(serde_json::json!({ "steward": { "status": v, "fresh": true } })),
+                        Err(e) => admin::Response::err(e.to_string()),
+                    },
+                },
+                admin::Request::KeysChanged => match &service {
+                    Service::Source(s) => {
+                        s.wake_rotation();
+                        admin::Response::ok(serde_json::json!({ "woken": true }))
+                    }
+                    Service::Steward(_) => admin::Response::err("the steward holds no linkage key"),
+                },
                 admin::Request::Budgets => match &service {
                     Service::Steward(s) => match s.budgets() {
                         Ok(v) => admin::Response::ok(serde_json::to_value(v).unwrap_or_default()),
@@ -174,10 +205,7 @@ fn status(ctx: &Context, service: &Service, started: time::OffsetDateTime) -> se
     let days_left = tls.days_left();
     let warning = (days_left < EXPIRY_WARNING_DAYS)
         .then(|| format!("certificate expires in {days_left} days: issue a new one with `divert ca issue` and reload"));
-    let (role, detail) = match service {
-        Service::Steward(s) => ("steward", s.status()),
-        Service::Source(s) => ("source", s.status()),
-    };
+    let (role, detail) = role_status(service);
     serde_json::json!({
         "role": role,
         "program": ctx.config.identity.program,
@@ -192,5 +220,37 @@ fn status(ctx: &Context, service: &Service, started: time::OffsetDateTime) -> se
         "uptime_secs": (time::OffsetDateTime::now_utc() - started).whole_seconds(),
         "data_dir": ctx.config.data_dir.display().to_string(),
         role: detail,
+    })
+}
+
+/// The role's name and its own status JSON.
+fn role_status(service: &Service) -> (&'static str, serde_json::Value) {
+    match service {
+        Service::Steward(s) => ("steward", s.status()),
+        Service::Source(s) => ("source", s.status()),
+    }
+}
+
+/// What a metrics scrape reports: the current (reloaded) certificate, reloads, uptime, the role's numbers.
+fn metrics_render(
+    ctx: Arc<Context>,
+    service: Service,
+    started: time::OffsetDateTime,
+    reloads: Arc<AtomicU64>,
+) -> metrics::Render {
+    Arc::new(move || {
+        let tls = ctx.tls.borrow().clone();
+        let (role, detail) = role_status(&service);
+        let now = time::OffsetDateTime::now_utc();
+        metrics::render(&metrics::Snapshot {
+            role,
+            name: &ctx.config.identity.name,
+            certificate_expiry_seconds: (tls.not_after - now).whole_seconds(),
+            certificate_expiry_warning: tls.days_left() < EXPIRY_WARNING_DAYS,
+            warning_days: EXPIRY_WARNING_DAYS,
+            tls_reloads: reloads.load(Ordering::Relaxed),
+            uptime_seconds: (now - started).whole_seconds(),
+            detail: &detail,
+        })
     })
 }

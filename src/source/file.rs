@@ -105,6 +105,8 @@ impl std::fmt::Display for FileError {
     }
 }
 
+impl std::error::Error for FileError {}
+
 fn failed(what: &str) -> impl Fn(&dyn std::fmt::Display) -> FileError + '_ {
     move |e| FileError::Failed(format!("{what}: {e}"))
 }

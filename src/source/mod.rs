@@ -24,8 +24,11 @@ use crate::token::Tokenizer;
 pub mod crypt;
 pub mod file;
 pub mod inbox;
+pub mod keyserver;
 pub mod push;
 pub mod raw;
+pub mod rekey;
+pub mod rotation;
 pub mod store;
 
 use crypt::DataKey;
@@ -41,9 +44,12 @@ pub struct Source {
     /// Our source name (from our certificate's SPIFFE ID).
     name: String,
     schema: Schema,
-    tokenizer: Tokenizer,
-    key_epoch: u32,
-    key_fingerprint: String,
+    /// The epoch new records are pseudonymized under; replaced at a switch (under the ingest lock).
+    keying: std::sync::RwLock<Arc<Keying>>,
+    /// What `status` and `keys status` show of a rotation under way.
+    rotation: Mutex<rotation::View>,
+    /// Wakes the rotation task (e.g. when the steward refuses an epoch).
+    wake: tokio::sync::Notify,
     data_key: DataKey,
     store: Store,
     store_id: String,
@@ -56,6 +62,13 @@ pub struct Source {
     counts: Mutex<Counts>,
     outbox: Outbox,
     stats: Stats,
+}
+
+/// The linkage key in use: its tokenizer, epoch and fingerprint.
+pub struct Keying {
+    pub tokenizer: Arc<Tokenizer>,
+    pub epoch: u32,
+    pub fingerprint: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -81,10 +94,6 @@ impl Source {
         let data_dir = ctx.config.data_dir.clone();
         fsutil::create_private_dir(&data_dir)?;
         let schema = load_schema(cfg.schema.as_deref())?;
-        let key = keys::load_active(&cfg.keys)?;
-        let tokenizer = Tokenizer::new(&schema, &key)?;
-        let (key_epoch, key_fingerprint) = (key.epoch(), key.fingerprint());
-        drop(key);
         let (data_key, created) = DataKey::load_or_create(&cfg.data_key)
             .with_context(|| format!("the data key that encrypts raw records ({})", cfg.data_key.display()))?;
         if created {
@@ -118,6 +127,13 @@ impl Source {
         .await
         .context("opening the store")??;
         let (store, unfinished, store_id, state, pending, stats) = opened;
+        let key_epoch = rotation::active_epoch(&store, &cfg.keys)?;
+        let key = keys::load(&cfg.keys, key_epoch).with_context(|| {
+            format!("the store pseudonymizes under key epoch {key_epoch}, whose key must be in {}", cfg.keys.display())
+        })?;
+        let tokenizer = Arc::new(Tokenizer::new(&schema, &key)?);
+        let keying = Keying { tokenizer, epoch: key_epoch, fingerprint: key.fingerprint() };
+        drop(key);
         for f in &unfinished {
             tracing::warn!(
                 file = %f.name,
@@ -136,9 +152,9 @@ impl Source {
             ctx: ctx.clone(),
             cfg,
             schema,
-            tokenizer,
-            key_epoch,
-            key_fingerprint,
+            keying: std::sync::RwLock::new(Arc::new(keying)),
+            rotation: Mutex::new(rotation::View::default()),
+            wake: tokio::sync::Notify::new(),
             data_key,
             store,
             store_id,
@@ -152,8 +168,8 @@ impl Source {
         tracing::info!(
             inbox = %src.cfg.inbox.display(),
             steward = %src.cfg.steward_addr,
-            key_epoch = src.key_epoch,
-            key_fingerprint = %src.key_fingerprint,
+            key_epoch = src.keying().epoch,
+            key_fingerprint = %src.keying().fingerprint,
             outbox_batches = batches,
             outbox_records = records,
             "source started"
@@ -162,13 +178,23 @@ impl Source {
         for _ in 0..push::PUSH_CONNECTIONS {
             ctx.tracker.spawn(push::worker(src.clone()));
         }
+        if let crate::daemon::config::Custody::Custodian { listen } = &src.cfg.custody {
+            let server = keyserver::bind(*listen).await?;
+            ctx.tracker.spawn(keyserver::serve(src.clone(), server));
+        }
+        ctx.tracker.spawn(rotation::task(src.clone()));
         Ok(src)
     }
 
-    fn env<'a>(&'a self, on_durable: &'a file::OnDurable<'a>) -> Env<'a> {
+    /// The linkage key in use now.
+    pub fn keying(&self) -> Arc<Keying> {
+        self.keying.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn env<'a>(&'a self, tokenizer: &'a Tokenizer, on_durable: &'a file::OnDurable<'a>) -> Env<'a> {
         Env {
             schema: &self.schema,
-            tokenizer: &self.tokenizer,
+            tokenizer,
             source: &self.name,
             data_key: &self.data_key,
             store: &self.store,
@@ -220,7 +246,8 @@ impl Source {
                 let quarantine = crate::cmd::pseudonymize::quarantine_path(&job_path);
                 let job = Job { path: &job_path, kind: k, format, quarantine, dest: None };
                 let add = |b: &[(u64, u32)]| src.outbox.add(b.iter().copied());
-                let r = file::ingest(&src.env(&add), &mut state, &job);
+                let keying = src.keying();
+                let r = file::ingest(&src.env(&keying.tokenizer, &add), &mut state, &job);
                 src.set_counts(&state);
                 r
             })
@@ -252,7 +279,7 @@ impl Source {
         };
         serde_json::json!({
             "source": self.name,
-            "key": { "epoch": self.key_epoch, "fingerprint": self.key_fingerprint },
+            "key": self.key_view(),
             "outbox": { "batches": batches, "records": records },
             "pushed": {
                 "batches": self.stats.batches.load(std::sync::atomic::Ordering::Relaxed),
@@ -428,7 +455,8 @@ fn inbox_file_blocking(src: &Source, state: &mut State, name: &str) -> Result<()
     let quarantine = dirs.rejected.join(format!("{dest}.quarantine.csv"));
     let job = Job { path: &path, kind, format, quarantine, dest: Some(dest.clone()) };
     let add = |b: &[(u64, u32)]| src.outbox.add(b.iter().copied());
-    match file::ingest(&src.env(&add), state, &job) {
+    let keying = src.keying();
+    match file::ingest(&src.env(&keying.tokenizer, &add), state, &job) {
         Ok(done) => {
             // A file already ingested keeps the name it was first given in done/ if that is still free.
             let dest = match &done.dest {

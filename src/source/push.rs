@@ -18,7 +18,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::pki::Role;
 use crate::tls;
-use crate::wire::{BatchAck, ErrorBody, BATCH_PATH};
+use crate::wire::{BatchAck, EpochRefusal, ErrorBody, BATCH_PATH};
 
 use super::store;
 use super::Source;
@@ -91,6 +91,15 @@ impl Outbox {
 
     fn done(&self, seq: u64) {
         self.lock().in_flight.remove(&seq);
+    }
+
+    /// The lowest sequence not yet acknowledged.
+    pub fn min_seq(&self) -> Option<u64> {
+        let q = self.lock();
+        match (q.waiting.keys().next(), q.in_flight.keys().next()) {
+            (Some(&a), Some(&b)) => Some(a.min(b)),
+            (a, b) => a.or(b).copied(),
+        }
     }
 
     /// (batches, records) not yet acknowledged.
@@ -282,6 +291,27 @@ async fn push_one(src: &Source, conn: &mut Option<Sender>, seq: u64, n: u32) -> 
     drop(value);
 
     let (status, answer) = exchange(src, conn, body).await?;
+    if status == StatusCode::CONFLICT {
+        if let Ok(r) = serde_json::from_slice::<EpochRefusal>(&answer) {
+            if r.epoch < src.keying().epoch {
+                // Written before this source switched epochs: every row in it was
+                // re-pseudonymized under the active epoch and queued again, so the
+                // old copy goes (never the rows).
+                store::remove_outbox(src.store.tree(), seq).map_err(|e| PushError::Store(e.to_string()))?;
+                src.outbox.done(seq);
+                tracing::info!(
+                    batch = %batch_id,
+                    epoch = r.epoch,
+                    current = r.current_epoch,
+                    "the steward retired this batch's key epoch; its records were already sent again under the new one"
+                );
+                return Ok(());
+            }
+            // The steward is ahead of us: fetch the new key and re-pseudonymize; the batch waits.
+            src.wake_rotation();
+            return Err(PushError::Status { status, error: r.error });
+        }
+    }
     if status != StatusCode::OK {
         let error = serde_json::from_slice::<ErrorBody>(&answer)
             .map(|b| b.error)

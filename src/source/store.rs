@@ -31,6 +31,14 @@ pub const META_FILES_REJECTED: &[u8] = b"m:files_rejected";
 pub const META_PUSHED_BATCHES: &[u8] = b"m:pushed_batches";
 pub const META_PUSHED_RECORDS: &[u8] = b"m:pushed_records";
 pub const META_LAST_PUSH: &[u8] = b"m:last_push";
+/// The key epoch new records are pseudonymized under (u32 BE).
+pub const META_ACTIVE_EPOCH: &[u8] = b"m:active_epoch";
+/// The epoch a re-pseudonymization is working toward (u32 BE); absent when none runs.
+pub const META_REKEY_TARGET: &[u8] = b"m:rekey_target";
+/// The outbox sequence at the last switch of epoch (u64 BE): the epoch is
+/// complete once every batch below it is acknowledged.
+pub const META_SWITCH_SEQ: &[u8] = b"m:switch_seq";
+const REKEY: u8 = b'e';
 const META_HELD: &[u8] = b"m:held:";
 
 pub fn outbox_key(seq: u64) -> [u8; 9] {
@@ -102,6 +110,53 @@ fn raw_prefix(file: &FileId) -> [u8; 33] {
     k[0] = RAW;
     k[1..].copy_from_slice(file);
     k
+}
+
+/// `e ‖ file id`: how far the running re-pseudonymization is in a file:
+/// next raw chunk (u32 BE) ‖ rows done (u64 BE).
+pub fn rekey_key(file: &FileId) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = REKEY;
+    k[1..].copy_from_slice(file);
+    k
+}
+
+pub fn rekey_value(next_chunk: u32, rows: u64) -> [u8; 12] {
+    let mut v = [0u8; 12];
+    v[..4].copy_from_slice(&next_chunk.to_be_bytes());
+    v[4..].copy_from_slice(&rows.to_be_bytes());
+    v
+}
+
+/// Every key under the re-pseudonymization progress prefix.
+pub fn rekey_keys(tree: &sled::Tree) -> sled::Result<Vec<sled::IVec>> {
+    tree.scan_prefix([REKEY]).keys().collect()
+}
+
+/// (next raw chunk, rows done) of a file's re-pseudonymization; (1, 0) before it starts.
+pub fn rekey_progress(tree: &sled::Tree, file: &FileId) -> sled::Result<(u32, u64)> {
+    Ok(tree
+        .get(rekey_key(file))?
+        .and_then(|v| {
+            let c = <[u8; 4]>::try_from(v.get(..4)?).ok()?;
+            let r = <[u8; 8]>::try_from(v.get(4..12)?).ok()?;
+            Some((u32::from_be_bytes(c), u64::from_be_bytes(r)))
+        })
+        .unwrap_or((1, 0)))
+}
+
+/// Every file the store knows: (id, record).
+pub fn files(tree: &sled::Tree) -> sled::Result<Vec<(FileId, FileRecord)>> {
+    let mut out = Vec::new();
+    for kv in tree.scan_prefix([FILE]) {
+        let (k, v) = kv?;
+        if let (Some(id), Ok(rec)) =
+            (k.get(1..).and_then(|b| FileId::try_from(b).ok()), serde_json::from_slice::<FileRecord>(&v))
+        {
+            out.push((id, rec));
+        }
+    }
+    Ok(out)
 }
 
 pub fn file_key(file: &FileId) -> [u8; 33] {

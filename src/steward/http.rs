@@ -16,11 +16,12 @@ use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE
 use hyper::{Method, Request, Response, StatusCode};
 use tracing::{error, info};
 
+use super::epochs::{EpochMismatch, Epochs, Slot};
 use super::store::{PutOutcome, Store, StoreError};
 use super::{Refusal, Steward};
 use crate::pki::{Role, SpiffeId};
 use crate::token;
-use crate::wire::{Batch, BatchAck, ErrorBody, BATCH_PATH};
+use crate::wire::{Batch, BatchAck, EpochRefusal, EpochReport, ErrorBody, BATCH_PATH, EPOCHS_PATH};
 
 /// Who is asking: the TCP peer and the SPIFFE ID of its verified certificate.
 pub(crate) struct Peer {
@@ -59,6 +60,10 @@ pub struct Accepted {
     pub outcome: PutOutcome,
     /// The records, parsed once while checking, for linkage.
     pub parsed: Vec<crate::record::PseudoRecord>,
+    /// The linkage the records go to.
+    pub slot: Slot,
+    /// The key epoch of the records.
+    pub epoch: u32,
 }
 
 pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Resp {
@@ -107,6 +112,26 @@ pub(crate) async fn route(st: Arc<Steward>, peer: Arc<Peer>, req: Request<Incomi
             Refusal::Forbidden,
             StatusCode::FORBIDDEN,
             &format!("only source certificates may send batches; this certificate's role is {role}"),
+        ),
+        (EPOCHS_PATH, Role::Source) if req.method() == Method::GET => get_epochs(&st).await,
+        (EPOCHS_PATH, Role::Source) if req.method() == Method::POST => post_epochs(&st, &peer, req).await,
+        (EPOCHS_PATH, Role::Source) => {
+            let mut resp = refuse_unread(
+                &st,
+                &peer,
+                Refusal::NotFound,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "GET /v1/epochs reads the key epochs; POST reports this source's",
+            );
+            resp.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, POST"));
+            resp
+        }
+        (EPOCHS_PATH, role) => refuse_unread(
+            &st,
+            &peer,
+            Refusal::Forbidden,
+            StatusCode::FORBIDDEN,
+            &format!("only source certificates take part in key rotation; this certificate's role is {role}"),
         ),
         (super::release::CATALOG_PATH, Role::Evaluator) if req.method() == Method::GET => {
             super::release::get_catalog(&st, &peer).await
@@ -180,7 +205,9 @@ async fn post_batch(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> R
         }
     };
 
-    match ingest_body(&st.store, &peer.id.name, body).await {
+    // Shared from admission to linkage: an epoch switch waits for this batch, or this batch for it.
+    let _gate = st.epoch_gate.read().await;
+    match ingest_body(&st.store, &st.epochs, &peer.id.name, body).await {
         Ok(acc) => {
             let duplicate = acc.outcome == PutOutcome::Duplicate;
             let stored = match acc.outcome {
@@ -201,14 +228,15 @@ async fn post_batch(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> R
                     );
                 }
                 let st2 = st.clone();
-                let parsed = acc.parsed;
+                let (parsed, slot) = (acc.parsed, acc.slot);
                 // Linked before the acknowledgement, so a query after it sees the
                 // batch; the work runs off the reactor.
-                let _ = tokio::task::spawn_blocking(move || st2.persons.add(parsed)).await;
+                let _ = tokio::task::spawn_blocking(move || st2.link(slot, parsed)).await;
             }
             info!(
                 source = %peer.id.name,
                 batch_id = %acc.batch_id,
+                epoch = acc.epoch,
                 records = acc.records,
                 stored,
                 duplicate,
@@ -220,6 +248,12 @@ async fn post_batch(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> R
             st.refuse(r.kind, peer.addr, Some(&peer.id), &r.message);
             error_response(r.status, &r.message)
         }
+        Err(IngestError::Epoch(m)) => {
+            let message = m.to_string();
+            st.refuse(Refusal::Epoch, peer.addr, Some(&peer.id), &message);
+            let body = EpochRefusal { error: message, epoch: m.epoch(), current_epoch: m.current() };
+            json_response(StatusCode::CONFLICT, &body)
+        }
         Err(e) => {
             error!(source = %peer.id.name, error = %e, "storing a batch failed");
             error_response(StatusCode::INTERNAL_SERVER_ERROR, "the steward could not store the batch; retry later")
@@ -227,11 +261,72 @@ async fn post_batch(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> R
     }
 }
 
+/// `GET /v1/epochs` (sources): the steward's key epochs and every source's progress.
+async fn get_epochs(st: &Arc<Steward>) -> Resp {
+    let st2 = st.clone();
+    match tokio::task::spawn_blocking(move || st2.epoch_status()).await {
+        Ok(Ok(status)) => json_response(StatusCode::OK, &status),
+        Ok(Err(e)) => {
+            error!(error = %e, "reading the key epochs failed");
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, "the steward could not read its key epochs; retry later")
+        }
+        Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "the steward could not read its key epochs"),
+    }
+}
+
+/// Largest epoch report accepted.
+const MAX_REPORT_BYTES: usize = 16 * 1024;
+
+/// `POST /v1/epochs` (sources): a source reports its epoch; durable before
+/// the answer (the steward's status). A report completing the pending epoch
+/// may switch the linkage.
+async fn post_epochs(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> Resp {
+    let limited = Limited::new(req.into_body(), MAX_REPORT_BYTES);
+    let body = match tokio::time::timeout(st.cfg.io_timeout, limited.collect()).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        _ => {
+            let msg =
+                format!("an epoch report is at most {MAX_REPORT_BYTES} bytes and must arrive within the I/O timeout");
+            return refuse_unread(st, peer, Refusal::BadRequest, StatusCode::BAD_REQUEST, &msg);
+        }
+    };
+    let report: EpochReport = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(_) => {
+            let msg = "the body is not an epoch report ({active, keys, rekey, complete})";
+            st.refuse(Refusal::BadRequest, peer.addr, Some(&peer.id), msg);
+            return error_response(StatusCode::BAD_REQUEST, msg);
+        }
+    };
+    let now = crate::pki::format_time(time::OffsetDateTime::now_utc());
+    if let Err(e) = st.epochs.report(&peer.id.name, &report, &now) {
+        error!(error = %e, "recording an epoch report failed");
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the steward could not record the report; retry later",
+        );
+    }
+    if let Err(e) = st.store.flush().await {
+        error!(error = %e, "flushing an epoch report failed");
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the steward could not record the report; retry later",
+        );
+    }
+    if report.complete.is_some() && report.complete == st.epochs.pending() {
+        info!(source = %peer.id.name, epoch = ?report.complete, "source reports the new key epoch complete");
+        st.maybe_switch().await;
+    }
+    get_epochs(st).await
+}
+
 /// Why [`ingest_body`] did not take a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("{}", .0.message)]
     Rejected(Rejection),
+    #[error("{0}")]
+    Epoch(EpochMismatch),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the task storing the batch {0}")]
@@ -241,14 +336,26 @@ pub enum IngestError {
 /// The whole non-network path of a batch: validate `body` as a batch from
 /// source `cert_name` ([`check_batch`]), store it unless held, and flush.
 /// Returns once the batch is durable. Public for benchmarks.
-pub async fn ingest_body(store: &Arc<Store>, cert_name: &str, body: Bytes) -> Result<Accepted, IngestError> {
+pub async fn ingest_body(
+    store: &Arc<Store>,
+    epochs: &Arc<Epochs>,
+    cert_name: &str,
+    body: Bytes,
+) -> Result<Accepted, IngestError> {
     let store2 = store.clone();
+    let epochs = epochs.clone();
     let name = cert_name.to_string();
     let put = tokio::task::spawn_blocking(move || -> Result<Accepted, IngestError> {
         let batch = check_batch(&body, &name).map_err(IngestError::Rejected)?;
         let records = batch.records.len() as u64;
-        let outcome = store2.put_batch(&name, &batch.batch_id, records, &body)?;
-        Ok(Accepted { batch_id: batch.batch_id, records, outcome, parsed: batch.records })
+        // An empty batch carries no epoch: it is taken under the active one.
+        let epoch = batch.records.first().map(|r| r.epoch).or(epochs.active()).unwrap_or(0);
+        let (slot, started) = epochs.admit(epoch).map_err(IngestError::Epoch)?;
+        if started {
+            tracing::info!(source = %name, epoch, "first batch under a new key epoch: building its linkage beside the active one");
+        }
+        let outcome = store2.put_batch(&name, &batch.batch_id, epoch, records, &body)?;
+        Ok(Accepted { batch_id: batch.batch_id, records, outcome, parsed: batch.records, slot, epoch })
     })
     .await;
     let accepted = match put {
@@ -289,7 +396,11 @@ pub fn check_batch(body: &[u8], cert_name: &str) -> Result<Batch, Rejection> {
             "batch_id must be 1 to {MAX_BATCH_ID_BYTES} printable ASCII characters without spaces"
         )));
     }
+    let epoch = batch.records.first().map(|r| r.epoch);
     for (i, r) in batch.records.iter().enumerate() {
+        if Some(r.epoch) != epoch {
+            return Err(Rejection::bad(format!("record {i}: a batch holds records of one key epoch only")));
+        }
         if r.source != cert_name {
             return Err(Rejection::forbidden(format!(
                 "record {i} names another source than this certificate (source `{cert_name}`)"

@@ -66,6 +66,7 @@ use crate::pki::SpiffeId;
 use crate::record::PseudoRecord;
 use crate::tls;
 
+pub mod epochs;
 mod http;
 pub mod persons;
 pub mod release;
@@ -79,6 +80,10 @@ pub use store::{PutOutcome, SourceCounts, Store, StoreError, StoredBatch};
 pub const STORE_DIR: &str = "store";
 /// The hash-chained audit log, in the data directory.
 pub const AUDIT_FILE: &str = "audit.log";
+/// How long a connection made before a TLS reload may go on: then it is closed
+/// gracefully and its peer handshakes again (a revoked peer is refused). With the
+/// 15 s file watch, a revocation reaches open connections within 45 s.
+pub const RELOAD_GRACE: Duration = Duration::from_secs(30);
 /// Where, under the data directory, the bound address is written (one line, `IP:PORT`).
 pub const LISTEN_ADDR_FILE: &str = "listen.addr";
 
@@ -117,10 +122,12 @@ pub enum Refusal {
     BodyTimeout,
     /// No such path (404) or method (405).
     NotFound,
+    /// A batch under a key epoch the steward does not link (409).
+    Epoch,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 8] = [
+    const ALL: [Refusal; 9] = [
         Refusal::Handshake,
         Refusal::HandshakeTimeout,
         Refusal::Identity,
@@ -129,6 +136,7 @@ impl Refusal {
         Refusal::BadRequest,
         Refusal::BodyTimeout,
         Refusal::NotFound,
+        Refusal::Epoch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -141,6 +149,7 @@ impl Refusal {
             Refusal::BadRequest => "bad_request",
             Refusal::BodyTimeout => "body_timeout",
             Refusal::NotFound => "not_found",
+            Refusal::Epoch => "epoch",
         }
     }
 
@@ -154,7 +163,13 @@ pub struct Steward {
     pub(crate) store: Arc<Store>,
     pub(crate) cfg: StewardConfig,
     pub(crate) schema: Arc<crate::schema::Schema>,
-    pub(crate) persons: persons::Persons,
+    /// The linkage that answers queries (the active key epoch's).
+    persons: std::sync::RwLock<Arc<persons::Persons>>,
+    /// During a rotation: the pending epoch's linkage, built beside it.
+    next_persons: std::sync::Mutex<Option<(u32, Arc<persons::Persons>)>>,
+    pub(crate) epochs: Arc<epochs::Epochs>,
+    /// Batches hold it shared from admission to linkage; the epoch switch holds it alone.
+    pub(crate) epoch_gate: tokio::sync::RwLock<()>,
     pub(crate) ledger: crate::dp::ledger::Ledger,
     pub(crate) audit: crate::audit::AuditLog,
     releases: sled::Tree,
@@ -224,17 +239,44 @@ impl Steward {
             .db()
             .open_tree("steward_releases")
             .map_err(|e| StewardError::Setup(format!("opening releases: {e}")))?;
-        let persons = persons::Persons::new(schema.clone());
-        let mut held = Vec::new();
-        for r in store.records() {
-            match r {
-                Ok(r) => held.push(r),
-                Err(e) => return Err(StewardError::Setup(format!("reading held records: {e}"))),
+        let epochs = epochs::Epochs::open(store.db())
+            .map_err(|e| StewardError::Setup(format!("reading the key epochs: {e}")))?;
+        if let Some(active) = epochs.active() {
+            // A switch interrupted before the old epoch was deleted: finish it.
+            let removed = store.remove_epochs_below(active)?;
+            if removed > 0 {
+                store.flush().await?;
+                info!(batches = removed, active_epoch = active, "removed the batches of a retired key epoch");
             }
         }
-        let n_held = held.len();
+        let persons = persons::Persons::new(schema.clone());
+        let next = epochs.pending().map(|p| (p, persons::Persons::new(schema.clone())));
+        let (mut held, mut held_next, mut stray) = (Vec::new(), Vec::new(), 0u64);
+        for b in store.batches() {
+            let b = b.map_err(|e| StewardError::Setup(format!("reading held records: {e}")))?;
+            if Some(b.header.epoch) == epochs.active() {
+                held.extend(b.records);
+            } else if Some(b.header.epoch) == epochs.pending() {
+                held_next.extend(b.records);
+            } else {
+                stray += b.header.records;
+            }
+        }
+        if stray > 0 {
+            warn!(records = stray, "records under a key epoch neither active nor pending are kept out of linkage");
+        }
+        let (n_held, n_next) = (held.len(), held_next.len());
         persons.add(held);
-        info!(records = n_held, "held records linked");
+        if let Some((_, p)) = &next {
+            p.add(held_next);
+        }
+        info!(
+            records = n_held,
+            active_epoch = epochs.active(),
+            pending_epoch = epochs.pending(),
+            pending_records = n_next,
+            "held records linked"
+        );
         let listener =
             TcpListener::bind(cfg.listen).await.map_err(|source| StewardError::Bind { addr: cfg.listen, source })?;
         let local_addr = listener.local_addr().map_err(|source| StewardError::Bind { addr: cfg.listen, source })?;
@@ -244,7 +286,10 @@ impl Steward {
         let steward = Arc::new(Steward {
             store: Arc::new(store),
             schema,
-            persons,
+            persons: std::sync::RwLock::new(Arc::new(persons)),
+            next_persons: std::sync::Mutex::new(next.map(|(e, p)| (e, Arc::new(p)))),
+            epochs: Arc::new(epochs),
+            epoch_gate: tokio::sync::RwLock::new(()),
             ledger,
             audit,
             releases,
@@ -267,6 +312,8 @@ impl Steward {
             "steward listening"
         );
         ctx.tracker.spawn(accept_loop(ctx.clone(), steward.clone(), listener));
+        // Every source may have reported complete before a crash: switch now if so.
+        steward.maybe_switch().await;
         Ok(steward)
     }
 
@@ -278,6 +325,100 @@ impl Steward {
     /// The store, for reading what is held (linkage, tests, benchmarks).
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The linkage that answers queries now.
+    pub(crate) fn persons(&self) -> Arc<persons::Persons> {
+        self.persons.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Link records admitted to `slot` (the caller holds `epoch_gate` shared).
+    pub(crate) fn link(&self, slot: epochs::Slot, records: Vec<PseudoRecord>) {
+        match slot {
+            epochs::Slot::Active => self.persons().add(records),
+            epochs::Slot::Pending(epoch) => {
+                let target = {
+                    let mut next = self.next_persons.lock().unwrap_or_else(|p| p.into_inner());
+                    match &*next {
+                        Some((e, p)) if *e == epoch => p.clone(),
+                        _ => {
+                            let p = Arc::new(persons::Persons::new(self.schema.clone()));
+                            *next = Some((epoch, p.clone()));
+                            p
+                        }
+                    }
+                };
+                target.add(records);
+            }
+        }
+    }
+
+    /// The key epochs as `GET /v1/epochs` and `divert keys status` show them.
+    pub fn epoch_status(&self) -> Result<crate::wire::EpochStatus, StoreError> {
+        Ok(self.epochs.status(&self.store.counts_by_epoch()?))
+    }
+
+    /// Switch to the pending epoch if every source holding records has
+    /// reported it complete: durably, then the new linkage answers queries,
+    /// then the old epoch's batches are deleted. Audited.
+    pub(crate) async fn maybe_switch(&self) {
+        let gate = self.epoch_gate.write().await;
+        let counts = match self.store.counts_by_epoch() {
+            Ok(c) => c,
+            Err(e) => {
+                error!(error = %e, "reading counts for the key epoch switch failed");
+                return;
+            }
+        };
+        match self.epochs.waiting_for(&counts) {
+            Some(w) if w.is_empty() => {}
+            _ => return,
+        }
+        let switched = match self.epochs.switch() {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(e) => {
+                error!(error = %e, "recording the key epoch switch failed");
+                return;
+            }
+        };
+        if let Err(e) = self.store.flush().await {
+            // The switch is not durable yet; the next flush makes it so. Linkage switches now either way:
+            // a restart rebuilds from whatever the store holds.
+            error!(error = %e, "flushing the key epoch switch failed");
+        }
+        let (old, new) = switched;
+        let next = self.next_persons.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let next = match next {
+            Some((e, p)) if e == new => p,
+            _ => Arc::new(persons::Persons::new(self.schema.clone())),
+        };
+        let records = next.records();
+        *self.persons.write().unwrap_or_else(|p| p.into_inner()) = next;
+        let sources: Vec<String> = counts.keys().cloned().collect();
+        let detail = serde_json::json!({ "event": "epoch_switched", "from": old, "to": new, "sources": sources });
+        if let Err(e) = self.audit.append(crate::audit::Kind::Key, "steward", &detail) {
+            error!(error = %e, "auditing the key epoch switch failed");
+        }
+        info!(
+            from = old,
+            to = new,
+            records,
+            "key epoch switched: the new linkage answers queries; deleting the old epoch's batches"
+        );
+        drop(gate);
+        let store = self.store.clone();
+        let removed = tokio::task::spawn_blocking(move || store.remove_epochs_below(new)).await;
+        match removed {
+            Ok(Ok(n)) => {
+                if let Err(e) = self.store.flush().await {
+                    error!(error = %e, "flushing after deleting the old epoch failed");
+                }
+                info!(batches = n, epoch = old, "old key epoch's batches deleted");
+            }
+            Ok(Err(e)) => error!(error = %e, "deleting the old epoch's batches failed; the next start retries"),
+            Err(e) => error!(error = %e, "the task deleting the old epoch's batches failed; the next start retries"),
+        }
     }
 
     /// Every record held, batch by batch.
@@ -351,7 +492,8 @@ impl Steward {
             Refusal::ALL.iter().map(|r| (r.as_str().to_string(), self.refusals(*r).into())).collect();
         refusals.insert("total".into(), self.refusals_total().into());
         status["refusals"] = refusals.into();
-        match self.store.counts() {
+        status["key_epochs"] = serde_json::json!({ "active": self.epochs.active(), "pending": self.epochs.pending() });
+        match self.store.counts(self.epochs.active()) {
             Ok(counts) => {
                 let per = |f: fn(&SourceCounts) -> u64| -> BTreeMap<&str, u64> {
                     counts.iter().map(|(k, c)| (k.as_str(), f(c))).collect()
@@ -474,9 +616,25 @@ async fn connection(
     builder.timer(TokioTimer::new()).header_read_timeout(io_timeout).keep_alive(true);
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
+    // A reload (new certificate, new CRL) applies to open connections too: after
+    // RELOAD_GRACE they are closed gracefully (the request in flight is answered), so
+    // the peer handshakes again under the new material — a revoked peer is then refused.
+    let mut tls_rx = ctx.tls.clone();
+    let reloaded = async move {
+        match tls_rx.changed().await {
+            Ok(()) => tokio::time::sleep(RELOAD_GRACE).await,
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(reloaded);
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = ctx.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        _ = &mut reloaded => {
+            debug!(peer = %peer, "TLS material reloaded: closing a connection made under the previous one");
             conn.as_mut().graceful_shutdown();
             conn.await
         }

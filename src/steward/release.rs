@@ -293,7 +293,7 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
     // Draw the noise (CPU work, off the reactor).
     let st2 = st.clone();
     let executed = tokio::task::spawn_blocking(move || {
-        let population = st2.persons.population();
+        let population = st2.persons().population();
         let mut noise = OpenDpNoise::new();
         engine::execute(&plan, &population, &mut noise).map(|a| (a, plan))
     })

@@ -35,8 +35,8 @@ use crate::wire::Batch;
 pub const CHUNK_BYTES: usize = 4096;
 
 const TREE: &str = "batches";
-const HEADER_VERSION: u8 = 1;
-const HEADER_LEN: usize = 1 + 8 + 4 + 8 + 8 + 8;
+const HEADER_VERSION: u8 = 2;
+const HEADER_LEN: usize = 1 + 8 + 4 + 8 + 8 + 8 + 4;
 const P_HEADER: u8 = b'h';
 const P_CHUNK: u8 = b'd';
 const P_COUNT: u8 = b'n';
@@ -69,6 +69,8 @@ pub struct BatchHeader {
     pub seq: u64,
     /// Unix seconds when the batch was stored.
     pub received_at: i64,
+    /// The key epoch of every record in the batch.
+    pub epoch: u32,
 }
 
 impl BatchHeader {
@@ -80,6 +82,7 @@ impl BatchHeader {
         out[13..21].copy_from_slice(&self.bytes.to_le_bytes());
         out[21..29].copy_from_slice(&self.seq.to_le_bytes());
         out[29..37].copy_from_slice(&self.received_at.to_le_bytes());
+        out[37..41].copy_from_slice(&self.epoch.to_le_bytes());
         out
     }
 
@@ -94,6 +97,7 @@ impl BatchHeader {
             bytes: u64_at(13)?,
             seq: u64_at(21)?,
             received_at: u64_at(29)? as i64,
+            epoch: v.get(37..41).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes)?,
         })
     }
 }
@@ -156,10 +160,13 @@ fn batch_key(prefix: u8, source: &str, batch_id: &str) -> Vec<u8> {
     k
 }
 
-fn count_key(source: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + source.len());
+/// `n` source `00` epoch (u32 BE): counts per source and key epoch.
+fn count_key(source: &str, epoch: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(6 + source.len());
     k.push(P_COUNT);
     k.extend_from_slice(source.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&epoch.to_be_bytes());
     k
 }
 
@@ -199,7 +206,14 @@ impl Store {
     /// Store the body of a batch (already validated: `records` is how many it
     /// holds) unless `(source, batch_id)` is already held. Blocking: call it
     /// from `spawn_blocking`. Not durable until [`Store::flush`] returns.
-    pub fn put_batch(&self, source: &str, batch_id: &str, records: u64, body: &[u8]) -> Result<PutOutcome, StoreError> {
+    pub fn put_batch(
+        &self,
+        source: &str,
+        batch_id: &str,
+        epoch: u32,
+        records: u64,
+        body: &[u8],
+    ) -> Result<PutOutcome, StoreError> {
         let header_key = batch_key(P_HEADER, source, batch_id);
         let mut chunk_prefix = batch_key(P_CHUNK, source, batch_id);
         chunk_prefix.push(0);
@@ -218,7 +232,7 @@ impl Store {
         if self.tree.contains_key(&header_key)? {
             return Ok(PutOutcome::Duplicate);
         }
-        let ckey = count_key(source);
+        let ckey = count_key(source, epoch);
         let mut counts = self.tree.get(&ckey)?.and_then(|v| SourceCounts::decode(&v)).unwrap_or_default();
         counts.records = counts.records.saturating_add(records);
         counts.batches = counts.batches.saturating_add(1);
@@ -228,6 +242,7 @@ impl Store {
             bytes: body.len() as u64,
             seq: self.db.generate_id()?,
             received_at: now_unix(),
+            epoch,
         };
         batch.insert(header_key, &header.encode()[..]);
         batch.insert(ckey, &counts.encode()[..]);
@@ -244,17 +259,86 @@ impl Store {
         Ok(())
     }
 
-    /// Records and batches held per source.
-    pub fn counts(&self) -> Result<BTreeMap<String, SourceCounts>, StoreError> {
-        let mut out = BTreeMap::new();
+    /// Records and batches held per source and key epoch.
+    pub fn counts_by_epoch(&self) -> Result<BTreeMap<String, BTreeMap<u32, SourceCounts>>, StoreError> {
+        let mut out: BTreeMap<String, BTreeMap<u32, SourceCounts>> = BTreeMap::new();
         for kv in self.tree.scan_prefix([P_COUNT]) {
             let (k, v) = kv?;
-            let name = String::from_utf8(k.get(1..).unwrap_or_default().to_vec())
-                .map_err(|_| StoreError::BadKey("source name not UTF-8".into()))?;
+            let rest = k.get(1..).unwrap_or_default();
+            let (name, epoch) = match rest.len().checked_sub(5).map(|i| rest.split_at(i)) {
+                Some((name, [0, e @ ..])) => (name, e),
+                _ => return Err(StoreError::BadKey("a count key has no epoch".into())),
+            };
+            let name =
+                String::from_utf8(name.to_vec()).map_err(|_| StoreError::BadKey("source name not UTF-8".into()))?;
+            let epoch = <[u8; 4]>::try_from(epoch).map(u32::from_be_bytes).unwrap_or(0);
             let c = SourceCounts::decode(&v).ok_or_else(|| StoreError::BadKey(format!("counts of {name}")))?;
-            out.insert(name, c);
+            out.entry(name).or_default().insert(epoch, c);
         }
         Ok(out)
+    }
+
+    /// Records and batches held per source, under key epoch `epoch` only
+    /// (`None`: every epoch added up).
+    pub fn counts(&self, epoch: Option<u32>) -> Result<BTreeMap<String, SourceCounts>, StoreError> {
+        let mut out = BTreeMap::new();
+        for (name, per) in self.counts_by_epoch()? {
+            let mut total = SourceCounts::default();
+            for (e, c) in per {
+                if epoch.map_or(true, |want| want == e) {
+                    total.records += c.records;
+                    total.batches += c.batches;
+                }
+            }
+            if total.batches > 0 {
+                out.insert(name, total);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove every batch (header, chunks) and count of a key epoch below
+    /// `epoch`: a retired epoch's data. Several atomic sled batches, each
+    /// removing whole batches, so a crash leaves some old batches (removed
+    /// at the next start), never part of one. Returns the batches removed.
+    pub fn remove_epochs_below(&self, epoch: u32) -> Result<u64, StoreError> {
+        let mut removed = 0u64;
+        let mut old = Vec::new();
+        for kv in self.tree.scan_prefix([P_HEADER]) {
+            let (k, v) = kv?;
+            match BatchHeader::decode(&v) {
+                Some(h) if h.epoch < epoch => old.push(k),
+                _ => {}
+            }
+        }
+        for keys in old.chunks(64) {
+            let mut batch = sled::Batch::default();
+            for k in keys {
+                let mut chunk_prefix = k.to_vec();
+                chunk_prefix[0] = P_CHUNK;
+                chunk_prefix.push(0);
+                for kv in self.tree.scan_prefix(&chunk_prefix) {
+                    batch.remove(kv?.0);
+                }
+                batch.remove(k.clone());
+            }
+            let _g = crate::sledlock::guard();
+            self.tree.apply_batch(batch)?;
+            removed += keys.len() as u64;
+        }
+        let mut batch = sled::Batch::default();
+        for kv in self.tree.scan_prefix([P_COUNT]) {
+            let (k, _) = kv?;
+            let e = k.len().checked_sub(4).and_then(|i| <[u8; 4]>::try_from(&k[i..]).ok()).map(u32::from_be_bytes);
+            if e.is_some_and(|e| e < epoch) {
+                batch.remove(k);
+            }
+        }
+        {
+            let _g = crate::sledlock::guard();
+            self.tree.apply_batch(batch)?;
+        }
+        Ok(removed)
     }
 
     /// Whether `(source, batch_id)` is held.
@@ -342,15 +426,15 @@ mod tests {
         let store = Store::open(&dir.path().join("store")).unwrap();
         let b = body("police", "p-1", 3000);
         assert!(b.len() > 10 * CHUNK_BYTES);
-        assert_eq!(store.put_batch("police", "p-1", 3000, &b).unwrap(), PutOutcome::Stored(3000));
-        assert_eq!(store.put_batch("police", "p-1", 3000, &b).unwrap(), PutOutcome::Duplicate);
+        assert_eq!(store.put_batch("police", "p-1", 1, 3000, &b).unwrap(), PutOutcome::Stored(3000));
+        assert_eq!(store.put_batch("police", "p-1", 1, 3000, &b).unwrap(), PutOutcome::Duplicate);
         // A batch id that extends another must not be confused with it.
         let b2 = body("police", "p-10", 2);
-        assert_eq!(store.put_batch("police", "p-10", 2, &b2).unwrap(), PutOutcome::Stored(2));
+        assert_eq!(store.put_batch("police", "p-10", 1, 2, &b2).unwrap(), PutOutcome::Stored(2));
         let b3 = body("jail", "p-1", 1);
-        assert_eq!(store.put_batch("jail", "p-1", 1, &b3).unwrap(), PutOutcome::Stored(1));
+        assert_eq!(store.put_batch("jail", "p-1", 1, 1, &b3).unwrap(), PutOutcome::Stored(1));
         store.flush().await.unwrap();
-        let counts = store.counts().unwrap();
+        let counts = store.counts(None).unwrap();
         assert_eq!(counts["police"], SourceCounts { records: 3002, batches: 2 });
         assert_eq!(counts["jail"], SourceCounts { records: 1, batches: 1 });
         let all: Vec<PseudoRecord> = store.records().collect::<Result<_, _>>().unwrap();
@@ -369,18 +453,47 @@ mod tests {
         let path = dir.path().join("store");
         {
             let store = Store::open(&path).unwrap();
-            store.put_batch("police", "a", 5, &body("police", "a", 5)).unwrap();
+            store.put_batch("police", "a", 1, 5, &body("police", "a", 5)).unwrap();
             store.flush().await.unwrap();
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.records().count(), 5);
-        assert_eq!(store.put_batch("police", "a", 5, &body("police", "a", 5)).unwrap(), PutOutcome::Duplicate);
+        assert_eq!(store.put_batch("police", "a", 1, 5, &body("police", "a", 5)).unwrap(), PutOutcome::Duplicate);
     }
 
     #[test]
     fn header_round_trips() {
-        let h = BatchHeader { records: 7, chunks: 2, bytes: 5000, seq: 9, received_at: -3 };
+        let h = BatchHeader { records: 7, chunks: 2, bytes: 5000, seq: 9, received_at: -3, epoch: 4 };
         assert_eq!(BatchHeader::decode(&h.encode()), Some(h));
-        assert_eq!(BatchHeader::decode(&[2; HEADER_LEN]), None);
+        assert_eq!(BatchHeader::decode(&[9; HEADER_LEN]), None);
+    }
+
+    #[tokio::test]
+    async fn counts_by_epoch_and_retiring_an_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let b = body("police", "a", 3000);
+        store.put_batch("police", "a", 1, 3000, &b).unwrap();
+        store.put_batch("jail", "a", 1, 3000, &body("jail", "a", 3000)).unwrap();
+        let mut b2: Batch = serde_json::from_slice(&body("police", "b", 4)).unwrap();
+        for r in &mut b2.records {
+            r.epoch = 2;
+            r.tokens.values_mut().for_each(|t| *t = t.replacen("1:", "2:", 1));
+        }
+        store.put_batch("police", "b", 2, 4, &serde_json::to_vec(&b2).unwrap()).unwrap();
+        let by = store.counts_by_epoch().unwrap();
+        assert_eq!(by["police"][&1].records, 3000);
+        assert_eq!(by["police"][&2].records, 4);
+        assert_eq!(store.counts(Some(2)).unwrap().len(), 1);
+        assert_eq!(store.remove_epochs_below(2).unwrap(), 2);
+        store.flush().await.unwrap();
+        let by = store.counts_by_epoch().unwrap();
+        assert_eq!(by.len(), 1);
+        assert_eq!(by["police"].keys().copied().collect::<Vec<_>>(), [2]);
+        let left: Vec<PseudoRecord> = store.records().collect::<Result<_, _>>().unwrap();
+        assert_eq!(left.len(), 4);
+        assert!(left.iter().all(|r| r.epoch == 2));
+        // No chunk of a removed batch is left behind.
+        assert_eq!(store.tree.scan_prefix([P_CHUNK]).count(), 1);
     }
 }

@@ -1,5 +1,6 @@
 //! Integration tests of divert: one module per area, run with `cargo test --test it`.
 
+mod certrotate;
 mod crash;
 mod demo;
 mod ledger;
@@ -9,6 +10,7 @@ mod pki;
 mod query;
 mod release;
 mod report;
+mod rotation;
 mod source;
 mod steward;
 mod synth;

@@ -1,0 +1,625 @@
+//! Linkage-key rotation end to end, with real `divert serve` processes: a
+//! rotation in the middle of a stream of records (linkage unchanged, every
+//! query answered, nothing lost or doubled), SIGKILL of a source or the
+//! steward at random points of a rotation (20 trials), a record under a
+//! retired epoch refused and sent again, and the custodian refusing keys to
+//! anything but a source certificate.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use divert::daemon::admin::{self, Request};
+use divert::pki::Role;
+use divert::record::PseudoRecord;
+use divert::schema::Schema;
+use divert::steward::store::Store;
+
+use crate::net::{batch, client_config, fake_records, Client, Pki, PROGRAM};
+use crate::util::{divert_in, text};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A small deterministic generator, so a failing trial can be replayed from its number.
+fn mix(x: u64) -> u64 {
+    let x = x.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29) ^ 0x5bd1_e995_1234_5678;
+    x.wrapping_mul(0xbf58_476d_1ce4_e5b9) >> 7
+}
+
+fn tls_block(dir: &Path) -> String {
+    let p = |f: &str| dir.join("tls").join(f).display().to_string();
+    format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\ncrl = \"{}\"\n",
+        p("cert.pem"),
+        p("key.pem"),
+        p("ca.pem"),
+        p("crl.pem")
+    )
+}
+
+/// One daemon: its directory, config and process.
+struct Member {
+    name: String,
+    dir: PathBuf,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn socket(&self) -> PathBuf {
+        self.dir.join("data/admin.sock")
+    }
+
+    fn start(&mut self) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("divert.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_divert"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn divert serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let rt = rt();
+        while !rt.block_on(admin::request(&self.socket(), &Request::Status)).map(|r| r.ok).unwrap_or(false) {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("{} exited at start ({st}): {}", self.name, self.log());
+            }
+            assert!(Instant::now() < deadline, "{} did not start: {}", self.name, self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("{} did not stop on SIGTERM: {}", self.name, self.log());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("divert.log")).unwrap_or_default()
+    }
+
+    fn key_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.dir.join("keys"))
+            .expect("keys dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".key"))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+/// A steward and sources (the first the key custodian) as `divert serve` processes.
+struct Deployment {
+    root: PathBuf,
+    steward: Member,
+    sources: Vec<Member>,
+    port: u16,
+}
+
+/// Which sources fetch keys from the custodian (the others get them by hand).
+#[derive(Clone, Copy, PartialEq)]
+enum Custody {
+    Fetch,
+    Manual,
+}
+
+impl Deployment {
+    fn new(root: &Path, pki: &Pki, sources: &[&str]) -> Deployment {
+        fs::create_dir_all(root).expect("root");
+        let port = free_port();
+        let mut key_port = free_port();
+        while key_port == port {
+            key_port = free_port();
+        }
+        let sdir = root.join("steward");
+        pki.issue_into(Role::Steward, "steward", &sdir.join("tls"));
+        let config = sdir.join("divert.toml");
+        fs::write(
+            &config,
+            format!(
+                "role = \"steward\"\nname = \"steward\"\nprogram = \"{PROGRAM}\"\ndata_dir = \"data\"\n\n{}\n[steward]\nlisten = \"127.0.0.1:{port}\"\nprogram_epsilon_cap = \"100000\"\n",
+                tls_block(&sdir)
+            ),
+        )
+        .expect("steward config");
+        let steward = Member { name: "steward".into(), dir: sdir, config, child: None };
+        // The custodian's key, copied to every source as an admin does at setup.
+        let custodian = sources[0];
+        let ckeys = root.join(custodian).join("keys");
+        divert::keys::init(&ckeys).expect("keys init");
+        let mut members = Vec::new();
+        for &s in sources {
+            let dir = root.join(s);
+            pki.issue_into(Role::Source, s, &dir.join("tls"));
+            if s != custodian {
+                let kd = dir.join("keys");
+                divert::fsutil::create_private_dir(&kd).expect("keys dir");
+                let name = divert::keys::epoch_file_name(1);
+                let bytes = divert::fsutil::read_secret(&ckeys.join(&name)).expect("read key");
+                divert::fsutil::write_secret(&kd.join(&name), &bytes, false).expect("write key");
+            }
+            let config = dir.join("divert.toml");
+            members.push(Member { name: s.into(), dir, config, child: None });
+        }
+        let d = Deployment { root: root.to_path_buf(), steward, sources: members, port };
+        for (i, &s) in sources.iter().enumerate() {
+            d.write_source_config(s, if i == 0 { None } else { Some(Custody::Fetch) }, key_port);
+        }
+        fs::write(root.join("key_port"), key_port.to_string()).expect("key port");
+        d
+    }
+
+    fn key_port(&self) -> u16 {
+        fs::read_to_string(self.root.join("key_port")).expect("key port").trim().parse().expect("port")
+    }
+
+    /// `custody`: `None` for the custodian.
+    fn write_source_config(&self, name: &str, custody: Option<Custody>, key_port: u16) {
+        let dir = self.root.join(name);
+        let custodian = self.sources[0].name.clone();
+        let custody = match custody {
+            None => format!("custodian = \"{custodian}\"\nkey_listen = \"127.0.0.1:{key_port}\"\n"),
+            Some(Custody::Fetch) => {
+                format!("custodian = \"{custodian}\"\ncustodian_url = \"https://localhost:{key_port}\"\n")
+            }
+            Some(Custody::Manual) => String::new(),
+        };
+        fs::write(
+            dir.join("divert.toml"),
+            format!(
+                "role = \"source\"\nname = \"{name}\"\nprogram = \"{PROGRAM}\"\ndata_dir = \"data\"\n\n{}\n[source]\nsteward_url = \"https://localhost:{}\"\nkeys = \"keys\"\npoll_interval_ms = 50\nbatch_records = 400\nepoch_poll_ms = 150\nmax_backoff_secs = 1\n{custody}",
+                tls_block(&dir),
+                self.port
+            ),
+        )
+        .expect("source config");
+    }
+
+    fn start_all(&mut self) {
+        self.steward.start();
+        for s in &mut self.sources {
+            s.start();
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for s in &mut self.sources {
+            s.stop();
+        }
+        self.steward.stop();
+    }
+
+    fn member(&mut self, name: &str) -> &mut Member {
+        if name == "steward" {
+            return &mut self.steward;
+        }
+        self.sources.iter_mut().find(|m| m.name == name).expect("member")
+    }
+
+    /// Drop an export into a source's inbox the way an agency should (hidden name, then rename).
+    fn drop_file(&self, source: &str, file: &Path) {
+        let inbox = self.root.join(source).join("data/inbox");
+        fs::create_dir_all(&inbox).expect("inbox");
+        let name = file.file_name().expect("name").to_string_lossy().into_owned();
+        fs::copy(file, inbox.join(format!(".{name}"))).expect("copy");
+        fs::rename(inbox.join(format!(".{name}")), inbox.join(&name)).expect("rename");
+    }
+
+    fn key_status(&self) -> Option<serde_json::Value> {
+        let r = rt().block_on(admin::request(&self.steward.socket(), &Request::KeyStatus)).ok()?;
+        r.result.filter(|_| r.ok).map(|v| v["steward"]["status"].clone())
+    }
+
+    fn rotate(&self) {
+        let out = divert_in(&self.root, &["keys", "rotate", "--config", &self.sources[0].config.display().to_string()]);
+        assert!(out.status.success(), "keys rotate: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("added linkage key epoch 2"), "{}", text(&out.stdout));
+    }
+
+    /// Wait until the steward links `epoch` alone and holds `expected` records under it, and
+    /// every source holds only that epoch's key. Panics with the logs on timeout.
+    fn wait_rotated(&mut self, epoch: u64, expected: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        let want_key = vec![divert::keys::epoch_file_name(epoch as u32)];
+        loop {
+            let st = self.key_status();
+            let done = st.as_ref().is_some_and(|s| {
+                s["active"] == epoch
+                    && s["pending"].is_null()
+                    && s["sources"].as_object().is_some_and(|m| {
+                        m.values().map(|v| v["records"][epoch.to_string()].as_u64().unwrap_or(0)).sum::<u64>()
+                            == expected
+                    })
+            }) && self.sources.iter().all(|m| m.key_files() == want_key);
+            if done {
+                return;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = std::iter::once(&self.steward)
+                    .chain(&self.sources)
+                    .map(|m| format!("--- {}\n{}", m.name, m.log()))
+                    .collect();
+                panic!("rotation to epoch {epoch} did not complete; steward view {st:?}\n{}", logs.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every record the (stopped) steward holds.
+    fn held_records(&self) -> Vec<PseudoRecord> {
+        let store = Store::open(&self.steward.dir.join("data/store")).expect("open steward store");
+        store.records().collect::<Result<_, _>>().expect("records")
+    }
+}
+
+/// A synthetic program written once: exports per agency and the truth.
+struct Data {
+    dir: PathBuf,
+    expected: u64,
+}
+
+fn synth(dir: &Path, persons: u32, seed: u64) -> Data {
+    let params = divert::synth::Params::defaults().expect("params");
+    let dataset = divert::synth::generate(&params, persons, seed);
+    let summary = divert::synth::write_dataset(&dataset, dir, &mut |_| {}).expect("write dataset");
+    Data { dir: dir.to_path_buf(), expected: summary.records.iter().map(|(_, n)| *n).sum() }
+}
+
+impl Data {
+    fn files(&self, agency: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(self.dir.join(agency))
+            .expect("agency dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "csv") && !p.to_string_lossy().ends_with(".quarantine.csv"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn expected_for(&self, agencies: &[&str]) -> u64 {
+        let mut n = 0u64;
+        for a in agencies {
+            for f in self.files(a) {
+                let mut r = csv::Reader::from_path(&f).expect("csv");
+                n += r.records().count() as u64;
+            }
+        }
+        n
+    }
+}
+
+/// Nothing lost, nothing doubled: one record per (source, kind, line), all under `epoch`.
+fn assert_exactly_once(records: &[PseudoRecord], expected: u64, epoch: u32) {
+    assert_eq!(records.len() as u64, expected, "records held");
+    assert!(records.iter().all(|r| r.epoch == epoch), "a record under another epoch is still held");
+    let distinct: BTreeSet<(&str, &str, u64)> =
+        records.iter().map(|r| (r.source.as_str(), r.kind.as_str(), r.line)).collect();
+    assert_eq!(distinct.len() as u64, expected, "a record is held twice");
+}
+
+/// Precision and recall of linking `records` against the synthetic truth.
+fn linkage_metrics(records: &[PseudoRecord], dir: &Path, truth: &Path) -> (f64, f64) {
+    let file = dir.join("held.jsonl");
+    let mut text = String::new();
+    for r in records {
+        text.push_str(&serde_json::to_string(r).expect("json"));
+        text.push('\n');
+    }
+    fs::write(&file, text).expect("write jsonl");
+    let schema = Schema::default_schema().expect("schema");
+    let report = divert::cmd::link::link_files(&schema, &[file], Some(truth)).expect("link");
+    let m = report.metrics.expect("metrics");
+    (m.precision, m.recall)
+}
+
+/// The same exports pseudonymized offline under the epoch-1 key: the linkage before rotation.
+fn offline_records(data: &Data, agencies: &[&str], key_dir: &Path, out: &Path) -> Vec<PseudoRecord> {
+    fs::create_dir_all(out).expect("out");
+    let mut records = Vec::new();
+    for a in agencies {
+        for f in data.files(a) {
+            let kind = f.file_stem().expect("stem").to_string_lossy().into_owned();
+            let dest = out.join(format!("{a}-{kind}.jsonl"));
+            let o = divert_in(
+                out,
+                &[
+                    "pseudonymize",
+                    "--keys",
+                    &key_dir.display().to_string(),
+                    "--source",
+                    a,
+                    "--kind",
+                    &kind,
+                    "--schema",
+                    &crate::util::repo().join("config/schema.toml").display().to_string(),
+                    "--quarantine",
+                    &out.join(format!("{a}-{kind}.quarantine.csv")).display().to_string(),
+                    "--output",
+                    &dest.display().to_string(),
+                    &f.display().to_string(),
+                ],
+            );
+            assert!(o.status.success(), "pseudonymize: {}", text(&o.stderr));
+            for line in fs::read_to_string(&dest).expect("read").lines() {
+                records.push(serde_json::from_str(line).expect("record"));
+            }
+        }
+    }
+    records
+}
+
+#[test]
+fn rotation_during_a_stream_keeps_linkage_and_answers_every_query() {
+    const AGENCIES: [&str; 5] = ["police", "jail", "da", "casemgmt", "treatment"];
+    let root = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(root.path());
+    let data = synth(&root.path().join("synth"), 205, 11);
+    assert!((9_000..=11_500).contains(&data.expected), "about 10,000 records: {}", data.expected);
+    let mut d = Deployment::new(&root.path().join("deploy"), &pki, &AGENCIES);
+    let key1 = root.path().join("key1");
+    divert::fsutil::create_private_dir(&key1).expect("key1");
+    let k = divert::fsutil::read_secret(&d.sources[0].dir.join("keys").join(divert::keys::epoch_file_name(1)))
+        .expect("key");
+    divert::fsutil::write_secret(&key1.join(divert::keys::epoch_file_name(1)), &k, false).expect("key copy");
+    d.start_all();
+
+    // The evaluator queries throughout, each query new (so none is a cached answer).
+    let eval_dir = root.path().join("evaluator");
+    pki.issue_into(Role::Evaluator, "evaluator", &eval_dir.join("tls"));
+    let eval_cfg = eval_dir.join("divert.toml");
+    fs::write(
+        &eval_cfg,
+        format!(
+            "role = \"evaluator\"\nname = \"evaluator\"\nprogram = \"{PROGRAM}\"\nsteward_url = \"https://localhost:{}\"\n\n{}",
+            d.port,
+            tls_block(&eval_dir)
+        ),
+    )
+    .expect("evaluator config");
+    let grant = rt()
+        .block_on(admin::request(
+            &d.steward.socket(),
+            &Request::BudgetGrant { evaluator: "evaluator".into(), epsilon_micro: 50_000_000 },
+        ))
+        .expect("grant");
+    assert!(grant.ok, "{grant:?}");
+
+    // Files go in one by one, in an order and with a rotation point drawn from the seed.
+    let mut files: Vec<(&str, PathBuf)> =
+        AGENCIES.iter().flat_map(|a| data.files(a).into_iter().map(move |f| (*a, f))).collect();
+    files.sort_by_key(|(a, f)| {
+        mix(f.to_string_lossy().len() as u64 ^ a.len() as u64 ^ f.metadata().map(|m| m.len()).unwrap_or(0))
+    });
+    let rotate_at = 1 + (mix(7) as usize) % (files.len() - 1);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_q = stop.clone();
+    let queries = std::thread::spawn(move || {
+        let config = divert::evaluator::EvaluatorConfig::load(&eval_cfg).expect("evaluator config");
+        let client = divert::evaluator::Client::new(config).expect("client");
+        let rt = rt();
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        let mut i = 0u64;
+        while !stop_q.load(std::sync::atomic::Ordering::Relaxed) {
+            i += 1;
+            let eps = format!("0.{:06}", 1000 + i);
+            let body = format!(r#"{{"analysis":"any_arrest","epsilon":{eps}}}"#);
+            match rt.block_on(client.request("POST", "/v1/query", Some(body.into_bytes()))) {
+                Ok(r) if r.status == 200 => ok += 1,
+                Ok(r) => failed.push(format!("{}: {}", r.status, String::from_utf8_lossy(&r.body))),
+                Err(e) => failed.push(e.to_string()),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (ok, failed)
+    });
+
+    for (i, (agency, f)) in files.iter().enumerate() {
+        if i == rotate_at {
+            d.rotate();
+        }
+        d.drop_file(agency, f);
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    d.wait_rotated(2, data.expected, Duration::from_secs(120));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = queries.join().expect("query thread");
+    assert!(failed.is_empty(), "{} queries failed, e.g. {:?}", failed.len(), &failed[..failed.len().min(3)]);
+    assert!(ok >= 20, "only {ok} queries were asked");
+
+    // A batch under the retired epoch is refused with the reason and the current epoch.
+    let addr = format!("127.0.0.1:{}", d.port).parse().expect("addr");
+    let cfg = client_config(&pki.ca_pem(), Some(&d.sources[1].dir.join("tls")));
+    let (status, body) = rt().block_on(async {
+        let mut c = Client::connect(addr, cfg).await.expect("connect");
+        c.post_batch(&batch("jail", "old-epoch-1", fake_records("jail", 0, 3))).await.expect("post")
+    });
+    assert_eq!(status.as_u16(), 409);
+    let refusal: divert::wire::EpochRefusal = serde_json::from_slice(&body).expect("epoch refusal");
+    assert_eq!((refusal.epoch, refusal.current_epoch), (1, 2));
+    assert!(refusal.error.contains("retired"), "{}", refusal.error);
+
+    d.stop_all();
+    let held = d.held_records();
+    assert_exactly_once(&held, data.expected, 2);
+    let after = linkage_metrics(&held, &d.root, &data.dir.join("truth.csv"));
+    let before_records = offline_records(&data, &AGENCIES, &key1, &root.path().join("offline"));
+    assert_eq!(before_records.len() as u64, data.expected);
+    let before = linkage_metrics(&before_records, &root.path().join("offline"), &data.dir.join("truth.csv"));
+    assert_eq!(after, before, "linkage precision and recall (after, before)");
+    assert!(after.0 > 0.99 && after.1 > 0.95, "{after:?}");
+    // The audit log records the switch.
+    let audit = fs::read_to_string(d.steward.dir.join("data/audit.log")).expect("audit");
+    assert!(audit.contains("epoch_switched"));
+}
+
+#[test]
+fn sigkill_at_random_points_of_a_rotation_recovers_and_completes() {
+    const AGENCIES: [&str; 2] = ["police", "jail"];
+    let root = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(root.path());
+    let data = synth(&root.path().join("synth"), 40, 5);
+    let expected = data.expected_for(&AGENCIES);
+    for trial in 0..20u64 {
+        let mut d = Deployment::new(&root.path().join(format!("trial{trial}")), &pki, &AGENCIES);
+        d.start_all();
+        for a in AGENCIES {
+            for f in data.files(a) {
+                d.drop_file(a, &f);
+            }
+        }
+        d.wait_rotated(1, expected, Duration::from_secs(60));
+        d.rotate();
+        let victim = ["steward", "police", "jail"][(mix(trial) % 3) as usize];
+        std::thread::sleep(Duration::from_millis(mix(trial + 100) % 600));
+        // Where the rotation stood when the victim died (printed for a failing trial's replay).
+        let stage = d.key_status().map(|s| (s["active"].clone(), s["pending"].clone()));
+        d.member(victim).kill();
+        eprintln!("trial {trial}: SIGKILL {victim} at active/pending {stage:?}");
+        d.member(victim).start();
+        d.wait_rotated(2, expected, Duration::from_secs(60));
+        d.stop_all();
+        assert_exactly_once(&d.held_records(), expected, 2);
+        let log = d.member(victim).log();
+        assert!(!log.contains("panicked"), "trial {trial} ({victim}): {log}");
+    }
+}
+
+#[test]
+fn a_source_behind_is_refused_and_sends_again_under_the_current_epoch() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(root.path());
+    let data = synth(&root.path().join("synth"), 30, 8);
+    let mut d = Deployment::new(&root.path().join("deploy"), &pki, &["police", "jail"]);
+    // jail gets its keys by hand, and starts only after the rotation.
+    let key_port = d.key_port();
+    d.write_source_config("jail", Some(Custody::Manual), key_port);
+    d.steward.start();
+    d.sources[0].start();
+    for f in data.files("police") {
+        d.drop_file("police", &f);
+    }
+    let police = data.expected_for(&["police"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while d.key_status().and_then(|s| s["sources"]["police"]["records"]["1"].as_u64()) != Some(police) {
+        assert!(Instant::now() < deadline, "police records did not arrive");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.rotate();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while d.key_status().map(|s| s["active"].clone()) != Some(serde_json::json!(2)) {
+        assert!(Instant::now() < deadline, "the rotation did not complete: {}", d.steward.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // jail, still on epoch 1, sends its records: refused as retired, kept.
+    d.sources[1].start();
+    for f in data.files("jail") {
+        d.drop_file("jail", &f);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = rt().block_on(admin::request(&d.sources[1].socket(), &Request::Status)).expect("status");
+        let v = r.result.expect("status result");
+        let error = v["source"]["steward"]["error"].as_str().unwrap_or("").to_string();
+        if error.contains("retired") && v["source"]["outbox"]["records"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "jail was not refused: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The admin gives jail the new key: it re-pseudonymizes and sends; nothing is dropped.
+    let name = divert::keys::epoch_file_name(2);
+    let k = divert::fsutil::read_secret(&d.sources[0].dir.join("keys").join(&name)).expect("key 2");
+    divert::fsutil::write_secret(&d.sources[1].dir.join("keys").join(&name), &k, false).expect("give key 2");
+    let total = police + data.expected_for(&["jail"]);
+    d.wait_rotated(2, total, Duration::from_secs(60));
+    d.stop_all();
+    assert_exactly_once(&d.held_records(), total, 2);
+}
+
+#[test]
+fn the_custodian_gives_keys_to_source_certificates_only() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(root.path());
+    let mut d = Deployment::new(&root.path().join("deploy"), &pki, &["police", "jail"]);
+    d.sources[0].start();
+    let addr = format!("127.0.0.1:{}", d.key_port()).parse().expect("addr");
+    let key_hex: String =
+        divert::fsutil::read_secret(&d.sources[0].dir.join("keys").join(divert::keys::epoch_file_name(1)))
+            .expect("key")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+    let ask = |role: Role, name: &str| -> (u16, String) {
+        let dir = pki.issue(role, name);
+        let cfg = client_config(&pki.ca_pem(), Some(&dir));
+        rt().block_on(async {
+            let mut c = Client::connect(addr, cfg).await.expect("connect");
+            let (s, b) = c.request("GET", "/v1/keys", Vec::new()).await.expect("request");
+            (s.as_u16(), String::from_utf8_lossy(&b).into_owned())
+        })
+    };
+    let (status, body) = ask(Role::Steward, "steward");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("source daemons only") && !body.contains(&key_hex), "{body}");
+    let (status, body) = ask(Role::Evaluator, "evaluator");
+    assert_eq!(status, 403, "{body}");
+    assert!(!body.contains(&key_hex));
+    let (status, body) = ask(Role::Source, "jail");
+    assert_eq!(status, 200, "{body}");
+    let set: divert::wire::KeySet = serde_json::from_str(&body).expect("key set");
+    assert_eq!(set.epochs.len(), 1);
+    assert_eq!(set.epochs[0].key_hex, key_hex);
+    // A client without a certificate does not get past the handshake.
+    let bare = client_config(&pki.ca_pem(), None);
+    let refused = rt().block_on(async {
+        match Client::connect(addr, bare).await {
+            Err(_) => true,
+            Ok(mut c) => c.request("GET", "/v1/keys", Vec::new()).await.is_err(),
+        }
+    });
+    assert!(refused, "a client without a certificate was answered");
+    let log = d.sources[0].log();
+    assert!(log.contains("asked for the linkage keys: refused"), "{log}");
+    assert!(!log.contains(&key_hex), "the key is in the log");
+    d.sources[0].stop();
+}
