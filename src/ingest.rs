@@ -127,6 +127,14 @@ impl Row {
         }
     }
 
+    /// Empty the row for the next one (identity values are wiped).
+    fn reset(&mut self) {
+        self.identity.clear();
+        self.birth_date = None;
+        self.record_id.clear();
+        self.values.iter_mut().for_each(|v| *v = None);
+    }
+
     /// The event date of the row (required by the schema, so present on every accepted row).
     pub fn event_date(&self, kind: &Kind) -> Option<Date> {
         match self.values.get(kind.event_date) {
@@ -232,10 +240,7 @@ impl<'s, R: Read> Reader<'s, R> {
     /// Read the next row into `row`. `Ok(None)` at the end of input.
     /// Issues about the row (or dropped values) are appended to `issues`.
     pub fn next_row(&mut self, row: &mut Row, issues: &mut Vec<Issue>) -> Result<Option<Outcome>, IngestError> {
-        row.identity.clear();
-        row.birth_date = None;
-        row.record_id.clear();
-        row.values.iter_mut().for_each(|v| *v = None);
+        row.reset();
         let first_issue = issues.len();
         let schema = self.schema;
         let kind = self.kind;
@@ -271,16 +276,7 @@ impl<'s, R: Read> Reader<'s, R> {
                     });
                     return Ok(Some(Outcome::Quarantined));
                 }
-                let get = |col: Option<usize>| -> Cell<'_> {
-                    match col.and_then(|c| record.get(c)) {
-                        None => Cell::Absent,
-                        Some(bytes) if bytes.len() > MAX_FIELD_BYTES => Cell::TooLong,
-                        Some(bytes) => match std::str::from_utf8(bytes) {
-                            Ok(s) => Cell::Text(s),
-                            Err(_) => Cell::NotUtf8,
-                        },
-                    }
-                };
+                let get = |col: Option<usize>| Cell::of_bytes(col.and_then(|c| record.get(c)));
                 validate_row(schema, kind, &self.mapping, get, row, issues);
             }
             Input::Json { reader, buf, line, keys } => {
@@ -302,12 +298,8 @@ impl<'s, R: Read> Reader<'s, R> {
                 row.line = *line;
                 match parse_json_object(buf, keys, json_fields) {
                     Ok(()) => {
-                        let get = |col: Option<usize>| -> Cell<'_> {
-                            match col.and_then(|c| json_fields.get(c)).and_then(|v| v.as_deref()) {
-                                None => Cell::Absent,
-                                Some(s) if s.len() > MAX_FIELD_BYTES => Cell::TooLong,
-                                Some(s) => Cell::Text(s),
-                            }
+                        let get = |col: Option<usize>| {
+                            Cell::of_str(col.and_then(|c| json_fields.get(c)).and_then(|v| v.as_deref()))
                         };
                         validate_row(schema, kind, &self.mapping, get, row, issues);
                     }
@@ -497,6 +489,29 @@ enum Cell<'a> {
     TooLong,
 }
 
+impl<'a> Cell<'a> {
+    /// A CSV field (or a kept raw field) as a cell.
+    fn of_bytes(bytes: Option<&'a [u8]>) -> Cell<'a> {
+        match bytes {
+            None => Cell::Absent,
+            Some(b) if b.len() > MAX_FIELD_BYTES => Cell::TooLong,
+            Some(b) => match std::str::from_utf8(b) {
+                Ok(s) => Cell::Text(s),
+                Err(_) => Cell::NotUtf8,
+            },
+        }
+    }
+
+    /// A JSON value (already text) as a cell.
+    fn of_str(text: Option<&'a str>) -> Cell<'a> {
+        match text {
+            None => Cell::Absent,
+            Some(s) if s.len() > MAX_FIELD_BYTES => Cell::TooLong,
+            Some(s) => Cell::Text(s),
+        }
+    }
+}
+
 fn validate_row<'c>(
     schema: &Schema,
     kind: &Kind,
@@ -671,24 +686,12 @@ impl<'s> RawRowParser<'s> {
 
     /// Validate one kept row into `row` (its line set to `line`).
     pub fn parse(&mut self, line: u64, fields: &[&[u8]], row: &mut Row, issues: &mut Vec<Issue>) -> Outcome {
-        row.identity.clear();
-        row.birth_date = None;
-        row.record_id.clear();
-        row.values.iter_mut().for_each(|v| *v = None);
+        row.reset();
         row.line = line;
         let first_issue = issues.len();
         match &self.json {
             None => {
-                let get = |col: Option<usize>| -> Cell<'_> {
-                    match col.and_then(|c| fields.get(c)) {
-                        None => Cell::Absent,
-                        Some(bytes) if bytes.len() > MAX_FIELD_BYTES => Cell::TooLong,
-                        Some(bytes) => match std::str::from_utf8(bytes) {
-                            Ok(s) => Cell::Text(s),
-                            Err(_) => Cell::NotUtf8,
-                        },
-                    }
-                };
+                let get = |col: Option<usize>| Cell::of_bytes(col.and_then(|c| fields.get(c)).copied());
                 validate_row(self.schema, self.kind, &self.mapping, get, row, issues);
             }
             Some(keys) => {
@@ -696,12 +699,8 @@ impl<'s> RawRowParser<'s> {
                 match parse_json_object(text, keys, &mut self.json_fields) {
                     Ok(()) => {
                         let json_fields = &self.json_fields;
-                        let get = |col: Option<usize>| -> Cell<'_> {
-                            match col.and_then(|c| json_fields.get(c)).and_then(|v| v.as_deref()) {
-                                None => Cell::Absent,
-                                Some(s) if s.len() > MAX_FIELD_BYTES => Cell::TooLong,
-                                Some(s) => Cell::Text(s),
-                            }
+                        let get = |col: Option<usize>| {
+                            Cell::of_str(col.and_then(|c| json_fields.get(c)).and_then(|v| v.as_deref()))
                         };
                         validate_row(self.schema, self.kind, &self.mapping, get, row, issues);
                     }
