@@ -57,6 +57,11 @@ pub struct EpochReport {
     /// The newest epoch whose records (re-pseudonymized and new) the steward
     /// has all acknowledged: the source has finished it.
     pub complete: Option<u32>,
+    /// Fingerprint of the active epoch's key (public: it reveals nothing of the
+    /// key), so the steward can tell two different keys under one epoch number.
+    pub fingerprint: String,
+    /// What holds this source's rotation up, in words (no data).
+    pub error: Option<String>,
 }
 
 /// How far a source is in re-pseudonymizing what it holds.
@@ -77,6 +82,9 @@ pub struct EpochStatus {
     pub pending: Option<u32>,
     /// Per source: its last report and the records held under each epoch.
     pub sources: std::collections::BTreeMap<String, SourceEpochs>,
+    /// Why the switch cannot happen even when every source is done (e.g. two keys under one epoch).
+    #[serde(default)]
+    pub conflict: Option<String>,
 }
 
 /// One source, as the steward sees it.

@@ -196,6 +196,9 @@ fn render(v: &serde_json::Value) -> String {
         None => String::new(),
     };
     let _ = writeln!(out, "steward: links epoch {}{pending}{asof}", st["active"]);
+    if let Some(c) = st["conflict"].as_str() {
+        let _ = writeln!(out, "  the switch is blocked: {c}");
+    }
     let _ = writeln!(
         out,
         "{:<16} {:>6}  {:<10} {:<22} {:<24} state",
@@ -220,7 +223,10 @@ fn render(v: &serde_json::Value) -> String {
             let records = s["records"]
                 .as_object()
                 .map_or(String::new(), |m| m.iter().map(|(e, n)| format!("e{e}: {n}")).collect::<Vec<_>>().join("  "));
-            let state = if s["waiting_for"].as_bool().unwrap_or(false) {
+            let held_up = r["error"].as_str().map(|e| format!("held up: {e}"));
+            let state = if let Some(h) = held_up.as_deref() {
+                h
+            } else if s["waiting_for"].as_bool().unwrap_or(false) {
                 "the switch waits for it"
             } else if r["complete"].as_u64().is_some() && r["complete"] == r["active"] {
                 "complete"

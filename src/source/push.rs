@@ -293,8 +293,9 @@ async fn push_one(src: &Source, conn: &mut Option<Sender>, seq: u64, n: u32) -> 
     let (status, answer) = exchange(src, conn, body).await?;
     if status == StatusCode::CONFLICT {
         if let Ok(r) = serde_json::from_slice::<EpochRefusal>(&answer) {
-            if r.epoch < src.keying().epoch {
-                // Written before this source switched epochs: every row in it was
+            let switch_seq = src.store.get_u64(store::META_SWITCH_SEQ).map_err(|e| PushError::Store(e.to_string()))?;
+            if r.epoch < src.keying().epoch && seq < switch_seq {
+                // Written before this source last switched epochs: every row in it was
                 // re-pseudonymized under the active epoch and queued again, so the
                 // old copy goes (never the rows).
                 store::remove_outbox(src.store.tree(), seq).map_err(|e| PushError::Store(e.to_string()))?;

@@ -57,6 +57,9 @@ pub struct View {
     pub steward_at: Option<String>,
     /// The last error of the rotation task, if the last round failed.
     pub error: Option<String>,
+    /// Rows kept from earlier ingests that no longer pass the schema, so were not
+    /// sent under the new epoch (a schema changed since they were ingested).
+    pub rows_not_resent: u64,
 }
 
 /// The epoch the store pseudonymizes under. A store that never recorded one
@@ -129,6 +132,7 @@ impl Source {
             "steward_epoch": v.steward.as_ref().and_then(|s| s.active),
             "steward_pending": v.steward.as_ref().and_then(|s| s.pending),
             "error": v.error,
+            "rows_not_resent": v.rows_not_resent,
         })
     }
 
@@ -243,9 +247,13 @@ async fn round(src: &Arc<Source>) -> anyhow::Result<()> {
     let held = keys::epochs_in(&src.cfg.keys)?;
     let active = src.keying().epoch;
     if let Some(&target) = held.last().filter(|&&t| t > active) {
-        rekey_to(src, target).await?;
+        // A failure here is reported to the steward too (below), so `keys status` shows it everywhere.
+        if let Err(e) = rekey_to(src, target).await {
+            errors.push(format!("re-pseudonymizing under epoch {target}: {e:#}"));
+        }
     }
-    match report(src).await {
+    let problem = (!errors.is_empty()).then(|| errors.join("; "));
+    match report(src, problem).await {
         Ok(status) => retire(src, &status)?,
         Err(e) => errors.push(format!("reporting to the steward: {e:#}")),
     }
@@ -333,7 +341,9 @@ async fn rekey_to(src: &Arc<Source>, target: u32) -> anyhow::Result<()> {
         .await?;
         match r {
             Ok(pass) => {
-                if let Some(p) = src.view().rekey.as_mut() {
+                let mut v = src.view();
+                v.rows_not_resent += pass.dropped;
+                if let Some(p) = v.rekey.as_mut() {
                     p.records_done = (p.records_done + pass.rows + pass.dropped).min(p.records_total.max(1));
                 }
             }
@@ -350,7 +360,10 @@ async fn rekey_to(src: &Arc<Source>, target: u32) -> anyhow::Result<()> {
         for (id, rec) in store::files(s.store.tree()).map_err(|e| FileError::Failed(e.to_string()))? {
             let add = |b: &[(u64, u32)]| s.outbox.add(b.iter().copied());
             match rekey::file(&s.env(&tok, &add), &mut state, &id, &rec) {
-                Ok(p) => rows += p.rows,
+                Ok(p) => {
+                    rows += p.rows;
+                    s.view().rows_not_resent += p.dropped;
+                }
                 Err(FileError::Stopped) => return Ok(None),
                 Err(e) => return Err(e),
             }
@@ -374,15 +387,30 @@ async fn rekey_to(src: &Arc<Source>, target: u32) -> anyhow::Result<()> {
 }
 
 /// Report to the steward; returns its view.
-async fn report(src: &Arc<Source>) -> anyhow::Result<EpochStatus> {
-    let active = src.keying().epoch;
+async fn report(src: &Arc<Source>, problem: Option<String>) -> anyhow::Result<EpochStatus> {
+    let keying = src.keying();
     let switch_seq = src.store.get_u64(store::META_SWITCH_SEQ)?;
-    let drained = src.outbox.min_seq().map_or(true, |m| m >= switch_seq);
+    // From the store, not the pusher's queue: a batch written but not handed to the
+    // pusher (a failed flush) still counts as not acknowledged.
+    let drained = store::first_outbox_seq(src.store.tree())?.map_or(true, |m| m >= switch_seq);
+    let (rekey, not_resent) = {
+        let v = src.view();
+        (v.rekey.clone(), v.rows_not_resent)
+    };
+    let mut notes: Vec<String> = problem.into_iter().collect();
+    if not_resent > 0 {
+        notes.push(format!(
+            "{not_resent} rows kept from earlier ingests no longer pass the schema and were not sent under epoch {}",
+            keying.epoch
+        ));
+    }
     let report = EpochReport {
-        active,
+        active: keying.epoch,
         keys: keys::epochs_in(&src.cfg.keys)?,
-        rekey: src.view().rekey.clone(),
-        complete: drained.then_some(active),
+        rekey,
+        complete: drained.then_some(keying.epoch),
+        fingerprint: keying.fingerprint.clone(),
+        error: (!notes.is_empty()).then(|| notes.join("; ")),
     };
     let body = serde_json::to_vec(&report)?;
     let (status, answer) = src.steward_request(Method::POST, EPOCHS_PATH, Some(body)).await?;

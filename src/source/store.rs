@@ -81,6 +81,11 @@ pub fn read_outbox(tree: &sled::Tree, seq: u64) -> sled::Result<Option<Vec<u8>>>
     Ok(found.then_some(value))
 }
 
+/// The lowest outbox sequence still in the store (not yet acknowledged).
+pub fn first_outbox_seq(tree: &sled::Tree) -> sled::Result<Option<u64>> {
+    Ok(tree.scan_prefix([OUTBOX]).keys().next().transpose()?.and_then(|k| seq_of(&k)))
+}
+
 /// Remove outbox batch `seq`, every piece at once.
 pub fn remove_outbox(tree: &sled::Tree, seq: u64) -> sled::Result<()> {
     let mut batch = sled::Batch::default();

@@ -180,7 +180,8 @@ impl Epochs {
     /// the pending epoch complete counts toward the switch.
     pub fn report(&self, source: &str, report: &EpochReport, at: &str) -> sled::Result<()> {
         let mut st = self.lock();
-        if let Some(c) = report.complete {
+        // A source cannot be complete past the epoch it pseudonymizes under.
+        if let Some(c) = report.complete.map(|c| c.min(report.active)) {
             if st.complete.get(source).map_or(true, |&old| old < c) {
                 self.tree.insert([COMPLETE, source.as_bytes()].concat(), &c.to_be_bytes())?;
                 st.complete.insert(source.to_string(), c);
@@ -199,6 +200,18 @@ impl Epochs {
         let st = self.lock();
         let (active, pending) = (st.active?, st.pending?);
         let mut waiting = BTreeSet::new();
+        // Sources on the pending epoch must hold the same key: two different keys under one
+        // number would split every person. Then none of them counts as complete.
+        let at_pending: Vec<(&String, &str)> = st
+            .reports
+            .iter()
+            .filter(|(_, (r, _))| r.active == pending)
+            .map(|(s, (r, _))| (s, r.fingerprint.as_str()))
+            .collect();
+        let fingerprints: BTreeSet<&str> = at_pending.iter().map(|(_, f)| *f).collect();
+        if fingerprints.len() > 1 {
+            waiting.extend(at_pending.iter().map(|(s, _)| (*s).clone()));
+        }
         for (source, per) in counts {
             let holds = [active, pending].iter().any(|e| per.get(e).is_some_and(|c| c.records > 0));
             if holds && st.complete.get(source).map_or(true, |&c| c < pending) {
@@ -244,7 +257,18 @@ impl Epochs {
         for (source, e) in sources.iter_mut() {
             e.waiting_for = waiting.contains(source);
         }
-        EpochStatus { active: st.active, pending: st.pending, sources }
+        let conflict = st.pending.and_then(|p| {
+            let f: BTreeSet<&str> =
+                st.reports.values().filter(|(r, _)| r.active == p).map(|(r, _)| r.fingerprint.as_str()).collect();
+            (f.len() > 1).then(|| {
+                format!(
+                    "sources hold different keys under epoch {p} (fingerprints {}): give every source the \
+                     custodian's key for epoch {p}; the switch waits until they agree",
+                    f.into_iter().collect::<Vec<_>>().join(", ")
+                )
+            })
+        });
+        EpochStatus { active: st.active, pending: st.pending, sources, conflict }
     }
 }
 
@@ -261,7 +285,14 @@ mod tests {
     }
 
     fn report(active: u32, complete: Option<u32>) -> EpochReport {
-        EpochReport { active, keys: vec![active], rekey: None, complete }
+        EpochReport {
+            active,
+            keys: vec![active],
+            rekey: None,
+            complete,
+            fingerprint: format!("f{active}"),
+            error: None,
+        }
     }
 
     #[test]
@@ -280,11 +311,23 @@ mod tests {
         e.report("jail", &report(1, Some(1)), "t").unwrap();
         assert_eq!(e.waiting_for(&c).unwrap(), ["jail".to_string()].into());
         drop(e);
+        drop(db);
+        let db = sled::open(dir.path()).unwrap();
         let e = Epochs::open(&db).unwrap();
         assert_eq!((e.active(), e.pending()), (Some(1), Some(2)));
         assert_eq!(e.waiting_for(&c).unwrap(), ["jail".to_string()].into());
+        // A report cannot claim more than its own epoch.
+        e.report("jail", &EpochReport { complete: Some(9), ..report(1, None) }, "t").unwrap();
+        assert_eq!(e.waiting_for(&c).unwrap(), ["jail".to_string()].into());
+        // Two keys under one epoch number block the switch until they agree.
+        let mut other = report(2, Some(2));
+        other.fingerprint = "another key".into();
+        e.report("jail", &other, "t").unwrap();
+        assert_eq!(e.waiting_for(&c).unwrap().len(), 2);
+        assert!(e.status(&c).conflict.unwrap().contains("different keys"));
         e.report("jail", &report(2, Some(2)), "t").unwrap();
         assert!(e.waiting_for(&c).unwrap().is_empty());
+        assert_eq!(e.status(&c).conflict, None);
         assert_eq!(e.status(&c).sources["jail"].report.as_ref().unwrap().complete, Some(2));
         assert_eq!(e.switch().unwrap(), Some((1, 2)));
         assert_eq!(e.waiting_for(&c), None);
@@ -292,6 +335,8 @@ mod tests {
         assert_eq!(retired, EpochMismatch::Retired { epoch: 1, current: 2 });
         assert!(retired.to_string().contains("retired"), "{retired}");
         drop(e);
+        drop(db);
+        let db = sled::open(dir.path()).unwrap();
         let e = Epochs::open(&db).unwrap();
         assert_eq!((e.active(), e.pending()), (Some(2), None));
     }

@@ -407,18 +407,25 @@ impl Steward {
             "key epoch switched: the new linkage answers queries; deleting the old epoch's batches"
         );
         drop(gate);
+        // In the background: on a large store this outlasts the report that triggered the switch.
+        // A stop part-way leaves whole batches of the old epoch, removed at the next start.
         let store = self.store.clone();
-        let removed = tokio::task::spawn_blocking(move || store.remove_epochs_below(new)).await;
-        match removed {
-            Ok(Ok(n)) => {
-                if let Err(e) = self.store.flush().await {
-                    error!(error = %e, "flushing after deleting the old epoch failed");
+        tokio::spawn(async move {
+            let store2 = store.clone();
+            let removed = tokio::task::spawn_blocking(move || store2.remove_epochs_below(new)).await;
+            match removed {
+                Ok(Ok(n)) => {
+                    if let Err(e) = store.flush().await {
+                        error!(error = %e, "flushing after deleting the old epoch failed");
+                    }
+                    info!(batches = n, epoch = old, "old key epoch's batches deleted");
                 }
-                info!(batches = n, epoch = old, "old key epoch's batches deleted");
+                Ok(Err(e)) => error!(error = %e, "deleting the old epoch's batches failed; the next start retries"),
+                Err(e) => {
+                    error!(error = %e, "the task deleting the old epoch's batches failed; the next start retries")
+                }
             }
-            Ok(Err(e)) => error!(error = %e, "deleting the old epoch's batches failed; the next start retries"),
-            Err(e) => error!(error = %e, "the task deleting the old epoch's batches failed; the next start retries"),
-        }
+        });
     }
 
     /// Every record held, batch by batch.
@@ -577,6 +584,7 @@ async fn connection(
 ) {
     st.open.fetch_add(1, Ordering::Relaxed);
     let _open = OpenGuard(&st.open);
+    let made_under = tls.clone();
     let handshake = tokio::time::timeout(st.cfg.handshake_timeout, TlsAcceptor::from(tls).accept(tcp));
     let stream = tokio::select! {
         _ = ctx.shutdown.cancelled() => return,
@@ -621,9 +629,16 @@ async fn connection(
     // the peer handshakes again under the new material — a revoked peer is then refused.
     let mut tls_rx = ctx.tls.clone();
     let reloaded = async move {
-        match tls_rx.changed().await {
-            Ok(()) => tokio::time::sleep(RELOAD_GRACE).await,
-            Err(_) => std::future::pending::<()>().await,
+        // Compared with the config this connection's handshake used, not with "changed
+        // since the receiver was cloned": a reload before this point counts, an old one does not.
+        loop {
+            if !Arc::ptr_eq(&tls_rx.borrow_and_update().server, &made_under) {
+                tokio::time::sleep(RELOAD_GRACE).await;
+                return;
+            }
+            if tls_rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     };
     tokio::pin!(reloaded);

@@ -200,7 +200,9 @@ impl Store {
             .open()
             .map_err(open_err)?;
         let tree = db.open_tree(TREE).map_err(open_err)?;
-        Ok(Store { db, tree, write: Mutex::new(()) })
+        let store = Store { db, tree, write: Mutex::new(()) };
+        store.migrate_v1()?;
+        Ok(store)
     }
 
     /// Store the body of a batch (already validated: `records` is how many it
@@ -251,6 +253,56 @@ impl Store {
             self.tree.apply_batch(batch)?;
         }
         Ok(PutOutcome::Stored(records))
+    }
+
+    /// A store written before batches carried their key epoch (header version 1,
+    /// counts per source only): take each batch's epoch from its records, rewrite
+    /// its header, and recount. One atomic batch; nothing is done when there is no v1 header.
+    fn migrate_v1(&self) -> Result<(), StoreError> {
+        const V1_LEN: usize = 37;
+        let mut old = Vec::new();
+        for kv in self.tree.scan_prefix([P_HEADER]) {
+            let (k, v) = kv?;
+            if v.len() == V1_LEN && v[0] == 1 {
+                old.push((k, v));
+            }
+        }
+        if old.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        let mut counts: BTreeMap<(String, u32), SourceCounts> = BTreeMap::new();
+        for kv in self.tree.scan_prefix([P_COUNT]) {
+            batch.remove(kv?.0);
+        }
+        for kv in self.tree.scan_prefix([P_HEADER]) {
+            let (k, v) = kv?;
+            let (source, batch_id) = split_batch_key(&k)?;
+            let mut header = v.to_vec();
+            if header.len() == V1_LEN && header[0] == 1 {
+                header[0] = HEADER_VERSION;
+                header.extend_from_slice(&0u32.to_le_bytes());
+                let b = self.read_batch(source.clone(), batch_id, &header)?;
+                let epoch = b.records.first().map_or(0, |r| r.epoch);
+                header[37..41].copy_from_slice(&epoch.to_le_bytes());
+                batch.insert(k.clone(), header.clone());
+            }
+            let h = BatchHeader::decode(&header).ok_or_else(|| StoreError::BadKey("a batch header".into()))?;
+            let c = counts.entry((source, h.epoch)).or_default();
+            c.records += h.records;
+            c.batches += 1;
+        }
+        for ((source, epoch), c) in &counts {
+            batch.insert(count_key(source, *epoch), &c.encode()[..]);
+        }
+        {
+            let _g = crate::sledlock::guard();
+            self.tree.apply_batch(batch)?;
+        }
+        let _g = crate::sledlock::guard();
+        self.db.flush()?;
+        tracing::info!(batches = old.len(), "steward store upgraded: batches now carry their key epoch");
+        Ok(())
     }
 
     /// Make everything written so far durable (fsync). Concurrent callers share the work.
@@ -466,6 +518,32 @@ mod tests {
         let h = BatchHeader { records: 7, chunks: 2, bytes: 5000, seq: 9, received_at: -3, epoch: 4 };
         assert_eq!(BatchHeader::decode(&h.encode()), Some(h));
         assert_eq!(BatchHeader::decode(&[9; HEADER_LEN]), None);
+    }
+
+    #[tokio::test]
+    async fn a_store_from_before_epochs_is_upgraded_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let store = Store::open(&path).unwrap();
+            store.put_batch("police", "a", 1, 5, &body("police", "a", 5)).unwrap();
+            // Make it look as the previous version wrote it: a 37-byte v1 header, counts per source.
+            let hk = batch_key(P_HEADER, "police", "a");
+            let mut v1 = store.tree.get(&hk).unwrap().unwrap().to_vec();
+            v1.truncate(37);
+            v1[0] = 1;
+            store.tree.insert(&hk, v1).unwrap();
+            store.tree.remove(count_key("police", 1)).unwrap();
+            let mut old_count = vec![P_COUNT];
+            old_count.extend_from_slice(b"police");
+            store.tree.insert(old_count, &SourceCounts { records: 5, batches: 1 }.encode()[..]).unwrap();
+            store.flush().await.unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let by = store.counts_by_epoch().unwrap();
+        assert_eq!(by["police"][&1], SourceCounts { records: 5, batches: 1 });
+        let b: Vec<StoredBatch> = store.batches().collect::<Result<_, _>>().unwrap();
+        assert_eq!((b.len(), b[0].header.epoch, b[0].records.len()), (1, 1, 5));
     }
 
     #[tokio::test]

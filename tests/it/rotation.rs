@@ -268,6 +268,7 @@ impl Deployment {
                     && s["sources"].as_object().is_some_and(|m| {
                         m.values().map(|v| v["records"][epoch.to_string()].as_u64().unwrap_or(0)).sum::<u64>()
                             == expected
+                            && m.values().all(|v| v["records"].as_object().is_some_and(|r| r.keys().all(|e| *e == epoch.to_string())))
                     })
             }) && self.sources.iter().all(|m| m.key_files() == want_key);
             if done {
@@ -334,6 +335,35 @@ fn assert_exactly_once(records: &[PseudoRecord], expected: u64, epoch: u32) {
     let distinct: BTreeSet<(&str, &str, u64)> =
         records.iter().map(|r| (r.source.as_str(), r.kind.as_str(), r.line)).collect();
     assert_eq!(distinct.len() as u64, expected, "a record is held twice");
+}
+
+/// The persons `records` link into, as sets of (source, kind, line): comparable across epochs.
+fn partition(records: &[PseudoRecord]) -> BTreeSet<Vec<(String, String, u64)>> {
+    let schema = Schema::default_schema().expect("schema");
+    let index: std::collections::HashMap<&str, usize> =
+        schema.schemes.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let mut linker = divert::linkage::Linker::new(&schema.linkage, schema.schemes.len());
+    for r in records {
+        let mut slots = vec![None; schema.schemes.len()];
+        for (name, text) in &r.tokens {
+            if let (Some(&i), Some((_, t))) = (index.get(name.as_str()), divert::token::parse_token(text)) {
+                slots[i] = Some(t);
+            }
+        }
+        linker.add(r.epoch, &slots).expect("link");
+    }
+    let persons = linker.persons();
+    let mut groups: std::collections::BTreeMap<u32, Vec<(String, String, u64)>> = Default::default();
+    for (p, r) in persons.iter().zip(records) {
+        groups.entry(*p).or_default().push((r.source.clone(), r.kind.clone(), r.line));
+    }
+    groups
+        .into_values()
+        .map(|mut g| {
+            g.sort();
+            g
+        })
+        .collect()
 }
 
 /// Precision and recall of linking `records` against the synthetic truth.
@@ -486,6 +516,8 @@ fn rotation_during_a_stream_keeps_linkage_and_answers_every_query() {
     assert_eq!(before_records.len() as u64, data.expected);
     let before = linkage_metrics(&before_records, &root.path().join("offline"), &data.dir.join("truth.csv"));
     assert_eq!(after, before, "linkage precision and recall (after, before)");
+    // Not only the same figures: the very same persons.
+    assert!(partition(&held) == partition(&before_records), "the persons after the rotation differ from before");
     assert!(after.0 > 0.99 && after.1 > 0.95, "{after:?}");
     // The audit log records the switch.
     let audit = fs::read_to_string(d.steward.dir.join("data/audit.log")).expect("audit");
@@ -502,19 +534,42 @@ fn sigkill_at_random_points_of_a_rotation_recovers_and_completes() {
     for trial in 0..20u64 {
         let mut d = Deployment::new(&root.path().join(format!("trial{trial}")), &pki, &AGENCIES);
         d.start_all();
-        for a in AGENCIES {
-            for f in data.files(a) {
-                d.drop_file(a, &f);
-            }
+        // Half the files before the rotation, half during it (ingest races the switch).
+        let files: Vec<(&str, PathBuf)> =
+            AGENCIES.iter().flat_map(|a| data.files(a).into_iter().map(move |f| (*a, f))).collect();
+        let (early, late) = files.split_at(files.len() / 2);
+        for (a, f) in early {
+            d.drop_file(a, f);
         }
-        d.wait_rotated(1, expected, Duration::from_secs(60));
+        let early_n: u64 =
+            early.iter().map(|(_, f)| csv::Reader::from_path(f).expect("csv").records().count() as u64).sum();
+        d.wait_rotated(1, early_n, Duration::from_secs(60));
         d.rotate();
+        for (a, f) in late {
+            d.drop_file(a, f);
+        }
+        // The victim, and the stage it dies at: right after `keys rotate`, once the steward
+        // builds epoch 2 beside epoch 1, or after the switch (sources retiring the old key).
         let victim = ["steward", "police", "jail"][(mix(trial) % 3) as usize];
-        std::thread::sleep(Duration::from_millis(mix(trial + 100) % 600));
-        // Where the rotation stood when the victim died (printed for a failing trial's replay).
-        let stage = d.key_status().map(|s| (s["active"].clone(), s["pending"].clone()));
+        let stage = (trial / 3 + mix(trial + 7)) % 3;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = d.key_status().unwrap_or_default();
+            let reached = match stage {
+                0 => true,
+                1 => s["pending"] == 2 || s["active"] == 2,
+                _ => s["active"] == 2,
+            };
+            if reached {
+                break;
+            }
+            assert!(Instant::now() < deadline, "trial {trial}: stage {stage} never reached: {s}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(mix(trial + 100) % 150));
+        let seen = d.key_status().map(|s| (s["active"].clone(), s["pending"].clone()));
         d.member(victim).kill();
-        eprintln!("trial {trial}: SIGKILL {victim} at active/pending {stage:?}");
+        eprintln!("trial {trial}: SIGKILL {victim} at stage {stage} (active/pending {seen:?})");
         d.member(victim).start();
         d.wait_rotated(2, expected, Duration::from_secs(60));
         d.stop_all();
@@ -618,6 +673,24 @@ fn the_custodian_gives_keys_to_source_certificates_only() {
         }
     });
     assert!(refused, "a client without a certificate was answered");
+    // A source whose custodian_url leads to another server (here the steward) refuses to ask it.
+    d.steward.start();
+    let steward_port = d.port;
+    d.write_source_config("jail", Some(Custody::Fetch), steward_port);
+    d.sources[1].start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = rt().block_on(admin::request(&d.sources[1].socket(), &Request::Status)).expect("status");
+        let error =
+            r.result.map(|v| v["source"]["key"]["error"].as_str().unwrap_or("").to_string()).unwrap_or_default();
+        if error.contains("not the custodian") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "jail asked an impostor custodian: {error}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.sources[1].stop();
+    d.steward.stop();
     let log = d.sources[0].log();
     assert!(log.contains("asked for the linkage keys: refused"), "{log}");
     assert!(!log.contains(&key_hex), "the key is in the log");
