@@ -268,7 +268,9 @@ impl Deployment {
                     && s["sources"].as_object().is_some_and(|m| {
                         m.values().map(|v| v["records"][epoch.to_string()].as_u64().unwrap_or(0)).sum::<u64>()
                             == expected
-                            && m.values().all(|v| v["records"].as_object().is_some_and(|r| r.keys().all(|e| *e == epoch.to_string())))
+                            && m.values().all(|v| {
+                                v["records"].as_object().is_some_and(|r| r.keys().all(|e| *e == epoch.to_string()))
+                            })
                     })
             }) && self.sources.iter().all(|m| m.key_files() == want_key);
             if done {
@@ -478,7 +480,7 @@ fn rotation_during_a_stream_keeps_linkage_and_answers_every_query() {
                 Ok(r) => failed.push(format!("{}: {}", r.status, String::from_utf8_lossy(&r.body))),
                 Err(e) => failed.push(e.to_string()),
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
         }
         (ok, failed)
     });
@@ -488,11 +490,12 @@ fn rotation_during_a_stream_keeps_linkage_and_answers_every_query() {
             d.rotate();
         }
         d.drop_file(agency, f);
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(150));
     }
     d.wait_rotated(2, data.expected, Duration::from_secs(120));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = queries.join().expect("query thread");
+    eprintln!("{} records, rotation before file {rotate_at} of {}; {ok} queries answered", data.expected, files.len());
     assert!(failed.is_empty(), "{} queries failed, e.g. {:?}", failed.len(), &failed[..failed.len().min(3)]);
     assert!(ok >= 20, "only {ok} queries were asked");
 
@@ -515,6 +518,7 @@ fn rotation_during_a_stream_keeps_linkage_and_answers_every_query() {
     let before_records = offline_records(&data, &AGENCIES, &key1, &root.path().join("offline"));
     assert_eq!(before_records.len() as u64, data.expected);
     let before = linkage_metrics(&before_records, &root.path().join("offline"), &data.dir.join("truth.csv"));
+    eprintln!("precision/recall before {before:?}, after {after:?}");
     assert_eq!(after, before, "linkage precision and recall (after, before)");
     // Not only the same figures: the very same persons.
     assert!(partition(&held) == partition(&before_records), "the persons after the rotation differ from before");
