@@ -680,6 +680,14 @@ fn the_custodian_gives_keys_to_source_certificates_only() {
     // A source whose custodian_url leads to another server (here the steward) refuses to ask it.
     d.steward.start();
     let steward_port = d.port;
+    // The steward's epoch endpoints are for sources only.
+    let steward_addr = format!("127.0.0.1:{steward_port}").parse().expect("addr");
+    let eval = pki.issue(Role::Evaluator, "evaluator");
+    let (status, body) = rt().block_on(async {
+        let mut c = Client::connect(steward_addr, client_config(&pki.ca_pem(), Some(&eval))).await.expect("connect");
+        c.request("GET", "/v1/epochs", Vec::new()).await.expect("request")
+    });
+    assert_eq!(status.as_u16(), 403, "{}", String::from_utf8_lossy(&body));
     d.write_source_config("jail", Some(Custody::Fetch), steward_port);
     d.sources[1].start();
     let deadline = Instant::now() + Duration::from_secs(30);
