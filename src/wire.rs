@@ -97,6 +97,9 @@ pub struct SourceEpochs {
     pub records: std::collections::BTreeMap<u32, u64>,
     /// Whether the rotation to the pending epoch waits for this source.
     pub waiting_for: bool,
+    /// An admin told the switch to the pending epoch not to wait for this source.
+    #[serde(default)]
+    pub excused: bool,
 }
 
 /// The body of a 409 answer to a batch under an epoch the steward does not link.

@@ -50,6 +50,25 @@ Example:\n  divert keys rotate --config /etc/divert/police.toml")]
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// At the steward: stop a key rotation from waiting for a source that is gone for good.
+    #[command(long_about = "At the steward: stop the pending key epoch's switch from waiting for SOURCE, \
+an agency that is gone for good (decommissioned, or its store lost). The switch then happens once \
+every other source is complete. SOURCE's records under the old epoch cannot be linked under the new \
+key: they leave the linkage at the switch and are deleted with the old epoch. If SOURCE comes back, \
+its old batches are refused as retired and it re-sends everything it holds under the new epoch. \
+Audited. Refused unless the switch is waiting for SOURCE, and without --drop-records.\n\n\
+Example:\n  divert keys excuse --config /etc/divert/steward.toml --source treatment --drop-records")]
+    Excuse {
+        /// The steward's daemon config.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The source the switch should stop waiting for.
+        #[arg(long, value_name = "NAME")]
+        source: String,
+        /// Acknowledge that SOURCE's records under the old epoch leave the evaluation.
+        #[arg(long)]
+        drop_records: bool,
+    },
     /// Show key epochs: of a keys directory (--keys), or of a running daemon and every source (--config).
     #[command(long_about = "Show key epochs and fingerprints (never a key).\n\n\
 With --keys DIR: the epochs in a keys directory.\n\
@@ -78,6 +97,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<()> {
             println!("copy it to every source agency over a secure channel; never to the steward or an evaluator");
         }
         KeysCommand::Rotate { config } => rotate(&config)?,
+        KeysCommand::Excuse { config, source, drop_records } => excuse(&config, &source, drop_records)?,
         KeysCommand::Status { keys: Some(dir), json, .. } => dir_status(&dir, json)?,
         KeysCommand::Status { config: Some(config), json, .. } => daemon_status(&config, json)?,
         KeysCommand::Status { .. } => anyhow::bail!("give --keys DIR or --config FILE"),
@@ -149,6 +169,25 @@ fn rotate(config_path: &std::path::Path) -> anyhow::Result<()> {
         "sources fetch it within their epoch_poll_ms; follow with `divert keys status --config {}`",
         config_path.display()
     );
+    Ok(())
+}
+
+fn excuse(config_path: &std::path::Path, source: &str, drop_records: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        drop_records,
+        "`{source}`'s records under the old key epoch would leave the evaluation; pass --drop-records to confirm"
+    );
+    let (_, socket) = admin_socket_of(config_path)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let resp = rt.block_on(admin::request(&socket, &Request::KeysExcuse { source: source.to_string() }))?;
+    let Some(result) = resp.result.filter(|_| resp.ok) else {
+        anyhow::bail!("the steward refused: {}", resp.error.unwrap_or_default());
+    };
+    println!(
+        "the switch to epoch {} no longer waits for {source}; {} of its records under the old epoch leave the linkage",
+        result["epoch"], result["records_left_out"]
+    );
+    println!("follow with `divert keys status --config {}`", config_path.display());
     Ok(())
 }
 
@@ -224,7 +263,9 @@ fn render(v: &serde_json::Value) -> String {
                 .as_object()
                 .map_or(String::new(), |m| m.iter().map(|(e, n)| format!("e{e}: {n}")).collect::<Vec<_>>().join("  "));
             let held_up = r["error"].as_str().map(|e| format!("held up: {e}"));
-            let state = if let Some(h) = held_up.as_deref() {
+            let state = if s["excused"].as_bool().unwrap_or(false) {
+                "excused: the switch does not wait for it"
+            } else if let Some(h) = held_up.as_deref() {
                 h
             } else if s["waiting_for"].as_bool().unwrap_or(false) {
                 "the switch waits for it"

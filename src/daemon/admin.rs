@@ -39,6 +39,8 @@ pub enum Request {
     KeyStatus,
     /// A key file was added to the keys directory (`divert keys rotate`): look now (source only).
     KeysChanged,
+    /// Stop the pending key epoch's switch from waiting for a source that is gone (steward only).
+    KeysExcuse { source: String },
 }
 
 /// The daemon's answer: `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`.

@@ -178,6 +178,17 @@ fn admin_handler(ctx: Arc<Context>, service: Service, started: time::OffsetDateT
                         Err(e) => admin::Response::err(e.to_string()),
                     },
                 },
+                admin::Request::KeysExcuse { source } => match &service {
+                    Service::Steward(s) => match s.excuse(&source).await {
+                        Ok((epoch, dropped)) => admin::Response::ok(serde_json::json!({
+                            "source": source, "epoch": epoch, "records_left_out": dropped,
+                        })),
+                        Err(e) => admin::Response::err(e),
+                    },
+                    Service::Source(_) => {
+                        admin::Response::err("run this with the steward's config: the steward decides the switch")
+                    }
+                },
                 admin::Request::KeysChanged => match &service {
                     Service::Source(s) => {
                         s.wake_rotation();

@@ -33,6 +33,7 @@ const ACTIVE: &[u8] = b"active";
 const PENDING: &[u8] = b"pending";
 const COMPLETE: &[u8] = b"complete\0";
 const REPORT: &[u8] = b"report\0";
+const EXCUSED: &[u8] = b"excused\0";
 
 /// Where an admitted batch's records go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +93,8 @@ struct State {
     active: Option<u32>,
     pending: Option<u32>,
     complete: BTreeMap<String, u32>,
+    /// Sources an admin told the switch not to wait for, with the pending epoch it was for.
+    excused: BTreeMap<String, u32>,
     reports: BTreeMap<String, (EpochReport, String)>,
 }
 
@@ -118,6 +121,12 @@ impl Epochs {
             let (k, v) = kv?;
             if let (Ok(name), Some(e)) = (std::str::from_utf8(&k[COMPLETE.len()..]), be_u32(&v)) {
                 st.complete.insert(name.to_string(), e);
+            }
+        }
+        for kv in tree.scan_prefix(EXCUSED) {
+            let (k, v) = kv?;
+            if let (Ok(name), Some(e)) = (std::str::from_utf8(&k[EXCUSED.len()..]), be_u32(&v)) {
+                st.excused.insert(name.to_string(), e);
             }
         }
         for kv in tree.scan_prefix(REPORT) {
@@ -213,12 +222,31 @@ impl Epochs {
             waiting.extend(at_pending.iter().map(|(s, _)| (*s).clone()));
         }
         for (source, per) in counts {
+            if st.excused.get(source) == Some(&pending) {
+                continue;
+            }
             let holds = [active, pending].iter().any(|e| per.get(e).is_some_and(|c| c.records > 0));
             if holds && st.complete.get(source).map_or(true, |&c| c < pending) {
                 waiting.insert(source.clone());
             }
         }
         Some(waiting)
+    }
+
+    /// Tell the switch to the pending epoch not to wait for `source` (one that is gone
+    /// for good). Its records under the active epoch are deleted with that epoch at the
+    /// switch; if it comes back it re-sends what it holds under the new epoch. Returns the
+    /// pending epoch. Durable at the caller's flush.
+    pub fn excuse(&self, source: &str) -> Result<u32, String> {
+        let mut st = self.lock();
+        let Some(pending) = st.pending else {
+            return Err("no key rotation is under way: the steward builds no pending epoch".into());
+        };
+        self.tree
+            .insert([EXCUSED, source.as_bytes()].concat(), &pending.to_be_bytes())
+            .map_err(|e| format!("recording the excuse failed: {e}"))?;
+        st.excused.insert(source.to_string(), pending);
+        Ok(pending)
     }
 
     /// Make the pending epoch active (in the store; the caller flushes).
@@ -256,6 +284,7 @@ impl Epochs {
         }
         for (source, e) in sources.iter_mut() {
             e.waiting_for = waiting.contains(source);
+            e.excused = st.pending.is_some() && st.excused.get(source) == st.pending.as_ref();
         }
         let conflict = st.pending.and_then(|p| {
             let f: BTreeSet<&str> =

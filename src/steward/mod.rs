@@ -358,6 +358,38 @@ impl Steward {
         Ok(self.epochs.status(&self.store.counts_by_epoch()?))
     }
 
+    /// An admin's decision (`divert keys excuse`): the switch stops waiting for
+    /// `source`, a source that is gone for good. Its records under the active
+    /// epoch leave the linkage at the switch (they cannot be linked under the
+    /// new key). Audited; may switch at once. Returns (pending epoch, records dropped).
+    pub async fn excuse(&self, source: &str) -> Result<(u32, u64), String> {
+        let counts = self.store.counts_by_epoch().map_err(|e| e.to_string())?;
+        let waiting = self.epochs.waiting_for(&counts).ok_or("no key rotation is under way")?;
+        if !waiting.contains(source) {
+            let list: Vec<&str> = waiting.iter().map(String::as_str).collect();
+            return Err(format!(
+                "the switch does not wait for `{source}`; it waits for: {}",
+                if list.is_empty() { "nobody".to_string() } else { list.join(", ") }
+            ));
+        }
+        let active = self.epochs.active().unwrap_or(0);
+        let dropped = counts.get(source).and_then(|per| per.get(&active)).map_or(0, |c| c.records);
+        let pending = self.epochs.excuse(source)?;
+        self.store.flush().await.map_err(|e| e.to_string())?;
+        let detail = serde_json::json!({
+            "event": "source_excused", "source": source, "epoch": pending, "records_left_out": dropped,
+        });
+        self.audit.append(crate::audit::Kind::Key, "admin", &detail).map_err(|e| e.to_string())?;
+        warn!(
+            source,
+            epoch = pending,
+            records_left_out = dropped,
+            "the key rotation no longer waits for this source: its records under the old epoch leave the linkage at the switch"
+        );
+        self.maybe_switch().await;
+        Ok((pending, dropped))
+    }
+
     /// Switch to the pending epoch if every source holding records has
     /// reported it complete: durably, then the new linkage answers queries,
     /// then the old epoch's batches are deleted. Audited.

@@ -708,3 +708,58 @@ fn the_custodian_gives_keys_to_source_certificates_only() {
     assert!(!log.contains(&key_hex), "the key is in the log");
     d.sources[0].stop();
 }
+
+#[test]
+fn a_source_gone_for_good_can_be_excused_and_resends_everything_if_it_returns() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(root.path());
+    let data = synth(&root.path().join("synth"), 30, 9);
+    let mut d = Deployment::new(&root.path().join("deploy"), &pki, &["police", "jail"]);
+    d.start_all();
+    for a in ["police", "jail"] {
+        for f in data.files(a) {
+            d.drop_file(a, &f);
+        }
+    }
+    let (police, jail) = (data.expected_for(&["police"]), data.expected_for(&["jail"]));
+    d.wait_rotated(1, police + jail, Duration::from_secs(60));
+    // jail goes away; the rotation then waits for it.
+    d.sources[1].stop();
+    d.rotate();
+    let steward_cfg = d.steward.config.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = d.key_status().unwrap_or_default();
+        if s["pending"] == 2
+            && s["sources"]["police"]["waiting_for"] == false
+            && s["sources"]["jail"]["waiting_for"] == true
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "police did not complete epoch 2: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = divert_in(&d.root, &["keys", "status", "--config", &steward_cfg]);
+    assert!(text(&status.stdout).contains("the switch waits for it"), "{}", text(&status.stdout));
+    // Refused without the acknowledgement, and for a source the switch does not wait for.
+    let out = divert_in(&d.root, &["keys", "excuse", "--config", &steward_cfg, "--source", "jail"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("--drop-records"), "{}", text(&out.stderr));
+    let out = divert_in(&d.root, &["keys", "excuse", "--config", &steward_cfg, "--source", "police", "--drop-records"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("waits for: jail"), "{}", text(&out.stderr));
+    let out = divert_in(&d.root, &["keys", "excuse", "--config", &steward_cfg, "--source", "jail", "--drop-records"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&format!("{jail} of its records")), "{}", text(&out.stdout));
+    // The steward switches without jail: police's records only, under epoch 2.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while d.key_status().map(|s| s["active"].clone()) != Some(serde_json::json!(2)) {
+        assert!(Instant::now() < deadline, "no switch after the excuse: {}", d.steward.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // jail returns: refused as retired, it fetches epoch 2, re-sends everything, nothing twice.
+    d.sources[1].start();
+    d.wait_rotated(2, police + jail, Duration::from_secs(60));
+    d.stop_all();
+    assert_exactly_once(&d.held_records(), police + jail, 2);
+    let audit = fs::read_to_string(d.steward.dir.join("data/audit.log")).expect("audit");
+    assert!(audit.contains("source_excused"));
+}
