@@ -233,18 +233,8 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+    crate::keys::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 /// Split a line into (the entry without `hash`, as hashed; the claimed hash).

@@ -93,6 +93,14 @@ pub fn hex_into(bytes: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// The bytes of lower- or upper-case hex; `None` for an odd length or a non-hex digit.
+pub fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
+}
+
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -197,8 +205,7 @@ pub fn remove_epoch(dir: &Path, epoch: u32) -> Result<(), KeyError> {
 pub fn write_new_epoch(dir: &Path, epoch: u32) -> Result<EpochKey, KeyError> {
     let mut bytes = Zeroizing::new(vec![0u8; KEY_LEN]);
     SystemRandom::new().fill(&mut bytes).map_err(|_| KeyError::Random)?;
-    fsutil::write_secret(&dir.join(epoch_file_name(epoch)), &bytes, false)?;
-    Ok(EpochKey { epoch, key: bytes })
+    store_epoch(dir, epoch, &bytes)
 }
 
 #[cfg(test)]

@@ -419,10 +419,6 @@ fn make_serial(counter: u64) -> Vec<u8> {
     serial
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Canonical form of a serial given by an admin: lowercase hex, no colons, no leading zeros.
 fn normalize_serial(given: &str) -> Result<String, PkiError> {
     let hex: String = given.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
@@ -432,13 +428,6 @@ fn normalize_serial(given: &str) -> Result<String, PkiError> {
     }
     let trimmed = hex.trim_start_matches('0');
     Ok(if trimmed.is_empty() { "0".to_string() } else { trimmed.to_string() })
-}
-
-fn from_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// Held while one command changes a CA directory; removed on drop.
@@ -572,7 +561,7 @@ fn build_crl(ca: &LoadedCa, members: &[Member], crl_number: u64, crl_days: u32) 
     let mut revoked_certs = Vec::new();
     for m in members {
         let Some(at) = m.revoked_at else { continue };
-        let serial = from_hex(&m.serial).ok_or_else(|| PkiError::Corrupt {
+        let serial = crate::keys::from_hex(&m.serial).ok_or_else(|| PkiError::Corrupt {
             path: ca.dir.join(MEMBERS_FILE),
             what: "the register of issued certificates",
             detail: format!("serial {:?} of {} is not hex", m.serial, m.spiffe_id),
@@ -716,7 +705,7 @@ pub fn issue(
     let cert = params.signed_by(&key, &ca.issuer, &ca.key).map_err(crypto("sign the certificate"))?;
 
     let member = Member {
-        serial: to_hex(&serial),
+        serial: crate::keys::hex(&serial),
         role,
         name: name.to_string(),
         spiffe_id: id.to_string(),
@@ -883,11 +872,11 @@ mod tests {
         assert_eq!(a.len(), 16);
         assert!(a[0] >= 1 && a[0] < 0x80);
         assert_ne!(a, b);
-        assert_eq!(from_hex(&to_hex(&a)).unwrap(), a);
+        assert_eq!(crate::keys::from_hex(&crate::keys::hex(&a)).unwrap(), a);
         assert_eq!(normalize_serial("00:AB:0c").unwrap(), "ab0c");
         assert_eq!(normalize_serial("0xab0c").unwrap(), "ab0c");
         assert!(normalize_serial("xyz").is_err());
-        assert!(from_hex("abc").is_none());
+        assert!(crate::keys::from_hex("abc").is_none());
     }
 
     #[test]

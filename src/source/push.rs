@@ -93,15 +93,6 @@ impl Outbox {
         self.lock().in_flight.remove(&seq);
     }
 
-    /// The lowest sequence not yet acknowledged.
-    pub fn min_seq(&self) -> Option<u64> {
-        let q = self.lock();
-        match (q.waiting.keys().next(), q.in_flight.keys().next()) {
-            (Some(&a), Some(&b)) => Some(a.min(b)),
-            (a, b) => a.or(b).copied(),
-        }
-    }
-
     /// (batches, records) not yet acknowledged.
     pub fn depth(&self) -> (u64, u64) {
         let q = self.lock();

@@ -284,19 +284,13 @@ async fn fetch(src: &Arc<Source>) -> anyhow::Result<()> {
             continue;
         }
         let bytes = zeroize::Zeroizing::new(
-            decode_hex(&entry.key_hex).ok_or_else(|| anyhow::anyhow!("the custodian sent a key that is not hex"))?,
+            keys::from_hex(&entry.key_hex)
+                .ok_or_else(|| anyhow::anyhow!("the custodian sent a key that is not hex"))?,
         );
         let key = keys::store_epoch(dir, entry.epoch, &bytes)?;
         tracing::info!(epoch = key.epoch(), fingerprint = %key.fingerprint(), "fetched a new linkage key epoch from the custodian");
     }
     Ok(())
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// Re-pseudonymize everything held under `target`, then switch to it.

@@ -313,6 +313,22 @@ mod tests {
         out
     }
 
+    /// Open the database again. sled releases its file lock from a background thread
+    /// shortly after the last handle is dropped, so the first attempts may find it held.
+    fn reopen(path: &std::path::Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sled::open(path) {
+                Ok(db) => return db,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("reopening the store: {e}"),
+            }
+        }
+    }
+
     fn report(active: u32, complete: Option<u32>) -> EpochReport {
         EpochReport {
             active,
@@ -341,7 +357,7 @@ mod tests {
         assert_eq!(e.waiting_for(&c).unwrap(), ["jail".to_string()].into());
         drop(e);
         drop(db);
-        let db = sled::open(dir.path()).unwrap();
+        let db = reopen(dir.path());
         let e = Epochs::open(&db).unwrap();
         assert_eq!((e.active(), e.pending()), (Some(1), Some(2)));
         assert_eq!(e.waiting_for(&c).unwrap(), ["jail".to_string()].into());
@@ -365,7 +381,7 @@ mod tests {
         assert!(retired.to_string().contains("retired"), "{retired}");
         drop(e);
         drop(db);
-        let db = sled::open(dir.path()).unwrap();
+        let db = reopen(dir.path());
         let e = Epochs::open(&db).unwrap();
         assert_eq!((e.active(), e.pending()), (Some(2), None));
     }
