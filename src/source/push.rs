@@ -373,28 +373,51 @@ async fn exchange(src: &Source, conn: &mut Option<Sender>, body: Bytes) -> Resul
     }
 }
 
+/// Who must answer a source's connection.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Peer<'a> {
+    /// A steward of our program.
+    Steward,
+    /// The key custodian: the source of our program with this name.
+    Custodian(&'a str),
+}
+
 /// A new mTLS connection to the steward, its certificate checked to be a steward of our program.
 async fn connect(src: &Source) -> Result<Sender, PushError> {
+    connect_to(src, &src.cfg.steward_addr, &src.cfg.steward_host, Peer::Steward).await
+}
+
+/// A new mTLS connection to `addr` (TLS name `host`), the server's SPIFFE identity
+/// checked to be `want` before a byte of HTTP is sent.
+pub(super) async fn connect_to(src: &Source, addr: &str, host: &str, want: Peer<'_>) -> Result<Sender, PushError> {
     let material = src.ctx.tls.borrow().clone();
-    let addr = src.cfg.steward_addr.as_str();
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| PushError::Connect { addr: addr.into(), detail: "timed out".into() })?
         .map_err(|e| PushError::Connect { addr: addr.into(), detail: e.to_string() })?;
     let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from(src.cfg.steward_host.clone())
-        .map_err(|_| PushError::Tls(format!("`{}` is not a valid server name", src.cfg.steward_host)))?;
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|_| PushError::Tls(format!("`{host}` is not a valid server name")))?;
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(material.client.clone()).connect(name, tcp))
         .await
         .map_err(|_| PushError::Tls("the handshake timed out".into()))?
         .map_err(|e| PushError::Tls(e.to_string()))?;
     let program = &src.ctx.config.identity.program;
+    let wanted = |id: &crate::pki::SpiffeId| {
+        &id.program == program
+            && match want {
+                Peer::Steward => id.role == Role::Steward,
+                Peer::Custodian(name) => id.role == Role::Source && id.name == name,
+            }
+    };
     match tls::peer_identity(stream.get_ref().1) {
-        Some(id) if id.role == Role::Steward && &id.program == program => {}
+        Some(id) if wanted(&id) => {}
         Some(id) => {
-            return Err(PushError::Identity(format!(
-                "the server at {addr} is {id}, not a steward of program {program}: refusing to send"
-            )))
+            let expected = match want {
+                Peer::Steward => format!("a steward of program {program}"),
+                Peer::Custodian(name) => format!("the custodian spiffe://{program}/source/{name}"),
+            };
+            return Err(PushError::Identity(format!("the server at {addr} is {id}, not {expected}: refusing to send")));
         }
         None => {
             return Err(PushError::Identity(format!(

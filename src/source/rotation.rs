@@ -28,22 +28,16 @@ use anyhow::Context as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use crate::daemon::config::Custody;
 use crate::keys;
-use crate::pki::Role;
-use crate::tls;
 use crate::token::Tokenizer;
 use crate::wire::{EpochReport, EpochStatus, KeySet, RekeyProgress, EPOCHS_PATH, KEYS_PATH};
 
 use super::file::FileError;
+use super::push::{connect_to, Peer};
 use super::{rekey, store, Keying, Source};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_ANSWER_BYTES: usize = 4 << 20;
 
@@ -164,12 +158,6 @@ impl Source {
     }
 }
 
-/// Who must answer.
-enum Peer<'a> {
-    Steward,
-    Custodian(&'a str),
-}
-
 /// One request on a new mutual-TLS connection, the server's identity checked.
 async fn request(
     src: &Source,
@@ -180,36 +168,7 @@ async fn request(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> anyhow::Result<(StatusCode, Bytes)> {
-    let material = src.ctx.tls.borrow().clone();
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| anyhow::anyhow!("connecting to {addr}: timed out"))?
-        .with_context(|| format!("connecting to {addr}"))?;
-    let name = ServerName::try_from(host.to_string()).map_err(|_| anyhow::anyhow!("`{host}` is not a server name"))?;
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(material.client.clone()).connect(name, tcp))
-        .await
-        .map_err(|_| anyhow::anyhow!("TLS with {addr}: the handshake timed out"))?
-        .with_context(|| format!("TLS with {addr}"))?;
-    let program = &src.ctx.config.identity.program;
-    let id = tls::peer_identity(stream.get_ref().1)
-        .ok_or_else(|| anyhow::anyhow!("the server at {addr} has no SPIFFE identity: refusing to talk to it"))?;
-    let ok = &id.program == program
-        && match want {
-            Peer::Steward => id.role == Role::Steward,
-            Peer::Custodian(name) => id.role == Role::Source && id.name == name,
-        };
-    if !ok {
-        let wanted = match want {
-            Peer::Steward => format!("a steward of program {program}"),
-            Peer::Custodian(name) => format!("the custodian spiffe://{program}/source/{name}"),
-        };
-        anyhow::bail!("the server at {addr} is {id}, not {wanted}: refusing to talk to it");
-    }
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("HTTP handshake")?;
-    let conn = tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let mut sender = connect_to(src, addr, host, want).await?;
     let req = Request::builder()
         .method(method)
         .uri(path)
@@ -227,8 +186,6 @@ async fn request(
         .map_err(|_| anyhow::anyhow!("{addr}: the answer did not arrive in time"))?
         .map_err(|e| anyhow::anyhow!("{addr}: reading the answer: {e}"))?
         .to_bytes();
-    drop(sender);
-    conn.abort();
     Ok((status, answer))
 }
 
