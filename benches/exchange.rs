@@ -40,9 +40,6 @@ use divert::steward::Steward;
 use divert::synth::{self, Kind, Params};
 use divert::tls::{TlsMaterial, TlsPaths};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 const PROGRAM: &str = "bench";
 const SOURCE: &str = "police";
@@ -73,14 +70,8 @@ fn tls_table(dir: &Path) -> String {
 }
 
 fn context(config: &Config) -> (Arc<Context>, Arc<TlsMaterial>) {
-    let material = Arc::new(TlsMaterial::load(&config.tls, Some(&config.identity)).expect("TLS material"));
-    let (_tx, rx) = watch::channel(material.clone());
-    let ctx = Arc::new(Context {
-        config: config.clone(),
-        tls: rx,
-        shutdown: CancellationToken::new(),
-        tracker: TaskTracker::new(),
-    });
+    let (ctx, tx) = Context::load(config).expect("TLS material");
+    let material = tx.borrow().clone();
     (ctx, material)
 }
 

@@ -24,6 +24,23 @@ pub struct Context {
     pub tracker: TaskTracker,
 }
 
+impl Context {
+    /// Load `config`'s TLS material and make the context a daemon's services
+    /// share; the returned sender publishes reloaded material.
+    pub fn load(config: &Config) -> anyhow::Result<(Arc<Context>, watch::Sender<Arc<TlsMaterial>>)> {
+        use anyhow::Context as _;
+        let material = TlsMaterial::load(&config.tls, Some(&config.identity)).context("loading TLS material")?;
+        let (tls_tx, tls_rx) = watch::channel(Arc::new(material));
+        let ctx = Arc::new(Context {
+            config: config.clone(),
+            tls: tls_rx,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
+        Ok((ctx, tls_tx))
+    }
+}
+
 pub mod admin;
 pub mod metrics;
 

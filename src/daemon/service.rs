@@ -2,7 +2,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::daemon::config::{Config, RoleConfig};
@@ -13,8 +12,6 @@ use crate::tls::TlsMaterial;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// How long a stopping daemon waits for in-flight work before exiting anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -41,15 +38,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     crate::fsutil::create_private_dir(&config.data_dir)?;
-    let material = TlsMaterial::load(&config.tls, Some(&config.identity)).context("loading TLS material")?;
-    warn_if_expiring(&material);
-    let (tls_tx, tls_rx) = watch::channel(Arc::new(material));
-    let ctx = Arc::new(Context {
-        config: config.clone(),
-        tls: tls_rx,
-        shutdown: CancellationToken::new(),
-        tracker: TaskTracker::new(),
-    });
+    let (ctx, tls_tx) = Context::load(&config)?;
+    warn_if_expiring(&tls_tx.borrow());
 
     // The admin socket first: a second daemon on the same data directory stops here.
     let admin_listener = admin::bind(&config.admin_socket).await?;

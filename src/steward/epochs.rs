@@ -320,9 +320,8 @@ mod tests {
         loop {
             match sled::open(path) {
                 Ok(db) => return db,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(std::time::Duration::from_millis(10));
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
                 }
                 Err(e) => panic!("reopening the store: {e}"),
             }

@@ -457,6 +457,21 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// Open a store again in this process. sled releases its file lock from a background
+    /// thread shortly after the last handle is dropped, so the first attempts may find it held.
+    fn reopen(path: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(path) {
+                Ok(s) => return s,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("reopening the store: {e}"),
+            }
+        }
+    }
+
     fn body(source: &str, id: &str, n: usize) -> Vec<u8> {
         let records: Vec<PseudoRecord> = (0..n)
             .map(|i| PseudoRecord {
@@ -508,7 +523,7 @@ mod tests {
             store.put_batch("police", "a", 1, 5, &body("police", "a", 5)).unwrap();
             store.flush().await.unwrap();
         }
-        let store = Store::open(&path).unwrap();
+        let store = reopen(&path);
         assert_eq!(store.records().count(), 5);
         assert_eq!(store.put_batch("police", "a", 1, 5, &body("police", "a", 5)).unwrap(), PutOutcome::Duplicate);
     }
@@ -539,7 +554,7 @@ mod tests {
             store.tree.insert(old_count, &SourceCounts { records: 5, batches: 1 }.encode()[..]).unwrap();
             store.flush().await.unwrap();
         }
-        let store = Store::open(&path).unwrap();
+        let store = reopen(&path);
         let by = store.counts_by_epoch().unwrap();
         assert_eq!(by["police"][&1], SourceCounts { records: 5, batches: 1 });
         let b: Vec<StoredBatch> = store.batches().collect::<Result<_, _>>().unwrap();

@@ -33,8 +33,6 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// The program every test PKI is made for.
 pub const PROGRAM: &str = "test-lead";
@@ -211,27 +209,10 @@ pub struct TestSteward {
 impl TestSteward {
     /// Issue a steward certificate into `<dir>/tls` (unless there) and start a steward with data in `<dir>/data`.
     pub async fn start(pki: &Pki, dir: &Path, extra: &str) -> TestSteward {
-        let tls_dir = dir.join("tls");
-        if !tls_dir.join(pki::CERT_FILE).exists() {
-            pki.issue_into(Role::Steward, "steward", &tls_dir);
-        }
-        let cfg_path = dir.join("steward.toml");
-        let text = steward_config_text(&tls_dir, &dir.join("data"), "127.0.0.1:0", extra);
-        let config = Config::from_toml(&text, &cfg_path).unwrap_or_else(|p| panic!("config: {p:?}"));
-        let material = TlsMaterial::load(&config.tls, Some(&config.identity)).expect("steward TLS material");
-        let (tls_tx, tls_rx) = watch::channel(Arc::new(material));
-        let ctx = Arc::new(Context {
-            config: config.clone(),
-            tls: tls_rx,
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-        });
-        let RoleConfig::Steward(sc) = config.role.clone() else { panic!("not a steward config") };
-        let steward = Steward::start(ctx.clone(), sc).await.expect("start steward");
-        let addr = steward.local_addr();
-        let written = read_listen_addr(&config.data_dir, Duration::from_secs(1)).expect("listen.addr");
-        assert_eq!(written, addr);
-        TestSteward { steward, ctx, tls_tx, config, tls_dir, addr }
+        let st = TestSteward::try_start(pki, dir, extra).await.expect("start steward");
+        let written = read_listen_addr(&st.config.data_dir, Duration::from_secs(1)).expect("listen.addr");
+        assert_eq!(written, st.addr);
+        st
     }
 
     pub fn steward_config(&self) -> StewardConfig {
@@ -495,25 +476,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
 impl TestSteward {
     /// Like [`TestSteward::start`], listening on `listen` (e.g. the port of a steward stopped earlier).
     pub async fn start_on(pki: &Pki, dir: &Path, listen: &str, extra: &str) -> TestSteward {
-        let tls_dir = dir.join("tls");
-        if !tls_dir.join(pki::CERT_FILE).exists() {
-            pki.issue_into(Role::Steward, "steward", &tls_dir);
-        }
-        let cfg_path = dir.join("steward.toml");
-        let text = steward_config_text(&tls_dir, &dir.join("data"), listen, extra);
-        let config = Config::from_toml(&text, &cfg_path).unwrap_or_else(|p| panic!("config: {p:?}"));
-        let material = TlsMaterial::load(&config.tls, Some(&config.identity)).expect("steward TLS material");
-        let (tls_tx, tls_rx) = watch::channel(Arc::new(material));
-        let ctx = Arc::new(Context {
-            config: config.clone(),
-            tls: tls_rx,
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-        });
-        let RoleConfig::Steward(sc) = config.role.clone() else { panic!("not a steward config") };
-        let steward = Steward::start(ctx.clone(), sc).await.expect("start steward");
-        let addr = steward.local_addr();
-        TestSteward { steward, ctx, tls_tx, config, tls_dir, addr }
+        TestSteward::try_start_on(pki, dir, listen, extra).await.expect("start steward")
     }
 
     /// Records held, from the steward's counters (cheap enough to poll).
@@ -528,21 +491,20 @@ impl TestSteward {
     /// Like [`TestSteward::start`] on port 0, returning the steward's error instead of panicking
     /// (to check that it refuses to start, e.g. on a damaged audit log).
     pub async fn try_start(pki: &Pki, dir: &Path, extra: &str) -> anyhow::Result<TestSteward> {
+        TestSteward::try_start_on(pki, dir, "127.0.0.1:0", extra).await
+    }
+
+    /// Issue a steward certificate into `<dir>/tls` (unless there) and start a steward
+    /// listening on `listen` with data in `<dir>/data`; the steward's error if it refuses to start.
+    pub async fn try_start_on(pki: &Pki, dir: &Path, listen: &str, extra: &str) -> anyhow::Result<TestSteward> {
         let tls_dir = dir.join("tls");
         if !tls_dir.join(pki::CERT_FILE).exists() {
             pki.issue_into(Role::Steward, "steward", &tls_dir);
         }
         let cfg_path = dir.join("steward.toml");
-        let text = steward_config_text(&tls_dir, &dir.join("data"), "127.0.0.1:0", extra);
+        let text = steward_config_text(&tls_dir, &dir.join("data"), listen, extra);
         let config = Config::from_toml(&text, &cfg_path).unwrap_or_else(|p| panic!("config: {p:?}"));
-        let material = TlsMaterial::load(&config.tls, Some(&config.identity)).expect("steward TLS material");
-        let (tls_tx, tls_rx) = watch::channel(Arc::new(material));
-        let ctx = Arc::new(Context {
-            config: config.clone(),
-            tls: tls_rx,
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-        });
+        let (ctx, tls_tx) = Context::load(&config).expect("steward TLS material");
         let RoleConfig::Steward(sc) = config.role.clone() else { panic!("not a steward config") };
         let steward = Steward::start(ctx.clone(), sc).await?;
         let addr = steward.local_addr();

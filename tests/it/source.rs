@@ -16,9 +16,6 @@ use divert::source::raw;
 use divert::source::store::Store;
 use divert::source::Source;
 use divert::tls::TlsMaterial;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::net::{tls_paths, Pki, TestSteward, PROGRAM};
 use crate::util::{divert_ok, text};
@@ -75,14 +72,7 @@ max_backoff_secs = 1
 impl TestSource {
     async fn try_start(pki: &Pki, dir: &Path, steward: SocketAddr, extra: &str) -> anyhow::Result<TestSource> {
         let config = source_config(pki, dir, steward, extra);
-        let material = TlsMaterial::load(&config.tls, Some(&config.identity)).expect("source TLS material");
-        let (_tx, rx) = watch::channel(Arc::new(material));
-        let ctx = Arc::new(Context {
-            config: config.clone(),
-            tls: rx,
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-        });
+        let (ctx, _tx) = Context::load(&config).expect("source TLS material");
         let RoleConfig::Source(sc) = config.role.clone() else { panic!("not a source config") };
         let src = Source::start(ctx.clone(), sc).await?;
         Ok(TestSource { src, ctx, dir: dir.to_path_buf() })
