@@ -4,7 +4,7 @@
 //! certificate of the program CA and can reach only the steward's
 //! `/v1/catalog`, `/v1/query`, `/v1/budget` and `/v1/releases`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::daemon::config::parse_https_url;
+use crate::daemon::config::{parse_https_url, read_text, resolver, RawTls};
 use crate::pki::{Role, SpiffeId};
 use crate::schema::{toml_problem, Problem};
 use crate::tls::{self, TlsMaterial, TlsPaths};
@@ -33,15 +33,6 @@ struct RawEvaluatorConfig {
     tls: RawTls,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    cert: PathBuf,
-    key: PathBuf,
-    ca: PathBuf,
-    crl: PathBuf,
-}
-
 /// A validated evaluator config.
 #[derive(Debug, Clone)]
 pub struct EvaluatorConfig {
@@ -53,16 +44,12 @@ pub struct EvaluatorConfig {
 
 impl EvaluatorConfig {
     pub fn load(path: &Path) -> Result<EvaluatorConfig, Vec<Problem>> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| vec![Problem { key: String::new(), message: format!("cannot read: {e}") }])?;
-        EvaluatorConfig::from_toml(&text, path)
+        EvaluatorConfig::from_toml(&read_text(path)?, path)
     }
 
     pub fn from_toml(text: &str, path: &Path) -> Result<EvaluatorConfig, Vec<Problem>> {
         let raw: RawEvaluatorConfig = toml::from_str(text).map_err(|e| vec![toml_problem(&e)])?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let resolve =
-            |p: &Path| if p.is_absolute() || base.as_os_str().is_empty() { p.to_path_buf() } else { base.join(p) };
+        let resolve = &resolver(path);
         let mut problems = Vec::new();
         if raw.role != "evaluator" {
             problems.push(Problem {
@@ -82,17 +69,9 @@ impl EvaluatorConfig {
             });
         }
         match (identity, url, problems.is_empty()) {
-            (Ok(identity), Some((steward_addr, steward_host)), true) => Ok(EvaluatorConfig {
-                identity,
-                steward_addr,
-                steward_host,
-                tls: TlsPaths {
-                    cert: resolve(&raw.tls.cert),
-                    key: resolve(&raw.tls.key),
-                    ca: resolve(&raw.tls.ca),
-                    crl: resolve(&raw.tls.crl),
-                },
-            }),
+            (Ok(identity), Some((steward_addr, steward_host)), true) => {
+                Ok(EvaluatorConfig { identity, steward_addr, steward_host, tls: raw.tls.resolve(resolve) })
+            }
             _ => Err(problems),
         }
     }

@@ -26,13 +26,33 @@ struct RawConfig {
     source: Option<RawSource>,
 }
 
+/// The `[tls]` table of every config (daemon or evaluator).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTls {
+pub(crate) struct RawTls {
     cert: PathBuf,
     key: PathBuf,
     ca: PathBuf,
     crl: PathBuf,
+}
+
+impl RawTls {
+    /// The four paths, each through `resolve`.
+    pub(crate) fn resolve(&self, resolve: impl Fn(&Path) -> PathBuf) -> TlsPaths {
+        TlsPaths { cert: resolve(&self.cert), key: resolve(&self.key), ca: resolve(&self.ca), crl: resolve(&self.crl) }
+    }
+}
+
+/// A config file's text; a file that cannot be read is one problem without a key.
+pub(crate) fn read_text(path: &Path) -> Result<String, Vec<Problem>> {
+    std::fs::read_to_string(path)
+        .map_err(|e| vec![Problem { key: String::new(), message: format!("cannot read: {e}") }])
+}
+
+/// Resolves a path of the config file at `path`: relative ones against its directory.
+pub(crate) fn resolver(path: &Path) -> impl Fn(&Path) -> PathBuf {
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    move |p: &Path| if p.is_absolute() || base.as_os_str().is_empty() { p.to_path_buf() } else { base.join(p) }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,17 +179,13 @@ pub const DEFAULT_EPOCH_POLL_MS: u64 = 5000;
 impl Config {
     /// Read and validate a config file, reporting every problem.
     pub fn load(path: &Path) -> Result<Config, Vec<Problem>> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| vec![Problem { key: String::new(), message: format!("cannot read: {e}") }])?;
-        Config::from_toml(&text, path)
+        Config::from_toml(&read_text(path)?, path)
     }
 
     /// Validate config text; `path` is where it came from (relative paths resolve against its directory).
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, Vec<Problem>> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| vec![toml_problem(&e)])?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let resolve =
-            |p: &Path| if p.is_absolute() || base.as_os_str().is_empty() { p.to_path_buf() } else { base.join(p) };
+        let resolve = &resolver(path);
         let mut problems = Vec::new();
         let mut bad = |key: &str, message: String| problems.push(Problem { key: key.to_string(), message });
 
@@ -388,12 +404,7 @@ impl Config {
                 identity,
                 admin_socket: raw.admin_socket.as_deref().map(resolve).unwrap_or_else(|| data_dir.join("admin.sock")),
                 data_dir,
-                tls: TlsPaths {
-                    cert: resolve(&raw.tls.cert),
-                    key: resolve(&raw.tls.key),
-                    ca: resolve(&raw.tls.ca),
-                    crl: resolve(&raw.tls.crl),
-                },
+                tls: raw.tls.resolve(resolve),
                 log_format,
                 log_level,
                 role,
