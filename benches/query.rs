@@ -17,15 +17,7 @@ use divert::synth::{self, Event, Params, Person, What};
 use serde_json::{json, Value};
 
 fn date(d: i32) -> Value {
-    let z = d + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i32::from(m <= 2);
+    let (y, m, day) = divert::days::civil_from_days(d);
     json!(format!("{y:04}-{m:02}-{day:02}"))
 }
 

@@ -47,7 +47,7 @@ fn schema() -> Schema {
 
 /// The synthetic program's exports pseudonymized as the agencies would (CSV → ingest → tokens),
 /// each record paired with the TRUE person it records: a perfect linkage.
-fn linked_synthetic(persons: u32, seed: u64) -> (synth::Dataset, Vec<(u32, PseudoRecord)>) {
+pub(crate) fn linked_synthetic(persons: u32, seed: u64) -> (synth::Dataset, Vec<(u32, PseudoRecord)>) {
     let schema = schema();
     let dataset = synth::generate(&synth::Params::defaults().unwrap(), persons, seed);
     let key = EpochKey::from_bytes(1, &[7u8; 32]).unwrap();
@@ -209,7 +209,7 @@ fn catalog_pre_noise_values_equal_the_synthetic_truth() {
 fn random_record(schema: &Schema, kind: &str, date: i32, rng: &mut impl Rng) -> PseudoRecord {
     let k = schema.kind(kind).unwrap();
     let day = |d: i32| {
-        let (y, m, dd) = civil(d);
+        let (y, m, dd) = divert::days::civil_from_days(d);
         format!("{y:04}-{m:02}-{dd:02}")
     };
     let mut fields = BTreeMap::new();
@@ -242,19 +242,6 @@ fn random_record(schema: &Schema, kind: &str, date: i32, rng: &mut impl Rng) -> 
     }
 }
 
-/// (year, month, day) of days since 1970-01-01.
-fn civil(z: i32) -> (i32, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i32::from(m <= 2), m, d)
-}
-
 /// One person with a referral and 1,000 records of the kinds the catalog reads (and a few others).
 fn heavy_person(schema: &Schema, seed: u64) -> Vec<PseudoRecord> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -268,22 +255,13 @@ fn heavy_person(schema: &Schema, seed: u64) -> Vec<PseudoRecord> {
             0 => rng.gen_range(-10..20),
             1 => rng.gen_range(-800..800),
             _ => {
-                let (y, m, _) = civil(day0 + rng.gen_range(0..600));
-                days(y, m, 1) - day0
+                let (y, m, _) = divert::days::civil_from_days(day0 + rng.gen_range(0..600));
+                divert::days::days_from_civil(y, m, 1) - day0
             }
         };
         records.push(random_record(schema, kind, day0 + offset, &mut rng));
     }
     records
-}
-
-fn days(y: i32, m: u32, d: u32) -> i32 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = m as i32;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i32 - 1;
-    era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
 }
 
 /// Every catalog analysis at its defaults, grouped three ways.

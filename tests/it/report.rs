@@ -1,19 +1,15 @@
 //! The evaluator's report: rows from real noisy answers, the HTML's structure (balanced tags, three charts, nothing external), escaping, and true values only for synthetic data.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use divert::dp::OpenDpNoise;
-use divert::ingest::Format;
-use divert::keys::EpochKey;
-use divert::pseudonymize::{pseudonymize_stream, Pseudonymizer};
 use divert::query::catalog::find;
 use divert::query::{execute, plan, Answer, Population};
-use divert::record::PseudoRecord;
 use divert::report::{
     escape_html, render_html, render_text, rows_from_answer, BudgetLine, LinkageQuality, ReportInput, ReportRow,
 };
 use divert::schema::Schema;
-use divert::synth::{self, Kind, TrueStatistics};
+use divert::synth::TrueStatistics;
 
 fn schema() -> Schema {
     Schema::default_schema().unwrap()
@@ -21,32 +17,8 @@ fn schema() -> Schema {
 
 /// The synthetic program's exports pseudonymized as the agencies would (CSV → tokens), linked perfectly (by the true person).
 fn linked_population(persons: u32, seed: u64) -> (TrueStatistics, Population) {
-    let schema = schema();
-    let dataset = synth::generate(&synth::Params::defaults().unwrap(), persons, seed);
-    let key = EpochKey::from_bytes(1, &[7u8; 32]).unwrap();
-    let tokenizer = divert::token::Tokenizer::new(&schema, &key).unwrap();
-    let mut records: Vec<(u32, PseudoRecord)> = Vec::new();
-    for &kind in Kind::ALL {
-        let table = dataset.table(kind).unwrap();
-        let mut csv = Vec::new();
-        let mut line_to_record = HashMap::new();
-        dataset
-            .write_csv(kind, &mut csv, |i, line| {
-                line_to_record.insert(line, i);
-            })
-            .unwrap();
-        let k = schema.kind(kind.as_str()).unwrap();
-        let mut p = Pseudonymizer::new(&schema, k, kind.agency().as_str(), &tokenizer);
-        let mut jsonl = Vec::new();
-        pseudonymize_stream(&mut p, Format::Csv, csv.as_slice(), &mut jsonl, |_| Ok(())).unwrap();
-        for line in jsonl.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let rec: PseudoRecord = serde_json::from_slice(line).unwrap();
-            let i = line_to_record[&rec.line];
-            records.push((dataset.events[table.records[i].event as usize].person, rec));
-        }
-    }
-    let pop = Population::build(&schema, records);
-    (dataset.truth, pop)
+    let (dataset, records) = crate::query::linked_synthetic(persons, seed);
+    (dataset.truth, Population::build(&schema(), records))
 }
 
 /// The standard evaluation: (analysis, parameters).
