@@ -49,6 +49,11 @@ pub enum Command {
 
 /// Parse the command line, run it, and turn the outcome into an exit code.
 pub fn main() -> ExitCode {
+    // Before anything reads a key: no core dumps, not dumpable (see daemon::harden).
+    if let Err(e) = crate::daemon::harden::process() {
+        eprintln!("divert: error: {e}; refusing to run with secrets that a core dump could expose");
+        return ExitCode::from(1);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -42,6 +42,7 @@ impl Context {
 }
 
 pub mod admin;
+pub mod harden;
 pub mod metrics;
 
 /// The admin socket of a config file, for the CLI commands that talk to a running daemon.

@@ -220,6 +220,7 @@ fn status(ctx: &Context, service: &Service, started: time::OffsetDateTime) -> se
         "started": crate::pki::format_time(started),
         "uptime_secs": (time::OffsetDateTime::now_utc() - started).whole_seconds(),
         "data_dir": ctx.config.data_dir.display().to_string(),
+        "process": crate::daemon::harden::current().to_json(),
         role: detail,
     })
 }
