@@ -55,6 +55,7 @@ fn tls_paths(dir: &Path) -> TlsPaths {
         key: dir.join(pki::KEY_FILE),
         ca: dir.join(pki::CA_CERT_FILE),
         crl: dir.join(pki::CRL_FILE),
+        min_version: Default::default(),
     }
 }
 

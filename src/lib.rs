@@ -5,6 +5,7 @@
 //! readers) and the CLI commands in `cmd`. See ARCHITECTURE.md.
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod audit;
 pub mod cli;
 pub mod cmd;

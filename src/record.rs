@@ -28,3 +28,240 @@ pub struct PseudoRecord {
     /// integers, safe strings); `null` when missing.
     pub fields: BTreeMap<String, serde_json::Value>,
 }
+
+/// Why a record does not fit the program's schema. Names the kind and the
+/// field, never a value; a name that is not a plain identifier is not
+/// echoed either (a misconfigured source could have put a value there).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordProblem {
+    #[error("kind {0} is not a record kind of the program's schema")]
+    UnknownKind(Shown),
+    #[error("token scheme {0} is not a scheme of the program's schema")]
+    UnknownScheme(Shown),
+    #[error("field {0} is an identity field of the schema: identity values never leave an agency")]
+    Identity(Shown),
+    #[error("field {0} is the agency's record id: it leaves an agency only as the keyed hash `rid`")]
+    RecordId(Shown),
+    #[error("field {0} is free text the schema does not mark safe: it never leaves an agency")]
+    Withheld(Shown),
+    #[error("field {field} is not a released field of kind {kind}")]
+    Unknown { kind: Shown, field: Shown },
+    #[error("field {field} must be {expected}")]
+    Type { field: Shown, expected: &'static str },
+    #[error("field {0} is required by the schema but missing")]
+    Missing(Shown),
+}
+
+/// A kind, field or scheme name as an error may show it: itself when it is
+/// a plain identifier (ASCII letters, digits, `_`, `-`, at most 64 bytes),
+/// else only its length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown(String);
+
+impl Shown {
+    pub fn of(name: &str) -> Shown {
+        let plain = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        Shown(if plain {
+            format!("`{name}`")
+        } else {
+            format!("(a name of {} bytes that is not an identifier)", name.len())
+        })
+    }
+}
+
+impl std::fmt::Display for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Longest released string value (a safe string field) accepted, in bytes.
+pub const MAX_RELEASED_STRING_BYTES: usize = crate::ingest::MAX_FIELD_BYTES;
+
+impl PseudoRecord {
+    /// Check the record against the program's schema, as the steward does
+    /// before storing it: a known kind; tokens of known schemes only; in
+    /// `fields`, only what a source's pseudonymizer releases — `age`, the
+    /// identity categories marked `release`, and the kind's released fields
+    /// other than the record id — each of its declared type (a known enum
+    /// value, a real date, an integer within bounds, a string not too long)
+    /// or `null` when not required. Anything else, and above all an identity
+    /// field, refuses the record. Token and `rid` syntax are checked by the
+    /// caller (they depend on the batch's epoch).
+    pub fn check(&self, schema: &crate::schema::Schema) -> Result<(), RecordProblem> {
+        use crate::schema::FieldType;
+        use serde_json::Value;
+        let kind = schema.kind(&self.kind).ok_or_else(|| RecordProblem::UnknownKind(Shown::of(&self.kind)))?;
+        for name in self.tokens.keys() {
+            if schema.scheme_index(name).is_none() {
+                return Err(RecordProblem::UnknownScheme(Shown::of(name)));
+            }
+        }
+        for (name, value) in &self.fields {
+            let ty = |expected: &'static str| RecordProblem::Type { field: Shown::of(name), expected };
+            if name == "age" {
+                let max = i64::from(crate::ingest::MAX_AGE_YEARS);
+                match value {
+                    Value::Null => {}
+                    Value::Number(n) if n.as_i64().is_some_and(|a| (0..=max).contains(&a)) => {}
+                    _ => return Err(ty("null or a whole number of years from 0 to 120")),
+                }
+                continue;
+            }
+            if let Some(f) = schema.identity.iter().find(|f| &f.name == name) {
+                if !f.release {
+                    return Err(RecordProblem::Identity(Shown::of(name)));
+                }
+                let ok = match value {
+                    Value::Null => true,
+                    Value::String(s) => {
+                        f.norm == crate::normalize::NormKind::Sex && matches!(s.as_str(), "m" | "f" | "x")
+                    }
+                    _ => false,
+                };
+                if !ok {
+                    return Err(ty("null or a normalized sex code (m, f, x)"));
+                }
+                continue;
+            }
+            let Some(i) = kind.field_index(name) else {
+                return Err(RecordProblem::Unknown { kind: Shown::of(&kind.name), field: Shown::of(name) });
+            };
+            let field = &kind.fields[i];
+            if i == kind.record_id {
+                return Err(RecordProblem::RecordId(Shown::of(name)));
+            }
+            if !field.released() {
+                return Err(RecordProblem::Withheld(Shown::of(name)));
+            }
+            if value.is_null() {
+                if field.required {
+                    return Err(RecordProblem::Missing(Shown::of(name)));
+                }
+                continue;
+            }
+            match (&field.ty, value) {
+                (FieldType::String { .. }, Value::String(s)) if s.len() <= MAX_RELEASED_STRING_BYTES => {}
+                (FieldType::String { .. }, _) => return Err(ty("a string of at most 64 KiB")),
+                (FieldType::Date, Value::String(s)) if is_iso_date(s) => {}
+                (FieldType::Date, _) => return Err(ty("a date written YYYY-MM-DD")),
+                (FieldType::Enum(e), Value::String(s)) if e.values.iter().any(|v| v == s) => {}
+                (FieldType::Enum(_), _) => return Err(ty("one of the values the schema lists for it")),
+                (FieldType::Bool, Value::Bool(_)) => {}
+                (FieldType::Bool, _) => return Err(ty("true or false")),
+                (FieldType::Integer { min, max }, Value::Number(n))
+                    if n.as_i64().is_some_and(|v| min.map_or(true, |m| v >= m) && max.map_or(true, |m| v <= m)) => {}
+                (FieldType::Integer { .. }, _) => return Err(ty("a whole number within the schema's bounds")),
+            }
+        }
+        for (i, field) in kind.fields.iter().enumerate() {
+            if i != kind.record_id && field.released() && field.required && !self.fields.contains_key(&field.name) {
+                return Err(RecordProblem::Missing(Shown::of(&field.name)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `YYYY-MM-DD` naming a real calendar day.
+fn is_iso_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return false;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let part = &s[r];
+        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok()).flatten()
+    };
+    let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else { return false };
+    let Ok(y) = i32::try_from(y) else { return false };
+    (1..=12).contains(&m) && d >= 1 && crate::days::civil_from_days(crate::days::days_from_civil(y, m, d)) == (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Schema;
+    use serde_json::json;
+
+    fn arrest() -> PseudoRecord {
+        PseudoRecord {
+            source: "police".into(),
+            kind: "arrest".into(),
+            line: 2,
+            epoch: 1,
+            rid: "ab".repeat(16),
+            tokens: [("names_dob".to_string(), format!("1:{}", "cd".repeat(16)))].into(),
+            fields: [
+                ("age".to_string(), json!(34)),
+                ("sex".to_string(), json!("f")),
+                ("arrest_date".to_string(), json!("2024-02-29")),
+                ("warrant".to_string(), json!(false)),
+                ("violent".to_string(), json!(false)),
+                ("felony".to_string(), json!(true)),
+            ]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn what_a_pseudonymizer_writes_passes() {
+        let schema = Schema::default_schema().unwrap();
+        arrest().check(&schema).unwrap();
+        let mut r = arrest();
+        r.fields.insert("age".into(), json!(null));
+        r.fields.insert("sex".into(), json!(null));
+        r.check(&schema).unwrap();
+    }
+
+    #[test]
+    fn identity_and_undeclared_fields_are_refused_by_name_only() {
+        let schema = Schema::default_schema().unwrap();
+        let refused = |key: &str, value: serde_json::Value| {
+            let mut r = arrest();
+            r.fields.insert(key.to_string(), value);
+            let e = r.check(&schema).unwrap_err();
+            let msg = e.to_string();
+            assert!(!msg.contains("Zelda") && !msg.contains("1980"), "{msg}");
+            e
+        };
+        for f in ["family_name", "given_name", "dob", "state_id"] {
+            assert!(matches!(refused(f, json!("Zelda 1980-03-14")), RecordProblem::Identity(_)), "{f}");
+        }
+        assert!(matches!(refused("arrest_id", json!("A-1")), RecordProblem::RecordId(_)));
+        let e = refused("ssn", json!("123-45-6789"));
+        assert_eq!(e.to_string(), "field `ssn` is not a released field of kind `arrest`");
+        let e = refused("Zelda Quixote 1980-03-14", json!(1));
+        assert!(e.to_string().contains("not an identifier"), "{e}");
+        assert!(matches!(refused("age", json!(-3)), RecordProblem::Type { .. }));
+        assert!(matches!(refused("age", json!("34")), RecordProblem::Type { .. }));
+        assert!(matches!(refused("sex", json!("Female")), RecordProblem::Type { .. }));
+        assert!(matches!(refused("warrant", json!("yes")), RecordProblem::Type { .. }));
+        assert!(matches!(refused("arrest_date", json!("2023-02-29")), RecordProblem::Type { .. }));
+        assert!(matches!(refused("arrest_date", json!("14/03/1980")), RecordProblem::Type { .. }));
+        assert!(matches!(refused("felony", json!(null)), RecordProblem::Missing(_)));
+    }
+
+    #[test]
+    fn unknown_kinds_schemes_and_missing_fields_are_refused() {
+        let schema = Schema::default_schema().unwrap();
+        let mut r = arrest();
+        r.kind = "medical_history".into();
+        assert!(matches!(r.check(&schema), Err(RecordProblem::UnknownKind(_))));
+        let mut r = arrest();
+        r.tokens.insert("ssn_token".into(), format!("1:{}", "ee".repeat(16)));
+        assert!(matches!(r.check(&schema), Err(RecordProblem::UnknownScheme(_))));
+        let mut r = arrest();
+        r.fields.remove("violent");
+        assert_eq!(r.check(&schema), Err(RecordProblem::Missing(Shown::of("violent"))));
+        // An enum takes the schema's spelling only; free text not marked safe is refused.
+        let mut r = arrest();
+        r.kind = "referral".into();
+        r.fields =
+            [("referral_date".to_string(), json!("2024-01-02")), ("officer_notes".to_string(), json!("lives on 5th"))]
+                .into();
+        assert!(matches!(r.check(&schema), Err(RecordProblem::Withheld(_))), "{:?}", r.check(&schema));
+    }
+}

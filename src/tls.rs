@@ -7,11 +7,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme, SupportedProtocolVersion,
+};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::fsutil;
 use crate::pki::{self, Role, SpiffeId};
@@ -34,13 +39,37 @@ pub enum TlsError {
     IdentityMismatch { path: PathBuf, found: String, role: Role, name: String, program: String },
 }
 
-/// Paths of the TLS files of one daemon or client.
+/// The `[tls]` table of one daemon or client: its TLS files and the lowest protocol version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsPaths {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
     pub crl: PathBuf,
+    pub min_version: MinVersion,
+}
+
+/// The lowest TLS version spoken (`[tls] min_version`). Every divert peer
+/// speaks 1.3; "1.2" exists only for an agency whose TLS-intercepting proxy
+/// cannot, and must be set on both ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub enum MinVersion {
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[default]
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+impl MinVersion {
+    fn versions(self) -> &'static [&'static SupportedProtocolVersion] {
+        static TLS13_ONLY: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        static TLS13_AND_12: [&SupportedProtocolVersion; 2] = [&rustls::version::TLS13, &rustls::version::TLS12];
+        match self {
+            MinVersion::Tls13 => &TLS13_ONLY,
+            MinVersion::Tls12 => &TLS13_AND_12,
+        }
+    }
 }
 
 /// Everything loaded from [`TlsPaths`], ready to serve or connect.
@@ -140,8 +169,10 @@ impl TlsMaterial {
             .enforce_revocation_expiration()
             .build()
             .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        let client_verifier = Arc::new(RequirePurpose { inner: client_verifier, purpose: Purpose::ClientAuth });
+        let versions = paths.min_version.versions();
         let mut server = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .map_err(|e| TlsError::Rustls(e.to_string()))?
             .with_client_cert_verifier(client_verifier)
             .with_single_cert(chain.clone(), key.clone_key())
@@ -153,10 +184,12 @@ impl TlsMaterial {
             .enforce_revocation_expiration()
             .build()
             .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        let server_verifier = Arc::new(RequirePurpose { inner: server_verifier, purpose: Purpose::ServerAuth });
         let mut client = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .map_err(|e| TlsError::Rustls(e.to_string()))?
-            .with_webpki_verifier(server_verifier)
+            .dangerous()
+            .with_custom_certificate_verifier(server_verifier)
             .with_client_auth_cert(chain, key)
             .map_err(|e| TlsError::Rustls(format!("{}: {e}", paths.key.display())))?;
         client.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -175,4 +208,124 @@ impl TlsMaterial {
 pub fn peer_identity(conn: &rustls::CommonState) -> Option<SpiffeId> {
     let cert = conn.peer_certificates()?.first()?;
     pki::spiffe_id_of(cert).ok()
+}
+
+/// The extended key usage a peer certificate must name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    ClientAuth,
+    ServerAuth,
+}
+
+/// webpki accepts a certificate *without* an extended-key-usage extension
+/// for any purpose. A certificate of this program always has one (`divert ca
+/// issue` sets clientAuth, and serverAuth for the roles that serve), so one
+/// without it, or without the purpose the peer uses it for, was not made by
+/// our tooling and is refused in the handshake. Everything else is webpki's
+/// verdict, unchanged.
+#[derive(Debug)]
+struct RequirePurpose<V: ?Sized> {
+    inner: Arc<V>,
+    purpose: Purpose,
+}
+
+/// Whether `der` names `purpose` in an extended-key-usage extension.
+fn has_purpose(der: &[u8], purpose: Purpose) -> Result<(), rustls::Error> {
+    let refuse = || rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose);
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let eku = cert.extended_key_usage().map_err(|_| refuse())?.ok_or_else(refuse)?;
+    let ok = match purpose {
+        Purpose::ClientAuth => eku.value.client_auth,
+        Purpose::ServerAuth => eku.value.server_auth,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(refuse())
+    }
+}
+
+impl ClientCertVerifier for RequirePurpose<dyn ClientCertVerifier> {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        has_purpose(end_entity, self.purpose)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+impl ServerCertVerifier for RequirePurpose<WebPkiServerVerifier> {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        has_purpose(end_entity, self.purpose)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }

@@ -22,11 +22,12 @@ pub enum AuditCommand {
     /// Check every entry's hash and its link to the one before; exit 1 naming the first bad entry.
     #[command(long_about = "Check the steward's audit log: every entry's SHA-256, its link (prev) to the \
 entry before it, and the sequence numbers. Prints the number of entries checked and the last entry's \
-hash (keep it elsewhere: deleting the last entries can only be seen against a hash kept outside the \
-file). On a broken chain, names the first bad entry (line and seq) and exits 1.\n\n\
+hash (keep it elsewhere: deleting the last entries, or re-hashing the whole log, can only be seen \
+against a receipt kept outside the file; check receipts with --expect SEQ:HASH). On a broken chain, names the first bad entry (line and seq) and exits 1.\n\n\
 An unterminated last line is reported as bad: it is an append in progress (run again) or a crash \
 mid-write, which the steward cuts off (with a `recovery` entry) when it next starts.\n\n\
-Examples:\n  divert audit verify /var/lib/divert/steward/audit.log\n  divert audit verify --config steward.toml")]
+Examples:\n  divert audit verify /var/lib/divert/steward/audit.log\n  divert audit verify --config steward.toml\n  \
+divert audit verify --config steward.toml --expect SEQ:HASH   (a receipt `divert query` printed)")]
     Verify(VerifyArgs),
 }
 
@@ -38,6 +39,11 @@ pub struct VerifyArgs {
     /// A steward config: check `<data_dir>/audit.log`.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// A receipt kept from earlier (`divert query` prints one with every answer;
+    /// `verify` prints the last one): the entry SEQ must exist and have HASH,
+    /// or the log was cut short or rewritten since. Repeatable.
+    #[arg(long = "expect", value_name = "SEQ:HASH")]
+    pub expect: Vec<audit::Receipt>,
 }
 
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
@@ -55,10 +61,16 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => anyhow::bail!("give the audit log FILE or --config of the steward"),
     };
-    match audit::verify(&path) {
+    match audit::verify_receipts(&path, &args.expect) {
         Ok(report) => {
             println!("{}: {} entries checked, chain intact", path.display(), report.entries);
+            if !args.expect.is_empty() {
+                println!("{} receipt(s) held: nothing before them was cut or rewritten", args.expect.len());
+            }
             println!("last hash: {}", report.last_hash.as_deref().unwrap_or("- (empty log)"));
+            if let Some(h) = &report.last_hash {
+                println!("receipt: {}:{h}", report.entries);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) if e.line == 0 => Err(anyhow::anyhow!("{}", e.reason)),

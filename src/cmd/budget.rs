@@ -27,7 +27,11 @@ total may be raised or lowered, but not below what the evaluator has already spe
 of all evaluators' totals may not exceed the program cap of the steward's config. Epsilon is a \
 decimal with at most 6 decimals (kept exactly, in millionths). The grant is recorded in the \
 audit log.\n\n\
-Example:\n  divert budget grant --config steward.toml --evaluator university-a --epsilon 2.5")]
+A first grant must name an evaluator that holds a certificate: give the program CA's directory \
+with --ca to check its register (the steward host often has no CA: copy `members.json` from it, \
+which holds no key), or --force when you are sure of the name.\n\n\
+Examples:\n  divert budget grant --config steward.toml --evaluator university-a --epsilon 2.5 --ca /srv/divert-ca\n  \
+divert budget grant --config steward.toml --evaluator university-a --epsilon 3   (raising an existing budget)")]
     Grant(GrantArgs),
     /// List every evaluator's budget: total, spent, left; and the program's cap.
     Show(ShowArgs),
@@ -44,6 +48,14 @@ pub struct GrantArgs {
     /// The evaluator's new total budget, e.g. 1 or 0.5.
     #[arg(long, value_name = "E")]
     pub epsilon: String,
+    /// The program CA's directory: check that a valid evaluator certificate
+    /// with this name was issued (its register, `members.json`).
+    #[arg(long, value_name = "DIR")]
+    pub ca: Option<PathBuf>,
+    /// Grant to a name the steward cannot check (no budget yet and no --ca):
+    /// a typo would otherwise set aside budget that nobody can use.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,6 +79,7 @@ fn grant(args: GrantArgs) -> anyhow::Result<()> {
     crate::pki::validate_name(&args.evaluator)?;
     let epsilon_micro = parse_epsilon(&args.epsilon)?;
     let (_, socket) = admin_socket_of(&args.config)?;
+    check_evaluator_known(&socket, &args)?;
     let result = ask(&socket, &Request::BudgetGrant { evaluator: args.evaluator.clone(), epsilon_micro })?;
     match serde_json::from_value::<EvaluatorBudget>(result.clone()) {
         Ok(b) => println!(
@@ -79,6 +92,46 @@ fn grant(args: GrantArgs) -> anyhow::Result<()> {
         Err(_) => println!("{}", serde_json::to_string_pretty(&result)?),
     }
     Ok(())
+}
+
+/// A grant must name an evaluator that can use it: one with a budget
+/// already, or (with --ca) a valid evaluator certificate in the CA's
+/// register; --force skips the check.
+fn check_evaluator_known(socket: &Path, args: &GrantArgs) -> anyhow::Result<()> {
+    let name = &args.evaluator;
+    if let Some(ca) = &args.ca {
+        let now = time::OffsetDateTime::now_utc();
+        let members = crate::pki::members(ca)?;
+        let valid = members.iter().any(|m| {
+            m.role == crate::pki::Role::Evaluator
+                && &m.name == name
+                && m.revoked_at.is_none()
+                && m.not_before <= now
+                && now < m.not_after
+        });
+        if valid || args.force {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "the CA register in {} has no valid (issued, unexpired, unrevoked) evaluator certificate named `{name}`; \
+             check the name with `divert ca list --ca {}`, issue one with `divert ca issue --role evaluator --name {name}`, \
+             or grant anyway with --force",
+            ca.display(),
+            ca.display()
+        );
+    }
+    if args.force {
+        return Ok(());
+    }
+    let view: BudgetsView = serde_json::from_value(ask(socket, &Request::Budgets)?)
+        .map_err(|e| anyhow::anyhow!("the steward's budget list was not understood ({e})"))?;
+    if view.evaluators.iter().any(|e| &e.evaluator == name) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "`{name}` has no budget yet, and nothing shows that an evaluator certificate with this name exists: \
+         pass --ca DIR (the program CA's directory) to check its register, or --force if you are sure of the name"
+    )
 }
 
 fn show(args: ShowArgs) -> anyhow::Result<()> {

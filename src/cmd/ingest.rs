@@ -12,7 +12,8 @@ use crate::daemon::admin_socket_of;
 #[command(long_about = "Hand an export to the running source daemon of a config, through its admin socket. \
 The daemon checks every row, keeps the raw records encrypted for re-keying, queues the \
 pseudonymized records for the steward, and writes bad rows to FILE.quarantine.csv. The file \
-stays where it is (files dropped into the daemon's inbox are moved to done/ or rejected/).\n\n\
+stays where it is: it is yours to delete (files dropped into the daemon's inbox are overwritten and \
+deleted once ingested, a receipt left in done/; files refused whole wait in rejected/).\n\n\
 Example:\n  divert ingest --config /etc/divert/police.toml --kind arrest /exports/arrests-2019.csv")]
 pub struct IngestArgs {
     /// The source daemon's config file.

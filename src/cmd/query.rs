@@ -34,8 +34,9 @@ pub struct QueryArgs {
     /// A query in full, as a JSON file (see docs/queries.md).
     #[arg(value_name = "QUERY.json")]
     pub file: Option<PathBuf>,
-    /// Epsilon to spend (overrides the analysis's or the file's).
-    #[arg(long)]
+    /// Epsilon to spend (overrides the analysis's or the file's): a decimal
+    /// such as 0.5, more than 0 and at most 10, in whole millionths.
+    #[arg(long, value_parser = epsilon_arg)]
     pub epsilon: Option<f64>,
     /// Show the 95% intervals this epsilon would give; no data is touched, no budget spent.
     #[arg(long)]
@@ -103,6 +104,13 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
         print_response(&resp);
     }
     Ok(())
+}
+
+/// `--epsilon`: refused unless an exact decimal in (0, MAX_EPSILON]: a `NaN` or
+/// `inf` must never become "no epsilon given" (JSON has no NaN, so it would
+/// be sent as null and the default spent).
+fn epsilon_arg(s: &str) -> Result<f64, String> {
+    crate::dp::ledger::parse_query_epsilon(s).map_err(|e| e.to_string())
 }
 
 fn build_request(args: &QueryArgs) -> anyhow::Result<QueryRequest> {
@@ -184,4 +192,10 @@ fn print_response(r: &QueryResponse) {
     }
     let cached = if r.cached { " (the stored answer to this query: nothing spent)" } else { "" };
     println!("epsilon spent: {}{cached}; budget: {} of {} left", r.epsilon_spent, r.budget.left, r.budget.total);
+    if let Some(receipt) = &r.audit {
+        println!(
+            "audit receipt: {receipt}\n  (keep it: `divert audit verify --expect {receipt}` on the steward's log shows \
+             it was not cut short or rewritten since)"
+        );
+    }
 }

@@ -34,12 +34,20 @@ pub(crate) struct RawTls {
     key: PathBuf,
     ca: PathBuf,
     crl: PathBuf,
+    /// "1.3" (default) or "1.2".
+    min_version: Option<crate::tls::MinVersion>,
 }
 
 impl RawTls {
-    /// The four paths, each through `resolve`.
+    /// The four paths, each through `resolve`, and the lowest TLS version.
     pub(crate) fn resolve(&self, resolve: impl Fn(&Path) -> PathBuf) -> TlsPaths {
-        TlsPaths { cert: resolve(&self.cert), key: resolve(&self.key), ca: resolve(&self.ca), crl: resolve(&self.crl) }
+        TlsPaths {
+            cert: resolve(&self.cert),
+            key: resolve(&self.key),
+            ca: resolve(&self.ca),
+            crl: resolve(&self.crl),
+            min_version: self.min_version.unwrap_or_default(),
+        }
     }
 }
 
@@ -68,6 +76,8 @@ struct RawSteward {
     listen: String,
     max_body_bytes: Option<u64>,
     max_connections: Option<u32>,
+    max_pending_handshakes: Option<u32>,
+    max_pending_per_address: Option<u32>,
     handshake_timeout_secs: Option<u64>,
     io_timeout_secs: Option<u64>,
     schema: Option<PathBuf>,
@@ -126,6 +136,8 @@ pub struct StewardConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: u64,
     pub max_connections: u32,
+    /// Caps on connections still before their TLS handshake (see `accept`).
+    pub pending: crate::accept::Limits,
     pub handshake_timeout: Duration,
     pub io_timeout: Duration,
     pub schema: Option<PathBuf>,
@@ -169,7 +181,8 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 /// The program-wide privacy budget cap across all evaluators, in epsilon.
 pub const DEFAULT_PROGRAM_EPSILON_CAP: &str = "10";
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
-pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+/// Short: a client sends its ClientHello at once and TLS 1.3 completes in one round trip.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 5;
 pub const DEFAULT_IO_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_BATCH_RECORDS: u32 = 5000;
 pub const DEFAULT_POLL_INTERVAL_MS: u64 = 500;
@@ -259,6 +272,18 @@ impl Config {
                         if !(1..=65536).contains(&max_connections) {
                             bad("steward.max_connections", "must be between 1 and 65536".into());
                         }
+                        let pending_total = s.max_pending_handshakes.unwrap_or(crate::accept::DEFAULT_PENDING as u32);
+                        let pending_per_address =
+                            s.max_pending_per_address.unwrap_or(crate::accept::DEFAULT_PER_ADDRESS as u32);
+                        if !(1..=65536).contains(&pending_total) {
+                            bad("steward.max_pending_handshakes", "must be between 1 and 65536".into());
+                        }
+                        if !(1..=pending_total.max(1)).contains(&pending_per_address) {
+                            bad(
+                                "steward.max_pending_per_address",
+                                "must be between 1 and max_pending_handshakes".into(),
+                            );
+                        }
                         let hs = s.handshake_timeout_secs.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_SECS);
                         let io = s.io_timeout_secs.unwrap_or(DEFAULT_IO_TIMEOUT_SECS);
                         for (k, v) in [("steward.handshake_timeout_secs", hs), ("steward.io_timeout_secs", io)] {
@@ -283,6 +308,10 @@ impl Config {
                             listen,
                             max_body_bytes,
                             max_connections,
+                            pending: crate::accept::Limits {
+                                pending: pending_total as usize,
+                                per_address: pending_per_address as usize,
+                            },
                             handshake_timeout: Duration::from_secs(hs),
                             io_timeout: Duration::from_secs(io),
                             schema: s.schema.as_deref().map(resolve),

@@ -33,11 +33,13 @@ use tokio_util::task::TaskTracker;
 pub const METRICS_PATH: &str = "/metrics";
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-/// Scrapers served at once; more connections are closed at accept.
+/// Requests served at once; a connection whose request arrives when all are busy is closed.
 const MAX_CONNECTIONS: usize = 16;
+/// Connections accepted that have not sent their request yet (the oldest idle one makes room).
+const MAX_PENDING: usize = 64;
 /// A request's headers must arrive within this.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// A kept-alive connection is closed (gracefully) after this; the scraper reconnects.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed (gracefully) after this, whatever it is doing.
 const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
 /// Produces the exposition text; called once per scrape, on a blocking thread.
@@ -214,8 +216,14 @@ fn families(s: &Snapshot<'_>) -> Vec<Family> {
             out.push(Family::one(
                 "divert_connections_open",
                 Kind::Gauge,
-                "Client connections open now.",
+                "Authenticated client connections open now.",
                 number_at(d, &["connections_open"]),
+            ));
+            out.push(Family::one(
+                "divert_handshakes_pending",
+                Kind::Gauge,
+                "Connections accepted and not yet authenticated (before or in their TLS handshake).",
+                number_at(d, &["handshakes_pending"]),
             ));
             let mut refusals =
                 Family::new("divert_refusals_total", Kind::Counter, "Peers and requests refused since start, by kind.");
@@ -275,29 +283,29 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 /// Serve `GET /metrics` on `listener` until `shutdown`; connections are spawned on `tracker`.
 pub async fn serve(listener: TcpListener, render: Render, shutdown: CancellationToken, tracker: TaskTracker) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a metrics connection failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                }
+    // Connections that have not sent a request yet are admitted apart from the
+    // slots, and the oldest idle one makes room: idle sockets cannot lock a scraper out.
+    let admission =
+        crate::accept::Admission::new(crate::accept::Limits { pending: MAX_PENDING, per_address: MAX_PENDING });
+    let shutdown2 = shutdown.clone();
+    crate::accept::serve(listener, shutdown.clone(), "metrics", move |tcp, peer| {
+        let (pending, _) = admission.admit(peer);
+        let (slots, render, shutdown) = (slots.clone(), render.clone(), shutdown2.clone());
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = pending.evicted() => return,
+                _ = shutdown.cancelled() => return,
+                first = pending.first_bytes(&tcp, HEADER_TIMEOUT) => if first != crate::accept::FirstBytes::Sent { return },
             }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(peer = %peer, "too many metrics connections; closing this one");
-            continue;
-        };
-        tracker.spawn(connection(tcp, render.clone(), shutdown.clone(), permit));
-    }
-    tracing::debug!("metrics endpoint stopped");
+            drop(pending);
+            let Ok(permit) = slots.try_acquire_owned() else {
+                tracing::debug!(peer = %peer, "too many metrics requests at once; closing this one");
+                return;
+            };
+            connection(tcp, render, shutdown, permit).await;
+        });
+    })
+    .await;
 }
 
 async fn connection(tcp: TcpStream, render: Render, shutdown: CancellationToken, _permit: OwnedSemaphorePermit) {
@@ -306,7 +314,8 @@ async fn connection(tcp: TcpStream, render: Render, shutdown: CancellationToken,
         async move { Ok::<_, Infallible>(respond(&req, render).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(true);
+    // One request per connection: a kept-alive idle connection would hold a slot.
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(false);
     let conn = builder.serve_connection(TokioIo::new(tcp), svc);
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -559,6 +559,21 @@ pub enum EpsilonError {
     TooPrecise { given: String },
     #[error("`{given}` is too large an epsilon")]
     TooLarge { given: String },
+    #[error("`{given}` is outside the epsilon one query may spend: more than 0 and at most {max}")]
+    OutOfRange { given: String, max: u32 },
+}
+
+/// The epsilon of one query, as typed by an evaluator (`--epsilon 0.5`):
+/// an exact decimal (see [`parse_epsilon`]: no `NaN`, `inf`, sign or
+/// exponent), more than zero and at most [`MAX_EPSILON`](super::mechanism::MAX_EPSILON).
+/// A value that is not one is an error, never "use the default".
+pub fn parse_query_epsilon(s: &str) -> Result<f64, EpsilonError> {
+    let micro = parse_epsilon(s.trim())?;
+    let max = super::mechanism::MAX_EPSILON;
+    if micro == 0 || micro as f64 > max * MICRO_PER_EPSILON as f64 {
+        return Err(EpsilonError::OutOfRange { given: s.to_string(), max: max as u32 });
+    }
+    Ok(micro as f64 / MICRO_PER_EPSILON as f64)
 }
 
 /// Parse a decimal epsilon (`1`, `1.5`, `0.000001`) exactly into
@@ -610,6 +625,14 @@ mod tests {
 
     #[test]
     fn ledger_epsilon_text_round_trips() {
+        assert_eq!(parse_query_epsilon("0.5"), Ok(0.5));
+        assert_eq!(parse_query_epsilon("10"), Ok(10.0));
+        for bad in ["NaN", "nan", "inf", "-inf", "infinity", "1e400", "1e-3", "-1", "+1", "", " "] {
+            assert!(matches!(parse_query_epsilon(bad), Err(EpsilonError::NotDecimal { .. })), "{bad}");
+        }
+        for bad in ["0", "0.0", "10.000001", "11"] {
+            assert!(matches!(parse_query_epsilon(bad), Err(EpsilonError::OutOfRange { .. })), "{bad}");
+        }
         assert_eq!(parse_epsilon("0.000001"), Ok(1));
         assert_eq!(parse_epsilon("1.5"), Ok(1_500_000));
         assert_eq!(parse_epsilon("0.1"), Ok(100_000));

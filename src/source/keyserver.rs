@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::accept::FirstBytes;
 use crate::keys;
 use crate::pki::{Role, SpiffeId};
 use crate::tls;
@@ -29,11 +30,11 @@ use crate::wire::{ErrorBody, KeyEntry, KeySet, KEYS_PATH};
 
 use super::Source;
 
-/// A TLS handshake must complete within this.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A TLS handshake must complete within this (from accept).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A request must arrive and be answered within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections served at once.
+/// Authenticated connections served at once.
 const MAX_CONNECTIONS: usize = 64;
 
 /// Bind the key server's address (a startup error names it).
@@ -44,60 +45,62 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(listener)
 }
 
-/// Serve key requests until shutdown.
+/// Serve key requests until shutdown. Connections are admitted as the
+/// steward's are (see `accept`): unauthenticated ones under their own caps,
+/// the oldest idle one evicted to make room, so idle sockets cannot keep a
+/// source from its key; refusals of unauthenticated peers are rate-limited in the log.
 pub async fn serve(src: Arc<Source>, listener: TcpListener) {
-    let shutdown = src.ctx.shutdown.clone();
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let admission = crate::accept::Admission::new(crate::accept::Limits::default());
+    let log = Arc::new(crate::accept::LogLimiter::new(10, Duration::from_secs(10)));
     if let Ok(a) = listener.local_addr() {
         tracing::info!(listen = %a, "key custodian: serving linkage keys to source daemons");
     }
-    loop {
-        let Ok(permit) = limit.clone().acquire_owned().await else { return };
-        let accepted = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "key server: accepting a connection failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let tls = src.ctx.tls.borrow().server.clone();
-        let src2 = src.clone();
-        src.ctx.tracker.spawn(async move {
-            let _permit = permit;
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(tls).accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::warn!(peer = %peer, error = %e, "key server: TLS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!(peer = %peer, "key server: no TLS handshake in time");
-                    return;
+    let src2 = src.clone();
+    crate::accept::serve(listener, src.ctx.shutdown.clone(), "key server", move |tcp, peer| {
+        let (pending, _) = admission.admit(peer);
+        let tls = src2.ctx.tls.borrow().server.clone();
+        let (src, limit, log) = (src2.clone(), limit.clone(), log.clone());
+        let shutdown = src.ctx.shutdown.clone();
+        src2.ctx.tracker.spawn(async move {
+            let refused = |what: &str| {
+                if let Some(suppressed) = log.allow() {
+                    tracing::warn!(peer = %peer, suppressed, "key server: {what}");
                 }
             };
-            let id = tls::peer_identity(stream.get_ref().1);
-            let program = src2.ctx.config.identity.program.clone();
-            let id = match id {
+            let handshake = async {
+                match pending.first_bytes(&tcp, HANDSHAKE_TIMEOUT).await {
+                    FirstBytes::Sent => TlsAcceptor::from(tls).accept(tcp).await.map_err(Some),
+                    FirstBytes::Closed => Err(None),
+                    FirstBytes::TimedOut => std::future::pending().await,
+                }
+            };
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = pending.evicted() => return,
+                r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => match r {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(Some(e))) => return refused(&format!("TLS handshake refused: {e}")),
+                    Ok(Err(None)) => return,
+                    Err(_) => return refused("no TLS handshake in time"),
+                },
+            };
+            let program = src.ctx.config.identity.program.clone();
+            let id = match tls::peer_identity(stream.get_ref().1) {
                 Some(id) if id.program == program => id,
-                _ => {
-                    tracing::warn!(peer = %peer, "key server: a certificate without an identity of this program; closed");
-                    return;
-                }
+                _ => return refused("a certificate without an identity of this program; closed"),
             };
+            drop(pending);
+            let Ok(_permit) = limit.acquire_owned().await else { return };
             let id = Arc::new(id);
-            let svc = service_fn(move |req| answer(src2.clone(), id.clone(), peer, req));
+            let svc = service_fn(move |req| answer(src.clone(), id.clone(), peer, req));
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), svc);
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, conn).await;
         });
-    }
+    })
+    .await;
 }
 
 fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {

@@ -2,8 +2,8 @@
 //!
 //! An export goes: inbox/ (or `divert ingest`) → [`file::ingest`] (schema
 //! check, raw rows encrypted into the store, pseudonymized records into
-//! outbox batches, bad rows to a quarantine CSV; all of it durable before the
-//! file moves to done/) → [`push`] (the oldest batches to the steward over
+//! outbox batches, bad rows to a quarantine CSV; all of it durable before an
+//! inbox file is overwritten and deleted, its receipt left in done/) → [`push`] (the oldest batches to the steward over
 //! mutual TLS; removed on acknowledgement only). The store layout is in
 //! [`store`].
 
@@ -101,6 +101,21 @@ impl Source {
         }
         let dirs = Dirs::new(&cfg.inbox);
         dirs.create().with_context(|| format!("creating the inbox {}", cfg.inbox.display()))?;
+        let shredded = dirs.finish_shredding().with_context(|| {
+            format!("deleting ingested files from {} (they must not stay in clear)", dirs.done.display())
+        })?;
+        if shredded > 0 {
+            tracing::info!(files = shredded, done = %dirs.done.display(), "ingested export files deleted from done/ (receipts stay)");
+        }
+        match dirs.rejected_waiting() {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                files = n,
+                rejected = %dirs.rejected.display(),
+                "refused export files wait in rejected/ in clear: fix and drop them in the inbox again, or delete them"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot read rejected/"),
+        }
 
         let store_dir = data_dir.join("store");
         let opened = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -288,7 +303,11 @@ impl Source {
             "last_push": last_push,
             "steward": steward,
             "held": c.held,
-            "files": { "done": c.files_done, "rejected": c.files_rejected },
+            "files": {
+                "done": c.files_done,
+                "rejected": c.files_rejected,
+                "rejected_waiting": self.dirs.rejected_waiting().ok(),
+            },
         })
     }
 
@@ -458,12 +477,21 @@ fn inbox_file_blocking(src: &Source, state: &mut State, name: &str) -> Result<()
     let keying = src.keying();
     match file::ingest(&src.env(&keying.tokenizer, &add), state, &job) {
         Ok(done) => {
-            // A file already ingested keeps the name it was first given in done/ if that is still free.
-            let dest = match &done.dest {
-                Some(d) if done.already && !dirs.done.join(d).exists() => d.clone(),
-                _ => dest,
-            };
-            dirs.move_done(name, &dest).map_err(|e| format!("ingested, but moving to done/ failed: {e}"))?;
+            // The rows are durable in the encrypted raw store: the export itself goes.
+            let mut receipt = summary_json(name, &kind_name, &done);
+            receipt["retired"] = crate::pki::format_time(time::OffsetDateTime::now_utc()).into();
+            receipt["export"] = "overwritten and deleted; its rows are held encrypted in the raw store".into();
+            let text = serde_json::to_string_pretty(&receipt).unwrap_or_else(|_| "{}".into()) + "\n";
+            let how = dirs
+                .retire_ingested(name, &dest, &text)
+                .map_err(|e| format!("ingested, but deleting it from the inbox failed: {e}"))?;
+            if how == inbox::Shredded::UnlinkedOnly {
+                tracing::warn!(
+                    file = name,
+                    "the ingested file had another hard link: it was deleted from the inbox but not overwritten, \
+                     and the other link still holds it in clear"
+                );
+            }
             log_file(name, &kind_name, &done);
             Ok(())
         }

@@ -20,6 +20,7 @@ use super::epochs::{EpochMismatch, Epochs, Slot};
 use super::store::{PutOutcome, Store, StoreError};
 use super::{Refusal, Steward};
 use crate::pki::{Role, SpiffeId};
+use crate::schema::Schema;
 use crate::token;
 use crate::wire::{Batch, BatchAck, EpochRefusal, EpochReport, ErrorBody, BATCH_PATH, EPOCHS_PATH};
 
@@ -181,6 +182,55 @@ pub(crate) async fn route(st: Arc<Steward>, peer: Arc<Peer>, req: Request<Incomi
     Ok(resp)
 }
 
+/// Read a request body of at most `max` bytes, whole, within the I/O
+/// timeout. Refusals are answered (and counted) here: 413 past the limit
+/// (reading stops there, whatever the headers said), 408 when the body
+/// stops arriving or takes longer than `io_timeout` in all, 400 when the
+/// stream breaks otherwise.
+pub(crate) async fn read_body(
+    st: &Steward,
+    peer: &Peer,
+    body: Incoming,
+    max: u64,
+    too_large: &str,
+) -> Result<Bytes, Resp> {
+    let limited = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
+    let timed_out = || {
+        let msg = format!("the body did not arrive within {} s", st.cfg.io_timeout.as_secs_f64());
+        refuse_unread(st, peer, Refusal::BodyTimeout, StatusCode::REQUEST_TIMEOUT, &msg)
+    };
+    match tokio::time::timeout(st.cfg.io_timeout, limited.collect()).await {
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(refuse_unread(st, peer, Refusal::TooLarge, StatusCode::PAYLOAD_TOO_LARGE, too_large))
+        }
+        // The connection's own no-progress deadline (`TimeoutIo`) fires as a read error.
+        Ok(Err(e)) if is_timeout(e.as_ref()) => Err(timed_out()),
+        Ok(Err(_)) => Err(refuse_unread(
+            st,
+            peer,
+            Refusal::BadRequest,
+            StatusCode::BAD_REQUEST,
+            "the request body could not be read",
+        )),
+        Err(_) => Err(timed_out()),
+    }
+}
+
+/// Whether an error, or any error it was caused by, is a timeout.
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 async fn post_batch(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> Resp {
     let max = st.cfg.max_body_bytes;
     let too_large = format!("the body is larger than the steward accepts ({max} bytes); send smaller batches");
@@ -188,26 +238,14 @@ async fn post_batch(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> R
     if declared.is_some_and(|n| n > max) {
         return refuse_unread(st, peer, Refusal::TooLarge, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
     }
-    // Reading stops at the limit, whatever the headers said.
-    let limited = Limited::new(req.into_body(), usize::try_from(max).unwrap_or(usize::MAX));
-    let body = match tokio::time::timeout(st.cfg.io_timeout, limited.collect()).await {
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return refuse_unread(st, peer, Refusal::TooLarge, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
-        }
-        Ok(Err(_)) => {
-            let msg = "the request body could not be read";
-            return refuse_unread(st, peer, Refusal::BadRequest, StatusCode::BAD_REQUEST, msg);
-        }
-        Err(_) => {
-            let msg = format!("the body did not arrive within {} s", st.cfg.io_timeout.as_secs_f64());
-            return refuse_unread(st, peer, Refusal::BodyTimeout, StatusCode::REQUEST_TIMEOUT, &msg);
-        }
+    let body = match read_body(st, peer, req.into_body(), max, &too_large).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
     };
 
     // Shared from admission to linkage: an epoch switch waits for this batch, or this batch for it.
     let _gate = st.epoch_gate.read().await;
-    match ingest_body(&st.store, &st.epochs, &peer.id.name, body).await {
+    match ingest_body(&st.store, &st.epochs, &st.schema, &peer.id.name, body).await {
         Ok(acc) => {
             let duplicate = acc.outcome == PutOutcome::Duplicate;
             let stored = match acc.outcome {
@@ -275,20 +313,16 @@ async fn get_epochs(st: &Arc<Steward>) -> Resp {
 }
 
 /// Largest epoch report accepted.
-const MAX_REPORT_BYTES: usize = 16 * 1024;
+const MAX_REPORT_BYTES: u64 = 16 * 1024;
 
 /// `POST /v1/epochs` (sources): a source reports its epoch; durable before
 /// the answer (the steward's status). A report completing the pending epoch
 /// may switch the linkage.
 async fn post_epochs(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> Resp {
-    let limited = Limited::new(req.into_body(), MAX_REPORT_BYTES);
-    let body = match tokio::time::timeout(st.cfg.io_timeout, limited.collect()).await {
-        Ok(Ok(c)) => c.to_bytes(),
-        _ => {
-            let msg =
-                format!("an epoch report is at most {MAX_REPORT_BYTES} bytes and must arrive within the I/O timeout");
-            return refuse_unread(st, peer, Refusal::BadRequest, StatusCode::BAD_REQUEST, &msg);
-        }
+    let too_large = format!("an epoch report is at most {MAX_REPORT_BYTES} bytes");
+    let body = match read_body(st, peer, req.into_body(), MAX_REPORT_BYTES, &too_large).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
     };
     let report: EpochReport = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -339,14 +373,16 @@ pub enum IngestError {
 pub async fn ingest_body(
     store: &Arc<Store>,
     epochs: &Arc<Epochs>,
+    schema: &Arc<Schema>,
     cert_name: &str,
     body: Bytes,
 ) -> Result<Accepted, IngestError> {
     let store2 = store.clone();
     let epochs = epochs.clone();
+    let schema = schema.clone();
     let name = cert_name.to_string();
     let put = tokio::task::spawn_blocking(move || -> Result<Accepted, IngestError> {
-        let batch = check_batch(&body, &name).map_err(IngestError::Rejected)?;
+        let batch = check_batch(&body, &name, &schema).map_err(IngestError::Rejected)?;
         let records = batch.records.len() as u64;
         // An empty batch carries no epoch: it is taken under the active one.
         let epoch = batch.records.first().map(|r| r.epoch).or(epochs.active()).unwrap_or(0);
@@ -373,7 +409,14 @@ fn is_hex32(s: &str) -> bool {
 
 /// Validate a batch body sent under a certificate named `cert_name`:
 /// returns the batch. Messages never quote the body.
-pub fn check_batch(body: &[u8], cert_name: &str) -> Result<Batch, Rejection> {
+///
+/// Every record is checked against the program's `schema`
+/// ([`PseudoRecord::check`](crate::record::PseudoRecord::check)): a
+/// misconfigured or compromised source cannot make the steward store an
+/// identity field, an undeclared field or a value of the wrong type. One bad
+/// record refuses the whole batch (400, counted as `schema`), naming the record's
+/// position and the field, never a value.
+pub fn check_batch(body: &[u8], cert_name: &str, schema: &Schema) -> Result<Batch, Rejection> {
     let batch: Batch = serde_json::from_slice(body).map_err(|e| {
         let what = match e.classify() {
             serde_json::error::Category::Syntax => "is not valid JSON",
@@ -421,6 +464,15 @@ pub fn check_batch(body: &[u8], cert_name: &str) -> Result<Batch, Rejection> {
                 None => return Err(Rejection::bad(format!("record {i}: a token is not <epoch>:<32 hex digits>"))),
             }
         }
+        if let Err(p) = r.check(schema) {
+            return Err(Rejection {
+                status: StatusCode::BAD_REQUEST,
+                kind: Refusal::Schema,
+                message: format!(
+                    "record {i}: {p}; the batch is refused whole (the source's schema must be the program's)"
+                ),
+            });
+        }
     }
     Ok(batch)
 }
@@ -437,9 +489,20 @@ mod tests {
             line: 2,
             epoch: 3,
             rid: "ab".repeat(16),
-            tokens: [("name_dob".to_string(), format!("3:{}", "cd".repeat(16)))].into(),
-            fields: Default::default(),
+            tokens: [("names_dob".to_string(), format!("3:{}", "cd".repeat(16)))].into(),
+            fields: [
+                ("age".to_string(), serde_json::json!(30)),
+                ("arrest_date".to_string(), serde_json::json!("2024-05-01")),
+                ("warrant".to_string(), serde_json::json!(false)),
+                ("violent".to_string(), serde_json::json!(false)),
+                ("felony".to_string(), serde_json::json!(false)),
+            ]
+            .into(),
         }
+    }
+
+    fn check(body: &[u8], cert: &str) -> Result<Batch, Rejection> {
+        check_batch(body, cert, &Schema::default_schema().unwrap())
     }
 
     fn body(source: &str, id: &str, records: Vec<PseudoRecord>) -> Vec<u8> {
@@ -449,27 +512,27 @@ mod tests {
     #[test]
     fn accepts_a_good_batch() {
         let b = body("police", "p-1", vec![record("police"), record("police")]);
-        let ok = check_batch(&b, "police").unwrap();
+        let ok = check(&b, "police").unwrap();
         assert_eq!((ok.batch_id.as_str(), ok.records.len()), ("p-1", 2));
     }
 
     #[test]
     fn refuses_other_sources_and_bad_shapes_without_echoing() {
-        let r = check_batch(&body("jail", "p-1", vec![]), "police").unwrap_err();
+        let r = check(&body("jail", "p-1", vec![]), "police").unwrap_err();
         assert_eq!((r.status, r.kind), (StatusCode::FORBIDDEN, Refusal::Forbidden));
         assert!(!r.message.contains("jail"), "{}", r.message);
-        let r = check_batch(&body("police", "p-1", vec![record("police"), record("jail")]), "police").unwrap_err();
+        let r = check(&body("police", "p-1", vec![record("police"), record("jail")]), "police").unwrap_err();
         assert_eq!(r.status, StatusCode::FORBIDDEN);
         assert!(r.message.contains("record 1"));
         for id in ["", "has space", &"x".repeat(129)] {
-            assert_eq!(check_batch(&body("police", id, vec![]), "police").unwrap_err().status, StatusCode::BAD_REQUEST);
+            assert_eq!(check(&body("police", id, vec![]), "police").unwrap_err().status, StatusCode::BAD_REQUEST);
         }
         let mut bad = record("police");
         bad.tokens.insert("x".into(), "4:".to_string() + &"cd".repeat(16));
-        assert!(check_batch(&body("police", "a", vec![bad]), "police").unwrap_err().message.contains("epoch"));
+        assert!(check(&body("police", "a", vec![bad]), "police").unwrap_err().message.contains("epoch"));
         let mut bad = record("police");
         bad.rid = "SECRET".into();
-        let r = check_batch(&body("police", "a", vec![bad]), "police").unwrap_err();
+        let r = check(&body("police", "a", vec![bad]), "police").unwrap_err();
         assert!(!r.message.contains("SECRET"));
         for text in [
             r#"{"source":"police","batch_id":"a","records":[{"SECRET_FIELD":1}]}"#,
@@ -477,9 +540,24 @@ mod tests {
             r#"{"source":"police","batch_id":"a","records":[SECRET"#,
             r#"SECRET"#,
         ] {
-            let r = check_batch(text.as_bytes(), "police").unwrap_err();
+            let r = check(text.as_bytes(), "police").unwrap_err();
             assert_eq!(r.status, StatusCode::BAD_REQUEST);
             assert!(!r.message.contains("SECRET"), "{}", r.message);
         }
+    }
+
+    #[test]
+    fn refuses_records_outside_the_schema_naming_the_field_only() {
+        for (key, value) in [("family_name", "Quixote"), ("dob", "1980-03-14"), ("ssn", "123-45-6789")] {
+            let mut bad = record("police");
+            bad.fields.insert(key.into(), serde_json::json!(value));
+            let r = check(&body("police", "a", vec![record("police"), bad]), "police").unwrap_err();
+            assert_eq!((r.status, r.kind), (StatusCode::BAD_REQUEST, Refusal::Schema), "{key}");
+            assert!(r.message.starts_with("record 1: field `") && r.message.contains(key), "{}", r.message);
+            assert!(!r.message.contains(value), "{}", r.message);
+        }
+        let mut bad = record("police");
+        bad.kind = "unknown_kind".into();
+        assert_eq!(check(&body("police", "a", vec![bad]), "police").unwrap_err().kind, Refusal::Schema);
     }
 }

@@ -2,20 +2,26 @@
 //!
 //! # Connection lifecycle and its bounds
 //!
-//! 1. **Accept.** At most `max_connections` connections are open at once (a
-//!    semaphore). When all permits are taken the accept loop *stops
-//!    accepting*: new connections wait in the kernel's listen backlog (and
-//!    time out on the client's side if it stays full) instead of being
-//!    accepted and dropped, so a burst of sources is served in turn.
+//! 1. **Accept.** Every connection is accepted at once (`accept::serve`) and
+//!    is *pending* until authenticated: admitted under caps of its own
+//!    (`max_pending_handshakes` in all, `max_pending_per_address` per remote
+//!    address), apart from the slots of authenticated peers. When a cap is
+//!    reached the oldest pending connection that has not sent a byte yet is
+//!    closed to make room (`evicted`), so idle sockets without a certificate
+//!    cannot lock sources and evaluators out (see `accept`).
 //! 2. **Handshake** with the server config current *at accept time*
 //!    (`ctx.tls.borrow()`), so a SIGHUP reload (new certificate, new CRL)
-//!    applies to every new handshake while older connections finish. The
-//!    handshake must complete within `handshake_timeout`. rustls requires a
-//!    client certificate of the program CA, not revoked, checked against a
-//!    CRL that is not past its next-update; any failure refuses the peer here.
+//!    applies to every new handshake while older connections finish. From
+//!    accept to a verified certificate takes at most `handshake_timeout`.
+//!    rustls requires a client certificate of the program CA naming
+//!    clientAuth, not revoked, checked against a CRL that is not past its
+//!    next-update; any failure refuses the peer here. Refusals of peers
+//!    without a verified certificate are logged at a bounded rate.
 //! 3. **Identity.** The peer's SPIFFE ID is read from its certificate; a
 //!    certificate without one, or of another program, is refused (closed)
-//!    before HTTP starts. Nothing the client says about itself is used.
+//!    before HTTP starts. Nothing the client says about itself is used. The
+//!    connection then leaves admission and waits for one of `max_connections`
+//!    authenticated slots.
 //! 4. **HTTP/1.1** (hyper). The TLS stream is wrapped in `timeout_io::TimeoutIo`:
 //!    every read and every write must make progress within `io_timeout`
 //!    (this also closes idle keep-alive connections and peers that stop
@@ -55,10 +61,11 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
+use crate::accept::FirstBytes;
 use crate::daemon::config::StewardConfig;
 use crate::daemon::Context;
 use crate::fsutil;
@@ -124,10 +131,16 @@ pub enum Refusal {
     NotFound,
     /// A batch under a key epoch the steward does not link (409).
     Epoch,
+    /// A batch with a record that does not fit the program's schema (400):
+    /// an identity field, an undeclared field or kind, a value of the wrong type.
+    Schema,
+    /// An unauthenticated connection closed to make room (too many from its
+    /// address, or in all, still before their handshake).
+    Evicted,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 9] = [
+    const ALL: [Refusal; 11] = [
         Refusal::Handshake,
         Refusal::HandshakeTimeout,
         Refusal::Identity,
@@ -137,6 +150,8 @@ impl Refusal {
         Refusal::BodyTimeout,
         Refusal::NotFound,
         Refusal::Epoch,
+        Refusal::Schema,
+        Refusal::Evicted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -150,6 +165,8 @@ impl Refusal {
             Refusal::BodyTimeout => "body_timeout",
             Refusal::NotFound => "not_found",
             Refusal::Epoch => "epoch",
+            Refusal::Schema => "schema",
+            Refusal::Evicted => "evicted",
         }
     }
 
@@ -176,8 +193,13 @@ pub struct Steward {
     program: String,
     local_addr: SocketAddr,
     data_dir: PathBuf,
+    /// Connections not yet authenticated (see `accept`).
+    admission: Arc<crate::accept::Admission>,
+    /// Authenticated connections served at once.
     connections: Arc<Semaphore>,
     open: AtomicUsize,
+    /// Refusals of unauthenticated peers are logged at this rate at most.
+    unauthenticated_log: crate::accept::LogLimiter,
     refusals: [AtomicU64; Refusal::ALL.len()],
     pub(crate) batches_stored: AtomicU64,
     pub(crate) batches_duplicate: AtomicU64,
@@ -296,8 +318,10 @@ impl Steward {
             program: ctx.config.identity.program.clone(),
             local_addr,
             data_dir,
+            admission: crate::accept::Admission::new(cfg.pending),
             connections: Arc::new(Semaphore::new(max)),
             open: AtomicUsize::new(0),
+            unauthenticated_log: crate::accept::LogLimiter::new(10, Duration::from_secs(10)),
             refusals: Default::default(),
             batches_stored: AtomicU64::new(0),
             batches_duplicate: AtomicU64::new(0),
@@ -306,6 +330,8 @@ impl Steward {
         info!(
             listen = %local_addr,
             max_connections = max,
+            max_pending_handshakes = steward.cfg.pending.pending,
+            max_pending_per_address = steward.cfg.pending.per_address,
             max_body_bytes = steward.cfg.max_body_bytes,
             handshake_timeout_secs = steward.cfg.handshake_timeout.as_secs_f64(),
             io_timeout_secs = steward.cfg.io_timeout.as_secs_f64(),
@@ -524,6 +550,9 @@ impl Steward {
             "data_dir": self.data_dir.display().to_string(),
             "connections_open": self.open.load(Ordering::Relaxed),
             "max_connections": self.cfg.max_connections,
+            "handshakes_pending": self.admission.pending(),
+            "max_pending_handshakes": self.cfg.pending.pending,
+            "max_pending_per_address": self.cfg.pending.per_address,
             "batches_stored_this_run": self.batches_stored.load(Ordering::Relaxed),
             "duplicates_this_run": self.batches_duplicate.load(Ordering::Relaxed),
         });
@@ -560,49 +589,34 @@ impl Steward {
     }
 
     /// Count a refusal and log it at warn with the peer and the reason.
+    /// Peers without a verified certificate are logged a few lines per ten
+    /// seconds at most (with a count of the lines held back): a flood of
+    /// connections must not become a flood of log lines. The counters count all.
     pub(crate) fn refuse(&self, kind: Refusal, peer: SocketAddr, id: Option<&SpiffeId>, reason: &str) {
         self.refusals[kind.index()].fetch_add(1, Ordering::Relaxed);
         match id {
             Some(id) => warn!(peer = %peer, identity = %id, refusal = kind.as_str(), reason, "refused"),
-            None => warn!(peer = %peer, refusal = kind.as_str(), reason, "refused"),
+            None => {
+                if let Some(suppressed) = self.unauthenticated_log.allow() {
+                    warn!(peer = %peer, refusal = kind.as_str(), reason, suppressed, "refused");
+                }
+            }
         }
     }
 }
 
 async fn accept_loop(ctx: Arc<Context>, st: Arc<Steward>, listener: TcpListener) {
-    loop {
-        // Full: stop accepting until a connection ends (see the module docs).
-        let permit = tokio::select! {
-            biased;
-            _ = ctx.shutdown.cancelled() => break,
-            p = st.connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            biased;
-            _ = ctx.shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                warn!(error = %e, "accepting a connection failed");
-                tokio::select! {
-                    _ = ctx.shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                }
-            }
-        };
-        if let Err(e) = tcp.set_nodelay(true) {
-            debug!(peer = %peer, error = %e, "cannot set TCP_NODELAY");
+    let (ctx2, st2) = (ctx.clone(), st.clone());
+    crate::accept::serve(listener, ctx.shutdown.clone(), "steward", move |tcp, peer| {
+        let (pending, evicted) = st2.admission.admit(peer);
+        for _ in 0..evicted {
+            st2.refuse(Refusal::Evicted, peer, None, "an unauthenticated connection was closed to make room");
         }
         // The config current now: a reload applies to this and later handshakes only.
-        let tls = ctx.tls.borrow().server.clone();
-        ctx.tracker.spawn(connection(ctx.clone(), st.clone(), tcp, peer, tls, permit));
-    }
+        let tls = ctx2.tls.borrow().server.clone();
+        ctx2.tracker.spawn(connection(ctx2.clone(), st2.clone(), tcp, peer, tls, pending));
+    })
+    .await;
     info!(listen = %st.local_addr, "steward stopped accepting connections");
 }
 
@@ -612,22 +626,32 @@ async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
-    _permit: OwnedSemaphorePermit,
+    pending: crate::accept::Pending,
 ) {
-    st.open.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenGuard(&st.open);
     let made_under = tls.clone();
-    let handshake = tokio::time::timeout(st.cfg.handshake_timeout, TlsAcceptor::from(tls).accept(tcp));
+    let handshake_timeout = st.cfg.handshake_timeout;
+    // Phase 1, unauthenticated: admitted under the pending caps, evictable,
+    // bounded by the handshake timeout from accept to identity.
+    let handshake = async {
+        match pending.first_bytes(&tcp, handshake_timeout).await {
+            FirstBytes::Sent => TlsAcceptor::from(tls).accept(tcp).await.map_err(Some),
+            FirstBytes::Closed => Err(None),
+            FirstBytes::TimedOut => std::future::pending().await,
+        }
+    };
     let stream = tokio::select! {
         _ = ctx.shutdown.cancelled() => return,
-        r = handshake => match r {
+        _ = pending.evicted() => return,
+        r = tokio::time::timeout(handshake_timeout, handshake) => match r {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
+            Ok(Err(Some(e))) => {
                 st.refuse(Refusal::Handshake, peer, None, &format!("TLS handshake failed: {e}"));
                 return;
             }
+            // Closed without a byte: a port scan or a peer that gave up; nothing to refuse.
+            Ok(Err(None)) => return,
             Err(_) => {
-                let secs = st.cfg.handshake_timeout.as_secs_f64();
+                let secs = handshake_timeout.as_secs_f64();
                 st.refuse(Refusal::HandshakeTimeout, peer, None, &format!("no TLS handshake within {secs} s"));
                 return;
             }
@@ -646,6 +670,18 @@ async fn connection(
         return;
     }
     debug!(peer = %peer, identity = %id, "connection authenticated");
+    drop(pending);
+    // Phase 2, authenticated: one of `max_connections` slots; when all are
+    // taken the peer waits here (its request is read once a slot frees).
+    let _permit = tokio::select! {
+        _ = ctx.shutdown.cancelled() => return,
+        p = st.connections.clone().acquire_owned() => match p {
+            Ok(p) => p,
+            Err(_) => return,
+        },
+    };
+    st.open.fetch_add(1, Ordering::Relaxed);
+    let _open = OpenGuard(&st.open);
 
     let io_timeout = st.cfg.io_timeout;
     let io = TokioIo::new(timeout_io::TimeoutIo::new(stream, io_timeout));

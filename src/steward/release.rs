@@ -8,14 +8,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::http::{error_response, json_response, Peer, Resp};
-use super::{Refusal, Steward};
+use super::Steward;
 use crate::audit::{RefusalDetail, ReleaseDetail};
 use crate::dp::ledger::{format_epsilon, Budget, Refusal as BudgetRefusal};
 use crate::dp::mechanism::OpenDpNoise;
@@ -27,7 +26,7 @@ pub const BUDGET_PATH: &str = "/v1/budget";
 pub const RELEASES_PATH: &str = "/v1/releases";
 
 /// Largest query request accepted.
-const MAX_QUERY_BYTES: usize = 64 * 1024;
+const MAX_QUERY_BYTES: u64 = 64 * 1024;
 
 /// A query request: a named analysis with parameters, or a query in full.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -64,6 +63,12 @@ pub struct QueryResponse {
     /// Epsilon spent by this request.
     pub epsilon_spent: f64,
     pub budget: BudgetView,
+    /// The steward's audit log as of this answer (its newest entry's seq and
+    /// hash): kept by the evaluator, it lets anyone holding the log check
+    /// later (`divert audit verify --expect SEQ:HASH`) that the log was not
+    /// cut short or rewritten since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::Receipt>,
 }
 
 /// A budget in epsilon, as evaluators see it.
@@ -159,21 +164,11 @@ fn hash_bytes(hash: &str) -> Option<[u8; 32]> {
 
 pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> Resp {
     let evaluator = peer.id.name.clone();
-    let body =
-        match tokio::time::timeout(st.cfg.io_timeout, Limited::new(req.into_body(), MAX_QUERY_BYTES).collect()).await {
-            Ok(Ok(c)) => c.to_bytes(),
-            Ok(Err(_)) => {
-                st.refuse(Refusal::TooLarge, peer.addr, Some(&peer.id), "query request too large or unreadable");
-                return error_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "the query request is larger than 64 KiB or unreadable",
-                );
-            }
-            Err(_) => {
-                st.refuse(Refusal::BodyTimeout, peer.addr, Some(&peer.id), "query body timed out");
-                return error_response(StatusCode::REQUEST_TIMEOUT, "the query did not arrive in time");
-            }
-        };
+    let too_large = format!("the query request is larger than {} KiB", MAX_QUERY_BYTES / 1024);
+    let body = match super::http::read_body(st, peer, req.into_body(), MAX_QUERY_BYTES, &too_large).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
     let request: QueryRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -231,6 +226,7 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
             cached: false,
             epsilon_spent: 0.0,
             budget: budget_now.into(),
+            audit: st.audit.head(),
         };
         return json_response(StatusCode::OK, &resp);
     }
@@ -250,6 +246,7 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
                     cached: true,
                     epsilon_spent: 0.0,
                     budget: budget_now.into(),
+                    audit: st.audit.head(),
                 };
                 return json_response(StatusCode::OK, &resp);
             }
@@ -346,6 +343,7 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
         cached: false,
         epsilon_spent: epsilon_micro as f64 / 1e6,
         budget: reservation.budget.into(),
+        audit: st.audit.head(),
     };
     json_response(StatusCode::OK, &resp)
 }

@@ -1,7 +1,6 @@
 //! Crash safety of the exchange: the steward, a real `divert serve` process, killed with SIGKILL in the middle of a stream of batches keeps every batch it acknowledged.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,17 +8,7 @@ use divert::pki::Role;
 use divert::steward::store::Store;
 
 use crate::net::{batch, client_config, fake_records, read_listen_addr, write_steward_config, Client, Pki};
-
-fn spawn_steward(config: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_divert"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn divert serve")
-}
+use crate::util::spawn_serve;
 
 /// A small deterministic generator, so a failing trial can be replayed from its number.
 fn delay_ms(trial: u64) -> u64 {
@@ -42,7 +31,7 @@ fn steward_sigkill_keeps_every_acknowledged_batch() {
         let config = write_steward_config(&dir, &pki, "127.0.0.1:0", "");
         let data = dir.join("data");
         let log = dir.join("steward.log");
-        let mut child = spawn_steward(&config, &log);
+        let mut child = spawn_serve(&config, &log);
         let addr = read_listen_addr(&data, Duration::from_secs(20)).expect("steward listening");
         let cfg = client_config(&pki.ca_pem(), Some(&client_dir));
 
@@ -66,8 +55,7 @@ fn steward_sigkill_keeps_every_acknowledged_batch() {
             }
         });
         std::thread::sleep(Duration::from_millis(delay_ms(trial)));
-        child.kill().expect("SIGKILL the steward");
-        child.wait().expect("reap");
+        child.sigkill();
         rt.block_on(async {
             let _ = tokio::time::timeout(Duration::from_secs(10), stream).await;
         });
@@ -77,7 +65,7 @@ fn steward_sigkill_keeps_every_acknowledged_batch() {
         // Restart the daemon on the same data: it must come up, then stop it
         // cleanly and read its store directly.
         let _ = std::fs::remove_file(data.join(divert::steward::LISTEN_ADDR_FILE));
-        let mut again = spawn_steward(&config, &dir.join("steward-restart.log"));
+        let mut again = spawn_serve(&config, &dir.join("steward-restart.log"));
         assert!(
             read_listen_addr(&data, Duration::from_secs(20)).is_some(),
             "trial {trial}: the steward did not restart; log: {}",
@@ -86,7 +74,7 @@ fn steward_sigkill_keeps_every_acknowledged_batch() {
         let pid = again.id().to_string();
         let term = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
         assert!(term.success());
-        let status = again.wait().expect("wait");
+        let status = again.0.wait().expect("wait");
         assert!(status.success(), "trial {trial}: the restarted steward did not stop cleanly: {status:?}");
 
         let store = Store::open(&data.join("store")).expect("open store");

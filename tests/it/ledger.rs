@@ -563,6 +563,8 @@ fn budget_cli_speaks_the_admin_requests() {
     assert_eq!(
         *seen.lock().unwrap(),
         vec![
+            // The grant first checks that the evaluator is known (it has a budget here).
+            Request::Budgets,
             Request::BudgetGrant { evaluator: "university-a".into(), epsilon_micro: 1_500_000 },
             Request::Budgets,
             Request::Budgets

@@ -1,5 +1,6 @@
 //! Integration tests of divert: one module per area, run with `cargo test --test it`.
 
+mod attack;
 mod certrotate;
 mod crash;
 mod demo;

@@ -80,6 +80,20 @@ impl Pki {
     /// A client certificate signed by this CA with any validity and SPIFFE ID,
     /// written as `cert.pem`/`key.pem` into `out`.
     pub fn custom_cert(&self, out: &Path, spiffe: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) {
+        self.custom_cert_with(out, spiffe, not_before, not_after, vec![ExtendedKeyUsagePurpose::ClientAuth], None);
+    }
+
+    /// Like [`Pki::custom_cert`], with any extended key usages (none: no
+    /// extension at all) and, for a server, a DNS name.
+    pub fn custom_cert_with(
+        &self,
+        out: &Path,
+        spiffe: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+        ekus: Vec<ExtendedKeyUsagePurpose>,
+        dns: Option<&str>,
+    ) {
         let (issuer, ca_key) = self.issuer();
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
         let mut params = CertificateParams::default();
@@ -87,9 +101,12 @@ impl Pki {
         dn.push(DnType::CommonName, "odd test certificate");
         params.distinguished_name = dn;
         params.subject_alt_names = vec![SanType::URI(Ia5String::try_from(spiffe.to_string()).expect("ia5"))];
+        if let Some(d) = dns {
+            params.subject_alt_names.push(SanType::DnsName(Ia5String::try_from(d.to_string()).expect("ia5")));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = ekus;
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(SerialNumber::from_slice(&[0x42, rand_byte(), rand_byte(), rand_byte()]));
         params.not_before = not_before;
@@ -136,12 +153,24 @@ pub fn tls_paths(dir: &Path) -> TlsPaths {
         key: dir.join(pki::KEY_FILE),
         ca: dir.join(pki::CA_CERT_FILE),
         crl: dir.join(pki::CRL_FILE),
+        min_version: Default::default(),
     }
 }
 
 /// The text of a steward config whose TLS files are in `tls_dir`, data in `data_dir`.
 /// `extra` is appended to the `[steward]` table (e.g. `max_body_bytes = 4096`).
 pub fn steward_config_text(tls_dir: &Path, data_dir: &Path, listen: &str, extra: &str) -> String {
+    steward_config_text_with_tls(tls_dir, data_dir, listen, "", extra)
+}
+
+/// Like [`steward_config_text`], with `tls_extra` appended to the `[tls]` table (e.g. `min_version = "1.2"`).
+pub fn steward_config_text_with_tls(
+    tls_dir: &Path,
+    data_dir: &Path,
+    listen: &str,
+    tls_extra: &str,
+    extra: &str,
+) -> String {
     let p = |x: &Path| x.display().to_string();
     let t = tls_paths(tls_dir);
     format!(
@@ -155,6 +184,7 @@ cert = "{cert}"
 key = "{key}"
 ca = "{ca}"
 crl = "{crl}"
+{tls_extra}
 
 [steward]
 listen = "{listen}"
@@ -395,7 +425,7 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Result
     Ok((status, head, body))
 }
 
-/// `n` made-up but well-formed records of `source` (tokens `1:<32 hex>`), distinct by `rid`.
+/// `n` made-up records of `source` that fit the default schema's `arrest` kind (tokens `1:<32 hex>`), distinct by `rid`.
 pub fn fake_records(source: &str, start: u64, n: u64) -> Vec<PseudoRecord> {
     (start..start + n)
         .map(|i| PseudoRecord {
@@ -405,16 +435,18 @@ pub fn fake_records(source: &str, start: u64, n: u64) -> Vec<PseudoRecord> {
             epoch: 1,
             rid: format!("{:016x}{:016x}", i, i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             tokens: [
-                ("name_dob".to_string(), format!("1:{:032x}", u128::from(i) * 7919)),
-                ("ssn4_dob".to_string(), format!("1:{:032x}", u128::from(i) * 104_729)),
-                ("soundex_dob".to_string(), format!("1:{:032x}", u128::from(i) * 1_299_709)),
+                ("names_dob".to_string(), format!("1:{:032x}", u128::from(i) * 7919)),
+                ("initial_family_dob".to_string(), format!("1:{:032x}", u128::from(i) * 104_729)),
+                ("state_id_birth_year".to_string(), format!("1:{:032x}", u128::from(i) * 1_299_709)),
             ]
             .into(),
             fields: [
                 ("age".to_string(), serde_json::json!(20 + i % 50)),
-                ("sex".to_string(), serde_json::json!(if i % 2 == 0 { "F" } else { "M" })),
-                ("event_date".to_string(), serde_json::json!(format!("2024-{:02}-{:02}", 1 + i % 12, 1 + i % 28))),
-                ("charge".to_string(), serde_json::json!("possession")),
+                ("sex".to_string(), serde_json::json!(if i % 2 == 0 { "f" } else { "m" })),
+                ("arrest_date".to_string(), serde_json::json!(format!("2024-{:02}-{:02}", 1 + i % 12, 1 + i % 28))),
+                ("warrant".to_string(), serde_json::json!(i % 3 == 0)),
+                ("violent".to_string(), serde_json::json!(i % 7 == 0)),
+                ("felony".to_string(), serde_json::json!(i % 5 == 0)),
             ]
             .into(),
         })
@@ -497,12 +529,27 @@ impl TestSteward {
     /// Issue a steward certificate into `<dir>/tls` (unless there) and start a steward
     /// listening on `listen` with data in `<dir>/data`; the steward's error if it refuses to start.
     pub async fn try_start_on(pki: &Pki, dir: &Path, listen: &str, extra: &str) -> anyhow::Result<TestSteward> {
+        TestSteward::try_start_full(pki, dir, listen, "", extra).await
+    }
+
+    /// Like [`TestSteward::start`], with `tls_extra` in the `[tls]` table.
+    pub async fn start_with_tls(pki: &Pki, dir: &Path, tls_extra: &str, extra: &str) -> TestSteward {
+        TestSteward::try_start_full(pki, dir, "127.0.0.1:0", tls_extra, extra).await.expect("start steward")
+    }
+
+    async fn try_start_full(
+        pki: &Pki,
+        dir: &Path,
+        listen: &str,
+        tls_extra: &str,
+        extra: &str,
+    ) -> anyhow::Result<TestSteward> {
         let tls_dir = dir.join("tls");
         if !tls_dir.join(pki::CERT_FILE).exists() {
             pki.issue_into(Role::Steward, "steward", &tls_dir);
         }
         let cfg_path = dir.join("steward.toml");
-        let text = steward_config_text(&tls_dir, &dir.join("data"), listen, extra);
+        let text = steward_config_text_with_tls(&tls_dir, &dir.join("data"), listen, tls_extra, extra);
         let config = Config::from_toml(&text, &cfg_path).unwrap_or_else(|p| panic!("config: {p:?}"));
         let (ctx, tls_tx) = Context::load(&config).expect("steward TLS material");
         let RoleConfig::Steward(sc) = config.role.clone() else { panic!("not a steward config") };

@@ -9,10 +9,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use divert::ingest::Format;
 use divert::keys::EpochKey;
@@ -29,7 +29,7 @@ use rustls::ClientConfig;
 use serde_json::{json, Value};
 
 use crate::net::{batch, client_config, read_listen_addr, write_steward_config, Client, LogCapture, Pki, TestSteward};
-use crate::util::{divert_in, divert_ok, text};
+use crate::util::{divert_in, divert_ok, spawn_serve, text, ChildGuard};
 
 /// The evaluator's certificate name in every test.
 const EVAL: &str = "eval";
@@ -711,7 +711,7 @@ async fn release_flipped_audit_byte_is_found_and_the_steward_refuses_to_start() 
     // As a process: `divert serve` exits with a clear message.
     let config = write_steward_config(&dir, &certs.pki, "127.0.0.1:0", "");
     let log = tmp.path().join("serve.log");
-    let mut child = ChildGuard(spawn_steward(&config, &log));
+    let mut child = spawn_serve(&config, &log);
     let status = child.wait_for_exit(Duration::from_secs(30)).expect("divert serve kept running on a broken audit log");
     assert!(!status.success());
     let stderr = std::fs::read_to_string(&log).unwrap();
@@ -930,58 +930,6 @@ async fn release_curl_examples_of_the_api_docs_work() {
 // `divert serve` processes
 // ---------------------------------------------------------------------------
 
-fn spawn_steward(config: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_divert"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn divert serve")
-}
-
-/// Kills the process if a test fails while it runs.
-struct ChildGuard(Child);
-
-impl ChildGuard {
-    fn wait_for_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.0.try_wait().expect("try_wait") {
-                return Some(s);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn sigkill(&mut self) {
-        self.0.kill().expect("SIGKILL");
-        self.0.wait().expect("reap");
-    }
-
-    /// SIGTERM and a clean exit.
-    fn stop(&mut self) {
-        let pid = self.0.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM").success());
-        let status = self.wait_for_exit(Duration::from_secs(30)).expect("the steward did not stop on SIGTERM");
-        assert!(status.success(), "the steward did not stop cleanly: {status:?}");
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 /// A `divert serve` steward process on a fresh data directory.
 struct Process {
     config: PathBuf,
@@ -1004,7 +952,7 @@ impl Process {
     fn spawn(config: &Path, data: &Path, dir: &Path, n: u32) -> (ChildGuard, SocketAddr, PathBuf) {
         let _ = std::fs::remove_file(data.join(divert::steward::LISTEN_ADDR_FILE));
         let log = dir.join(format!("steward-{n}.log"));
-        let child = ChildGuard(spawn_steward(config, &log));
+        let child = spawn_serve(config, &log);
         let addr = read_listen_addr(data, Duration::from_secs(60)).unwrap_or_else(|| {
             panic!("the steward did not start: {}", std::fs::read_to_string(&log).unwrap_or_default())
         });
@@ -1029,6 +977,7 @@ impl Process {
                 evaluator,
                 "--epsilon",
                 epsilon,
+                "--force",
             ],
         );
         text(&out.stdout)
@@ -1198,6 +1147,24 @@ fn release_query_cli_against_a_steward_process() {
     let out = query(&["--analysis", "any_arrest", "--param", "window_days=0"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("window_days"), "{}", text(&out.stderr));
+    // An epsilon that is not a number is refused by the CLI, never sent as "use the default"
+    // (JSON has no NaN: serde writes null, which the API reads as the analysis's default).
+    for bad in ["NaN", "inf", "-inf", "1e400", "0", "-1", "10.5", "0.0000001"] {
+        for dry in [false, true] {
+            let arg = format!("--epsilon={bad}");
+            let mut args = vec!["--analysis", "jail_days_before_after", &arg];
+            if dry {
+                args.push("--dry-run");
+            }
+            let out = query(&args);
+            let stderr = text(&out.stderr);
+            assert!(!out.status.success(), "--epsilon {bad} accepted: {}", text(&out.stdout));
+            assert!(stderr.contains("--epsilon") && stderr.contains(bad), "--epsilon {bad}: {stderr}");
+            assert!(!text(&out.stdout).contains("epsilon 1"), "--epsilon {bad}: {}", text(&out.stdout));
+        }
+    }
+    assert!(ok(&["--budget"]).contains("spent 0.3 ε, left 0.7 ε"), "a refused epsilon spent budget");
+    assert_eq!(ok(&["--releases"]).lines().count(), 2, "a refused epsilon made a release");
 
     let show = divert_ok(&p.dir, &["budget", "show", "--config", p.config.to_str().unwrap()]);
     let show = text(&show.stdout);

@@ -1,7 +1,8 @@
-//! Helpers shared by the integration tests: run the built binary, read its output.
+//! Helpers shared by the integration tests: run the built binary, read its output, guard the daemons it starts.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The built `divert` binary, run in `dir` (so relative paths resolve there).
 pub fn divert_in(dir: &Path, args: &[&str]) -> Output {
@@ -27,4 +28,62 @@ pub fn text(bytes: &[u8]) -> String {
 /// The repository root (where config/ lives).
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `divert serve --config CONFIG` as a child process, its log (stderr) to `log`.
+pub fn spawn_serve(config: &Path, log: &Path) -> ChildGuard {
+    let log = std::fs::File::create(log).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_divert"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn divert serve");
+    ChildGuard(child)
+}
+
+/// A daemon process that is killed if a test fails while it runs.
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.0.try_wait().expect("try_wait") {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn sigkill(&mut self) {
+        self.0.kill().expect("SIGKILL");
+        self.0.wait().expect("reap");
+    }
+
+    /// SIGTERM and a clean exit.
+    pub fn stop(&mut self) {
+        let pid = self.0.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM").success());
+        let status = self.wait_for_exit(Duration::from_secs(30)).expect("the daemon did not stop on SIGTERM");
+        assert!(status.success(), "the daemon did not stop cleanly: {status:?}");
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
