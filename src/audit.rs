@@ -32,11 +32,14 @@
 //!
 //! # Writing
 //!
-//! One writer (a mutex inside [`AuditLog`]). [`AuditLog::append`] writes the
-//! whole line with one `write` and calls `File::sync_data` before it
-//! returns; callers append before the answer leaves (see `dp::ledger` for the
-//! order of a release). If the write or sync fails, the file is cut back to
-//! its previous length and the error returned.
+//! One writer thread per log. [`AuditLog::append`] (or
+//! [`AuditLog::append_async`]) hands the entry to it and returns once the
+//! entry is durable. The thread takes every entry queued, chains them in
+//! order, writes them with one `write` and calls `File::sync_data` once for
+//! the group (group commit), then answers each caller with its seq; callers
+//! append before the answer leaves (see `dp::ledger` for the order of a
+//! release). If the write or sync fails, the file is cut back to its length
+//! before the group and every entry of the group fails.
 //!
 //! # A torn last line
 //!
@@ -54,7 +57,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{mpsc, Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -162,8 +165,8 @@ pub enum AuditError {
     Clock(#[from] time::error::Format),
     #[error("{path}: an earlier write failed and could not be undone; reopen the log")]
     Broken { path: PathBuf },
-    #[error("audit log: a writer panicked while holding the log lock")]
-    Poisoned,
+    #[error("audit log: its writer thread has stopped")]
+    Stopped,
 }
 
 /// An entry's seq and `hash`: since every hash covers the one before, it
@@ -269,6 +272,7 @@ struct Body<'a> {
 }
 
 struct Writer {
+    path: PathBuf,
     file: File,
     len: u64,
     next_seq: u64,
@@ -279,11 +283,24 @@ struct Writer {
     broken: bool,
 }
 
-/// The open audit log; the only writer of its file.
+/// The open audit log: hands entries to the one writer thread of its file.
 pub struct AuditLog {
     path: PathBuf,
-    inner: Mutex<Writer>,
+    tx: Mutex<Option<mpsc::Sender<Pending>>>,
+    head: Arc<Mutex<Option<Receipt>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
+
+/// An entry on its way to the writer thread.
+struct Pending {
+    kind: &'static str,
+    actor: String,
+    detail: serde_json::Value,
+    reply: Box<dyn FnOnce(Result<u64, AuditError>) + Send>,
+}
+
+/// Most entries one group (one write, one sync) takes.
+const MAX_GROUP: usize = 1024;
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -293,6 +310,109 @@ impl std::fmt::Debug for AuditLog {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     crate::keys::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The writer thread: take what is queued, chain it, write it once, sync once, answer.
+fn write_loop(mut w: Writer, rx: mpsc::Receiver<Pending>, head: Arc<Mutex<Option<Receipt>>>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let outcome = w.append_group(&group);
+        if let Ok(seqs) = &outcome {
+            if let Some(h) = &w.head {
+                *head.lock().unwrap_or_else(|p| p.into_inner()) = Some(h.clone());
+            }
+            debug_assert_eq!(seqs.len(), group.len());
+        }
+        for (i, p) in group.into_iter().enumerate() {
+            let r = match &outcome {
+                Ok(seqs) => Ok(seqs[i]),
+                Err(e) => Err(e.again()),
+            };
+            (p.reply)(r);
+        }
+    }
+}
+
+impl AuditError {
+    /// The same error for another waiter of a failed group.
+    fn again(&self) -> AuditError {
+        match self {
+            AuditError::Io { path, source } => {
+                AuditError::Io { path: path.clone(), source: io::Error::new(source.kind(), source.to_string()) }
+            }
+            AuditError::Broken { path } => AuditError::Broken { path: path.clone() },
+            AuditError::Damaged { path, reason } => AuditError::Damaged { path: path.clone(), reason: reason.clone() },
+            other => AuditError::Io { path: PathBuf::new(), source: io::Error::other(other.to_string()) },
+        }
+    }
+}
+
+impl Writer {
+    /// Chain, write and sync a group of entries; their seqs in order.
+    fn append_group(&mut self, group: &[Pending]) -> Result<Vec<u64>, AuditError> {
+        if self.broken {
+            return Err(AuditError::Broken { path: self.path.clone() });
+        }
+        let time = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?;
+        let (mut seq, mut prev, mut head) = (self.next_seq, self.prev.clone(), self.head.clone());
+        let mut bytes = Vec::new();
+        let mut seqs = Vec::with_capacity(group.len());
+        for p in group {
+            let body = serde_json::to_vec(&Body {
+                seq,
+                time: &time,
+                kind: p.kind,
+                actor: &p.actor,
+                detail: p.detail.clone(),
+                prev: &prev,
+            })?;
+            let hash = sha256_hex(&body);
+            let mut line = body;
+            line.pop(); // the closing brace
+            line.extend_from_slice(br#","hash":""#);
+            line.extend_from_slice(hash.as_bytes());
+            line.extend_from_slice(br#""}"#);
+            prev = sha256_hex(&line);
+            line.push(b'\n');
+            bytes.extend_from_slice(&line);
+            seqs.push(seq);
+            head = Some(Receipt { seq, hash });
+            seq += 1;
+        }
+        let start = self.len;
+        let written = (|| {
+            self.file.seek(SeekFrom::Start(start))?;
+            self.file.write_all(&bytes)?;
+            self.file.sync_data()
+        })();
+        if let Err(source) = written {
+            // Undo the partial lines so the chain stays whole; if that fails
+            // too, refuse further appends until the log is reopened (which
+            // cuts a torn line off).
+            let undone = self.file.set_len(start).and_then(|()| self.file.sync_data());
+            if undone.is_err() {
+                self.broken = true;
+            }
+            return Err(AuditError::Io { path: self.path.clone(), source });
+        }
+        self.len = start + bytes.len() as u64;
+        self.next_seq = seq;
+        self.prev = prev;
+        self.head = head;
+        Ok(seqs)
+    }
 }
 
 /// Split a line into (the entry without `hash`, as hashed; the claimed hash).
@@ -374,9 +494,19 @@ impl AuditLog {
                 (entry.seq + 1, sha256_hex(&line), Some(Receipt { seq: entry.seq, hash: entry.hash }))
             }
         };
+        let shared_head = Arc::new(Mutex::new(head.clone()));
+        let writer = Writer { file, len, next_seq, prev, head, broken: false, path: path.to_path_buf() };
+        let (tx, rx) = mpsc::channel::<Pending>();
+        let thread_head = shared_head.clone();
+        let thread = std::thread::Builder::new()
+            .name("divert-audit".into())
+            .spawn(move || write_loop(writer, rx, thread_head))
+            .map_err(io_err)?;
         let log = AuditLog {
             path: path.to_path_buf(),
-            inner: Mutex::new(Writer { file, len, next_seq, prev, head, broken: false }),
+            tx: Mutex::new(Some(tx)),
+            head: shared_head,
+            thread: Mutex::new(Some(thread)),
         };
         if let Some((bytes, sha256)) = torn {
             log.append(
@@ -393,47 +523,61 @@ impl AuditLog {
         &self.path
     }
 
-    /// Append one entry and fsync it; returns its seq. `actor` is a
-    /// certificate name or `admin`; `detail` must carry no row, token,
-    /// person id or exact count (see the module docs).
+    /// Append one entry, durably (fsynced, with whatever else was queued);
+    /// returns its seq. `actor` is a certificate name or `admin`; `detail`
+    /// must carry no row, token, person id or exact count (see the module
+    /// docs). Blocking: from async code use [`AuditLog::append_async`].
     pub fn append<D: Serialize + ?Sized>(&self, kind: Kind, actor: &str, detail: &D) -> Result<u64, AuditError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.submit(
+            kind,
+            actor,
+            detail,
+            Box::new(move |r| {
+                let _ = reply.send(r);
+            }),
+        )?;
+        answer.recv().map_err(|_| AuditError::Stopped)?
+    }
+
+    /// [`AuditLog::append`] for async code: the task waits, no thread blocks.
+    pub async fn append_async<D: Serialize + ?Sized>(
+        &self,
+        kind: Kind,
+        actor: &str,
+        detail: &D,
+    ) -> Result<u64, AuditError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.submit(
+            kind,
+            actor,
+            detail,
+            Box::new(move |r| {
+                let _ = reply.send(r);
+            }),
+        )?;
+        answer.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    fn submit<D: Serialize + ?Sized>(
+        &self,
+        kind: Kind,
+        actor: &str,
+        detail: &D,
+        reply: Box<dyn FnOnce(Result<u64, AuditError>) + Send>,
+    ) -> Result<(), AuditError> {
         let detail = serde_json::to_value(detail)?;
-        let time = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?;
-        let mut w = self.inner.lock().map_err(|_| AuditError::Poisoned)?;
-        if w.broken {
-            return Err(AuditError::Broken { path: self.path.clone() });
+        let entry = Pending { kind: kind.as_str(), actor: actor.to_string(), detail, reply };
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        tx.as_ref().ok_or(AuditError::Stopped)?.send(entry).map_err(|_| AuditError::Stopped)
+    }
+
+    /// Stop the writer after the entries queued so far and wait for it.
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
         }
-        let seq = w.next_seq;
-        let body = serde_json::to_vec(&Body { seq, time: &time, kind: kind.as_str(), actor, detail, prev: &w.prev })?;
-        let hash = sha256_hex(&body);
-        let mut line = body;
-        line.pop(); // the closing brace
-        line.extend_from_slice(br#","hash":""#);
-        line.extend_from_slice(hash.as_bytes());
-        line.extend_from_slice(br#""}"#);
-        let line_hash = sha256_hex(&line);
-        line.push(b'\n');
-        let start = w.len;
-        let written = (|| {
-            w.file.seek(SeekFrom::Start(start))?;
-            w.file.write_all(&line)?;
-            w.file.sync_data()
-        })();
-        if let Err(source) = written {
-            // Undo the partial line so the chain stays whole; if that fails
-            // too, refuse further appends until the log is reopened (which
-            // cuts a torn line off).
-            let undone = w.file.set_len(start).and_then(|()| w.file.sync_data());
-            if undone.is_err() {
-                w.broken = true;
-            }
-            return Err(AuditError::Io { path: self.path.clone(), source });
-        }
-        w.len = start + line.len() as u64;
-        w.next_seq = seq + 1;
-        w.prev = line_hash;
-        w.head = Some(Receipt { seq, hash });
-        Ok(seq)
     }
 
     /// The newest entry's seq and hash: a receipt for everything up to it.
@@ -441,12 +585,17 @@ impl AuditLog {
     /// later show, with `divert audit verify --expect SEQ:HASH`, that the log
     /// was not cut short or rewritten since.
     pub fn head(&self) -> Option<Receipt> {
-        self.inner.lock().ok().and_then(|w| w.head.clone())
+        self.head.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Append a `release` entry.
     pub fn release(&self, detail: &ReleaseDetail) -> Result<u64, AuditError> {
         self.append(Kind::Release, &detail.evaluator, detail)
+    }
+
+    /// Append a `release` entry (async).
+    pub async fn release_async(&self, detail: &ReleaseDetail) -> Result<u64, AuditError> {
+        self.append_async(Kind::Release, &detail.evaluator, detail).await
     }
 
     /// Sum the epsilon of every `release` entry per evaluator, checking the

@@ -153,10 +153,15 @@ fn admin_handler(ctx: Arc<Context>, service: Service, started: time::OffsetDateT
                     }
                 },
                 admin::Request::BudgetGrant { evaluator, epsilon_micro } => match &service {
-                    Service::Steward(s) => match s.grant(&evaluator, epsilon_micro) {
-                        Ok(b) => admin::Response::ok(serde_json::to_value(b).unwrap_or_default()),
-                        Err(e) => admin::Response::err(e),
-                    },
+                    Service::Steward(s) => {
+                        // The grant and its audit entry are durable writes: off the async workers.
+                        let s = s.clone();
+                        match tokio::task::spawn_blocking(move || s.grant(&evaluator, epsilon_micro)).await {
+                            Ok(Ok(b)) => admin::Response::ok(serde_json::to_value(b).unwrap_or_default()),
+                            Ok(Err(e)) => admin::Response::err(e),
+                            Err(e) => admin::Response::err(format!("the grant task failed: {e}")),
+                        }
+                    }
                     Service::Source(_) => {
                         admin::Response::err("budgets are kept by the steward; run this on the steward host")
                     }

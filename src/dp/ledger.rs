@@ -64,11 +64,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
+
+use crate::storage::{Durable, WriteBatch};
 
 /// Micro-epsilon in one epsilon.
 pub const MICRO_PER_EPSILON: u64 = 1_000_000;
@@ -185,13 +187,13 @@ pub struct Adjustment {
 
 /// The budget ledger and answer cache over the steward's sled store.
 pub struct Ledger {
-    db: sled::Db,
+    /// The store's writer: every change of the ledger is a write job on it,
+    /// serial with every other write of the store and durable when it returns.
+    durable: Arc<Durable>,
     budgets: sled::Tree,
     program: sled::Tree,
     answers: sled::Tree,
     cap_micro: u64,
-    /// Serializes `store_answer`'s check-then-write.
-    answer_lock: Mutex<()>,
 }
 
 impl fmt::Debug for Ledger {
@@ -218,14 +220,14 @@ impl Ledger {
     /// steward config). If the stored totals already exceed a cap that has
     /// since been lowered, the ledger still opens; grants may then only
     /// lower budgets until the sum is under the cap again.
-    pub fn open(db: &sled::Db, program_cap_micro: u64) -> Result<Ledger, LedgerError> {
+    pub fn open(durable: &Arc<Durable>, program_cap_micro: u64) -> Result<Ledger, LedgerError> {
+        let db = durable.db();
         let ledger = Ledger {
-            db: db.clone(),
+            durable: durable.clone(),
             budgets: db.open_tree(TREE_BUDGETS)?,
             program: db.open_tree(TREE_PROGRAM)?,
             answers: db.open_tree(TREE_ANSWERS)?,
             cap_micro: program_cap_micro,
-            answer_lock: Mutex::new(()),
         };
         // The totals record is written in the same transaction as every
         // budget change, so it must equal the sum of the records.
@@ -254,11 +256,21 @@ impl Ledger {
     /// may not exceed the program cap (a grant that lowers a total is always
     /// allowed, so a lowered cap can be met again). Durable when it returns.
     pub fn grant(&self, evaluator: &str, epsilon_micro: u64) -> Result<Budget, LedgerError> {
-        // Batches, transactions and flushes of sled go one at a time (see `sledlock`).
-        let _sled = crate::sledlock::guard();
         check_evaluator(evaluator)?;
         let cap = self.cap_micro;
-        let result = (&self.budgets, &self.program).transaction(|(budgets, program)| {
+        let (budgets_tree, program_tree) = (self.budgets.clone(), self.program.clone());
+        let evaluator = evaluator.to_string();
+        self.durable.write(move |_| Ok(Self::grant_tx(&budgets_tree, &program_tree, &evaluator, epsilon_micro, cap)))?
+    }
+
+    fn grant_tx(
+        budgets_tree: &sled::Tree,
+        program_tree: &sled::Tree,
+        evaluator: &str,
+        epsilon_micro: u64,
+        cap: u64,
+    ) -> Result<Budget, LedgerError> {
+        let result = (budgets_tree, program_tree).transaction(|(budgets, program)| {
             let (total, spent) = match read_record(budgets, evaluator)? {
                 Ok(r) => r.unwrap_or((0, 0)),
                 Err(e) => return abort(e),
@@ -288,9 +300,7 @@ impl Ledger {
             program.insert(KEY_TOTALS, &encode_totals(new_sum)[..])?;
             Ok(Budget::new(epsilon_micro, spent))
         });
-        let budget = unwrap_tx(result)?;
-        self.db.flush()?;
-        Ok(budget)
+        unwrap_tx(result)
     }
 
     /// Reserve `epsilon_micro` of `evaluator`'s budget for the query
@@ -304,13 +314,23 @@ impl Ledger {
         query_hash: [u8; 32],
         epsilon_micro: u64,
     ) -> Result<Result<Reservation, Refusal>, LedgerError> {
-        // Batches, transactions and flushes of sled go one at a time (see `sledlock`).
-        let _sled = crate::sledlock::guard();
         check_evaluator(evaluator)?;
         if epsilon_micro == 0 {
             return Err(LedgerError::ZeroReservation);
         }
-        let result = self.budgets.transaction(|budgets| {
+        let tree = self.budgets.clone();
+        let name = evaluator.to_string();
+        let outcome = self.durable.write(move |_| Ok(Self::reserve_tx(&tree, &name, epsilon_micro)))??;
+        Ok(outcome.map(|budget| Reservation { evaluator: evaluator.to_string(), query_hash, epsilon_micro, budget }))
+    }
+
+    /// The reservation's transaction (on the writer thread): the new budget, or a refusal.
+    fn reserve_tx(
+        tree: &sled::Tree,
+        evaluator: &str,
+        epsilon_micro: u64,
+    ) -> Result<Result<Budget, Refusal>, LedgerError> {
+        let result = tree.transaction(|budgets| {
             let (total, spent) = match read_record(budgets, evaluator)? {
                 Ok(Some(r)) => r,
                 Ok(None) => return Ok(Err(Refusal::NoBudget)),
@@ -325,13 +345,7 @@ impl Ledger {
             budgets.insert(evaluator.as_bytes(), &encode_record(total, new_spent)[..])?;
             Ok(Ok(Budget::new(total, new_spent)))
         });
-        match unwrap_tx(result)? {
-            Ok(budget) => {
-                self.db.flush()?;
-                Ok(Ok(Reservation { evaluator: evaluator.to_string(), query_hash, epsilon_micro, budget }))
-            }
-            Err(refusal) => Ok(Err(refusal)),
-        }
+        unwrap_tx(result)
     }
 
     /// The answer stored for this evaluator's query, if any.
@@ -363,8 +377,6 @@ impl Ledger {
     /// is already stored (two identical queries raced, and both were paid
     /// for), the first one stays and this returns `false`.
     pub fn store_answer(&self, evaluator: &str, query_hash: [u8; 32], answer: &[u8]) -> Result<bool, LedgerError> {
-        // Batches, transactions and flushes of sled go one at a time (see `sledlock`).
-        let _sled = crate::sledlock::guard();
         check_evaluator(evaluator)?;
         if answer.len() > MAX_ANSWER_BYTES {
             return Err(LedgerError::AnswerTooLarge { bytes: answer.len() });
@@ -372,20 +384,21 @@ impl Ledger {
         let header_key = answer_key(evaluator, &query_hash);
         let chunks: Vec<&[u8]> = answer.chunks(ANSWER_CHUNK_BYTES).collect();
         let count = u32::try_from(chunks.len()).map_err(|_| LedgerError::Overflow)?;
-        {
-            let _guard = self.answer_lock.lock().map_err(|_| LedgerError::Poisoned)?;
-            if self.answers.contains_key(&header_key)? {
+        let mut batch = WriteBatch::default();
+        for (i, chunk) in (0u32..).zip(&chunks) {
+            batch.insert(chunk_key(&header_key, i), chunk);
+        }
+        batch.insert(&header_key, encode_answer_header(answer.len() as u64, count));
+        let answers = self.answers.clone();
+        // The check and the write on the writer thread: of two identical answers racing, the first stays.
+        let stored = self.durable.write(move |_| {
+            if answers.contains_key(&header_key)? {
                 return Ok(false);
             }
-            let mut batch = sled::Batch::default();
-            for (i, chunk) in (0u32..).zip(&chunks) {
-                batch.insert(chunk_key(&header_key, i), *chunk);
-            }
-            batch.insert(header_key.clone(), &encode_answer_header(answer.len() as u64, count)[..]);
-            self.answers.apply_batch(batch)?;
-        }
-        self.db.flush()?;
-        Ok(true)
+            answers.apply_batch(batch.into_inner()?)?;
+            Ok(true)
+        })?;
+        Ok(stored)
     }
 
     /// One evaluator's budget (all zero if none was ever granted).
@@ -434,12 +447,17 @@ impl Ledger {
     /// gets a record with total 0. Returns what changed (the steward should
     /// log and audit it); durable when it returns.
     pub fn reconcile(&self, audit_spent: &BTreeMap<String, u64>) -> Result<Vec<Adjustment>, LedgerError> {
-        // Batches, transactions and flushes of sled go one at a time (see `sledlock`).
-        let _sled = crate::sledlock::guard();
+        for evaluator in audit_spent.keys() {
+            check_evaluator(evaluator)?;
+        }
+        let (tree, audit_spent) = (self.budgets.clone(), audit_spent.clone());
+        self.durable.write(move |_| Ok(Self::reconcile_tx(&tree, &audit_spent)))?
+    }
+
+    fn reconcile_tx(tree: &sled::Tree, audit_spent: &BTreeMap<String, u64>) -> Result<Vec<Adjustment>, LedgerError> {
         let mut changed = Vec::new();
         for (evaluator, &audited) in audit_spent {
-            check_evaluator(evaluator)?;
-            let result = self.budgets.transaction(|budgets| {
+            let result = tree.transaction(|budgets| {
                 let (total, spent) = match read_record(budgets, evaluator)? {
                     Ok(r) => r.unwrap_or((0, 0)),
                     Err(e) => return abort(e),
@@ -457,9 +475,6 @@ impl Ledger {
                     to_spent_micro: audited,
                 });
             }
-        }
-        if !changed.is_empty() {
-            self.db.flush()?;
         }
         Ok(changed)
     }
@@ -618,9 +633,11 @@ pub fn format_epsilon(micro: u64) -> String {
 mod tests {
     use super::*;
 
-    fn temp_ledger(cap: u64) -> Ledger {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        Ledger::open(&db, cap).unwrap()
+    fn temp_ledger(cap: u64) -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let durable = Arc::new(Durable::open(dir.path(), 1 << 20).unwrap());
+        let ledger = Ledger::open(&durable, cap).unwrap();
+        (dir, ledger)
     }
 
     #[test]
@@ -651,7 +668,7 @@ mod tests {
 
     #[test]
     fn ledger_grant_reserve_refuse() {
-        let l = temp_ledger(3_000_000);
+        let (_dir, l) = temp_ledger(3_000_000);
         let h = [7u8; 32];
         assert_eq!(l.reserve("eval", h, 1).unwrap(), Err(Refusal::NoBudget));
         assert_eq!(l.grant("eval", 1_000_000).unwrap(), Budget::new(1_000_000, 0));
@@ -670,7 +687,7 @@ mod tests {
 
     #[test]
     fn ledger_answers_are_chunked_and_first_wins() {
-        let l = temp_ledger(1_000_000);
+        let (_dir, l) = temp_ledger(1_000_000);
         let h = [1u8; 32];
         assert_eq!(l.cached("eval", h).unwrap(), None);
         let big: Vec<u8> = (0..3 * ANSWER_CHUNK_BYTES + 17).map(|i| (i % 251) as u8).collect();
@@ -684,7 +701,7 @@ mod tests {
 
     #[test]
     fn ledger_reconcile_only_raises() {
-        let l = temp_ledger(10_000_000);
+        let (_dir, l) = temp_ledger(10_000_000);
         l.grant("a", 1_000_000).unwrap();
         l.reserve("a", [0; 32], 300_000).unwrap().unwrap();
         let audit: BTreeMap<String, u64> = [("a".to_string(), 200_000), ("b".to_string(), 50_000)].into();

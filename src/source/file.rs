@@ -22,6 +22,7 @@ use crate::fsutil;
 use crate::ingest::{Action, Format, IngestError, Issue, LineEnds, Outcome, Reader, Row, MAX_LINE_BYTES};
 use crate::pseudonymize::{Pseudonymizer, Summary};
 use crate::schema::{Kind, Schema};
+use crate::storage::WriteBatch;
 use crate::token::Tokenizer;
 
 use super::crypt::DataKey;
@@ -301,7 +302,7 @@ pub fn ingest(env: &Env<'_>, state: &mut State, job: &Job<'_>) -> Result<Done, F
         skip: earlier.as_ref().map_or(0, |r| r.committed_rows),
         emitted: 0,
         segment_rows: if suspect { u64::MAX } else { env.segment_rows.max(1) },
-        batch: sled::Batch::default(),
+        batch: WriteBatch::default(),
         chunk: ChunkBuilder::new(),
         chunk_no: earlier.as_ref().map_or(1, |r| r.next_chunk.max(1)),
         records: Vec::with_capacity(1 << 20),
@@ -343,7 +344,7 @@ struct Writer<'e, 'a> {
     /// Accepted rows seen so far this run (skipped or written).
     emitted: u64,
     segment_rows: u64,
-    batch: sled::Batch,
+    batch: WriteBatch,
     chunk: ChunkBuilder,
     chunk_no: u32,
     /// The current outbox batch: records separated by commas.
@@ -401,17 +402,16 @@ impl Writer<'_, '_> {
         }
     }
 
-    /// Apply what is in `batch` with the file's record, flush, and hand the batches to the pusher.
+    /// Apply what is in `batch` with the file's record, durably, and hand the batches to the pusher.
     fn commit(&mut self, rec: FileRecord, extra: &[(&[u8], Vec<u8>)]) -> Result<(), FileError> {
         let rec_bytes = serde_json::to_vec(&rec).map_err(|e| failed("encoding")(&e))?;
         let mut batch = std::mem::take(&mut self.batch);
         batch.insert(&store::file_key(&self.id)[..], rec_bytes);
-        batch.insert(store::META_OUTBOX_NEXT, &self.seq.to_be_bytes());
+        batch.insert(store::META_OUTBOX_NEXT, self.seq.to_be_bytes());
         for (k, v) in extra {
-            batch.insert(*k, v.as_slice());
+            batch.insert(k, v);
         }
         self.env.store.apply(batch).map_err(|e| failed("writing the store")(&e))?;
-        self.env.store.flush().map_err(|e| failed("flushing the store")(&e))?;
         self.seqs = rec.seqs;
         self.range_start = self.seq;
         self.since_commit = 0;

@@ -94,16 +94,23 @@ impl Source {
         let data_dir = ctx.config.data_dir.clone();
         fsutil::create_private_dir(&data_dir)?;
         let schema = load_schema(cfg.schema.as_deref())?;
-        let (data_key, created) = DataKey::load_or_create(&cfg.data_key)
+        let key_path = cfg.data_key.clone();
+        let (data_key, created) = tokio::task::spawn_blocking(move || DataKey::load_or_create(&key_path))
+            .await
+            .context("loading the data key")?
             .with_context(|| format!("the data key that encrypts raw records ({})", cfg.data_key.display()))?;
         if created {
             tracing::info!(path = %cfg.data_key.display(), "made a new data key for the raw store (0600); back it up with the store");
         }
         let dirs = Dirs::new(&cfg.inbox);
         dirs.create().with_context(|| format!("creating the inbox {}", cfg.inbox.display()))?;
-        let shredded = dirs.finish_shredding().with_context(|| {
-            format!("deleting ingested files from {} (they must not stay in clear)", dirs.done.display())
-        })?;
+        let d2 = dirs.clone();
+        let shredded = tokio::task::spawn_blocking(move || d2.finish_shredding())
+            .await
+            .context("deleting ingested files")?
+            .with_context(|| {
+                format!("deleting ingested files from {} (they must not stay in clear)", dirs.done.display())
+            })?;
         if shredded > 0 {
             tracing::info!(files = shredded, done = %dirs.done.display(), "ingested export files deleted from done/ (receipts stay)");
         }
@@ -142,7 +149,10 @@ impl Source {
         .await
         .context("opening the store")??;
         let (store, unfinished, store_id, state, pending, stats) = opened;
-        let key_epoch = rotation::active_epoch(&store, &cfg.keys)?;
+        let (store2, keys_dir) = (store.clone(), cfg.keys.clone());
+        let key_epoch = tokio::task::spawn_blocking(move || rotation::active_epoch(&store2, &keys_dir))
+            .await
+            .context("reading the active key epoch")??;
         let key = keys::load(&cfg.keys, key_epoch).with_context(|| {
             format!("the store pseudonymizes under key epoch {key_epoch}, whose key must be in {}", cfg.keys.display())
         })?;

@@ -289,7 +289,9 @@ async fn push_one(src: &Source, conn: &mut Option<Sender>, seq: u64, n: u32) -> 
                 // Written before this source last switched epochs: every row in it was
                 // re-pseudonymized under the active epoch and queued again, so the
                 // old copy goes (never the rows).
-                store::remove_outbox(src.store.tree(), seq).map_err(|e| PushError::Store(e.to_string()))?;
+                let removal =
+                    store::remove_outbox(src.store.tree(), seq).map_err(|e| PushError::Store(e.to_string()))?;
+                src.store.apply_async(removal).await.map_err(|e| PushError::Store(e.to_string()))?;
                 src.outbox.done(seq);
                 tracing::info!(
                     batch = %batch_id,
@@ -316,15 +318,16 @@ async fn push_one(src: &Source, conn: &mut Option<Sender>, seq: u64, n: u32) -> 
         return Err(PushError::Answer { batch_id, detail: format!("it acknowledges `{}`", ack.batch_id) });
     }
     // Acknowledged means durable at the steward: only now may the batch go.
-    store::remove_outbox(src.store.tree(), seq).map_err(|e| PushError::Store(e.to_string()))?;
-    src.outbox.done(seq);
+    // The removal and the counters in one write (of the store's writer: group-committed).
+    let mut removal = store::remove_outbox(src.store.tree(), seq).map_err(|e| PushError::Store(e.to_string()))?;
     let batches = src.stats.batches.fetch_add(1, Ordering::Relaxed) + 1;
     let records = src.stats.records.fetch_add(u64::from(n), Ordering::Relaxed) + u64::from(n);
     let now = crate::pki::format_time(time::OffsetDateTime::now_utc());
-    let tree = src.store.tree();
-    let _ = tree.insert(store::META_PUSHED_BATCHES, &batches.to_be_bytes());
-    let _ = tree.insert(store::META_PUSHED_RECORDS, &records.to_be_bytes());
-    let _ = tree.insert(store::META_LAST_PUSH, now.as_bytes());
+    removal.insert(store::META_PUSHED_BATCHES, batches.to_be_bytes());
+    removal.insert(store::META_PUSHED_RECORDS, records.to_be_bytes());
+    removal.insert(store::META_LAST_PUSH, now.as_bytes());
+    src.store.apply_async(removal).await.map_err(|e| PushError::Store(e.to_string()))?;
+    src.outbox.done(seq);
     *src.stats.last_push.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
     tracing::debug!(batch = %batch_id, records = n, stored = ack.stored, duplicate = ack.duplicate, "batch acknowledged");
     Ok(())

@@ -10,6 +10,7 @@
 
 use crate::ingest::{Outcome, RawRowParser, Row};
 use crate::pseudonymize::Pseudonymizer;
+use crate::storage::WriteBatch;
 
 use super::file::{Env, FileError, State};
 use super::raw::{decode_header, for_each_row};
@@ -72,12 +73,12 @@ pub fn file(env: &Env<'_>, state: &mut State, id: &FileId, rec: &FileRecord) -> 
     let mut issues = Vec::new();
     let mut records: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut in_batch = 0u32;
-    let mut batch = sled::Batch::default();
+    let mut batch = WriteBatch::default();
     let mut pending: Vec<(u64, u32)> = Vec::new();
 
     let finish = |records: &mut Vec<u8>,
                   in_batch: &mut u32,
-                  batch: &mut sled::Batch,
+                  batch: &mut WriteBatch,
                   pending: &mut Vec<(u64, u32)>,
                   state: &mut State| {
         if *in_batch == 0 {
@@ -120,9 +121,8 @@ pub fn file(env: &Env<'_>, state: &mut State, id: &FileId, rec: &FileRecord) -> 
             finish(&mut records, &mut in_batch, &mut batch, &mut pending, state);
             let mut b = std::mem::take(&mut batch);
             b.insert(&store::rekey_key(id)[..], &store::rekey_value(next_chunk, rows_done)[..]);
-            b.insert(store::META_OUTBOX_NEXT, &state.next_seq.to_be_bytes());
+            b.insert(store::META_OUTBOX_NEXT, state.next_seq.to_be_bytes());
             env.store.apply(b).map_err(failed("writing the store"))?;
-            env.store.flush().map_err(failed("flushing the store"))?;
             out.batches += pending.len() as u64;
             (env.on_durable)(&pending);
             pending.clear();
@@ -143,17 +143,16 @@ pub fn file(env: &Env<'_>, state: &mut State, id: &FileId, rec: &FileRecord) -> 
 
 /// Make `epoch` the active one: new records are pseudonymized under it, and
 /// it is complete once every outbox batch below the current sequence is
-/// acknowledged. Clears the progress keys. One atomic batch, flushed.
+/// acknowledged. Clears the progress keys. One atomic batch, durable when it returns.
 pub fn switch(st: &store::Store, state: &State, epoch: u32) -> Result<(), FileError> {
-    let mut b = sled::Batch::default();
+    let mut b = WriteBatch::default();
     for k in store::rekey_keys(st.tree()).map_err(failed("reading the store"))? {
         b.remove(k);
     }
     b.remove(store::META_REKEY_TARGET);
-    b.insert(store::META_ACTIVE_EPOCH, &epoch.to_be_bytes());
-    b.insert(store::META_SWITCH_SEQ, &state.next_seq.to_be_bytes());
+    b.insert(store::META_ACTIVE_EPOCH, epoch.to_be_bytes());
+    b.insert(store::META_SWITCH_SEQ, state.next_seq.to_be_bytes());
     st.apply(b).map_err(failed("writing the store"))?;
-    st.flush().map_err(failed("flushing the store"))?;
     Ok(())
 }
 
@@ -170,13 +169,12 @@ pub fn begin(st: &store::Store, target: u32) -> Result<(), FileError> {
     if current == Some(target) {
         return Ok(());
     }
-    let mut b = sled::Batch::default();
+    let mut b = WriteBatch::default();
     for k in store::rekey_keys(tree).map_err(failed("reading the store"))? {
         b.remove(k);
     }
-    b.insert(store::META_REKEY_TARGET, &target.to_be_bytes());
+    b.insert(store::META_REKEY_TARGET, target.to_be_bytes());
     st.apply(b).map_err(failed("writing the store"))?;
-    st.flush().map_err(failed("flushing the store"))?;
     Ok(())
 }
 

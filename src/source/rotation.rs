@@ -73,8 +73,7 @@ pub fn active_epoch(st: &store::Store, dir: &Path) -> anyhow::Result<u32> {
         (false, Some(&lo), _) => lo,
         _ => return Err(keys::KeyError::NoKey { dir: dir.to_path_buf() }.into()),
     };
-    tree.insert(store::META_ACTIVE_EPOCH, &epoch.to_be_bytes())?;
-    st.flush()?;
+    st.put_u64_bytes(store::META_ACTIVE_EPOCH, &epoch.to_be_bytes())?;
     Ok(epoch)
 }
 
@@ -244,7 +243,9 @@ async fn fetch(src: &Arc<Source>) -> anyhow::Result<()> {
             keys::from_hex(&entry.key_hex)
                 .ok_or_else(|| anyhow::anyhow!("the custodian sent a key that is not hex"))?,
         );
-        let key = keys::store_epoch(dir, entry.epoch, &bytes)?;
+        let (d, epoch) = (dir.clone(), entry.epoch);
+        // A key file is written and fsynced: off the async workers.
+        let key = tokio::task::spawn_blocking(move || keys::store_epoch(&d, epoch, &bytes)).await??;
         tracing::info!(epoch = key.epoch(), fingerprint = %key.fingerprint(), "fetched a new linkage key epoch from the custodian");
     }
     Ok(())

@@ -14,6 +14,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+
+use crate::storage::{Durable, WriteBatch};
 
 use serde::{Deserialize, Serialize};
 
@@ -48,9 +51,8 @@ pub fn outbox_key(seq: u64) -> [u8; 9] {
     k
 }
 
-/// Bytes per stored piece of an outbox batch. sled 0.34 writes a value over
-/// about 128 KiB to a separate blob file that its flush does not fsync, so a
-/// batch (megabytes) is kept as small pieces to be durable when flushed.
+/// Bytes per stored piece of an outbox batch: a batch (megabytes) is kept as
+/// pieces far under `storage::MAX_VALUE_BYTES`, so no sled page becomes an unsynced blob.
 pub const OUTBOX_PIECE_BYTES: usize = 16 * 1024;
 
 /// The key of piece `piece` of outbox batch `seq`: `o ‖ seq ‖ piece` (u32 BE).
@@ -62,7 +64,7 @@ pub fn outbox_piece_key(seq: u64, piece: u32) -> [u8; 13] {
 }
 
 /// Add outbox batch `seq` (its count and records) to `batch`, in pieces.
-pub fn insert_outbox(batch: &mut sled::Batch, seq: u64, records: u32, body: &[u8]) {
+pub fn insert_outbox(batch: &mut WriteBatch, seq: u64, records: u32, body: &[u8]) {
     let value = outbox_value(records, body);
     for (i, piece) in value.chunks(OUTBOX_PIECE_BYTES).enumerate() {
         batch.insert(&outbox_piece_key(seq, i as u32)[..], piece);
@@ -86,15 +88,14 @@ pub fn first_outbox_seq(tree: &sled::Tree) -> sled::Result<Option<u64>> {
     Ok(tree.scan_prefix([OUTBOX]).keys().next().transpose()?.and_then(|k| seq_of(&k)))
 }
 
-/// Remove outbox batch `seq`, every piece at once.
-pub fn remove_outbox(tree: &sled::Tree, seq: u64) -> sled::Result<()> {
-    let mut batch = sled::Batch::default();
+/// What removes outbox batch `seq`, every piece at once (apply it with [`Store::apply`]).
+pub fn remove_outbox(tree: &sled::Tree, seq: u64) -> sled::Result<WriteBatch> {
+    let mut batch = WriteBatch::default();
     for kv in tree.scan_prefix(outbox_key(seq)) {
         let (k, _) = kv?;
         batch.remove(k);
     }
-    let _g = crate::sledlock::guard();
-    tree.apply_batch(batch)
+    Ok(batch)
 }
 
 fn seq_of(key: &[u8]) -> Option<u64> {
@@ -226,23 +227,25 @@ pub struct FileRecord {
     pub at: String,
 }
 
-/// The store. Cheap to share (sled handles are reference-counted).
+/// The store. Cheap to share. Read through [`Store::tree`]; every write
+/// goes through the store's writer thread and is durable when it returns
+/// (`storage`).
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    durable: Arc<Durable>,
     tree: sled::Tree,
 }
 
 impl Store {
     pub fn open(dir: &Path) -> sled::Result<Store> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(128 * 1024 * 1024)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(Some(500))
-            .open()?;
-        let tree = db.open_tree("source")?;
-        Ok(Store { db, tree })
+        let durable = Arc::new(Durable::open(dir, 128 * 1024 * 1024)?);
+        let tree = durable.db().open_tree("source")?;
+        Ok(Store { durable, tree })
+    }
+
+    /// The writer, for benchmarks and status.
+    pub fn durable(&self) -> &Arc<Durable> {
+        &self.durable
     }
 
     pub fn tree(&self) -> &sled::Tree {
@@ -253,9 +256,16 @@ impl Store {
         Ok(self.tree.get(key)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map_or(0, u64::from_be_bytes))
     }
 
+    /// Set a counter, durably (blocking).
     pub fn put_u64(&self, key: &[u8], n: u64) -> sled::Result<()> {
-        self.tree.insert(key, &n.to_be_bytes())?;
-        Ok(())
+        self.put_u64_bytes(key, &n.to_be_bytes())
+    }
+
+    /// Set `key` to a short value, durably (blocking).
+    pub fn put_u64_bytes(&self, key: &[u8], value: &[u8]) -> sled::Result<()> {
+        let mut b = WriteBatch::default();
+        b.insert(key, value);
+        self.apply(b)
     }
 
     /// The store's random id, made on first use and kept.
@@ -269,11 +279,9 @@ impl Store {
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
             .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
         let id = crate::keys::hex(&id);
-        self.tree.insert(META_STORE_ID, id.as_bytes())?;
-        {
-            let _g = crate::sledlock::guard();
-            self.db.flush()?;
-        }
+        let mut b = WriteBatch::default();
+        b.insert(META_STORE_ID, id.as_bytes());
+        self.apply(b)?;
         Ok(id)
     }
 
@@ -296,7 +304,7 @@ impl Store {
     /// raw chunks and record) in one atomic batch. Only for a file refused
     /// after part of it was written, which the pre-scan makes all but impossible.
     pub fn rollback(&self, id: &FileId, rec: &FileRecord) -> sled::Result<()> {
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         for &(start, end) in &rec.seqs {
             for kv in self.tree.range(outbox_key(start)..outbox_key(end)) {
                 let (k, _) = kv?;
@@ -308,8 +316,7 @@ impl Store {
             batch.remove(k);
         }
         batch.remove(&file_key(id)[..]);
-        let _g = crate::sledlock::guard();
-        self.tree.apply_batch(batch)
+        self.apply(batch)
     }
 
     /// Files left part-way by a stop or a crash (they resume when ingested again).
@@ -350,18 +357,19 @@ impl Store {
         Ok(stored.max(last))
     }
 
-    pub fn apply(&self, batch: sled::Batch) -> sled::Result<()> {
-        let _g = crate::sledlock::guard();
-        self.tree.apply_batch(batch)
+    /// Apply `batch` to the tree, durably (blocking: call it off the reactor).
+    pub fn apply(&self, batch: WriteBatch) -> sled::Result<()> {
+        self.durable.apply(&self.tree, batch)
     }
 
-    pub fn flush(&self) -> sled::Result<usize> {
-        let _g = crate::sledlock::guard();
-        self.db.flush()
+    /// [`Store::apply`] for async code.
+    pub async fn apply_async(&self, batch: WriteBatch) -> sled::Result<()> {
+        self.durable.apply_async(&self.tree, batch).await
     }
 
-    pub async fn flush_async(&self) -> sled::Result<usize> {
-        crate::sledlock::flush(&self.db).await
+    /// Wait until every write so far is durable (each already is when it returned).
+    pub async fn flush_async(&self) -> sled::Result<()> {
+        self.durable.sync_async().await
     }
 }
 
@@ -375,7 +383,7 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         assert!(outbox_key(1) < outbox_key(256) && outbox_key(256) < outbox_key(u64::MAX - 1));
         let id = [3u8; 32];
-        let mut b = sled::Batch::default();
+        let mut b = WriteBatch::default();
         for seq in 4..7 {
             insert_outbox(&mut b, seq, 2, b"{},{}");
         }
@@ -397,7 +405,7 @@ mod tests {
             at: String::new(),
         };
         b.insert(&file_key(&id)[..], serde_json::to_vec(&rec).unwrap());
-        b.insert(META_OUTBOX_NEXT, &7u64.to_be_bytes());
+        b.insert(META_OUTBOX_NEXT, 7u64.to_be_bytes());
         s.apply(b).unwrap();
         assert_eq!(s.outbox_next().unwrap(), 7);
         assert_eq!(s.unfinished().unwrap(), vec![rec.clone()]);
@@ -417,7 +425,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let body: Vec<u8> = (0..3_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
-        let mut b = sled::Batch::default();
+        let mut b = WriteBatch::default();
         insert_outbox(&mut b, 5, 4000, &body);
         s.apply(b).unwrap();
         for kv in s.tree().scan_prefix(outbox_key(5)) {
@@ -427,7 +435,7 @@ mod tests {
         let whole = read_outbox(s.tree(), 5).unwrap().unwrap();
         assert_eq!(split_outbox_value(&whole), Some((4000, &body[..])));
         assert_eq!(s.outbox_index().unwrap().into_iter().collect::<Vec<_>>(), vec![(5, 4000)]);
-        remove_outbox(s.tree(), 5).unwrap();
+        s.apply(remove_outbox(s.tree(), 5).unwrap()).unwrap();
         assert!(read_outbox(s.tree(), 5).unwrap().is_none());
     }
 }

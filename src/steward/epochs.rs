@@ -22,7 +22,9 @@
 //! (u32 BE), `complete\0<source>` (u32 BE), `report\0<source>` (JSON).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use crate::storage::{Durable, WriteBatch};
 
 use crate::wire::{EpochReport, EpochStatus, SourceEpochs};
 
@@ -100,6 +102,7 @@ struct State {
 
 /// The steward's key-epoch state.
 pub struct Epochs {
+    durable: Arc<Durable>,
     tree: sled::Tree,
     state: Mutex<State>,
 }
@@ -110,8 +113,8 @@ fn be_u32(v: &[u8]) -> Option<u32> {
 
 impl Epochs {
     /// Read the state from the store.
-    pub fn open(db: &sled::Db) -> sled::Result<Epochs> {
-        let tree = db.open_tree(TREE)?;
+    pub fn open(durable: &Arc<Durable>) -> sled::Result<Epochs> {
+        let tree = durable.db().open_tree(TREE)?;
         let mut st = State {
             active: tree.get(ACTIVE)?.and_then(|v| be_u32(&v)),
             pending: tree.get(PENDING)?.and_then(|v| be_u32(&v)),
@@ -137,7 +140,15 @@ impl Epochs {
                 st.reports.insert(name.to_string(), r);
             }
         }
-        Ok(Epochs { tree, state: Mutex::new(st) })
+        Ok(Epochs { durable: durable.clone(), tree, state: Mutex::new(st) })
+    }
+
+    /// Write `key` = `value` durably (blocking: the state lock is held across it,
+    /// so the in-memory state never runs ahead of the store).
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> sled::Result<()> {
+        let tree = self.tree.clone();
+        crate::storage::check_value(&value)?;
+        self.durable.write(move |_| tree.insert(key, value).map(|_| ()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -154,11 +165,11 @@ impl Epochs {
 
     /// Decide where a batch under `epoch` goes; the first batch ever sets the
     /// active epoch, the first under `active + 1` starts a rotation. The
-    /// change is written to the store (durable with the batch's flush).
+    /// change is durable when this returns (blocking: call it off the reactor).
     pub fn admit(&self, epoch: u32) -> Result<(Slot, bool), EpochMismatch> {
         let mut st = self.lock();
         let Some(active) = st.active else {
-            if let Err(e) = self.tree.insert(ACTIVE, &epoch.to_be_bytes()) {
+            if let Err(e) = self.put(ACTIVE.to_vec(), epoch.to_be_bytes().to_vec()) {
                 tracing::error!(error = %e, "recording the first key epoch failed");
                 return Err(EpochMismatch::Unknown { epoch, current: epoch, pending: None });
             }
@@ -174,7 +185,7 @@ impl Epochs {
         match st.pending {
             Some(p) if p == epoch => Ok((Slot::Pending(p), false)),
             None if epoch == active.saturating_add(1) => {
-                if let Err(e) = self.tree.insert(PENDING, &epoch.to_be_bytes()) {
+                if let Err(e) = self.put(PENDING.to_vec(), epoch.to_be_bytes().to_vec()) {
                     tracing::error!(error = %e, "recording a new key epoch failed");
                     return Err(EpochMismatch::Unknown { epoch, current: active, pending: None });
                 }
@@ -185,19 +196,20 @@ impl Epochs {
         }
     }
 
-    /// Record a source's report (durable at the caller's flush). A report of
-    /// the pending epoch complete counts toward the switch.
+    /// Record a source's report, durably (blocking). A report of the pending
+    /// epoch complete counts toward the switch.
     pub fn report(&self, source: &str, report: &EpochReport, at: &str) -> sled::Result<()> {
         let mut st = self.lock();
         // A source cannot be complete past the epoch it pseudonymizes under.
         if let Some(c) = report.complete.map(|c| c.min(report.active)) {
             if st.complete.get(source).map_or(true, |&old| old < c) {
-                self.tree.insert([COMPLETE, source.as_bytes()].concat(), &c.to_be_bytes())?;
+                self.put([COMPLETE, source.as_bytes()].concat(), c.to_be_bytes().to_vec())?;
                 st.complete.insert(source.to_string(), c);
             }
         }
-        let value = serde_json::to_vec(&(report, at)).unwrap_or_default();
-        self.tree.insert([REPORT, source.as_bytes()].concat(), value)?;
+        let value = serde_json::to_vec(&(report, at))
+            .map_err(|e| sled::Error::Unsupported(format!("encoding an epoch report: {e}")))?;
+        self.put([REPORT, source.as_bytes()].concat(), value)?;
         st.reports.insert(source.to_string(), (report.clone(), at.to_string()));
         Ok(())
     }
@@ -236,33 +248,28 @@ impl Epochs {
     /// Tell the switch to the pending epoch not to wait for `source` (one that is gone
     /// for good). Its records under the active epoch are deleted with that epoch at the
     /// switch; if it comes back it re-sends what it holds under the new epoch. Returns the
-    /// pending epoch. Durable at the caller's flush.
+    /// pending epoch. Durable when it returns (blocking).
     pub fn excuse(&self, source: &str) -> Result<u32, String> {
         let mut st = self.lock();
         let Some(pending) = st.pending else {
             return Err("no key rotation is under way: the steward builds no pending epoch".into());
         };
-        self.tree
-            .insert([EXCUSED, source.as_bytes()].concat(), &pending.to_be_bytes())
+        self.put([EXCUSED, source.as_bytes()].concat(), pending.to_be_bytes().to_vec())
             .map_err(|e| format!("recording the excuse failed: {e}"))?;
         st.excused.insert(source.to_string(), pending);
         Ok(pending)
     }
 
-    /// Make the pending epoch active (in the store; the caller flushes).
-    /// Returns (old, new).
+    /// Make the pending epoch active, durably (blocking). Returns (old, new).
     pub fn switch(&self) -> sled::Result<Option<(u32, u32)>> {
         let mut st = self.lock();
         let (Some(old), Some(new)) = (st.active, st.pending) else {
             return Ok(None);
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(ACTIVE, &new.to_be_bytes());
+        let mut batch = WriteBatch::default();
+        batch.insert(ACTIVE, new.to_be_bytes());
         batch.remove(PENDING);
-        {
-            let _g = crate::sledlock::guard();
-            self.tree.apply_batch(batch)?;
-        }
+        self.durable.apply(&self.tree, batch)?;
         st.active = Some(new);
         st.pending = None;
         Ok(Some((old, new)))
@@ -315,11 +322,11 @@ mod tests {
 
     /// Open the database again. sled releases its file lock from a background thread
     /// shortly after the last handle is dropped, so the first attempts may find it held.
-    fn reopen(path: &std::path::Path) -> sled::Db {
+    fn reopen(path: &std::path::Path) -> Arc<Durable> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match sled::open(path) {
-                Ok(db) => return db,
+            match Durable::open(path, 1 << 20) {
+                Ok(db) => return Arc::new(db),
                 Err(_) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(10))
                 }
@@ -342,7 +349,7 @@ mod tests {
     #[test]
     fn a_rotation_from_first_batch_to_switch_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = Arc::new(Durable::open(dir.path(), 1 << 20).unwrap());
         let e = Epochs::open(&db).unwrap();
         assert_eq!(e.admit(1), Ok((Slot::Active, true)));
         assert_eq!(e.admit(1), Ok((Slot::Active, false)));

@@ -258,7 +258,7 @@ async fn post_batch(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> R
             // here makes the source retry, and a replay is idempotent.
             let detail = crate::audit::BatchDetail { source: peer.id.name.clone(), batch_id: acc.batch_id.clone() };
             if !duplicate {
-                if let Err(e) = st.audit.append(crate::audit::Kind::Batch, &peer.id.name, &detail) {
+                if let Err(e) = st.audit.append_async(crate::audit::Kind::Batch, &peer.id.name, &detail).await {
                     error!(source = %peer.id.name, error = %e, "auditing a batch failed");
                     return error_response(
                         StatusCode::INTERNAL_SERVER_ERROR,
@@ -333,19 +333,23 @@ async fn post_epochs(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> 
         }
     };
     let now = crate::pki::format_time(time::OffsetDateTime::now_utc());
-    if let Err(e) = st.epochs.report(&peer.id.name, &report, &now) {
-        error!(error = %e, "recording an epoch report failed");
-        return error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the steward could not record the report; retry later",
-        );
-    }
-    if let Err(e) = st.store.flush().await {
-        error!(error = %e, "flushing an epoch report failed");
-        return error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the steward could not record the report; retry later",
-        );
+    let (epochs, name, r2) = (st.epochs.clone(), peer.id.name.clone(), report.clone());
+    match tokio::task::spawn_blocking(move || epochs.report(&name, &r2, &now)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            error!(error = %e, "recording an epoch report failed");
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the steward could not record the report; retry later",
+            );
+        }
+        Err(e) => {
+            error!(error = %e, "the task recording an epoch report failed");
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the steward could not record the report; retry later",
+            );
+        }
     }
     if report.complete.is_some() && report.complete == st.epochs.pending() {
         info!(source = %peer.id.name, epoch = ?report.complete, "source reports the new key epoch complete");
@@ -398,8 +402,7 @@ pub async fn ingest_body(
         Ok(r) => r?,
         Err(e) => return Err(IngestError::Internal(if e.is_panic() { "panicked" } else { "was cancelled" })),
     };
-    // Replays are flushed too: the first copy may still be on its way to disk.
-    store.flush().await?;
+    // `put_batch` returned once the batch (or, for a replay, its first copy) was durable.
     Ok(accepted)
 }
 

@@ -241,7 +241,7 @@ impl Steward {
             None => crate::schema::Schema::default_schema()
                 .map_err(|_| StewardError::Setup("the built-in schema does not validate".into()))?,
         });
-        let ledger = crate::dp::ledger::Ledger::open(store.db(), cfg.program_epsilon_cap_micro)
+        let mut ledger = crate::dp::ledger::Ledger::open(store.durable(), cfg.program_epsilon_cap_micro)
             .map_err(|e| StewardError::Setup(format!("opening the budget ledger: {e}")))?;
         let audit_path = data_dir.join(AUDIT_FILE);
         // Reconcile before serving: the audit log is the record of what left.
@@ -249,25 +249,36 @@ impl Steward {
             let spent = crate::audit::AuditLog::spent_by_evaluator(&audit_path).map_err(|e| {
                 StewardError::Setup(format!("{}: {e}; run `divert audit verify`", audit_path.display()))
             })?;
-            let adjustments =
-                ledger.reconcile(&spent).map_err(|e| StewardError::Setup(format!("reconciling budgets: {e}")))?;
+            let (adjustments, back) = tokio::task::spawn_blocking(move || (ledger.reconcile(&spent), ledger))
+                .await
+                .map_err(|e| StewardError::Join(e.to_string()))?;
+            ledger = back;
+            let adjustments = adjustments.map_err(|e| StewardError::Setup(format!("reconciling budgets: {e}")))?;
             for a in &adjustments {
                 warn!(adjustment = ?a, "budget ledger raised to match the audit log");
             }
         }
-        let audit = crate::audit::AuditLog::open(&audit_path)
-            .map_err(|e| StewardError::Setup(format!("{}: {e}", audit_path.display())))?;
+        let opened = {
+            let p = audit_path.clone();
+            tokio::task::spawn_blocking(move || crate::audit::AuditLog::open(&p))
+                .await
+                .map_err(|e| StewardError::Join(e.to_string()))?
+        };
+        let audit = opened.map_err(|e| StewardError::Setup(format!("{}: {e}", audit_path.display())))?;
         let releases = store
             .db()
             .open_tree("steward_releases")
             .map_err(|e| StewardError::Setup(format!("opening releases: {e}")))?;
-        let epochs = epochs::Epochs::open(store.db())
+        let epochs = epochs::Epochs::open(store.durable())
             .map_err(|e| StewardError::Setup(format!("reading the key epochs: {e}")))?;
+        let store = Arc::new(store);
         if let Some(active) = epochs.active() {
             // A switch interrupted before the old epoch was deleted: finish it.
-            let removed = store.remove_epochs_below(active)?;
+            let s2 = store.clone();
+            let removed = tokio::task::spawn_blocking(move || s2.remove_epochs_below(active))
+                .await
+                .map_err(|e| StewardError::Join(e.to_string()))??;
             if removed > 0 {
-                store.flush().await?;
                 info!(batches = removed, active_epoch = active, "removed the batches of a retired key epoch");
             }
         }
@@ -302,11 +313,14 @@ impl Steward {
         let listener =
             TcpListener::bind(cfg.listen).await.map_err(|source| StewardError::Bind { addr: cfg.listen, source })?;
         let local_addr = listener.local_addr().map_err(|source| StewardError::Bind { addr: cfg.listen, source })?;
-        fsutil::write_public(&data_dir.join(LISTEN_ADDR_FILE), format!("{local_addr}\n").as_bytes())?;
+        let addr_file = data_dir.join(LISTEN_ADDR_FILE);
+        tokio::task::spawn_blocking(move || fsutil::write_public(&addr_file, format!("{local_addr}\n").as_bytes()))
+            .await
+            .map_err(|e| StewardError::Join(e.to_string()))??;
 
         let max = usize::try_from(cfg.max_connections).unwrap_or(usize::MAX).clamp(1, Semaphore::MAX_PERMITS);
         let steward = Arc::new(Steward {
-            store: Arc::new(store),
+            store,
             schema,
             persons: std::sync::RwLock::new(Arc::new(persons)),
             next_persons: std::sync::Mutex::new(next.map(|(e, p)| (e, Arc::new(p)))),
@@ -400,12 +414,14 @@ impl Steward {
         }
         let active = self.epochs.active().unwrap_or(0);
         let dropped = counts.get(source).and_then(|per| per.get(&active)).map_or(0, |c| c.records);
-        let pending = self.epochs.excuse(source)?;
-        self.store.flush().await.map_err(|e| e.to_string())?;
+        let (epochs, name) = (self.epochs.clone(), source.to_string());
+        let pending = tokio::task::spawn_blocking(move || epochs.excuse(&name))
+            .await
+            .map_err(|e| format!("the excuse task failed: {e}"))??;
         let detail = serde_json::json!({
             "event": "source_excused", "source": source, "epoch": pending, "records_left_out": dropped,
         });
-        self.audit.append(crate::audit::Kind::Key, "admin", &detail).map_err(|e| e.to_string())?;
+        self.audit.append_async(crate::audit::Kind::Key, "admin", &detail).await.map_err(|e| e.to_string())?;
         warn!(
             source,
             epoch = pending,
@@ -432,19 +448,19 @@ impl Steward {
             Some(w) if w.is_empty() => {}
             _ => return,
         }
-        let switched = match self.epochs.switch() {
-            Ok(Some(s)) => s,
-            Ok(None) => return,
-            Err(e) => {
+        let epochs = self.epochs.clone();
+        let switched = match tokio::task::spawn_blocking(move || epochs.switch()).await {
+            Ok(Ok(Some(s))) => s,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
                 error!(error = %e, "recording the key epoch switch failed");
                 return;
             }
+            Err(e) => {
+                error!(error = %e, "the task recording the key epoch switch failed");
+                return;
+            }
         };
-        if let Err(e) = self.store.flush().await {
-            // The switch is not durable yet; the next flush makes it so. Linkage switches now either way:
-            // a restart rebuilds from whatever the store holds.
-            error!(error = %e, "flushing the key epoch switch failed");
-        }
         let (old, new) = switched;
         let next = self.next_persons.lock().unwrap_or_else(|p| p.into_inner()).take();
         let next = match next {
@@ -455,7 +471,7 @@ impl Steward {
         *self.persons.write().unwrap_or_else(|p| p.into_inner()) = next;
         let sources: Vec<String> = counts.keys().cloned().collect();
         let detail = serde_json::json!({ "event": "epoch_switched", "from": old, "to": new, "sources": sources });
-        if let Err(e) = self.audit.append(crate::audit::Kind::Key, "steward", &detail) {
+        if let Err(e) = self.audit.append_async(crate::audit::Kind::Key, "steward", &detail).await {
             error!(error = %e, "auditing the key epoch switch failed");
         }
         info!(
@@ -472,12 +488,7 @@ impl Steward {
             let store2 = store.clone();
             let removed = tokio::task::spawn_blocking(move || store2.remove_epochs_below(new)).await;
             match removed {
-                Ok(Ok(n)) => {
-                    if let Err(e) = store.flush().await {
-                        error!(error = %e, "flushing after deleting the old epoch failed");
-                    }
-                    info!(batches = n, epoch = old, "old key epoch's batches deleted");
-                }
+                Ok(Ok(n)) => info!(batches = n, epoch = old, "old key epoch's batches deleted"),
                 Ok(Err(e)) => error!(error = %e, "deleting the old epoch's batches failed; the next start retries"),
                 Err(e) => {
                     error!(error = %e, "the task deleting the old epoch's batches failed; the next start retries")
@@ -509,13 +520,16 @@ impl Steward {
         self.ledger.view().map_err(|e| e.to_string())
     }
 
-    /// Remember a release for `GET /v1/releases` (made durable by the ledger's next flush).
+    /// Remember a release for `GET /v1/releases`, durably (blocking).
     pub(crate) fn record_release(&self, evaluator: &str, record: &release::ReleaseRecord) -> Result<(), StoreError> {
         let mut key = evaluator.as_bytes().to_vec();
         key.push(0);
         key.extend_from_slice(&self.store.db().generate_id()?.to_be_bytes());
-        let value = serde_json::to_vec(record).unwrap_or_default();
-        self.releases.insert(key, value)?;
+        let value = serde_json::to_vec(record)
+            .map_err(|e| StoreError::Sled(sled::Error::Unsupported(format!("encoding a release record: {e}"))))?;
+        crate::storage::check_value(&value)?;
+        let releases = self.releases.clone();
+        self.store.durable().write(move |_| releases.insert(key, value).map(|_| ()))?;
         Ok(())
     }
 
@@ -573,6 +587,12 @@ impl Steward {
             }
             Err(e) => status["store_error"] = e.to_string().into(),
         }
+        let writer = self.store.durable().stats();
+        status["store_writes"] = serde_json::json!({
+            "writes": writer.writes.load(Ordering::Relaxed),
+            "syncs": writer.syncs.load(Ordering::Relaxed),
+            "blob_files": self.store.durable().blobs(),
+        });
         match self.store.size_on_disk() {
             Ok(n) => status["store_bytes"] = n.into(),
             Err(e) => status["store_error"] = e.to_string().into(),

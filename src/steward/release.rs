@@ -273,7 +273,7 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
                 reason: "budget".into(),
                 left_micro: Some(left),
             };
-            if let Err(e) = st.audit.append(crate::audit::Kind::Refusal, &evaluator, &detail) {
+            if let Err(e) = st.audit.append_async(crate::audit::Kind::Refusal, &evaluator, &detail).await {
                 return internal("auditing a refusal failed", e);
             }
             warn!(evaluator = %evaluator, asked = %format_epsilon(epsilon_micro), left = %format_epsilon(left), "query refused: budget");
@@ -310,7 +310,7 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
         epsilon_micro,
         left_micro: left,
     };
-    if let Err(e) = st.audit.release(&detail) {
+    if let Err(e) = st.audit.release_async(&detail).await {
         return internal("auditing a release failed (its budget stays spent)", e);
     }
     let bytes = match serde_json::to_vec(&answer) {

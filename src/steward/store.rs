@@ -1,4 +1,4 @@
-//! The steward's event store: batches of pseudonymized records in one sled tree, written one batch per sled batch, acknowledged only after a flush.
+//! The steward's event store: batches of pseudonymized records in one sled tree, written one batch per sled batch through the store's writer thread, acknowledged only once durable (`storage`).
 //!
 //! # Layout (one tree, `batches`, three key prefixes)
 //!
@@ -11,22 +11,21 @@
 //! A batch is validated (every record parsed) before it is stored, and then
 //! kept as the bytes the source sent, cut into chunks: parsing is needed
 //! anyway, but re-encoding is not, and the store writes a few hundred keys
-//! per batch instead of one per record. Chunks stay small on purpose: sled
-//! 0.34 writes any log item larger than a quarter segment (128 KiB) to a
-//! separate "blob" file that its flush never fsyncs, so large values (or
-//! leaves full of them) would not be durable across a power loss. With 4 KiB
-//! chunks a leaf (at most ~17 entries before it splits) stays inline in the
-//! log, which `flush` does fsync.
+//! per batch instead of one per record. Chunks stay small (4 KiB, far under
+//! `storage::MAX_VALUE_BYTES`) so no sled page becomes an unsynced blob.
 //!
 //! The header, its chunks and the source's counts go in one `apply_batch`,
 //! so a crash leaves a batch either wholly there or absent (the source then
-//! re-sends it). Writers hold one lock for the read-check-write of header and
-//! counts; the flush that makes a batch durable happens outside the lock, so
-//! concurrent batches share fsyncs (group commit).
+//! re-sends it). The read-check-write of header and counts runs on the
+//! store's writer thread, which applies concurrent batches one after the
+//! other and makes them durable with one sync (group commit): `put_batch`
+//! returns once its batch is durable.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
+
+use crate::storage::{Durable, WriteBatch};
 
 use crate::record::PseudoRecord;
 use crate::wire::Batch;
@@ -48,8 +47,6 @@ pub enum StoreError {
     Open { path: PathBuf, source: sled::Error },
     #[error("steward store: {0}")]
     Sled(#[from] sled::Error),
-    #[error("steward store: a writer panicked while holding the store lock")]
-    Poisoned,
     #[error("steward store: batch {batch_id} of {source_name} is damaged: {detail}")]
     Corrupt { source_name: String, batch_id: String, detail: String },
     #[error("steward store: a stored key is damaged: {0}")]
@@ -145,10 +142,9 @@ pub struct StoredBatch {
 
 /// The steward's store (a sled database of its own).
 pub struct Store {
+    durable: Arc<Durable>,
     db: sled::Db,
     tree: sled::Tree,
-    /// Serializes the duplicate check and the counts update of writers.
-    write: Mutex<()>,
 }
 
 fn batch_key(prefix: u8, source: &str, batch_id: &str) -> Vec<u8> {
@@ -187,27 +183,31 @@ impl Store {
     /// Open (or create) the store in directory `path`. sled locks it: a second
     /// process opening the same store fails here.
     /// The sled database, for the trees other steward parts keep beside the batches (budgets, releases).
+    /// Read through it; write through [`Store::durable`].
     pub fn db(&self) -> &sled::Db {
         &self.db
     }
 
+    /// The store's writer: the one way to write any of its trees.
+    pub fn durable(&self) -> &Arc<Durable> {
+        &self.durable
+    }
+
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
-        let db = sled::Config::new()
-            .path(path)
-            // Batches are written once and read rarely (linkage); a modest cache is enough.
-            .cache_capacity(256 * 1024 * 1024)
-            .open()
-            .map_err(open_err)?;
+        // Batches are written once and read rarely (linkage); a modest cache is enough.
+        let durable = Arc::new(Durable::open(path, 256 * 1024 * 1024).map_err(open_err)?);
+        let db = durable.db().clone();
         let tree = db.open_tree(TREE).map_err(open_err)?;
-        let store = Store { db, tree, write: Mutex::new(()) };
+        let store = Store { durable, db, tree };
         store.migrate_v1()?;
         Ok(store)
     }
 
     /// Store the body of a batch (already validated: `records` is how many it
     /// holds) unless `(source, batch_id)` is already held. Blocking: call it
-    /// from `spawn_blocking`. Not durable until [`Store::flush`] returns.
+    /// from `spawn_blocking`. Durable when it returns (a duplicate too: the
+    /// first copy was made durable before, or in the same group).
     pub fn put_batch(
         &self,
         source: &str,
@@ -221,38 +221,32 @@ impl Store {
         chunk_prefix.push(0);
         let chunks = u32::try_from(body.len().div_ceil(CHUNK_BYTES)).unwrap_or(u32::MAX);
 
-        // Build the write set outside the lock: copying the body is the costly part.
-        let mut batch = sled::Batch::default();
+        // Build the write set before handing it to the writer: copying the body is the costly part.
+        let mut batch = WriteBatch::default();
         for (i, chunk) in body.chunks(CHUNK_BYTES).enumerate() {
             let mut k = Vec::with_capacity(chunk_prefix.len() + 4);
             k.extend_from_slice(&chunk_prefix);
             k.extend_from_slice(&u32::try_from(i).unwrap_or(u32::MAX).to_be_bytes());
             batch.insert(k, chunk);
         }
-
-        let _guard = self.write.lock().map_err(|_| StoreError::Poisoned)?;
-        if self.tree.contains_key(&header_key)? {
-            return Ok(PutOutcome::Duplicate);
-        }
+        let tree = self.tree.clone();
         let ckey = count_key(source, epoch);
-        let mut counts = self.tree.get(&ckey)?.and_then(|v| SourceCounts::decode(&v)).unwrap_or_default();
-        counts.records = counts.records.saturating_add(records);
-        counts.batches = counts.batches.saturating_add(1);
-        let header = BatchHeader {
-            records,
-            chunks,
-            bytes: body.len() as u64,
-            seq: self.db.generate_id()?,
-            received_at: now_unix(),
-            epoch,
-        };
-        batch.insert(header_key, &header.encode()[..]);
-        batch.insert(ckey, &counts.encode()[..]);
-        {
-            let _g = crate::sledlock::guard();
-            self.tree.apply_batch(batch)?;
-        }
-        Ok(PutOutcome::Stored(records))
+        let bytes = body.len() as u64;
+        // On the writer thread: the duplicate check and the counts see every earlier write.
+        let outcome = self.durable.write(move |db| {
+            if tree.contains_key(&header_key)? {
+                return Ok(PutOutcome::Duplicate);
+            }
+            let mut counts = tree.get(&ckey)?.and_then(|v| SourceCounts::decode(&v)).unwrap_or_default();
+            counts.records = counts.records.saturating_add(records);
+            counts.batches = counts.batches.saturating_add(1);
+            let header = BatchHeader { records, chunks, bytes, seq: db.generate_id()?, received_at: now_unix(), epoch };
+            batch.insert(header_key, header.encode());
+            batch.insert(ckey, counts.encode());
+            tree.apply_batch(batch.into_inner()?)?;
+            Ok(PutOutcome::Stored(records))
+        })?;
+        Ok(outcome)
     }
 
     /// A store written before batches carried their key epoch (header version 1,
@@ -270,7 +264,7 @@ impl Store {
         if old.is_empty() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         let mut counts: BTreeMap<(String, u32), SourceCounts> = BTreeMap::new();
         for kv in self.tree.scan_prefix([P_COUNT]) {
             batch.remove(kv?.0);
@@ -293,21 +287,17 @@ impl Store {
             c.batches += 1;
         }
         for ((source, epoch), c) in &counts {
-            batch.insert(count_key(source, *epoch), &c.encode()[..]);
+            batch.insert(count_key(source, *epoch), c.encode());
         }
-        {
-            let _g = crate::sledlock::guard();
-            self.tree.apply_batch(batch)?;
-        }
-        let _g = crate::sledlock::guard();
-        self.db.flush()?;
+        self.durable.apply(&self.tree, batch)?;
         tracing::info!(batches = old.len(), "steward store upgraded: batches now carry their key epoch");
         Ok(())
     }
 
-    /// Make everything written so far durable (fsync). Concurrent callers share the work.
+    /// Wait until everything written so far is durable (each write already
+    /// is when it returns; this is for a stopping daemon). Shares a sync with other writers.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        crate::sledlock::flush(&self.db).await?;
+        self.durable.sync_async().await?;
         Ok(())
     }
 
@@ -364,7 +354,7 @@ impl Store {
             }
         }
         for keys in old.chunks(64) {
-            let mut batch = sled::Batch::default();
+            let mut batch = WriteBatch::default();
             for k in keys {
                 let mut chunk_prefix = k.to_vec();
                 chunk_prefix[0] = P_CHUNK;
@@ -374,11 +364,10 @@ impl Store {
                 }
                 batch.remove(k.clone());
             }
-            let _g = crate::sledlock::guard();
-            self.tree.apply_batch(batch)?;
+            self.durable.apply(&self.tree, batch)?;
             removed += keys.len() as u64;
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         for kv in self.tree.scan_prefix([P_COUNT]) {
             let (k, _) = kv?;
             let e = k.len().checked_sub(4).and_then(|i| <[u8; 4]>::try_from(&k[i..]).ok()).map(u32::from_be_bytes);
@@ -386,10 +375,7 @@ impl Store {
                 batch.remove(k);
             }
         }
-        {
-            let _g = crate::sledlock::guard();
-            self.tree.apply_batch(batch)?;
-        }
+        self.durable.apply(&self.tree, batch)?;
         Ok(removed)
     }
 

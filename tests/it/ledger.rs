@@ -8,13 +8,14 @@ use std::sync::{Arc, Barrier};
 
 use divert::audit::{self, AuditLog, Kind, ReleaseDetail};
 use divert::dp::ledger::{parse_epsilon, Budget, EpsilonError, Ledger, LedgerError, Refusal};
+use divert::storage::Durable;
 use proptest::prelude::*;
 use rand::Rng;
 
 const CAP: u64 = 1_000_000_000;
 
-fn open(path: &Path, cap: u64) -> (sled::Db, Ledger) {
-    let db = sled::open(path).unwrap();
+fn open(path: &Path, cap: u64) -> (Arc<Durable>, Ledger) {
+    let db = Arc::new(Durable::open(path, 1 << 24).unwrap());
     let ledger = Ledger::open(&db, cap).unwrap();
     (db, ledger)
 }
@@ -93,7 +94,7 @@ const CHILD_MARK: &str = "RESERVED ";
 #[test]
 fn sigkill_child() {
     let Ok(path) = std::env::var(CHILD_ENV) else { return };
-    let db = sled::open(&path).unwrap();
+    let db = Arc::new(Durable::open(Path::new(&path), 1 << 24).unwrap());
     let ledger = Ledger::open(&db, CAP).unwrap();
     let mut out = std::io::stdout().lock();
     for i in 0u64.. {
@@ -213,7 +214,8 @@ proptest! {
     fn ledger_matches_a_simple_model(ops in proptest::collection::vec(op(), 1..60)) {
         const MODEL_CAP: u64 = 6_000;
         let names = ["a", "b", "c", "d"];
-        let db = sled::Config::new().temporary(true).open().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Durable::open(dir.path(), 1 << 20).unwrap());
         let ledger = Ledger::open(&db, MODEL_CAP).unwrap();
         let mut model: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
         for (i, op) in ops.iter().enumerate() {

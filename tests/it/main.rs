@@ -8,6 +8,7 @@ mod ledger;
 mod net;
 mod offline;
 mod pki;
+mod powerloss;
 mod query;
 mod release;
 mod report;

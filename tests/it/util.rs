@@ -32,16 +32,18 @@ pub fn repo() -> &'static Path {
 
 /// `divert serve --config CONFIG` as a child process, its log (stderr) to `log`.
 pub fn spawn_serve(config: &Path, log: &Path) -> ChildGuard {
+    spawn_serve_with(config, log, &[])
+}
+
+/// [`spawn_serve`] with extra environment variables (e.g. `LD_PRELOAD`).
+pub fn spawn_serve_with(config: &Path, log: &Path, env: &[(&str, &std::ffi::OsStr)]) -> ChildGuard {
     let log = std::fs::File::create(log).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_divert"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn divert serve");
-    ChildGuard(child)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_divert"));
+    cmd.args(["serve", "--config"]).arg(config).env_remove("RUST_LOG").stdout(Stdio::null()).stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    ChildGuard(cmd.spawn().expect("spawn divert serve"))
 }
 
 /// A daemon process that is killed if a test fails while it runs.
