@@ -203,6 +203,44 @@ impl TlsMaterial {
     }
 }
 
+/// How the handshake of a pending (unauthenticated) connection ended, short of success.
+#[derive(Debug)]
+pub enum HandshakeEnd {
+    /// The daemon is stopping, or the connection was evicted to make room: close quietly.
+    Dropped,
+    /// Closed without sending a byte (a port scan, a peer that gave up): nothing to refuse.
+    Closed,
+    /// The TLS handshake failed (no certificate, unknown CA, revoked, wrong purpose, not TLS).
+    Failed(std::io::Error),
+    /// No verified certificate within the time allowed.
+    TimedOut,
+}
+
+/// The server side of a handshake for a connection admitted as pending
+/// (`accept`): within `timeout` of now, evictable, ended by `shutdown`.
+/// The one place the steward and the key server shake hands.
+pub async fn accept_pending(
+    pending: &crate::accept::Pending,
+    tcp: tokio::net::TcpStream,
+    config: Arc<ServerConfig>,
+    timeout: std::time::Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, HandshakeEnd> {
+    use crate::accept::FirstBytes;
+    let handshake = async {
+        match pending.first_bytes(&tcp, timeout).await {
+            FirstBytes::Sent => tokio_rustls::TlsAcceptor::from(config).accept(tcp).await.map_err(HandshakeEnd::Failed),
+            FirstBytes::Closed => Err(HandshakeEnd::Closed),
+            FirstBytes::TimedOut => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => Err(HandshakeEnd::Dropped),
+        _ = pending.evicted() => Err(HandshakeEnd::Dropped),
+        r = tokio::time::timeout(timeout, handshake) => r.unwrap_or(Err(HandshakeEnd::TimedOut)),
+    }
+}
+
 /// The SPIFFE ID of the peer of an established connection, from its first
 /// certificate (already verified against our CA by the handshake).
 pub fn peer_identity(conn: &rustls::CommonState) -> Option<SpiffeId> {

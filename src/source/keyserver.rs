@@ -20,9 +20,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
-use crate::accept::FirstBytes;
 use crate::keys;
 use crate::pki::{Role, SpiffeId};
 use crate::tls;
@@ -68,22 +66,11 @@ pub async fn serve(src: Arc<Source>, listener: TcpListener) {
                     tracing::warn!(peer = %peer, suppressed, "key server: {what}");
                 }
             };
-            let handshake = async {
-                match pending.first_bytes(&tcp, HANDSHAKE_TIMEOUT).await {
-                    FirstBytes::Sent => TlsAcceptor::from(tls).accept(tcp).await.map_err(Some),
-                    FirstBytes::Closed => Err(None),
-                    FirstBytes::TimedOut => std::future::pending().await,
-                }
-            };
-            let stream = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = pending.evicted() => return,
-                r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => match r {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(Some(e))) => return refused(&format!("TLS handshake refused: {e}")),
-                    Ok(Err(None)) => return,
-                    Err(_) => return refused("no TLS handshake in time"),
-                },
+            let stream = match tls::accept_pending(&pending, tcp, tls, HANDSHAKE_TIMEOUT, &shutdown).await {
+                Ok(s) => s,
+                Err(tls::HandshakeEnd::Dropped | tls::HandshakeEnd::Closed) => return,
+                Err(tls::HandshakeEnd::Failed(e)) => return refused(&format!("TLS handshake refused: {e}")),
+                Err(tls::HandshakeEnd::TimedOut) => return refused("no TLS handshake in time"),
             };
             let program = src.ctx.config.identity.program.clone();
             let id = match tls::peer_identity(stream.get_ref().1) {

@@ -62,10 +62,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
-use crate::accept::FirstBytes;
 use crate::daemon::config::StewardConfig;
 use crate::daemon::Context;
 use crate::fsutil;
@@ -652,30 +650,18 @@ async fn connection(
     let handshake_timeout = st.cfg.handshake_timeout;
     // Phase 1, unauthenticated: admitted under the pending caps, evictable,
     // bounded by the handshake timeout from accept to identity.
-    let handshake = async {
-        match pending.first_bytes(&tcp, handshake_timeout).await {
-            FirstBytes::Sent => TlsAcceptor::from(tls).accept(tcp).await.map_err(Some),
-            FirstBytes::Closed => Err(None),
-            FirstBytes::TimedOut => std::future::pending().await,
+    let stream = match tls::accept_pending(&pending, tcp, tls, handshake_timeout, &ctx.shutdown).await {
+        Ok(s) => s,
+        Err(tls::HandshakeEnd::Dropped | tls::HandshakeEnd::Closed) => return,
+        Err(tls::HandshakeEnd::Failed(e)) => {
+            st.refuse(Refusal::Handshake, peer, None, &format!("TLS handshake failed: {e}"));
+            return;
         }
-    };
-    let stream = tokio::select! {
-        _ = ctx.shutdown.cancelled() => return,
-        _ = pending.evicted() => return,
-        r = tokio::time::timeout(handshake_timeout, handshake) => match r {
-            Ok(Ok(s)) => s,
-            Ok(Err(Some(e))) => {
-                st.refuse(Refusal::Handshake, peer, None, &format!("TLS handshake failed: {e}"));
-                return;
-            }
-            // Closed without a byte: a port scan or a peer that gave up; nothing to refuse.
-            Ok(Err(None)) => return,
-            Err(_) => {
-                let secs = handshake_timeout.as_secs_f64();
-                st.refuse(Refusal::HandshakeTimeout, peer, None, &format!("no TLS handshake within {secs} s"));
-                return;
-            }
-        },
+        Err(tls::HandshakeEnd::TimedOut) => {
+            let secs = handshake_timeout.as_secs_f64();
+            st.refuse(Refusal::HandshakeTimeout, peer, None, &format!("no TLS handshake within {secs} s"));
+            return;
+        }
     };
     let id = match tls::peer_identity(stream.get_ref().1) {
         Some(id) => id,
