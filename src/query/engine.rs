@@ -1240,10 +1240,10 @@ fn count_cell(group: &BTreeMap<String, String>, statistic: &str, category: Optio
     let v: f64 = ins.iter().map(In::v).sum();
     let lo: f64 = ins.iter().map(In::lo).sum();
     let hi: f64 = ins.iter().map(In::hi).sum();
-    // A count is never below 0, so the interval is cut at 0. When all of it
-    // lies below 0, cutting would leave [0, 0], which reads as exact: the
-    // interval is then the half-width above the value shown (0).
-    let ci95 = if hi > 0.0 { (lo.max(0.0), hi) } else { (0.0, ins.iter().map(|i| i.hw).sum()) };
+    // A count is never below 0: a noisy value below 0 is shown as 0, and its
+    // interval cut at 0 could be [0, 0] or [0, 0.3] — which reads as exact.
+    // The interval is then the half-width above the value shown: [0, a].
+    let ci95 = if v >= 0.0 { (lo.max(0.0), hi) } else { (0.0, hi.max(ins.iter().map(|i| i.hw).sum())) };
     cell(group, statistic, category, v.max(0.0), ci95, ins)
 }
 
@@ -1657,6 +1657,9 @@ mod tests {
         let hw = p.releases()[0].ci95_half_width;
         assert_eq!(c.value, 0.0);
         assert_eq!(c.ci95, (0.0, hw), "the half-width above the value shown, not [0, 0]");
+        // Below 0 but within the half-width: still [0, a], not [0, a - 1] (which rounds towards [0, 0]).
+        let a = execute(&p, &pop(), &mut Fixed(-1)).unwrap();
+        assert_eq!(a.values[0].ci95, (0.0, hw));
         let a = execute(&p, &pop(), &mut Fixed(1)).unwrap();
         assert_eq!(a.values[0].ci95, (0.0, 1.0 + hw), "an interval reaching above 0 is cut at 0");
     }
