@@ -1449,3 +1449,86 @@ async fn release_answer_too_large_to_keep_is_refused_before_charging() {
     assert_eq!(audit_len(), before, "a refused query left an audit entry");
     s.st.stop().await;
 }
+
+#[test]
+fn release_plan_and_evaluate_cli_spend_once_then_replay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = Certs::new(tmp.path());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut p = Process::start(&tmp.path().join("steward"), &certs.pki);
+    rt.block_on(load_program(p.addr, &certs));
+    assert!(p.grant(EVAL, "2").contains("eval: total 2 ε"));
+    let eval_toml = tmp.path().join("eval.toml");
+    let e = &certs.eval;
+    std::fs::write(
+        &eval_toml,
+        format!(
+            "role = \"evaluator\"\nname = \"{EVAL}\"\nprogram = \"{}\"\nsteward_url = \"https://localhost:{}\"\n\n[tls]\n\
+             cert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\ncrl = \"{}\"\n",
+            crate::net::PROGRAM,
+            p.addr.port(),
+            e.join(pki::CERT_FILE).display(),
+            e.join(pki::KEY_FILE).display(),
+            e.join(pki::CA_CERT_FILE).display(),
+            e.join(pki::CRL_FILE).display(),
+        ),
+    )
+    .unwrap();
+    let cfg = eval_toml.to_str().unwrap();
+    let plan = concat!(env!("CARGO_MANIFEST_DIR"), "/config/evaluation.toml");
+    let run = |args: &[&str]| {
+        let out = divert_in(tmp.path(), args);
+        assert!(out.status.success(), "divert {args:?}: {}{}", text(&out.stderr), text(&out.stdout));
+        text(&out.stdout)
+    };
+    let budget_line = || run(&["query", "--config", cfg, "--budget"]);
+
+    // The planner: epsilons and expected intervals, nothing spent, nothing audited.
+    let audit = p.data.join(divert::steward::AUDIT_FILE);
+    let audit_before = std::fs::read_to_string(&audit).unwrap().len();
+    let planned = run(&["query", "--config", cfg, "--plan", plan]);
+    for want in ["arrests_before_after", "[headline", "difference_in_differences", "expected ±", "planned: 2 ε of 2"]
+    {
+        assert!(planned.contains(want), "no `{want}` in:\n{planned}");
+    }
+    assert!(budget_line().contains("spent 0.0 ε"), "the planner spent budget");
+    assert_eq!(std::fs::read_to_string(&audit).unwrap().len(), audit_before, "the planner was audited as a release");
+
+    // The planner's releases are the released ones.
+    let json_plan: Value = serde_json::from_str(&run(&["query", "--config", cfg, "--plan", plan, "--json"])).unwrap();
+
+    // A plan the budget does not cover spends nothing.
+    let greedy = tmp.path().join("greedy.toml");
+    std::fs::write(&greedy, std::fs::read_to_string(plan).unwrap().replace("epsilon = 2.0", "epsilon = 3.0")).unwrap();
+    let out = divert_in(tmp.path(), &["evaluate", "--config", cfg, "--plan", greedy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("nothing was spent"), "{}", text(&out.stderr));
+    assert!(budget_line().contains("spent 0.0 ε"));
+
+    // The plan: everything released, the report written, the whole budget spent.
+    let html = tmp.path().join("report.html");
+    let first = run(&["evaluate", "--config", cfg, "--plan", plan, "--out", html.to_str().unwrap()]);
+    for want in ["HEADLINE", "with 95% confidence", "Between the arms", "WHERE THE PRIVACY BUDGET WENT", "k times"] {
+        assert!(first.contains(want), "no `{want}` in:\n{first}");
+    }
+    assert!(!first.contains("True value"), "a real report shows true values");
+    let report = std::fs::read_to_string(&html).unwrap();
+    assert!(report.contains("chart-headline") && report.contains("Where the privacy budget went"));
+    assert!(report.find("Headline").unwrap() < report.find("Every released statistic").unwrap());
+    assert!(budget_line().contains("spent 2.0 ε, left 0.0 ε"), "{}", budget_line());
+
+    // Run again: every answer replayed, nothing spent, the same numbers.
+    let second = run(&["evaluate", "--config", cfg, "--plan", plan, "--out", html.to_str().unwrap()]);
+    assert!(second.contains("released earlier; replayed at no cost") && second.contains("0 ε spent now"), "{second}");
+    let statistics = |s: &str| {
+        let from = s.find("HEADLINE").expect("headline");
+        let to = s.find("WHERE THE PRIVACY BUDGET WENT").expect("spending");
+        s[from..to].to_string()
+    };
+    assert_eq!(statistics(&first), statistics(&second), "the replay differs");
+
+    // What the planner predicted per release is what was released.
+    let releases: Vec<Value> = serde_json::from_str(&run(&["query", "--config", cfg, "--releases", "--json"])).unwrap();
+    assert_eq!(releases.len(), json_plan["evaluation"]["steps"].as_array().unwrap().len());
+    p.child.stop();
+}
