@@ -1095,7 +1095,9 @@ impl Plan {
         for g in 0..self.groups {
             let n = persons(&self.group_labels(g)).max(0.0);
             if let Some(c) = &self.census {
-                census.push(release(n, &c.releases[0]));
+                let r =
+                    c.releases.first().ok_or_else(|| QueryError::Unsupported("a census without a release".into()))?;
+                census.push(release(n, r));
             }
             for (i, r) in self.releases.iter().enumerate() {
                 match (self.shape, i) {
@@ -1132,8 +1134,11 @@ impl Plan {
         };
         let mut released: Vec<Vec<Release>> =
             self.releases.iter().map(|r| (0..r.values).map(|_| widest(r)).collect()).collect();
-        let census: Option<Vec<Release>> =
-            self.census.as_ref().map(|c| (0..self.groups).map(|_| widest(&c.releases[0])).collect());
+        let census: Option<Vec<Release>> = match self.census.as_ref().map(|c| c.releases.first()) {
+            None => None,
+            Some(Some(r)) => Some((0..self.groups).map(|_| widest(r)).collect()),
+            Some(None) => return usize::MAX,
+        };
         // Any values will do for the shape; the numbers are widened below.
         for r in released.iter_mut().flatten() {
             r.value = 1;
