@@ -33,6 +33,8 @@ pub enum Command {
     Link(cmd::link::LinkArgs),
     #[command(about = "Ask the steward for a differentially private answer, as an evaluator")]
     Query(cmd::query::QueryArgs),
+    #[command(about = "Run an evaluation plan against the steward and write the report, as an evaluator")]
+    Evaluate(cmd::evaluate::EvaluateArgs),
     #[command(about = "Run a source or steward daemon in the foreground")]
     Serve(cmd::serve::ServeArgs),
     #[command(about = "Show a running daemon's role, certificate expiry and counters")]
@@ -75,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Link(args) => cmd::link::run(args)?,
         Command::Demo(args) => cmd::demo::run(args)?,
         Command::Query(args) => cmd::query::run(args)?,
+        Command::Evaluate(args) => cmd::evaluate::run(args)?,
         Command::Serve(args) => cmd::serve::run(args)?,
         Command::Status(args) => cmd::status::run(args)?,
         Command::Ingest(args) => cmd::ingest::run(args)?,

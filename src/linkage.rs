@@ -151,6 +151,11 @@ pub struct PairMetrics {
     pub pairs_true: u64,
     pub pairs_found: u64,
     pub pairs_correct: u64,
+    /// True entities (with at least one record).
+    pub entities: u64,
+    /// True entities whose records are in more than one found person: each is
+    /// protected at k·ε, not ε (the privacy unit is the linked person).
+    pub entities_split: u64,
 }
 
 /// Compare found persons with true entities, record by record (same order, same length).
@@ -172,7 +177,13 @@ pub fn pairwise_metrics(found: &[u32], truth: &[u32]) -> PairMetrics {
     let precision = ratio(pairs_correct, pairs_found);
     let recall = ratio(pairs_correct, pairs_true);
     let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
-    PairMetrics { precision, recall, f1, pairs_true, pairs_found, pairs_correct }
+    let mut found_per_entity: HashMap<u32, u64> = HashMap::new();
+    for &(_, t) in by_both.keys() {
+        *found_per_entity.entry(t).or_default() += 1;
+    }
+    let entities = by_true.len() as u64;
+    let entities_split = found_per_entity.values().filter(|&&k| k > 1).count() as u64;
+    PairMetrics { precision, recall, f1, pairs_true, pairs_found, pairs_correct, entities, entities_split }
 }
 
 #[cfg(test)]
@@ -231,5 +242,7 @@ mod tests {
         assert_eq!((m.pairs_true, m.pairs_found, m.pairs_correct), (3, 2, 1));
         assert_eq!(m.precision, 0.5);
         assert!((m.recall - 1.0 / 3.0).abs() < 1e-12);
+        // Entity 7 is split over two found persons; entity 8 is whole.
+        assert_eq!((m.entities, m.entities_split), (2, 1));
     }
 }

@@ -7,13 +7,22 @@
 //!   stable machine `key` (what the row measures, e.g.
 //!   `arrests_per_person.mean[-182,-1]`) and, for synthetic data, the true
 //!   value of the same statistic from `TrueStatistics`.
-//! - `render_text` prints the table for a terminal.
+//! - `render_text` prints the report for a terminal: the headline first (the
+//!   rows marked `headline`: each arm's change and the difference between
+//!   arms, in plain words — "with 95% confidence, arrests per person fell by
+//!   between … and …"), then the table of every other statistic, then where
+//!   each epsilon went (`spending`), then the notes: the clamps' cuts
+//!   (synthetic truth only), the privacy unit (k·ε, with the measured split
+//!   rate when known), linkage, budget.
 //! - `render_html` writes an HTML5 document with inline CSS and hand-written
 //!   inline SVG charts, no script and no external reference (readable
-//!   offline): a header with a plain-language note on what the numbers are,
-//!   three charts (arrests before and after referral by arm; permanent
-//!   housing over time; the referral funnel), the linkage and budget lines,
-//!   and the table of every statistic. Every piece of text is HTML-escaped.
+//!   offline), in the same order: a header, the headline in words and as a
+//!   chart (each arm's change and the difference between arms with their
+//!   intervals), a plain-language note on what the numbers are, the lines
+//!   (budget, privacy unit, linkage, clamps), three charts (arrests before
+//!   and after referral by arm; permanent housing over time; the referral
+//!   funnel), the table of every statistic (headline rows first), and where
+//!   each epsilon went. Every piece of text is HTML-escaped.
 //!
 //! Matching true values. The analysis's own query is read back from the
 //! answer's canonical form (windows, baseline, status month and values,
@@ -34,7 +43,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::query::engine::{Answer, Cell};
+use crate::query::engine::{Answer, Cell, DID};
+use crate::query::evaluation::PERSONS;
 use crate::query::model::{At, Category, Match, Outcome, Query, Scalar, Statistic, Window};
 use crate::synth::truth::{ArmStatistics, StatusAt, TrueStatistics, STATUS_MONTHS};
 
@@ -68,6 +78,42 @@ pub struct ReportInput {
     pub budget: Option<BudgetLine>,
     /// Synthetic data: the true values are shown (never otherwise).
     pub synthetic: bool,
+    /// What the evaluation is (the plan's title).
+    #[serde(default)]
+    pub title: String,
+    /// Where each epsilon went: one line per released query, in the plan's order.
+    #[serde(default)]
+    pub spending: Vec<Spending>,
+    /// Share of true persons that linkage split into more than one person (measured on synthetic data).
+    #[serde(default)]
+    pub split_rate: Option<f64>,
+    /// How many persons each clamp cut (synthetic truth only; never shown otherwise).
+    #[serde(default)]
+    pub clamps: Vec<ClampLine>,
+}
+
+/// One released query and the epsilon it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Spending {
+    /// What was released, in words.
+    pub what: String,
+    pub epsilon: f64,
+    /// Released by an earlier run: replayed from the steward's store, nothing spent now.
+    #[serde(default)]
+    pub earlier: bool,
+}
+
+/// The persons a clamp cut, per arm (synthetic truth only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClampLine {
+    /// The value clamped, in words.
+    pub what: String,
+    pub bounds: [i64; 2],
+    /// Why the clamp is what it is.
+    #[serde(default)]
+    pub reason: String,
+    /// (arm, persons outside the clamp, persons in the arm).
+    pub outside: Vec<(String, u64, u64)>,
 }
 
 /// One released value of one group.
@@ -93,6 +139,9 @@ pub struct ReportRow {
     pub truth: Option<f64>,
     /// One of the `UNIT_*` constants: "share", "persons", "per person", "days", ...
     pub unit: String,
+    /// Part of the headline the report leads with.
+    #[serde(default)]
+    pub headline: bool,
 }
 
 /// Pairwise linkage quality against the synthetic truth (fractions in [0, 1]).
@@ -130,6 +179,8 @@ struct Spec {
     per_days: Option<u32>,
     /// Cohort filters on public categories, in category order.
     cohort: Vec<(String, Vec<String>)>,
+    /// The cohort requires events (e.g. an intake).
+    require: bool,
 }
 
 fn is_false_flag(m: Option<&Match>) -> bool {
@@ -179,6 +230,7 @@ fn spec_of(canonical: &str) -> Spec {
             s.cohort.push((c.as_str().to_string(), list.clone()));
         }
     }
+    s.require = !q.cohort.require.is_empty();
     s
 }
 
@@ -323,6 +375,8 @@ fn describe(analysis: &str, s: &Spec) -> Option<(String, &'static str)> {
         }
         "days_to_plan" => ("Days from referral to individual plan".into(), UNIT_DAYS),
         "referral_funnel" => ("Referral funnel".into(), UNIT_PERSONS),
+        PERSONS if s.require => ("Persons in the cohort (shared denominator)".into(), UNIT_PERSONS),
+        PERSONS => ("Persons referred (shared denominator)".into(), UNIT_PERSONS),
         _ => return None,
     })
 }
@@ -346,6 +400,10 @@ fn label_of(analysis: &str, s: &Spec, cell: &Cell) -> (String, String) {
         }
         (Some(_), "share", Some(c)) if analysis == "housing_at_month" => {
             (format!("Share {}, {}", housing_phrase(c), describe_month(s)), UNIT_SHARE)
+        }
+        (Some((d, _)), "count", None) if analysis == PERSONS => (d, UNIT_PERSONS),
+        (Some((d, u)), DID, _) => {
+            (format!("Difference between arms (diversion minus comparison) in the {}", lower_first(&d)), u)
         }
         (Some((d, _)), "persons", _) => (format!("{d}: persons counted"), UNIT_PERSONS),
         (Some((d, _)), "person_days", _) => (format!("{d}: person-days of exposure"), UNIT_PERSON_DAYS),
@@ -372,6 +430,14 @@ fn label_of(analysis: &str, s: &Spec, cell: &Cell) -> (String, String) {
         format!("{label} (cohort: {})", filters.join("; "))
     };
     (label, unit.to_string())
+}
+
+fn lower_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
 }
 
 fn with_category(label: &str, category: Option<&str>) -> String {
@@ -419,6 +485,7 @@ fn truth_of(analysis: &str, s: &Spec, cell: &Cell, t: &ArmStatistics) -> Option<
     let w = s.window;
     let before_after = |win: (i32, i32), base: (i32, i32)| w == Some(win) && s.baseline == Some(base);
     match analysis {
+        PERSONS if stat == "count" && !s.require => Some(referred),
         "referral_funnel" if s.within_days == Some(7) => {
             let f = &t.funnel;
             let stage = |c: &str| match c {
@@ -537,6 +604,14 @@ pub fn rows_from_answer(analysis: &str, answer: &Answer, truth: Option<&TrueStat
                 Some("comparison") => Some(&t.comparison),
                 _ => None,
             });
+            // The difference in differences: the arms' true changes, subtracted.
+            let did = truth.filter(|_| cell.statistic == DID && spec.cohort.is_empty()).and_then(|t| {
+                let change = Cell { statistic: "mean_difference".into(), ..cell.clone() };
+                Some(
+                    truth_of(analysis, &spec, &change, &t.diversion)?
+                        - truth_of(analysis, &spec, &change, &t.comparison)?,
+                )
+            });
             ReportRow {
                 analysis: analysis.to_string(),
                 key: row_key(analysis, &cell.statistic, cell.category.as_deref(), &spec),
@@ -545,8 +620,9 @@ pub fn rows_from_answer(analysis: &str, answer: &Answer, truth: Option<&TrueStat
                 value: cell.value,
                 ci95: cell.ci95,
                 epsilon: cell.epsilon,
-                truth: arm.and_then(|t| truth_of(analysis, &spec, cell, t)),
+                truth: did.or_else(|| arm.and_then(|t| truth_of(analysis, &spec, cell, t))),
                 unit,
+                headline: false,
             }
         })
         .collect()
@@ -616,7 +692,8 @@ pub fn format_value(v: f64, unit: &str) -> String {
     }
 }
 
-fn format_epsilon(e: f64) -> String {
+/// An epsilon for people: at most three decimals, no trailing zeros.
+pub fn format_epsilon(e: f64) -> String {
     if !e.is_finite() {
         return "n/a".into();
     }
@@ -712,23 +789,117 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
     lines
 }
 
-/// The report as a terminal table: statistic, group, value, 95% interval,
-/// epsilon and (synthetic data only) the true value and whether the interval
-/// holds it; then the linkage and budget lines.
-pub fn render_text(input: &ReportInput) -> String {
+/// The headline's rows: the per-arm changes and the difference between arms, in that order.
+fn headline_rows(rows: &[ReportRow]) -> Vec<&ReportRow> {
+    let mut h: Vec<&ReportRow> = rows.iter().filter(|r| r.headline && is_headline_value(r)).collect();
+    h.sort_by_key(|r| r.key.contains(DID));
+    h
+}
+
+fn is_headline_value(r: &ReportRow) -> bool {
+    r.key.contains(".mean_difference") || r.key.contains(DID) || r.key.contains(".mean") || r.key.contains(".share")
+}
+
+/// What a headline value measures, for a sentence: "arrests per person" from
+/// "Change in arrests per person, 6 months after vs 6 months before referral".
+fn measure_of(label: &str) -> (String, String) {
+    let label = label.strip_prefix("Difference between arms (diversion minus comparison) in the ").unwrap_or(label);
+    let label = lower_first(label);
+    let label = label.strip_prefix("change in ").unwrap_or(&label).to_string();
+    match label.split_once(", ") {
+        Some((what, when)) => (what.to_string(), when.to_string()),
+        None => (label, String::new()),
+    }
+}
+
+/// The headline in plain words: "with 95% confidence, arrests per person fell by between 0.19 and 0.41".
+pub fn headline_sentence(r: &ReportRow, synthetic: bool) -> String {
+    let (what, when) = measure_of(&r.label);
+    let f = |v: f64| format_value(v, &r.unit);
+    let (lo, hi) = r.ci95;
+    let did = r.key.contains(DID);
+    let who = if did { "Between the arms".to_string() } else { capitalize(&format_group(&r.group)) };
+    let body = if did {
+        if hi < 0.0 {
+            format!(
+                "{what} fell by between {} and {} more in the diversion arm than in the comparison arm",
+                f(-hi),
+                f(-lo)
+            )
+        } else if lo > 0.0 {
+            format!(
+                "{what} rose by between {} and {} more in the diversion arm than in the comparison arm",
+                f(lo),
+                f(hi)
+            )
+        } else {
+            format!(
+                "the diversion arm's change in {what} differs from the comparison arm's by between {} and {}: \
+                 the interval includes no difference",
+                f(lo),
+                f(hi)
+            )
+        }
+    } else if hi < 0.0 {
+        format!("{what} fell by between {} and {}", f(-hi), f(-lo))
+    } else if lo > 0.0 {
+        format!("{what} rose by between {} and {}", f(lo), f(hi))
+    } else {
+        format!("{what} changed by between {} and {}: the interval includes no change", f(lo), f(hi))
+    };
+    let mut out = format!("{who}: with 95% confidence, {body}");
+    if !when.is_empty() {
+        let _ = write!(out, " ({when})");
+    }
+    let _ = write!(out, "; estimate {}", f(r.value));
+    if synthetic {
+        if let Some(t) = r.truth {
+            let _ = write!(out, ", true value {}", f(t));
+        }
+    }
+    out.push('.');
+    out
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// The privacy unit in plain words, with the split rate when it was measured.
+fn privacy_unit_sentence(input: &ReportInput) -> String {
+    let mut s = "The privacy unit is the linked person: a person whose records linkage split into k persons is \
+                 protected at k times the epsilon spent"
+        .to_string();
+    if let Some(b) = &input.budget {
+        let _ = write!(s, " (two persons: {} instead of {})", format_epsilon(2.0 * b.spent), format_epsilon(b.spent));
+    }
+    match input.split_rate {
+        Some(r) => {
+            let _ = write!(
+                s,
+                "; linkage split {} of the persons in this program (measured against the synthetic truth).",
+                percent(r, 1)
+            );
+        }
+        None => s.push_str("; how many persons linkage splits can be measured only where the truth is known."),
+    }
+    s
+}
+
+/// A text table of rows: statistic, group, value, 95% interval, epsilon and
+/// (synthetic data only) the true value and whether the interval holds it.
+fn text_table(rows: &[&ReportRow], synthetic: bool) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Evaluation report: {}", input.program);
-    let _ = writeln!(out, "Generated {}", input.generated);
-    out.push_str(
-        "Every number is a noisy aggregate released under differential privacy. The 95% interval holds the\n\
-         true value 19 times out of 20 given the noise (it does not cover linkage errors or sampling).\n\n",
-    );
     let mut header = vec!["Statistic", "Group", "Value", "95% interval", "epsilon"];
-    if input.synthetic {
+    if synthetic {
         header.extend(["True value", "In interval"]);
     }
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
-    for r in &input.rows {
+    for r in rows {
         let mut line = vec![
             r.label.clone(),
             format_group(&r.group),
@@ -736,7 +907,7 @@ pub fn render_text(input: &ReportInput) -> String {
             format!("[{}, {}]", format_value(r.ci95.0, &r.unit), format_value(r.ci95.1, &r.unit)),
             format_epsilon(r.epsilon),
         ];
-        if input.synthetic {
+        if synthetic {
             match r.truth {
                 Some(t) => {
                     line.push(format_value(t, &r.unit));
@@ -784,11 +955,65 @@ pub fn render_text(input: &ReportInput) -> String {
             let _ = writeln!(out, "{}", "-".repeat(total));
         }
     }
-    if input.rows.is_empty() {
+    if rows.is_empty() {
         out.push_str("(no statistics released)\n");
     }
+    out
+}
+
+fn clamp_sentence(c: &ClampLine) -> String {
+    let parts: Vec<String> =
+        c.outside.iter().map(|(arm, n, of)| format!("{n} of {of} persons in the {arm} arm")).collect();
+    format!("{} clamped to [{}, {}]: {} outside.", c.what, c.bounds[0], c.bounds[1], parts.join(", "))
+}
+
+/// The report for a terminal: the headline in plain words first, then every
+/// other statistic (value, 95% interval, epsilon and, for synthetic data
+/// only, the true value and whether the interval holds it), then where each
+/// epsilon went, then the notes (clamps on synthetic data, the privacy unit,
+/// linkage, budget).
+pub fn render_text(input: &ReportInput) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Evaluation report: {}", input.program);
+    if !input.title.is_empty() {
+        let _ = writeln!(out, "{}", input.title);
+    }
+    let _ = writeln!(out, "Generated {}", input.generated);
+    out.push_str(
+        "Every number is a noisy aggregate released under differential privacy. The 95% interval holds the\n\
+         true value 19 times out of 20 given the noise (it does not cover linkage errors or sampling).\n\n",
+    );
+    let headline = headline_rows(&input.rows);
+    if !headline.is_empty() {
+        out.push_str("HEADLINE\n");
+        for r in &headline {
+            for line in wrap(&headline_sentence(r, input.synthetic), 100) {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+        out.push('\n');
+    }
+    let rest: Vec<&ReportRow> = input.rows.iter().filter(|r| !headline.iter().any(|h| std::ptr::eq(*h, *r))).collect();
+    out.push_str(if headline.is_empty() { "STATISTICS\n" } else { "ALL OTHER STATISTICS\n" });
+    out.push_str(&text_table(&rest, input.synthetic));
     out.push('\n');
+    if !input.spending.is_empty() {
+        out.push_str("WHERE THE PRIVACY BUDGET WENT\n");
+        let width = input.spending.iter().map(|s| s.what.chars().count()).max().unwrap_or(0).min(90);
+        for s in &input.spending {
+            let earlier = if s.earlier { "  (released earlier; replayed at no cost)" } else { "" };
+            let _ = writeln!(out, "  {:<width$}  {:>8}{earlier}", s.what, format_epsilon(s.epsilon));
+        }
+        let total: f64 = input.spending.iter().map(|s| s.epsilon).sum();
+        let _ = writeln!(out, "  {:<width$}  {:>8}", "total", format_epsilon(total));
+        out.push('\n');
+    }
     if input.synthetic {
+        for c in &input.clamps {
+            for line in wrap(&format!("Clamp (synthetic truth): {}", clamp_sentence(c)), 100) {
+                let _ = writeln!(out, "{line}");
+            }
+        }
         let (inside, with) = coverage(&input.rows);
         if with > 0 {
             let _ = writeln!(
@@ -797,6 +1022,9 @@ pub fn render_text(input: &ReportInput) -> String {
                 percent(inside as f64 / with as f64, 0)
             );
         }
+    }
+    for line in wrap(&privacy_unit_sentence(input), 100) {
+        let _ = writeln!(out, "{line}");
     }
     if let Some(l) = &input.linkage {
         let _ = writeln!(out, "{}", linkage_sentence(l));
@@ -1086,6 +1314,65 @@ fn figure(title: &str, caption: &str, body: &str) -> String {
         escape_html(caption),
         body
     )
+}
+
+/// The headline chart: each arm's change and the difference between arms, as points with 95% intervals around a zero line.
+fn chart_headline(rows: &[&ReportRow], synthetic: bool) -> String {
+    let title = "The headline, with 95% intervals.";
+    let with_truth = synthetic && rows.iter().any(|r| r.truth.is_some());
+    let (lo, hi) = extent(rows.iter().copied(), synthetic);
+    let (min, max, step) = nice_scale(lo.min(0.0), hi.max(0.0));
+    let (left, right, top, bottom) = (70.0, 20.0, 20.0, 80.0);
+    let y = Scale { d0: min, d1: max, r0: CHART_H - bottom, r1: top };
+    let mut out = String::new();
+    let unit = rows.first().map_or(UNIT_PER_PERSON, |r| r.unit.as_str()).to_string();
+    svg_open(
+        &mut out,
+        "chart-headline",
+        "The headline: change per arm and the difference between arms",
+        "Points: the released values; black bars: 95% intervals over the noise; the line at 0 is no change.",
+    );
+    y_axis(&mut out, y, left, CHART_W - right, (min, max, step), unit == UNIT_SHARE, &format!("change, {unit}"));
+    let plot_w = CHART_W - left - right;
+    let slot = plot_w / rows.len().max(1) as f64;
+    svg_line(&mut out, left, y.at(0.0), CHART_W - right, y.at(0.0), "#444444", 1.5);
+    for (i, r) in rows.iter().enumerate() {
+        let x = left + slot * (i as f64 + 0.5);
+        let name = if r.key.contains(DID) { "difference between arms".to_string() } else { format_group(&r.group) };
+        svg_text(&mut out, x, CHART_H - bottom + 20.0, "middle", "", &name);
+        error_bar(&mut out, true, x, y.at(r.ci95.0), y.at(r.ci95.1));
+        let color = if r.key.contains(DID) { "#5e3c99" } else { series_color(&format_group(&r.group), i) };
+        let _ = writeln!(
+            out,
+            r#"<circle cx="{}" cy="{}" r="6" fill="{color}"><title>{}</title></circle>"#,
+            px(x),
+            px(y.at(r.value)),
+            escape_html(&format!("{name}: {}", format_value(r.value, &r.unit)))
+        );
+        if with_truth {
+            if let Some(t) = r.truth {
+                diamond(&mut out, x + 14.0, y.at(t));
+            }
+        }
+        svg_text(
+            &mut out,
+            x + 12.0,
+            y.at(r.value) + 4.0,
+            "start",
+            r#" font-size="11""#,
+            &format_value(r.value, &r.unit),
+        );
+    }
+    let mut items = vec![("95% interval".to_string(), Glyph::ErrorBar)];
+    if with_truth {
+        items.push(("true value (synthetic data)".into(), Glyph::Truth));
+    }
+    legend(&mut out, left, CHART_H - 18.0, &items);
+    out.push_str("</svg>\n");
+    let caption = rows.first().map_or(String::new(), |r| {
+        format!("{}: per arm, and diversion minus comparison (difference in differences).", r.label)
+    });
+    figure(title, &caption, &out)
 }
 
 const ARREST_PERIODS: [((i32, i32), &str); 3] = [
@@ -1545,7 +1832,23 @@ pub fn render_html(input: &ReportInput) -> String {
     if input.synthetic {
         h.push_str(" &middot; <span class=\"badge\">synthetic data: a demonstration, not a real program</span>");
     }
-    h.push_str("</p>\n</header>\n");
+    h.push_str("</p>\n");
+    if !input.title.is_empty() {
+        let _ = writeln!(h, "<p>{}</p>", e(&input.title));
+    }
+    h.push_str("</header>\n");
+
+    // The headline first: in words, then as a chart.
+    let headline = headline_rows(&input.rows);
+    if !headline.is_empty() {
+        h.push_str("<section class=\"headline\">\n<h2>Headline</h2>\n<ul>\n");
+        for r in &headline {
+            let _ = writeln!(h, "<li>{}</li>", e(&headline_sentence(r, input.synthetic)));
+        }
+        h.push_str("</ul>\n");
+        h.push_str(&chart_headline(&headline, input.synthetic));
+        h.push_str("</section>\n");
+    }
 
     // What the numbers are.
     h.push_str("<section class=\"note\">\n<h2>What these numbers are</h2>\n<ul>\n");
@@ -1585,10 +1888,14 @@ pub fn render_html(input: &ReportInput) -> String {
         }
         None => h.push_str("<p>Privacy budget: not stated; the epsilon of each statistic is in the table.</p>\n"),
     }
+    let _ = writeln!(h, "<p>{}</p>", e(&privacy_unit_sentence(input)));
     if let Some(l) = &input.linkage {
         let _ = writeln!(h, "<p>{}</p>", e(&linkage_sentence(l)));
     }
     if input.synthetic {
+        for c in &input.clamps {
+            let _ = writeln!(h, "<p>Clamp (synthetic truth): {}</p>", e(&clamp_sentence(c)));
+        }
         let (inside, with) = coverage(&input.rows);
         if with > 0 {
             let _ = writeln!(
@@ -1609,6 +1916,8 @@ pub fn render_html(input: &ReportInput) -> String {
 
     // Table.
     h.push_str("<section>\n<h2>Every released statistic</h2>\n");
+    let rest: Vec<&ReportRow> = input.rows.iter().filter(|r| !headline.iter().any(|x| std::ptr::eq(*x, *r))).collect();
+    let rows_in_order: Vec<&ReportRow> = headline.iter().copied().chain(rest).collect();
     if input.rows.is_empty() {
         h.push_str("<p>No statistic was released.</p>\n");
     } else {
@@ -1618,7 +1927,7 @@ pub fn render_html(input: &ReportInput) -> String {
             h.push_str("<th class=\"num\">True value</th><th>In interval</th>");
         }
         h.push_str("</tr>\n</thead>\n<tbody>\n");
-        for r in &input.rows {
+        for r in rows_in_order {
             let _ = write!(
                 h,
                 "<tr><td>{}<span class=\"an\">{}</span></td><td>{}</td><td class=\"num\">{}</td>\
@@ -1651,6 +1960,29 @@ pub fn render_html(input: &ReportInput) -> String {
         h.push_str("</tbody>\n</table>\n");
     }
     h.push_str("</section>\n");
+
+    // Where each epsilon went.
+    if !input.spending.is_empty() {
+        h.push_str("<section>\n<h2>Where the privacy budget went</h2>\n<table>\n<thead>\n");
+        h.push_str("<tr><th>Released</th><th class=\"num\">Epsilon</th><th>Note</th></tr>\n</thead>\n<tbody>\n");
+        for s in &input.spending {
+            let note = if s.earlier { "released earlier; replayed at no cost" } else { "" };
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+                e(&s.what),
+                e(&format_epsilon(s.epsilon)),
+                note
+            );
+        }
+        let total: f64 = input.spending.iter().map(|s| s.epsilon).sum();
+        let _ = writeln!(
+            h,
+            "<tr><td><strong>total</strong></td><td class=\"num\"><strong>{}</strong></td><td></td></tr>",
+            e(&format_epsilon(total))
+        );
+        h.push_str("</tbody>\n</table>\n</section>\n");
+    }
 
     h.push_str(
         "<footer>\n<p>Made by divert. Statistics are released by the program's data steward only as differentially \

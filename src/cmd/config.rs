@@ -18,7 +18,9 @@ pub enum ConfigCommand {
     /// Check config files (record schema, synthetic-data parameters); report every problem at once.
     #[command(long_about = "Check config files and report every problem at once, each with its file and key.\n\n\
 The kind of each file is recognised from its content: a record schema has `[kinds]`, \
-synthetic-data parameters `[demographics]`, a daemon config `role`. Exit status 1 if any file has a problem.\n\n\
+synthetic-data parameters `[demographics]`, a daemon config `role`, an evaluation plan \
+`[[analysis]]` (planned against the built-in schema: every analysis, parameter, target and the \
+budget are checked). Exit status 1 if any file has a problem.\n\n\
 Example:\n  divert config check config/*.toml")]
     Check {
         /// Files to check.
@@ -34,6 +36,7 @@ pub enum ConfigKind {
     Synth,
     Daemon,
     Evaluator,
+    EvaluationPlan,
 }
 
 pub fn run(args: ConfigArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -70,10 +73,12 @@ pub fn check_file(path: &Path) -> Result<(ConfigKind, String), Vec<Problem>> {
         ConfigKind::Evaluator
     } else if value.contains_key("role") {
         ConfigKind::Daemon
+    } else if value.contains_key("analysis") {
+        ConfigKind::EvaluationPlan
     } else {
         return Err(vec![Problem {
             key: String::new(),
-            message: "not a divert config this version knows (a schema has [kinds], synthetic-data parameters [demographics], a daemon config `role`)".into(),
+            message: "not a divert config this version knows (a schema has [kinds], synthetic-data parameters [demographics], a daemon config `role`, an evaluation plan [[analysis]])".into(),
         }]);
     };
     match kind {
@@ -87,6 +92,16 @@ pub fn check_file(path: &Path) -> Result<(ConfigKind, String), Vec<Problem>> {
                     s.identity.len(),
                     s.schemes.len()
                 ),
+            ))
+        }
+        ConfigKind::EvaluationPlan => {
+            let problem = |e: crate::query::QueryError| vec![Problem { key: String::new(), message: e.to_string() }];
+            let plan = crate::query::evaluation::parse_toml(&text).map_err(problem)?;
+            let schema = Schema::default_schema()?;
+            let planned = crate::query::evaluation::plan(&plan, &schema).map_err(problem)?;
+            Ok((
+                kind,
+                format!("{} queries, {} ε planned of {}", planned.steps.len(), planned.epsilon_planned, plan.epsilon),
             ))
         }
         ConfigKind::Evaluator => {

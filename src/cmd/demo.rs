@@ -1,6 +1,5 @@
 //! `divert demo`: the whole program on one machine in one command — a CA and certificates, a linkage key for the sources, synthetic exports, a steward and five source daemons as real processes, the standard evaluation over mTLS, and the evaluator's report.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -8,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::cmd::evaluate;
 use crate::cmd::link::link_files;
 use crate::cmd::pseudonymize::{pseudonymize_file, quarantine_path};
 use crate::daemon::admin::{self, Request};
@@ -15,9 +15,10 @@ use crate::evaluator::{Client, EvaluatorConfig};
 use crate::ingest::Format;
 use crate::keys;
 use crate::pki::{self, Role};
-use crate::report::{self, BudgetLine, LinkageQuality, ReportInput};
+use crate::query::evaluation::{self, EvaluationPlan};
+use crate::report::{self, ClampLine, LinkageQuality, ReportInput};
 use crate::schema::Schema;
-use crate::steward::release::{QueryRequest, QueryResponse, QUERY_PATH};
+use crate::synth::truth::{persons_outside, Clamped};
 use crate::synth::{self, Params};
 use crate::token::Tokenizer;
 
@@ -28,30 +29,6 @@ pub const AGENCIES: [&str; 5] = ["police", "jail", "da", "casemgmt", "treatment"
 /// The evaluator's certificate name.
 pub const EVALUATOR: &str = "evaluator";
 
-/// One step of the standard evaluation: a catalog analysis, its parameters, the epsilon it spends.
-pub type Step = (&'static str, &'static [(&'static str, &'static str)], f64);
-
-/// The standard evaluation: catalog analyses, their parameters, and the epsilon each spends.
-pub const STANDARD_EVALUATION: &[Step] = &[
-    ("referral_funnel", &[], 0.2),
-    ("arrests_per_person", &[("from", "-182"), ("to", "-1")], 0.15),
-    ("arrests_per_person", &[("from", "0"), ("to", "181")], 0.15),
-    ("arrests_before_after", &[], 0.2),
-    ("any_arrest", &[], 0.15),
-    ("felony_charge", &[], 0.1),
-    ("violent_charge", &[], 0.1),
-    ("rearrest_free", &[("day", "180")], 0.1),
-    ("jail_days_before_after", &[], 0.15),
-    // Case management serves the diversion arm only; housing is still asked of both arms
-    // (the report charts it by arm), the other case-management measures of diversion only.
-    ("housing_status", &[("month", "0")], 0.1),
-    ("housing_status", &[("month", "6")], 0.1),
-    ("housing_status", &[("month", "12")], 0.1),
-    ("housing_status", &[("month", "18")], 0.1),
-    ("employment_status", &[("month", "6"), ("arm", "diversion")], 0.1),
-    ("intake_within_days", &[("arm", "diversion")], 0.1),
-];
-
 /// Arguments of `divert demo`.
 #[derive(Debug, clap::Args)]
 #[command(long_about = "Run the whole program on one machine, with no setup.\n\n\
@@ -60,9 +37,12 @@ for a steward, five sources (police, jail, da, casemgmt, treatment) and an evalu
 key held by the sources only; a synthetic diversion program (`divert synth`); starts the steward \
 and the sources as real daemons (`divert serve`) on free loopback ports; drops each agency's \
 export into its inbox and waits until the steward holds everything; then, as the evaluator over \
-mutual TLS, grants a budget, runs the standard evaluation and prints each statistic with its \
-noisy value, 95% interval, epsilon and (synthetic data) the true value; writes report.html; and \
-stops the daemons cleanly.\n\n\
+mutual TLS, grants a budget, runs the standard evaluation plan (config/evaluation.toml, or \
+--plan) as `divert evaluate` does and prints the report: the headline (each arm's before/after \
+change in arrests per person and the difference between arms) in plain words, then every other \
+statistic with its noisy value, 95% interval, epsilon and (synthetic data) the true value, then \
+where each epsilon went and how many persons each clamp cut; writes report.html; and stops the \
+daemons cleanly.\n\n\
 With --keep the directories and configs stay as the template of a real deployment (see README).\n\n\
 Example:\n  cargo run --release -- demo\n  divert demo --persons 1000 --seed 7 --dir /tmp/divert-demo --keep")]
 pub struct DemoArgs {
@@ -81,6 +61,9 @@ pub struct DemoArgs {
     /// The evaluator's privacy budget, in epsilon.
     #[arg(long, default_value = "2")]
     pub epsilon: String,
+    /// The evaluation plan to run (TOML); default: the standard evaluation (config/evaluation.toml, built in).
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -91,7 +74,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let budget_micro = crate::dp::ledger::parse_epsilon(&args.epsilon)
         .map_err(|e| anyhow::anyhow!("--epsilon {}: {e}", args.epsilon))?;
-    let result = run_in(&dir, args.persons, args.seed, budget_micro);
+    let plan = match &args.plan {
+        Some(f) => evaluate::read_plan(f)?,
+        None => evaluation::standard().context("the built-in standard evaluation (config/evaluation.toml)")?,
+    };
+    let result = run_in(&dir, args.persons, args.seed, budget_micro, &plan);
     match &result {
         Ok(()) => {
             println!("done in {:.1} s", started.elapsed().as_secs_f64());
@@ -174,7 +161,41 @@ fn tls_block() -> &'static str {
     "[tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\nca = \"tls/ca.pem\"\ncrl = \"tls/crl.pem\"\n"
 }
 
-fn run_in(dir: &Path, persons: u32, seed: u64, budget_micro: u64) -> anyhow::Result<()> {
+/// How many persons of each arm each clamp of the plan cut (synthetic truth only).
+fn clamps(ev: &evaluate::Evaluated, dataset: &synth::Dataset) -> Vec<ClampLine> {
+    let mut out = Vec::new();
+    for s in &ev.planned.steps {
+        let Some(bounds) = s.bounds else { continue };
+        let window = s.query.outcome.as_ref().and_then(|o| o.window());
+        let value = match (s.analysis.as_str(), window.map(|w| (w.0, w.1))) {
+            ("arrests_before_after", Some((0, 181))) => Clamped::ArrestsChange6m,
+            ("arrests_per_person", Some((0, 181))) => Clamped::Arrests6m,
+            ("jail_days_per_person_year", Some((0, 364))) => Clamped::JailDaysAfter,
+            _ => continue,
+        };
+        if s.query.cohort.filter(crate::query::Category::Arm).is_some() || s.params.contains_key("non_warrant") {
+            continue;
+        }
+        let (d, c) = persons_outside(&dataset.events, value, bounds);
+        let what = match value {
+            Clamped::ArrestsChange6m => "Change in arrests per person (6 months after minus 6 months before)",
+            Clamped::Arrests6m => "Arrests per person in the 6 months after referral",
+            Clamped::JailDaysAfter => "Jail days per person in the year after referral",
+        };
+        out.push(ClampLine {
+            what: what.into(),
+            bounds,
+            reason: s.bounds_reason.clone().unwrap_or_default(),
+            outside: vec![
+                ("diversion".into(), d, dataset.truth.diversion.funnel.referred),
+                ("comparison".into(), c, dataset.truth.comparison.funnel.referred),
+            ],
+        });
+    }
+    out
+}
+
+fn run_in(dir: &Path, persons: u32, seed: u64, budget_micro: u64, plan: &EvaluationPlan) -> anyhow::Result<()> {
     crate::fsutil::create_private_dir(dir)?;
     let exe = std::env::current_exe().context("finding the divert binary")?;
 
@@ -329,55 +350,24 @@ fn run_in(dir: &Path, persons: u32, seed: u64, budget_micro: u64) -> anyhow::Res
     }
     let config = EvaluatorConfig::load(&evaluator_cfg).map_err(|p| anyhow::anyhow!("evaluator config: {p:?}"))?;
     let client = Client::new(config)?;
-    let mut rows = Vec::new();
-    let mut last_budget = None;
-    // What the evaluator received, kept as it came (for inspection, and for the test that
-    // checks it carries no token, name or exact count).
-    let mut received = Vec::new();
-    for (analysis, params, epsilon) in STANDARD_EVALUATION {
-        let request = QueryRequest {
-            analysis: Some((*analysis).to_string()),
-            params: params.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect::<BTreeMap<_, _>>(),
-            query: None,
-            epsilon: Some(*epsilon),
-            dry_run: false,
-        };
-        let reply = rt.block_on(client.request("POST", QUERY_PATH, Some(serde_json::to_vec(&request)?)))?;
-        if reply.status != 200 {
-            let text = String::from_utf8_lossy(&reply.body).into_owned();
-            bail!(
-                "the query {analysis} was refused (HTTP {}): {text}; steward log: {}",
-                reply.status,
-                daemons.0[0].log.display()
-            );
-        }
-        received.extend_from_slice(&reply.body);
-        received.push(b'\n');
-        let resp: QueryResponse = serde_json::from_slice(&reply.body).context("reading an answer")?;
-        if let Some(answer) = &resp.answer {
-            rows.extend(report::rows_from_answer(analysis, answer, Some(&dataset.truth)));
-        }
-        last_budget = Some(resp.budget);
-    }
+    let ev = evaluate::run_plan(&rt, &client, plan)
+        .with_context(|| format!("steward log: {}", daemons.0[0].log.display()))?;
 
     step("measuring the linkage against the synthetic truth (offline, with the sources' key)");
-    let linkage = linkage_quality(dir, &data, &key)?;
+    let (linkage, split_rate) = linkage_quality(dir, &data, &key)?;
 
-    let budget = last_budget.map(|b| BudgetLine { granted: b.total, spent: b.spent, left: b.left });
-    let input = ReportInput {
-        program: PROGRAM.to_string(),
-        generated: pki::format_time(time::OffsetDateTime::now_utc()),
-        rows,
-        linkage: Some(linkage),
-        budget,
-        synthetic: true,
-    };
+    let mut input = evaluate::report_input(PROGRAM, &ev, Some(&dataset.truth));
+    input.linkage = Some(linkage);
+    input.split_rate = Some(split_rate);
+    input.clamps = clamps(&ev, &dataset);
     println!();
     print!("{}", report::render_text(&input));
     let html = dir.join("report.html");
     fs::write(&html, report::render_html(&input)).with_context(|| format!("writing {}", html.display()))?;
-    fs::write(dir.join(EVALUATOR).join("responses.jsonl"), &received)?;
-    let public = ReportInput { synthetic: false, linkage: None, ..input };
+    // What the evaluator received, kept as it came (for inspection, and for the test that
+    // checks it carries no token, name or exact count).
+    fs::write(dir.join(EVALUATOR).join("responses.jsonl"), &ev.received)?;
+    let public = ReportInput { synthetic: false, linkage: None, clamps: Vec::new(), split_rate: None, ..input };
     fs::write(dir.join(EVALUATOR).join("report-without-truth.html"), report::render_html(&public))?;
     println!();
     println!("report: {}", html.display());
@@ -475,7 +465,8 @@ fn stop_all(daemons: &mut Daemons) -> anyhow::Result<()> {
 
 /// Pseudonymize each export offline with the sources' key and link it with
 /// the same code the steward runs, scored against the synthetic truth.
-fn linkage_quality(dir: &Path, data: &Path, key: &keys::EpochKey) -> anyhow::Result<LinkageQuality> {
+/// Linkage quality and the split rate: the share of true persons whose records linkage put in more than one person.
+fn linkage_quality(dir: &Path, data: &Path, key: &keys::EpochKey) -> anyhow::Result<(LinkageQuality, f64)> {
     let schema = Schema::default_schema().map_err(|p| anyhow::anyhow!("built-in schema: {p:?}"))?;
     let tokenizer = Tokenizer::new(&schema, key)?;
     let out_dir = dir.join("linkage-check");
@@ -497,5 +488,6 @@ fn linkage_quality(dir: &Path, data: &Path, key: &keys::EpochKey) -> anyhow::Res
     }
     let report = link_files(&schema, &outputs, Some(&data.join("truth.csv")))?;
     let m = report.metrics.context("no linkage metrics")?;
-    Ok(LinkageQuality { precision: m.precision, recall: m.recall })
+    let split = if m.entities == 0 { 0.0 } else { m.entities_split as f64 / m.entities as f64 };
+    Ok((LinkageQuality { precision: m.precision, recall: m.recall }, split))
 }

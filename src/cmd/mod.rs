@@ -11,6 +11,7 @@ pub mod budget;
 pub mod ca;
 pub mod config;
 pub mod demo;
+pub mod evaluate;
 pub mod ingest;
 pub mod keys;
 pub mod link;

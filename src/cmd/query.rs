@@ -7,7 +7,10 @@ use anyhow::{bail, Context};
 
 use crate::evaluator::{Client, EvaluatorConfig};
 use crate::query::engine::Answer;
-use crate::steward::release::{QueryRequest, QueryResponse, BUDGET_PATH, CATALOG_PATH, QUERY_PATH, RELEASES_PATH};
+use crate::query::evaluation;
+use crate::steward::release::{
+    PlanResponse, QueryRequest, QueryResponse, BUDGET_PATH, CATALOG_PATH, QUERY_PATH, RELEASES_PATH,
+};
 
 /// Arguments of `divert query`.
 #[derive(Debug, clap::Args)]
@@ -20,7 +23,11 @@ The config names the evaluator's certificate and the steward:\n\
   role = \"evaluator\"\n  name = \"unm\"\n  program = \"demo-program\"\n  steward_url = \"https://localhost:7443\"\n\
   [tls]\n  cert = \"tls/cert.pem\"\n  key = \"tls/key.pem\"\n  ca = \"tls/ca.pem\"\n  crl = \"tls/crl.pem\"\n\n\
 Examples:\n  divert query --config unm.toml --catalog\n  divert query --config unm.toml --analysis arrests_before_after --param window_days=182\n\
-  divert query --config unm.toml --analysis any_arrest --epsilon 0.5 --dry-run\n  divert query --config unm.toml my-query.json --json\n  divert query --config unm.toml --budget")]
+  divert query --config unm.toml --analysis any_arrest --epsilon 0.5 --dry-run\n  divert query --config unm.toml my-query.json --json\n  divert query --config unm.toml --budget\n\
+  divert query --config unm.toml --plan config/evaluation.toml\n\n\
+--plan FILE plans a whole evaluation (config/evaluation.toml is the standard one): the epsilon of \
+each analysis and the 95% intervals expected at the plan's assumed cohort sizes, from the noise \
+distributions only. Nothing is read from the data and nothing is spent; `divert evaluate` runs it.")]
 pub struct QueryArgs {
     /// The evaluator's config file.
     #[arg(long, value_name = "FILE")]
@@ -53,6 +60,9 @@ pub struct QueryArgs {
     /// List this evaluator's past releases.
     #[arg(long, conflicts_with_all = ["analysis", "file"])]
     pub releases: bool,
+    /// Plan an evaluation (TOML, e.g. config/evaluation.toml): epsilon and expected 95% intervals per analysis; spends nothing.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["analysis", "file", "catalog", "budget", "releases", "dry_run", "epsilon"])]
+    pub plan: Option<PathBuf>,
 }
 
 pub fn run(args: QueryArgs) -> anyhow::Result<()> {
@@ -62,6 +72,16 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
     })?;
     let client = Client::new(config)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if let Some(plan_file) = &args.plan {
+        let plan = super::evaluate::read_plan(plan_file)?;
+        let resp = super::evaluate::plan_at_steward(&rt, &client, &plan)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&resp)?);
+        } else {
+            print_plan(&resp);
+        }
+        return Ok(());
+    }
     let (method, path, body) = if args.catalog {
         ("GET", CATALOG_PATH, None)
     } else if args.budget {
@@ -174,6 +194,53 @@ fn print_answer(a: &Answer) {
     }
 }
 
+fn print_plan(r: &PlanResponse) {
+    let ev = &r.evaluation;
+    println!("plan: {} (nothing read from the data, nothing spent)", ev.title);
+    for s in &ev.steps {
+        let params: Vec<String> = s.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut flags = Vec::new();
+        if s.headline {
+            flags.push("headline".to_string());
+        }
+        if s.persons_hash.is_some() {
+            flags.push("divides by the shared persons".to_string());
+        }
+        if s.released {
+            flags.push("released: replayed at no cost".to_string());
+        }
+        let flags = if flags.is_empty() { String::new() } else { format!("  [{}]", flags.join("; ")) };
+        println!("\n{} {}  ε {}{flags}", s.analysis, params.join(" "), s.epsilon);
+        if let (Some([lo, hi]), Some(reason)) = (s.bounds, &s.bounds_reason) {
+            println!("    clamp [{lo}, {hi}]: {reason}");
+        }
+        let shown = |c: &&crate::query::Cell| {
+            evaluation::is_main(c)
+                || s.analysis == evaluation::PERSONS
+                || (c.statistic == "share" && c.category.is_some())
+        };
+        for c in s.expected.iter().filter(shown) {
+            let stat = match &c.category {
+                Some(cat) => format!("{} {cat}", c.statistic),
+                None => c.statistic.clone(),
+            };
+            println!(
+                "    {:<32} {:<26} expected ± {:.4}  (at {:.4}: [{:.4}, {:.4}])",
+                group_label(&c.group),
+                stat,
+                (c.ci95.1 - c.ci95.0) / 2.0,
+                c.value,
+                c.ci95.0,
+                c.ci95.1
+            );
+        }
+    }
+    println!(
+        "\nplanned: {} ε of {}; not yet released: {} ε; budget: {} of {} left",
+        ev.epsilon_planned, ev.epsilon, ev.epsilon_needed, r.budget.left, r.budget.total
+    );
+}
+
 fn print_response(r: &QueryResponse) {
     if let Some(d) = &r.dry_run {
         println!("dry run (no data touched, no budget spent): epsilon {}", d.epsilon);
@@ -186,6 +253,9 @@ fn print_response(r: &QueryResponse) {
         if let Some([lo, hi]) = d.bounds {
             println!("  each person's value clamped to [{lo}, {hi}]");
         }
+    }
+    if let Some(n) = r.epsilon_needed {
+        println!("  this request would spend {n} ε now (with its shared denominator if not yet released)");
     }
     if let Some(a) = &r.answer {
         print_answer(a);

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use opendp::accuracy::discrete_laplacian_scale_to_accuracy;
 use opendp::core::Measurement;
 use opendp::domains::{AtomDomain, VectorDomain};
-use opendp::measurements::make_laplace;
+use opendp::measurements::{make_gaussian, make_laplace};
 use opendp::measures::MaxDivergence;
 use opendp::metrics::{AbsoluteDistance, L1Distance};
 use serde::{Deserialize, Serialize};
@@ -145,6 +145,63 @@ pub fn half_width(scale: f64, alpha: f64) -> Result<f64, DpError> {
 /// Half-width of the 95% interval of discrete Laplace noise of `scale`.
 pub fn ci95_half_width(scale: f64) -> Result<f64, DpError> {
     half_width(scale, ALPHA_95)
+}
+
+/// Measurement only (nothing is released this way; see docs/queries.md,
+/// "Why pure ε and discrete Laplace"): the zero-concentrated DP budget ρ
+/// whose conversion to (ε, δ)-DP by opendp's `make_zCDP_to_approxDP` gives
+/// exactly `epsilon` at `delta`, found by bisection on the scale of a
+/// discrete Gaussian measurement (`make_gaussian`) of sensitivity 1.
+pub fn zcdp_rho_for(epsilon: f64, delta: f64) -> Result<f64, DpError> {
+    use opendp::combinators::make_zCDP_to_approxDP;
+    use opendp::measures::ZeroConcentratedDivergence;
+    if !(epsilon.is_finite() && epsilon > 0.0 && delta > 0.0 && delta < 1.0) {
+        return Err(DpError::Epsilon(epsilon));
+    }
+    let eps_at = |scale: f64| -> Result<(f64, f64), DpError> {
+        let m = make_gaussian::<_, _, ZeroConcentratedDivergence>(
+            AtomDomain::<i64>::default(),
+            AbsoluteDistance::<i64>::default(),
+            scale,
+            None,
+        )?;
+        let rho = m.map(&1)?;
+        let profile = make_zCDP_to_approxDP(m)?.map(&1)?;
+        Ok((rho, profile.epsilon(delta)?))
+    };
+    // ε(δ) falls as the scale grows: find the scale where it meets `epsilon`.
+    let (mut lo, mut hi): (f64, f64) = (1e-3, 1e6);
+    for _ in 0..200 {
+        let mid = (lo * hi).sqrt();
+        if eps_at(mid)?.1 > epsilon {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(eps_at(hi)?.0)
+}
+
+/// Measurement only: the (1 − `alpha`) half-width of discrete Gaussian noise
+/// calibrated so that a release of L2 sensitivity `sensitivity` costs `rho`
+/// (zCDP): scale σ = Δ/√(2ρ), confirmed by opendp's privacy map of
+/// `make_gaussian`, half-width by opendp's `discrete_gaussian_scale_to_accuracy`.
+pub fn gaussian_half_width(sensitivity: i64, rho: f64, alpha: f64) -> Result<f64, DpError> {
+    use opendp::measures::ZeroConcentratedDivergence;
+    let mut scale = sensitivity as f64 / (2.0 * rho).sqrt();
+    for _ in 0..MAX_NUDGES {
+        let m = make_gaussian::<_, _, ZeroConcentratedDivergence>(
+            AtomDomain::<i64>::default(),
+            AbsoluteDistance::<i64>::default(),
+            scale,
+            None,
+        )?;
+        if m.map(&sensitivity)? <= rho {
+            return Ok(opendp::accuracy::discrete_gaussian_scale_to_accuracy(scale, alpha)?);
+        }
+        scale = next_up(scale);
+    }
+    Err(DpError::PrivacyMap { sensitivity, epsilon: rho, scale })
 }
 
 /// The real mechanism: opendp's discrete Laplace with OpenSSL randomness.
@@ -339,6 +396,25 @@ mod tests {
             return Err(format!("coverage {} of the 95% interval: z = {z}", covered / n));
         }
         Ok(())
+    }
+
+    #[test]
+    fn zcdp_measurement_matches_the_textbook_bounds() {
+        // opendp's conversion is at least as tight as ε = ρ + 2√(ρ ln(1/δ)) (Bun and Steinke).
+        let (eps, delta) = (2.0, 1e-7);
+        let rho = zcdp_rho_for(eps, delta).unwrap();
+        let classic = {
+            let l = (1.0 / delta).ln();
+            let x = -l.sqrt() + (l + eps).sqrt();
+            x * x
+        };
+        assert!(rho >= classic * (1.0 - 1e-6) && rho < 2.0 * classic, "ρ {rho}, textbook {classic}");
+        // σ = Δ/√(2ρ): the 95% half-width is about 1.96σ, and more budget narrows it.
+        let hw = gaussian_half_width(2, rho, 0.05).unwrap();
+        let sigma = 2.0 / (2.0 * rho).sqrt();
+        assert!((hw - 1.96 * sigma).abs() <= 1.5, "{hw} vs {}", 1.96 * sigma);
+        assert!(gaussian_half_width(2, 4.0 * rho, 0.05).unwrap() < hw);
+        assert!(zcdp_rho_for(0.0, delta).is_err() && zcdp_rho_for(eps, 0.0).is_err());
     }
 
     #[test]

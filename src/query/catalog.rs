@@ -17,14 +17,15 @@
 //! grouping), cohort filters `arm`, `sex`, `age_band`, `race_ethnicity`,
 //! `referral_type` (comma-separated values; empty: all) and, when it sums
 //! per-person values, `lower` and `upper` (the clamp; empty: the analysis
-//! default).
+//! default); and `persons_epsilon`, the shared denominator (empty: the
+//! query releases its own count).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::model::{
-    At, Category, Cohort, Match, Outcome, Query, Require, Scalar, Statistic, Window, MAX_DAY, MAX_MONTH,
+    At, Category, Cohort, Match, Outcome, Query, Require, Scalar, SharedPersons, Statistic, Window, MAX_DAY, MAX_MONTH,
 };
 use super::QueryError;
 
@@ -154,6 +155,11 @@ impl Analysis {
         q.cohort.age_band = filter("age_band");
         q.cohort.race_ethnicity = filter("race_ethnicity");
         q.cohort.referral_type = filter("referral_type");
+        let shared = p.get("persons_epsilon").trim();
+        if !shared.is_empty() {
+            let epsilon: f64 = shared.parse().map_err(|_| p.err("persons_epsilon", "not a number"))?;
+            q.persons = Some(SharedPersons { epsilon });
+        }
         if self.numeric {
             let (lower, upper) = (p.get("lower").trim(), p.get("upper").trim());
             if !lower.is_empty() || !upper.is_empty() {
@@ -189,6 +195,12 @@ fn common(numeric: bool) -> Vec<Parameter> {
         param("age_band", "", "cohort filter: under_18, 18-25, 26-35, 36-45, 46-55, 56+, unknown; empty: all"),
         param("race_ethnicity", "", "cohort filter: comma-separated values; empty: all"),
         param("referral_type", "", "cohort filter: arrest, social_contact; empty: all"),
+        param(
+            "persons_epsilon",
+            "",
+            "divide by the shared census of the cohort and grouping, released once at this epsilon and reused \
+             (means, differences, rates and shares of outcomes every person has); empty: the query's own count",
+        ),
     ];
     if numeric {
         v.push(param("lower", "", "per-person clamp, lower end; empty: the analysis default"));
@@ -206,6 +218,7 @@ fn base(outcome: Outcome, statistic: Statistic) -> Query {
         group_by: Vec::new(),
         bounds: None,
         epsilon: 1.0,
+        persons: None,
     }
 }
 

@@ -52,6 +52,8 @@ pub const MAX_CELLS: usize = 10_000;
 pub const FUNNEL_STAGES: [&str; 4] = ["ineligible", "declined", "no_timely_intake", "enrolled"];
 /// Label of the bin of a missing status value.
 pub const MISSING: &str = "missing";
+/// Statistic of the between-arm difference of a before/after change (difference in differences).
+pub const DID: &str = "difference_in_differences";
 
 /// A noisy release a plan will make.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +79,12 @@ pub struct DryRun {
     pub bounds: Option<[i64; 2]>,
     pub epsilon: f64,
     pub releases: Vec<PlannedRelease>,
+    /// The shared census the query divides by (released once, reused for free; see `Query::persons`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persons: Option<Box<DryRun>>,
+    /// The most bytes the answer can take (the steward refuses a query whose answer it could not keep).
+    #[serde(default)]
+    pub max_answer_bytes: usize,
 }
 
 /// One noisy release a value was computed from.
@@ -341,6 +349,8 @@ enum Shape {
     Sum,
     /// A sum and a count per group.
     SumCount,
+    /// One sum per group, divided by the shared census of the cohort and grouping (`Query::persons`).
+    SumShared,
 }
 
 /// A checked query, with every release it will make.
@@ -366,6 +376,8 @@ pub struct Plan {
     groups: usize,
     bounds: Option<[i64; 2]>,
     releases: Vec<PlannedRelease>,
+    /// The plan of the shared census this query divides by (`Query::persons`).
+    census: Option<Box<Plan>>,
 }
 
 fn err_field(kind: &str, field: &str, reason: impl Into<String>) -> QueryError {
@@ -670,6 +682,24 @@ pub fn plan(query: &Query, schema: &Schema) -> Result<Plan, QueryError> {
         }
     };
 
+    // A shared denominator counts the cohort's persons per group: it is the
+    // right denominator only when every one of them has a value to sum.
+    let census = match query.census() {
+        None => None,
+        Some(census_query) => {
+            if !query.can_share_persons() {
+                return Err(QueryError::Unsupported(
+                    "`persons` (a shared denominator) needs a mean, difference, rate or share of an outcome every \
+                     cohort person has (count, any, none, days_to_first, days_covered); a status leaves out persons \
+                     without a record: drop `persons`"
+                        .into(),
+                ));
+            }
+            Some(Box::new(plan(&census_query, schema)?))
+        }
+    };
+    let shape = if census.is_some() { Shape::SumShared } else { shape };
+
     // Bounds.
     let rule = query.bounds_rule()?;
     let bounds = match (rule, query.bounds) {
@@ -743,6 +773,7 @@ pub fn plan(query: &Query, schema: &Schema) -> Result<Plan, QueryError> {
             let (e_sum, e_count) = split(epsilon);
             vec![planned("sum", groups, sum_sensitivity, e_sum)?, planned("count", groups, 1, e_count)?]
         }
+        Shape::SumShared => vec![planned("sum", groups, sum_sensitivity, epsilon)?],
     };
 
     let canonical = query.canonical();
@@ -764,6 +795,7 @@ pub fn plan(query: &Query, schema: &Schema) -> Result<Plan, QueryError> {
         groups,
         bounds,
         releases,
+        census,
     })
 }
 
@@ -826,6 +858,8 @@ impl Plan {
             bounds: self.bounds,
             epsilon: self.query.epsilon,
             releases: self.releases.clone(),
+            persons: self.census.as_ref().map(|c| Box::new(c.dry_run())),
+            max_answer_bytes: self.max_answer_bytes(),
         }
     }
 
@@ -869,7 +903,8 @@ impl Plan {
         let g = self.groups;
         let nb = self.bins.len();
         let mut count = vec![0i64; if matches!(self.shape, Shape::Count | Shape::SumCount) { g } else { 0 }];
-        let mut sum = vec![0i64; if matches!(self.shape, Shape::Sum | Shape::SumCount) { g } else { 0 }];
+        let mut sum =
+            vec![0i64; if matches!(self.shape, Shape::Sum | Shape::SumCount | Shape::SumShared) { g } else { 0 }];
         let mut bins = vec![0i64; if self.shape == Shape::Bins { g * nb } else { 0 }];
         let clamp = |v: i64| match self.bounds {
             Some([l, u]) => v.clamp(l, u),
@@ -900,7 +935,7 @@ impl Plan {
                     }
                 }
                 Shape::Sum => sum[group] += clamp(v),
-                Shape::SumCount => {
+                Shape::SumCount | Shape::SumShared => {
                     let v = match self.baseline {
                         Some(b) => match self.value.of(pop, p, Some(b)) {
                             Some(before) => v - before,
@@ -909,14 +944,16 @@ impl Plan {
                         None => v,
                     };
                     sum[group] += clamp(v);
-                    count[group] += 1;
+                    if self.shape == Shape::SumCount {
+                        count[group] += 1;
+                    }
                 }
             }
         }
         match self.shape {
             Shape::Count => vec![count],
             Shape::Bins => vec![bins],
-            Shape::Sum => vec![sum],
+            Shape::Sum | Shape::SumShared => vec![sum],
             Shape::SumCount => vec![sum, count],
         }
     }
@@ -924,11 +961,26 @@ impl Plan {
 
 /// Run a plan over a population, drawing noise from `noise`.
 ///
-/// The caller reserves the plan's epsilon before calling (the steward's ledger).
+/// The caller reserves the plan's epsilon before calling (the steward's
+/// ledger). A plan with a shared denominator needs its census: use
+/// [`execute_with_census`].
 pub fn execute(plan: &Plan, population: &Population, noise: &mut dyn Noise) -> Result<Answer, QueryError> {
+    execute_with_census(plan, population, noise, None)
+}
+
+/// Run a plan whose denominator is the shared census `census` (the released
+/// answer of `plan.census()`), drawing noise for the plan's own releases only.
+/// The census is post-processed, not released again: it costs nothing here.
+pub fn execute_with_census(
+    plan: &Plan,
+    population: &Population,
+    noise: &mut dyn Noise,
+    census: Option<&Answer>,
+) -> Result<Answer, QueryError> {
     if plan.layout != population.layout || plan.categories != population.categories {
         return Err(QueryError::SchemaMismatch);
     }
+    let census = plan.census_releases(census)?;
     let totals = plan.aggregate(population);
     let mut released: Vec<Vec<Release>> = Vec::with_capacity(totals.len());
     for (r, values) in plan.releases.iter().zip(&totals) {
@@ -939,17 +991,188 @@ pub fn execute(plan: &Plan, population: &Population, noise: &mut dyn Noise) -> R
         released.push(out);
     }
     drop(totals);
-    let values = cells(plan, &released)?;
-    Ok(Answer {
-        query_hash: plan.hash.clone(),
-        canonical: plan.canonical.clone(),
-        statistic: plan.query.statistic.name().into(),
-        bounds: plan.bounds,
-        epsilon_spent: plan.query.epsilon,
-        budget_left: None,
-        releases: plan.releases.clone(),
-        values,
-    })
+    Ok(plan.answer(cells(plan, &released, census.as_deref())?))
+}
+
+/// An answer-sized f64 that takes the most characters serde_json can write (24).
+const WIDEST_F64: f64 = -2.2250738585072014e-308;
+
+/// Counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Plan {
+    /// How many groups the query releases values for.
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    /// The plan of the shared census this query divides by, if it names one (`Query::persons`).
+    pub fn census(&self) -> Option<&Plan> {
+        self.census.as_deref()
+    }
+
+    fn answer(&self, values: Vec<Cell>) -> Answer {
+        Answer {
+            query_hash: self.hash.clone(),
+            canonical: self.canonical.clone(),
+            statistic: self.query.statistic.name().into(),
+            bounds: self.bounds,
+            epsilon_spent: self.query.epsilon,
+            budget_left: None,
+            releases: self.releases.clone(),
+            values,
+        }
+    }
+
+    /// The census's noisy counts, one per group, from its released answer; checks that it is this plan's census.
+    fn census_releases(&self, census: Option<&Answer>) -> Result<Option<Vec<Release>>, QueryError> {
+        let (Some(plan), Some(answer)) = (self.census.as_deref(), census) else {
+            return match (&self.census, census) {
+                (None, None) => Ok(None),
+                (Some(_), None) => Err(QueryError::Unsupported(
+                    "this query divides by a shared census: release the census first".into(),
+                )),
+                _ => Err(QueryError::Unsupported("a census was given to a query that has its own count".into())),
+            };
+        };
+        let wrong = || QueryError::Unsupported("the census given is not the one this query divides by".into());
+        if answer.query_hash != plan.hash || answer.values.len() != self.groups {
+            return Err(wrong());
+        }
+        let release = plan.releases.first().ok_or_else(wrong)?;
+        answer
+            .values
+            .iter()
+            .enumerate()
+            .map(|(g, cell)| {
+                let noisy = cell.noisy.first().ok_or_else(wrong)?;
+                if cell.statistic != "count" || cell.group != self.group_labels(g) {
+                    return Err(wrong());
+                }
+                Ok(Release {
+                    value: noisy.value,
+                    sensitivity: release.sensitivity,
+                    epsilon: release.epsilon,
+                    scale: noisy.noise_scale,
+                    ci95_half_width: noisy.ci95_half_width,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// The values the answer would hold if every noisy release came out at
+    /// its expected value: `persons(group)` persons in each group, each with
+    /// the per-person value `assumed` (a mean, a mean change, a share, or the
+    /// per-person value in a rate's window; a histogram's persons spread
+    /// evenly over its bins). Intervals are computed by the very code that
+    /// computes released ones, from the noise scales alone: no data, no noise.
+    pub fn expected(
+        &self,
+        persons: &dyn Fn(&BTreeMap<String, String>) -> f64,
+        assumed: f64,
+    ) -> Result<Answer, QueryError> {
+        let release = |value: f64, r: &PlannedRelease| Release {
+            value: value.round() as i64,
+            sensitivity: r.sensitivity,
+            epsilon: r.epsilon,
+            scale: r.noise_scale,
+            ci95_half_width: r.ci95_half_width,
+        };
+        let nb = self.bins.len();
+        let mut released: Vec<Vec<Release>> = self.releases.iter().map(|_| Vec::new()).collect();
+        let mut census = Vec::new();
+        for g in 0..self.groups {
+            let n = persons(&self.group_labels(g)).max(0.0);
+            if let Some(c) = &self.census {
+                let r =
+                    c.releases.first().ok_or_else(|| QueryError::Unsupported("a census without a release".into()))?;
+                census.push(release(n, r));
+            }
+            for (i, r) in self.releases.iter().enumerate() {
+                match (self.shape, i) {
+                    (Shape::Count, _) if self.query.outcome.is_none() => released[i].push(release(n, r)),
+                    (Shape::Count, _) => released[i].push(release(assumed.clamp(0.0, 1.0) * n, r)),
+                    (Shape::Bins, _) if matches!(self.query.statistic, Statistic::Share {}) => {
+                        let yes = assumed.clamp(0.0, 1.0) * n;
+                        released[i].push(release(yes, r));
+                        released[i].push(release(n - yes, r));
+                    }
+                    (Shape::Bins, _) => {
+                        released[i].extend((0..nb).map(|_| release(n / nb.max(1) as f64, r)));
+                    }
+                    (Shape::SumCount, 1) => released[i].push(release(n, r)),
+                    _ => released[i].push(release(assumed * n, r)),
+                }
+            }
+        }
+        let census = self.census.as_ref().map(|_| census);
+        Ok(self.answer(cells(self, &released, census.as_deref())?))
+    }
+
+    /// The most bytes the JSON of this query's answer can take, whatever the
+    /// data and the noise: the answer's shape is fixed by the plan, and every
+    /// number is written at its widest. Touches no data.
+    pub fn max_answer_bytes(&self) -> usize {
+        // The shape comes from the planned releases; the numbers are widened below.
+        let widest = |r: &PlannedRelease| Release {
+            value: 1,
+            sensitivity: r.sensitivity,
+            epsilon: r.epsilon,
+            scale: r.noise_scale,
+            ci95_half_width: r.ci95_half_width,
+        };
+        let mut released: Vec<Vec<Release>> =
+            self.releases.iter().map(|r| (0..r.values).map(|_| widest(r)).collect()).collect();
+        let census: Option<Vec<Release>> = match self.census.as_ref().map(|c| c.releases.first()) {
+            None => None,
+            Some(Some(r)) => Some((0..self.groups).map(|_| widest(r)).collect()),
+            Some(None) => return usize::MAX,
+        };
+        // Any values will do for the shape; the numbers are widened below.
+        for r in released.iter_mut().flatten() {
+            r.value = 1;
+        }
+        let Ok(mut values) = cells(self, &released, census.as_deref()) else {
+            return usize::MAX;
+        };
+        for c in &mut values {
+            c.value = WIDEST_F64;
+            c.ci95 = (WIDEST_F64, WIDEST_F64);
+            c.noise_scale = WIDEST_F64;
+            c.epsilon = WIDEST_F64;
+            for n in &mut c.noisy {
+                n.value = i64::MIN;
+                n.noise_scale = WIDEST_F64;
+                n.ci95_half_width = WIDEST_F64;
+            }
+        }
+        let mut answer = self.answer(values);
+        answer.budget_left = Some(WIDEST_F64);
+        answer.epsilon_spent = WIDEST_F64;
+        for r in &mut answer.releases {
+            r.values = usize::MAX;
+            r.sensitivity = i64::MIN;
+            r.epsilon = WIDEST_F64;
+            r.noise_scale = WIDEST_F64;
+            r.ci95_half_width = WIDEST_F64;
+        }
+        let mut count = ByteCount(0);
+        match serde_json::to_writer(&mut count, &answer) {
+            Ok(()) => count.0,
+            Err(_) => usize::MAX,
+        }
+    }
 }
 
 /// A noisy input of a value, with its half-width at the value's share of α.
@@ -1022,7 +1245,11 @@ fn count_cell(group: &BTreeMap<String, String>, statistic: &str, category: Optio
     let v: f64 = ins.iter().map(In::v).sum();
     let lo: f64 = ins.iter().map(In::lo).sum();
     let hi: f64 = ins.iter().map(In::hi).sum();
-    cell(group, statistic, category, v.max(0.0), (lo.max(0.0), hi.max(0.0)), ins)
+    // A count is never below 0: a noisy value below 0 is shown as 0, and its
+    // interval cut at 0 could be [0, 0] or [0, 0.3] — which reads as exact.
+    // The interval is then the half-width above the value shown: [0, a].
+    let ci95 = if v >= 0.0 { (lo.max(0.0), hi) } else { (0.0, hi.max(ins.iter().map(|i| i.hw).sum())) };
+    cell(group, statistic, category, v.max(0.0), ci95, ins)
 }
 
 /// Share y / (y + n) of noisy counts `yes` and `no` (n may be several releases), with its interval.
@@ -1041,8 +1268,13 @@ fn share_cell(group: &BTreeMap<String, String>, category: Option<&str>, ins: &[I
 
 /// Mean S / N of a noisy sum and count, clamped to the bounds, with its interval; `scale` multiplies it (rates).
 fn mean_cell(group: &BTreeMap<String, String>, statistic: &str, bounds: [i64; 2], scale: f64, ins: &[In<'_>]) -> Cell {
+    let (value, lo, hi) = mean_range(bounds, &ins[0], &ins[1]);
+    cell(group, statistic, None, value * scale, (lo * scale, hi * scale), ins)
+}
+
+/// (value, low, high) of the mean S / N of a noisy sum and count, clamped to the bounds, over the box of their intervals.
+fn mean_range(bounds: [i64; 2], s: &In<'_>, n: &In<'_>) -> (f64, f64, f64) {
     let (lo_b, hi_b) = (bounds[0] as f64, bounds[1] as f64);
-    let (s, n) = (&ins[0], &ins[1]);
     let value = if n.v() >= 1.0 { (s.v() / n.v()).clamp(lo_b, hi_b) } else { (lo_b + hi_b) / 2.0 };
     // The true count is a whole number and at least 1 for a mean to exist.
     let (n_lo, n_hi) = (n.lo().max(1.0), n.hi());
@@ -1057,14 +1289,32 @@ fn mean_cell(group: &BTreeMap<String, String>, statistic: &str, bounds: [i64; 2]
         // The value is inside the corners' hull up to clamping; widen for the rare edge.
         (lo.clamp(lo_b, hi_b).min(value), hi.clamp(lo_b, hi_b).max(value))
     };
-    cell(group, statistic, None, value * scale, (lo * scale, hi * scale), ins)
+    (value, lo, hi)
+}
+
+/// The difference in differences of a before/after change between two groups
+/// (the first minus the second), from each group's noisy sum and count: all
+/// four inputs at α = 0.05/4, and the range of the difference of the two
+/// means over that box (a union bound: at least 95%). Post-processing only.
+fn did_cell(
+    label: BTreeMap<String, String>,
+    bounds: [i64; 2],
+    first: (&Release, &str, &Release),
+    second: (&Release, &str, &Release),
+) -> Result<Cell, QueryError> {
+    let ins = inputs(&[("sum", first.0), (first.1, first.2), ("sum", second.0), (second.1, second.2)])?;
+    let (v1, lo1, hi1) = mean_range(bounds, &ins[0], &ins[1]);
+    let (v2, lo2, hi2) = mean_range(bounds, &ins[2], &ins[3]);
+    Ok(cell(&label, DID, None, v1 - v2, (lo1 - hi2, hi1 - lo2), &ins))
 }
 
 /// The answer's values from the noisy releases.
-fn cells(plan: &Plan, released: &[Vec<Release>]) -> Result<Vec<Cell>, QueryError> {
+fn cells(plan: &Plan, released: &[Vec<Release>], census: Option<&[Release]>) -> Result<Vec<Cell>, QueryError> {
     let mut out = Vec::new();
     let nb = plan.bins.len();
     let window_days = plan.query.outcome.as_ref().and_then(Outcome::window).map_or(1, Window::days) as f64;
+    // Per group: (sum, name of the denominator, denominator), for the difference in differences.
+    let mut changes: Vec<(&Release, &str, &Release)> = Vec::new();
     for g in 0..plan.groups {
         let group = plan.group_labels(g);
         match plan.shape {
@@ -1082,14 +1332,27 @@ fn cells(plan: &Plan, released: &[Vec<Release>]) -> Result<Vec<Cell>, QueryError
                 };
                 out.push(c);
             }
-            Shape::SumCount => {
-                let (s, n) = (&released[0][g], &released[1][g]);
+            Shape::SumCount | Shape::SumShared => {
+                let shared = plan.shape == Shape::SumShared;
+                let (s, n, n_name) = if shared {
+                    let census = census.ok_or_else(|| {
+                        QueryError::Unsupported(
+                            "this query divides by a shared census: release the census first".into(),
+                        )
+                    })?;
+                    let n = census.get(g).ok_or_else(|| {
+                        QueryError::Unsupported("the census given is not the one this query divides by".into())
+                    })?;
+                    (&released[0][g], n, "persons")
+                } else {
+                    (&released[0][g], &released[1][g], "count")
+                };
                 let bounds = plan.bounds.unwrap_or([0, 1]);
-                let both = inputs(&[("sum", s), ("count", n)])?;
+                let both = inputs(&[("sum", s), (n_name, n)])?;
                 match &plan.query.statistic {
                     Statistic::Rate { per_days } => {
                         out.push(mean_cell(&group, "rate", bounds, f64::from(*per_days) / window_days, &both));
-                        let ins = inputs(&[("count", n)])?;
+                        let ins = inputs(&[(n_name, n)])?;
                         let mut c = count_cell(&group, "person_days", None, &ins);
                         c.value *= window_days;
                         c.ci95 = (c.ci95.0 * window_days, c.ci95.1 * window_days);
@@ -1097,12 +1360,14 @@ fn cells(plan: &Plan, released: &[Vec<Release>]) -> Result<Vec<Cell>, QueryError
                     }
                     Statistic::Difference { .. } => {
                         out.push(mean_cell(&group, "mean_difference", bounds, 1.0, &both));
-                        out.push(count_cell(&group, "persons", None, &inputs(&[("count", n)])?));
+                        changes.push((s, n_name, n));
                     }
-                    _ => {
-                        out.push(mean_cell(&group, "mean", bounds, 1.0, &both));
-                        out.push(count_cell(&group, "persons", None, &inputs(&[("count", n)])?));
-                    }
+                    Statistic::Share {} => out.push(mean_cell(&group, "share", [0, 1], 1.0, &both)),
+                    _ => out.push(mean_cell(&group, "mean", bounds, 1.0, &both)),
+                }
+                // A shared census is its own answer: its counts are not repeated here.
+                if !shared && !matches!(plan.query.statistic, Statistic::Rate { .. }) {
+                    out.push(count_cell(&group, "persons", None, &inputs(&[(n_name, n)])?));
                 }
             }
             Shape::Bins => {
@@ -1124,6 +1389,14 @@ fn cells(plan: &Plan, released: &[Vec<Release>]) -> Result<Vec<Cell>, QueryError
                 out.push(count_cell(&group, "persons", None, &inputs(&all)?));
             }
         }
+    }
+    // Grouped by arm alone with two arms: the between-arm difference of the change.
+    let by_arm = matches!(plan.group_by.as_slice(), [(Category::Arm, codes)] if codes.len() == 2);
+    if let ([first, second], true) = (changes.as_slice(), by_arm) {
+        let (a, b) = (plan.group_labels(0), plan.group_labels(1));
+        let name = |m: &BTreeMap<String, String>| m.get(Category::Arm.as_str()).cloned().unwrap_or_default();
+        let label = BTreeMap::from([(Category::Arm.as_str().to_string(), format!("{} - {}", name(&a), name(&b)))]);
+        out.push(did_cell(label, plan.bounds.unwrap_or([0, 1]), *first, *second)?);
     }
     Ok(out)
 }
@@ -1321,6 +1594,135 @@ mod tests {
             let (a, b) = split(e);
             assert!(a + b <= e && a > 0.0 && b > 0.0, "{e}");
         }
+    }
+
+    #[test]
+    fn a_shared_denominator_is_the_census_of_the_same_cohort_and_grouping() {
+        let s = schema();
+        let census_q = r#"{"statistic":{"type":"count"},"group_by":["arm"],"epsilon":0.5}"#;
+        let census_plan = plan(&Query::parse(census_q).unwrap(), &s).unwrap();
+        let census = execute(&census_plan, &pop(), &mut Exact).unwrap();
+        let q = r#"{"outcome":{"type":"count","kind":"arrest","window":[0,181]},"statistic":{"type":"difference","baseline":[-182,-1]},"group_by":["arm"],"persons":{"epsilon":0.5},"epsilon":1}"#;
+        let p = plan(&Query::parse(q).unwrap(), &s).unwrap();
+        assert_eq!(p.census().map(Plan::hash), Some(census_plan.hash()), "the census is the same query");
+        // The query's own releases: the sum only, at its whole epsilon.
+        assert_eq!(p.releases().len(), 1);
+        assert_eq!((p.releases()[0].name.as_str(), p.releases()[0].epsilon), ("sum", 1.0));
+        let a = execute_with_census(&p, &pop(), &mut Exact, Some(&census)).unwrap();
+        assert_eq!(value(&a, &[("arm", "diversion")], "mean_difference", None), 2.0, "((1 - 2) + 5) / 2");
+        assert_eq!(value(&a, &[("arm", "comparison")], "mean_difference", None), 0.0);
+        assert!(!a.values.iter().any(|c| c.statistic == "persons"), "the census's counts are its own answer");
+        let cell = a.values.iter().find(|c| c.statistic == "mean_difference").unwrap();
+        assert_eq!(cell.epsilon, 1.5, "the value depends on the sum (1) and the census (0.5)");
+        assert_eq!(cell.noisy[1].release, "persons");
+        // The difference in differences: diversion minus comparison.
+        assert_eq!(value(&a, &[("arm", "diversion - comparison")], DID, None), 2.0);
+
+        // Without the census, or with another one, nothing is computed.
+        assert!(execute(&p, &pop(), &mut Exact).is_err());
+        let other = plan(&Query::parse(r#"{"statistic":{"type":"count"},"epsilon":0.5}"#).unwrap(), &s).unwrap();
+        let other = execute(&other, &pop(), &mut Exact).unwrap();
+        let e = execute_with_census(&p, &pop(), &mut Exact, Some(&other)).unwrap_err().to_string();
+        assert!(e.contains("not the one"), "{e}");
+
+        // A share divides its count of ones by the census.
+        let q = r#"{"outcome":{"type":"any","kind":"arrest","where":{"warrant":false},"window":[0,181]},"statistic":{"type":"share"},"group_by":["arm"],"persons":{"epsilon":0.5},"epsilon":1}"#;
+        let p = plan(&Query::parse(q).unwrap(), &s).unwrap();
+        let a = execute_with_census(&p, &pop(), &mut Exact, Some(&census)).unwrap();
+        assert_eq!(value(&a, &[("arm", "diversion")], "share", None), 0.5);
+
+        // Refused where the census is not the denominator: statuses leave persons out; counts have none.
+        for q in [
+            r#"{"outcome":{"type":"status","kind":"monthly_status","field":"housing","values":["permanent"],"at":{"month":6,"of":"intake"}},"statistic":{"type":"share"},"persons":{"epsilon":0.5},"epsilon":1}"#,
+            r#"{"statistic":{"type":"count"},"persons":{"epsilon":0.5},"epsilon":1}"#,
+            r#"{"outcome":{"type":"funnel"},"statistic":{"type":"histogram"},"persons":{"epsilon":0.5},"epsilon":1}"#,
+        ] {
+            let e = plan(&Query::parse(q).unwrap(), &s).unwrap_err().to_string();
+            assert!(e.contains("shared denominator"), "{q}: {e}");
+        }
+        // The census's epsilon is checked like any other.
+        let q = r#"{"outcome":{"type":"count","kind":"arrest","window":[0,181]},"statistic":{"type":"mean"},"persons":{"epsilon":0},"epsilon":1}"#;
+        assert!(matches!(plan(&Query::parse(q).unwrap(), &s), Err(QueryError::Epsilon(_))));
+    }
+
+    /// Every release comes out at a fixed noisy value.
+    struct Fixed(i64);
+    impl Noise for Fixed {
+        fn release(&mut self, _v: i64, sensitivity: i64, epsilon: f64) -> Result<Release, DpError> {
+            let scale = dp::noise_scale(sensitivity, epsilon)?;
+            Ok(Release { value: self.0, sensitivity, epsilon, scale, ci95_half_width: dp::ci95_half_width(scale)? })
+        }
+    }
+
+    #[test]
+    fn a_count_whose_interval_lies_below_zero_does_not_read_as_exact() {
+        let p = plan(&Query::parse(r#"{"statistic":{"type":"count"},"epsilon":1}"#).unwrap(), &schema()).unwrap();
+        let a = execute(&p, &pop(), &mut Fixed(-50)).unwrap();
+        let c = &a.values[0];
+        let hw = p.releases()[0].ci95_half_width;
+        assert_eq!(c.value, 0.0);
+        assert_eq!(c.ci95, (0.0, hw), "the half-width above the value shown, not [0, 0]");
+        // Below 0 but within the half-width: still [0, a], not [0, a - 1] (which rounds towards [0, 0]).
+        let a = execute(&p, &pop(), &mut Fixed(-1)).unwrap();
+        assert_eq!(a.values[0].ci95, (0.0, hw));
+        let a = execute(&p, &pop(), &mut Fixed(1)).unwrap();
+        assert_eq!(a.values[0].ci95, (0.0, 1.0 + hw), "an interval reaching above 0 is cut at 0");
+    }
+
+    #[test]
+    fn the_answer_never_exceeds_its_planned_size() {
+        let s = schema();
+        let census = execute(
+            &plan(&Query::parse(r#"{"statistic":{"type":"count"},"group_by":["arm"],"epsilon":0.5}"#).unwrap(), &s)
+                .unwrap(),
+            &pop(),
+            &mut OpenDpNoise::new(),
+        )
+        .unwrap();
+        for (q, shared) in [
+            (
+                r#"{"outcome":{"type":"count","kind":"arrest","window":[0,181]},"statistic":{"type":"mean"},"group_by":["arm","sex"],"epsilon":0.3}"#,
+                false,
+            ),
+            (
+                r#"{"outcome":{"type":"funnel"},"statistic":{"type":"histogram"},"group_by":["arm","age_band"],"epsilon":0.001}"#,
+                false,
+            ),
+            (
+                r#"{"outcome":{"type":"count","kind":"arrest","window":[0,181]},"statistic":{"type":"difference","baseline":[-182,-1]},"group_by":["arm"],"persons":{"epsilon":0.5},"epsilon":0.000001}"#,
+                true,
+            ),
+        ] {
+            let p = plan(&Query::parse(q).unwrap(), &s).unwrap();
+            for v in [-1_000_000_000, 0, 7, i64::MAX / 4] {
+                let mut a = execute_with_census(&p, &pop(), &mut Fixed(v), shared.then_some(&census)).unwrap();
+                a.budget_left = Some(1.0 / 3.0);
+                let bytes = serde_json::to_vec(&a).unwrap().len();
+                assert!(bytes <= p.max_answer_bytes(), "{q}: {bytes} > {}", p.max_answer_bytes());
+                assert!(p.max_answer_bytes() < 3 * bytes, "{q}: a loose bound {} for {bytes}", p.max_answer_bytes());
+            }
+            assert_eq!(p.dry_run().max_answer_bytes, p.max_answer_bytes());
+        }
+    }
+
+    #[test]
+    fn expected_values_use_the_released_intervals_code() {
+        let s = schema();
+        let q = r#"{"outcome":{"type":"count","kind":"arrest","window":[0,181]},"statistic":{"type":"mean"},"cohort":{"arm":["diversion"]},"bounds":[0,3],"epsilon":0.7}"#;
+        let p = plan(&Query::parse(q).unwrap(), &s).unwrap();
+        let a = execute(&p, &pop(), &mut OpenDpNoise::new()).unwrap();
+        let noisy = &a.values[0].noisy;
+        let (sum, n) = (noisy[0].value as f64, noisy[1].value as f64);
+        // At the released noisy values, the expected answer is the released one.
+        let e = p.expected(&|_| n, if n != 0.0 { sum / n } else { 0.0 }).unwrap();
+        if n >= 1.0 {
+            assert_eq!(e.values, a.values);
+        }
+        // At assumed sizes: the noise scales only, no data.
+        let e = p.expected(&|_| 170.0, 0.5).unwrap();
+        let mean = e.values.iter().find(|c| c.statistic == "mean").unwrap();
+        assert_eq!(mean.value, 85.0 / 170.0);
+        assert!(mean.ci95.0 < 0.5 && mean.ci95.1 > 0.5);
     }
 
     #[test]

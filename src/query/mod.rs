@@ -9,6 +9,9 @@
 //!   sensitivity and epsilon, a dry run) and `execute` (per-person values,
 //!   clamping, aggregation, noise through `crate::dp`, post-processing).
 //! - `catalog`: the named standard analyses of a diversion-program evaluation.
+//! - `evaluation`: an evaluation as a plan of analyses (headline first) and
+//!   the planner that shares the budget among them and predicts their
+//!   intervals from the noise distributions alone.
 //!
 //! Nothing this module returns carries a person id, a token, a row or an
 //! exact aggregate: an `Answer` holds only noisy releases and their
@@ -17,6 +20,7 @@
 
 pub mod catalog;
 pub mod engine;
+pub mod evaluation;
 pub mod model;
 pub mod population;
 
@@ -57,6 +61,8 @@ pub enum QueryError {
     Parameter { analysis: String, parameter: String, reason: String },
     #[error("unknown analysis `{0}`")]
     UnknownAnalysis(String),
+    #[error("evaluation plan: {0}")]
+    Plan(String),
     #[error("noise: {0}")]
     Noise(#[from] DpError),
 }

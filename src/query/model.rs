@@ -433,6 +433,20 @@ pub struct Query {
     #[serde(default)]
     pub bounds: Option<[i64; 2]>,
     pub epsilon: f64,
+    /// The denominator of a mean, difference, rate or share: the shared
+    /// census of this cohort and grouping (released once at its own epsilon,
+    /// reused for free by every query that names it) instead of a count of
+    /// the query's own. Absent: the query releases its own count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persons: Option<SharedPersons>,
+}
+
+/// A shared denominator: the noisy number of persons of a cohort and grouping, released once (see `Query::census`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedPersons {
+    /// The epsilon the census is (or was) released at; part of its identity.
+    pub epsilon: f64,
 }
 
 impl Query {
@@ -520,7 +534,37 @@ impl Query {
             group_by,
             bounds: self.effective_bounds(),
             epsilon: self.epsilon,
+            persons: self.persons,
         }
+    }
+
+    /// Whether a shared census can be this query's denominator: a mean,
+    /// difference, rate or share of an outcome every cohort person has (one
+    /// counted over a window; a status leaves out persons without a record).
+    pub fn can_share_persons(&self) -> bool {
+        matches!(
+            self.statistic,
+            Statistic::Mean {} | Statistic::Difference { .. } | Statistic::Rate { .. } | Statistic::Share {}
+        ) && self.outcome.as_ref().and_then(Outcome::window).is_some()
+    }
+
+    /// The census a query with a shared denominator divides by: the persons
+    /// of the same cohort (categories, required events, anchor) counted per
+    /// group of the same grouping, at the shared epsilon. `None` without
+    /// `persons`. Two queries over the same cohort and grouping name the same
+    /// census (same canonical form), so it is released once and reused.
+    pub fn census(&self) -> Option<Query> {
+        let shared = self.persons?;
+        Some(Query {
+            cohort: self.cohort.clone(),
+            anchor: self.anchor,
+            outcome: None,
+            statistic: Statistic::Count {},
+            group_by: self.group_by.clone(),
+            bounds: None,
+            epsilon: shared.epsilon,
+            persons: None,
+        })
     }
 
     /// Stable JSON text of the normalized query: sorted keys, no spaces. Used for caching and hashing.

@@ -68,7 +68,11 @@ pub struct Accepted {
 }
 
 pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Resp {
-    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    json_bytes_response(status, serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec()))
+}
+
+/// A response of JSON already serialized (a stored answer goes out byte for byte).
+pub(crate) fn json_bytes_response(status: StatusCode, body: Vec<u8>) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -146,20 +150,26 @@ pub(crate) async fn route(st: Arc<Steward>, peer: Arc<Peer>, req: Request<Incomi
         (super::release::QUERY_PATH, Role::Evaluator) if req.method() == Method::POST => {
             super::release::post_query(&st, &peer, req).await
         }
+        (super::release::PLAN_PATH, Role::Evaluator) if req.method() == Method::POST => {
+            super::release::post_plan(&st, &peer, req).await
+        }
         (
             super::release::CATALOG_PATH
             | super::release::BUDGET_PATH
             | super::release::RELEASES_PATH
-            | super::release::QUERY_PATH,
+            | super::release::QUERY_PATH
+            | super::release::PLAN_PATH,
             Role::Evaluator,
         ) => {
-            let allow = if req.uri().path() == super::release::QUERY_PATH { "POST" } else { "GET" };
+            let path = req.uri().path();
+            let post = path == super::release::QUERY_PATH || path == super::release::PLAN_PATH;
+            let allow = if post { "POST" } else { "GET" };
             let mut resp = refuse_unread(
                 &st,
                 &peer,
                 Refusal::NotFound,
                 StatusCode::METHOD_NOT_ALLOWED,
-                "POST /v1/query; GET /v1/catalog, /v1/budget, /v1/releases",
+                "POST /v1/query, /v1/plan; GET /v1/catalog, /v1/budget, /v1/releases",
             );
             resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
             resp
@@ -168,7 +178,8 @@ pub(crate) async fn route(st: Arc<Steward>, peer: Arc<Peer>, req: Request<Incomi
             super::release::CATALOG_PATH
             | super::release::BUDGET_PATH
             | super::release::RELEASES_PATH
-            | super::release::QUERY_PATH,
+            | super::release::QUERY_PATH
+            | super::release::PLAN_PATH,
             role,
         ) => refuse_unread(
             &st,

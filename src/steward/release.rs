@@ -1,9 +1,13 @@
 //! The evaluator's API at the steward: the catalog, budgets, past releases, and differentially private query answers — budget reserved durably and the release audited before any answer leaves.
 //!
-//! Order of a query (see `dp::ledger`): plan (no data) → cached answer? →
+//! Order of a query (see `dp::ledger`): plan (no data) → refuse an answer
+//! too large to keep → cached answer (its stored bytes, as stored)? → the
+//! shared census it divides by, released first the same way if not yet →
 //! reserve ε durably → draw noise (opendp) → append the release to the
 //! audit log (fsync) → store the answer and the release record (flush) →
 //! respond. A crash anywhere leaves spent ≥ what evaluators received.
+//!
+//! `POST /v1/plan` plans an evaluation (`query::evaluation`): no data, no budget.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,17 +17,18 @@ use hyper::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::http::{error_response, json_response, Peer, Resp};
+use super::http::{error_response, json_bytes_response, json_response, Peer, Resp};
 use super::Steward;
 use crate::audit::{RefusalDetail, ReleaseDetail};
-use crate::dp::ledger::{format_epsilon, Budget, Refusal as BudgetRefusal};
+use crate::dp::ledger::{format_epsilon, Budget, Refusal as BudgetRefusal, MAX_ANSWER_BYTES};
 use crate::dp::mechanism::OpenDpNoise;
-use crate::query::{catalog, engine, Query};
+use crate::query::{catalog, engine, evaluation, Query};
 
 pub const CATALOG_PATH: &str = "/v1/catalog";
 pub const QUERY_PATH: &str = "/v1/query";
 pub const BUDGET_PATH: &str = "/v1/budget";
 pub const RELEASES_PATH: &str = "/v1/releases";
+pub const PLAN_PATH: &str = "/v1/plan";
 
 /// Largest query request accepted.
 const MAX_QUERY_BYTES: u64 = 64 * 1024;
@@ -60,8 +65,11 @@ pub struct QueryResponse {
     pub dry_run: Option<engine::DryRun>,
     /// True when the answer was stored from an earlier identical query (no epsilon spent now).
     pub cached: bool,
-    /// Epsilon spent by this request.
+    /// Epsilon spent by this request (with the shared census it released first, if any).
     pub epsilon_spent: f64,
+    /// Dry run: what the request would spend now (its own epsilon and, if not yet released, its census's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon_needed: Option<f64>,
     pub budget: BudgetView,
     /// The steward's audit log as of this answer (its newest entry's seq and
     /// hash): kept by the evaluator, it lets anyone holding the log check
@@ -162,12 +170,173 @@ fn hash_bytes(hash: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// Read a request body of at most `MAX_QUERY_BYTES`, or the response refusing it (413, 408, 400).
+async fn read_body(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> Result<hyper::body::Bytes, Box<Resp>> {
+    let too_large = format!("the query request is larger than {} KiB", MAX_QUERY_BYTES / 1024);
+    super::http::read_body(st, peer, req.into_body(), MAX_QUERY_BYTES, &too_large).await.map_err(Box::new)
+}
+
+/// Refuse a query whose answer the cache could not keep, before anything is charged.
+fn check_answer_size(plan: &engine::Plan) -> Result<(), Box<Resp>> {
+    let most = plan.max_answer_bytes().max(plan.census().map_or(0, engine::Plan::max_answer_bytes));
+    if most > MAX_ANSWER_BYTES {
+        return Err(Box::new(error_response(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "this query's answer can take up to {most} bytes, more than the {MAX_ANSWER_BYTES} the steward keeps \
+                 (it must keep every answer it releases): group by fewer categories or narrow the cohort"
+            ),
+        )));
+    }
+    Ok(())
+}
+
+/// Audit and answer a budget refusal.
+async fn refuse_budget(
+    st: &Steward,
+    evaluator: &str,
+    query_hash: &str,
+    epsilon_micro: u64,
+    refusal: BudgetRefusal,
+) -> Resp {
+    let left = match refusal {
+        BudgetRefusal::Exhausted { left_micro } => left_micro,
+        BudgetRefusal::NoBudget => 0,
+    };
+    let detail = RefusalDetail {
+        query_hash: Some(query_hash.to_string()),
+        epsilon_micro: Some(epsilon_micro),
+        reason: "budget".into(),
+        left_micro: Some(left),
+    };
+    if let Err(e) = st.audit.append_async(crate::audit::Kind::Refusal, evaluator, &detail).await {
+        return internal("auditing a refusal failed", e);
+    }
+    warn!(evaluator = %evaluator, asked = %format_epsilon(epsilon_micro), left = %format_epsilon(left), "query refused: budget");
+    let body = serde_json::json!({
+        "error": format!("{refusal}: this query needs {} ε, {} ε left", format_epsilon(epsilon_micro), format_epsilon(left)),
+        "budget_left": left as f64 / 1e6,
+    });
+    json_response(StatusCode::FORBIDDEN, &body)
+}
+
+/// The answer stored for this evaluator's query, if any.
+fn stored(st: &Steward, evaluator: &str, query_hash: &str) -> Result<Option<Vec<u8>>, Box<Resp>> {
+    let Some(hash) = hash_bytes(query_hash) else {
+        return Err(Box::new(internal("a query hash was malformed", query_hash)));
+    };
+    st.ledger.cached(evaluator, hash).map_err(|e| Box::new(internal("reading the answer cache failed", e)))
+}
+
+/// A query response around an answer's stored bytes, which go out as they were stored.
+fn answer_response(st: &Steward, answer: &[u8], cached: bool, spent_micro: u64, budget: Budget) -> Resp {
+    let rest = QueryResponse {
+        answer: None,
+        dry_run: None,
+        cached,
+        epsilon_spent: spent_micro as f64 / 1e6,
+        epsilon_needed: None,
+        budget: budget.into(),
+        audit: st.audit.head(),
+    };
+    let rest = match serde_json::to_vec(&rest) {
+        Ok(b) => b,
+        Err(e) => return internal("encoding a response failed", e),
+    };
+    // `rest` is an object: `{` + `"answer":<stored bytes>,` + the rest of its fields.
+    let mut body = Vec::with_capacity(answer.len() + rest.len() + 16);
+    body.extend_from_slice(b"{\"answer\":");
+    body.extend_from_slice(answer);
+    body.push(b',');
+    body.extend_from_slice(rest.get(1..).unwrap_or(b"}"));
+    json_bytes_response(StatusCode::OK, body)
+}
+
+/// One release, in order: reserve ε durably, draw the noise, audit, store the
+/// answer. Returns the stored bytes and the budget after the reservation.
+async fn release(
+    st: &Arc<Steward>,
+    evaluator: &str,
+    plan: engine::Plan,
+    census: Option<engine::Answer>,
+) -> Result<(Vec<u8>, Budget), Box<Resp>> {
+    let Some(hash) = hash_bytes(plan.hash()) else {
+        return Err(Box::new(internal("a query hash was malformed", plan.hash())));
+    };
+    let epsilon_micro = (plan.epsilon() * 1e6).round() as u64;
+
+    // Reserve durably before any noise is drawn.
+    let st2 = st.clone();
+    let ev2 = evaluator.to_string();
+    let reserved = tokio::task::spawn_blocking(move || st2.ledger.reserve(&ev2, hash, epsilon_micro)).await;
+    let reservation = match reserved {
+        Ok(Ok(Ok(r))) => r,
+        Ok(Ok(Err(refusal))) => {
+            return Err(Box::new(refuse_budget(st, evaluator, plan.hash(), epsilon_micro, refusal).await))
+        }
+        Ok(Err(e)) => return Err(Box::new(internal("reserving budget failed", e))),
+        Err(e) => return Err(Box::new(internal("the reservation task failed", e))),
+    };
+
+    // Draw the noise (CPU work, off the reactor).
+    let st2 = st.clone();
+    let executed = tokio::task::spawn_blocking(move || {
+        let population = st2.persons().population();
+        let mut noise = OpenDpNoise::new();
+        engine::execute_with_census(&plan, &population, &mut noise, census.as_ref()).map(|a| (a, plan))
+    })
+    .await;
+    let (mut answer, plan) = match executed {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return Err(Box::new(internal("executing a query failed (its budget stays spent)", e))),
+        Err(e) => return Err(Box::new(internal("the query task failed (its budget stays spent)", e))),
+    };
+    let left = reservation.budget.left_micro;
+    answer.budget_left = Some(left as f64 / 1e6);
+
+    // Audit before the answer leaves; then keep the answer for the cache.
+    let detail = ReleaseDetail {
+        evaluator: evaluator.to_string(),
+        query_hash: plan.hash().to_string(),
+        epsilon_micro,
+        left_micro: left,
+    };
+    if let Err(e) = st.audit.release_async(&detail).await {
+        return Err(Box::new(internal("auditing a release failed (its budget stays spent)", e)));
+    }
+    let bytes = match serde_json::to_vec(&answer) {
+        Ok(b) => b,
+        Err(e) => return Err(Box::new(internal("encoding an answer failed", e))),
+    };
+    let record = ReleaseRecord {
+        time: crate::pki::format_time(time::OffsetDateTime::now_utc()),
+        query_hash: plan.hash().to_string(),
+        canonical: plan.canonical().to_string(),
+        epsilon: epsilon_micro as f64 / 1e6,
+    };
+    let st2 = st.clone();
+    let ev2 = evaluator.to_string();
+    let kept = bytes.clone();
+    let stored = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        st2.record_release(&ev2, &record).map_err(|e| e.to_string())?;
+        st2.ledger.store_answer(&ev2, hash, &kept).map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .await;
+    match stored {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(Box::new(internal("storing an answer failed (its budget stays spent)", e))),
+        Err(e) => return Err(Box::new(internal("the storing task failed (its budget stays spent)", e))),
+    }
+    info!(evaluator = %evaluator, query_hash = %plan.hash(), epsilon = %format_epsilon(epsilon_micro), left = %format_epsilon(left), "released");
+    Ok((bytes, reservation.budget))
+}
+
 pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> Resp {
     let evaluator = peer.id.name.clone();
-    let too_large = format!("the query request is larger than {} KiB", MAX_QUERY_BYTES / 1024);
-    let body = match super::http::read_body(st, peer, req.into_body(), MAX_QUERY_BYTES, &too_large).await {
+    let body = match read_body(st, peer, req).await {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let request: QueryRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -203,147 +372,151 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
     // The ledger counts whole micro-epsilon: a query is charged exactly what
     // its noise is drawn for, so an epsilon between two micro-epsilon is refused
     // rather than rounded (rounding down would undercharge).
-    let micro = (query.epsilon * 1e6).round();
-    if !(1.0..=1e13).contains(&micro) || (micro / 1e6 - query.epsilon).abs() > 1e-12 {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "epsilon must be a positive multiple of 0.000001 (the budget is kept in whole micro-epsilon)",
-        );
+    for e in std::iter::once(&mut query.epsilon).chain(query.persons.as_mut().map(|p| &mut p.epsilon)) {
+        let micro = (*e * 1e6).round();
+        if !(1.0..=1e13).contains(&micro) || (micro / 1e6 - *e).abs() > 1e-12 {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "epsilon must be a positive multiple of 0.000001 (the budget is kept in whole micro-epsilon)",
+            );
+        }
+        *e = micro / 1e6;
     }
-    query.epsilon = micro / 1e6;
     let plan = match engine::plan(&query, &st.schema) {
         Ok(p) => p,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, &public_error(&e)),
     };
+    if let Err(resp) = check_answer_size(&plan) {
+        return *resp;
+    }
     let budget_now = match st.ledger.budget(&evaluator) {
         Ok(b) => b,
         Err(e) => return internal("reading a budget failed", e),
     };
+    let epsilon_micro = (plan.epsilon() * 1e6).round() as u64;
+    let mine = match stored(st, &evaluator, plan.hash()) {
+        Ok(s) => s,
+        Err(resp) => return *resp,
+    };
+    // The shared census: stored already, or to be released (and paid for) first.
+    let census = match plan.census() {
+        None => None,
+        Some(c) => match stored(st, &evaluator, c.hash()) {
+            Ok(s) => Some((c.clone(), s)),
+            Err(resp) => return *resp,
+        },
+    };
+    let census_micro = match &census {
+        Some((c, None)) => (c.epsilon() * 1e6).round() as u64,
+        _ => 0,
+    };
     if request.dry_run {
+        let needed = if mine.is_some() { 0 } else { epsilon_micro + census_micro };
         let resp = QueryResponse {
             answer: None,
             dry_run: Some(plan.dry_run()),
-            cached: false,
+            cached: mine.is_some(),
             epsilon_spent: 0.0,
+            epsilon_needed: Some(needed as f64 / 1e6),
             budget: budget_now.into(),
             audit: st.audit.head(),
         };
         return json_response(StatusCode::OK, &resp);
     }
-    let Some(hash) = hash_bytes(plan.hash()) else {
-        return internal("a query hash was malformed", plan.hash());
-    };
-    let epsilon_micro = (plan.epsilon() * 1e6).round() as u64;
 
-    // The same query asked again returns the stored answer at no cost.
-    match st.ledger.cached(&evaluator, hash) {
-        Ok(Some(bytes)) => match serde_json::from_slice::<engine::Answer>(&bytes) {
-            Ok(mut answer) => {
-                answer.budget_left = Some(budget_now.left_micro as f64 / 1e6);
-                let resp = QueryResponse {
-                    answer: Some(answer),
-                    dry_run: None,
-                    cached: true,
-                    epsilon_spent: 0.0,
-                    budget: budget_now.into(),
-                    audit: st.audit.head(),
-                };
-                return json_response(StatusCode::OK, &resp);
-            }
-            Err(e) => return internal("a stored answer could not be read", e),
-        },
-        Ok(None) => {}
-        Err(e) => return internal("reading the answer cache failed", e),
+    // The same query asked again returns the stored answer, byte for byte, at no cost.
+    if let Some(bytes) = mine {
+        return answer_response(st, &bytes, true, 0, budget_now);
     }
 
-    // Reserve durably before any noise is drawn.
-    let st2 = st.clone();
-    let ev2 = evaluator.clone();
-    let reserved = tokio::task::spawn_blocking(move || st2.ledger.reserve(&ev2, hash, epsilon_micro)).await;
-    let reservation = match reserved {
-        Ok(Ok(Ok(r))) => r,
-        Ok(Ok(Err(refusal))) => {
-            let left = match refusal {
-                BudgetRefusal::Exhausted { left_micro } => left_micro,
-                BudgetRefusal::NoBudget => 0,
+    let census_answer = match census {
+        None => None,
+        Some((c, stored_bytes)) => {
+            let bytes = match stored_bytes {
+                Some(b) => b,
+                None => {
+                    // Both or neither, as far as the budget now tells: never the census alone
+                    // for lack of budget for the query it was asked for.
+                    if budget_now.left_micro < epsilon_micro + census_micro {
+                        let refusal = if budget_now.total_micro == 0 {
+                            BudgetRefusal::NoBudget
+                        } else {
+                            BudgetRefusal::Exhausted { left_micro: budget_now.left_micro }
+                        };
+                        return refuse_budget(st, &evaluator, plan.hash(), epsilon_micro + census_micro, refusal).await;
+                    }
+                    match release(st, &evaluator, c, None).await {
+                        Ok((b, _)) => b,
+                        Err(resp) => return *resp,
+                    }
+                }
             };
-            let detail = RefusalDetail {
-                query_hash: Some(plan.hash().to_string()),
-                epsilon_micro: Some(epsilon_micro),
-                reason: "budget".into(),
-                left_micro: Some(left),
-            };
-            if let Err(e) = st.audit.append_async(crate::audit::Kind::Refusal, &evaluator, &detail).await {
-                return internal("auditing a refusal failed", e);
+            match serde_json::from_slice::<engine::Answer>(&bytes) {
+                Ok(a) => Some(a),
+                Err(e) => return internal("a stored census could not be read", e),
             }
-            warn!(evaluator = %evaluator, asked = %format_epsilon(epsilon_micro), left = %format_epsilon(left), "query refused: budget");
-            let body = serde_json::json!({
-                "error": format!("{refusal}: this query needs {} ε, {} ε left", format_epsilon(epsilon_micro), format_epsilon(left)),
-                "budget_left": left as f64 / 1e6,
-            });
-            return json_response(StatusCode::FORBIDDEN, &body);
         }
-        Ok(Err(e)) => return internal("reserving budget failed", e),
-        Err(e) => return internal("the reservation task failed", e),
     };
-
-    // Draw the noise (CPU work, off the reactor).
-    let st2 = st.clone();
-    let executed = tokio::task::spawn_blocking(move || {
-        let population = st2.persons().population();
-        let mut noise = OpenDpNoise::new();
-        engine::execute(&plan, &population, &mut noise).map(|a| (a, plan))
-    })
-    .await;
-    let (mut answer, plan) = match executed {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => return internal("executing a query failed (its budget stays spent)", e),
-        Err(e) => return internal("the query task failed (its budget stays spent)", e),
-    };
-    let left = reservation.budget.left_micro;
-    answer.budget_left = Some(left as f64 / 1e6);
-
-    // Audit before the answer leaves; then keep the answer for the cache.
-    let detail = ReleaseDetail {
-        evaluator: evaluator.clone(),
-        query_hash: plan.hash().to_string(),
-        epsilon_micro,
-        left_micro: left,
-    };
-    if let Err(e) = st.audit.release_async(&detail).await {
-        return internal("auditing a release failed (its budget stays spent)", e);
+    match release(st, &evaluator, plan, census_answer).await {
+        Ok((bytes, budget)) => answer_response(st, &bytes, false, epsilon_micro + census_micro, budget),
+        Err(resp) => *resp,
     }
-    let bytes = match serde_json::to_vec(&answer) {
+}
+
+/// A planned evaluation, as `POST /v1/plan` answers it: nothing is read from the data, nothing spent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanResponse {
+    pub evaluation: evaluation::PlannedEvaluation,
+    pub budget: BudgetView,
+}
+
+/// `POST /v1/plan`: an evaluation plan (JSON of `config/evaluation.toml`) →
+/// the epsilon of each analysis, its expected intervals, which are already
+/// released, and what the rest would spend. Touches no data and no budget.
+pub(crate) async fn post_plan(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> Resp {
+    let evaluator = peer.id.name.clone();
+    let body = match read_body(st, peer, req).await {
         Ok(b) => b,
-        Err(e) => return internal("encoding an answer failed", e),
+        Err(resp) => return *resp,
     };
-    let record = ReleaseRecord {
-        time: crate::pki::format_time(time::OffsetDateTime::now_utc()),
-        query_hash: plan.hash().to_string(),
-        canonical: plan.canonical().to_string(),
-        epsilon: epsilon_micro as f64 / 1e6,
+    let request: evaluation::EvaluationPlan = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!(
+                "not an evaluation plan (line {} column {}); see config/evaluation.toml and docs/queries.md",
+                e.line(),
+                e.column()
+            );
+            return error_response(StatusCode::BAD_REQUEST, &msg);
+        }
     };
     let st2 = st.clone();
-    let ev2 = evaluator.clone();
-    let stored = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        st2.record_release(&ev2, &record).map_err(|e| e.to_string())?;
-        st2.ledger.store_answer(&ev2, hash, &bytes).map_err(|e| e.to_string())?;
-        Ok(())
-    })
-    .await;
-    match stored {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return internal("storing an answer failed (its budget stays spent)", e),
-        Err(e) => return internal("the storing task failed (its budget stays spent)", e),
-    }
-    info!(evaluator = %evaluator, query_hash = %plan.hash(), epsilon = %format_epsilon(epsilon_micro), left = %format_epsilon(left), "released");
-    let resp = QueryResponse {
-        answer: Some(answer),
-        dry_run: None,
-        cached: false,
-        epsilon_spent: epsilon_micro as f64 / 1e6,
-        budget: reservation.budget.into(),
-        audit: st.audit.head(),
+    let planned = tokio::task::spawn_blocking(move || evaluation::plan(&request, &st2.schema)).await;
+    let mut planned = match planned {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return error_response(StatusCode::BAD_REQUEST, &public_error(&e)),
+        Err(e) => return internal("the planning task failed", e),
     };
-    json_response(StatusCode::OK, &resp)
+    let mut needed = 0u64;
+    for s in &mut planned.steps {
+        let p = match engine::plan(&s.query, &st.schema) {
+            Ok(p) => p,
+            Err(e) => return error_response(StatusCode::BAD_REQUEST, &public_error(&e)),
+        };
+        if let Err(resp) = check_answer_size(&p) {
+            return *resp;
+        }
+        s.released = match stored(st, &evaluator, &s.query_hash) {
+            Ok(x) => x.is_some(),
+            Err(resp) => return *resp,
+        };
+        if !s.released {
+            needed += (s.epsilon * 1e6).round() as u64;
+        }
+    }
+    planned.epsilon_needed = needed as f64 / 1e6;
+    match st.ledger.budget(&evaluator) {
+        Ok(b) => json_response(StatusCode::OK, &PlanResponse { evaluation: planned, budget: b.into() }),
+        Err(e) => internal("reading a budget failed", e),
+    }
 }

@@ -163,8 +163,45 @@ struct PersonTally {
     status: [Option<(Housing, Employment, bool)>; 4],
 }
 
+/// A per-person value the standard evaluation clamps (see `config/evaluation.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clamped {
+    /// Arrests in the 6 months after day 0 minus the 6 months before.
+    ArrestsChange6m,
+    /// Arrests in the 6 months after day 0.
+    Arrests6m,
+    /// Jail days in the year after day 0.
+    JailDaysAfter,
+}
+
+/// How many referred persons of each arm (diversion, comparison) have a
+/// true `value` outside `[lower, upper]`: the persons a clamp cuts. Synthetic
+/// truth only (the demo shows it so the clamps' bias is visible). Pure.
+pub fn persons_outside(events: &[Event], value: Clamped, [lower, upper]: [i64; 2]) -> (u64, u64) {
+    let of = |t: &PersonTally| -> i64 {
+        match value {
+            Clamped::ArrestsChange6m => i64::from(t.arrests_6m) - i64::from(t.arrests_before),
+            Clamped::Arrests6m => i64::from(t.arrests_6m),
+            Clamped::JailDaysAfter => t.jail_days_after,
+        }
+    };
+    let tally = tallies(events);
+    let outside =
+        |arm: Arm| tally.iter().filter(|t| t.arm == Some(arm) && !(lower..=upper).contains(&of(t))).count() as u64;
+    (outside(Arm::Diversion), outside(Arm::Comparison))
+}
+
 /// Compute the standard statistics from true events (any order). Pure.
 pub fn true_statistics(events: &[Event]) -> TrueStatistics {
+    let tally = tallies(events);
+    TrueStatistics {
+        diversion: arm_statistics(tally.iter().filter(|t| t.arm == Some(Arm::Diversion))),
+        comparison: arm_statistics(tally.iter().filter(|t| t.arm == Some(Arm::Comparison))),
+    }
+}
+
+/// What each referred person contributes, from true events (any order).
+fn tallies(events: &[Event]) -> Vec<PersonTally> {
     let persons = events.iter().map(|e| e.person as usize + 1).max().unwrap_or(0);
     let mut tally = vec![PersonTally::default(); persons];
 
@@ -239,11 +276,7 @@ pub fn true_statistics(events: &[Event]) -> TrueStatistics {
             _ => {}
         }
     }
-
-    TrueStatistics {
-        diversion: arm_statistics(tally.iter().filter(|t| t.arm == Some(Arm::Diversion))),
-        comparison: arm_statistics(tally.iter().filter(|t| t.arm == Some(Arm::Comparison))),
-    }
+    tally
 }
 
 /// Days d with start ≤ d < end and lo ≤ d ≤ hi.

@@ -67,6 +67,24 @@ fn demo_runs_the_whole_program_and_leaks_nothing_to_the_evaluator() {
         assert!(log.contains("divert daemon stopped"), "{name}'s log does not show a clean stop:\n{log}");
     }
 
+    // The report leads with the headline in plain words, and says where each epsilon went.
+    let headline = stdout.find("HEADLINE").expect("a headline section");
+    assert!(headline < stdout.find("ALL OTHER STATISTICS").expect("the other statistics"), "{stdout}");
+    for want in [
+        "Diversion: with 95% confidence, arrests per person",
+        "Comparison: with 95% confidence, arrests per person",
+        "Between the arms: with 95% confidence",
+        "WHERE THE PRIVACY BUDGET WENT",
+        "Clamp (synthetic truth): Change in arrests per person",
+        "protected at k times the epsilon spent",
+        "linkage split",
+    ] {
+        assert!(stdout.contains(want), "no `{want}` in the demo's report:\n{stdout}");
+    }
+    // The budget table adds up to the budget.
+    let total = stdout.lines().find(|l| l.trim_start().starts_with("total ")).expect("a total line");
+    assert_eq!(total.split_whitespace().last(), Some("2"), "{total}");
+
     // The true values fall inside their 95% intervals at a plausible rate.
     let line = stdout.lines().find(|l| l.starts_with("True values inside their 95% interval:")).expect("coverage line");
     let nums: Vec<u64> = line
@@ -84,6 +102,8 @@ fn demo_runs_the_whole_program_and_leaks_nothing_to_the_evaluator() {
     let html = fs::read_to_string(dir.join("report.html")).expect("report.html");
     assert!(html.starts_with("<!DOCTYPE html>") || html.starts_with("<!doctype html>"), "not an HTML document");
     assert!(html.contains("</html>") && html.matches("<svg").count() >= 3, "charts missing");
+    let chart = html.find("chart-headline").expect("the headline chart");
+    assert!(chart < html.find("Every released statistic").expect("the table"), "the headline chart comes first");
     assert_eq!(html.matches("<svg").count(), html.matches("</svg>").count());
     assert!(!html.contains("http://") && !html.contains("https://"), "the report must work offline");
 

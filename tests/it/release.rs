@@ -1274,3 +1274,228 @@ async fn release_method_not_allowed_names_the_allowed_methods() {
     assert!(missing.is_empty(), "405 without the right Allow header:\n{}", missing.join("\n"));
     st.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Shared denominators, stored replays, answer sizes, evaluation plans
+// ---------------------------------------------------------------------------
+
+/// The `persons` noisy inputs of an answer's values (the census's counts), by group.
+fn census_inputs(r: &QueryResponse) -> Vec<(String, i64)> {
+    let mut out: Vec<(String, i64)> = r
+        .answer
+        .as_ref()
+        .expect("an answer")
+        .values
+        .iter()
+        .filter(|c| c.statistic != divert::query::engine::DID)
+        .flat_map(|c| {
+            let g = serde_json::to_string(&c.group).unwrap();
+            c.noisy.iter().filter(|n| n.release == "persons").map(move |n| (g.clone(), n.value))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_shared_denominator_is_released_once_charged_cached_and_audited() {
+    let s = Setup::new().await;
+    s.st.steward.grant(EVAL, 1_000_000).expect("grant");
+    let mut c = s.eval().await;
+    let releases = || audit_entries(&s.audit_path(), "release").len();
+    let before = releases();
+
+    // A dry run says what the census would add.
+    let change = json!({"analysis": "arrests_before_after", "params": {"persons_epsilon": "0.2", "lower": "-2", "upper": "2"}, "epsilon": 0.3});
+    let mut dry = change.clone();
+    dry["dry_run"] = json!(true);
+    let (status, _, raw) = call(&mut c, "POST", QUERY_PATH, Some(&dry)).await;
+    assert_eq!(status, StatusCode::OK, "{raw}");
+    let d = response(&raw);
+    assert_eq!(micro(d.epsilon_needed.expect("epsilon_needed")), 500_000, "{raw}");
+    let census = d.dry_run.as_ref().and_then(|p| p.persons.as_ref()).expect("the census in the dry run");
+    assert_eq!((census.epsilon, census.releases[0].name.as_str()), (0.2, "count"));
+
+    // The first query releases the census and itself: both charged, both audited.
+    let (status, _, raw) = call(&mut c, "POST", QUERY_PATH, Some(&change)).await;
+    assert_eq!(status, StatusCode::OK, "{raw}");
+    let first = response(&raw);
+    assert_eq!(micro(first.epsilon_spent), 500_000);
+    assert_eq!(releases(), before + 2);
+    assert_eq!(micro(budget(&mut c).await.spent), 500_000);
+    let answer = first.answer.as_ref().unwrap();
+    assert!(answer.values.iter().any(|v| v.statistic == divert::query::engine::DID), "{raw}");
+    let counts = census_inputs(&first);
+    assert_eq!(counts.len(), 2, "one census count per arm: {counts:?}");
+
+    // Another analysis over the same cohort and grouping reuses it: only its own epsilon.
+    let share = json!({"analysis": "any_arrest", "params": {"persons_epsilon": "0.2"}, "epsilon": 0.1});
+    let (status, _, raw) = call(&mut c, "POST", QUERY_PATH, Some(&share)).await;
+    assert_eq!(status, StatusCode::OK, "{raw}");
+    let second = response(&raw);
+    assert_eq!(micro(second.epsilon_spent), 100_000);
+    assert_eq!(census_inputs(&second), counts, "the same noisy denominators");
+    assert_eq!(releases(), before + 3);
+
+    // The census asked for itself is the stored one, free.
+    let census_query = divert::query::Query {
+        cohort: Default::default(),
+        anchor: Default::default(),
+        outcome: None,
+        statistic: divert::query::model::Statistic::Count {},
+        group_by: vec![divert::query::Category::Arm],
+        bounds: None,
+        epsilon: 0.2,
+        persons: None,
+    };
+    let (status, _, raw) =
+        call(&mut c, "POST", QUERY_PATH, Some(&json!({"query": serde_json::to_value(&census_query).unwrap()}))).await;
+    assert_eq!(status, StatusCode::OK, "{raw}");
+    let r = response(&raw);
+    assert!(r.cached && r.epsilon_spent == 0.0, "{raw}");
+    let released: Vec<(String, i64)> = {
+        let mut v: Vec<(String, i64)> = r
+            .answer
+            .unwrap()
+            .values
+            .iter()
+            .map(|c| (serde_json::to_string(&c.group).unwrap(), c.noisy[0].value))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(released, counts);
+
+    // Budget for the query but not for its (other) census too: both refused, nothing spent.
+    let left_before = budget(&mut c).await;
+    let other =
+        json!({"analysis": "any_arrest", "params": {"persons_epsilon": "0.3", "arm": "diversion"}, "epsilon": 0.2});
+    let (status, v, raw) = call(&mut c, "POST", QUERY_PATH, Some(&other)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{raw}");
+    assert!(v["error"].as_str().unwrap_or("").contains("0.5 ε"), "{raw}");
+    assert_eq!(budget(&mut c).await, left_before);
+    assert_eq!(releases(), before + 3, "the census was released alone");
+    s.st.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_replay_returns_the_stored_bytes() {
+    let s = Setup::new().await;
+    s.st.steward.grant(EVAL, 1_000_000).expect("grant");
+    let mut c = s.eval().await;
+    let q = json!({"analysis": "jail_days_per_person_year", "params": {"group_by": "arm,sex"}, "epsilon": 0.3});
+    let (status, _, first) = call(&mut c, "POST", QUERY_PATH, Some(&q)).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (_, _, again) = call(&mut c, "POST", QUERY_PATH, Some(&q)).await;
+    assert!(response(&again).cached);
+    // The answer is the first field: its bytes, up to the response's own fields, are the stored ones.
+    let answer_of = |raw: &str| raw[..raw.rfind(",\"cached\":").expect("cached field")].to_string();
+    assert!(first.starts_with("{\"answer\":{"), "{}", clip(&first));
+    assert_eq!(answer_of(&first), answer_of(&again), "the replay is not byte for byte the first answer");
+    s.st.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_answer_too_large_to_keep_is_refused_before_charging() {
+    let s = Setup::new().await;
+    s.st.steward.grant(EVAL, 1_000_000).expect("grant");
+    let mut c = s.eval().await;
+    let audit_len = || std::fs::read_to_string(s.audit_path()).unwrap().len();
+    let huge = json!({"analysis": "housing_at_month", "params": {"group_by": "arm,sex,age_band,race_ethnicity,referral_type"}, "epsilon": 0.1});
+    let before = audit_len();
+    for dry_run in [true, false] {
+        let mut q = huge.clone();
+        q["dry_run"] = json!(dry_run);
+        let (status, v, raw) = call(&mut c, "POST", QUERY_PATH, Some(&q)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "dry run {dry_run}: {}", clip(&raw));
+        let e = v["error"].as_str().unwrap_or("");
+        assert!(e.contains("more than the 4194304 the steward keeps") && e.contains("group by fewer"), "{e}");
+    }
+    assert_eq!(budget(&mut c).await, BudgetView { total: 1.0, spent: 0.0, left: 1.0 }, "charged for nothing");
+    assert_eq!(audit_len(), before, "a refused query left an audit entry");
+    s.st.stop().await;
+}
+
+#[test]
+fn release_plan_and_evaluate_cli_spend_once_then_replay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = Certs::new(tmp.path());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut p = Process::start(&tmp.path().join("steward"), &certs.pki);
+    rt.block_on(load_program(p.addr, &certs));
+    assert!(p.grant(EVAL, "2").contains("eval: total 2 ε"));
+    let eval_toml = tmp.path().join("eval.toml");
+    let e = &certs.eval;
+    std::fs::write(
+        &eval_toml,
+        format!(
+            "role = \"evaluator\"\nname = \"{EVAL}\"\nprogram = \"{}\"\nsteward_url = \"https://localhost:{}\"\n\n[tls]\n\
+             cert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\ncrl = \"{}\"\n",
+            crate::net::PROGRAM,
+            p.addr.port(),
+            e.join(pki::CERT_FILE).display(),
+            e.join(pki::KEY_FILE).display(),
+            e.join(pki::CA_CERT_FILE).display(),
+            e.join(pki::CRL_FILE).display(),
+        ),
+    )
+    .unwrap();
+    let cfg = eval_toml.to_str().unwrap();
+    let plan = concat!(env!("CARGO_MANIFEST_DIR"), "/config/evaluation.toml");
+    let run = |args: &[&str]| {
+        let out = divert_in(tmp.path(), args);
+        assert!(out.status.success(), "divert {args:?}: {}{}", text(&out.stderr), text(&out.stdout));
+        text(&out.stdout)
+    };
+    let budget_line = || run(&["query", "--config", cfg, "--budget"]);
+
+    // The planner: epsilons and expected intervals, nothing spent, nothing audited.
+    let audit = p.data.join(divert::steward::AUDIT_FILE);
+    let audit_before = std::fs::read_to_string(&audit).unwrap().len();
+    let planned = run(&["query", "--config", cfg, "--plan", plan]);
+    for want in ["arrests_before_after", "[headline", "difference_in_differences", "expected ±", "planned: 2 ε of 2"]
+    {
+        assert!(planned.contains(want), "no `{want}` in:\n{planned}");
+    }
+    assert!(budget_line().contains("spent 0.0 ε"), "the planner spent budget");
+    assert_eq!(std::fs::read_to_string(&audit).unwrap().len(), audit_before, "the planner was audited as a release");
+
+    // The planner's releases are the released ones.
+    let json_plan: Value = serde_json::from_str(&run(&["query", "--config", cfg, "--plan", plan, "--json"])).unwrap();
+
+    // A plan the budget does not cover spends nothing.
+    let greedy = tmp.path().join("greedy.toml");
+    std::fs::write(&greedy, std::fs::read_to_string(plan).unwrap().replace("epsilon = 2.0", "epsilon = 3.0")).unwrap();
+    let out = divert_in(tmp.path(), &["evaluate", "--config", cfg, "--plan", greedy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("nothing was spent"), "{}", text(&out.stderr));
+    assert!(budget_line().contains("spent 0.0 ε"));
+
+    // The plan: everything released, the report written, the whole budget spent.
+    let html = tmp.path().join("report.html");
+    let first = run(&["evaluate", "--config", cfg, "--plan", plan, "--out", html.to_str().unwrap()]);
+    for want in ["HEADLINE", "with 95% confidence", "Between the arms", "WHERE THE PRIVACY BUDGET WENT", "k times"] {
+        assert!(first.contains(want), "no `{want}` in:\n{first}");
+    }
+    assert!(!first.contains("True value"), "a real report shows true values");
+    let report = std::fs::read_to_string(&html).unwrap();
+    assert!(report.contains("chart-headline") && report.contains("Where the privacy budget went"));
+    assert!(report.find("Headline").unwrap() < report.find("Every released statistic").unwrap());
+    assert!(budget_line().contains("spent 2.0 ε, left 0.0 ε"), "{}", budget_line());
+
+    // Run again: every answer replayed, nothing spent, the same numbers.
+    let second = run(&["evaluate", "--config", cfg, "--plan", plan, "--out", html.to_str().unwrap()]);
+    assert!(second.contains("released earlier; replayed at no cost") && second.contains("0 ε spent now"), "{second}");
+    let statistics = |s: &str| {
+        let from = s.find("HEADLINE").expect("headline");
+        let to = s.find("WHERE THE PRIVACY BUDGET WENT").expect("spending");
+        s[from..to].to_string()
+    };
+    assert_eq!(statistics(&first), statistics(&second), "the replay differs");
+
+    // What the planner predicted per release is what was released.
+    let releases: Vec<Value> = serde_json::from_str(&run(&["query", "--config", cfg, "--releases", "--json"])).unwrap();
+    assert_eq!(releases.len(), json_plan["evaluation"]["steps"].as_array().unwrap().len());
+    p.child.stop();
+}

@@ -76,6 +76,7 @@ fn input(rows: Vec<ReportRow>, synthetic: bool) -> ReportInput {
         linkage: Some(LinkageQuality { precision: 0.9987, recall: 0.9812 }),
         budget: Some(BudgetLine { granted: 30.0, spent, left: 30.0 - spent }),
         synthetic,
+        ..Default::default()
     }
 }
 
@@ -246,6 +247,7 @@ fn row(analysis: &str, key: &str, label: &str, arm: &str, value: f64, ci95: (f64
         epsilon: 1.0,
         truth: Some(7.77),
         unit: unit.into(),
+        headline: false,
     }
 }
 
