@@ -487,6 +487,8 @@ fn inbox_file_blocking(src: &Source, state: &mut State, name: &str) -> Result<()
     let keying = src.keying();
     match file::ingest(&src.env(&keying.tokenizer, &add), state, &job) {
         Ok(done) => {
+            // The outcome is durable: status shows it before the (slower) deletion.
+            src.set_counts(state);
             // The rows are durable in the encrypted raw store: the export itself goes.
             let mut receipt = summary_json(name, &kind_name, &done);
             receipt["retired"] = crate::pki::format_time(time::OffsetDateTime::now_utc()).into();
