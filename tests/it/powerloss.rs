@@ -33,6 +33,11 @@ fn build_shim(out: &Path) -> PathBuf {
     so
 }
 
+/// How many trials: `default` (what CI runs), or more from the environment variable `var` for a longer run.
+fn trials(var: &str, default: u64) -> u64 {
+    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -111,8 +116,8 @@ fn steward_power_loss_keeps_every_acknowledgement() {
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (mut acked_total, mut answered_total, mut synced_files) = (0usize, 0u64, 0usize);
-    const TRIALS: u64 = 20;
-    for trial in 0..TRIALS {
+    let trials = trials("DIVERT_POWERLOSS_STEWARD_TRIALS", 20);
+    for trial in 0..trials {
         std::fs::remove_dir_all(&data).unwrap();
         copy_dir(&pre, &data);
         let shadow = root.path().join(format!("shadow{trial}"));
@@ -211,7 +216,7 @@ fn steward_power_loss_keeps_every_acknowledgement() {
     }
     assert!(synced_files > 0, "the shim saw no fsync: it is not loaded");
     eprintln!(
-        "power-loss trials: {TRIALS}, acknowledged batches {acked_total}, answers {answered_total}: none lost, none overspent"
+        "power-loss trials: {trials}, acknowledged batches {acked_total}, answers {answered_total}: none lost, none overspent"
     );
 }
 
@@ -267,9 +272,9 @@ fn source_power_loss_after_ingest_loses_no_row() {
     let pre = root.path().join("source-pre");
     copy_dir(&data, &pre);
 
-    const TRIALS: u64 = 10;
+    let trials = trials("DIVERT_POWERLOSS_SOURCE_TRIALS", 10);
     let mut rows_total = 0u64;
-    for trial in 0..TRIALS {
+    for trial in 0..trials {
         // A fresh steward, so each trial's records are counted on their own.
         let _ = std::fs::remove_dir_all(&steward_data);
         let mut steward = spawn_serve(&steward_config, &sdir.join(format!("steward{trial}.log")));
@@ -330,5 +335,5 @@ fn source_power_loss_after_ingest_loses_no_row() {
         steward.stop();
         rows_total += accepted;
     }
-    eprintln!("source power-loss trials: {TRIALS}, {rows_total} accepted rows, none lost or doubled");
+    eprintln!("source power-loss trials: {trials}, {rows_total} accepted rows, none lost or doubled");
 }
