@@ -497,5 +497,5 @@ fn linkage_quality(dir: &Path, data: &Path, key: &keys::EpochKey) -> anyhow::Res
     }
     let report = link_files(&schema, &outputs, Some(&data.join("truth.csv")))?;
     let m = report.metrics.context("no linkage metrics")?;
-    Ok(LinkageQuality { precision: m.precision, recall: m.recall })
+    Ok(LinkageQuality { precision: m.pairs.precision, recall: m.pairs.recall })
 }
