@@ -28,6 +28,8 @@ pub struct Tokenizer {
     keys: Vec<hmac::Key>,
     record_id_key: hmac::Key,
     schemes: Vec<SchemePlan>,
+    /// Identity fields some scheme nickname-maps (family names in an unordered name group).
+    nick_fields: Vec<usize>,
 }
 
 struct SchemePlan {
@@ -40,6 +42,9 @@ struct SchemePlan {
 /// Reusable buffers for [`Tokenizer::tokens`]; zeroized when dropped.
 #[derive(Default)]
 pub struct Scratch {
+    /// Per identity field, its nickname-mapped form when a scheme needs it
+    /// (looked up once per record, not once per scheme): a table entry.
+    nick: Vec<Option<&'static str>>,
     parts: Vec<String>,
     sorted: Vec<String>,
     message: Vec<u8>,
@@ -61,35 +66,40 @@ impl Tokenizer {
             info.extend_from_slice(s.name.as_bytes());
             keys.push(key.derive_hmac_key(&info)?);
         }
+        let schemes: Vec<SchemePlan> = schema
+            .schemes
+            .iter()
+            .map(|s| {
+                // In an unordered group that holds a given name, a family name is
+                // nickname-mapped too: with names swapped between agencies, the
+                // family column holds the nickname ("Bill") the given side maps.
+                let norm = |i: usize| schema.identity[s.parts[i].field].norm;
+                let nick_groups: Vec<&Vec<usize>> =
+                    s.unordered.iter().filter(|g| g.iter().any(|&i| norm(i) == NormKind::GivenName)).collect();
+                SchemePlan {
+                    parts: s
+                        .parts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| {
+                            let nick = norm(i) == NormKind::FamilyName && nick_groups.iter().any(|g| g.contains(&i));
+                            (p.field, p.transform, nick)
+                        })
+                        .collect(),
+                    unordered: s.unordered.clone(),
+                }
+            })
+            .collect();
+        let mut nick_fields: Vec<usize> =
+            schemes.iter().flat_map(|p| p.parts.iter().filter(|x| x.2).map(|x| x.0)).collect();
+        nick_fields.sort_unstable();
+        nick_fields.dedup();
         Ok(Tokenizer {
             epoch: key.epoch(),
+            nick_fields,
             keys,
             record_id_key: key.derive_hmac_key(RECORD_ID_INFO)?,
-            schemes: schema
-                .schemes
-                .iter()
-                .map(|s| {
-                    // In an unordered group that holds a given name, a family name is
-                    // nickname-mapped too: with names swapped between agencies, the
-                    // family column holds the nickname ("Bill") the given side maps.
-                    let norm = |i: usize| schema.identity[s.parts[i].field].norm;
-                    let nick_groups: Vec<&Vec<usize>> =
-                        s.unordered.iter().filter(|g| g.iter().any(|&i| norm(i) == NormKind::GivenName)).collect();
-                    SchemePlan {
-                        parts: s
-                            .parts
-                            .iter()
-                            .enumerate()
-                            .map(|(i, p)| {
-                                let nick =
-                                    norm(i) == NormKind::FamilyName && nick_groups.iter().any(|g| g.contains(&i));
-                                (p.field, p.transform, nick)
-                            })
-                            .collect(),
-                        unordered: s.unordered.clone(),
-                    }
-                })
-                .collect(),
+            schemes,
         })
     }
 
@@ -101,6 +111,11 @@ impl Tokenizer {
     /// `None` where the record lacks a field the scheme needs.
     pub fn tokens(&self, id: &Identity, scratch: &mut Scratch, out: &mut Vec<Option<Token>>) {
         out.clear();
+        scratch.nick.clear();
+        scratch.nick.resize(id.len(), None);
+        for &f in &self.nick_fields {
+            scratch.nick[f] = id.get(f).and_then(normalize::nickname_canonical);
+        }
         for (plan, key) in self.schemes.iter().zip(&self.keys) {
             out.push(self.scheme_token(plan, key, id, scratch));
         }
@@ -114,7 +129,7 @@ impl Tokenizer {
         for (i, &(field, t, nick)) in plan.parts.iter().enumerate() {
             let mut value = id.get(field)?;
             if nick {
-                value = normalize::nickname_canonical(value).unwrap_or(value);
+                value = scratch.nick.get(field).copied().flatten().unwrap_or(value);
             }
             let buf = &mut scratch.parts[i];
             buf.clear();
@@ -260,7 +275,9 @@ mod tests {
             vec![("given_name", "William"), ("family_name", "O'Brien"), ("dob", "1908-03-14"), ("sex", "M")],
             vec![("given_name", "William"), ("family_name", "O'Brien"), ("dob", "1980-03-14"), ("sex", "F")],
             vec![("given_name", "O'Brien"), ("family_name", "William"), ("dob", "1980-03-14"), ("sex", "M")],
-            // No sex, a month and day both wrong, no birth date at all but the state id:
+            // A space inside the given name, a middle name, no sex, a month and day both wrong:
+            vec![("given_name", "Wil Liam"), ("family_name", "O'Brien"), ("dob", "1980-03-14"), ("sex", "M")],
+            vec![("given_name", "William Ray"), ("family_name", "O Brien"), ("dob", "1980-03-14"), ("sex", "M")],
             vec![("given_name", "William"), ("family_name", "O'Brien"), ("dob", "1980-03-14")],
             vec![("given_name", "William"), ("family_name", "O'Brien"), ("dob", "1980-12-04"), ("sex", "M")],
         ];
