@@ -11,21 +11,28 @@
 //!   with the earlier profiles sharing at least one token (a hash probe per
 //!   token, never all pairs). A token already shared by [`MAX_BLOCK`]
 //!   profiles stops being a blocking key for later ones (a token that common
-//!   carries no evidence; counted in [`Quality::blocks_capped`]).
+//!   carries no evidence; counted in [`Quality::blocks_capped`]). Which
+//!   profiles a full block still admitted depends on arrival order: the one
+//!   exception to order-independence below.
 //! - **Agreement patterns.** A candidate pair's pattern is which schemes
-//!   both profiles have (compared) and which of those agree. Patterns are
-//!   counted as pairs arrive.
-//! - **Weights.** Each scheme k has m_k = P(agree | same person) and
-//!   u_k = P(agree | different persons). A pair's weight is
-//!   Σ log2(m_k/u_k) over agreeing schemes + Σ log2((1−m_k)/(1−u_k)) over
-//!   compared, disagreeing ones, in bits. m and u are estimated by
-//!   expectation–maximization over the pattern counts (a two-class mixture,
-//!   schemes independent given the class), with the blocking assumption
-//!   that pairs sharing no token are different persons: they enter u's
-//!   denominator, so u is P(agree) over all pairs, as Splink estimates it
+//!   both profiles have (compared) and which of those agree.
+//! - **Comparison groups and levels.** Schemes sharing an identity field
+//!   (transitively) are one comparison group: one recording error breaks
+//!   every scheme holding the field, so their disagreements are one piece of
+//!   evidence, not several. A pair's level in a group is its first agreeing
+//!   scheme in schema order, or "none agrees"; groups the two records do
+//!   not both have are left out (Splink's comparisons and levels).
+//! - **Weights.** Each level has m = P(level | same person) and
+//!   u = P(level | different persons); a pair's weight is Σ log2(m/u) over
+//!   its groups, in bits. m and u are estimated by expectation–maximization
+//!   over the record pairs' patterns (a two-class mixture, groups
+//!   independent given the class), with the blocking assumption that pairs
+//!   sharing no token are different persons at level "none": they enter u's
+//!   denominator, so u is a rate over all pairs, as Splink estimates it
 //!   from random pairs, not the inflated rate among look-alikes. With fewer
-//!   than [`MIN_PAIRS_TO_ESTIMATE`] candidate pairs (or a scheme compared too
-//!   rarely) the schema's prior is used: m = 0.9, u = 2^-(the scheme's bits).
+//!   than [`MIN_PAIRS_TO_ESTIMATE`] candidate record pairs, and for a level
+//!   seen in no pair, the prior: m = 0.9 spread over a group's schemes and
+//!   0.1 for "none", u = 2^-(the scheme's estimated bits).
 //! - **Clusters.** Pairs at or above the threshold are links, taken from the
 //!   heaviest down, one weight level at a time; within a level every
 //!   decision reads the clusters as they were before the level, so the
