@@ -1,4 +1,4 @@
-//! Linkage speed: 1M pseudonymized records linked into persons under the default schema's rule, with the bare `Linker` and as the steward does it (`steward::persons::Persons`).
+//! Linkage speed: 1M pseudonymized records linked into persons with match weights under the default schema, with the bare `Linker` and as the steward does it (`steward::persons::Persons`).
 //!
 //! `cargo bench --bench linkage` (optionally `-- PERSONS RUNS`, default 20000
 //! referred persons ≈ 1.05M records, 3 runs). Plain `std::time`, one thread.
@@ -9,8 +9,9 @@
 //! order (the order batches reach the steward).
 //!
 //! Timed:
-//! 1. `Linker::add` for every record (token slots parsed beforehand) and
-//!    `Linker::persons()` — the linkage itself;
+//! 1. `Linker::add` for every record (token slots parsed beforehand: blocking,
+//!    candidate pairs, agreement patterns) and `Linker::link()` (EM estimate
+//!    of m/u, weights, clustering, quality figures) — the linkage itself;
 //! 2. `Persons::add` in batches of 2,000 records (parsing each record's
 //!    token text, linking, keeping the record without its tokens), then
 //!    `Persons::population()` (persons numbered, the query population built)
@@ -125,10 +126,9 @@ fn main() {
         epochs.push(r.epoch);
     }
     println!(
-        "records: {n} ({:.2} tokens per record, {} schemes, {} qualifying sets); true persons: {true_persons}",
+        "records: {n} ({:.2} tokens per record, {} schemes); true persons: {true_persons}",
         tokens_total as f64 / n as f64,
         n_schemes,
-        schema.linkage.qualifying.len()
     );
     println!(
         "setup: generated in {:.1} s, pseudonymized and parsed in {:.1} s (not timed below)",
@@ -142,8 +142,9 @@ fn main() {
     // 1. The bare linker.
     let (mut adds, mut numbers, mut totals) = (Vec::new(), Vec::new(), Vec::new());
     let mut found = 0;
+    let mut quality = None;
     for _ in 0..runs {
-        let (mut linker, add) = timed(|| {
+        let (linker, add) = timed(|| {
             let mut linker = Linker::new(&schema.linkage, n_schemes);
             linker.reserve(n);
             for (i, &epoch) in epochs.iter().enumerate() {
@@ -151,9 +152,10 @@ fn main() {
             }
             linker
         });
-        let (persons, number) = timed(|| linker.persons());
-        found = persons.iter().copied().max().map_or(0, |m| m as usize + 1);
-        black_box(persons);
+        let (linkage, number) = timed(|| linker.link());
+        found = linkage.persons.iter().copied().max().map_or(0, |m| m as usize + 1);
+        quality = Some(linkage.quality.clone());
+        black_box(linkage);
         adds.push(add);
         numbers.push(number);
         totals.push([0, 1, 2].map(|i| add[i] + number[i]));
@@ -161,24 +163,20 @@ fn main() {
     let (add, number, total) = (median3(&adds), median3(&numbers), median3(&totals));
     println!("\nLinker (median of {runs} runs):");
     println!("  add, all records:   {}  ({:.0} records/s on CPU)", show(add), n as f64 / secs(add[1]));
-    println!("  persons():          {}", show(number));
+    println!("  link():             {}  (EM, weights, clusters, quality)", show(number));
     println!("  linkage total:      {}  -> {found} persons (goal: under 5 s)", show(total));
-    // The same with room for every qualifying set's keys reserved up front
-    // (`reserve` sizes the index for at most 4 sets per record): what the
-    // index's growth costs.
-    let (_, roomy) = timed(|| {
-        let mut linker = Linker::new(&schema.linkage, n_schemes);
-        linker.reserve(n * schema.linkage.qualifying.len().div_ceil(4));
-        for (i, &epoch) in epochs.iter().enumerate() {
-            linker.add(epoch, &slots[i * n_schemes..(i + 1) * n_schemes]).expect("add");
-        }
-        black_box(linker.persons())
-    });
-    println!(
-        "  with the index sized for all {} sets up front (one run): {}",
-        schema.linkage.qualifying.len(),
-        show(roomy)
-    );
+    if let Some(q) = quality {
+        println!(
+            "  {} profiles, {} candidate pairs, {} links ({} not bridged), EM {} iterations; estimated merged {:.4}, split {:.4}",
+            q.profiles,
+            q.candidate_pairs,
+            q.links,
+            q.links_not_bridged,
+            q.em_iterations,
+            q.estimated_merged_share,
+            q.estimated_split_share
+        );
+    }
     drop(slots);
 
     // 2. What the steward does: Persons::add batch by batch, then the population.

@@ -237,6 +237,14 @@ impl<'s, R: Read> Reader<'s, R> {
         &self.ignored
     }
 
+    /// What the header leaves out of linkage (CSV only; JSON lines have no header).
+    pub fn coverage(&self) -> Option<Coverage> {
+        match self.input {
+            Input::Csv { .. } => Some(coverage(self.schema, &self.mapping.identity, &self.ignored)),
+            Input::Json { .. } => None,
+        }
+    }
+
     /// Read the next row into `row`. `Ok(None)` at the end of input.
     /// Issues about the row (or dropped values) are appended to `issues`.
     pub fn next_row(&mut self, row: &mut Row, issues: &mut Vec<Issue>) -> Result<Option<Outcome>, IngestError> {
@@ -454,6 +462,50 @@ fn map_columns(schema: &Schema, kind: &Kind, names: &[String]) -> Result<(Mappin
     Ok((Mapping { identity, fields }, ignored))
 }
 
+/// What an export's header leaves out of linkage. Names only columns and
+/// schema keys, never a value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// Token schemes that no row of the export can have: (scheme, identity fields without a column).
+    pub schemes_unfed: Vec<(String, Vec<String>)>,
+    /// Header columns that look like identity (a name, birth date, sex, id,
+    /// address, postal code, place) but map to no field: they are ignored.
+    pub unmapped_identity_columns: Vec<String>,
+}
+
+/// Header words that suggest a column identifies a person.
+const IDENTITY_HINTS: &[&str] = &[
+    "name", "birth", "dob", "sex", "gender", "ssn", "soc_sec", "id_num", "idnum", "licen", "address", "street", "zip",
+    "postcode", "postal", "city", "suburb", "town", "county", "phone",
+];
+
+/// Schemes the mapped identity fields cannot feed, and ignored columns that look like identity.
+fn coverage(schema: &Schema, identity: &[Option<usize>], ignored: &[String]) -> Coverage {
+    let mut schemes_unfed = Vec::new();
+    for s in &schema.schemes {
+        let mut lacking: Vec<String> = s
+            .parts
+            .iter()
+            .filter(|p| identity.get(p.field).copied().flatten().is_none())
+            .map(|p| schema.identity[p.field].name.clone())
+            .collect();
+        lacking.dedup();
+        if !lacking.is_empty() {
+            schemes_unfed.push((s.name.clone(), lacking));
+        }
+    }
+    let unmapped_identity_columns =
+        ignored.iter().filter(|c| IDENTITY_HINTS.iter().any(|h| c.contains(h))).cloned().collect();
+    Coverage { schemes_unfed, unmapped_identity_columns }
+}
+
+/// The coverage of a CSV header line (as `divert config check --header` reads it).
+pub fn header_coverage(schema: &Schema, kind: &Kind, header: &[String]) -> Result<Coverage, IngestError> {
+    let names: Vec<String> = header.iter().map(|h| h.trim().trim_start_matches('\u{feff}').to_lowercase()).collect();
+    let (mapping, ignored) = map_columns(schema, kind, &names)?;
+    Ok(coverage(schema, &mapping.identity, &ignored))
+}
+
 /// Parse one JSON line into string slots per key. Returns a reason (never a value) on failure.
 fn parse_json_object(buf: &[u8], keys: &[String], out: &mut [Option<String>]) -> Result<(), String> {
     out.iter_mut().for_each(|v| *v = None);
@@ -585,12 +637,24 @@ fn validate_row<'c>(
 
     // Age at the event must be plausible: a date of birth after the event,
     // or more than 120 years before it, is a recording error.
+    // Unless the schema requires it, an implausible birth date is dropped, not the row.
     if let (Some(b), Some(dob), Some(event)) = (schema.birth_date_field(), row.birth_date, row.event_date(kind)) {
-        let name = &schema.identity[b].name;
-        if dob > event {
-            quarantine(name, format!("after the event date ({})", kind.fields[kind.event_date].name), issues);
+        let f = &schema.identity[b];
+        let reason = if dob > event {
+            Some(format!("after the event date ({})", kind.fields[kind.event_date].name))
         } else if age_at(dob, event) > MAX_AGE_YEARS {
-            quarantine(name, format!("implausible: more than {MAX_AGE_YEARS} years before the event"), issues);
+            Some(format!("implausible: more than {MAX_AGE_YEARS} years before the event"))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            if f.required {
+                quarantine(&f.name, reason, issues);
+            } else {
+                issues.push(Issue { line, field: f.name.clone(), reason, action: Action::ValueDropped });
+                row.identity.set_present(b, false);
+                row.birth_date = None;
+            }
         }
     }
 }
@@ -761,13 +825,15 @@ mod tests {
             "{ARREST_HEADER}A1,Smith,Ann,13/45/1980,M,2019-03-04,y,n,n\nA2,Smith,Ann,1980-01-01,M,2019-03-04,maybe,n,n\nA3,Smith,Ann,1980-01-01,M\nA4,,Ann,1980-01-01,M,2019-03-04,y,n,n\nA5,Secretname,Ann,2020-01-01,M,2019-03-04,y,n,n\nA6,Smith,Ann,1980-01-01,Q,2019-03-04,y,n,n\n"
         );
         let (accepted, issues) = run("arrest", Format::Csv, input.as_bytes()).unwrap();
-        assert_eq!(accepted, vec![7], "the unknown sex code is dropped, the row kept: {issues:?}");
+        // Identity fields are optional in the shipped schema: an unusable one is dropped, the row kept.
+        assert_eq!(accepted, vec![2, 5, 6, 7], "{issues:?}");
         let find = |line: u64| issues.iter().find(|i| i.line == line).unwrap();
-        assert_eq!(find(2).field, "dob");
-        assert_eq!(find(3).field, "warrant");
+        assert_eq!((find(2).field.as_str(), find(2).action), ("dob", Action::ValueDropped));
+        assert_eq!((find(3).field.as_str(), find(3).action), ("warrant", Action::RowQuarantined));
         assert_eq!(find(4).field, "-");
-        assert_eq!((find(5).field.as_str(), find(5).reason.as_str()), ("family_name", "missing"));
+        assert!(issues.iter().all(|i| i.line != 5), "a missing optional value is no issue: {issues:?}");
         assert!(find(6).reason.contains("after the event date"));
+        assert_eq!((find(6).field.as_str(), find(6).action), ("dob", Action::ValueDropped));
         assert_eq!(find(7).action, Action::ValueDropped);
         for i in &issues {
             for secret in ["Secretname", "13/45/1980", "maybe", "Smith", "Q"] {
@@ -777,13 +843,49 @@ mod tests {
     }
 
     #[test]
+    fn a_required_identity_field_still_quarantines() {
+        let text = crate::schema::DEFAULT_SCHEMA.replacen(
+            "normalize = \"date\"\n",
+            "normalize = \"date\"\nrequired = true\n",
+            1,
+        );
+        let schema = Schema::from_toml(&text).unwrap();
+        let kind = schema.kind("arrest").unwrap();
+        let input = format!("{ARREST_HEADER}A1,Smith,Ann,13/45/1980,M,2019-03-04,y,n,n\nA2,Smith,Ann,2020-01-01,M,2019-03-04,y,n,n\nA3,Smith,Ann,,M,2019-03-04,y,n,n\n");
+        let mut r = Reader::new(&schema, kind, Format::Csv, input.as_bytes()).unwrap();
+        let mut row = Row::new(&schema, kind);
+        let mut issues = Vec::new();
+        while r.next_row(&mut row, &mut issues).unwrap().is_some() {}
+        assert_eq!(issues.len(), 3, "{issues:?}");
+        assert!(issues.iter().all(|i| i.field == "dob" && i.action == Action::RowQuarantined), "{issues:?}");
+    }
+
+    #[test]
+    fn header_coverage_names_unfed_schemes_and_unmapped_identity_columns() {
+        let schema = schema();
+        let kind = schema.kind("arrest").unwrap();
+        let header: Vec<String> =
+            ["arrest_id", "first_name", "surname", "Birth_Day", "arrest_date", "warrant", "violent", "felony", "notes"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let c = header_coverage(&schema, kind, &header).unwrap();
+        assert_eq!(c.unmapped_identity_columns, vec!["birth_day".to_string()]);
+        let unfed: Vec<&str> = c.schemes_unfed.iter().map(|(s, _)| s.as_str()).collect();
+        assert!(unfed.contains(&"names_dob") && unfed.contains(&"state_id"), "{unfed:?}");
+        assert!(c.schemes_unfed.iter().all(|(_, lack)| !lack.contains(&"given_name".to_string())));
+    }
+
+    #[test]
     fn missing_required_columns_refuse_the_file_naming_them() {
         let err = run("arrest", Format::Csv, b"arrest_id,given_name,arrest_date\nA1,Ann,2019-01-01\n").unwrap_err();
         let msg = err.to_string();
-        for col in ["family_name", "dob", "warrant", "violent", "felony"] {
+        for col in ["warrant", "violent", "felony"] {
             assert!(msg.contains(col), "{msg}");
         }
-        assert!(!msg.contains("sex"), "sex is optional: {msg}");
+        for col in ["family_name", "dob", "sex"] {
+            assert!(!msg.contains(col), "identity fields are optional: {msg}");
+        }
     }
 
     #[test]

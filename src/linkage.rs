@@ -1,28 +1,105 @@
-//! Linkage: records → persons under the schema's rule (agreeing token sets whose weights reach the threshold), incremental, with pairwise quality metrics.
+//! Linkage: records → persons by Fellegi–Sunter match weights over exact keyed tokens, estimated from the data (EM), incremental, with a no-chaining clustering rule and pairwise quality metrics.
 //!
 //! Pure: no IO, no clock. The steward runs the same code as `divert link`.
 //!
-//! How: the rule's minimal qualifying sets of schemes are fixed when the
-//! schema is validated. For each set, a record's tokens for all of that
-//! set's schemes combine into one key; two records with an equal key agree
-//! on every scheme of the set, so they link. Each record costs one hash-map
-//! probe per set — linear in records, never pairwise — and a union-find
-//! turns links into persons (connected components).
+//! How:
+//! - **Profiles.** Records with exactly the same tokens (the same person
+//!   recorded the same way, 30 times) are one *profile*; everything below
+//!   works on profiles, so a person's many identical records cost one hash
+//!   probe each.
+//! - **Blocking.** Every token is a blocking key: a new profile is compared
+//!   with the earlier profiles sharing at least one token (a hash probe per
+//!   token, never all pairs). A token already shared by [`MAX_BLOCK`]
+//!   profiles stops being a blocking key for later ones (a token that common
+//!   carries no evidence; counted in [`Quality::blocks_capped`]). Which
+//!   profiles a full block still admitted depends on arrival order: the one
+//!   exception to order-independence below.
+//! - **Agreement patterns.** A candidate pair's pattern is which schemes
+//!   both profiles have (compared) and which of those agree.
+//! - **Comparison groups and levels.** Schemes sharing an identity field
+//!   (transitively) are one comparison group: one recording error breaks
+//!   every scheme holding the field, so their disagreements are one piece of
+//!   evidence, not several. A pair's level in a group is its first agreeing
+//!   scheme in schema order, or "none agrees"; groups the two records do
+//!   not both have are left out (Splink's comparisons and levels).
+//! - **Weights.** Each level has m = P(level | same person) and
+//!   u = P(level | different persons); a pair's weight is Σ log2(m/u) over
+//!   its groups, in bits. m and u are estimated by expectation–maximization
+//!   over the record pairs' patterns (a two-class mixture, groups
+//!   independent given the class), with the blocking assumption that pairs
+//!   sharing no token are different persons at level "none": they enter u's
+//!   denominator, so u is a rate over all pairs, as Splink estimates it
+//!   from random pairs, not the inflated rate among look-alikes. With fewer
+//!   than [`MIN_PAIRS_TO_ESTIMATE`] candidate record pairs, and for a level
+//!   seen in no pair, the prior: m = 0.9 spread over a group's schemes and
+//!   0.1 for "none", u = 2^-(the scheme's estimated bits).
+//! - **Clusters.** Pairs at or above the threshold are links, taken from the
+//!   heaviest down, one weight level at a time; within a level every
+//!   decision reads the clusters as they were before the level, so the
+//!   result does not depend on arrival order. A link below `bridge` joins
+//!   two clusters only when one of them is a single profile: one weak link
+//!   never chains two established persons together. A profile whose own
+//!   tokens (all agreeing) weigh less than the threshold is no evidence that
+//!   its records are one person: each of its records stays a person of its
+//!   own unless a link joins the profile to a cluster.
+//!
+//! Incremental: `add` only appends profiles, postings and pairs; `link`
+//! re-estimates m/u and re-clusters from everything held, so records added
+//! batch by batch give exactly the persons of all records added at once.
 
 use std::collections::HashMap;
 
 use crate::schema::LinkageRule;
 use crate::token::{Token, TOKEN_LEN};
 
+/// Profiles that may share a blocking token before it stops being one.
+pub const MAX_BLOCK: u32 = 500;
+/// Candidate pairs needed before m and u are estimated rather than taken from the prior.
+pub const MIN_PAIRS_TO_ESTIMATE: u64 = 200;
+/// Pairs (expected, per class) comparing a scheme needed to estimate its m or u.
+const MIN_COMPARED: f64 = 20.0;
+const EM_MAX_ITERATIONS: u32 = 500;
+const EM_TOLERANCE: f64 = 1e-9;
+/// Least m of a level: a level never seen among matches is strong evidence
+/// against, not an infinite veto. (u's floor is half a pair among all pairs.)
+const M_FLOOR: f64 = 1e-6;
+/// Width of the weight histogram's buckets, in bits.
+pub const HISTOGRAM_BITS: f64 = 5.0;
+
+const NONE: u32 = u32::MAX;
+
 /// Links records into persons as they arrive.
 #[derive(Debug, Clone)]
 pub struct Linker {
-    qualifying: Vec<Vec<usize>>,
+    rule: LinkageRule,
     n_schemes: usize,
-    /// (qualifying set, epoch, combined key) → first record seen with it.
-    index: HashMap<(u16, u32, u128), u32>,
-    parent: Vec<u32>,
-    size: Vec<u32>,
+    /// Comparison groups: schemes connected by a shared identity field, each
+    /// group's schemes in schema order (see [`group_schemes`]).
+    groups: Vec<Vec<usize>>,
+    group_masks: Vec<u16>,
+    /// Per group: records that carry at least one of its schemes.
+    records_with_group: Vec<u64>,
+    /// (epoch, presence mask, tokens combined) → profile.
+    profile_index: HashMap<(u32, u16, u128), u32>,
+    /// Per record: its profile.
+    record_profile: Vec<u32>,
+    /// Per profile, `n_schemes` tokens (0 where absent), the presence mask and the records.
+    tokens: Vec<u128>,
+    present: Vec<u16>,
+    profile_records: Vec<u64>,
+    /// (scheme, epoch, token) → (first posting, profiles in the block).
+    blocks: HashMap<(u8, u32, u128), (u32, u32)>,
+    /// Postings: a profile and the next posting of the same block.
+    post_profile: Vec<u32>,
+    post_next: Vec<u32>,
+    /// Candidate pairs: (earlier profile, later profile, pattern id).
+    pairs: Vec<(u32, u32, u32)>,
+    /// Per pattern id: (agreeing mask, compared mask) and its pair count.
+    patterns: Vec<(u16, u16)>,
+    pattern_ids: HashMap<(u16, u16), u32>,
+    pattern_counts: Vec<u64>,
+    blocks_capped: u64,
+    candidates: Vec<u32>,
 }
 
 /// Why a record could not be added.
@@ -34,92 +111,555 @@ pub enum LinkError {
     TooMany,
 }
 
+/// The estimated m and u of one scheme's level: its group's first agreeing scheme is this one.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct SchemeEstimate {
+    /// The comparison group the scheme belongs to.
+    pub group: usize,
+    /// P(level | same person), P(level | different persons).
+    pub m: f64,
+    pub u: f64,
+    /// log2(m/u): bits a pair gains at this level.
+    pub agree_bits: f64,
+    /// The schema's prior, not an estimate (too few pairs, or the level never seen).
+    pub from_prior: bool,
+}
+
+/// A comparison group: its schemes (schema order) and its "none agrees" level.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GroupEstimate {
+    pub schemes: Vec<usize>,
+    pub m_none: f64,
+    pub u_none: f64,
+    /// log2(m_none/u_none): bits (negative) when both have the group and no scheme of it agrees.
+    pub none_bits: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LevelEstimate {
+    m: f64,
+    u: f64,
+    bits: f64,
+    from_prior: bool,
+}
+
+/// m/u per level and the share of matches among candidate record pairs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    pub schemes: Vec<SchemeEstimate>,
+    pub groups: Vec<GroupEstimate>,
+    /// Share of candidate pairs that are the same person.
+    pub match_share: f64,
+    /// Whether the figures come from the data (false: the schema's prior).
+    pub estimated: bool,
+    pub iterations: u32,
+}
+
+/// One bucket of the weight histogram: candidate pairs with weight in [from_bits, from_bits + 5).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct WeightBucket {
+    pub from_bits: f64,
+    pub pairs: u64,
+}
+
+/// How linkage went, without any truth: for an operator to see it degrade.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Quality {
+    pub records: u64,
+    pub profiles: u64,
+    pub persons: u64,
+    pub candidate_pairs: u64,
+    /// Whether m/u were estimated from the data (false: the schema's prior).
+    pub estimated: bool,
+    pub em_iterations: u32,
+    /// Estimated share of candidate pairs that are the same person.
+    pub match_share_of_candidates: f64,
+    /// Per scheme, in schema order.
+    pub schemes: Vec<SchemeEstimate>,
+    pub groups: Vec<GroupEstimate>,
+    pub threshold_bits: f64,
+    pub bridge_bits: f64,
+    /// Candidate pairs by weight.
+    pub weight_histogram: Vec<WeightBucket>,
+    /// Pairs at or above the threshold.
+    pub links: u64,
+    /// Links below `bridge` not followed because both sides were already several profiles.
+    pub links_not_bridged: u64,
+    /// Expected share of persons that hold records of two or more humans
+    /// (Σ over links taken of P(different persons | weight), per person).
+    pub estimated_merged_share: f64,
+    /// Expected share of persons that are part of a human split in several
+    /// (Σ over pairs of persons left apart of the best pair's P(same | weight), per person).
+    pub estimated_split_share: f64,
+    /// Blocks that reached [`MAX_BLOCK`] profiles.
+    pub blocks_capped: u64,
+}
+
+/// Persons and the quality figures of one linkage.
+#[derive(Debug, Clone)]
+pub struct Linkage {
+    /// A dense person number per record, numbered in order of each person's first record.
+    pub persons: Vec<u32>,
+    pub quality: Quality,
+}
+
 impl Linker {
     pub fn new(rule: &LinkageRule, n_schemes: usize) -> Linker {
+        let fields: Vec<u64> =
+            (0..n_schemes.min(16)).map(|k| rule.fields.get(k).copied().unwrap_or(1 << (k % 64))).collect();
+        let groups = group_schemes(&fields);
+        let group_masks = groups.iter().map(|g| g.iter().fold(0u16, |m, &k| m | 1 << k)).collect();
         Linker {
-            qualifying: rule.qualifying.clone(),
+            rule: rule.clone(),
             n_schemes,
-            index: HashMap::new(),
-            parent: Vec::new(),
-            size: Vec::new(),
+            records_with_group: vec![0; groups.len()],
+            groups,
+            group_masks,
+            profile_index: HashMap::new(),
+            record_profile: Vec::new(),
+            tokens: Vec::new(),
+            present: Vec::new(),
+            profile_records: Vec::new(),
+            blocks: HashMap::new(),
+            post_profile: Vec::new(),
+            post_next: Vec::new(),
+            pairs: Vec::new(),
+            patterns: Vec::new(),
+            pattern_ids: HashMap::new(),
+            pattern_counts: Vec::new(),
+            blocks_capped: 0,
+            candidates: Vec::new(),
         }
     }
 
     /// Reserve room for `n` more records.
     pub fn reserve(&mut self, n: usize) {
-        self.parent.reserve(n);
-        self.size.reserve(n);
-        self.index.reserve(n * self.qualifying.len());
+        self.record_profile.reserve(n);
+        self.profile_index.reserve(n / 4);
     }
 
     /// Number of records added.
     pub fn len(&self) -> usize {
-        self.parent.len()
+        self.record_profile.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.parent.is_empty()
+        self.record_profile.is_empty()
     }
 
     /// Add a record with one token slot per scheme (all under `epoch`) and
-    /// link it to every earlier record it agrees with. Returns its index.
+    /// compare it with every earlier record it shares a token with. Returns its index.
     pub fn add(&mut self, epoch: u32, tokens: &[Option<Token>]) -> Result<u32, LinkError> {
-        if tokens.len() != self.n_schemes {
+        if tokens.len() != self.n_schemes || self.n_schemes > 16 {
             return Err(LinkError::SchemeCount { got: tokens.len(), want: self.n_schemes });
         }
-        let me = u32::try_from(self.parent.len()).map_err(|_| LinkError::TooMany)?;
-        self.parent.push(me);
-        self.size.push(1);
-        for (set_id, set) in self.qualifying.iter().enumerate() {
-            let Some(key) = combine(set, tokens) else { continue };
-            let k = (set_id as u16, epoch, key);
-            match self.index.get(&k) {
-                Some(&other) => {
-                    union(&mut self.parent, &mut self.size, me, other);
-                }
-                None => {
-                    self.index.insert(k, me);
+        let me = u32::try_from(self.record_profile.len()).map_err(|_| LinkError::TooMany)?;
+        let mut present = 0u16;
+        let mut key = 0u128;
+        for (s, t) in tokens.iter().enumerate() {
+            if let Some(t) = t {
+                present |= 1 << s;
+                key ^= u128::from_le_bytes(*t).rotate_left((s as u32 * 37) % 128);
+            }
+        }
+        for (g, &mask) in self.group_masks.iter().enumerate() {
+            self.records_with_group[g] += u64::from(present & mask != 0);
+        }
+        if let Some(&p) = self.profile_index.get(&(epoch, present, key)) {
+            self.record_profile.push(p);
+            self.profile_records[p as usize] += 1;
+            return Ok(me);
+        }
+        let p = u32::try_from(self.present.len()).map_err(|_| LinkError::TooMany)?;
+        self.profile_index.insert((epoch, present, key), p);
+        self.record_profile.push(p);
+        self.present.push(present);
+        self.profile_records.push(1);
+        self.tokens.extend(tokens.iter().map(|t| t.map_or(0, u128::from_le_bytes)));
+
+        let mut candidates = std::mem::take(&mut self.candidates);
+        candidates.clear();
+        for (s, t) in tokens.iter().enumerate() {
+            let Some(t) = t else { continue };
+            let block = self.blocks.entry((s as u8, epoch, u128::from_le_bytes(*t))).or_insert((NONE, 0));
+            let mut at = block.0;
+            while at != NONE {
+                candidates.push(self.post_profile[at as usize]);
+                at = self.post_next[at as usize];
+            }
+            if block.1 < MAX_BLOCK {
+                let posting = self.post_profile.len() as u32;
+                self.post_profile.push(p);
+                self.post_next.push(block.0);
+                *block = (posting, block.1 + 1);
+                if block.1 == MAX_BLOCK {
+                    self.blocks_capped += 1;
                 }
             }
         }
+        candidates.sort_unstable();
+        candidates.dedup();
+        let n = self.n_schemes;
+        for &q in &candidates {
+            let compared = self.present[q as usize] & present;
+            let mut agree = 0u16;
+            for s in 0..n {
+                if compared & (1 << s) != 0 && self.tokens[q as usize * n + s] == self.tokens[p as usize * n + s] {
+                    agree |= 1 << s;
+                }
+            }
+            let next = self.patterns.len() as u32;
+            let id = *self.pattern_ids.entry((agree, compared)).or_insert(next);
+            if id == next {
+                self.patterns.push((agree, compared));
+                self.pattern_counts.push(0);
+            }
+            self.pattern_counts[id as usize] += 1;
+            self.pairs.push((q, p, id));
+        }
+        self.candidates = candidates;
         Ok(me)
     }
 
-    /// The representative record of `rec`'s person (changes as persons merge).
-    pub fn find(&mut self, rec: u32) -> u32 {
-        find(&mut self.parent, rec)
+    /// Record pairs per agreement pattern, in a fixed order: every candidate
+    /// pair of profiles counts (records of one) × (records of the other), and
+    /// the records of one profile pair up agreeing on everything they have.
+    fn record_pair_patterns(&self) -> Vec<(u16, u16, f64)> {
+        let mut counts: HashMap<(u16, u16), f64> = HashMap::new();
+        for &(a, b, id) in &self.pairs {
+            let n = self.profile_records[a as usize] * self.profile_records[b as usize];
+            *counts.entry(self.patterns[id as usize]).or_default() += n as f64;
+        }
+        for (&present, &n) in self.present.iter().zip(&self.profile_records) {
+            if n > 1 && present != 0 {
+                *counts.entry((present, present)).or_default() += (n * (n - 1) / 2) as f64;
+            }
+        }
+        let mut pats: Vec<(u16, u16, f64)> = counts.into_iter().map(|((a, c), n)| (a, c, n)).collect();
+        pats.sort_unstable_by_key(|p| (p.0, p.1));
+        pats
+    }
+
+    /// The level of group `g` in a pattern: the first agreeing scheme of the
+    /// group (its position in the group), the group's length for "none
+    /// agrees", or `None` when the two records do not both have the group.
+    fn level(&self, g: usize, agree: u16, compared: u16) -> Option<usize> {
+        if compared & self.group_masks[g] == 0 {
+            return None;
+        }
+        let group = &self.groups[g];
+        Some(group.iter().position(|&k| agree & (1 << k) != 0).unwrap_or(group.len()))
+    }
+
+    /// m/u per level of every comparison group: estimated by EM over the
+    /// agreement patterns of the candidate record pairs, or the schema's
+    /// prior while there are too few.
+    pub fn estimate(&self) -> Estimate {
+        let prior = |k: usize| self.rule.prior.get(k).copied().unwrap_or((0.9, 1e-6));
+        // Prior: m spread over the group's schemes, 0.1 for none; u = 2^-bits.
+        let mut m: Vec<Vec<f64>> = Vec::with_capacity(self.groups.len());
+        let mut u: Vec<Vec<f64>> = Vec::with_capacity(self.groups.len());
+        for g in &self.groups {
+            let mut mg: Vec<f64> = g.iter().map(|_| 0.9 / g.len() as f64).collect();
+            mg.push(0.1);
+            let mut ug: Vec<f64> = g.iter().map(|&k| prior(k).1).collect();
+            ug.push((1.0 - ug.iter().sum::<f64>()).max(0.5));
+            m.push(mg);
+            u.push(ug);
+        }
+        let prior_m = m.clone();
+        let prior_u = u.clone();
+        let pats = self.record_pair_patterns();
+        let total: f64 = pats.iter().map(|p| p.2).sum();
+        if total < MIN_PAIRS_TO_ESTIMATE as f64 {
+            return self.finish(&m, &u, &prior_m, &prior_u, None, 0.5, false, 0);
+        }
+        let levels: Vec<Vec<Option<usize>>> =
+            pats.iter().map(|&(a, c, _)| (0..self.groups.len()).map(|g| self.level(g, a, c)).collect()).collect();
+        // Record pairs that have group g but share no token at all: different persons, level "none".
+        let unblocked: Vec<f64> = (0..self.groups.len())
+            .map(|g| {
+                let r = self.records_with_group[g] as f64;
+                let blocked: f64 = pats.iter().zip(&levels).filter(|(_, l)| l[g].is_some()).map(|(p, _)| p.2).sum();
+                (r * (r - 1.0) / 2.0 - blocked).max(0.0)
+            })
+            .collect();
+        let mut lambda: f64 = 0.5;
+        let mut iterations = 0;
+        let mut post = vec![0.0; pats.len()];
+        // Expected record pairs per level among matches and non-matches (for the report and the floors).
+        let mut seen: Vec<Vec<(f64, f64)>> = m.iter().map(|g| vec![(0.0, 0.0); g.len()]).collect();
+        while iterations < EM_MAX_ITERATIONS {
+            iterations += 1;
+            // E: P(same person | pattern).
+            for (pi, lv) in post.iter_mut().zip(&levels) {
+                let (mut lm, mut lu) = (lambda.ln(), (1.0 - lambda).ln());
+                for (g, l) in lv.iter().enumerate() {
+                    if let Some(l) = *l {
+                        lm += m[g][l].ln();
+                        lu += u[g][l].ln();
+                    }
+                }
+                *pi = 1.0 / (1.0 + (lu - lm).exp());
+            }
+            // M: λ, then m and u per level from the expected classes.
+            let matched: f64 = post.iter().zip(&pats).map(|(g, p)| g * p.2).sum();
+            let new_lambda = (matched / total).clamp(1e-9, 1.0 - 1e-9);
+            let mut change = (new_lambda - lambda).abs();
+            lambda = new_lambda;
+            for g in 0..self.groups.len() {
+                let none = self.groups[g].len();
+                let mut cnt = vec![(0.0, 0.0); none + 1];
+                for ((pi, lv), p) in post.iter().zip(&levels).zip(&pats) {
+                    if let Some(l) = lv[g] {
+                        cnt[l].0 += pi * p.2;
+                        cnt[l].1 += (1.0 - pi) * p.2;
+                    }
+                }
+                cnt[none].1 += unblocked[g];
+                let (msum, usum): (f64, f64) = cnt.iter().fold((0.0, 0.0), |a, c| (a.0 + c.0, a.1 + c.1));
+                if msum >= MIN_COMPARED && usum >= MIN_COMPARED {
+                    for (l, &(cm, cu)) in cnt.iter().enumerate() {
+                        let vm = (cm / msum).max(M_FLOOR);
+                        let vu = (cu / usum).max(0.5 / usum);
+                        change = change.max((vm - m[g][l]).abs()).max((vu.ln() - u[g][l].ln()).abs() * 1e-3);
+                        m[g][l] = vm;
+                        u[g][l] = vu;
+                    }
+                }
+                seen[g] = cnt;
+            }
+            if change < EM_TOLERANCE {
+                break;
+            }
+        }
+        self.finish(&m, &u, &prior_m, &prior_u, Some(&seen), lambda, true, iterations)
+    }
+
+    /// Weights per level; a level seen in no pair (expected count under half
+    /// a pair in both classes) keeps its prior weight.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        m: &[Vec<f64>],
+        u: &[Vec<f64>],
+        prior_m: &[Vec<f64>],
+        prior_u: &[Vec<f64>],
+        seen: Option<&[Vec<(f64, f64)>]>,
+        match_share: f64,
+        estimated: bool,
+        iterations: u32,
+    ) -> Estimate {
+        let mut levels: Vec<Vec<LevelEstimate>> = Vec::with_capacity(self.groups.len());
+        for g in 0..self.groups.len() {
+            let mut out = Vec::with_capacity(m[g].len());
+            for l in 0..m[g].len() {
+                let unseen = seen.map_or(true, |s| s[g][l].0 < 0.5 && s[g][l].1 < 0.5);
+                let (mm, uu) = if unseen { (prior_m[g][l], prior_u[g][l]) } else { (m[g][l], u[g][l]) };
+                out.push(LevelEstimate { m: mm, u: uu, bits: (mm / uu).log2(), from_prior: unseen || !estimated });
+            }
+            levels.push(out);
+        }
+        let mut schemes =
+            vec![SchemeEstimate { group: 0, m: 0.0, u: 0.0, agree_bits: 0.0, from_prior: true }; self.n_schemes];
+        let mut groups = Vec::with_capacity(self.groups.len());
+        for (g, members) in self.groups.iter().enumerate() {
+            for (l, &k) in members.iter().enumerate() {
+                let e = levels[g][l];
+                schemes[k] = SchemeEstimate { group: g, m: e.m, u: e.u, agree_bits: e.bits, from_prior: e.from_prior };
+            }
+            let none = levels[g][members.len()];
+            groups.push(GroupEstimate {
+                schemes: members.clone(),
+                m_none: none.m,
+                u_none: none.u,
+                none_bits: none.bits,
+            });
+        }
+        Estimate { schemes, groups, match_share, estimated, iterations }
     }
 
     /// A dense person number for every record, numbered in order of each
-    /// person's first record: stable for a given input order.
-    pub fn persons(&mut self) -> Vec<u32> {
-        let n = self.parent.len();
-        let mut number: HashMap<u32, u32> = HashMap::new();
-        let mut out = Vec::with_capacity(n);
-        for r in 0..n as u32 {
-            let root = find(&mut self.parent, r);
-            let next = number.len() as u32;
-            out.push(*number.entry(root).or_insert(next));
+    /// person's first record: stable for a given input.
+    pub fn persons(&self) -> Vec<u32> {
+        self.link().persons
+    }
+
+    /// Estimate m/u, weigh every candidate pair, cluster, and say how it went.
+    pub fn link(&self) -> Linkage {
+        let est = self.estimate();
+        let weight_of = |agree: u16, compared: u16| -> f64 {
+            (0..self.groups.len())
+                .filter_map(|g| {
+                    let l = self.level(g, agree, compared)?;
+                    Some(match self.groups[g].get(l) {
+                        Some(&k) => est.schemes[k].agree_bits,
+                        None => est.groups[g].none_bits,
+                    })
+                })
+                .sum()
+        };
+        let weights: Vec<f64> = self.patterns.iter().map(|&(a, c)| weight_of(a, c)).collect();
+        let (threshold, bridge) = (self.rule.threshold, self.rule.bridge);
+        let prior_odds = est.match_share / (1.0 - est.match_share);
+        let posterior = |w: f64| 1.0 / (1.0 + 1.0 / (prior_odds * w.exp2()));
+
+        // Pairs bucketed by pattern, patterns from the heaviest down.
+        let np = self.present.len();
+        let mut start = vec![0usize; self.patterns.len() + 1];
+        for &(_, _, id) in &self.pairs {
+            start[id as usize + 1] += 1;
         }
-        out
+        for i in 0..self.patterns.len() {
+            start[i + 1] += start[i];
+        }
+        let mut fill = start.clone();
+        let mut by_pattern = vec![(0u32, 0u32); self.pairs.len()];
+        for &(a, b, id) in &self.pairs {
+            by_pattern[fill[id as usize]] = (a, b);
+            fill[id as usize] += 1;
+        }
+        let mut order: Vec<usize> = (0..self.patterns.len()).filter(|&i| weights[i] >= threshold).collect();
+        order.sort_by(|&x, &y| weights[y].total_cmp(&weights[x]).then(self.patterns[x].cmp(&self.patterns[y])));
+
+        let mut parent: Vec<u32> = (0..np as u32).collect();
+        let mut profiles: Vec<u32> = vec![1; np];
+        let (mut links, mut not_bridged, mut merged_expect) = (0u64, 0u64, 0.0f64);
+        let mut accepted: Vec<(u32, u32)> = Vec::new();
+        let mut i = 0;
+        while i < order.len() {
+            let w = weights[order[i]];
+            let mut j = i;
+            accepted.clear();
+            while j < order.len() && weights[order[j]] == w {
+                let id = order[j];
+                for &(a, b) in &by_pattern[start[id]..start[id + 1]] {
+                    links += 1;
+                    let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
+                    if ra == rb {
+                        continue;
+                    }
+                    if w >= bridge || profiles[ra as usize] == 1 || profiles[rb as usize] == 1 {
+                        accepted.push((a, b));
+                    } else {
+                        not_bridged += 1;
+                    }
+                }
+                j += 1;
+            }
+            for &(a, b) in &accepted {
+                if union(&mut parent, &mut profiles, a, b) {
+                    merged_expect += 1.0 - posterior(w);
+                }
+            }
+            i = j;
+        }
+
+        // A profile that is no evidence on its own keeps its records apart unless linked.
+        let self_weak: Vec<bool> = (0..np).map(|p| weight_of(self.present[p], self.present[p]) < threshold).collect();
+        let mut number: HashMap<u64, u32> = HashMap::new();
+        let mut persons = Vec::with_capacity(self.record_profile.len());
+        for (r, &p) in self.record_profile.iter().enumerate() {
+            let root = find(&mut parent, p);
+            let key = if self_weak[p as usize] && profiles[root as usize] == 1 {
+                (1u64 << 32) | r as u64
+            } else {
+                u64::from(root)
+            };
+            let next = number.len() as u32;
+            persons.push(*number.entry(key).or_insert(next));
+        }
+        let n_persons = number.len() as u64;
+
+        // Pairs of clusters left apart that the model thinks are one person.
+        let mut apart: HashMap<(u32, u32), f64> = HashMap::new();
+        for &(a, b, id) in &self.pairs {
+            let pr = posterior(weights[id as usize]);
+            if pr < 0.5 {
+                continue;
+            }
+            let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
+            if ra != rb {
+                let e = apart.entry((ra.min(rb), ra.max(rb))).or_insert(0.0);
+                *e = e.max(pr);
+            }
+        }
+        let mut split: Vec<f64> = apart.into_values().collect();
+        split.sort_by(f64::total_cmp);
+        let split_expect: f64 = split.iter().sum();
+
+        let mut hist: Vec<(i64, u64)> = Vec::new();
+        for (w, &c) in weights.iter().zip(&self.pattern_counts) {
+            let bucket = (w / HISTOGRAM_BITS).floor() as i64;
+            match hist.iter_mut().find(|(b, _)| *b == bucket) {
+                Some(h) => h.1 += c,
+                None => hist.push((bucket, c)),
+            }
+        }
+        hist.sort_unstable();
+        let share = |x: f64| if n_persons == 0 { 0.0 } else { (x / n_persons as f64).clamp(0.0, 1.0) + 0.0 };
+        let quality = Quality {
+            records: self.record_profile.len() as u64,
+            profiles: np as u64,
+            persons: n_persons,
+            candidate_pairs: self.pairs.len() as u64,
+            estimated: est.estimated,
+            em_iterations: est.iterations,
+            match_share_of_candidates: est.match_share,
+            schemes: est.schemes,
+            groups: est.groups,
+            threshold_bits: threshold,
+            bridge_bits: bridge,
+            weight_histogram: hist
+                .into_iter()
+                .map(|(b, pairs)| WeightBucket { from_bits: b as f64 * HISTOGRAM_BITS, pairs })
+                .collect(),
+            links,
+            links_not_bridged: not_bridged,
+            estimated_merged_share: share(merged_expect),
+            estimated_split_share: share(split_expect),
+            blocks_capped: self.blocks_capped,
+        };
+        Linkage { persons, quality }
     }
 }
 
-/// Combine the tokens of a qualifying set into one 128-bit key. Tokens are
-/// pseudorandom (HMAC outputs under per-scheme keys), so XOR of the set's
-/// tokens, each rotated by its position in the set, collides only with
-/// probability about 2^-128 per pair; `None` if the record lacks one.
-fn combine(set: &[usize], tokens: &[Option<Token>]) -> Option<u128> {
-    let mut key = 0u128;
-    for (pos, &s) in set.iter().enumerate() {
-        let t = tokens.get(s).copied().flatten()?;
-        let v = u128::from_le_bytes(t);
-        key ^= v.rotate_left((pos as u32 * 37) % 128);
+/// Comparison groups: schemes joined when they share an identity field
+/// (transitively), each group's members in schema order. One recording
+/// error breaks every scheme holding the field, so a group counts as one
+/// comparison whose level is its first agreeing scheme, and groups are taken
+/// as independent (Splink's comparisons and comparison levels).
+pub fn group_schemes(fields: &[u64]) -> Vec<Vec<usize>> {
+    let n = fields.len();
+    let mut group: Vec<usize> = (0..n).collect();
+    // Few schemes: join until nothing changes.
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for a in 0..n {
+            for b in 0..n {
+                if fields[a] & fields[b] != 0 && group[b] > group[a] {
+                    group[b] = group[a];
+                    changed = true;
+                }
+            }
+        }
     }
-    Some(key)
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut ids: Vec<usize> = Vec::new();
+    for (k, &g) in group.iter().enumerate() {
+        match ids.iter().position(|&x| x == g) {
+            Some(i) => out[i].push(k),
+            None => {
+                ids.push(g);
+                out.push(vec![k]);
+            }
+        }
+    }
+    out
 }
 
-const _: () = assert!(TOKEN_LEN == 16, "combine() packs a token into a u128");
+const _: () = assert!(TOKEN_LEN == 16, "a token is kept as a u128");
 
 fn find(parent: &mut [u32], mut x: u32) -> u32 {
     // Path halving: every visited node points to its grandparent.
@@ -131,14 +671,18 @@ fn find(parent: &mut [u32], mut x: u32) -> u32 {
     x
 }
 
-fn union(parent: &mut [u32], size: &mut [u32], a: u32, b: u32) {
+/// Join the clusters of `a` and `b`; false if they were one already. The
+/// smaller index becomes the root, so the result does not depend on the
+/// order unions are made in.
+fn union(parent: &mut [u32], profiles: &mut [u32], a: u32, b: u32) -> bool {
     let (ra, rb) = (find(parent, a), find(parent, b));
     if ra == rb {
-        return;
+        return false;
     }
-    let (big, small) = if size[ra as usize] >= size[rb as usize] { (ra, rb) } else { (rb, ra) };
-    parent[small as usize] = big;
-    size[big as usize] += size[small as usize];
+    let (root, child) = if ra < rb { (ra, rb) } else { (rb, ra) };
+    parent[child as usize] = root;
+    profiles[root as usize] += profiles[child as usize];
+    true
 }
 
 /// Pairwise linkage quality: a pair of records is "found" when linked into
@@ -189,50 +733,187 @@ pub fn pairwise_metrics(found: &[u32], truth: &[u32]) -> PairMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::minimal_qualifying_sets;
+    use rand::{Rng, SeedableRng};
 
-    fn rule(weights: &[u32], threshold: u32) -> LinkageRule {
-        LinkageRule { threshold, qualifying: minimal_qualifying_sets(weights, threshold) }
+    /// A rule over schemes of these estimated bits, each on its own identity field
+    /// (so each is a group of its own) unless `fields` says otherwise.
+    fn rule(bits: &[f64], threshold: f64, bridge: f64) -> LinkageRule {
+        let fields: Vec<u64> = (0..bits.len()).map(|i| 1 << i).collect();
+        LinkageRule::new(threshold, bridge, bits, &fields)
     }
 
     fn t(x: u8) -> Option<Token> {
         Some([x; TOKEN_LEN])
     }
 
-    #[test]
-    fn weights_and_threshold_decide() {
-        // Scheme 0 alone links; schemes 1 and 2 only together.
-        let r = rule(&[10, 5, 5], 10);
-        let mut l = Linker::new(&r, 3);
-        let a = l.add(1, &[t(1), t(2), t(3)]).unwrap();
-        let b = l.add(1, &[t(1), None, None]).unwrap(); // scheme 0 agrees: links
-        let c = l.add(1, &[t(9), t(2), None]).unwrap(); // only scheme 1: does not
-        let d = l.add(1, &[t(8), t(2), t(3)]).unwrap(); // 1 and 2: links
-        let e = l.add(2, &[t(1), t(2), t(3)]).unwrap(); // another epoch never agrees
-        let p = l.persons();
-        assert_eq!(p[a as usize], p[b as usize]);
-        assert_ne!(p[a as usize], p[c as usize]);
-        assert_eq!(p[a as usize], p[d as usize]);
-        assert_ne!(p[a as usize], p[e as usize]);
+    fn same(p: &[u32], a: u32, b: u32) -> bool {
+        p[a as usize] == p[b as usize]
     }
 
     #[test]
-    fn links_are_transitive_and_order_free() {
-        let r = rule(&[1, 1], 1);
-        let recs = [[t(1), t(2)], [t(3), t(2)], [t(3), t(4)], [t(5), t(6)]];
-        let mut fwd = Linker::new(&r, 2);
-        recs.iter().for_each(|x| {
-            fwd.add(1, x).unwrap();
-        });
-        let mut rev = Linker::new(&r, 2);
-        recs.iter().rev().for_each(|x| {
+    fn a_strong_scheme_links_alone_a_weak_one_does_not() {
+        // Prior weights: scheme 0 agreeing ≈ +29.7 bits, scheme 1 ≈ +11.8, a group with nothing agreeing ≈ −3.3.
+        let r = rule(&[30.0, 12.0], 15.0, 15.0);
+        let mut l = Linker::new(&r, 2);
+        let a = l.add(1, &[t(1), t(2)]).unwrap();
+        let b = l.add(1, &[t(1), None]).unwrap(); // the strong token agrees: links
+        let c = l.add(1, &[t(9), t(2)]).unwrap(); // only the weak one, the strong differs: does not
+        let d = l.add(1, &[None, t(2)]).unwrap(); // only the weak one: does not
+        let e = l.add(1, &[None, t(2)]).unwrap(); // the same weak-only profile is no evidence either
+        let f = l.add(2, &[t(1), t(2)]).unwrap(); // another epoch never agrees
+        let link = l.link();
+        let p = &link.persons;
+        assert!(same(p, a, b));
+        assert!(!same(p, a, c) && !same(p, a, d) && !same(p, d, e) && !same(p, a, f));
+        assert!(!link.quality.estimated, "four pairs: the prior is used");
+        assert_eq!(link.quality.persons, 5);
+    }
+
+    #[test]
+    fn weights_add_up_and_a_disagreement_counts_against() {
+        // Two medium schemes (≈ +19.8 each), a strong-ish third in its own group.
+        let r = rule(&[20.0, 20.0, 26.0], 30.0, 30.0);
+        let mut l = Linker::new(&r, 3);
+        let a = l.add(1, &[t(1), t(2), None]).unwrap();
+        let b = l.add(1, &[t(1), None, None]).unwrap(); // one medium scheme: 19.8 < 30
+        let c = l.add(1, &[t(1), t(2), None]).unwrap(); // both: 39.6 (same profile as a)
+        let d = l.add(1, &[t(1), t(2), t(7)]).unwrap(); // both, third absent on a: 39.6
+        let e = l.add(1, &[t(5), t(2), t(8)]).unwrap(); // one medium and the third disagreeing with d: no
+        let p = l.persons();
+        assert!(!same(&p, a, b));
+        assert!(same(&p, a, c) && same(&p, a, d));
+        assert!(!same(&p, a, e));
+        // Lower the threshold: a single medium scheme now links.
+        let mut low = l.clone();
+        low.rule.threshold = 15.0;
+        low.rule.bridge = 15.0;
+        let p = low.persons();
+        assert!(same(&p, a, b) && same(&p, a, e));
+    }
+
+    #[test]
+    fn schemes_sharing_a_field_are_one_comparison() {
+        // Schemes 0 and 1 share field 0: a pair agreeing on 1 only is at level 1, with
+        // no penalty for 0 disagreeing (one error breaks both).
+        let r = LinkageRule::new(15.0, 15.0, &[30.0, 25.0, 20.0], &[0b01, 0b01, 0b10]);
+        let l = Linker::new(&r, 3);
+        assert_eq!(l.groups, vec![vec![0, 1], vec![2]]);
+        let mut l = l;
+        let a = l.add(1, &[t(1), t(2), None]).unwrap();
+        let b = l.add(1, &[t(9), t(2), None]).unwrap();
+        assert!(same(&l.persons(), a, b), "level 1 alone weighs ≈ 24.8 bits");
+    }
+
+    #[test]
+    fn one_weak_link_does_not_chain_two_persons() {
+        // Scheme 0 strong (+39.8), scheme 1 medium (+19.8), own groups; a link on scheme 1
+        // alone with scheme 0 disagreeing weighs 19.8 − 3.3 = 16.5: above the threshold, below the bridge.
+        let r = rule(&[40.0, 20.0], 15.0, 30.0);
+        let mut l = Linker::new(&r, 2);
+        let a1 = l.add(1, &[t(1), t(11)]).unwrap();
+        let a2 = l.add(1, &[t(1), t(12)]).unwrap();
+        let b1 = l.add(1, &[t(2), t(12)]).unwrap(); // weakly like a2
+        let b2 = l.add(1, &[t(2), t(14)]).unwrap();
+        let c = l.add(1, &[t(3), t(11)]).unwrap(); // weakly like a1, and alone
+        let link = l.link();
+        let p = &link.persons;
+        assert!(same(p, a1, a2) && same(p, b1, b2));
+        assert!(!same(p, a2, b1), "two established persons are not joined by one weak link");
+        assert!(same(p, a1, c), "a single record is attached by a weak link");
+        assert_eq!(link.quality.links_not_bridged, 1);
+        // With the bridge at the threshold, the weak link chains them.
+        let mut chained = l.clone();
+        chained.rule.bridge = 15.0;
+        let p = chained.persons();
+        assert!(same(&p, a2, b1));
+    }
+
+    /// Records of `entities` persons with recording noise: each token is sometimes
+    /// missing or wrong, as exact tokens of a name or date with a typo would be.
+    fn noisy(seed: u64, entities: u32, per: u32) -> (Vec<[Option<Token>; 4]>, Vec<u32>) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut recs = Vec::new();
+        let mut truth = Vec::new();
+        for e in 0..entities {
+            for _ in 0..rng.gen_range(1..=per) {
+                let mut r = [None; 4];
+                for (s, slot) in r.iter_mut().enumerate() {
+                    let mut v = [0u8; TOKEN_LEN];
+                    v[..4].copy_from_slice(&e.to_le_bytes());
+                    v[4] = s as u8;
+                    let roll: f64 = rng.gen();
+                    if roll < 0.1 {
+                        continue; // missing
+                    } else if roll < 0.2 {
+                        v[5] = rng.gen_range(1..=255); // wrong
+                    }
+                    *slot = Some(v);
+                }
+                recs.push(r);
+                truth.push(e);
+            }
+        }
+        (recs, truth)
+    }
+
+    #[test]
+    fn estimated_from_the_data_and_good_on_it() {
+        let (recs, truth) = noisy(7, 600, 6);
+        let r = LinkageRule::new(15.0, 30.0, &[30.0, 30.0, 30.0, 24.0], &[1, 2, 4, 8]);
+        let mut l = Linker::new(&r, 4);
+        for x in &recs {
+            l.add(1, x).unwrap();
+        }
+        let link = l.link();
+        let q = &link.quality;
+        assert!(q.estimated && q.em_iterations > 1, "{q:?}");
+        // Each token agrees for the same person about (0.9·0.8)² / 0.9² ≈ 0.8 of compared pairs.
+        for s in &q.schemes {
+            assert!((0.7..0.9).contains(&s.m), "{q:?}");
+            assert!(s.agree_bits > 15.0);
+        }
+        let m = pairwise_metrics(&link.persons, &truth);
+        assert!(m.precision == 1.0 && m.recall > 0.95, "{m:?}");
+        assert!((0.0..=1.0).contains(&q.estimated_split_share) && (0.0..=1.0).contains(&q.estimated_merged_share));
+        assert!(q.weight_histogram.iter().map(|b| b.pairs).sum::<u64>() == q.candidate_pairs);
+    }
+
+    #[test]
+    fn incremental_equals_batch_at_once_and_arrival_order_does_not_matter() {
+        let (recs, _) = noisy(11, 500, 8);
+        let r = LinkageRule::new(15.0, 30.0, &[30.0, 30.0, 30.0, 24.0], &[1, 2, 4, 8]);
+        let mut whole = Linker::new(&r, 4);
+        for x in &recs {
+            whole.add(1, x).unwrap();
+        }
+        let once = whole.link();
+        // Batch by batch, linking (and estimating) after every batch as the steward does.
+        let mut inc = Linker::new(&r, 4);
+        let mut at = 0;
+        for size in [1, 7, 100, 3, 500, 64].iter().cycle() {
+            if at >= recs.len() {
+                break;
+            }
+            for x in &recs[at..(at + size).min(recs.len())] {
+                inc.add(1, x).unwrap();
+            }
+            at += size;
+            let _ = inc.link();
+        }
+        let batched = inc.link();
+        assert_eq!(once.persons, batched.persons);
+        assert_eq!(once.quality, batched.quality);
+        // The same input twice: the same persons.
+        assert_eq!(whole.link().persons, once.persons);
+        // Reversed arrival: the same partition.
+        let mut rev = Linker::new(&r, 4);
+        for x in recs.iter().rev() {
             rev.add(1, x).unwrap();
-        });
-        let f = fwd.persons();
-        let mut b = rev.persons();
-        b.reverse();
-        assert_eq!(f, vec![0, 0, 0, 1]);
-        assert_eq!(pairwise_metrics(&f, &b).f1, 1.0);
+        }
+        let mut p = rev.persons();
+        p.reverse();
+        let m = pairwise_metrics(&p, &once.persons);
+        assert_eq!((m.precision, m.recall), (1.0, 1.0));
     }
 
     #[test]

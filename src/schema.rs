@@ -15,8 +15,12 @@ use crate::normalize::NormKind;
 /// a common surname from how often its token occurs.
 pub const MIN_SCHEME_BITS: f64 = 24.0;
 
-/// At most this many schemes: the linkage rule enumerates subsets of them.
+/// At most this many schemes: linkage keeps a pair's agreement pattern as a 16-bit mask.
 pub const MAX_SCHEMES: usize = 16;
+
+/// The agreement probability among true matches assumed for every scheme
+/// before the steward has pairs enough to estimate it (see `linkage`).
+pub const PRIOR_M: f64 = 0.9;
 
 /// Names a kind's released fields may not take, because the pseudonymizer adds them.
 pub const RESERVED_FIELD_NAMES: [&str; 7] = ["age", "source", "kind", "line", "epoch", "rid", "tokens"];
@@ -78,8 +82,6 @@ struct RawScheme {
     parts: Vec<String>,
     #[serde(default)]
     unordered: Unordered,
-    #[serde(default = "default_weight")]
-    weight: u32,
 }
 
 /// `unordered = ["a", "b"]` (one group) or `[["a", "b"], ["c", "d"]]` (several).
@@ -103,14 +105,11 @@ impl Unordered {
     }
 }
 
-fn default_weight() -> u32 {
-    1
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLinkage {
-    threshold: u32,
+    threshold: f64,
+    bridge: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,7 +185,8 @@ pub struct Scheme {
     /// Groups of positions in `parts` whose order does not matter: each
     /// group's values are encoded sorted.
     pub unordered: Vec<Vec<usize>>,
-    pub weight: u32,
+    /// Estimated information of the token, in bits (see [`part_bits`]).
+    pub bits: f64,
 }
 
 /// One part of a scheme: an identity field and a transform of its normalized value.
@@ -274,13 +274,31 @@ pub fn part_bits(norm: NormKind, t: Transform) -> f64 {
     }
 }
 
-/// Which sets of agreeing schemes link two records.
-#[derive(Debug, Clone)]
+/// How the steward decides links (Fellegi–Sunter match weights; see `linkage`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct LinkageRule {
-    pub threshold: u32,
-    /// The minimal sets of scheme indices whose weights reach the threshold:
-    /// two records link when, for one of these sets, all its tokens agree.
-    pub qualifying: Vec<Vec<usize>>,
+    /// Two records link when their match weight (bits of evidence) reaches this.
+    pub threshold: f64,
+    /// A link below this weight never joins two persons that already hold
+    /// several distinct records each (no chaining through one weak link).
+    pub bridge: f64,
+    /// Per scheme, the (m, u) used until there are pairs enough to estimate
+    /// them: m = [`PRIOR_M`], u = 2^-bits of the scheme's estimated information.
+    pub prior: Vec<(f64, f64)>,
+    /// Per scheme, the identity fields its parts use (bit i: field i).
+    pub fields: Vec<u64>,
+}
+
+impl LinkageRule {
+    /// The rule for schemes of these estimated bits and field sets, every scheme at its prior (m, u).
+    pub fn new(threshold: f64, bridge: f64, scheme_bits: &[f64], scheme_fields: &[u64]) -> LinkageRule {
+        LinkageRule {
+            threshold,
+            bridge,
+            prior: scheme_bits.iter().map(|&b| (PRIOR_M, (-b).exp2())).collect(),
+            fields: scheme_fields.to_vec(),
+        }
+    }
 }
 
 /// A record kind an agency exports.
@@ -474,9 +492,6 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
         if !seen_names.insert(s.name.clone()) {
             problems.push(problem(&key, "duplicate scheme name"));
         }
-        if s.weight == 0 || s.weight > 1000 {
-            problems.push(problem(format!("{key}.weight"), "weight must be 1 to 1000"));
-        }
         let mut parts = Vec::new();
         let mut ok = true;
         for p in &s.parts {
@@ -561,8 +576,8 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
             positions.sort_unstable();
             unordered.push(positions);
         }
+        let bits: f64 = parts.iter().map(|p| part_bits(identity[p.field].norm, p.transform)).sum();
         if ok {
-            let bits: f64 = parts.iter().map(|p| part_bits(identity[p.field].norm, p.transform)).sum();
             if bits < MIN_SCHEME_BITS {
                 problems.push(problem(
                     format!("{key}.parts"),
@@ -583,32 +598,41 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
                 ));
             }
         }
-        schemes.push(Scheme { name: s.name.clone(), parts, unordered, weight: s.weight });
+        schemes.push(Scheme { name: s.name.clone(), parts, unordered, bits });
     }
 
     // Linkage rule.
-    let threshold = match &raw.linkage {
-        Some(l) => l.threshold,
+    let (threshold, bridge) = match &raw.linkage {
+        Some(l) => (l.threshold, l.bridge.unwrap_or(l.threshold)),
         None => {
-            problems.push(problem("linkage", "missing [linkage] table with a `threshold`"));
-            0
+            problems.push(problem("linkage", "missing [linkage] table with a `threshold` (bits of evidence)"));
+            (0.0, 0.0)
         }
     };
-    let mut qualifying = Vec::new();
-    if threshold == 0 && raw.linkage.is_some() {
-        problems.push(problem("linkage.threshold", "must be at least 1"));
-    } else if threshold > 0 && schemes.len() <= MAX_SCHEMES {
-        qualifying = minimal_qualifying_sets(&schemes.iter().map(|s| s.weight).collect::<Vec<_>>(), threshold);
-        if qualifying.is_empty() && !schemes.is_empty() {
-            let total: u32 = schemes.iter().map(|s| s.weight).sum();
-            problems.push(problem(
-                "linkage.threshold",
-                format!(
-                    "{threshold} cannot be reached: all schemes together weigh {total}, so no records would ever link"
-                ),
-            ));
+    if raw.linkage.is_some() {
+        if !(threshold.is_finite() && threshold > 0.0 && threshold <= 200.0) {
+            problems.push(problem("linkage.threshold", "must be a number of bits above 0 and at most 200"));
+        } else if !(bridge.is_finite() && bridge >= threshold && bridge <= 200.0) {
+            problems.push(problem("linkage.bridge", "must be at least `threshold` and at most 200 bits"));
+        } else if !schemes.is_empty() {
+            // The most evidence any pair can show under the prior: every scheme agreeing.
+            let total: f64 = schemes.iter().map(|s| (PRIOR_M / (-s.bits).exp2()).log2()).sum();
+            if total < threshold {
+                problems.push(problem(
+                    "linkage.threshold",
+                    format!(
+                        "{threshold} bits cannot be reached: all schemes agreeing give about {total:.0} bits, so no records would ever link"
+                    ),
+                ));
+            }
         }
     }
+    let linkage = LinkageRule::new(
+        threshold,
+        bridge,
+        &schemes.iter().map(|s| s.bits).collect::<Vec<_>>(),
+        &schemes.iter().map(|s| s.parts.iter().fold(0u64, |m, p| m | 1u64 << (p.field % 64))).collect::<Vec<_>>(),
+    );
 
     // Kinds.
     let released_identity: Vec<&str> = identity.iter().filter(|f| f.release).map(|f| f.name.as_str()).collect();
@@ -727,7 +751,7 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
     }
 
     if problems.is_empty() {
-        Ok(Schema { identity, schemes, linkage: LinkageRule { threshold, qualifying }, kinds })
+        Ok(Schema { identity, schemes, linkage, kinds })
     } else {
         Err(problems)
     }
@@ -781,26 +805,6 @@ fn build_enum(key: &str, f: &RawField, problems: &mut Vec<Problem>) -> EnumType 
     EnumType { values: f.values.clone(), lookup }
 }
 
-/// Every minimal set of scheme indices whose weights sum to at least `threshold`.
-/// A set is minimal when dropping any member falls below the threshold.
-pub fn minimal_qualifying_sets(weights: &[u32], threshold: u32) -> Vec<Vec<usize>> {
-    let n = weights.len();
-    let mut out = Vec::new();
-    for mask in 1u32..(1u32 << n) {
-        let members: Vec<usize> = (0..n).filter(|i| mask & (1 << i) != 0).collect();
-        let sum: u64 = members.iter().map(|&i| u64::from(weights[i])).sum();
-        if sum < u64::from(threshold) {
-            continue;
-        }
-        let minimal = members.iter().all(|&i| sum - u64::from(weights[i]) < u64::from(threshold));
-        if minimal {
-            out.push(members);
-        }
-    }
-    out.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -824,8 +828,8 @@ mod tests {
             assert!(s.kind(k).is_some(), "kind {k}");
         }
         assert!(s.birth_date_field().is_some());
-        // Every single-scheme set qualifies for the weight-10 schemes.
-        assert!(s.linkage.qualifying.iter().any(|q| q.len() == 1));
+        assert!(s.linkage.bridge >= s.linkage.threshold);
+        assert_eq!(s.linkage.prior.len(), s.schemes.len());
     }
 
     #[test]
@@ -844,7 +848,7 @@ parts = ["family_name"]
 name = "bad"
 parts = ["nope", "given_name:wobble"]
 [linkage]
-threshold = 100
+threshold = 150
 [kinds.arrest]
 record_id = "missing"
 event_date = "arrest_date"
@@ -860,7 +864,7 @@ level = { type = "enum", values = ["felony"], aliases = { f = "fel" } }
         assert!(has("schemes[0] (surname_only).parts: too little information"), "{all:#?}");
         assert!(has("`nope` is not a declared identity field"), "{all:#?}");
         assert!(has("`wobble` is not a transform"), "{all:#?}");
-        assert!(has("linkage.threshold: 100 cannot be reached"), "{all:#?}");
+        assert!(has("linkage.threshold: 150 bits cannot be reached"), "{all:#?}");
         assert!(has("kinds.arrest.record_id"), "{all:#?}");
         assert!(has("kinds.arrest.event_date"), "{all:#?}");
         assert!(has("kinds.arrest.fields.level.aliases"), "{all:#?}");
@@ -871,14 +875,6 @@ level = { type = "enum", values = ["felony"], aliases = { f = "fel" } }
         let text = Schema::default_schema().map(|_| DEFAULT_SCHEMA.replace("version = 1", "version = 1\nverison = 1"));
         let problems = Schema::from_toml(&text.unwrap_or_default()).unwrap_err();
         assert!(problems[0].to_string().contains("verison"), "{problems:?}");
-    }
-
-    #[test]
-    fn minimal_sets() {
-        let sets = minimal_qualifying_sets(&[10, 5, 5, 3], 10);
-        assert_eq!(sets, vec![vec![0], vec![1, 2]]);
-        // {1,3}=8 is short; {1,2,3} is not minimal.
-        assert!(minimal_qualifying_sets(&[1, 1], 3).is_empty());
     }
 
     #[test]

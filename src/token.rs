@@ -6,7 +6,7 @@ use ring::hmac;
 
 use crate::identity::Identity;
 use crate::keys::{EpochKey, KeyError};
-use crate::normalize;
+use crate::normalize::{self, NormKind};
 use crate::schema::{Schema, Transform};
 
 /// Bytes of a token: HMAC-SHA256 truncated to 128 bits (RFC 2104 allows
@@ -28,10 +28,13 @@ pub struct Tokenizer {
     keys: Vec<hmac::Key>,
     record_id_key: hmac::Key,
     schemes: Vec<SchemePlan>,
+    /// Identity fields some scheme nickname-maps (family names in an unordered name group).
+    nick_fields: Vec<usize>,
 }
 
 struct SchemePlan {
-    parts: Vec<(usize, Transform)>,
+    /// (identity field, transform, map the value through the nickname table first).
+    parts: Vec<(usize, Transform, bool)>,
     /// Groups of positions (ascending) whose values are encoded sorted.
     unordered: Vec<Vec<usize>>,
 }
@@ -39,6 +42,9 @@ struct SchemePlan {
 /// Reusable buffers for [`Tokenizer::tokens`]; zeroized when dropped.
 #[derive(Default)]
 pub struct Scratch {
+    /// Per identity field, its nickname-mapped form when a scheme needs it
+    /// (looked up once per record, not once per scheme): a table entry.
+    nick: Vec<Option<&'static str>>,
     parts: Vec<String>,
     sorted: Vec<String>,
     message: Vec<u8>,
@@ -60,18 +66,40 @@ impl Tokenizer {
             info.extend_from_slice(s.name.as_bytes());
             keys.push(key.derive_hmac_key(&info)?);
         }
+        let schemes: Vec<SchemePlan> = schema
+            .schemes
+            .iter()
+            .map(|s| {
+                // In an unordered group that holds a given name, a family name is
+                // nickname-mapped too: with names swapped between agencies, the
+                // family column holds the nickname ("Bill") the given side maps.
+                let norm = |i: usize| schema.identity[s.parts[i].field].norm;
+                let nick_groups: Vec<&Vec<usize>> =
+                    s.unordered.iter().filter(|g| g.iter().any(|&i| norm(i) == NormKind::GivenName)).collect();
+                SchemePlan {
+                    parts: s
+                        .parts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| {
+                            let nick = norm(i) == NormKind::FamilyName && nick_groups.iter().any(|g| g.contains(&i));
+                            (p.field, p.transform, nick)
+                        })
+                        .collect(),
+                    unordered: s.unordered.clone(),
+                }
+            })
+            .collect();
+        let mut nick_fields: Vec<usize> =
+            schemes.iter().flat_map(|p| p.parts.iter().filter(|x| x.2).map(|x| x.0)).collect();
+        nick_fields.sort_unstable();
+        nick_fields.dedup();
         Ok(Tokenizer {
             epoch: key.epoch(),
+            nick_fields,
             keys,
             record_id_key: key.derive_hmac_key(RECORD_ID_INFO)?,
-            schemes: schema
-                .schemes
-                .iter()
-                .map(|s| SchemePlan {
-                    parts: s.parts.iter().map(|p| (p.field, p.transform)).collect(),
-                    unordered: s.unordered.clone(),
-                })
-                .collect(),
+            schemes,
         })
     }
 
@@ -83,6 +111,11 @@ impl Tokenizer {
     /// `None` where the record lacks a field the scheme needs.
     pub fn tokens(&self, id: &Identity, scratch: &mut Scratch, out: &mut Vec<Option<Token>>) {
         out.clear();
+        scratch.nick.clear();
+        scratch.nick.resize(id.len(), None);
+        for &f in &self.nick_fields {
+            scratch.nick[f] = id.get(f).and_then(normalize::nickname_canonical);
+        }
         for (plan, key) in self.schemes.iter().zip(&self.keys) {
             out.push(self.scheme_token(plan, key, id, scratch));
         }
@@ -93,8 +126,11 @@ impl Tokenizer {
         if scratch.parts.len() < n {
             scratch.parts.resize_with(n, String::new);
         }
-        for (i, &(field, t)) in plan.parts.iter().enumerate() {
-            let value = id.get(field)?;
+        for (i, &(field, t, nick)) in plan.parts.iter().enumerate() {
+            let mut value = id.get(field)?;
+            if nick {
+                value = scratch.nick.get(field).copied().flatten().unwrap_or(value);
+            }
             let buf = &mut scratch.parts[i];
             buf.clear();
             apply(t, value, buf);
@@ -221,11 +257,15 @@ mod tests {
         let key = EpochKey::from_bytes(1, &[9u8; 32]).unwrap();
         let base = [("given_name", "William"), ("family_name", "O'Brien"), ("dob", "1980-03-14"), ("sex", "M")];
         let t0 = toks(&schema, &key, &base);
-        assert_eq!(
-            t0.iter().filter(|t| t.is_some()).count(),
-            schema.schemes.len() - 1,
-            "no state id: one scheme absent"
-        );
+        // Every scheme gets a token but those needing a state id, address, postal code or city.
+        let fed = |s: &crate::schema::Scheme| {
+            s.parts
+                .iter()
+                .all(|p| ["given_name", "family_name", "dob", "sex"].contains(&schema.identity[p.field].name.as_str()))
+        };
+        for (t, s) in t0.iter().zip(&schema.schemes) {
+            assert_eq!(t.is_some(), fed(s), "{}", s.name);
+        }
         let variants: Vec<Vec<(&str, &str)>> = vec![
             vec![("given_name", "Bill"), ("family_name", "OBRIEN"), ("dob", "3/14/1980"), ("sex", "male")],
             vec![("given_name", "Wiliam"), ("family_name", "O'Brien"), ("dob", "1980-03-14"), ("sex", "M")],
@@ -235,6 +275,11 @@ mod tests {
             vec![("given_name", "William"), ("family_name", "O'Brien"), ("dob", "1908-03-14"), ("sex", "M")],
             vec![("given_name", "William"), ("family_name", "O'Brien"), ("dob", "1980-03-14"), ("sex", "F")],
             vec![("given_name", "O'Brien"), ("family_name", "William"), ("dob", "1980-03-14"), ("sex", "M")],
+            // A space inside the given name, a middle name, no sex, a month and day both wrong:
+            vec![("given_name", "Wil Liam"), ("family_name", "O'Brien"), ("dob", "1980-03-14"), ("sex", "M")],
+            vec![("given_name", "William Ray"), ("family_name", "O Brien"), ("dob", "1980-03-14"), ("sex", "M")],
+            vec![("given_name", "William"), ("family_name", "O'Brien"), ("dob", "1980-03-14")],
+            vec![("given_name", "William"), ("family_name", "O'Brien"), ("dob", "1980-12-04"), ("sex", "M")],
         ];
         for v in &variants {
             let t = toks(&schema, &key, v);
@@ -243,6 +288,39 @@ mod tests {
         // A different person shares none.
         let other = toks(&schema, &key, &[("given_name", "Mary"), ("family_name", "Smith"), ("dob", "1975-11-02")]);
         assert_eq!(agree(&t0, &other), 0);
+    }
+
+    #[test]
+    fn swapped_names_with_a_nickname_agree_on_the_unordered_scheme() {
+        let schema = Schema::default_schema().unwrap();
+        let key = EpochKey::from_bytes(1, &[9u8; 32]).unwrap();
+        let names_dob = schema.scheme_index("names_dob").unwrap();
+        let a = toks(&schema, &key, &[("given_name", "William"), ("family_name", "Smith"), ("dob", "1980-03-14")]);
+        // Swapped, and the given name written as a nickname: "Smith" in the given column, "Bill" in the family one.
+        let b = toks(&schema, &key, &[("given_name", "Smith"), ("family_name", "Bill"), ("dob", "1980-03-14")]);
+        assert!(a[names_dob].is_some());
+        assert_eq!(a[names_dob], b[names_dob]);
+        // The ordered schemes do not map a family name: "Bill" as a family name stays Bill.
+        let initial = schema.scheme_index("initial_family_dob").unwrap();
+        let c = toks(&schema, &key, &[("given_name", "Ann"), ("family_name", "Bill"), ("dob", "1980-03-14")]);
+        let d = toks(&schema, &key, &[("given_name", "Ann"), ("family_name", "William"), ("dob", "1980-03-14")]);
+        assert_ne!(c[initial], d[initial]);
+    }
+
+    #[test]
+    fn missing_birth_date_still_links_on_the_state_id() {
+        let schema = Schema::default_schema().unwrap();
+        let key = EpochKey::from_bytes(1, &[9u8; 32]).unwrap();
+        let a = toks(
+            &schema,
+            &key,
+            &[("given_name", "Ann"), ("family_name", "Lee"), ("dob", "1980-03-14"), ("state_id", "0012345678")],
+        );
+        let b = toks(&schema, &key, &[("given_name", "Ann"), ("family_name", "Lee"), ("state_id", "12-345-678")]);
+        let sid = schema.scheme_index("state_id").unwrap();
+        assert!(b[sid].is_some());
+        assert_eq!(a[sid], b[sid]);
+        assert_eq!(agree(&a, &b), 1);
     }
 
     #[test]

@@ -20,12 +20,30 @@ pub enum ConfigCommand {
 The kind of each file is recognised from its content: a record schema has `[kinds]`, \
 synthetic-data parameters `[demographics]`, a daemon config `role`, an evaluation plan \
 `[[analysis]]` (planned against the built-in schema: every analysis, parameter, target and the \
-budget are checked). Exit status 1 if any file has a problem.\n\n\
-Example:\n  divert config check config/*.toml")]
+budget are checked). Exit status 1 if any file has a problem.
+
+\
+With --header EXPORT.csv and --kind, also read the export's header line (only the header) and \
+say, for each schema, what linkage will miss: token schemes that no column of the export can \
+feed (every row will lack their token), and columns that look like identity (a name, birth \
+date, sex, id, address, postal code, place) but map to no identity field (add them to the \
+field's `columns`). These are warnings: the exit status stays 0.
+
+\
+Examples:
+  divert config check config/*.toml
+  \
+divert config check --header exports/arrests.csv --kind arrest my-schema.toml")]
     Check {
         /// Files to check.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+        /// A CSV export whose header to check against each schema (needs --kind).
+        #[arg(long, value_name = "EXPORT.csv", requires = "kind")]
+        header: Option<PathBuf>,
+        /// The record kind of the --header export.
+        #[arg(long, requires = "header")]
+        kind: Option<String>,
     },
 }
 
@@ -40,11 +58,27 @@ pub enum ConfigKind {
 }
 
 pub fn run(args: ConfigArgs) -> anyhow::Result<std::process::ExitCode> {
-    let ConfigCommand::Check { files } = args.command;
+    let ConfigCommand::Check { files, header, kind: export_kind } = args.command;
+    let header_names = match &header {
+        Some(h) => Some(
+            super::pseudonymize::read_header(h)
+                .ok_or_else(|| anyhow::anyhow!("{}: cannot read a CSV header line from it", h.display()))?,
+        ),
+        None => None,
+    };
     let mut bad = 0;
     for f in &files {
         match check_file(f) {
-            Ok((kind, detail)) => println!("{}: ok ({kind:?}: {detail})", f.display()),
+            Ok((kind, detail)) => {
+                println!("{}: ok ({kind:?}: {detail})", f.display());
+                if let (ConfigKind::Schema, Some(names), Some(h), Some(k)) =
+                    (kind, &header_names, &header, &export_kind)
+                {
+                    for line in header_warnings(f, names, k) {
+                        println!("{}: warning: {}: {line}", f.display(), h.display());
+                    }
+                }
+            }
             Err(problems) => {
                 bad += 1;
                 for p in &problems {
@@ -58,6 +92,24 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<std::process::ExitCode> {
         return Ok(std::process::ExitCode::from(1));
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// What a schema leaves out of linkage for an export with these header names.
+fn header_warnings(schema_path: &Path, names: &[String], kind: &str) -> Vec<String> {
+    let schema = match std::fs::read_to_string(schema_path).ok().and_then(|t| Schema::from_toml(&t).ok()) {
+        Some(s) => s,
+        None => return Vec::new(),
+    };
+    let Some(k) = schema.kind(kind) else {
+        return vec![format!(
+            "`{kind}` is not a record kind of this schema; kinds: {}",
+            schema.kind_names().join(", ")
+        )];
+    };
+    match crate::ingest::header_coverage(&schema, k, names) {
+        Ok(c) => super::pseudonymize::coverage_lines(&c),
+        Err(e) => vec![e.to_string()],
+    }
 }
 
 /// Check one file; on success its kind and a one-line description.

@@ -488,6 +488,6 @@ fn linkage_quality(dir: &Path, data: &Path, key: &keys::EpochKey) -> anyhow::Res
     }
     let report = link_files(&schema, &outputs, Some(&data.join("truth.csv")))?;
     let m = report.metrics.context("no linkage metrics")?;
-    let split = if m.entities == 0 { 0.0 } else { m.entities_split as f64 / m.entities as f64 };
-    Ok((LinkageQuality { precision: m.precision, recall: m.recall }, split))
+    let split = if m.pairs.entities == 0 { 0.0 } else { m.pairs.entities_split as f64 / m.pairs.entities as f64 };
+    Ok((LinkageQuality { precision: m.pairs.precision, recall: m.pairs.recall }, split))
 }

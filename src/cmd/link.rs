@@ -1,13 +1,13 @@
 //! `divert link`: link pseudonymized records offline into persons, summarize, and score against a truth file.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use crate::linkage::{pairwise_metrics, Linker, PairMetrics};
+use crate::linkage::{pairwise_metrics, Linkage, Linker, PairMetrics, Quality};
 use crate::record::PseudoRecord;
 use crate::schema::Schema;
 use crate::token::{parse_token, Token};
@@ -17,13 +17,28 @@ use crate::token::{parse_token, Token};
 #[command(long_about = "Link pseudonymized records (from `divert pseudonymize`) into persons, offline, \
 under the linkage rule of the schema, and print a summary: records, persons, and persons per \
 combination of sources. This is the same linkage code the steward runs.\n\n\
+Links are decided by match weights: per token scheme, m (agreement among the same person) \
+and u (among different persons) are estimated from the records themselves, and two records \
+link when the evidence of their agreeing and disagreeing tokens reaches the schema's \
+`[linkage] threshold` (bits). The estimates and a quality summary are printed.\n\n\
 With --truth (a CSV with columns source,kind,line,entity, as `divert synth` writes), also \
-print the pairwise precision, recall and F1 of the linkage, as JSON on the last line.\n\n\
-Example:\n  divert link --truth synth/truth.csv out/*.jsonl")]
+print the pairwise precision, recall and F1, as JSON on the last line. Every truth row \
+counts: a row with no record among FILEs (quarantined, or its file not given) and a record \
+with no token are persons of their own, so missing data lowers recall; the JSON says how \
+many of each.\n\n\
+Without --schema the built-in default schema is used; stderr says which.\n\n\
+Examples:\n  divert link --truth synth/truth.csv out/*.jsonl\n  \
+divert link --truth synth/truth.csv --threshold 20 out/*.jsonl   # try a stricter rule")]
 pub struct LinkArgs {
-    /// The record schema the records were made with.
-    #[arg(long, value_name = "FILE", default_value = super::DEFAULT_SCHEMA_PATH)]
-    pub schema: PathBuf,
+    /// The record schema the records were made with (default: the built-in schema).
+    #[arg(long, value_name = "FILE")]
+    pub schema: Option<PathBuf>,
+    /// Link at this weight (bits) instead of the schema's `[linkage] threshold`.
+    #[arg(long, value_name = "BITS")]
+    pub threshold: Option<f64>,
+    /// Use this `bridge` (bits) instead of the schema's (at least the threshold).
+    #[arg(long, value_name = "BITS")]
+    pub bridge: Option<f64>,
     /// True entities per record, to score the linkage (columns source,kind,line,entity).
     #[arg(long, value_name = "TRUTH.csv")]
     pub truth: Option<PathBuf>,
@@ -39,11 +54,37 @@ pub struct LinkReport {
     pub persons: usize,
     /// "police+jail" → number of persons whose records come from exactly those sources.
     pub persons_by_sources: BTreeMap<String, usize>,
-    pub metrics: Option<PairMetrics>,
+    /// Records that carried no token at all (each is a person of its own).
+    pub records_without_token: usize,
+    pub quality: Quality,
+    pub scheme_names: Vec<String>,
+    pub metrics: Option<Scored>,
+}
+
+/// Pairwise metrics over every truth row.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Scored {
+    #[serde(flatten)]
+    pub pairs: PairMetrics,
+    /// Rows of the truth file.
+    pub truth_rows: usize,
+    /// Truth rows with no record among the files (quarantined, or the file not given): missed.
+    pub truth_rows_without_record: usize,
+    /// Records with no token: linked to nothing, missed.
+    pub records_without_token: usize,
 }
 
 pub fn run(args: LinkArgs) -> anyhow::Result<()> {
-    let schema = super::load_schema(Some(&args.schema))?;
+    let mut schema = super::load_schema_noted(args.schema.as_deref())?;
+    if args.threshold.is_some() || args.bridge.is_some() {
+        let threshold = args.threshold.unwrap_or(schema.linkage.threshold);
+        let bridge = args.bridge.unwrap_or(schema.linkage.bridge.max(threshold));
+        if !(threshold > 0.0 && threshold.is_finite() && bridge >= threshold && bridge.is_finite()) {
+            bail!("--threshold must be above 0 and --bridge at least the threshold (bits)");
+        }
+        schema.linkage.threshold = threshold;
+        schema.linkage.bridge = bridge;
+    }
     let report = link_files(&schema, &args.files, args.truth.as_deref())?;
     print_report(&report);
     Ok(())
@@ -59,15 +100,51 @@ pub fn print_report(r: &LinkReport) {
     for (combo, n) in rows {
         println!("  {n:>8}  {combo}");
     }
+    if r.records_without_token > 0 {
+        println!("records without any token (persons of their own): {}", r.records_without_token);
+    }
+    print_quality(&r.quality, &r.scheme_names);
     if let Some(m) = &r.metrics {
         println!(
             "{}",
             serde_json::json!({
-                "precision": m.precision, "recall": m.recall, "f1": m.f1,
-                "pairs_true": m.pairs_true, "pairs_found": m.pairs_found,
+                "precision": m.pairs.precision, "recall": m.pairs.recall, "f1": m.pairs.f1,
+                "pairs_true": m.pairs.pairs_true, "pairs_found": m.pairs.pairs_found,
+                "truth_rows": m.truth_rows, "truth_rows_without_record": m.truth_rows_without_record,
+                "records_without_token": m.records_without_token,
             })
         );
     }
+}
+
+/// The linkage quality summary (no truth needed): estimates, weights, expected errors.
+pub fn print_quality(q: &Quality, names: &[String]) {
+    println!(
+        "linkage: threshold {} bits, bridge {} bits; {} candidate pairs, {} links ({} not bridged); m/u {}",
+        q.threshold_bits,
+        q.bridge_bits,
+        q.candidate_pairs,
+        q.links,
+        q.links_not_bridged,
+        if q.estimated {
+            format!("estimated by EM in {} iterations", q.em_iterations)
+        } else {
+            "from the schema's prior (too few pairs to estimate)".into()
+        }
+    );
+    for (g, group) in q.groups.iter().enumerate() {
+        println!("  group {g} (level: the first agreeing scheme)   {:>8} {:>10} {:>7}", "m", "u", "bits");
+        for &k in &group.schemes {
+            let (Some(name), Some(s)) = (names.get(k), q.schemes.get(k)) else { continue };
+            let prior = if s.from_prior { "  (prior)" } else { "" };
+            println!("    {name:<42} {:>8.4} {:>10.2e} {:>7.1}{prior}", s.m, s.u, s.agree_bits);
+        }
+        println!("    {:<42} {:>8.4} {:>10.2e} {:>7.1}", "(none agrees)", group.m_none, group.u_none, group.none_bits);
+    }
+    println!(
+        "  estimated share of persons merged: {:.4}, split: {:.4}",
+        q.estimated_merged_share, q.estimated_split_share
+    );
 }
 
 /// Link the records of `files`, optionally scoring them against `truth`.
@@ -75,6 +152,7 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
     let scheme_index: HashMap<&str, usize> =
         schema.schemes.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
     let mut linker = Linker::new(&schema.linkage, schema.schemes.len());
+    let mut records_without_token = 0usize;
     let mut sources: Vec<u16> = Vec::new();
     let mut source_names: Vec<String> = Vec::new();
     let mut keys: Vec<(u16, String, u64)> = Vec::new();
@@ -109,6 +187,7 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
                 tokens[i] = Some(t);
             }
             epochs.insert(rec.epoch);
+            records_without_token += usize::from(tokens.iter().all(Option::is_none));
             linker.add(rec.epoch, &tokens)?;
             let sid = match source_names.iter().position(|s| *s == rec.source) {
                 Some(i) => i,
@@ -126,7 +205,7 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
             "divert: warning: the records carry tokens of epochs {epochs:?}; tokens of different epochs never agree"
         );
     }
-    let persons = linker.persons();
+    let Linkage { persons, quality } = linker.link();
     let n_persons = persons.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
     let mut combo_of: Vec<BTreeSet<u16>> = vec![BTreeSet::new(); n_persons];
     for (&p, &s) in persons.iter().zip(&sources) {
@@ -143,17 +222,43 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
         Some(t) => {
             let truth = read_truth(t)?;
             let mut entities = Vec::with_capacity(keys.len());
+            let mut seen = HashSet::with_capacity(keys.len());
             for (s, kind, line) in &keys {
                 let source = &source_names[usize::from(*s)];
-                let e = truth.get(&(source.clone(), kind.clone(), *line)).with_context(|| {
+                let key = (source.clone(), kind.clone(), *line);
+                let e = truth.get(&key).with_context(|| {
                     format!("{}: no entity for source {source}, kind {kind}, line {line}", t.display())
                 })?;
                 entities.push(*e);
+                seen.insert(key);
             }
-            Some(pairwise_metrics(&persons, &entities))
+            // Every truth row counts: one without a record is a person of its own, found with nobody.
+            let mut found = persons.clone();
+            let mut missing = 0usize;
+            for (key, &e) in &truth {
+                if !seen.contains(key) {
+                    found.push(n_persons as u32 + missing as u32);
+                    entities.push(e);
+                    missing += 1;
+                }
+            }
+            Some(Scored {
+                pairs: pairwise_metrics(&found, &entities),
+                truth_rows: truth.len(),
+                truth_rows_without_record: missing,
+                records_without_token,
+            })
         }
     };
-    Ok(LinkReport { records: persons.len(), persons: n_persons, persons_by_sources, metrics })
+    Ok(LinkReport {
+        records: persons.len(),
+        persons: n_persons,
+        persons_by_sources,
+        records_without_token,
+        quality,
+        scheme_names: schema.schemes.iter().map(|s| s.name.clone()).collect(),
+        metrics,
+    })
 }
 
 /// Read `source,kind,line,entity` into a map to a dense entity number.

@@ -21,26 +21,30 @@ pub mod serve;
 pub mod status;
 pub mod synth;
 
-/// Where `--schema` points when it is not given.
+/// Where the shipped schema lives in the repository (compiled in as the default).
 pub const DEFAULT_SCHEMA_PATH: &str = "config/schema.toml";
 
+/// Load a schema as [`load_schema`] does and say on stderr which one is used
+/// (a file, or the compiled-in default): for the offline commands, whose
+/// results depend on it.
+pub fn load_schema_noted(path: Option<&Path>) -> anyhow::Result<Schema> {
+    let schema = load_schema(path)?;
+    match path {
+        Some(p) => eprintln!("divert: schema: {}", p.display()),
+        None => eprintln!("divert: schema: the built-in default, as shipped in {DEFAULT_SCHEMA_PATH} (pass --schema FILE for another)"),
+    }
+    Ok(schema)
+}
+
 /// Load and validate a schema file, printing every problem; with no path,
-/// `config/schema.toml` if it exists here, else the built-in copy of it.
+/// the built-in copy of the shipped `config/schema.toml` (never a file that
+/// happens to be in the working directory).
 pub fn load_schema(path: Option<&Path>) -> anyhow::Result<Schema> {
     let (path, text) = match path {
         Some(p) => {
             (p.to_path_buf(), std::fs::read_to_string(p).with_context(|| format!("reading schema {}", p.display()))?)
         }
-        None => {
-            let p = PathBuf::from(DEFAULT_SCHEMA_PATH);
-            match std::fs::read_to_string(&p) {
-                Ok(t) => (p, t),
-                Err(_) => {
-                    eprintln!("divert: note: {DEFAULT_SCHEMA_PATH} not found here; using the built-in default schema");
-                    (PathBuf::from("<built-in schema>"), crate::schema::DEFAULT_SCHEMA.to_string())
-                }
-            }
-        }
+        None => (PathBuf::from("<built-in schema>"), crate::schema::DEFAULT_SCHEMA.to_string()),
     };
     Schema::from_toml(&text).map_err(|problems| {
         let lines: Vec<String> = problems.iter().map(|p| format!("  {}: {p}", path.display())).collect();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::ingest::{Format, Issue};
+use crate::ingest::{header_coverage, Action, Coverage, Format, Issue};
 use crate::keys;
 use crate::pseudonymize::{pseudonymize_stream, Pseudonymizer, Summary};
 use crate::schema::Schema;
@@ -20,13 +20,17 @@ one record kind, checks every row against the schema, and writes one JSON line p
 row to stdout: tokens (keyed hashes of the identity fields under the active key epoch), the \
 released fields, `age` at the event, and `source`, `kind` and the input `line`. Names, dates \
 of birth and ids never appear in the output, and free text only where the schema marks it safe.\n\n\
-Rows that fail go to FILE.quarantine.csv (line, field, reason; never the value). A summary goes \
-to stderr.\n\n\
+Rows that fail go to FILE.quarantine.csv (line, field, reason; never the value). Identity \
+fields are optional unless the schema marks them required: a missing or unusable value drops \
+that field only, and the row links on the others. A summary goes to stderr: rows, values \
+dropped per field and reason, header columns that look like identity but map to no field, and \
+token schemes that no row got a token for (their fields have no column, or no row has them). \
+Without --schema the built-in default schema is used.\n\n\
 Example:\n  divert pseudonymize --schema config/schema.toml --keys keys/ --source police --kind arrest arrests.csv > arrests.jsonl")]
 pub struct PseudonymizeArgs {
-    /// The record schema.
-    #[arg(long, value_name = "FILE", default_value = super::DEFAULT_SCHEMA_PATH)]
-    pub schema: PathBuf,
+    /// The record schema (default: the built-in schema, as shipped in config/schema.toml).
+    #[arg(long, value_name = "FILE")]
+    pub schema: Option<PathBuf>,
     /// Directory holding the linkage key (made by `divert keys init`).
     #[arg(long, value_name = "DIR")]
     pub keys: PathBuf,
@@ -56,8 +60,7 @@ pub enum FormatArg {
 }
 
 pub fn run(args: PseudonymizeArgs) -> anyhow::Result<()> {
-    let schema_path = args.schema.clone();
-    let schema = super::load_schema(Some(&schema_path))?;
+    let schema = super::load_schema_noted(args.schema.as_deref())?;
     let key = keys::load_active(&args.keys)?;
     let tokenizer = Tokenizer::new(&schema, &key)?;
     let format = match args.format {
@@ -71,6 +74,15 @@ pub fn run(args: PseudonymizeArgs) -> anyhow::Result<()> {
         })?,
     };
     let quarantine = args.quarantine.clone().unwrap_or_else(|| quarantine_path(&args.file));
+    if format == Format::Csv {
+        if let Some(kind) = schema.kind(&args.kind) {
+            if let Some(Ok(c)) = read_header(&args.file).map(|h| header_coverage(&schema, kind, &h)) {
+                for line in coverage_lines(&c) {
+                    eprintln!("divert: {}: {line}", args.file.display());
+                }
+            }
+        }
+    }
     let summary = match &args.output {
         Some(path) => {
             let out = File::create(path).with_context(|| format!("creating {}", path.display()))?;
@@ -85,8 +97,68 @@ pub fn run(args: PseudonymizeArgs) -> anyhow::Result<()> {
             pseudonymize_file(&schema, &args.source, &args.kind, &tokenizer, format, &args.file, &quarantine, stdout)?
         }
     };
-    eprintln!("{}", summary_line(&args.source, &args.kind, &summary, &quarantine));
+    eprintln!("{}", summary_line(&args.source, &args.kind, &summary.summary, &quarantine));
+    for ((field, reason), n) in &summary.dropped {
+        eprintln!("  {n} values of {field} dropped: {reason}");
+    }
+    if summary.summary.accepted > 0 {
+        let none: Vec<&str> = schema
+            .schemes
+            .iter()
+            .zip(&summary.tokens_per_scheme)
+            .filter(|(_, &n)| n == 0)
+            .map(|(s, _)| s.name.as_str())
+            .collect();
+        if !none.is_empty() {
+            eprintln!(
+                "  no row got a token of scheme{} {}: records of this file cannot link through {}",
+                if none.len() > 1 { "s" } else { "" },
+                none.join(", "),
+                if none.len() > 1 { "them" } else { "it" }
+            );
+        }
+    }
     Ok(())
+}
+
+/// The header line of a CSV export, lower-cased names; `None` if unreadable.
+pub fn read_header(path: &Path) -> Option<Vec<String>> {
+    let mut r = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_path(path).ok()?;
+    let mut rec = csv::StringRecord::new();
+    r.read_record(&mut rec).ok()?.then(|| rec.iter().map(|h| h.to_string()).collect())
+}
+
+/// What a header leaves out, one line each (column and scheme names only).
+pub fn coverage_lines(c: &Coverage) -> Vec<String> {
+    let mut out = Vec::new();
+    for col in &c.unmapped_identity_columns {
+        out.push(format!(
+            "column `{col}` looks like identity but no identity field maps it, so it is ignored; add it to a field's `columns` in the schema if it identifies the person"
+        ));
+    }
+    // One line per set of missing fields: "schemes a, b get no token: no column for `dob`".
+    let mut by_lack: std::collections::BTreeMap<&[String], Vec<&str>> = std::collections::BTreeMap::new();
+    for (scheme, lacking) in &c.schemes_unfed {
+        by_lack.entry(lacking.as_slice()).or_default().push(scheme.as_str());
+    }
+    for (lacking, schemes) in by_lack {
+        out.push(format!(
+            "scheme{} {} get{} no token: no column for {}",
+            if schemes.len() > 1 { "s" } else { "" },
+            schemes.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "),
+            if schemes.len() > 1 { "" } else { "s" },
+            lacking.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    out
+}
+
+/// A pseudonymized file: the summary, values dropped per (field, reason), tokens per scheme.
+#[derive(Debug, Clone, Default)]
+pub struct FileSummary {
+    pub summary: Summary,
+    pub dropped: std::collections::BTreeMap<(String, String), u64>,
+    pub tokens_per_scheme: Vec<u64>,
 }
 
 /// `FILE.quarantine.csv` beside `FILE`.
@@ -120,14 +192,18 @@ pub fn pseudonymize_file<W: Write>(
     input: &Path,
     quarantine: &Path,
     out: W,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<FileSummary> {
     super::check_source_name(source)?;
     let kind = schema.kind(kind_name).with_context(|| {
         format!("`{kind_name}` is not a record kind of the schema; kinds: {}", schema.kind_names().join(", "))
     })?;
     let file = File::open(input).with_context(|| format!("opening {}", input.display()))?;
     let mut q: Option<csv::Writer<File>> = None;
+    let mut dropped = std::collections::BTreeMap::new();
     let mut on_issue = |i: &Issue| -> io::Result<()> {
+        if i.action == Action::ValueDropped {
+            *dropped.entry((i.field.clone(), i.reason.clone())).or_insert(0) += 1;
+        }
         if q.is_none() {
             let mut w = csv::Writer::from_writer(File::create(quarantine)?);
             w.write_record(["line", "field", "reason", "action"])?;
@@ -151,5 +227,6 @@ pub fn pseudonymize_file<W: Write>(
             }
         }
     }
-    Ok(summary)
+    let tokens_per_scheme = p.tokens_per_scheme().to_vec();
+    Ok(FileSummary { summary, dropped, tokens_per_scheme })
 }

@@ -12,7 +12,10 @@
 //! `Post Office Box` become `po box`. `saint`/`fort`/`mount` become
 //! `st`/`ft`/`mt`, as in places.
 //!
-//! Places: only `saint`→`st`, `fort`→`ft`, `mount`→`mt`.
+//! Places: only `saint`→`st`, `fort`→`ft`, `mount`→`mt`; then the words are
+//! joined without spaces, so a space typed inside a name, or left out, does
+//! not matter (`Mc Kinley` = `McKinley` = `Mc-Kinley` → `mckinley`,
+//! `Saint Louis` → `stlouis`).
 //!
 //! Postal codes: letters and digits, uppercase; if the result is 5 or 9 digits
 //! (a US ZIP or ZIP+4, with or without the hyphen) only the 5-digit ZIP is
@@ -137,16 +140,17 @@ pub(crate) fn place(s: &[u8], out: &mut String) {
         if !w.bytes.iter().any(u8::is_ascii_alphanumeric) {
             continue;
         }
+        // Words are joined: "Mc Kinley", "McKinley" and "Mc-Kinley" are one place.
         let k = Key::of_unquoted(w.bytes);
         match place_abbrev(key_bytes(&k)) {
-            Some(a) => push_word(out, a),
-            None => {
-                if !out.is_empty() {
-                    out.push(' ');
-                }
-                push_alnum(w.bytes, out);
-            }
+            Some(a) => out.push_str(a),
+            None => push_alnum(w.bytes, out),
         }
+    }
+    // Joining can make a listed word ("Sain t"): abbreviate it too, so the form is idempotent.
+    if let Some(a) = place_abbrev(out.as_bytes()) {
+        out.clear();
+        out.push_str(a);
     }
 }
 
@@ -207,19 +211,29 @@ mod tests {
     #[test]
     fn places() {
         let p = |s| norm(NormKind::Place, s).unwrap();
-        assert_eq!(p("Saint Louis"), "st louis");
-        assert_eq!(p("St. Louis"), "st louis");
-        assert_eq!(p("ST LOUIS"), "st louis");
-        assert_eq!(p("Fort Worth"), "ft worth");
-        assert_eq!(p("Ft. Worth"), "ft worth");
-        assert_eq!(p("Mount Vernon"), "mt vernon");
-        assert_eq!(p("Mt Vernon"), "mt vernon");
-        assert_eq!(p("Winston-Salem"), "winston salem");
-        assert_eq!(p("Coeur d'Alene"), "coeur dalene");
-        assert_eq!(p("San José"), "san jose");
-        assert_eq!(p("  Los   Angeles  "), "los angeles");
+        assert_eq!(p("Saint Louis"), "stlouis");
+        assert_eq!(p("St. Louis"), "stlouis");
+        assert_eq!(p("ST LOUIS"), "stlouis");
+        assert_eq!(p("Fort Worth"), "ftworth");
+        assert_eq!(p("Ft. Worth"), "ftworth");
+        assert_eq!(p("Mount Vernon"), "mtvernon");
+        assert_eq!(p("Mt Vernon"), "mtvernon");
+        assert_eq!(p("Winston-Salem"), "winstonsalem");
+        assert_eq!(p("Coeur d'Alene"), "coeurdalene");
+        assert_eq!(p("San José"), "sanjose");
+        assert_eq!(p("  Los   Angeles  "), "losangeles");
         assert_eq!(p("Street"), "street");
         assert_eq!(norm(NormKind::Place, "--"), Err(NormError::Empty));
+    }
+
+    #[test]
+    fn place_spacing_variants_agree() {
+        let p = |s| norm(NormKind::Place, s).unwrap();
+        for v in ["McKinley", "Mc Kinley", "Mc-Kinley", "MC KIN LEY", "mckinley "] {
+            assert_eq!(p(v), "mckinley", "{v}");
+        }
+        assert_eq!(p("Sain t"), "st");
+        assert_eq!(p("st"), "st");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! | `id`          | `A-Z0-9`, leading zeros removed                  | `00-123-abc` → `123ABC`          |
 //! | `address`     | lowercase words, USPS abbreviations              | `12 North Main Street #4` → `12 n main st apt 4` |
 //! | `postal_code` | 5-digit ZIP, or uppercase letters and digits     | `02134-1234` → `02134`           |
-//! | `place`       | lowercase words, `st`/`ft`/`mt`                  | `Saint Louis` → `st louis`       |
+//! | `place`       | lowercase, words joined, `st`/`ft`/`mt`           | `Saint Louis` → `stlouis`        |
 //!
 //! Text kinds (all but `date` and `sex`) first fold Unicode to ASCII (NFKD,
 //! combining marks dropped, `ß`→`ss`, `æ`→`ae`, `ø`→`o`, `ł`→`l`, `đ`→`d`,

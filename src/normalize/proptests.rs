@@ -319,7 +319,8 @@ fn check_any(s: &str) -> Result<(), TestCaseError> {
                     NormKind::Id | NormKind::PostalCode => {
                         out.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
                     }
-                    NormKind::Address | NormKind::Place => {
+                    NormKind::Place => out.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+                    NormKind::Address => {
                         out.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b' ')
                             && !out.starts_with(' ')
                             && !out.ends_with(' ')

@@ -371,12 +371,14 @@ mod tests {
             cols,
             ["arrest_id", "last_name", "first_name", "dob", "sex", "arrest_date", "warrant", "violent", "felony"]
         );
-        assert_eq!(rows.len(), 2, "{rows:?}");
+        // The unusable birth date of A2 is dropped, not the row (identity fields are optional).
+        assert_eq!(rows.len(), 3, "{rows:?}");
         assert_eq!(rows[0].0, 3);
         assert_eq!(rows[0].1[1], "O'Brien, Jr.");
         assert_eq!(rows[0].1.len(), 9, "the ignored notes column is not kept");
-        assert_eq!(rows[1].0, 5);
-        assert_eq!(rows[1].1[0], "A3");
+        assert_eq!((rows[1].0, rows[1].1[0].as_str()), (4, "A2"));
+        assert_eq!(rows[2].0, 5);
+        assert_eq!(rows[2].1[0], "A3");
     }
 
     #[test]

@@ -573,6 +573,7 @@ impl Steward {
         refusals.insert("total".into(), self.refusals_total().into());
         status["refusals"] = refusals.into();
         status["key_epochs"] = serde_json::json!({ "active": self.epochs.active(), "pending": self.epochs.pending() });
+        status["linkage"] = self.persons().quality_status();
         match self.store.counts(self.epochs.active()) {
             Ok(counts) => {
                 let per = |f: fn(&SourceCounts) -> u64| -> BTreeMap<&str, u64> {

@@ -2,11 +2,13 @@
 //!
 //! Person numbers are internal to this module and to `query::Population`;
 //! they never leave the steward — not in an answer, a log line or an error.
+//! The linkage quality figures (estimated m/u, weights, expected splits and
+//! merges; no truth needed) go to the admin status only, never to an evaluator.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::linkage::Linker;
+use crate::linkage::{Linker, Quality};
 use crate::query::Population;
 use crate::record::PseudoRecord;
 use crate::schema::Schema;
@@ -25,6 +27,8 @@ struct Inner {
     records: Vec<PseudoRecord>,
     /// The population of the last build, valid until records are added.
     cached: Option<Arc<Population>>,
+    /// The quality figures of the last linkage.
+    quality: Option<Quality>,
     /// Token schemes seen in records that the steward's schema does not know.
     unknown_schemes: u64,
 }
@@ -36,7 +40,7 @@ impl Persons {
         Persons {
             schema,
             scheme_index,
-            inner: Mutex::new(Inner { linker, records: Vec::new(), cached: None, unknown_schemes: 0 }),
+            inner: Mutex::new(Inner { linker, records: Vec::new(), cached: None, quality: None, unknown_schemes: 0 }),
         }
     }
 
@@ -77,10 +81,38 @@ impl Persons {
         if let Some(p) = &inner.cached {
             return p.clone();
         }
-        let persons = inner.linker.persons();
-        let pop = Arc::new(Population::build(&self.schema, persons.into_iter().zip(inner.records.iter().cloned())));
+        let linkage = inner.linker.link();
+        let pop =
+            Arc::new(Population::build(&self.schema, linkage.persons.into_iter().zip(inner.records.iter().cloned())));
         inner.cached = Some(pop.clone());
+        inner.quality = Some(linkage.quality);
         pop
+    }
+
+    /// The linkage quality for the admin status, as JSON (scheme names, no
+    /// record, token or person): that of the last linkage if no record
+    /// arrived since, else linked anew.
+    pub fn quality_status(&self) -> serde_json::Value {
+        let mut inner = match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let records = inner.linker.len() as u64;
+        let q = match &inner.quality {
+            Some(q) if q.records == records => q.clone(),
+            _ => {
+                let q = inner.linker.link().quality;
+                inner.quality = Some(q.clone());
+                q
+            }
+        };
+        let mut v = serde_json::to_value(&q).unwrap_or_default();
+        if let Some(list) = v.get_mut("schemes").and_then(|s| s.as_array_mut()) {
+            for (entry, scheme) in list.iter_mut().zip(&self.schema.schemes) {
+                entry["name"] = scheme.name.clone().into();
+            }
+        }
+        v
     }
 
     /// Records held and linked (for the local status only).

@@ -25,7 +25,7 @@ use super::model::{
     Agency, Arm, Disposition, Employment, Event, Housing, Kind, Level, Modality, Offense, Race, ReferralType,
     Screening, ServiceType, Sex, Status, What,
 };
-use super::recording::RecordedIdentity;
+use super::recording::{DobWritten, RecordedIdentity};
 
 /// One exported record: which true event it records, and how.
 #[derive(Debug, Clone, PartialEq)]
@@ -297,7 +297,11 @@ fn render(kind: Kind, with_state_id: bool, record: &Record, event: &Event, field
             }
             (Col::Given, _) => out.push_str(&who.given),
             (Col::Family, _) => out.push_str(&who.family),
-            (Col::Dob, _) => write_date(out, who.dob, dob_style, 0),
+            (Col::Dob, _) => match who.dob_written {
+                DobWritten::Date => write_date(out, who.dob, dob_style, 0),
+                DobWritten::Missing => {}
+                DobWritten::Invalid(text) => out.push_str(text),
+            },
             (Col::Sex, _) => out.push_str(who.sex.map_or("", |s| spell_sex(agency, s))),
             (Col::StateId, _) => {
                 if let Some(id) = who.state_id {

@@ -247,6 +247,12 @@ pub struct RecordingRates {
     pub strip_diacritics: f64,
     pub one_family_part: f64,
     pub suffix: f64,
+    pub dob_missing: f64,
+    pub dob_invalid: f64,
+    pub id_error: f64,
+    pub given_split: f64,
+    pub middle_name: f64,
+    pub several_errors: f64,
 }
 
 impl Params {
@@ -419,6 +425,12 @@ impl Params {
             p.share(&name("strip_diacritics"), rates.strip_diacritics);
             p.share(&name("one_family_part"), rates.one_family_part);
             p.share(&name("suffix"), rates.suffix);
+            p.share(&name("dob_missing"), rates.dob_missing);
+            p.share(&name("dob_invalid"), rates.dob_invalid);
+            p.share(&name("id_error"), rates.id_error);
+            p.share(&name("given_split"), rates.given_split);
+            p.share(&name("middle_name"), rates.middle_name);
+            p.share(&name("several_errors"), rates.several_errors);
         }
         p.0
     }

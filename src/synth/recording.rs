@@ -21,9 +21,28 @@ pub struct RecordedIdentity {
     pub family: Cow<'static, str>,
     /// The date of birth as written (possibly wrong).
     pub dob: Day,
+    /// Whether the date of birth is written at all, and how.
+    pub dob_written: DobWritten,
     pub sex: Option<Sex>,
     pub state_id: Option<u32>,
 }
+
+/// How a record's date of birth cell is filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DobWritten {
+    /// The (possibly wrong) date, in the agency's date style.
+    Date,
+    /// Left empty.
+    Missing,
+    /// Text that is not a usable date (a placeholder, an impossible day, a two-digit year).
+    Invalid(&'static str),
+}
+
+/// Unusable birth dates as systems write them: placeholders, impossible days, two-digit years.
+const INVALID_DOBS: &[&str] = &["00/00/0000", "unknown", "1985-02-30", "13/45/1990", "3/7/85", "N/A", "0000-00-00"];
+
+/// Second given names some records append ("John Michael"): the first word is the given name.
+const MIDDLE_NAMES: &[&str] = &["Lee", "Ann", "Marie", "James", "Michael", "Ray", "Lynn", "Jo", "Louise", "Allen"];
 
 /// Record `person` with an agency's recording differences.
 pub fn record<R: Rng>(rng: &mut R, person: &Person, rates: &RecordingRates) -> RecordedIdentity {
@@ -42,12 +61,33 @@ pub fn record<R: Rng>(rng: &mut R, person: &Person, rates: &RecordingRates) -> R
         Some(second) if chance(rng, 0.2) => Cow::Owned(format!("{} {second}", person.family)),
         Some(second) => Cow::Owned(format!("{}-{second}", person.family)),
     };
+    // Several errors at once: a typo in each name, a wrong birth date and a wrong id digit, two of them.
+    let several = chance(rng, rates.several_errors);
+    let (mut extra_typo, mut extra_dob, mut extra_id) = (false, false, false);
+    if several {
+        match rng.gen_range(0..3) {
+            0 => (extra_typo, extra_dob) = (true, true),
+            1 => (extra_typo, extra_id) = (true, true),
+            _ => (extra_dob, extra_id) = (true, true),
+        }
+    }
     if chance(rng, rates.typo) {
         if rng.gen() {
             given = Cow::Owned(typo(rng, &given));
         } else {
             family = Cow::Owned(typo(rng, &family));
         }
+    }
+    if extra_typo {
+        given = Cow::Owned(typo(rng, &given));
+        family = Cow::Owned(typo(rng, &family));
+    }
+    if chance(rng, rates.given_split) {
+        given = Cow::Owned(split_word(rng, &given));
+    }
+    if chance(rng, rates.middle_name) {
+        let middle = MIDDLE_NAMES.choose(rng).copied().unwrap_or("Lee");
+        given = Cow::Owned(format!("{given} {middle}"));
     }
     if let Some(suffix) = person.suffix {
         if chance(rng, rates.suffix) {
@@ -66,10 +106,50 @@ pub fn record<R: Rng>(rng: &mut R, person: &Person, rates: &RecordingRates) -> R
     if chance(rng, rates.swapped_names) {
         std::mem::swap(&mut given, &mut family);
     }
-    let dob = if chance(rng, rates.dob_error) { wrong_dob(rng, person.dob) } else { person.dob };
+    let dob = if chance(rng, rates.dob_error) || extra_dob { wrong_dob(rng, person.dob) } else { person.dob };
+    let dob_written = if chance(rng, rates.dob_missing) {
+        DobWritten::Missing
+    } else if chance(rng, rates.dob_invalid) {
+        DobWritten::Invalid(INVALID_DOBS.choose(rng).copied().unwrap_or("unknown"))
+    } else {
+        DobWritten::Date
+    };
     let sex = (!chance(rng, rates.sex_missing)).then_some(person.sex);
-    let state_id = chance(rng, rates.state_id).then_some(person.state_id);
-    RecordedIdentity { given, family, dob, sex, state_id }
+    let mut state_id = chance(rng, rates.state_id).then_some(person.state_id);
+    if let Some(id) = state_id.as_mut() {
+        if chance(rng, rates.id_error) || extra_id {
+            *id = wrong_id(rng, *id);
+        }
+    }
+    RecordedIdentity { given, family, dob, dob_written, sex, state_id }
+}
+
+/// A space typed inside a name, away from its ends ("Will iam"); short names are kept.
+fn split_word<R: Rng>(rng: &mut R, name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    if chars.len() < 4 || chars.iter().any(|c| !c.is_alphabetic()) {
+        return name.to_string();
+    }
+    let at = rng.gen_range(2..chars.len() - 1);
+    let mut out: String = chars[..at].iter().collect();
+    out.push(' ');
+    out.extend(&chars[at..]);
+    out
+}
+
+/// An 8-digit id as mis-keyed: two adjacent different digits transposed, or one digit changed.
+pub fn wrong_id<R: Rng>(rng: &mut R, id: u32) -> u32 {
+    let mut digits: Vec<u8> = format!("{id:08}").into_bytes();
+    let swaps: Vec<usize> = (0..digits.len() - 1).filter(|&i| digits[i] != digits[i + 1]).collect();
+    match swaps.choose(rng) {
+        Some(&i) if rng.gen_bool(0.5) => digits.swap(i, i + 1),
+        _ => {
+            let i = rng.gen_range(0..digits.len());
+            let old = digits[i] - b'0';
+            digits[i] = b'0' + (old + rng.gen_range(1..10)) % 10;
+        }
+    }
+    digits.iter().fold(0u32, |acc, d| acc.wrapping_mul(10).wrapping_add(u32::from(d - b'0')))
 }
 
 fn fold(name: Cow<'static, str>) -> Cow<'static, str> {
@@ -187,6 +267,12 @@ mod tests {
             strip_diacritics: v,
             one_family_part: v,
             suffix: v,
+            dob_missing: 0.0,
+            dob_invalid: v,
+            id_error: v,
+            given_split: 0.0,
+            middle_name: v,
+            several_errors: v,
         }
     }
 
@@ -196,6 +282,40 @@ mod tests {
         let r = record(&mut rng, &person(), &rates(0.0));
         assert_eq!((r.given.as_ref(), r.family.as_ref()), ("William", "Muñoz-Björk"));
         assert_eq!((r.dob, r.sex, r.state_id), (person().dob, Some(Sex::Male), Some(12_345_678)));
+        assert_eq!(r.dob_written, DobWritten::Date);
+    }
+
+    #[test]
+    fn wrong_id_differs_in_one_digit_or_one_transposition() {
+        let mut rng = stream(1, 0, 3);
+        for id in [12_345_678u32, 1, 99_999_999, 10_000_000, 55_555_556] {
+            for _ in 0..50 {
+                let w = wrong_id(&mut rng, id);
+                assert_ne!(w, id);
+                let (a, b) = (format!("{id:08}").into_bytes(), format!("{w:08}").into_bytes());
+                let diff: Vec<usize> = (0..8).filter(|&i| a[i] != b[i]).collect();
+                let transposed = diff.len() == 2 && diff[1] == diff[0] + 1 && a[diff[0]] == b[diff[1]];
+                assert!(diff.len() == 1 || transposed, "{id} -> {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn missing_and_invalid_dobs_and_split_given_names() {
+        let mut rng = stream(1, 0, 4);
+        let mut r = rates(0.0);
+        r.dob_missing = 1.0;
+        assert_eq!(record(&mut rng, &person(), &r).dob_written, DobWritten::Missing);
+        r.dob_missing = 0.0;
+        r.dob_invalid = 1.0;
+        let DobWritten::Invalid(text) = record(&mut rng, &person(), &r).dob_written else { panic!("not invalid") };
+        let mut out = String::new();
+        assert!(crate::normalize::normalize(crate::normalize::NormKind::Date, text, &mut out).is_err());
+        r.dob_invalid = 0.0;
+        r.given_split = 1.0;
+        let g = record(&mut rng, &person(), &r).given;
+        assert_eq!(g.replace(' ', ""), "William");
+        assert!(g.contains(' ') && !g.starts_with(' ') && !g.ends_with(' '));
     }
 
     #[test]

@@ -27,8 +27,8 @@ fn config_check_reports_every_problem_with_file_and_key() {
     let bad = repo().join("config/schema.toml");
     let text_in = fs::read_to_string(bad).unwrap();
     let broken = text_in
-        .replace("threshold = 10", "threshold = 100000")
-        .replace("parts = [\"state_id\", \"dob:year\"]", "parts = [\"sex\", \"dob:month\"]")
+        .replace("threshold = 15", "threshold = 100000")
+        .replace("parts = [\"state_id\"]", "parts = [\"sex\", \"dob:month\"]")
         .replace("record_id = \"arrest_id\"", "record_id = \"arrest_number\"");
     let path = dir.path().join("schema.toml");
     fs::write(&path, broken).unwrap();
@@ -37,7 +37,7 @@ fn config_check_reports_every_problem_with_file_and_key() {
     let stdout = text(&out.stdout);
     for needle in [
         "schema.toml: linkage.threshold",
-        "(state_id_birth_year).parts: too little information",
+        "(state_id).parts: too little information",
         "schema.toml: kinds.arrest.record_id",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
@@ -109,9 +109,14 @@ fn pseudonymize_then_link_offline() {
     let link_out = text(&link.stdout);
     assert!(link_out.contains("records: 3") && link_out.contains("persons: 2"), "{link_out}");
     let metrics: serde_json::Value = serde_json::from_str(link_out.lines().last().unwrap()).unwrap();
+    // Every truth row counts: the quarantined line 4 is a missed pair, not a pair left out.
     assert_eq!(metrics["precision"], 1.0);
-    assert_eq!(metrics["recall"], 1.0);
-    assert_eq!(metrics["pairs_true"], 1);
+    assert_eq!(metrics["recall"], 0.5);
+    assert_eq!(metrics["pairs_true"], 2);
+    assert_eq!(metrics["truth_rows"], 4);
+    assert_eq!(metrics["truth_rows_without_record"], 1);
+    assert_eq!(metrics["records_without_token"], 0);
+    assert!(text(&link.stderr).contains("divert: schema: "), "{}", text(&link.stderr));
 }
 
 #[test]
@@ -134,7 +139,7 @@ fn pseudonymize_refuses_bad_files_and_loose_keys() {
 
     fs::write(d.join("nocol.csv"), "booking_id,given_name,family_name\nB1,Ann,Lee\n").unwrap();
     let err = text(&run("nocol.csv").stderr);
-    assert!(err.contains("dob") && err.contains("booking_date"), "{err}");
+    assert!(err.contains("booking_date") && !err.contains("column: dob"), "identity columns are optional: {err}");
     assert!(!err.contains("Ann") && !err.contains("Lee"), "{err}");
 
     fs::write(d.join("quote.csv"), "booking_id,given_name,family_name,dob,booking_date\nB1,\"Ann,Lee,1980-01-01,2019-01-01\nB2,Bo,Lee,1980-01-01,2019-01-01\nB3,Bo,Lee,1980-01-01,2019-01-01\n").unwrap();
@@ -155,4 +160,69 @@ fn pseudonymize_refuses_bad_files_and_loose_keys() {
     .unwrap();
     let err = text(&run("ok.csv").stderr);
     assert!(err.contains("too open") && err.contains("epoch-000001.key"), "{err}");
+}
+
+/// One person recorded five ways: plain; names swapped with a nickname and no sex or id; no
+/// birth date but the state id; and a second person once with an unusable birth date.
+const HARD_ARRESTS: &str =
+    "arrest_id,first_name,last_name,dob,sex,arrest_date,warrant,violent,felony,state_id,alias_name\n\
+A-1,William,Smith,1980-03-14,M,2019-03-04,Y,N,N,00123456,x\n\
+A-2,Smith,Bill,1980-03-14,,2019-05-04,N,N,N,,x\n\
+A-3,Will,Smith,,M,2019-06-04,N,N,N,123456,x\n\
+A-4,Ann,Lee,13/45/1990,F,2019-06-04,N,N,N,,x\n\
+A-5,Ann,Lee,1990-01-02,F,2019-07-04,N,N,N,,x\n";
+
+#[test]
+fn missing_birth_dates_and_swapped_nicknames_link_and_scoring_counts_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::write(d.join("arrests.csv"), HARD_ARRESTS).unwrap();
+    divert_ok(d, &["keys", "init", "--keys", "keys"]);
+    // No --schema, and no config/ here: the built-in schema, and stderr says so.
+    let out = divert_ok(
+        d,
+        &["pseudonymize", "--keys", "keys", "--source", "police", "--kind", "arrest", "-o", "a.jsonl", "arrests.csv"],
+    );
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("divert: schema: the built-in default"), "{stderr}");
+    assert!(stderr.contains("5 rows read, 5 accepted, 0 quarantined"), "no row lost for its birth date: {stderr}");
+    assert!(stderr.contains("1 values of dob dropped: "), "{stderr}");
+    assert!(stderr.contains("column `alias_name` looks like identity"), "{stderr}");
+    assert!(stderr.contains("no column for `postal_code`"), "{stderr}");
+    assert!(stderr.contains("no row got a token of schemes") && stderr.contains("names_city"), "{stderr}");
+    for secret in ["William", "Smith", "Bill", "Ann", "Lee", "1980", "13/45", "123456"] {
+        assert!(!stderr.contains(secret), "{secret} leaked into stderr");
+    }
+
+    fs::write(
+        d.join("truth.csv"),
+        "source,kind,line,entity\npolice,arrest,2,P1\npolice,arrest,3,P1\npolice,arrest,4,P1\npolice,arrest,5,P2\npolice,arrest,6,P2\n",
+    )
+    .unwrap();
+    let link = divert_ok(d, &["link", "--truth", "truth.csv", "a.jsonl"]);
+    let link_out = text(&link.stdout);
+    assert!(text(&link.stderr).contains("the built-in default"), "{}", text(&link.stderr));
+    assert!(link_out.contains("records: 5") && link_out.contains("persons: 3"), "{link_out}");
+    assert!(link_out.contains("records without any token (persons of their own): 1"), "{link_out}");
+    let m: serde_json::Value = serde_json::from_str(link_out.lines().last().unwrap()).unwrap();
+    // Lines 2-4 are one person (swapped nickname, missing birth date); line 5 had no token, so its pair is missed.
+    assert_eq!(m["precision"], 1.0, "{m}");
+    assert_eq!(m["pairs_true"], 4, "{m}");
+    assert_eq!(m["recall"], 0.75, "{m}");
+    assert_eq!(m["records_without_token"], 1, "{m}");
+    assert_eq!(m["truth_rows_without_record"], 0, "{m}");
+}
+
+#[test]
+fn config_check_header_says_what_linkage_will_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::write(d.join("arrests.csv"), HARD_ARRESTS).unwrap();
+    let schema = repo().join("config/schema.toml").display().to_string();
+    let out = divert_ok(d, &["config", "check", "--header", "arrests.csv", "--kind", "arrest", &schema]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(": ok ("), "{stdout}");
+    assert!(stdout.contains("warning: arrests.csv: column `alias_name` looks like identity"), "{stdout}");
+    assert!(stdout.contains("`names_city` gets no token: no column for `city`"), "{stdout}");
+    assert!(!stdout.contains("`names_dob`"), "the dob column feeds names_dob: {stdout}");
 }

@@ -380,7 +380,7 @@ fn linkage_metrics(records: &[PseudoRecord], dir: &Path, truth: &Path) -> (f64, 
     let schema = Schema::default_schema().expect("schema");
     let report = divert::cmd::link::link_files(&schema, &[file], Some(truth)).expect("link");
     let m = report.metrics.expect("metrics");
-    (m.precision, m.recall)
+    (m.pairs.precision, m.pairs.recall)
 }
 
 /// The same exports pseudonymized offline under the epoch-1 key: the linkage before rotation.

@@ -289,7 +289,8 @@ async fn handed_over_rejected_and_quarantined_files() {
     let st = TestSteward::start(&pki, &tmp.path().join("steward"), "").await;
     let source = TestSource::start(&pki, &tmp.path().join("police"), st.addr, "batch_records = 2").await;
 
-    // Handed over with two bad rows (a secret-looking value in each) and two good ones.
+    // Handed over with two bad values (a secret-looking one in each) and two good rows: the
+    // unusable birth date is dropped (identity fields are optional), the bad `warrant` quarantines its row.
     let handed = tmp.path().join("export-week-3.csv");
     let body = format!(
         "{ARREST_HEADER}A1,2019-03-04,Smith,Ann,1980-01-01,F,123,y,n,n\n\
@@ -299,8 +300,9 @@ async fn handed_over_rejected_and_quarantined_files() {
     );
     std::fs::write(&handed, &body).unwrap();
     let summary = source.src.ingest("arrest", &handed).await.expect("handed-over file ingested");
-    assert_eq!((summary["rows_read"].as_u64(), summary["accepted"].as_u64()), (Some(4), Some(2)), "{summary}");
-    assert_eq!(summary["quarantined"], 2);
+    assert_eq!((summary["rows_read"].as_u64(), summary["accepted"].as_u64()), (Some(4), Some(3)), "{summary}");
+    assert_eq!(summary["quarantined"], 1);
+    assert_eq!(summary["values_dropped"], 1);
     assert_eq!(summary["already_ingested"], false);
     assert!(handed.exists(), "a handed-over file is left where it is");
     let q = PathBuf::from(summary["quarantine"].as_str().expect("quarantine path"));
@@ -314,7 +316,7 @@ async fn handed_over_rejected_and_quarantined_files() {
     for secret in ["13/45/1999", "Xyzzy", "perhaps", "Smith", "Ann"] {
         assert!(!qtext.contains(secret), "the quarantine file carries a value: {qtext}");
     }
-    wait_for(20, "the handed-over records at the steward", || st.records_held() == 2).await;
+    wait_for(20, "the handed-over records at the steward", || st.records_held() == 3).await;
 
     // Handed over again: recognised, nothing new.
     let again = source.src.ingest("arrest", &handed).await.unwrap();
@@ -324,24 +326,24 @@ async fn handed_over_rejected_and_quarantined_files() {
     assert!(err.contains("not a record kind"), "{err}");
     let err = source.src.ingest("arrest", &tmp.path().join("nope.csv")).await.unwrap_err();
     assert!(err.contains("nope.csv"), "{err}");
-    let no_dob = tmp.path().join("no-dob.csv");
+    let no_warrant = tmp.path().join("no-warrant.csv");
     std::fs::write(
-        &no_dob,
-        "arrest_id,arrest_date,family_name,given_name,warrant,violent,felony\nA9,2019-01-01,Lee,Bo,y,n,n\n",
+        &no_warrant,
+        "arrest_id,arrest_date,family_name,given_name,dob,violent,felony\nA9,2019-01-01,Lee,Bo,1980-01-01,n,n\n",
     )
     .unwrap();
-    let err = source.src.ingest("arrest", &no_dob).await.unwrap_err();
-    assert!(err.contains("dob") && !err.contains("Lee"), "{err}");
-    assert!(no_dob.exists());
+    let err = source.src.ingest("arrest", &no_warrant).await.unwrap_err();
+    assert!(err.contains("warrant") && !err.contains("Lee"), "{err}");
+    assert!(no_warrant.exists());
 
     // Inbox: a missing required column → rejected/ with the column named.
     let inbox = source.inbox();
     std::fs::write(inbox.join(".arrest-partial.csv"), "still being copied").unwrap();
     std::fs::write(inbox.join("arrest-old.csv.tmp"), "still being copied").unwrap();
-    let dropped = tmp.path().join("no-dob-2.csv");
+    let dropped = tmp.path().join("no-warrant-2.csv");
     std::fs::write(
         &dropped,
-        "arrest_id,arrest_date,family_name,given_name,warrant,violent,felony\nA9,2019-01-01,Lee,Bo,y,n,n\n",
+        "arrest_id,arrest_date,family_name,given_name,dob,violent,felony\nA9,2019-01-01,Lee,Bo,1980-01-01,n,n\n",
     )
     .unwrap();
     source.drop_in(&dropped, "arrest-2019-03.csv");
@@ -350,7 +352,7 @@ async fn handed_over_rejected_and_quarantined_files() {
     assert!(inbox.join("rejected/arrest-2019-03.csv").exists());
     assert!(!inbox.join("arrest-2019-03.csv").exists());
     let reason = std::fs::read_to_string(&reason_file).unwrap();
-    assert!(reason.contains("dob") && reason.contains("arrest"), "{reason}");
+    assert!(reason.contains("warrant") && reason.contains("arrest"), "{reason}");
     assert!(!reason.contains("Lee"), "{reason}");
 
     // A name that tells no kind, with no sidecar → rejected/ saying so.
@@ -369,7 +371,7 @@ async fn handed_over_rejected_and_quarantined_files() {
     assert!(!inbox.join("export-7.csv.kind").exists() && !inbox.join("export-7.csv").exists());
     let q = std::fs::read_to_string(inbox.join("rejected/export-7.csv.quarantine.csv")).unwrap();
     assert_eq!(q.lines().count(), 3, "{q}");
-    wait_for(20, "those records at the steward", || st.records_held() == 4).await;
+    wait_for(20, "those records at the steward", || st.records_held() == 6).await;
 
     // Hidden and partial files were left alone.
     assert!(inbox.join(".arrest-partial.csv").exists() && inbox.join("arrest-old.csv.tmp").exists());
@@ -377,7 +379,7 @@ async fn handed_over_rejected_and_quarantined_files() {
     assert_eq!(s["files"]["rejected"], 2, "{s}");
     assert_eq!(s["files"]["rejected_waiting"], 2, "{s}");
     assert_eq!(s["files"]["done"], 2, "{s}");
-    assert_eq!(s["held"]["arrest"], 4, "{s}");
+    assert_eq!(s["held"]["arrest"], 6, "{s}");
 
     source.stop().await;
     st.stop().await;

@@ -160,6 +160,17 @@ async fn bad_peer_matrix() {
     assert_eq!(status["refusals"]["total"], refusals);
     let text = serde_json::to_string(&status).unwrap();
     assert!(!text.contains(&fake_records("police", 0, 1)[0].rid), "status leaks a record id");
+    // The admin status carries the linkage quality: estimates per scheme, by name; no record or token.
+    let linkage = &status["linkage"];
+    assert_eq!(linkage["records"], 9, "{linkage}");
+    assert_eq!(linkage["schemes"][0]["name"], "names_dob", "{linkage}");
+    assert_eq!(linkage["estimated"], false, "too few pairs: the prior: {linkage}");
+    assert!(linkage["estimated_split_share"].is_number() && linkage["weight_histogram"].is_array(), "{linkage}");
+    for r in fake_records("police", 0, 3) {
+        for t in r.tokens.values() {
+            assert!(!text.contains(t.as_str()), "status leaks a token");
+        }
+    }
 
     drop(police_conn);
     st.stop().await;
