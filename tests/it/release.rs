@@ -965,6 +965,27 @@ impl Process {
         (self.child, self.addr, self.log) = (child, addr, log);
     }
 
+    /// An evaluator config (`<dir>/eval.toml`) for this steward, with the evaluator's certificate of `certs`.
+    fn evaluator_config(&self, dir: &Path, certs: &Certs) -> PathBuf {
+        let path = dir.join("eval.toml");
+        let e = &certs.eval;
+        std::fs::write(
+            &path,
+            format!(
+                "role = \"evaluator\"\nname = \"{EVAL}\"\nprogram = \"{}\"\nsteward_url = \"https://localhost:{}\"\n\n[tls]\n\
+                 cert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\ncrl = \"{}\"\n",
+                crate::net::PROGRAM,
+                self.addr.port(),
+                e.join(pki::CERT_FILE).display(),
+                e.join(pki::KEY_FILE).display(),
+                e.join(pki::CA_CERT_FILE).display(),
+                e.join(pki::CRL_FILE).display(),
+            ),
+        )
+        .unwrap();
+        path
+    }
+
     fn grant(&self, evaluator: &str, epsilon: &str) -> String {
         let out = divert_ok(
             &self.dir,
@@ -1068,22 +1089,7 @@ fn release_query_cli_against_a_steward_process() {
     rt.block_on(load_program(p.addr, &certs));
     assert!(p.grant(EVAL, "1").contains("eval: total 1 ε"));
 
-    let eval_toml = tmp.path().join("eval.toml");
-    let e = &certs.eval;
-    std::fs::write(
-        &eval_toml,
-        format!(
-            "role = \"evaluator\"\nname = \"{EVAL}\"\nprogram = \"{}\"\nsteward_url = \"https://localhost:{}\"\n\n[tls]\n\
-             cert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\ncrl = \"{}\"\n",
-            crate::net::PROGRAM,
-            p.addr.port(),
-            e.join(pki::CERT_FILE).display(),
-            e.join(pki::KEY_FILE).display(),
-            e.join(pki::CA_CERT_FILE).display(),
-            e.join(pki::CRL_FILE).display(),
-        ),
-    )
-    .unwrap();
+    let eval_toml = p.evaluator_config(tmp.path(), &certs);
     let cfg = eval_toml.to_str().unwrap();
     let query = |args: &[&str]| {
         let mut all = vec!["query", "--config", cfg];
@@ -1425,22 +1431,7 @@ fn release_plan_and_evaluate_cli_spend_once_then_replay() {
     let mut p = Process::start(&tmp.path().join("steward"), &certs.pki);
     rt.block_on(load_program(p.addr, &certs));
     assert!(p.grant(EVAL, "2").contains("eval: total 2 ε"));
-    let eval_toml = tmp.path().join("eval.toml");
-    let e = &certs.eval;
-    std::fs::write(
-        &eval_toml,
-        format!(
-            "role = \"evaluator\"\nname = \"{EVAL}\"\nprogram = \"{}\"\nsteward_url = \"https://localhost:{}\"\n\n[tls]\n\
-             cert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\ncrl = \"{}\"\n",
-            crate::net::PROGRAM,
-            p.addr.port(),
-            e.join(pki::CERT_FILE).display(),
-            e.join(pki::KEY_FILE).display(),
-            e.join(pki::CA_CERT_FILE).display(),
-            e.join(pki::CRL_FILE).display(),
-        ),
-    )
-    .unwrap();
+    let eval_toml = p.evaluator_config(tmp.path(), &certs);
     let cfg = eval_toml.to_str().unwrap();
     let plan = concat!(env!("CARGO_MANIFEST_DIR"), "/config/evaluation.toml");
     let run = |args: &[&str]| {
