@@ -782,6 +782,13 @@ impl<'s> RawRowParser<'s> {
     }
 }
 
+/// `FILE.quarantine.csv` beside `FILE`: where the bad rows of a file handed over are reported.
+pub fn quarantine_path(input: &std::path::Path) -> std::path::PathBuf {
+    let mut name = input.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".quarantine.csv");
+    input.with_file_name(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,6 @@
 //! The CLI edge: one module per subcommand family, each with its clap `Args` and a `run`.
 
-use std::path::{Path, PathBuf};
-
-use anyhow::Context;
+use std::path::Path;
 
 use crate::schema::Schema;
 
@@ -36,21 +34,7 @@ pub fn load_schema_noted(path: Option<&Path>) -> anyhow::Result<Schema> {
     Ok(schema)
 }
 
-/// Load and validate a schema file, printing every problem; with no path,
-/// the built-in copy of the shipped `config/schema.toml` (never a file that
-/// happens to be in the working directory).
-pub fn load_schema(path: Option<&Path>) -> anyhow::Result<Schema> {
-    let (path, text) = match path {
-        Some(p) => {
-            (p.to_path_buf(), std::fs::read_to_string(p).with_context(|| format!("reading schema {}", p.display()))?)
-        }
-        None => (PathBuf::from("<built-in schema>"), crate::schema::DEFAULT_SCHEMA.to_string()),
-    };
-    Schema::from_toml(&text).map_err(|problems| {
-        let lines: Vec<String> = problems.iter().map(|p| format!("  {}: {p}", path.display())).collect();
-        anyhow::anyhow!("{} has {} problem(s):\n{}", path.display(), problems.len(), lines.join("\n"))
-    })
-}
+pub use crate::daemon::config::load_schema;
 
 /// A source (agency) name: what certificates and records call it.
 pub fn check_source_name(name: &str) -> anyhow::Result<()> {

@@ -161,12 +161,7 @@ pub struct FileSummary {
     pub tokens_per_scheme: Vec<u64>,
 }
 
-/// `FILE.quarantine.csv` beside `FILE`.
-pub fn quarantine_path(input: &Path) -> PathBuf {
-    let mut name = input.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".quarantine.csv");
-    input.with_file_name(name)
-}
+pub use crate::ingest::quarantine_path;
 
 /// The one-line summary printed on stderr.
 pub fn summary_line(source: &str, kind: &str, s: &Summary, quarantine: &Path) -> String {

@@ -458,6 +458,24 @@ pub fn parse_https_url(url: &str) -> Option<(String, String)> {
     Some((rest.to_string(), host.to_string()))
 }
 
+/// Load and validate a schema file, every problem in the error; with no path,
+/// the built-in copy of the shipped `config/schema.toml` (never a file that
+/// happens to be in the working directory). The one schema loader of the
+/// daemons and the CLI.
+pub fn load_schema(path: Option<&Path>) -> anyhow::Result<crate::schema::Schema> {
+    use anyhow::Context as _;
+    let (path, text) = match path {
+        Some(p) => {
+            (p.to_path_buf(), std::fs::read_to_string(p).with_context(|| format!("reading schema {}", p.display()))?)
+        }
+        None => (PathBuf::from("<built-in schema>"), crate::schema::DEFAULT_SCHEMA.to_string()),
+    };
+    crate::schema::Schema::from_toml(&text).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(|p| format!("  {}: {p}", path.display())).collect();
+        anyhow::anyhow!("{} has {} problem(s):\n{}", path.display(), problems.len(), lines.join("\n"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

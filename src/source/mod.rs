@@ -80,7 +80,7 @@ struct Counts {
 
 fn load_schema(path: Option<&Path>) -> anyhow::Result<Schema> {
     match path {
-        Some(p) => crate::cmd::load_schema(Some(p)),
+        Some(p) => crate::daemon::config::load_schema(Some(p)),
         None => Schema::default_schema()
             .map_err(|p| anyhow::anyhow!("the built-in schema is broken: {} problem(s)", p.len())),
     }
@@ -268,7 +268,7 @@ impl Source {
                 let Some(k) = src.schema.kind(&job_kind) else {
                     return Err(FileError::Failed("unknown kind".into()));
                 };
-                let quarantine = crate::cmd::pseudonymize::quarantine_path(&job_path);
+                let quarantine = crate::ingest::quarantine_path(&job_path);
                 let job = Job { path: &job_path, kind: k, format, quarantine, dest: None };
                 let add = |b: &[(u64, u32)]| src.outbox.add(b.iter().copied());
                 let keying = src.keying();

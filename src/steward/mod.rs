@@ -227,18 +227,10 @@ impl Steward {
         let store = tokio::task::spawn_blocking(move || Store::open(&store_path))
             .await
             .map_err(|e| StewardError::Join(e.to_string()))??;
-        let schema = Arc::new(match &cfg.schema {
-            Some(p) => {
-                let text =
-                    std::fs::read_to_string(p).map_err(|e| StewardError::Setup(format!("{}: {e}", p.display())))?;
-                crate::schema::Schema::from_toml(&text).map_err(|problems| {
-                    let list: Vec<String> = problems.iter().map(|x| x.to_string()).collect();
-                    StewardError::Setup(format!("{}: {}", p.display(), list.join("; ")))
-                })?
-            }
-            None => crate::schema::Schema::default_schema()
-                .map_err(|_| StewardError::Setup("the built-in schema does not validate".into()))?,
-        });
+        let schema = Arc::new(
+            crate::daemon::config::load_schema(cfg.schema.as_deref())
+                .map_err(|e| StewardError::Setup(format!("{e:#}")))?,
+        );
         let mut ledger = crate::dp::ledger::Ledger::open(store.durable(), cfg.program_epsilon_cap_micro)
             .map_err(|e| StewardError::Setup(format!("opening the budget ledger: {e}")))?;
         let audit_path = data_dir.join(AUDIT_FILE);
