@@ -260,10 +260,14 @@ async fn steward_away_and_back_outbox_drains() {
     assert!(s["steward"]["error"].as_str().is_some_and(|e| !e.is_empty()), "{s}");
 
     // The source restarts while the steward is away: the outbox is durable.
-    let depth = source.status()["outbox"].clone();
+    // Batches the steward acknowledged as it stopped may still leave the outbox
+    // (their removal lands after the read): the depth may fall, never rise, and
+    // the end state below shows that nothing was lost.
+    let before = source.outbox_records();
     source.stop().await;
     let source = TestSource::start(&pki, &src_dir, addr, "batch_records = 25").await;
-    assert_eq!(source.status()["outbox"], depth, "the outbox survives a restart");
+    let after = source.outbox_records();
+    assert!(after > 0 && after <= before, "the outbox survives a restart: {after} records after, {before} before");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let st = TestSteward::start_on(&pki, &st_dir, &addr.to_string(), "").await;
