@@ -100,6 +100,8 @@ pub struct Linker {
     pattern_counts: Vec<u64>,
     blocks_capped: u64,
     candidates: Vec<u32>,
+    /// A [`Linker::snapshot`]: it links but takes no more records.
+    frozen: bool,
 }
 
 /// Why a record could not be added.
@@ -109,6 +111,8 @@ pub enum LinkError {
     SchemeCount { got: usize, want: usize },
     #[error("more than 4294967295 records")]
     TooMany,
+    #[error("a linkage snapshot takes no records")]
+    Frozen,
 }
 
 /// The estimated m and u of one scheme's level: its group's first agreeing scheme is this one.
@@ -229,6 +233,36 @@ impl Linker {
             pattern_counts: Vec::new(),
             blocks_capped: 0,
             candidates: Vec::new(),
+            frozen: false,
+        }
+    }
+
+    /// What [`link`](Linker::link) and [`estimate`](Linker::estimate) need,
+    /// copied (profiles, candidate pairs and their patterns; not the blocking
+    /// index, the token table or the profile lookup), so a caller can link
+    /// without holding up whoever adds records. The copy takes no records.
+    pub fn snapshot(&self) -> Linker {
+        Linker {
+            rule: self.rule.clone(),
+            n_schemes: self.n_schemes,
+            groups: self.groups.clone(),
+            group_masks: self.group_masks.clone(),
+            records_with_group: self.records_with_group.clone(),
+            profile_index: HashMap::new(),
+            record_profile: self.record_profile.clone(),
+            tokens: Vec::new(),
+            present: self.present.clone(),
+            profile_records: self.profile_records.clone(),
+            blocks: HashMap::new(),
+            post_profile: Vec::new(),
+            post_next: Vec::new(),
+            pairs: self.pairs.clone(),
+            patterns: self.patterns.clone(),
+            pattern_ids: HashMap::new(),
+            pattern_counts: self.pattern_counts.clone(),
+            blocks_capped: self.blocks_capped,
+            candidates: Vec::new(),
+            frozen: true,
         }
     }
 
@@ -250,6 +284,9 @@ impl Linker {
     /// Add a record with one token slot per scheme (all under `epoch`) and
     /// compare it with every earlier record it shares a token with. Returns its index.
     pub fn add(&mut self, epoch: u32, tokens: &[Option<Token>]) -> Result<u32, LinkError> {
+        if self.frozen {
+            return Err(LinkError::Frozen);
+        }
         if tokens.len() != self.n_schemes || self.n_schemes > 16 {
             return Err(LinkError::SchemeCount { got: tokens.len(), want: self.n_schemes });
         }
@@ -767,6 +804,26 @@ mod tests {
         assert!(!same(p, a, c) && !same(p, a, d) && !same(p, d, e) && !same(p, a, f));
         assert!(!link.quality.estimated, "four pairs: the prior is used");
         assert_eq!(link.quality.persons, 5);
+    }
+
+    #[test]
+    fn a_snapshot_links_as_the_linker_does_and_takes_no_records() {
+        let r = rule(&[30.0, 12.0], 15.0, 15.0);
+        let mut l = Linker::new(&r, 2);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..3_000 {
+            let a = rng.gen_range(0..400u16);
+            l.add(1, &[Some([(a % 251) as u8; TOKEN_LEN]), t((a % 13) as u8)]).unwrap();
+        }
+        let snap = l.snapshot();
+        let (live, frozen) = (l.link(), snap.link());
+        assert_eq!(live.persons, frozen.persons);
+        assert_eq!(live.quality, frozen.quality);
+        let mut snap = snap;
+        assert_eq!(snap.add(1, &[t(1), t(2)]), Err(LinkError::Frozen));
+        // The linker goes on; the snapshot stays as it was.
+        l.add(1, &[t(1), t(2)]).unwrap();
+        assert_eq!(l.len(), snap.len() + 1);
     }
 
     #[test]

@@ -1753,7 +1753,7 @@ mod tests {
         let text = serde_json::to_string(&a).unwrap();
         assert!(!text.contains("tokens") && !text.contains("rid"), "{text}");
         let other = Schema::from_toml(&crate::schema::DEFAULT_SCHEMA.replace("minutes = {", "minutes2 = {")).unwrap();
-        let pop2 = Population::build(&other, Vec::new());
+        let pop2 = Population::build(&other, Vec::<(u32, crate::record::PseudoRecord)>::new());
         assert!(matches!(execute(&p, &pop2, &mut OpenDpNoise::new()), Err(QueryError::SchemaMismatch)));
     }
 }

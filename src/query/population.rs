@@ -293,7 +293,10 @@ impl Population {
     /// date and an arm (ties: the first received); persons without one are
     /// left out. Their categories come from that referral: arm,
     /// race_ethnicity, referral_type, screening, sex and age (as an age band).
-    pub fn build(schema: &Schema, persons: impl IntoIterator<Item = (u32, PseudoRecord)>) -> Population {
+    pub fn build<R: std::borrow::Borrow<PseudoRecord>>(
+        schema: &Schema,
+        persons: impl IntoIterator<Item = (u32, R)>,
+    ) -> Population {
         let categories = Categories::from_schema(schema);
         let kind_index: HashMap<&str, usize> =
             schema.kinds.iter().enumerate().map(|(i, k)| (k.name.as_str(), i)).collect();
@@ -311,6 +314,7 @@ impl Population {
         let mut seq: u32 = 0;
 
         for (person, record) in persons {
+            let record: &PseudoRecord = record.borrow();
             let Some(&k) = kind_index.get(record.kind.as_str()) else { continue };
             let kind = &schema.kinds[k];
             let date_name = &kind.fields[kind.event_date].name;

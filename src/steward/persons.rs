@@ -15,20 +15,34 @@ use crate::schema::Schema;
 use crate::token::{parse_token, Token};
 
 /// The linked records of every source.
+///
+/// Adding records (ingest) and building the query population (queries) do
+/// not wait for each other: the lock over the linker and the records is held
+/// only to add, or to take a snapshot — a copy of the linker's pairs and
+/// profiles and the list of record chunks, which are shared, never copied.
+/// Linking the snapshot and building the population run outside it; the
+/// result is swapped in behind an `Arc` for every query until records arrive.
 pub struct Persons {
     schema: Arc<Schema>,
     scheme_index: HashMap<String, usize>,
     inner: Mutex<Inner>,
+    /// One population build at a time; a query arriving meanwhile waits for it and takes its result.
+    building: Mutex<()>,
 }
 
 struct Inner {
     linker: Linker,
-    /// Every record held, tokens dropped (they are in the linker), in linker order.
-    records: Vec<PseudoRecord>,
-    /// The population of the last build, valid until records are added.
-    cached: Option<Arc<Population>>,
-    /// The quality figures of the last linkage.
-    quality: Option<Quality>,
+    /// Every record held, tokens dropped (they are in the linker), in linker
+    /// order: one immutable chunk per batch, shared with population builds.
+    records: Vec<Arc<[PseudoRecord]>>,
+    /// Records held (the chunks' lengths summed).
+    held: usize,
+    /// Records added so far: a population is current while this has not moved.
+    generation: u64,
+    /// The population of the last build and the generation it was built at.
+    cached: Option<(u64, Arc<Population>)>,
+    /// The quality figures of the last linkage, and the generation.
+    quality: Option<(u64, Quality)>,
     /// Token schemes seen in records that the steward's schema does not know.
     unknown_schemes: u64,
 }
@@ -37,72 +51,119 @@ impl Persons {
     pub fn new(schema: Arc<Schema>) -> Persons {
         let scheme_index = schema.schemes.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
         let linker = Linker::new(&schema.linkage, schema.schemes.len());
-        Persons {
-            schema,
-            scheme_index,
-            inner: Mutex::new(Inner { linker, records: Vec::new(), cached: None, quality: None, unknown_schemes: 0 }),
-        }
+        let inner = Inner {
+            linker,
+            records: Vec::new(),
+            held: 0,
+            generation: 0,
+            cached: None,
+            quality: None,
+            unknown_schemes: 0,
+        };
+        Persons { schema, scheme_index, inner: Mutex::new(inner), building: Mutex::new(()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Link `records` to everything held before. Tokens of schemes the
     /// schema does not know are ignored (and counted for status).
     pub fn add(&self, records: Vec<PseudoRecord>) {
         let n = self.schema.schemes.len();
-        let mut slots: Vec<Option<Token>> = vec![None; n];
-        let mut inner = match self.inner.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        inner.linker.reserve(records.len());
+        // Tokens parsed before the lock is taken.
+        let mut kept = Vec::with_capacity(records.len());
+        let mut slots: Vec<Option<Token>> = Vec::with_capacity(records.len() * n);
+        let mut unknown = 0u64;
         for mut r in records {
-            slots.iter_mut().for_each(|s| *s = None);
+            let at = slots.len();
+            slots.resize(at + n, None);
             for (name, text) in &r.tokens {
                 match (self.scheme_index.get(name), parse_token(text)) {
-                    (Some(&i), Some((epoch, t))) if epoch == r.epoch => slots[i] = Some(t),
-                    _ => inner.unknown_schemes += 1,
+                    (Some(&i), Some((epoch, t))) if epoch == r.epoch => slots[at + i] = Some(t),
+                    _ => unknown += 1,
                 }
             }
-            if inner.linker.add(r.epoch, &slots).is_err() {
+            r.tokens.clear();
+            kept.push(r);
+        }
+        let mut inner = self.lock();
+        inner.unknown_schemes += unknown;
+        inner.linker.reserve(kept.len());
+        let mut linked = Vec::with_capacity(kept.len());
+        for (r, tokens) in kept.into_iter().zip(slots.chunks(n.max(1))) {
+            if inner.linker.add(r.epoch, &tokens[..n]).is_err() {
                 // Only possible past 2^32 records; the record is kept out of queries.
                 continue;
             }
-            r.tokens.clear();
-            inner.records.push(r);
+            linked.push(r);
         }
-        inner.cached = None;
+        if linked.is_empty() {
+            return;
+        }
+        inner.held += linked.len();
+        inner.records.push(linked.into());
+        inner.generation += 1;
     }
 
-    /// The population to query: built from the linked records, cached until new records arrive.
+    /// The population to query: the last one built while no record has
+    /// arrived since, else built anew from a snapshot (outside the lock that
+    /// adding records takes).
     pub fn population(&self) -> Arc<Population> {
-        let mut inner = match self.inner.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(p) = &inner.cached {
-            return p.clone();
+        if let Some(p) = self.current() {
+            return p;
         }
-        let linkage = inner.linker.link();
-        let pop =
-            Arc::new(Population::build(&self.schema, linkage.persons.into_iter().zip(inner.records.iter().cloned())));
-        inner.cached = Some(pop.clone());
-        inner.quality = Some(linkage.quality);
+        let _one = self.building.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Built by another query while this one waited?
+        if let Some(p) = self.current() {
+            return p;
+        }
+        let (generation, linker, chunks) = {
+            let inner = self.lock();
+            (inner.generation, inner.linker.snapshot(), inner.records.clone())
+        };
+        let linkage = linker.link();
+        drop(linker);
+        let records = chunks.iter().flat_map(|c| c.iter());
+        let pop = Arc::new(Population::build(&self.schema, linkage.persons.into_iter().zip(records)));
+        let mut inner = self.lock();
+        // Keep the newest: a slower build of an older generation never replaces a newer one.
+        if inner.cached.as_ref().map_or(true, |(g, _)| *g <= generation) {
+            inner.cached = Some((generation, pop.clone()));
+        }
+        if inner.quality.as_ref().map_or(true, |(g, _)| *g <= generation) {
+            inner.quality = Some((generation, linkage.quality));
+        }
         pop
+    }
+
+    fn current(&self) -> Option<Arc<Population>> {
+        let inner = self.lock();
+        match &inner.cached {
+            Some((g, p)) if *g == inner.generation => Some(p.clone()),
+            _ => None,
+        }
     }
 
     /// The linkage quality for the admin status, as JSON (scheme names, no
     /// record, token or person): that of the last linkage if no record
-    /// arrived since, else linked anew.
+    /// arrived since, else linked anew (from a snapshot, outside the lock).
     pub fn quality_status(&self) -> serde_json::Value {
-        let mut inner = match self.inner.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
+        let have = {
+            let inner = self.lock();
+            match &inner.quality {
+                Some((g, q)) if *g == inner.generation => Ok(q.clone()),
+                _ => Err((inner.generation, inner.linker.snapshot())),
+            }
         };
-        let records = inner.linker.len() as u64;
-        let q = match &inner.quality {
-            Some(q) if q.records == records => q.clone(),
-            _ => {
-                let q = inner.linker.link().quality;
-                inner.quality = Some(q.clone());
+        let q = match have {
+            Ok(q) => q,
+            Err((generation, linker)) => {
+                let q = linker.link().quality;
+                let mut inner = self.lock();
+                if inner.quality.as_ref().map_or(true, |(g, _)| *g <= generation) {
+                    inner.quality = Some((generation, q.clone()));
+                }
                 q
             }
         };
@@ -117,11 +178,95 @@ impl Persons {
 
     /// Records held and linked (for the local status only).
     pub fn records(&self) -> usize {
-        self.inner.lock().map(|g| g.records.len()).unwrap_or(0)
+        self.lock().held
     }
 
     /// Tokens ignored because their scheme is not in the steward's schema.
     pub fn unknown_scheme_tokens(&self) -> u64 {
-        self.inner.lock().map(|g| g.unknown_schemes).unwrap_or(0)
+        self.lock().unknown_schemes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A referral of `person` (persons are told apart by their tokens).
+    fn referral(person: u32, line: u64) -> PseudoRecord {
+        let token = |scheme: u32| format!("1:{:032x}", (u128::from(person) << 8) | u128::from(scheme));
+        PseudoRecord {
+            source: "police".into(),
+            kind: "referral".into(),
+            line,
+            epoch: 1,
+            rid: format!("{line:032x}"),
+            tokens: [("names_dob".to_string(), token(1)), ("state_id".to_string(), token(2))].into(),
+            fields: [
+                ("age".to_string(), serde_json::json!(30)),
+                ("referral_date".to_string(), serde_json::json!("2024-05-01")),
+                ("referral_type".to_string(), serde_json::json!("arrest")),
+                ("arm".to_string(), serde_json::json!("diversion")),
+            ]
+            .into(),
+        }
+    }
+
+    fn persons() -> Persons {
+        Persons::new(Arc::new(Schema::default_schema().expect("the shipped schema")))
+    }
+
+    #[test]
+    fn a_population_is_reused_until_records_arrive() {
+        let p = persons();
+        p.add((0..10).map(|i| referral(i % 4, u64::from(i))).collect());
+        let a = p.population();
+        assert_eq!((a.len(), a.event_count()), (4, 10));
+        assert!(Arc::ptr_eq(&a, &p.population()), "nothing arrived: the same population");
+        p.add(vec![referral(9, 10)]);
+        let b = p.population();
+        assert_eq!((b.len(), b.event_count()), (5, 11));
+        assert_eq!((a.len(), a.event_count()), (4, 10), "a population taken earlier does not change");
+        assert_eq!(p.records(), 11);
+        assert!(p.quality_status()["records"] == 11, "{}", p.quality_status());
+    }
+
+    #[test]
+    fn adding_does_not_wait_for_a_population_build() {
+        let p = Arc::new(persons());
+        p.add(vec![referral(1, 1)]);
+        // A build in progress holds `building` for as long as it links; adding must not need it.
+        let held = p.building.lock().expect("the build lock");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p2 = p.clone();
+        std::thread::spawn(move || {
+            p2.add(vec![referral(2, 2)]);
+            let _ = tx.send(p2.records());
+        });
+        let added = rx.recv_timeout(std::time::Duration::from_secs(60));
+        drop(held);
+        assert_eq!(added, Ok(2), "records were added while a population was being built");
+        assert_eq!(p.population().event_count(), 2);
+    }
+
+    #[test]
+    fn concurrent_adds_and_queries_converge() {
+        let p = Arc::new(persons());
+        let writer = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                for b in 0..50u32 {
+                    p.add((0..20).map(|i| referral((b * 20 + i) % 300, u64::from(b * 20 + i))).collect());
+                }
+            })
+        };
+        let mut last = 0;
+        while !writer.is_finished() {
+            let n = p.population().event_count();
+            assert!(n >= last, "a later population never holds fewer events");
+            last = n;
+        }
+        writer.join().expect("the writer");
+        let pop = p.population();
+        assert_eq!((pop.len(), pop.event_count()), (300, 1000));
     }
 }
