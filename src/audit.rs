@@ -309,7 +309,7 @@ impl std::fmt::Debug for AuditLog {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    crate::keys::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+    crate::hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 impl Drop for AuditLog {

@@ -72,44 +72,16 @@ impl EpochKey {
     /// The key in hex, for the custodian to hand to a source over mutual TLS
     /// (`source::keyserver`). Never logged or printed.
     pub fn to_hex(&self) -> Zeroizing<String> {
-        Zeroizing::new(hex(&self.key))
+        Zeroizing::new(crate::hex::encode(&self.key))
     }
 
     /// A short public fingerprint: identifies the key in status output and logs without revealing it.
     pub fn fingerprint(&self) -> String {
         match self.derive_hmac_key(b"divert/v1/fingerprint") {
-            Ok(k) => hex(&hmac::sign(&k, b"fingerprint").as_ref()[..8]),
+            Ok(k) => crate::hex::encode(&hmac::sign(&k, b"fingerprint").as_ref()[..8]),
             Err(_) => "unavailable".to_string(),
         }
     }
-}
-
-/// Append the lower-case hex of `bytes` to `out` (no allocation).
-pub fn hex_into(bytes: &[u8], out: &mut Vec<u8>) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 0xf)]);
-    }
-}
-
-/// The bytes of lower- or upper-case hex; `None` for an odd length or a non-hex digit.
-pub fn from_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
 }
 
 /// The file name of an epoch's key.
@@ -227,7 +199,7 @@ mod tests {
         assert!(matches!(init(&kd), Err(KeyError::AlreadyInitialized { epoch: 1, .. })));
         // Debug shows no key bytes.
         let dbg = format!("{k:?}");
-        assert!(!dbg.contains(&hex(&std::fs::read(&path).unwrap())));
+        assert!(!dbg.contains(&crate::hex::encode(&std::fs::read(&path).unwrap())));
 
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = load_active(&kd).unwrap_err().to_string();

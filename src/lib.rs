@@ -14,6 +14,7 @@ pub mod days;
 pub mod dp;
 pub mod evaluator;
 pub mod fsutil;
+pub mod hex;
 pub mod identity;
 pub mod ingest;
 pub mod keys;

@@ -561,7 +561,7 @@ fn build_crl(ca: &LoadedCa, members: &[Member], crl_number: u64, crl_days: u32) 
     let mut revoked_certs = Vec::new();
     for m in members {
         let Some(at) = m.revoked_at else { continue };
-        let serial = crate::keys::from_hex(&m.serial).ok_or_else(|| PkiError::Corrupt {
+        let serial = crate::hex::decode(&m.serial).ok_or_else(|| PkiError::Corrupt {
             path: ca.dir.join(MEMBERS_FILE),
             what: "the register of issued certificates",
             detail: format!("serial {:?} of {} is not hex", m.serial, m.spiffe_id),
@@ -705,7 +705,7 @@ pub fn issue(
     let cert = params.signed_by(&key, &ca.issuer, &ca.key).map_err(crypto("sign the certificate"))?;
 
     let member = Member {
-        serial: crate::keys::hex(&serial),
+        serial: crate::hex::encode(&serial),
         role,
         name: name.to_string(),
         spiffe_id: id.to_string(),
@@ -872,11 +872,11 @@ mod tests {
         assert_eq!(a.len(), 16);
         assert!(a[0] >= 1 && a[0] < 0x80);
         assert_ne!(a, b);
-        assert_eq!(crate::keys::from_hex(&crate::keys::hex(&a)).unwrap(), a);
+        assert_eq!(crate::hex::decode(&crate::hex::encode(&a)).unwrap(), a);
         assert_eq!(normalize_serial("00:AB:0c").unwrap(), "ab0c");
         assert_eq!(normalize_serial("0xab0c").unwrap(), "ab0c");
         assert!(normalize_serial("xyz").is_err());
-        assert!(crate::keys::from_hex("abc").is_none());
+        assert!(crate::hex::decode("abc").is_none());
     }
 
     #[test]

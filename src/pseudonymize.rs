@@ -7,7 +7,6 @@
 use std::io::Write;
 
 use crate::ingest::{age_at, Row, Value};
-use crate::keys::hex_into;
 use crate::schema::{FieldType, Kind, Schema};
 use crate::token::{Scratch, Token, Tokenizer};
 
@@ -122,7 +121,7 @@ impl<'a> Pseudonymizer<'a> {
         out.extend_from_slice(b",\"epoch\":");
         push_u64(out, u64::from(epoch));
         out.extend_from_slice(b",\"rid\":\"");
-        hex_into(&rid, out);
+        crate::hex::encode_into(&rid, out);
         out.extend_from_slice(b"\",\"tokens\":{");
         let mut first = true;
         for ((key, tok), count) in self.scheme_keys.iter().zip(&self.tokens).zip(&mut self.scheme_tokens) {
@@ -133,7 +132,7 @@ impl<'a> Pseudonymizer<'a> {
                 }
                 first = false;
                 out.extend_from_slice(key);
-                hex_into(t, out);
+                crate::hex::encode_into(t, out);
                 out.push(b'"');
             }
         }

@@ -205,23 +205,14 @@ fn apply(t: Transform, value: &str, out: &mut String) {
 
 /// A token as it travels: `<epoch>:<32 hex digits>`.
 pub fn format_token(epoch: u32, t: &Token) -> String {
-    format!("{epoch}:{}", crate::keys::hex(t))
+    format!("{epoch}:{}", crate::hex::encode(t))
 }
 
 /// Parse `<epoch>:<32 hex digits>`.
 pub fn parse_token(s: &str) -> Option<(u32, Token)> {
     let (e, h) = s.split_once(':')?;
     let epoch = e.parse().ok()?;
-    if h.len() != TOKEN_LEN * 2 {
-        return None;
-    }
-    let mut t = [0u8; TOKEN_LEN];
-    for (i, chunk) in h.as_bytes().chunks(2).enumerate() {
-        let hi = (chunk[0] as char).to_digit(16)?;
-        let lo = (chunk[1] as char).to_digit(16)?;
-        t[i] = (hi * 16 + lo) as u8;
-    }
-    Some((epoch, t))
+    Some((epoch, crate::hex::decode_array(h)?))
 }
 
 #[cfg(test)]

@@ -240,7 +240,7 @@ async fn fetch(src: &Arc<Source>) -> anyhow::Result<()> {
             continue;
         }
         let bytes = zeroize::Zeroizing::new(
-            keys::from_hex(&entry.key_hex)
+            crate::hex::decode(&entry.key_hex)
                 .ok_or_else(|| anyhow::anyhow!("the custodian sent a key that is not hex"))?,
         );
         let (d, epoch) = (dir.clone(), entry.epoch);

@@ -278,7 +278,7 @@ impl Store {
         let mut id = [0u8; 16];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
             .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
-        let id = crate::keys::hex(&id);
+        let id = crate::hex::encode(&id);
         let mut b = WriteBatch::default();
         b.insert(META_STORE_ID, id.as_bytes());
         self.apply(b)?;

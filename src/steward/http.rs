@@ -417,10 +417,6 @@ pub async fn ingest_body(
     Ok(accepted)
 }
 
-fn is_hex32(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 /// Validate a batch body sent under a certificate named `cert_name`:
 /// returns the batch. Messages never quote the body.
 ///
@@ -463,7 +459,7 @@ pub fn check_batch(body: &[u8], cert_name: &str, schema: &Schema) -> Result<Batc
                 "record {i} names another source than this certificate (source `{cert_name}`)"
             )));
         }
-        if !is_hex32(&r.rid) {
+        if !crate::hex::is_hex(&r.rid, 32) {
             return Err(Rejection::bad(format!("record {i}: rid is not 32 hex digits")));
         }
         if r.kind.is_empty() {

@@ -157,17 +157,7 @@ fn public_error(e: &crate::query::QueryError) -> String {
 }
 
 fn hash_bytes(hash: &str) -> Option<[u8; 32]> {
-    let hex = hash.strip_prefix("sha256:").unwrap_or(hash);
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
-        let hi = (chunk[0] as char).to_digit(16)?;
-        let lo = (chunk[1] as char).to_digit(16)?;
-        out[i] = (hi * 16 + lo) as u8;
-    }
-    Some(out)
+    crate::hex::decode_array(hash.strip_prefix("sha256:").unwrap_or(hash))
 }
 
 /// Read a request body of at most `MAX_QUERY_BYTES`, or the response refusing it (413, 408, 400).
