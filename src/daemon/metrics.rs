@@ -220,6 +220,12 @@ fn families(s: &Snapshot<'_>) -> Vec<Family> {
                 number_at(d, &["connections_open"]),
             ));
             out.push(Family::one(
+                "divert_connections_waiting",
+                Kind::Gauge,
+                "Authenticated client connections waiting for one of the max_connections slots.",
+                number_at(d, &["connections_waiting"]),
+            ));
+            out.push(Family::one(
                 "divert_handshakes_pending",
                 Kind::Gauge,
                 "Connections accepted and not yet authenticated (before or in their TLS handshake).",
@@ -417,6 +423,7 @@ mod tests {
         let detail = serde_json::json!({
             "listen": "127.0.0.1:7443",
             "connections_open": 3,
+            "connections_waiting": 2,
             "records": 12345,
             "batches": 17,
             "records_per_source": { "police": 12000, "da": 345 },
@@ -436,6 +443,7 @@ mod tests {
             "divert_records_held{role=\"steward\",name=\"steward\"} 12345",
             "divert_batches_held{role=\"steward\",name=\"steward\"} 17",
             "divert_connections_open{role=\"steward\",name=\"steward\"} 3",
+            "divert_connections_waiting{role=\"steward\",name=\"steward\"} 2",
             "# TYPE divert_refusals_total counter",
             "divert_refusals_total{role=\"steward\",name=\"steward\",kind=\"handshake\"} 4",
             "divert_refusals_total{role=\"steward\",name=\"steward\",kind=\"forbidden\"} 1",

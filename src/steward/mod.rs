@@ -196,6 +196,8 @@ pub struct Steward {
     /// Authenticated connections served at once.
     connections: Arc<Semaphore>,
     open: AtomicUsize,
+    /// Authenticated connections waiting for one of the `max_connections` slots.
+    waiting: AtomicUsize,
     /// Refusals of unauthenticated peers are logged at this rate at most.
     unauthenticated_log: crate::accept::LogLimiter,
     refusals: [AtomicU64; Refusal::ALL.len()],
@@ -203,7 +205,7 @@ pub struct Steward {
     pub(crate) batches_duplicate: AtomicU64,
 }
 
-/// Decrements the open-connection gauge when a connection task ends, however it ends.
+/// Decrements a connection gauge (open, waiting) when the connection leaves that state, however it does.
 struct OpenGuard<'a>(&'a AtomicUsize);
 
 impl Drop for OpenGuard<'_> {
@@ -325,6 +327,7 @@ impl Steward {
             admission: crate::accept::Admission::new(cfg.pending),
             connections: Arc::new(Semaphore::new(max)),
             open: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             unauthenticated_log: crate::accept::LogLimiter::new(10, Duration::from_secs(10)),
             refusals: Default::default(),
             batches_stored: AtomicU64::new(0),
@@ -554,6 +557,7 @@ impl Steward {
             "data_dir": self.data_dir.display().to_string(),
             "connections_open": self.open.load(Ordering::Relaxed),
             "max_connections": self.cfg.max_connections,
+            "connections_waiting": self.waiting.load(Ordering::Relaxed),
             "handshakes_pending": self.admission.pending(),
             "max_pending_handshakes": self.cfg.pending.pending,
             "max_pending_per_address": self.cfg.pending.per_address,
@@ -672,6 +676,8 @@ async fn connection(
     drop(pending);
     // Phase 2, authenticated: one of `max_connections` slots; when all are
     // taken the peer waits here (its request is read once a slot frees).
+    st.waiting.fetch_add(1, Ordering::Relaxed);
+    let waiting = OpenGuard(&st.waiting);
     let _permit = tokio::select! {
         _ = ctx.shutdown.cancelled() => return,
         p = st.connections.clone().acquire_owned() => match p {
@@ -679,6 +685,7 @@ async fn connection(
             Err(_) => return,
         },
     };
+    drop(waiting);
     st.open.fetch_add(1, Ordering::Relaxed);
     let _open = OpenGuard(&st.open);
 

@@ -865,13 +865,10 @@ async fn release_bad_query_errors_never_echo_the_request() {
     s.st.stop().await;
 }
 
-/// The curl examples of docs/api.md, against this steward (skipped when curl is not installed).
+/// The curl examples of docs/api.md, against this steward (fails when curl is not installed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_curl_examples_of_the_api_docs_work() {
-    if Command::new("curl").arg("--version").output().is_err() {
-        eprintln!("curl not on PATH: skipped");
-        return;
-    }
+    crate::util::require_tool("curl", "--version");
     let s = Setup::new().await;
     s.st.steward.grant(EVAL, 1_000_000).unwrap();
     let base = format!("https://localhost:{}", s.st.addr.port());

@@ -200,9 +200,15 @@ async fn inbox_to_steward_exactly_once() {
     assert_eq!(held.len() as u64, total);
     assert!(held == expected, "the steward holds exactly the offline pseudonymization of the exports");
 
-    assert!(source.inbox().join("done/arrest.csv.receipt").exists());
-    assert!(source.inbox().join("done/referral-2024-01.csv.receipt").exists());
-    assert!(!source.inbox().join("arrest.csv").exists());
+    // Records can reach the steward before their export is retired (receipt first, then the deletion).
+    let inbox = source.inbox();
+    wait_for(30, "both exports retired", || {
+        inbox.join("done/arrest.csv.receipt").exists()
+            && inbox.join("done/referral-2024-01.csv.receipt").exists()
+            && !inbox.join("arrest.csv").exists()
+            && !inbox.join("referral-2024-01.csv").exists()
+    })
+    .await;
     let status = source.status();
     assert_eq!(status["pushed"]["records"], total);
     assert_eq!(status["files"]["done"], 2);
@@ -219,7 +225,8 @@ async fn inbox_to_steward_exactly_once() {
         serde_json::from_str(&std::fs::read_to_string(source.inbox().join("done/arrest~2.csv.receipt")).unwrap())
             .unwrap();
     assert_eq!(receipt["already_ingested"], true, "{receipt}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The receipt is written after the outbox would have taken anything new: nothing is queued to send.
+    assert_eq!(source.outbox_records(), 0, "nothing queued again");
     assert_eq!(st.records_held(), total);
     assert_eq!(source.status()["pushed"]["records"], total);
 
@@ -268,7 +275,6 @@ async fn steward_away_and_back_outbox_drains() {
     let source = TestSource::start(&pki, &src_dir, addr, "batch_records = 25").await;
     let after = source.outbox_records();
     assert!(after > 0 && after <= before, "the outbox survives a restart: {after} records after, {before} before");
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let st = TestSteward::start_on(&pki, &st_dir, &addr.to_string(), "").await;
     wait_for(60, "the outbox to drain", || source.outbox_records() == 0).await;
@@ -352,9 +358,13 @@ async fn handed_over_rejected_and_quarantined_files() {
     .unwrap();
     source.drop_in(&dropped, "arrest-2019-03.csv");
     let reason_file = inbox.join("rejected/arrest-2019-03.csv.reason");
-    wait_for(10, "the file rejected", || reason_file.exists()).await;
-    assert!(inbox.join("rejected/arrest-2019-03.csv").exists());
-    assert!(!inbox.join("arrest-2019-03.csv").exists());
+    // The reason is written first, then the file moved: wait for the move.
+    wait_for(10, "the file rejected", || {
+        reason_file.exists()
+            && inbox.join("rejected/arrest-2019-03.csv").exists()
+            && !inbox.join("arrest-2019-03.csv").exists()
+    })
+    .await;
     let reason = std::fs::read_to_string(&reason_file).unwrap();
     assert!(reason.contains("warrant") && reason.contains("arrest"), "{reason}");
     assert!(!reason.contains("Lee"), "{reason}");
@@ -371,8 +381,13 @@ async fn handed_over_rejected_and_quarantined_files() {
     std::fs::write(tmp.path().join("y.csv"), other).unwrap();
     std::fs::write(inbox.join("export-7.csv.kind"), "arrest\n").unwrap();
     source.drop_in(&tmp.path().join("y.csv"), "export-7.csv");
-    wait_for(10, "the sidecar file done", || inbox.join("done/export-7.csv.receipt").exists()).await;
-    assert!(!inbox.join("export-7.csv.kind").exists() && !inbox.join("export-7.csv").exists());
+    // The receipt is written first, then the export and its sidecar leave the inbox.
+    wait_for(10, "the sidecar file done", || {
+        inbox.join("done/export-7.csv.receipt").exists()
+            && !inbox.join("export-7.csv.kind").exists()
+            && !inbox.join("export-7.csv").exists()
+    })
+    .await;
     let q = std::fs::read_to_string(inbox.join("rejected/export-7.csv.quarantine.csv")).unwrap();
     assert_eq!(q.lines().count(), 3, "{q}");
     wait_for(20, "those records at the steward", || st.records_held() == 6).await;
@@ -438,10 +453,16 @@ async fn inbox_keeps_no_export_in_clear() {
     .await;
     wait_for(60, "an empty outbox", || source.outbox_records() == 0).await;
 
-    let mut done: Vec<String> =
-        std::fs::read_dir(inbox.join("done")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    done.sort();
-    assert_eq!(done, vec!["arrest.csv.receipt", "referral.csv.receipt"]);
+    // The receipt comes first; the export is shredded (under a hidden name in done/) after it.
+    let done_names = || {
+        let mut done: Vec<String> = std::fs::read_dir(inbox.join("done"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        done.sort();
+        done
+    };
+    wait_for(30, "the exports shredded", || done_names() == ["arrest.csv.receipt", "referral.csv.receipt"]).await;
     let receipt: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(inbox.join("done/arrest.csv.receipt")).unwrap()).unwrap();
     assert_eq!(receipt["kind"], "arrest");

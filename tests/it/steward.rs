@@ -376,11 +376,18 @@ async fn connection_limit_holds_new_connections_back() {
     let mut first = Client::connect(st.addr, cfg.clone()).await.unwrap();
     assert_eq!(first.post_batch(&batch("police", "a", vec![])).await.unwrap().0, StatusCode::OK);
     assert_eq!(st.steward.status()["connections_open"], 1);
+    let stored = st.steward.status()["batches_stored_this_run"].clone();
 
     let (addr, cfg2, b) = (st.addr, cfg.clone(), batch("police", "b", fake_records("police", 0, 1)));
     let second = tokio::spawn(async move { net::post_batch(addr, cfg2, &b).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Positive evidence that it is held back: authenticated, waiting for the one slot.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while st.steward.status()["connections_waiting"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "the second connection never waited: {}", st.steward.status());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(!second.is_finished(), "second connection served while the first is open");
+    assert_eq!(st.steward.status()["batches_stored_this_run"], stored, "the second batch was not taken yet");
     drop(first);
     let (status, _) = tokio::time::timeout(Duration::from_secs(5), second).await.unwrap().unwrap().unwrap();
     assert_eq!(status, StatusCode::OK);
@@ -402,14 +409,10 @@ async fn shutdown_stops_accepting() {
     assert!(net::post_batch(addr, cfg, &batch("police", "c", vec![])).await.is_err());
 }
 
-/// `curl` without a client certificate is refused (skipped when curl is not installed).
+/// `curl` without a client certificate is refused (fails when curl is not installed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_without_client_certificate_is_refused() {
-    let Ok(version) = std::process::Command::new("curl").arg("--version").output() else {
-        eprintln!("curl not on PATH: skipped");
-        return;
-    };
-    assert!(version.status.success());
+    crate::util::require_tool("curl", "--version");
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());
     let st = TestSteward::start(&pki, &tmp.path().join("steward"), "").await;

@@ -21,6 +21,17 @@ pub fn divert_ok(dir: &Path, args: &[&str]) -> Output {
     out
 }
 
+/// Fail the test unless the outside client `tool` runs (`tool version_arg`):
+/// a test of how real clients see divert proves nothing by passing without one.
+/// `.ci/run` installs them (curl, openssl).
+pub fn require_tool(tool: &str, version_arg: &str) {
+    let ran = Command::new(tool).arg(version_arg).output();
+    assert!(
+        ran.as_ref().is_ok_and(|o| o.status.success()),
+        "this test needs `{tool}` on PATH (Debian: apt-get install {tool}); `{tool} {version_arg}` gave {ran:?}"
+    );
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
