@@ -106,16 +106,20 @@ impl Persons {
         inner.generation += 1;
     }
 
-    /// The population to query: the last one built while no record has
-    /// arrived since, else built anew from a snapshot (outside the lock that
-    /// adding records takes).
+    /// The population to query. It holds at least every record added before
+    /// this call: the last one built if it does, else one built now from a
+    /// snapshot (outside the lock that adding records takes). Queries that
+    /// arrive while a build runs wait for it and take its result when it holds
+    /// everything they must see, so a burst of queries during streaming costs
+    /// one or two builds, not one each.
     pub fn population(&self) -> Arc<Population> {
-        if let Some(p) = self.current() {
+        let needed = self.lock().generation;
+        if let Some(p) = self.built_since(needed) {
             return p;
         }
         let _one = self.building.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Built by another query while this one waited?
-        if let Some(p) = self.current() {
+        if let Some(p) = self.built_since(needed) {
             return p;
         }
         let (generation, linker, chunks) = {
@@ -137,10 +141,11 @@ impl Persons {
         pop
     }
 
-    fn current(&self) -> Option<Arc<Population>> {
+    /// The last population built, if it holds every record of generation `needed`.
+    fn built_since(&self, needed: u64) -> Option<Arc<Population>> {
         let inner = self.lock();
         match &inner.cached {
-            Some((g, p)) if *g == inner.generation => Some(p.clone()),
+            Some((g, p)) if *g >= needed => Some(p.clone()),
             _ => None,
         }
     }
