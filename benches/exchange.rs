@@ -11,12 +11,13 @@
 //!    stops when the source has the steward's acknowledgement of every
 //!    record (acknowledged = flushed at the steward); the time at which the
 //!    steward's store first counts them all is shown too.
-//! 1b. **End to end while evaluators query**: the same again on fresh data
-//!    directories, with four evaluator clients sending distinct
-//!    budget-charged queries (`any_arrest`, a new window and ε each, so none
-//!    is served from the release cache; one connection per query) from the
-//!    drop until the last acknowledgement: queries answered per second and
-//!    their latency, and the records' rate meanwhile.
+//!
+//!    Then the same again on fresh data directories **while evaluators
+//!    query**: four evaluator clients send distinct budget-charged queries
+//!    (`any_arrest`, a new window and ε each, so none is served from the
+//!    release cache; one connection per query) from the drop until the last
+//!    acknowledgement: queries answered per second and their latency, and
+//!    the records' rate meanwhile.
 //! 2. **Bare rustls**: one TLS 1.3 connection with the same certificates and
 //!    configs, 512 MB written in 64 KiB chunks and read on the other side.
 //! 3. **Bare sled**: sled 0.34 in a temporary directory, the same number of
