@@ -22,40 +22,35 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SecretFileError + '_ {
     move |source| SecretFileError::Io { path: path.to_path_buf(), source }
 }
 
-/// Write `bytes` to `path` with mode 0600: to a temporary file in the same
-/// directory first, fsynced, then renamed into place and the directory
-/// fsynced, so a crash leaves either the old file or the new one, never half.
+/// Write `bytes` to `path` with mode 0600, atomically (see [`write_atomic`]).
 /// Refuses to replace an existing file unless `overwrite`.
 pub fn write_secret(path: &Path, bytes: &[u8], overwrite: bool) -> Result<(), SecretFileError> {
     if !overwrite && path.exists() {
         return Err(SecretFileError::Exists { path: path.to_path_buf() });
     }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io_err(&tmp))?;
-        // The mode above is filtered by the umask; set it explicitly.
-        f.set_permissions(fs::Permissions::from_mode(0o600)).map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        fs::rename(&tmp, path).map_err(io_err(path))?;
-        sync_dir(dir).map_err(io_err(dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    write_atomic(path, bytes, 0o600)
 }
 
-/// Write a non-secret file (a certificate, a config) atomically with mode 0644.
+/// Write a non-secret file (a certificate, a config, a receipt) atomically with mode 0644.
 pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), SecretFileError> {
+    write_atomic(path, bytes, 0o644)
+}
+
+/// The crate's one atomic file writer: `bytes` go to a temporary file in the
+/// same directory (created new, mode `mode` set explicitly, not left to the
+/// umask), fsynced, renamed over `path`, and the directory fsynced, so a
+/// crash leaves either the old file or the new one, never half of either.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SecretFileError> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let Some(name) = path.file_name() else {
+        return Err(SecretFileError::NotAFile { path: path.to_path_buf() });
+    };
+    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    // A temporary file a crash left behind is ours to replace.
+    let _ = fs::remove_file(&tmp);
     let result = (|| {
-        let mut f =
-            OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp).map_err(io_err(&tmp))?;
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io_err(&tmp))?;
+        f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err(&tmp))?;
         f.write_all(bytes).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
         fs::rename(&tmp, path).map_err(io_err(path))?;

@@ -132,7 +132,7 @@ impl Dirs {
     /// [`Dirs::finish_shredding`] completes — never a half-overwritten file
     /// that would be read as an export.
     pub fn retire_ingested(&self, name: &str, dest: &str, receipt: &str) -> io::Result<Shredded> {
-        super::file::write_durable(&self.done.join(format!("{dest}{RECEIPT}")), receipt)?;
+        fsutil::write_public(&self.done.join(format!("{dest}{RECEIPT}")), receipt.as_bytes()).map_err(io::Error::other)?;
         let hidden = self.done.join(format!("{SHREDDING}{dest}"));
         fs::rename(self.inbox.join(name), &hidden)?;
         let sidecar = self.inbox.join(format!("{name}{SIDECAR}"));
@@ -194,7 +194,8 @@ impl Dirs {
 
     /// Write `rejected/dest.reason`, then move the file (and its sidecar) to rejected/`dest`, durably.
     pub fn move_rejected(&self, name: &str, dest: &str, reason: &str) -> io::Result<()> {
-        super::file::write_durable(&self.rejected.join(format!("{dest}.reason")), &format!("{reason}\n"))?;
+        fsutil::write_public(&self.rejected.join(format!("{dest}.reason")), format!("{reason}\n").as_bytes())
+            .map_err(io::Error::other)?;
         self.move_to(&self.rejected, name, dest)
     }
 
