@@ -16,8 +16,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::daemon::config::{parse_https_url, read_text, resolver, RawTls};
-use crate::pki::{Role, SpiffeId};
 use crate::schema::{toml_problem, Problem};
+use crate::spiffe::{Role, SpiffeId};
 use crate::tls::{self, TlsMaterial, TlsPaths};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -27,6 +27,7 @@ pub mod record;
 pub mod report;
 pub mod schema;
 pub mod source;
+pub mod spiffe;
 pub mod steward;
 pub mod storage;
 pub mod synth;

@@ -1,4 +1,4 @@
-//! The program's certificate authority: SPIFFE identities, CA, leaf certificates, revocation, CRLs, in PEM files.
+//! The program's certificate authority (offline, `divert ca`): CA, leaf certificates, revocation, CRLs, in PEM files. The identities they carry are `spiffe`'s.
 //!
 //! A CA directory holds:
 //!
@@ -15,12 +15,10 @@
 //! The register, not the CRL, is the source of truth: a CRL is always rebuilt
 //! from `members.json`, so an interrupted `revoke` is repaired by `refresh_crl`.
 
-use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
@@ -32,6 +30,7 @@ use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
 use crate::fsutil::{self, SecretFileError};
+pub use crate::spiffe::{cert_not_after, spiffe_id_of, validate_name, validate_program, Role, SpiffeError, SpiffeId};
 
 /// The CA certificate in a CA directory, and the trust-anchor copy in an issued directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -67,19 +66,9 @@ pub const MAX_CRL_DAYS: u32 = 365;
 /// clock is a little behind ours does not see them as not yet valid.
 const CLOCK_SKEW: Duration = Duration::minutes(5);
 
-const NAME_RULE: &str = "1 to 63 characters among lowercase a-z, 0-9, '-' and '_' (e.g. police)";
-const PROGRAM_RULE: &str = "a SPIFFE trust domain: 1 to 63 characters among lowercase a-z, 0-9, '.', '-' and '_', \
-                            not starting or ending with '.' (e.g. santa-fe-lead)";
-
 /// Why a PKI operation failed; every message names the file involved and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("program name {given:?} is not allowed: it must be {PROGRAM_RULE}")]
-    InvalidProgram { given: String },
-    #[error("name {given:?} is not allowed: it must be {NAME_RULE}")]
-    InvalidName { given: String },
-    #[error("role {given:?} is not allowed: it must be one of source, steward, evaluator")]
-    InvalidRole { given: String },
     #[error("{what} {given} is out of range: it must be between {min} and {max}")]
     InvalidDays { what: &'static str, given: u32, min: u32, max: u32 },
     #[error(
@@ -89,8 +78,6 @@ pub enum PkiError {
     InvalidDnsName { given: String },
     #[error("serial {given:?} is not allowed: give it in hex, as `divert ca list` shows it")]
     InvalidSerial { given: String },
-    #[error("{given:?} is not a SPIFFE ID of this system: {reason} (expected spiffe://<program>/<role>/<name>)")]
-    InvalidSpiffeId { given: String, reason: String },
     #[error(
         "{dir}: already holds a CA ({file} exists); choose another --dir, \
          or if an earlier init was interrupted remove the directory and run init again"
@@ -105,6 +92,8 @@ pub enum PkiError {
     Locked { path: PathBuf },
     #[error(transparent)]
     File(#[from] SecretFileError),
+    #[error(transparent)]
+    Spiffe(#[from] SpiffeError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: cannot be read as {what}: {detail}; restore it from a backup of the CA directory")]
@@ -126,8 +115,6 @@ pub enum PkiError {
     NoMatch { path: PathBuf, dir: PathBuf, name: String, filter: String, already: String },
     #[error("cannot {what}: {source}")]
     Crypto { what: &'static str, source: rcgen::Error },
-    #[error("certificate has no usable identity: {reason}")]
-    BadCertificate { reason: String },
 }
 
 /// Shorthand for turning an `io::Error` into a `PkiError` that names the path.
@@ -137,112 +124,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PkiError + '_ {
 
 fn crypto(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
     move |source| PkiError::Crypto { what, source }
-}
-
-/// What a certificate lets its holder do; comes from the SPIFFE ID, never from the peer's say-so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Source,
-    Steward,
-    Evaluator,
-}
-
-impl Role {
-    /// Every role, in display order.
-    pub const ALL: [Role; 3] = [Role::Source, Role::Steward, Role::Evaluator];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Source => "source",
-            Role::Steward => "steward",
-            Role::Evaluator => "evaluator",
-        }
-    }
-
-    /// Whether certificates of this role also serve TLS: the steward answers
-    /// everyone and sources answer each other for key distribution;
-    /// evaluators are clients only.
-    pub fn serves(self) -> bool {
-        matches!(self, Role::Source | Role::Steward)
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = PkiError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| PkiError::InvalidRole { given: s.to_string() })
-    }
-}
-
-/// `spiffe://<program>/<role>/<name>`: who a certificate speaks for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SpiffeId {
-    pub program: String,
-    pub role: Role,
-    pub name: String,
-}
-
-impl SpiffeId {
-    /// Build an ID from parts, validating each.
-    pub fn new(program: &str, role: Role, name: &str) -> Result<Self, PkiError> {
-        validate_program(program)?;
-        validate_name(name)?;
-        Ok(SpiffeId { program: program.to_string(), role, name: name.to_string() })
-    }
-}
-
-impl fmt::Display for SpiffeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "spiffe://{}/{}/{}", self.program, self.role, self.name)
-    }
-}
-
-impl FromStr for SpiffeId {
-    type Err = PkiError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |reason: &str| PkiError::InvalidSpiffeId { given: s.to_string(), reason: reason.to_string() };
-        let rest = s.strip_prefix("spiffe://").ok_or_else(|| bad("it does not start with spiffe://"))?;
-        let parts: Vec<&str> = rest.split('/').collect();
-        let [program, role, name] = parts.as_slice() else {
-            return Err(bad("it must have exactly a program, a role and a name"));
-        };
-        let role: Role = role.parse().map_err(|e: PkiError| bad(&e.to_string()))?;
-        SpiffeId::new(program, role, name).map_err(|e| bad(&e.to_string()))
-    }
-}
-
-/// Refuse a program name that is not a SPIFFE trust domain we accept.
-pub fn validate_program(program: &str) -> Result<(), PkiError> {
-    let ok = (1..=63).contains(&program.len())
-        && program.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-_".contains(&b))
-        // A leading or trailing dot would make an odd URI authority and odd CN; refuse it.
-        && !program.starts_with('.')
-        && !program.ends_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(PkiError::InvalidProgram { given: program.to_string() })
-    }
-}
-
-/// Refuse a member name (the last SPIFFE path segment) outside a-z 0-9 - _.
-pub fn validate_name(name: &str) -> Result<(), PkiError> {
-    let ok = (1..=63).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(PkiError::InvalidName { given: name.to_string() })
-    }
 }
 
 fn validate_days(what: &'static str, given: u32, max: u32) -> Result<(), PkiError> {
@@ -271,39 +152,6 @@ fn validate_dns(name: &str) -> Result<String, PkiError> {
     } else {
         Err(PkiError::InvalidDnsName { given: name.to_string() })
     }
-}
-
-/// The SPIFFE ID of a certificate: its one and only `spiffe://` URI SAN.
-pub fn spiffe_id_of(cert_der: &[u8]) -> Result<SpiffeId, PkiError> {
-    use x509_parser::extensions::GeneralName;
-    let bad = |reason: String| PkiError::BadCertificate { reason };
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(cert_der).map_err(|e| bad(format!("not an X.509 certificate ({e})")))?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| bad(format!("unreadable subjectAltName ({e})")))?
-        .ok_or_else(|| bad("no subjectAltName extension".to_string()))?;
-    let uris: Vec<&str> = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|g| match g {
-            GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
-            _ => None,
-        })
-        .collect();
-    match uris.as_slice() {
-        [one] => one.parse(),
-        [] => Err(bad("no spiffe:// URI in subjectAltName".to_string())),
-        _ => Err(bad(format!("{} spiffe:// URIs in subjectAltName; exactly one is allowed", uris.len()))),
-    }
-}
-
-/// When a certificate stops being valid.
-pub fn cert_not_after(cert_der: &[u8]) -> Result<OffsetDateTime, PkiError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
-        .map_err(|e| PkiError::BadCertificate { reason: format!("not an X.509 certificate ({e})") })?;
-    Ok(cert.validity().not_after.to_datetime())
 }
 
 /// `ca.toml`: the CA's bookkeeping.
@@ -809,52 +657,6 @@ pub fn refresh_crl(ca_dir: &Path, crl_days: u32) -> Result<(), PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn role_round_trips() {
-        for r in Role::ALL {
-            assert_eq!(r.as_str().parse::<Role>().unwrap(), r);
-            assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{r}\""));
-        }
-        assert!(matches!("admin".parse::<Role>(), Err(PkiError::InvalidRole { .. })));
-        assert!("Source".parse::<Role>().is_err());
-    }
-
-    #[test]
-    fn spiffe_id_round_trips_and_validates() {
-        let id: SpiffeId = "spiffe://santa-fe-lead/source/police".parse().unwrap();
-        assert_eq!(id, SpiffeId { program: "santa-fe-lead".into(), role: Role::Source, name: "police".into() });
-        assert_eq!(id.to_string(), "spiffe://santa-fe-lead/source/police");
-        for bad in [
-            "https://santa-fe-lead/source/police",
-            "spiffe://santa-fe-lead/source",
-            "spiffe://santa-fe-lead/source/police/extra",
-            "spiffe://santa-fe-lead/admin/police",
-            "spiffe://Santa/source/police",
-            "spiffe://p/source/Police",
-            "spiffe://p/source/",
-            "spiffe:///source/x",
-        ] {
-            assert!(bad.parse::<SpiffeId>().is_err(), "{bad} accepted");
-        }
-    }
-
-    #[test]
-    fn program_and_name_rules() {
-        for ok in ["a", "santa-fe-lead", "lead.nm_2", &"x".repeat(63)] {
-            validate_program(ok).unwrap();
-        }
-        for bad in ["", "Santa", "santa fe", "a/b", ".lead", "lead.", &"x".repeat(64), "é"] {
-            let err = validate_program(bad).unwrap_err().to_string();
-            assert!(err.contains("lowercase a-z"), "{err}");
-        }
-        for ok in ["police", "da_2", &"n".repeat(63)] {
-            validate_name(ok).unwrap();
-        }
-        for bad in ["", "Police", "a.b", "a/b", &"n".repeat(64)] {
-            assert!(validate_name(bad).is_err(), "{bad} accepted");
-        }
-    }
 
     #[test]
     fn dns_rules() {

@@ -19,7 +19,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::fsutil;
-use crate::pki::{self, Role, SpiffeId};
+use crate::spiffe::{self, Role, SpiffeId};
 
 /// Why TLS material could not be loaded. Messages name the file.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,7 @@ pub enum TlsError {
     #[error(transparent)]
     Secret(#[from] fsutil::SecretFileError),
     #[error("{path}: {source}")]
-    Pki { path: PathBuf, source: Box<pki::PkiError> },
+    Certificate { path: PathBuf, source: Box<spiffe::SpiffeError> },
     #[error("building the TLS configuration: {0}")]
     Rustls(String),
     #[error(
@@ -144,10 +144,10 @@ impl TlsMaterial {
     pub fn load(paths: &TlsPaths, expected: Option<&SpiffeId>) -> Result<TlsMaterial, TlsError> {
         let chain = load_certs(&paths.cert)?;
         let key = load_key(&paths.key)?;
-        let identity = pki::spiffe_id_of(&chain[0])
-            .map_err(|source| TlsError::Pki { path: paths.cert.clone(), source: Box::new(source) })?;
-        let not_after = pki::cert_not_after(&chain[0])
-            .map_err(|source| TlsError::Pki { path: paths.cert.clone(), source: Box::new(source) })?;
+        let identity = spiffe::spiffe_id_of(&chain[0])
+            .map_err(|source| TlsError::Certificate { path: paths.cert.clone(), source: Box::new(source) })?;
+        let not_after = spiffe::cert_not_after(&chain[0])
+            .map_err(|source| TlsError::Certificate { path: paths.cert.clone(), source: Box::new(source) })?;
         if let Some(want) = expected {
             if &identity != want {
                 return Err(TlsError::IdentityMismatch {
@@ -245,7 +245,7 @@ pub async fn accept_pending(
 /// certificate (already verified against our CA by the handshake).
 pub fn peer_identity(conn: &rustls::CommonState) -> Option<SpiffeId> {
     let cert = conn.peer_certificates()?.first()?;
-    pki::spiffe_id_of(cert).ok()
+    spiffe::spiffe_id_of(cert).ok()
 }
 
 /// The extended key usage a peer certificate must name.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::pki::{Role, SpiffeId};
 use crate::schema::{toml_problem, Problem};
+use crate::spiffe::{Role, SpiffeId};
 use crate::tls::TlsPaths;
 
 #[derive(Debug, Deserialize)]

@@ -481,7 +481,7 @@ impl Ledger {
 }
 
 fn check_evaluator(name: &str) -> Result<(), LedgerError> {
-    crate::pki::validate_name(name).map_err(|_| LedgerError::BadEvaluator { given: name.to_string() })
+    crate::spiffe::validate_name(name).map_err(|_| LedgerError::BadEvaluator { given: name.to_string() })
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<LedgerError>>;

@@ -132,7 +132,8 @@ impl Dirs {
     /// [`Dirs::finish_shredding`] completes — never a half-overwritten file
     /// that would be read as an export.
     pub fn retire_ingested(&self, name: &str, dest: &str, receipt: &str) -> io::Result<Shredded> {
-        fsutil::write_public(&self.done.join(format!("{dest}{RECEIPT}")), receipt.as_bytes()).map_err(io::Error::other)?;
+        fsutil::write_public(&self.done.join(format!("{dest}{RECEIPT}")), receipt.as_bytes())
+            .map_err(io::Error::other)?;
         let hidden = self.done.join(format!("{SHREDDING}{dest}"));
         fs::rename(self.inbox.join(name), &hidden)?;
         let sidecar = self.inbox.join(format!("{name}{SIDECAR}"));

@@ -22,7 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::keys;
-use crate::pki::{Role, SpiffeId};
+use crate::spiffe::{Role, SpiffeId};
 use crate::tls;
 use crate::wire::{ErrorBody, KeyEntry, KeySet, KEYS_PATH};
 

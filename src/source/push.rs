@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_rustls::TlsConnector;
 
-use crate::pki::Role;
+use crate::spiffe::Role;
 use crate::tls;
 use crate::wire::{BatchAck, EpochRefusal, ErrorBody, BATCH_PATH};
 
@@ -406,7 +406,7 @@ pub(super) async fn connect_to(src: &Source, addr: &str, host: &str, want: Peer<
         .map_err(|_| PushError::Tls("the handshake timed out".into()))?
         .map_err(|e| PushError::Tls(e.to_string()))?;
     let program = &src.ctx.config.identity.program;
-    let wanted = |id: &crate::pki::SpiffeId| {
+    let wanted = |id: &crate::spiffe::SpiffeId| {
         &id.program == program
             && match want {
                 Peer::Steward => id.role == Role::Steward,

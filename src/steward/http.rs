@@ -19,8 +19,8 @@ use tracing::{error, info};
 use super::epochs::{EpochMismatch, Epochs, Slot};
 use super::store::{PutOutcome, Store, StoreError};
 use super::{Refusal, Steward};
-use crate::pki::{Role, SpiffeId};
 use crate::schema::Schema;
+use crate::spiffe::{Role, SpiffeId};
 use crate::token;
 use crate::wire::{Batch, BatchAck, EpochRefusal, EpochReport, ErrorBody, BATCH_PATH, EPOCHS_PATH};
 

@@ -67,8 +67,8 @@ use tracing::{debug, error, info, warn};
 use crate::daemon::config::StewardConfig;
 use crate::daemon::Context;
 use crate::fsutil;
-use crate::pki::SpiffeId;
 use crate::record::PseudoRecord;
+use crate::spiffe::SpiffeId;
 use crate::tls;
 
 pub mod epochs;

@@ -14,13 +14,6 @@ use unicode_normalization::{char::is_combining_mark, UnicodeNormalization};
 use super::dist::{chance, Categorical};
 use super::model::{Race, Sex};
 
-
-
-
-
-
-
-
 /// The name lists, from the data files beside this module (compiled in).
 #[derive(Debug)]
 pub struct Lists {
