@@ -143,11 +143,10 @@ fn terminate(child: &Child) {
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
 }
 
-/// A free port on 127.0.0.1 (bound, read, released): written into the
-/// steward's config so the kept configs work again on a later start.
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+/// The address a daemon reported binding (a file it writes once listening).
+fn bound_addr(file: &Path) -> anyhow::Result<std::net::SocketAddr> {
+    let text = fs::read_to_string(file).with_context(|| format!("reading the bound address in {}", file.display()))?;
+    text.trim().parse().with_context(|| format!("{}: not an address", file.display()))
 }
 
 fn write_text(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -204,7 +203,6 @@ fn run_in(dir: &Path, persons: u32, seed: u64, budget_micro: u64, plan: &Evaluat
     if !ca.join("ca.toml").exists() {
         pki::init_ca(&ca, PROGRAM, 3650)?;
     }
-    let port = free_port()?;
     pki::issue(
         &ca,
         Role::Steward,
@@ -249,49 +247,8 @@ fn run_in(dir: &Path, persons: u32, seed: u64, budget_micro: u64, plan: &Evaluat
     let summary = synth::write_dataset(&dataset, &data, &mut |_| {}).context("writing the synthetic data")?;
     let expected: u64 = summary.records.iter().map(|(_, n)| *n).sum();
 
-    step("writing configs");
-    let steward_cfg = dir.join("steward/divert.toml");
-    write_text(
-        &steward_cfg,
-        &format!(
-            "role = \"steward\"\nname = \"steward\"\nprogram = \"{PROGRAM}\"\ndata_dir = \"data\"\n\n{}\n[steward]\nlisten = \"127.0.0.1:{port}\"\nprogram_epsilon_cap = \"10\"\n",
-            tls_block()
-        ),
-    )?;
-    let mut source_cfgs = Vec::new();
-    // The first agency is the key custodian: `divert keys rotate` runs there, and the
-    // others fetch new epochs from it over mutual TLS.
-    let mut key_port = free_port()?;
-    while key_port == port {
-        key_port = free_port()?;
-    }
-    let custodian = AGENCIES[0];
-    for a in AGENCIES {
-        let cfg = dir.join(a).join("divert.toml");
-        let custody = if a == custodian {
-            format!("custodian = \"{custodian}\"\nkey_listen = \"127.0.0.1:{key_port}\"\n")
-        } else {
-            format!("custodian = \"{custodian}\"\ncustodian_url = \"https://127.0.0.1:{key_port}\"\n")
-        };
-        write_text(
-            &cfg,
-            &format!(
-                "role = \"source\"\nname = \"{a}\"\nprogram = \"{PROGRAM}\"\ndata_dir = \"data\"\n\n{}\n[source]\nsteward_url = \"https://127.0.0.1:{port}\"\nkeys = \"keys\"\npoll_interval_ms = 100\nepoch_poll_ms = 1000\n{custody}",
-                tls_block()
-            ),
-        )?;
-        source_cfgs.push((a, cfg));
-    }
-    let evaluator_cfg = dir.join(EVALUATOR).join("divert.toml");
-    write_text(
-        &evaluator_cfg,
-        &format!(
-            "role = \"evaluator\"\nname = \"{EVALUATOR}\"\nprogram = \"{PROGRAM}\"\nsteward_url = \"https://127.0.0.1:{port}\"\n\n{}",
-            tls_block()
-        ),
-    )?;
-
-    step(&format!("starting the steward on 127.0.0.1:{port} and 5 source daemons (divert serve)"));
+    // Daemons listen on port 0 and report the address they bound; the configs then name
+    // those ports, so a kept deployment (--keep) starts again on the same ones.
     let mut daemons = Daemons(Vec::new());
     let start = |name: &str, config: &Path| -> anyhow::Result<Daemon> {
         let log = config.with_file_name("divert.log");
@@ -306,15 +263,63 @@ fn run_in(dir: &Path, persons: u32, seed: u64, budget_micro: u64, plan: &Evaluat
             .with_context(|| format!("starting the {name} daemon"))?;
         Ok(Daemon { name: name.to_string(), child, log, config: config.to_path_buf() })
     };
+    let steward_cfg = dir.join("steward/divert.toml");
+    let steward_text = |listen: &str| {
+        format!(
+            "role = \"steward\"\nname = \"steward\"\nprogram = \"{PROGRAM}\"\ndata_dir = \"data\"\n\n{}\n[steward]\nlisten = \"{listen}\"\nprogram_epsilon_cap = \"10\"\n",
+            tls_block()
+        )
+    };
+    // A kept deployment's steward restarts on the port it had.
+    let old_addr = dir.join("steward/data").join(crate::steward::LISTEN_ADDR_FILE);
+    let listen = fs::read_to_string(&old_addr).ok().and_then(|t| t.trim().parse::<std::net::SocketAddr>().ok());
+    let listen = listen.map_or("127.0.0.1:0".to_string(), |a| a.to_string());
+    write_text(&steward_cfg, &steward_text(&listen))?;
+    step("starting the steward (divert serve)");
     daemons.0.push(start("steward", &steward_cfg)?);
     wait_ready(&mut daemons.0[0], dir.join("steward/data/admin.sock"))?;
-    for (a, cfg) in &source_cfgs {
-        daemons.0.push(start(a, cfg)?);
+    let port = bound_addr(&old_addr)?.port();
+    write_text(&steward_cfg, &steward_text(&format!("127.0.0.1:{port}")))?;
+    println!("      listening on 127.0.0.1:{port}");
+
+    // The first agency is the key custodian: `divert keys rotate` runs there, and the
+    // others fetch new epochs from it over mutual TLS.
+    let custodian = AGENCIES[0];
+    let source_text = |a: &str, custody: &str| {
+        format!(
+            "role = \"source\"\nname = \"{a}\"\nprogram = \"{PROGRAM}\"\ndata_dir = \"data\"\n\n{}\n[source]\nsteward_url = \"https://127.0.0.1:{port}\"\nkeys = \"keys\"\npoll_interval_ms = 100\nepoch_poll_ms = 1000\n{custody}",
+            tls_block()
+        )
+    };
+    let custodian_cfg = dir.join(custodian).join("divert.toml");
+    let key_addr_file = dir.join(custodian).join("data").join(crate::source::keyserver::KEY_LISTEN_ADDR_FILE);
+    let key_listen = fs::read_to_string(&key_addr_file).ok().and_then(|t| t.trim().parse::<std::net::SocketAddr>().ok());
+    let key_listen = key_listen.map_or("127.0.0.1:0".to_string(), |a| a.to_string());
+    let custody_of = |listen: &str| format!("custodian = \"{custodian}\"\nkey_listen = \"{listen}\"\n");
+    write_text(&custodian_cfg, &source_text(custodian, &custody_of(&key_listen)))?;
+    step("starting 5 source daemons, the key custodian first");
+    daemons.0.push(start(custodian, &custodian_cfg)?);
+    wait_ready(&mut daemons.0[1], dir.join(custodian).join("data/admin.sock"))?;
+    let key_port = bound_addr(&key_addr_file)?.port();
+    write_text(&custodian_cfg, &source_text(custodian, &custody_of(&format!("127.0.0.1:{key_port}"))))?;
+    for a in &AGENCIES[1..] {
+        let cfg = dir.join(a).join("divert.toml");
+        let custody = format!("custodian = \"{custodian}\"\ncustodian_url = \"https://127.0.0.1:{key_port}\"\n");
+        write_text(&cfg, &source_text(a, &custody))?;
+        daemons.0.push(start(a, &cfg)?);
     }
-    for i in 1..daemons.0.len() {
+    for i in 2..daemons.0.len() {
         let sock = daemons.0[i].config.with_file_name("data").join("admin.sock");
         wait_ready(&mut daemons.0[i], sock)?;
     }
+    let evaluator_cfg = dir.join(EVALUATOR).join("divert.toml");
+    write_text(
+        &evaluator_cfg,
+        &format!(
+            "role = \"evaluator\"\nname = \"{EVALUATOR}\"\nprogram = \"{PROGRAM}\"\nsteward_url = \"https://127.0.0.1:{port}\"\n\n{}",
+            tls_block()
+        ),
+    )?;
 
     step("dropping each agency's exports into its inbox");
     for a in AGENCIES {

@@ -205,6 +205,12 @@ impl Source {
         }
         if let crate::daemon::config::Custody::Custodian { listen } = &src.cfg.custody {
             let server = keyserver::bind(*listen).await?;
+            // The bound address (with port 0, the one the system chose), for whoever started us.
+            let bound = server.local_addr().context("the key server's address")?;
+            let addr_file = src.ctx.config.data_dir.join(keyserver::KEY_LISTEN_ADDR_FILE);
+            tokio::task::spawn_blocking(move || fsutil::write_public(&addr_file, format!("{bound}\n").as_bytes()))
+                .await
+                .context("writing the key server's address")??;
             ctx.tracker.spawn(keyserver::serve(src.clone(), server));
         }
         ctx.tracker.spawn(rotation::task(src.clone()));
