@@ -1,5 +1,7 @@
 //! What crosses the network between daemons: the batch a source posts to the steward and the steward's answers. The only serializable network types.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::record::PseudoRecord;
@@ -134,4 +136,87 @@ impl std::fmt::Debug for KeySet {
         let epochs: Vec<u32> = self.epochs.iter().map(|e| e.epoch).collect();
         write!(f, "KeySet(epochs {epochs:?})")
     }
+}
+
+// The evaluator API (`divert query`, `divert evaluate`, curl).
+
+/// Where evaluators read the catalog of standard analyses (GET).
+pub const CATALOG_PATH: &str = "/v1/catalog";
+/// Where evaluators post queries (POST).
+pub const QUERY_PATH: &str = "/v1/query";
+/// Where evaluators read their own budget (GET).
+pub const BUDGET_PATH: &str = "/v1/budget";
+/// Where evaluators list their own past releases (GET).
+pub const RELEASES_PATH: &str = "/v1/releases";
+/// Where evaluators plan an evaluation: no data, no budget (POST).
+pub const PLAN_PATH: &str = "/v1/plan";
+
+/// A query request: a named analysis with parameters, or a query in full.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// A catalog analysis by name (`GET /v1/catalog`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<String>,
+    /// The analysis's parameters, as strings.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+    /// A query in full (see docs/queries.md), instead of an analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<crate::query::Query>,
+    /// Overrides the query's epsilon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    /// Return the intervals this epsilon would give, touching no data and no budget.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The answer to a query request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueryResponse {
+    /// Noisy values with their intervals (absent for a dry run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<crate::query::engine::Answer>,
+    /// What the query would release (dry run only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<crate::query::engine::DryRun>,
+    /// True when the answer was stored from an earlier identical query (no epsilon spent now).
+    pub cached: bool,
+    /// Epsilon spent by this request (with the shared census it released first, if any).
+    pub epsilon_spent: f64,
+    /// Dry run: what the request would spend now (its own epsilon and, if not yet released, its census's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon_needed: Option<f64>,
+    pub budget: BudgetView,
+    /// The steward's audit log as of this answer (its newest entry's seq and
+    /// hash): kept by the evaluator, it lets anyone holding the log check
+    /// later (`divert audit verify --expect SEQ:HASH`) that the log was not
+    /// cut short or rewritten since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::Receipt>,
+}
+
+/// A budget in epsilon, as evaluators see it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct BudgetView {
+    pub total: f64,
+    pub spent: f64,
+    pub left: f64,
+}
+
+/// One past release, as `GET /v1/releases` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    pub time: String,
+    pub query_hash: String,
+    pub canonical: String,
+    pub epsilon: f64,
+}
+
+/// A planned evaluation, as `POST /v1/plan` answers it: nothing is read from the data, nothing spent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanResponse {
+    pub evaluation: crate::query::evaluation::PlannedEvaluation,
+    pub budget: BudgetView,
 }

@@ -293,7 +293,8 @@ fn run_in(dir: &Path, persons: u32, seed: u64, budget_micro: u64, plan: &Evaluat
     };
     let custodian_cfg = dir.join(custodian).join("divert.toml");
     let key_addr_file = dir.join(custodian).join("data").join(crate::source::keyserver::KEY_LISTEN_ADDR_FILE);
-    let key_listen = fs::read_to_string(&key_addr_file).ok().and_then(|t| t.trim().parse::<std::net::SocketAddr>().ok());
+    let key_listen =
+        fs::read_to_string(&key_addr_file).ok().and_then(|t| t.trim().parse::<std::net::SocketAddr>().ok());
     let key_listen = key_listen.map_or("127.0.0.1:0".to_string(), |a| a.to_string());
     let custody_of = |listen: &str| format!("custodian = \"{custodian}\"\nkey_listen = \"{listen}\"\n");
     write_text(&custodian_cfg, &source_text(custodian, &custody_of(&key_listen)))?;

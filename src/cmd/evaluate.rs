@@ -10,8 +10,8 @@ use crate::evaluator::{Client, EvaluatorConfig};
 use crate::query::engine::Answer;
 use crate::query::evaluation::{self, EvaluationPlan, PlannedEvaluation, PlannedStep, PERSONS};
 use crate::report::{self, BudgetLine, ReportInput, ReportRow, Spending};
-use crate::steward::release::{BudgetView, PlanResponse, QueryRequest, QueryResponse, PLAN_PATH, QUERY_PATH};
 use crate::synth::truth::TrueStatistics;
+use crate::wire::{BudgetView, PlanResponse, QueryRequest, QueryResponse, PLAN_PATH, QUERY_PATH};
 
 /// Arguments of `divert evaluate`.
 #[derive(Debug, clap::Args)]

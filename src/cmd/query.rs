@@ -8,9 +8,7 @@ use anyhow::{bail, Context};
 use crate::evaluator::{Client, EvaluatorConfig};
 use crate::query::engine::Answer;
 use crate::query::evaluation;
-use crate::steward::release::{
-    PlanResponse, QueryRequest, QueryResponse, BUDGET_PATH, CATALOG_PATH, QUERY_PATH, RELEASES_PATH,
-};
+use crate::wire::{PlanResponse, QueryRequest, QueryResponse, BUDGET_PATH, CATALOG_PATH, QUERY_PATH, RELEASES_PATH};
 
 /// Arguments of `divert query`.
 #[derive(Debug, clap::Args)]

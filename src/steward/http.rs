@@ -138,31 +138,31 @@ pub(crate) async fn route(st: Arc<Steward>, peer: Arc<Peer>, req: Request<Incomi
             StatusCode::FORBIDDEN,
             &format!("only source certificates take part in key rotation; this certificate's role is {role}"),
         ),
-        (super::release::CATALOG_PATH, Role::Evaluator) if req.method() == Method::GET => {
+        (crate::wire::CATALOG_PATH, Role::Evaluator) if req.method() == Method::GET => {
             super::release::get_catalog(&st, &peer).await
         }
-        (super::release::BUDGET_PATH, Role::Evaluator) if req.method() == Method::GET => {
+        (crate::wire::BUDGET_PATH, Role::Evaluator) if req.method() == Method::GET => {
             super::release::get_budget(&st, &peer).await
         }
-        (super::release::RELEASES_PATH, Role::Evaluator) if req.method() == Method::GET => {
+        (crate::wire::RELEASES_PATH, Role::Evaluator) if req.method() == Method::GET => {
             super::release::get_releases(&st, &peer).await
         }
-        (super::release::QUERY_PATH, Role::Evaluator) if req.method() == Method::POST => {
+        (crate::wire::QUERY_PATH, Role::Evaluator) if req.method() == Method::POST => {
             super::release::post_query(&st, &peer, req).await
         }
-        (super::release::PLAN_PATH, Role::Evaluator) if req.method() == Method::POST => {
+        (crate::wire::PLAN_PATH, Role::Evaluator) if req.method() == Method::POST => {
             super::release::post_plan(&st, &peer, req).await
         }
         (
-            super::release::CATALOG_PATH
-            | super::release::BUDGET_PATH
-            | super::release::RELEASES_PATH
-            | super::release::QUERY_PATH
-            | super::release::PLAN_PATH,
+            crate::wire::CATALOG_PATH
+            | crate::wire::BUDGET_PATH
+            | crate::wire::RELEASES_PATH
+            | crate::wire::QUERY_PATH
+            | crate::wire::PLAN_PATH,
             Role::Evaluator,
         ) => {
             let path = req.uri().path();
-            let post = path == super::release::QUERY_PATH || path == super::release::PLAN_PATH;
+            let post = path == crate::wire::QUERY_PATH || path == crate::wire::PLAN_PATH;
             let allow = if post { "POST" } else { "GET" };
             let mut resp = refuse_unread(
                 &st,
@@ -175,11 +175,11 @@ pub(crate) async fn route(st: Arc<Steward>, peer: Arc<Peer>, req: Request<Incomi
             resp
         }
         (
-            super::release::CATALOG_PATH
-            | super::release::BUDGET_PATH
-            | super::release::RELEASES_PATH
-            | super::release::QUERY_PATH
-            | super::release::PLAN_PATH,
+            crate::wire::CATALOG_PATH
+            | crate::wire::BUDGET_PATH
+            | crate::wire::RELEASES_PATH
+            | crate::wire::QUERY_PATH
+            | crate::wire::PLAN_PATH,
             role,
         ) => refuse_unread(
             &st,

@@ -514,7 +514,11 @@ impl Steward {
     }
 
     /// Remember a release for `GET /v1/releases`, durably (blocking).
-    pub(crate) fn record_release(&self, evaluator: &str, record: &release::ReleaseRecord) -> Result<(), StoreError> {
+    pub(crate) fn record_release(
+        &self,
+        evaluator: &str,
+        record: &crate::wire::ReleaseRecord,
+    ) -> Result<(), StoreError> {
         let mut key = evaluator.as_bytes().to_vec();
         key.push(0);
         key.extend_from_slice(&self.store.db().generate_id()?.to_be_bytes());
@@ -527,7 +531,7 @@ impl Steward {
     }
 
     /// An evaluator's own past releases, oldest first.
-    pub(crate) fn releases_of(&self, evaluator: &str) -> Result<Vec<release::ReleaseRecord>, StoreError> {
+    pub(crate) fn releases_of(&self, evaluator: &str) -> Result<Vec<crate::wire::ReleaseRecord>, StoreError> {
         let mut prefix = evaluator.as_bytes().to_vec();
         prefix.push(0);
         let mut out = Vec::new();

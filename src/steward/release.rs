@@ -9,12 +9,10 @@
 //!
 //! `POST /v1/plan` plans an evaluation (`query::evaluation`): no data, no budget.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::http::{error_response, json_bytes_response, json_response, Peer, Resp};
@@ -22,85 +20,17 @@ use super::Steward;
 use crate::audit::{RefusalDetail, ReleaseDetail};
 use crate::dp::ledger::{format_epsilon, Budget, Refusal as BudgetRefusal, MAX_ANSWER_BYTES};
 use crate::dp::mechanism::OpenDpNoise;
-use crate::query::{catalog, engine, evaluation, Query};
-
-pub const CATALOG_PATH: &str = "/v1/catalog";
-pub const QUERY_PATH: &str = "/v1/query";
-pub const BUDGET_PATH: &str = "/v1/budget";
-pub const RELEASES_PATH: &str = "/v1/releases";
-pub const PLAN_PATH: &str = "/v1/plan";
+use crate::query::{catalog, engine, evaluation};
+use crate::wire::{BudgetView, PlanResponse, QueryRequest, QueryResponse, ReleaseRecord};
 
 /// Largest query request accepted.
 const MAX_QUERY_BYTES: u64 = 64 * 1024;
-
-/// A query request: a named analysis with parameters, or a query in full.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueryRequest {
-    /// A catalog analysis by name (`GET /v1/catalog`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub analysis: Option<String>,
-    /// The analysis's parameters, as strings.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub params: BTreeMap<String, String>,
-    /// A query in full (see docs/queries.md), instead of an analysis.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub query: Option<Query>,
-    /// Overrides the query's epsilon.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epsilon: Option<f64>,
-    /// Return the intervals this epsilon would give, touching no data and no budget.
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
-/// The answer to a query request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QueryResponse {
-    /// Noisy values with their intervals (absent for a dry run).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub answer: Option<engine::Answer>,
-    /// What the query would release (dry run only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dry_run: Option<engine::DryRun>,
-    /// True when the answer was stored from an earlier identical query (no epsilon spent now).
-    pub cached: bool,
-    /// Epsilon spent by this request (with the shared census it released first, if any).
-    pub epsilon_spent: f64,
-    /// Dry run: what the request would spend now (its own epsilon and, if not yet released, its census's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epsilon_needed: Option<f64>,
-    pub budget: BudgetView,
-    /// The steward's audit log as of this answer (its newest entry's seq and
-    /// hash): kept by the evaluator, it lets anyone holding the log check
-    /// later (`divert audit verify --expect SEQ:HASH`) that the log was not
-    /// cut short or rewritten since.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audit: Option<crate::audit::Receipt>,
-}
-
-/// A budget in epsilon, as evaluators see it.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct BudgetView {
-    pub total: f64,
-    pub spent: f64,
-    pub left: f64,
-}
 
 impl From<Budget> for BudgetView {
     fn from(b: Budget) -> BudgetView {
         let e = |m: u64| m as f64 / 1e6;
         BudgetView { total: e(b.total_micro), spent: e(b.spent_micro), left: e(b.left_micro) }
     }
-}
-
-/// One past release, as `GET /v1/releases` lists it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReleaseRecord {
-    pub time: String,
-    pub query_hash: String,
-    pub canonical: String,
-    pub epsilon: f64,
 }
 
 /// A failure on the steward's side: logged in full here, answered in general terms.
@@ -451,13 +381,6 @@ pub(crate) async fn post_query(st: &Arc<Steward>, peer: &Peer, req: Request<Inco
         Ok((bytes, budget)) => answer_response(st, &bytes, false, epsilon_micro + census_micro, budget),
         Err(resp) => *resp,
     }
-}
-
-/// A planned evaluation, as `POST /v1/plan` answers it: nothing is read from the data, nothing spent.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PlanResponse {
-    pub evaluation: evaluation::PlannedEvaluation,
-    pub budget: BudgetView,
 }
 
 /// `POST /v1/plan`: an evaluation plan (JSON of `config/evaluation.toml`) →

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use divert::pki::{self, Role};
-use divert::steward::release::CATALOG_PATH;
+use divert::wire::CATALOG_PATH;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
