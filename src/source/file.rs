@@ -440,6 +440,9 @@ impl Writer<'_, '_> {
 
         let mut quarantine = Quarantine::new(job.quarantine.clone());
         let mut p = Pseudonymizer::new(env.schema, kind, env.source, env.tokenizer);
+        // The export's first outbox sequence orders its records after every earlier export's
+        // (the same base on a resume, and in `rekey`, which reads it from the file's record).
+        p.set_seq_base(self.seqs.first().map_or(self.range_start, |r| r.0));
         let mut row = Row::new(env.schema, kind);
         let mut issues = Vec::new();
         let mut s = Summary::default();

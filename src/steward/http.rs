@@ -65,6 +65,8 @@ pub struct Accepted {
     pub slot: Slot,
     /// The key epoch of the records.
     pub epoch: u32,
+    /// What the batch's records did to the versions held, per kind.
+    pub versions: std::collections::BTreeMap<String, super::store::Versions>,
 }
 
 pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Resp {
@@ -282,6 +284,8 @@ async fn post_batch(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> R
                 // batch; the work runs off the reactor.
                 let _ = tokio::task::spawn_blocking(move || st2.link(slot, parsed)).await;
             }
+            let mut v = super::store::Versions::default();
+            acc.versions.values().for_each(|k| v.add(k));
             info!(
                 source = %peer.id.name,
                 batch_id = %acc.batch_id,
@@ -289,6 +293,10 @@ async fn post_batch(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> R
                 records = acc.records,
                 stored,
                 duplicate,
+                replaced = v.replaced,
+                unchanged = v.unchanged,
+                stale = v.stale,
+                deleted = v.deleted,
                 "batch received"
             );
             json_response(StatusCode::OK, &BatchAck { batch_id: acc.batch_id, stored, duplicate })
@@ -401,12 +409,25 @@ pub async fn ingest_body(
         let records = batch.records.len() as u64;
         // An empty batch carries no epoch: it is taken under the active one.
         let epoch = batch.records.first().map(|r| r.epoch).or(epochs.active()).unwrap_or(0);
+        // Tombstones under a retired epoch: nothing of that epoch is held any more.
+        if !batch.records.is_empty()
+            && batch.records.iter().all(|r| r.deleted)
+            && epochs.active().is_some_and(|a| epoch < a)
+        {
+            let versions = Default::default();
+            let outcome = PutOutcome::Stored(0);
+            let slot = Slot::Active;
+            return Ok(Accepted { batch_id: batch.batch_id, records, outcome, parsed: Vec::new(), slot, epoch, versions });
+        }
         let (slot, started) = epochs.admit(epoch).map_err(IngestError::Epoch)?;
         if started {
             tracing::info!(source = %name, epoch, "first batch under a new key epoch: building its linkage beside the active one");
         }
-        let outcome = store2.put_batch(&name, &batch.batch_id, epoch, records, &body)?;
-        Ok(Accepted { batch_id: batch.batch_id, records, outcome, parsed: batch.records, slot, epoch })
+        let (put, parsed) = store2.put_batch(&name, &batch.batch_id, epoch, batch.records, &body)?;
+        // Linkage gets the versions the store took (and the tombstones that removed one).
+        let parsed = parsed.into_iter().zip(&put.link).filter(|(_, l)| **l).map(|(r, _)| r).collect();
+        let outcome = put.outcome;
+        Ok(Accepted { batch_id: batch.batch_id, records, outcome, parsed, slot, epoch, versions: put.versions })
     })
     .await;
     let accepted = match put {
@@ -503,6 +524,8 @@ mod tests {
             line: 2,
             epoch: 3,
             rid: "ab".repeat(16),
+            seq: 0,
+            deleted: false,
             tokens: [("names_dob".to_string(), format!("3:{}", "cd".repeat(16)))].into(),
             fields: [
                 ("age".to_string(), serde_json::json!(30)),
