@@ -31,6 +31,9 @@ pub enum Request {
     Status,
     /// Ingest a file (source only); `path` is absolute.
     Ingest { kind: String, path: PathBuf },
+    /// Delete records of a kind by agency record id (source only): raw store,
+    /// outbox, and a tombstone to the steward. The ids never appear in `Debug`.
+    Forget { kind: String, ids: crate::source::forget::RecordIds },
     /// Set an evaluator's total privacy budget (steward only), in micro-epsilon.
     BudgetGrant { evaluator: String, epsilon_micro: u64 },
     /// Every evaluator's budget and the program cap (steward only).

@@ -152,6 +152,15 @@ fn admin_handler(ctx: Arc<Context>, service: Service, started: time::OffsetDateT
                         admin::Response::err("this daemon is a steward; files are ingested by sources")
                     }
                 },
+                admin::Request::Forget { kind, ids } => match &service {
+                    Service::Source(s) => match s.forget(&kind, ids).await {
+                        Ok(v) => admin::Response::ok(v),
+                        Err(e) => admin::Response::err(e),
+                    },
+                    Service::Steward(_) => admin::Response::err(
+                        "this daemon is a steward; records are deleted at their source (`divert forget --config SOURCE.toml`)",
+                    ),
+                },
                 admin::Request::BudgetGrant { evaluator, epsilon_micro } => match &service {
                     Service::Steward(s) => {
                         // The grant and its audit entry are durable writes: off the async workers.

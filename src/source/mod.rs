@@ -23,6 +23,7 @@ use crate::token::Tokenizer;
 
 pub mod crypt;
 pub mod file;
+pub mod forget;
 pub mod inbox;
 pub mod keyserver;
 pub mod push;
@@ -290,6 +291,82 @@ impl Source {
         }
     }
 
+    /// `divert forget`: delete the records of `kind` with these agency record
+    /// ids here and, by tombstones, at the steward ([`forget`]). Counts only
+    /// in the answer, the log and any error: the ids are never shown.
+    pub async fn forget(&self, kind: &str, ids: forget::RecordIds) -> Result<serde_json::Value, String> {
+        if self.schema.kind(kind).is_none() {
+            return Err(format!(
+                "`{kind}` is not a record kind of the schema; kinds: {}",
+                self.schema.kind_names().join(", ")
+            ));
+        }
+        let src = self.me.upgrade().ok_or_else(|| "the source service has stopped".to_string())?;
+        let kind = kind.to_string();
+        let state = self.state.clone().lock_owned().await;
+        let job_src = src.clone();
+        let job_kind = kind.clone();
+        let result = self
+            .ctx
+            .tracker
+            .spawn_blocking(move || {
+                let mut state = state;
+                let src = job_src;
+                let Some(k) = src.schema.kind(&job_kind) else {
+                    return Err(FileError::Failed("unknown kind".into()));
+                };
+                // Tombstones under every key epoch held: the steward may hold the record under any of them.
+                let mut tokenizers = Vec::new();
+                let epochs =
+                    keys::list(&src.cfg.keys).map_err(|e| FileError::Failed(format!("reading the keys: {e}")))?;
+                for e in epochs {
+                    let key = keys::load(&src.cfg.keys, e.epoch)
+                        .map_err(|e| FileError::Failed(format!("reading a key: {e}")))?;
+                    tokenizers
+                        .push(Tokenizer::new(&src.schema, &key).map_err(|e| FileError::Failed(format!("a key: {e}")))?);
+                }
+                let refs: Vec<&Tokenizer> = tokenizers.iter().collect();
+                let add = |b: &[(u64, u32)]| src.outbox.add(b.iter().copied());
+                let keying = src.keying();
+                let r = forget::forget(&src.env(&keying.tokenizer, &add), &mut state, k, &ids, &refs);
+                src.set_counts(&state);
+                r
+            })
+            .await
+            .map_err(|e| format!("the deletion task failed: {e}"))?;
+        match result {
+            Ok(f) => {
+                tracing::info!(
+                    kind = %kind,
+                    ids = f.ids,
+                    raw_rows_removed = f.raw_rows_removed,
+                    outbox_records_removed = f.outbox_records_removed,
+                    tombstones = f.tombstones,
+                    "records deleted at this source; tombstones queued for the steward"
+                );
+                let mut v = serde_json::to_value(&f).unwrap_or_default();
+                v["kind"] = kind.into();
+                Ok(v)
+            }
+            Err(e) => {
+                tracing::warn!(kind = %kind, error = %e, "deleting records failed; nothing was deleted");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Records deleted per kind (`divert forget`), from the store.
+    fn forgotten(&self) -> std::collections::BTreeMap<String, u64> {
+        self.schema
+            .kind_names()
+            .into_iter()
+            .filter_map(|k| {
+                let n = self.store.get_u64(&forget::forgotten_key(k)).ok()?;
+                (n > 0).then(|| (k.to_string(), n))
+            })
+            .collect()
+    }
+
     /// For `divert status`: counts only.
     pub fn status(&self) -> serde_json::Value {
         let (batches, records) = self.outbox.depth();
@@ -313,6 +390,7 @@ impl Source {
             "last_push": last_push,
             "steward": steward,
             "held": c.held,
+            "deleted": self.forgotten(),
             "files": {
                 "done": c.files_done,
                 "rejected": c.files_rejected,

@@ -278,6 +278,21 @@ async fn post_batch(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> R
                         "the steward could not record the batch; retry later",
                     );
                 }
+                // A deletion is audited as such: that a record of this source and kind went, never which.
+                for (kind, v) in acc.versions.iter().filter(|(_, v)| v.deleted > 0) {
+                    let detail = crate::audit::DeletionDetail {
+                        source: peer.id.name.clone(),
+                        kind: kind.clone(),
+                        records: v.deleted,
+                    };
+                    if let Err(e) = st.audit.append_async(crate::audit::Kind::Deletion, &peer.id.name, &detail).await {
+                        error!(source = %peer.id.name, error = %e, "auditing a deletion failed");
+                        return error_response(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "the steward could not record the batch; retry later",
+                        );
+                    }
+                }
                 let st2 = st.clone();
                 let (parsed, slot) = (acc.parsed, acc.slot);
                 // Linked before the acknowledgement, so a query after it sees the
