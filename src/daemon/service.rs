@@ -143,8 +143,8 @@ fn admin_handler(ctx: Arc<Context>, service: Service, started: time::OffsetDateT
         Box::pin(async move {
             match req {
                 admin::Request::Status => admin::Response::ok(status(&ctx, &service, started)),
-                admin::Request::Ingest { kind, path } => match &service {
-                    Service::Source(s) => match s.ingest(&kind, &path).await {
+                admin::Request::Ingest { kind, path, force_snapshot } => match &service {
+                    Service::Source(s) => match s.ingest(&kind, &path, force_snapshot).await {
                         Ok(v) => admin::Response::ok(v),
                         Err(e) => admin::Response::err(e),
                     },

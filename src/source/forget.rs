@@ -253,6 +253,110 @@ pub fn forget(
     Ok(out)
 }
 
+/// The agency record ids held for `kind` in the raw store.
+fn held_ids(env: &Env<'_>, kind: &Kind) -> Result<HashSet<String>, FileError> {
+    let tree = env.store.tree();
+    let mut out = HashSet::new();
+    let mut row = Row::new(env.schema, kind);
+    let mut issues = Vec::new();
+    for (id, rec) in store::files(tree).map_err(failed("reading the store"))? {
+        if rec.kind != kind.name {
+            continue;
+        }
+        let open = |chunk: u32| -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, FileError> {
+            let key = store::raw_key(&id, chunk);
+            match tree.get(key).map_err(failed("reading the store"))? {
+                Some(sealed) => Ok(Some(env.data_key.open(&key, &sealed).map_err(failed("decrypting a raw chunk"))?)),
+                None => Ok(None),
+            }
+        };
+        let Some(head) = open(0)? else { continue };
+        let header = decode_header(&head).map_err(failed("reading a raw header"))?;
+        let mut parser =
+            RawRowParser::new(env.schema, kind, header.format, &header.columns).map_err(failed("mapping columns"))?;
+        for chunk in 1..rec.next_chunk {
+            let Some(plain) = open(chunk)? else { continue };
+            for_each_row(&plain, |line, fields| {
+                issues.clear();
+                if parser.parse(line, fields, &mut row, &mut issues) == Outcome::Accepted {
+                    out.insert(row.record_id.clone());
+                }
+            })
+            .map_err(failed("reading a raw chunk"))?;
+        }
+    }
+    Ok(out)
+}
+
+/// The agency record ids of the rows of an export that ingest would accept.
+fn export_ids(
+    env: &Env<'_>,
+    kind: &Kind,
+    path: &std::path::Path,
+    format: crate::ingest::Format,
+) -> Result<HashSet<String>, FileError> {
+    let input = std::fs::File::open(path).map_err(failed("opening the export"))?;
+    let mut reader =
+        crate::ingest::Reader::new(env.schema, kind, format, std::io::BufReader::with_capacity(1 << 20, input))
+            .map_err(|e| FileError::Refused(e.to_string()))?;
+    let mut row = Row::new(env.schema, kind);
+    let mut issues = Vec::new();
+    let mut out = HashSet::new();
+    while let Some(outcome) = reader.next_row(&mut row, &mut issues).map_err(|e| FileError::Refused(e.to_string()))? {
+        issues.clear();
+        if outcome == Outcome::Accepted {
+            out.insert(row.record_id.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn wipe(set: HashSet<String>) {
+    for mut s in set {
+        zeroize::Zeroize::zeroize(&mut s);
+    }
+}
+
+/// A whole-table export of a `snapshot` kind, before it is ingested: delete
+/// (as [`forget`]) the records held for the kind whose ids the export lacks.
+/// Refused (nothing deleted) when that would be more than `max_percent` of
+/// the ids held (`None`: forced, no limit). Deleting first and ingesting after means a
+/// crash in between leaves the export in the inbox, and its second try finds
+/// nothing more to delete. Returns `None` when the export was ingested before.
+pub fn snapshot(
+    env: &Env<'_>,
+    state: &mut State,
+    kind: &Kind,
+    path: &std::path::Path,
+    format: crate::ingest::Format,
+    max_percent: Option<u32>,
+    tokenizers: &[&Tokenizer],
+) -> Result<Option<Forgotten>, FileError> {
+    let (file_id, _) = super::file::scan(path, &kind.name, format).map_err(failed("reading the export"))?;
+    if env.store.file(&file_id).map_err(failed("reading the store"))?.is_some_and(|r| r.state == store::FileState::Done)
+    {
+        return Ok(None);
+    }
+    let held = held_ids(env, kind)?;
+    let now = export_ids(env, kind, path, format)?;
+    let absent: Vec<String> = held.iter().filter(|id| !now.contains(id.as_str())).cloned().collect();
+    let (n_held, n_absent) = (held.len() as u64, absent.len() as u64);
+    wipe(held);
+    wipe(now);
+    let absent = RecordIds(absent);
+    if let Some(max_percent) = max_percent.filter(|&m| n_absent * 100 > u64::from(m) * n_held) {
+        return Err(FileError::Refused(format!(
+            "a whole-table export of `{}` that would delete {n_absent} of the {n_held} records held ({:.1}%, more than \
+             snapshot_max_delete_percent = {max_percent}); if the agency really removed them, hand it over with \
+             `divert ingest --kind {} --force-snapshot FILE`",
+            kind.name,
+            n_absent as f64 * 100.0 / n_held.max(1) as f64,
+            kind.name
+        )));
+    }
+    forget(env, state, kind, &absent, tokenizers).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,5 +468,68 @@ mod tests {
         assert!(!sent.iter().any(|r| gone2.contains(&r.rid)));
         // A re-sent record keeps its version: no newer than the tombstone.
         assert!(sent.iter().all(|r| r.seq < tombs[0].seq));
+    }
+
+    #[test]
+    fn a_whole_table_export_deletes_what_it_lacks_and_a_truncated_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = crate::schema::DEFAULT_SCHEMA
+            .replace("[kinds.arrest]\nagency = \"police\"", "[kinds.arrest]\nagency = \"police\"\nsnapshot = true");
+        let schema = Schema::from_toml(&text).unwrap();
+        let kind = schema.kind("arrest").unwrap();
+        assert!(kind.snapshot && !schema.kind("referral").unwrap().snapshot);
+        let t1 = Tokenizer::new(&schema, &EpochKey::from_bytes(1, &[9u8; 32]).unwrap()).unwrap();
+        let st = Store::open(&dir.path().join("store")).unwrap();
+        let data_key = DataKey::from_bytes(&[1u8; 32]).unwrap();
+        let cancel = CancellationToken::new();
+        let on_durable = |_: &[(u64, u32)]| {};
+        let env = Env {
+            schema: &schema,
+            tokenizer: &t1,
+            source: "police",
+            data_key: &data_key,
+            store: &st,
+            batch_records: 7,
+            segment_rows: 500,
+            cancel: &cancel,
+            on_durable: &on_durable,
+        };
+        let mut state = State::default();
+        let row = |i: usize| format!("A{i},2019-03-04,Lee,Bo,1980-01-{:02},M,y,n,n\n", 1 + i % 28);
+        let write = |name: &str, rows: std::ops::Range<usize>| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, HEADER.to_string() + &rows.map(row).collect::<String>()).unwrap();
+            path
+        };
+        let ingest_file = |state: &mut State, path: &std::path::Path| {
+            let job = Job { path, kind, format: Format::Csv, quarantine: dir.path().join("q.csv"), dest: None };
+            ingest(&env, state, &job).unwrap();
+        };
+        let first = write("t1.csv", 0..30);
+        // The first export of the kind deletes nothing.
+        assert_eq!(snapshot(&env, &mut state, kind, &first, Format::Csv, Some(20), &[&t1]).unwrap().unwrap().ids, 0);
+        ingest_file(&mut state, &first);
+        // Already ingested: nothing to do.
+        assert_eq!(snapshot(&env, &mut state, kind, &first, Format::Csv, Some(20), &[&t1]).unwrap(), None);
+        // The next table lacks two (6.7%): they go.
+        let second = write("t2.csv", 2..32);
+        let f = snapshot(&env, &mut state, kind, &second, Format::Csv, Some(20), &[&t1]).unwrap().unwrap();
+        assert_eq!((f.ids, f.raw_rows_removed, f.tombstones), (2, 2, 2));
+        ingest_file(&mut state, &second);
+        assert_eq!(held_ids(&env, kind).unwrap().len(), 30);
+        // A truncated table (10 of 30 left) is refused, and nothing is deleted.
+        let truncated = write("t3.csv", 2..12);
+        match snapshot(&env, &mut state, kind, &truncated, Format::Csv, Some(20), &[&t1]) {
+            Err(FileError::Refused(m)) => {
+                assert!(m.contains("20 of the 30") && m.contains("--force-snapshot"), "{m}");
+                assert!(!m.contains("A1"), "{m}");
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        assert_eq!(held_ids(&env, kind).unwrap().len(), 30);
+        // Forced, it goes through.
+        let f = snapshot(&env, &mut state, kind, &truncated, Format::Csv, None, &[&t1]).unwrap().unwrap();
+        assert_eq!(f.ids, 20);
+        assert_eq!(held_ids(&env, kind).unwrap().len(), 10);
     }
 }

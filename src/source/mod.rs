@@ -239,7 +239,7 @@ impl Source {
     /// A file handed over by `divert ingest --kind KIND PATH`: ingested like an
     /// inbox file but left where it is; bad rows go to `PATH.quarantine.csv`.
     /// The error names a line or a column, never a value.
-    pub async fn ingest(&self, kind: &str, path: &Path) -> Result<serde_json::Value, String> {
+    pub async fn ingest(&self, kind: &str, path: &Path, force_snapshot: bool) -> Result<serde_json::Value, String> {
         if self.schema.kind(kind).is_none() {
             return Err(format!(
                 "`{kind}` is not a record kind of the schema; kinds: {}",
@@ -273,7 +273,10 @@ impl Source {
                 let job = Job { path: &job_path, kind: k, format, quarantine, dest: None };
                 let add = |b: &[(u64, u32)]| src.outbox.add(b.iter().copied());
                 let keying = src.keying();
-                let r = file::ingest(&src.env(&keying.tokenizer, &add), &mut state, &job);
+                let env = src.env(&keying.tokenizer, &add);
+                let r = src
+                    .snapshot_step(&env, &mut state, k, &job_path, format, force_snapshot)
+                    .and_then(|()| file::ingest(&env, &mut state, &job));
                 src.set_counts(&state);
                 r
             })
@@ -315,16 +318,7 @@ impl Source {
                 let Some(k) = src.schema.kind(&job_kind) else {
                     return Err(FileError::Failed("unknown kind".into()));
                 };
-                // Tombstones under every key epoch held: the steward may hold the record under any of them.
-                let mut tokenizers = Vec::new();
-                let epochs =
-                    keys::list(&src.cfg.keys).map_err(|e| FileError::Failed(format!("reading the keys: {e}")))?;
-                for e in epochs {
-                    let key = keys::load(&src.cfg.keys, e.epoch)
-                        .map_err(|e| FileError::Failed(format!("reading a key: {e}")))?;
-                    tokenizers
-                        .push(Tokenizer::new(&src.schema, &key).map_err(|e| FileError::Failed(format!("a key: {e}")))?);
-                }
+                let tokenizers = src.held_tokenizers()?;
                 let refs: Vec<&Tokenizer> = tokenizers.iter().collect();
                 let add = |b: &[(u64, u32)]| src.outbox.add(b.iter().copied());
                 let keying = src.keying();
@@ -353,6 +347,49 @@ impl Source {
                 Err(e.to_string())
             }
         }
+    }
+
+    /// A tokenizer per key epoch held: tombstones go under each, since the
+    /// steward may hold a record under any of them during a rotation.
+    fn held_tokenizers(&self) -> Result<Vec<Tokenizer>, FileError> {
+        let mut out = Vec::new();
+        let epochs = keys::list(&self.cfg.keys).map_err(|e| FileError::Failed(format!("reading the keys: {e}")))?;
+        for e in epochs {
+            let key =
+                keys::load(&self.cfg.keys, e.epoch).map_err(|e| FileError::Failed(format!("reading a key: {e}")))?;
+            out.push(Tokenizer::new(&self.schema, &key).map_err(|e| FileError::Failed(format!("a key: {e}")))?);
+        }
+        Ok(out)
+    }
+
+    /// Before ingesting a whole-table export (a `snapshot` kind): delete what
+    /// it no longer holds, or refuse it (see [`forget::snapshot`]).
+    fn snapshot_step(
+        &self,
+        env: &Env<'_>,
+        state: &mut State,
+        kind: &crate::schema::Kind,
+        path: &Path,
+        format: Format,
+        force: bool,
+    ) -> Result<(), FileError> {
+        if !kind.snapshot {
+            return Ok(());
+        }
+        let tokenizers = self.held_tokenizers()?;
+        let refs: Vec<&Tokenizer> = tokenizers.iter().collect();
+        let max = (!force).then_some(self.cfg.snapshot_max_delete_percent);
+        if let Some(f) = forget::snapshot(env, state, kind, path, format, max, &refs)? {
+            tracing::info!(
+                kind = %kind.name,
+                deleted = f.ids,
+                raw_rows_removed = f.raw_rows_removed,
+                tombstones = f.tombstones,
+                forced = force,
+                "whole-table export: records held but absent from it deleted"
+            );
+        }
+        Ok(())
     }
 
     /// Records deleted per kind (`divert forget`), from the store.
@@ -563,7 +600,8 @@ fn inbox_file_blocking(src: &Source, state: &mut State, name: &str) -> Result<()
     let job = Job { path: &path, kind, format, quarantine, dest: Some(dest.clone()) };
     let add = |b: &[(u64, u32)]| src.outbox.add(b.iter().copied());
     let keying = src.keying();
-    match file::ingest(&src.env(&keying.tokenizer, &add), state, &job) {
+    let env = src.env(&keying.tokenizer, &add);
+    match src.snapshot_step(&env, state, kind, &path, format, false).and_then(|()| file::ingest(&env, state, &job)) {
         Ok(done) => {
             // The outcome is durable: status shows it before the (slower) deletion.
             src.set_counts(state);

@@ -308,7 +308,7 @@ async fn handed_over_rejected_and_quarantined_files() {
          A4,2019-03-04,Smith,Ann,1980-01-01,F,126,perhaps-Xyzzy,n,n\n"
     );
     std::fs::write(&handed, &body).unwrap();
-    let summary = source.src.ingest("arrest", &handed).await.expect("handed-over file ingested");
+    let summary = source.src.ingest("arrest", &handed, false).await.expect("handed-over file ingested");
     assert_eq!((summary["rows_read"].as_u64(), summary["accepted"].as_u64()), (Some(4), Some(3)), "{summary}");
     assert_eq!(summary["quarantined"], 1);
     assert_eq!(summary["values_dropped"], 1);
@@ -328,12 +328,12 @@ async fn handed_over_rejected_and_quarantined_files() {
     wait_for(20, "the handed-over records at the steward", || st.records_held() == 3).await;
 
     // Handed over again: recognised, nothing new.
-    let again = source.src.ingest("arrest", &handed).await.unwrap();
+    let again = source.src.ingest("arrest", &handed, false).await.unwrap();
     assert_eq!(again["already_ingested"], true);
     // Bad requests are errors that say why.
-    let err = source.src.ingest("arrests", &handed).await.unwrap_err();
+    let err = source.src.ingest("arrests", &handed, false).await.unwrap_err();
     assert!(err.contains("not a record kind"), "{err}");
-    let err = source.src.ingest("arrest", &tmp.path().join("nope.csv")).await.unwrap_err();
+    let err = source.src.ingest("arrest", &tmp.path().join("nope.csv"), false).await.unwrap_err();
     assert!(err.contains("nope.csv"), "{err}");
     let no_warrant = tmp.path().join("no-warrant.csv");
     std::fs::write(
@@ -341,7 +341,7 @@ async fn handed_over_rejected_and_quarantined_files() {
         "arrest_id,arrest_date,family_name,given_name,dob,violent,felony\nA9,2019-01-01,Lee,Bo,1980-01-01,n,n\n",
     )
     .unwrap();
-    let err = source.src.ingest("arrest", &no_warrant).await.unwrap_err();
+    let err = source.src.ingest("arrest", &no_warrant, false).await.unwrap_err();
     assert!(err.contains("warrant") && !err.contains("Lee"), "{err}");
     assert!(no_warrant.exists());
 
