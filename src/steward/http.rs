@@ -101,7 +101,7 @@ pub(crate) fn refuse_unread(st: &Steward, peer: &Peer, kind: Refusal, status: St
 /// ...) go here as `(path, Role::Evaluator)` arms.
 pub(crate) async fn route(st: Arc<Steward>, peer: Arc<Peer>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let resp = match (req.uri().path(), peer.id.role) {
-        (BATCH_PATH, Role::Source) if req.method() == Method::POST => post_batch(&st, &peer, req).await,
+        (BATCH_PATH, Role::Source) if req.method() == Method::POST => post_batch(&st, peer.clone(), req).await,
         (BATCH_PATH, Role::Source) => {
             let mut resp = refuse_unread(
                 &st,
@@ -244,18 +244,31 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-async fn post_batch(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> Resp {
+async fn post_batch(st: &Arc<Steward>, peer: Arc<Peer>, req: Request<Incoming>) -> Resp {
     let max = st.cfg.max_body_bytes;
     let too_large = format!("the body is larger than the steward accepts ({max} bytes); send smaller batches");
     let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
-        return refuse_unread(st, peer, Refusal::TooLarge, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
+        return refuse_unread(st, &peer, Refusal::TooLarge, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
     }
-    let body = match read_body(st, peer, req.into_body(), max, &too_large).await {
+    let body = match read_body(st, &peer, req.into_body(), max, &too_large).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
+    // From here on the work runs to its end even if the peer goes away (hyper drops
+    // this future when the connection closes): a batch stored is then also audited
+    // and linked, and a replay of it, a duplicate, would do neither.
+    let st = st.clone();
+    match tokio::spawn(async move { take_batch(&st, &peer, body).await }).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, "the steward could not store the batch; retry later")
+        }
+    }
+}
 
+/// Store, audit and link a batch body read in full; the answer to the source.
+async fn take_batch(st: &Arc<Steward>, peer: &Peer, body: Bytes) -> Resp {
     // Shared from admission to linkage: an epoch switch waits for this batch, or this batch for it.
     let _gate = st.epoch_gate.read().await;
     match ingest_body(&st.store, &st.epochs, &st.schema, &peer.id.name, body).await {
