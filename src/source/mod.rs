@@ -55,6 +55,8 @@ pub struct Source {
     store: Store,
     store_id: String,
     dirs: Dirs,
+    /// `inbox/deletions/`: files of agency record ids to delete (a court's list), one per line.
+    deletions: Dirs,
     /// Ourselves, for the blocking tasks `ingest` starts.
     me: std::sync::Weak<Source>,
     /// Held while a file is ingested: files go one at a time.
@@ -105,13 +107,18 @@ impl Source {
         }
         let dirs = Dirs::new(&cfg.inbox);
         dirs.create().with_context(|| format!("creating the inbox {}", cfg.inbox.display()))?;
+        let deletions = Dirs::new(&cfg.inbox.join(DELETIONS_DIR));
+        deletions.create().with_context(|| format!("creating {}", deletions.inbox.display()))?;
         let d2 = dirs.clone();
-        let shredded = tokio::task::spawn_blocking(move || d2.finish_shredding())
-            .await
-            .context("deleting ingested files")?
-            .with_context(|| {
-                format!("deleting ingested files from {} (they must not stay in clear)", dirs.done.display())
-            })?;
+        let d3 = deletions.clone();
+        let shredded = tokio::task::spawn_blocking(move || {
+            Ok::<_, std::io::Error>(d2.finish_shredding()? + d3.finish_shredding()?)
+        })
+        .await
+        .context("deleting ingested files")?
+        .with_context(|| {
+            format!("deleting ingested files from {} (they must not stay in clear)", dirs.done.display())
+        })?;
         if shredded > 0 {
             tracing::info!(files = shredded, done = %dirs.done.display(), "ingested export files deleted from done/ (receipts stay)");
         }
@@ -185,6 +192,7 @@ impl Source {
             store,
             store_id,
             dirs,
+            deletions,
             state: Arc::new(AsyncMutex::new(state)),
             counts: Mutex::new(counts),
             outbox,
@@ -512,7 +520,37 @@ async fn watch_inbox(src: Arc<Source>) {
                 Vec::new()
             }
         };
-        failing.retain(|name, _| names.contains(name));
+        // Deletion lists first: a record sealed must not wait behind a large export.
+        for name in src.deletions.ready().unwrap_or_default() {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let key = format!("{DELETIONS_DIR}/{name}");
+            if failing.get(&key).is_some_and(|r| tokio::time::Instant::now() < r.next) {
+                continue;
+            }
+            match deletion_file(&src, &name).await {
+                Ok(()) => {
+                    failing.remove(&key);
+                }
+                Err(error) => {
+                    let r = failing.entry(key).or_insert(Retry {
+                        error: String::new(),
+                        attempts: 0,
+                        next: tokio::time::Instant::now(),
+                    });
+                    if r.error != error {
+                        tracing::warn!(file = %name, error = %error, "deletion list not applied; it stays and is tried again");
+                        r.error = error;
+                    }
+                    let mut rng = rand::thread_rng();
+                    let delay = push::backoff(r.attempts, src.cfg.max_backoff, &mut rng).max(src.cfg.poll_interval);
+                    r.attempts = r.attempts.saturating_add(1);
+                    r.next = tokio::time::Instant::now() + delay;
+                }
+            }
+        }
+        failing.retain(|name, _| names.contains(name) || name.starts_with(DELETIONS_DIR));
         for name in names {
             if shutdown.is_cancelled() {
                 return;
@@ -547,6 +585,48 @@ async fn watch_inbox(src: Arc<Source>) {
             _ = tokio::time::sleep(src.cfg.poll_interval) => {}
         }
     }
+}
+
+/// Where, under the inbox, files of record ids to delete are dropped.
+pub const DELETIONS_DIR: &str = "deletions";
+
+/// Apply one deletion list from `inbox/deletions/` (its kind from its name,
+/// `arrest-sealed-2024-05.txt`; one agency record id per line), then
+/// overwrite and delete it (it holds ids in clear), leaving a receipt of
+/// counts in `deletions/done/`. `Err` for a failure on our side (the file stays).
+async fn deletion_file(src: &Arc<Source>, name: &str) -> Result<(), String> {
+    let dirs = &src.deletions;
+    let path = dirs.inbox.join(name);
+    let kind = match inbox::tell_kind(&src.schema, &dirs.inbox, name) {
+        Ok(k) => k,
+        Err(reason) => {
+            let dest = dirs.unique_dest(name);
+            dirs.move_rejected(name, &dest, &reason).map_err(|e| format!("moving to rejected/: {e}"))?;
+            tracing::warn!(file = name, reason = %reason, "deletion list rejected");
+            return Ok(());
+        }
+    };
+    let text = match std::fs::read(&path) {
+        Ok(b) => zeroize::Zeroizing::new(b),
+        Err(e) => return Err(format!("reading it: {e}")),
+    };
+    let ids = forget::RecordIds(
+        String::from_utf8_lossy(&text).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),
+    );
+    drop(text);
+    let result = src.forget(&kind, ids).await?;
+    let dest = dirs.unique_dest(name);
+    let mut receipt = result;
+    receipt["file"] = name.into();
+    receipt["retired"] = crate::pki::format_time(time::OffsetDateTime::now_utc()).into();
+    let text = serde_json::to_string_pretty(&receipt).unwrap_or_else(|_| "{}".into()) + "\n";
+    let d = dirs.clone();
+    let n = name.to_string();
+    tokio::task::spawn_blocking(move || d.retire_ingested(&n, &dest, &text))
+        .await
+        .map_err(|e| format!("the task deleting it failed: {e}"))?
+        .map_err(|e| format!("applied, but deleting the list failed: {e}"))?;
+    Ok(())
 }
 
 /// Ingest one inbox file and move it. `Err` for a failure on our side (the file stays).

@@ -818,6 +818,16 @@ async fn re_exports_replace_corrections_move_and_deletions_remove() {
     assert_eq!(persons_linked(&st), 20);
     assert_eq!(versions_of(&st)["deleted"], 1);
     assert_eq!(source.status()["deleted"]["arrest"], 4);
+
+    // A court's list dropped into the deletions inbox: applied, then the list itself goes.
+    let deletions = source.inbox().join("deletions");
+    std::fs::write(deletions.join(".arrest-sealed.txt"), "A31\n\n A32 \r\nA30\n").unwrap();
+    std::fs::rename(deletions.join(".arrest-sealed.txt"), deletions.join("arrest-sealed.txt")).unwrap();
+    wait_for(60, "the list's deletions at the steward", || st.records_held() == 57).await;
+    assert_eq!(versions_of(&st)["deleted"], 3);
+    wait_for(10, "the list deleted", || !deletions.join("arrest-sealed.txt").exists()).await;
+    let receipt = std::fs::read_to_string(deletions.join("done/arrest-sealed.txt.receipt")).unwrap();
+    assert!(receipt.contains("\"ids\": 3") && !receipt.contains("A31"), "{receipt}");
     source.stop().await;
     st.stop().await;
 }
