@@ -83,6 +83,8 @@ pub struct Done {
     pub resumed_after: u64,
     /// For an inbox file: its name in done/ (as first decided, when `already`).
     pub dest: Option<String>,
+    /// The file's id in the raw store.
+    pub file: FileId,
 }
 
 /// Why a file was not ingested.
@@ -280,6 +282,7 @@ pub fn ingest(env: &Env<'_>, state: &mut State, job: &Job<'_>) -> Result<Done, F
                 batches: 0,
                 resumed_after: 0,
                 dest: rec.dest.clone(),
+                file: id,
             });
         }
     }
@@ -516,6 +519,7 @@ impl Writer<'_, '_> {
             batches: self.batches,
             resumed_after: self.skip,
             dest: job.dest.clone(),
+            file: self.id,
         })
     }
 }

@@ -114,47 +114,7 @@ pub fn forget(
     let mut write = WriteBatch::default();
 
     // 1. The raw store: every file of the kind, chunk by chunk.
-    let mut row = Row::new(env.schema, kind);
-    let mut issues = Vec::new();
-    for (id, rec) in store::files(tree).map_err(failed("reading the store"))? {
-        if rec.kind != kind.name {
-            continue;
-        }
-        let open = |chunk: u32| -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, FileError> {
-            let key = store::raw_key(&id, chunk);
-            match tree.get(key).map_err(failed("reading the store"))? {
-                Some(sealed) => Ok(Some(env.data_key.open(&key, &sealed).map_err(failed("decrypting a raw chunk"))?)),
-                None => Ok(None),
-            }
-        };
-        let Some(head) = open(0)? else { continue };
-        let header = decode_header(&head).map_err(failed("reading a raw header"))?;
-        let mut parser =
-            RawRowParser::new(env.schema, kind, header.format, &header.columns).map_err(failed("mapping columns"))?;
-        for chunk in 1..rec.next_chunk {
-            let Some(plain) = open(chunk)? else { continue };
-            let mut kept = ChunkBuilder::new();
-            let mut dropped = 0u64;
-            for_each_row(&plain, |line, fields| {
-                issues.clear();
-                let outcome = parser.parse(line, fields, &mut row, &mut issues);
-                if outcome == Outcome::Accepted && wanted.contains(row.record_id.as_str()) {
-                    dropped += 1;
-                } else {
-                    kept.push_row(line, fields);
-                }
-            })
-            .map_err(failed("reading a raw chunk"))?;
-            if dropped > 0 {
-                let key = store::raw_key(&id, chunk);
-                let sealed = env.data_key.seal(&key, kept.finish()).map_err(failed("encrypting"))?;
-                write.insert(&key[..], sealed);
-                out.raw_rows_removed += dropped;
-            }
-            kept.reset();
-        }
-    }
-    drop(row);
+    out.raw_rows_removed = walk_raw(env, kind, |_| true, |_, _, id| wanted.contains(id), Some(&mut write))?;
 
     // 2. The outbox: batches not yet acknowledged, rewritten without the records.
     // (outbox sequence, what it becomes: records and body, or nothing)
@@ -253,14 +213,23 @@ pub fn forget(
     Ok(out)
 }
 
-/// The agency record ids held for `kind` in the raw store.
-fn held_ids(env: &Env<'_>, kind: &Kind) -> Result<HashSet<String>, FileError> {
+/// Walk the accepted raw rows of `kind` in the files `files` selects, calling
+/// `drop(file, line, record id)` for each; with `write`, chunks holding rows
+/// it returned true for are rebuilt without them (re-encrypted) into
+/// `write`. Returns the rows dropped.
+fn walk_raw(
+    env: &Env<'_>,
+    kind: &Kind,
+    files: impl Fn(&store::FileId) -> bool,
+    mut drop: impl FnMut(&store::FileId, u64, &str) -> bool,
+    mut write: Option<&mut WriteBatch>,
+) -> Result<u64, FileError> {
     let tree = env.store.tree();
-    let mut out = HashSet::new();
     let mut row = Row::new(env.schema, kind);
     let mut issues = Vec::new();
+    let mut dropped_all = 0u64;
     for (id, rec) in store::files(tree).map_err(failed("reading the store"))? {
-        if rec.kind != kind.name {
+        if rec.kind != kind.name || !files(&id) {
             continue;
         }
         let open = |chunk: u32| -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, FileError> {
@@ -274,18 +243,88 @@ fn held_ids(env: &Env<'_>, kind: &Kind) -> Result<HashSet<String>, FileError> {
         let header = decode_header(&head).map_err(failed("reading a raw header"))?;
         let mut parser =
             RawRowParser::new(env.schema, kind, header.format, &header.columns).map_err(failed("mapping columns"))?;
+        let mut kept = ChunkBuilder::new();
         for chunk in 1..rec.next_chunk {
             let Some(plain) = open(chunk)? else { continue };
+            let mut dropped = 0u64;
             for_each_row(&plain, |line, fields| {
                 issues.clear();
-                if parser.parse(line, fields, &mut row, &mut issues) == Outcome::Accepted {
-                    out.insert(row.record_id.clone());
+                let outcome = parser.parse(line, fields, &mut row, &mut issues);
+                if outcome == Outcome::Accepted && drop(&id, line, row.record_id.as_str()) {
+                    dropped += 1;
+                } else {
+                    kept.push_row(line, fields);
                 }
             })
             .map_err(failed("reading a raw chunk"))?;
+            if let (true, Some(w)) = (dropped > 0, write.as_deref_mut()) {
+                let key = store::raw_key(&id, chunk);
+                let sealed = env.data_key.seal(&key, kept.finish()).map_err(failed("encrypting"))?;
+                w.insert(&key[..], sealed);
+            }
+            dropped_all += dropped;
+            kept.reset();
         }
     }
+    Ok(dropped_all)
+}
+
+/// The agency record ids held for `kind` in the raw store.
+fn held_ids(env: &Env<'_>, kind: &Kind) -> Result<HashSet<String>, FileError> {
+    let mut out = HashSet::new();
+    walk_raw(
+        env,
+        kind,
+        |_| true,
+        |_, _, id| {
+            out.insert(id.to_string());
+            false
+        },
+        None,
+    )?;
     Ok(out)
+}
+
+/// After an export of `kind` (raw store file `file`) is ingested: one raw
+/// row per record id, as at the steward — the rows of the same ids from
+/// earlier exports, and an earlier line of the same id in this export, are
+/// cut out of the raw store (the version this export sent is the newest).
+/// One durable write; a crash before it leaves old rows that re-sending
+/// would only send as older versions. Returns the rows removed.
+pub fn supersede(env: &Env<'_>, state: &mut State, kind: &Kind, file: &store::FileId) -> Result<u64, FileError> {
+    let mut last: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    walk_raw(
+        env,
+        kind,
+        |id| id == file,
+        |_, line, id| {
+            last.insert(id.to_string(), line);
+            false
+        },
+        None,
+    )?;
+    if last.is_empty() {
+        return Ok(0);
+    }
+    let mut write = WriteBatch::default();
+    let removed = walk_raw(
+        env,
+        kind,
+        |_| true,
+        |f, line, id| last.get(id).is_some_and(|&keep| !(f == file && line == keep)),
+        Some(&mut write),
+    )?;
+    for (mut k, _) in last.drain() {
+        zeroize::Zeroize::zeroize(&mut k);
+    }
+    if removed == 0 {
+        return Ok(0);
+    }
+    let held = state.held.get(&kind.name).copied().unwrap_or(0).saturating_sub(removed);
+    write.insert(store::held_key(&kind.name), held.to_be_bytes());
+    env.store.apply(write).map_err(failed("writing the store"))?;
+    state.held.insert(kind.name.clone(), held);
+    Ok(removed)
 }
 
 /// The agency record ids of the rows of an export that ingest would accept.

@@ -284,7 +284,8 @@ impl Source {
                 let env = src.env(&keying.tokenizer, &add);
                 let r = src
                     .snapshot_step(&env, &mut state, k, &job_path, format, force_snapshot)
-                    .and_then(|()| file::ingest(&env, &mut state, &job));
+                    .and_then(|()| file::ingest(&env, &mut state, &job))
+                    .and_then(|done| src.supersede_step(&env, &mut state, k, done));
                 src.set_counts(&state);
                 r
             })
@@ -398,6 +399,24 @@ impl Source {
             );
         }
         Ok(())
+    }
+
+    /// After an export is ingested: earlier raw rows of its record ids leave
+    /// the raw store (one row per record, the newest; see [`forget::supersede`]).
+    fn supersede_step(
+        &self,
+        env: &Env<'_>,
+        state: &mut State,
+        kind: &crate::schema::Kind,
+        done: file::Done,
+    ) -> Result<file::Done, FileError> {
+        if !done.already {
+            let removed = forget::supersede(env, state, kind, &done.file)?;
+            if removed > 0 {
+                tracing::info!(kind = %kind.name, raw_rows = removed, "earlier versions of re-exported records removed from the raw store");
+            }
+        }
+        Ok(done)
     }
 
     /// Records deleted per kind (`divert forget`), from the store.
@@ -681,7 +700,11 @@ fn inbox_file_blocking(src: &Source, state: &mut State, name: &str) -> Result<()
     let add = |b: &[(u64, u32)]| src.outbox.add(b.iter().copied());
     let keying = src.keying();
     let env = src.env(&keying.tokenizer, &add);
-    match src.snapshot_step(&env, state, kind, &path, format, false).and_then(|()| file::ingest(&env, state, &job)) {
+    let ingested = src
+        .snapshot_step(&env, state, kind, &path, format, false)
+        .and_then(|()| file::ingest(&env, state, &job))
+        .and_then(|done| src.supersede_step(&env, state, kind, done));
+    match ingested {
         Ok(done) => {
             // The outcome is durable: status shows it before the (slower) deletion.
             src.set_counts(state);
