@@ -247,7 +247,7 @@ fn families(s: &Snapshot<'_>) -> Vec<Family> {
             if let Some(map) = d.get("record_versions").and_then(Value::as_object) {
                 for (source, kinds) in map {
                     for (kind, counts) in kinds.as_object().into_iter().flatten() {
-                        if !is_kind_name(kind) {
+                        if !is_kind_name(kind) || !is_kind_name(source) {
                             continue;
                         }
                         for (outcome, v) in counts.as_object().into_iter().flatten() {
@@ -470,6 +470,27 @@ mod tests {
         for absent in ["kind=\"total\"", "Bad", "not_a_number", "police", "7443", "divert_outbox"] {
             assert!(!text.contains(absent), "`{absent}` in:\n{text}");
         }
+    }
+
+    #[test]
+    fn record_versions_per_source_kind_and_outcome() {
+        let detail = serde_json::json!({
+            "record_versions": {
+                "police": { "arrest": { "new": 1989, "replaced": 1, "unchanged": 2000, "stale": 0, "deleted": 1 } },
+                "Bad Source": { "arrest": { "new": 5 } },
+            },
+        });
+        let text = render(&snapshot("steward", "steward", &detail));
+        check_format(&text);
+        for line in [
+            "# TYPE divert_record_versions_total counter",
+            "divert_record_versions_total{role=\"steward\",name=\"steward\",source=\"police\",kind=\"arrest\",outcome=\"replaced\"} 1",
+            "divert_record_versions_total{role=\"steward\",name=\"steward\",source=\"police\",kind=\"arrest\",outcome=\"deleted\"} 1",
+            "divert_record_versions_total{role=\"steward\",name=\"steward\",source=\"police\",kind=\"arrest\",outcome=\"unchanged\"} 2000",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+        }
+        assert!(!text.contains("Bad"), "{text}");
     }
 
     #[test]
