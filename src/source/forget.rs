@@ -293,17 +293,27 @@ fn held_ids(env: &Env<'_>, kind: &Kind) -> Result<HashSet<String>, FileError> {
 /// would only send as older versions. Returns the rows removed.
 pub fn supersede(env: &Env<'_>, state: &mut State, kind: &Kind, file: &store::FileId) -> Result<u64, FileError> {
     let mut last: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut rows = 0u64;
     walk_raw(
         env,
         kind,
         |id| id == file,
         |_, line, id| {
+            rows += 1;
             last.insert(id.to_string(), line);
             false
         },
         None,
     )?;
-    if last.is_empty() {
+    // The first export of its kind, each id once: nothing to cut (and no second pass).
+    let others = store::files(env.store.tree())
+        .map_err(failed("reading the store"))?
+        .iter()
+        .any(|(id, rec)| rec.kind == kind.name && id != file);
+    if last.is_empty() || (!others && rows == last.len() as u64) {
+        for (mut k, _) in last.drain() {
+            zeroize::Zeroize::zeroize(&mut k);
+        }
         return Ok(0);
     }
     let mut write = WriteBatch::default();

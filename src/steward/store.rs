@@ -7,7 +7,7 @@
 //! | `h` source `00` batch_id | header: version, records, chunks, bytes, sequence, received-at (37 bytes) |
 //! | `d` source `00` batch_id `00` chunk (u32 BE) | up to [`CHUNK_BYTES`] of the batch's JSON body, as received |
 //! | `n` source `00` epoch (u32 BE) | records and batches held for the source under the epoch (two u64 LE) |
-//! | `i` epoch (u32 BE) source `00` kind `00` rid (16 bytes) | the version held: seq (u64 LE), content hash (16), live (1: held, 0: deleted), batch id |
+//! | `i` epoch (u32 BE) source `00` kind `00` rid (16 bytes) | a tombstone, or a version raised by an unchanged re-send: seq (u64 LE), content hash (16), live (1: held, 0: deleted), batch id — the index of every other record is in memory, rebuilt at open from the batches |
 //! | `s` source `00` kind | versions counted: new, replaced, unchanged, stale, deleted (five u64 LE) |
 //! | `m:rid_index` | 1 once the rid index is built (a store of an earlier version is upgraded on open) |
 //!
@@ -283,6 +283,13 @@ pub struct Store {
     durable: Arc<Durable>,
     db: sled::Db,
     tree: sled::Tree,
+    /// The version held per `i` key, in memory: rebuilt at open from the
+    /// stored batches (their records carry rid, version and content) and the
+    /// `i` entries, which are written only for tombstones and for versions
+    /// raised by an unchanged re-send — never one per new record, which
+    /// would double the store's size and halve the exchange rate.
+    /// Changed on the writer thread only, after the write it mirrors.
+    index: Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, Held>>>,
 }
 
 fn batch_key(prefix: u8, source: &str, batch_id: &str) -> Vec<u8> {
@@ -426,9 +433,10 @@ impl Store {
         let durable = Arc::new(Durable::open(path, 256 * 1024 * 1024).map_err(open_err)?);
         let db = durable.db().clone();
         let tree = db.open_tree(TREE).map_err(open_err)?;
-        let store = Store { durable, db, tree };
+        let store = Store { durable, db, tree, index: Arc::default() };
         store.migrate_v1()?;
         store.build_rid_index()?;
+        store.load_index()?;
         Ok(store)
     }
 
@@ -469,6 +477,7 @@ impl Store {
         let wins: Vec<bool> = keys.iter().enumerate().map(|(i, k)| winner.get(k.as_slice()) == Some(&i)).collect();
         drop(winner);
         let tree = self.tree.clone();
+        let index = self.index.clone();
         let ckey = count_key(source, epoch);
         let bytes = body.len() as u64;
         let (source, batch_id) = (source.to_string(), batch_id.to_string());
@@ -480,6 +489,9 @@ impl Store {
                 let put = Put { outcome: PutOutcome::Duplicate, link: vec![false; n], versions: BTreeMap::new() };
                 return Ok((put, records));
             }
+            let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
+            // What the index becomes once the write is applied.
+            let mut changes: Vec<(Vec<u8>, Held)> = Vec::new();
             let mut keep = vec![false; n];
             let mut link = vec![false; n];
             let mut versions: BTreeMap<String, Versions> = BTreeMap::new();
@@ -501,7 +513,14 @@ impl Store {
                     live: !r.deleted,
                     batch_id: if r.deleted { Vec::new() } else { batch_id.as_bytes().to_vec() },
                 };
-                let held = tree.get(key)?.and_then(|h| Held::decode(&h));
+                let held = index.get(key).cloned();
+                // `persist`: kept in an `i` entry too (tombstones, raised versions); else in memory only.
+                let mut set = |held: Held, persist: bool| {
+                    if persist {
+                        write.insert(key, held.encode());
+                    }
+                    changes.push((key.clone(), held));
+                };
                 match held {
                     None => {
                         if !r.deleted {
@@ -509,7 +528,7 @@ impl Store {
                             keep[i] = true;
                             link[i] = true;
                         }
-                        write.insert(key, me.encode());
+                        set(me, r.deleted);
                     }
                     Some(h) if !newer(r.seq, h.seq) => {
                         if h.live && !r.deleted && h.hash == hashes[i] {
@@ -521,7 +540,7 @@ impl Store {
                     Some(h) => match (h.live, r.deleted) {
                         (true, false) if h.hash == hashes[i] => {
                             v.unchanged += 1;
-                            write.insert(key, Held { seq: r.seq, ..h }.encode());
+                            set(Held { seq: r.seq, ..h }, true);
                         }
                         (true, _) => {
                             if r.deleted {
@@ -532,15 +551,15 @@ impl Store {
                             }
                             link[i] = true;
                             cut.entry(h.batch_id).or_default().insert(key.clone());
-                            write.insert(key, me.encode());
+                            set(me, r.deleted);
                         }
                         (false, false) => {
                             v.new += 1;
                             keep[i] = true;
                             link[i] = true;
-                            write.insert(key, me.encode());
+                            set(me, false);
                         }
-                        (false, true) => write.insert(key, Held { seq: r.seq, ..h }.encode()),
+                        (false, true) => set(Held { seq: r.seq, ..h }, true),
                     },
                 }
             }
@@ -578,9 +597,45 @@ impl Store {
                 write.insert(vkey, total.encode());
             }
             tree.apply_batch(write.into_inner()?)?;
+            index.extend(changes);
             Ok((Put { outcome: PutOutcome::Stored(kept), link, versions }, records))
         })?;
         Ok(out)
+    }
+
+    /// Build the in-memory index: every stored record's version, then the `i`
+    /// entries (tombstones, raised versions) where newer.
+    fn load_index(&self) -> Result<(), StoreError> {
+        let mut index = std::collections::HashMap::new();
+        for b in self.batches() {
+            let b = b?;
+            let id = b.batch_id.as_bytes().to_vec();
+            for r in &b.records {
+                let key = rid_key(b.header.epoch, &b.source, &r.kind, &r.rid);
+                let held = Held { seq: r.seq, hash: content_hash(r), live: true, batch_id: id.clone() };
+                index.insert(key, held);
+            }
+        }
+        for kv in self.tree.scan_prefix([P_RID]) {
+            let (k, v) = kv?;
+            let Some(entry) = Held::decode(&v) else { continue };
+            match index.get_mut(k.as_ref()) {
+                Some(h) if entry.seq > h.seq => {
+                    if entry.live {
+                        h.seq = entry.seq;
+                    } else {
+                        *h = entry;
+                    }
+                }
+                Some(_) => {}
+                None if !entry.live => {
+                    index.insert(k.to_vec(), entry);
+                }
+                None => {}
+            }
+        }
+        *self.index.lock().unwrap_or_else(|p| p.into_inner()) = index;
+        Ok(())
     }
 
     /// Versions counted per source and kind, since the store began (every epoch).
@@ -796,6 +851,9 @@ impl Store {
             self.durable.apply(&self.tree, batch)?;
             removed += keys.len() as u64;
         }
+        self.index.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| {
+            k.get(1..5).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes).map_or(true, |e| e >= epoch)
+        });
         // The versions held under a retired epoch (its rids are keyed under its key), a few thousand per write.
         let mut old_rids = Vec::new();
         for k in self.tree.scan_prefix([P_RID]).keys() {
@@ -1187,5 +1245,26 @@ mod tests {
         // The index is in place: the same records again change nothing.
         assert_eq!(put_records(&store, "c", vec![rec(6, 0, "closed")]).versions["arrest"].unchanged, 1);
         assert_eq!(store.records().count(), 12);
+    }
+
+    #[tokio::test]
+    async fn a_version_raised_by_an_unchanged_resend_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let store = Store::open(&path).unwrap();
+            put_records(&store, "a", vec![rec(1, 1, "open"), rec(2, 1, "open")]);
+            assert_eq!(put_records(&store, "b", vec![rec(1, 3, "open")]).versions["arrest"].unchanged, 1);
+            // Only the raised version has an `i` entry; new records are indexed in memory.
+            assert_eq!(store.tree.scan_prefix([P_RID]).count(), 1);
+            store.flush().await.unwrap();
+        }
+        let store = reopen(&path);
+        // Version 2 is older than the 3 the re-send raised it to: dropped, also after the restart.
+        assert_eq!(
+            put_records(&store, "c", vec![rec(1, 2, "closed"), rec(2, 2, "closed")]).versions["arrest"].stale,
+            1
+        );
+        assert_eq!(held(&store).iter().map(|h| h.1.as_str()).collect::<Vec<_>>(), ["open", "closed"]);
     }
 }
