@@ -287,35 +287,32 @@ fn held_ids(env: &Env<'_>, kind: &Kind) -> Result<HashSet<String>, FileError> {
 
 /// After an export of `kind` (raw store file `file`) is ingested: one raw
 /// row per record id, as at the steward — the rows of the same ids from
-/// earlier exports, and an earlier line of the same id in this export, are
+/// earlier exports, and an earlier line of the same id in this export (not in
+/// the first export of a kind: no pass is made over it), are
 /// cut out of the raw store (the version this export sent is the newest).
 /// One durable write; a crash before it leaves old rows that re-sending
 /// would only send as older versions. Returns the rows removed.
 pub fn supersede(env: &Env<'_>, state: &mut State, kind: &Kind, file: &store::FileId) -> Result<u64, FileError> {
+    // The first export of its kind: nothing earlier to cut, and no pass over it (a
+    // record id twice in that one export keeps both rows; the steward keeps the later).
+    let others = store::files(env.store.tree())
+        .map_err(failed("reading the store"))?
+        .iter()
+        .any(|(id, rec)| rec.kind == kind.name && id != file);
+    if !others {
+        return Ok(0);
+    }
     let mut last: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-    let mut rows = 0u64;
     walk_raw(
         env,
         kind,
         |id| id == file,
         |_, line, id| {
-            rows += 1;
             last.insert(id.to_string(), line);
             false
         },
         None,
     )?;
-    // The first export of its kind, each id once: nothing to cut (and no second pass).
-    let others = store::files(env.store.tree())
-        .map_err(failed("reading the store"))?
-        .iter()
-        .any(|(id, rec)| rec.kind == kind.name && id != file);
-    if last.is_empty() || (!others && rows == last.len() as u64) {
-        for (mut k, _) in last.drain() {
-            zeroize::Zeroize::zeroize(&mut k);
-        }
-        return Ok(0);
-    }
     let mut write = WriteBatch::default();
     let removed = walk_raw(
         env,
