@@ -79,6 +79,8 @@ fn record(e: &Event, p: &Person) -> PseudoRecord {
         line: 0,
         epoch: 1,
         rid: String::new(),
+        seq: 0,
+        deleted: false,
         tokens: BTreeMap::new(),
         fields,
     }

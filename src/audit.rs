@@ -83,6 +83,9 @@ pub enum Kind {
     BudgetGrant,
     /// A batch of records was received from a source.
     Batch,
+    /// Records of a source and kind were removed at the source's request
+    /// (tombstones): how many, never which.
+    Deletion,
     /// A linkage or data key changed.
     Key,
     /// A certificate or CRL was issued, revoked or reloaded.
@@ -100,6 +103,7 @@ impl Kind {
             Kind::Refusal => "refusal",
             Kind::BudgetGrant => "budget_grant",
             Kind::Batch => "batch",
+            Kind::Deletion => "deletion",
             Kind::Key => "key",
             Kind::Cert => "cert",
             Kind::Reconcile => "reconcile",
@@ -150,6 +154,15 @@ pub struct BudgetGrantDetail {
 pub struct BatchDetail {
     pub source: String,
     pub batch_id: String,
+}
+
+/// The detail of a `deletion` entry: a source's records of one kind removed
+/// by its tombstones. Counts only: no rid, no record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionDetail {
+    pub source: String,
+    pub kind: String,
+    pub records: u64,
 }
 
 /// Why the audit log could not be opened or written.

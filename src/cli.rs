@@ -41,6 +41,8 @@ pub enum Command {
     Status(cmd::status::StatusArgs),
     #[command(about = "Hand an export file to the running source daemon")]
     Ingest(cmd::ingest::IngestArgs),
+    #[command(about = "Delete records (sealed, expunged) at a source daemon and, by tombstone, at the steward")]
+    Forget(cmd::forget::ForgetArgs),
     #[command(about = "Run the whole program on one machine: daemons, mTLS, the DP evaluation, the report")]
     Demo(cmd::demo::DemoArgs),
     #[command(about = "Set and list evaluators' privacy budgets on the running steward")]
@@ -81,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => cmd::serve::run(args)?,
         Command::Status(args) => cmd::status::run(args)?,
         Command::Ingest(args) => cmd::ingest::run(args)?,
+        Command::Forget(args) => cmd::forget::run(args)?,
         Command::Budget(args) => cmd::budget::run(args)?,
         Command::Audit(args) => return cmd::audit::run(args),
     }

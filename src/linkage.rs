@@ -102,6 +102,8 @@ pub struct Linker {
     candidates: Vec<u32>,
     /// A [`Linker::snapshot`]: it links but takes no more records.
     frozen: bool,
+    /// Records taken out by [`Linker::remove`] (their `record_profile` is `NONE`).
+    removed: usize,
 }
 
 /// Why a record could not be added.
@@ -233,6 +235,7 @@ impl Linker {
             pattern_counts: Vec::new(),
             blocks_capped: 0,
             candidates: Vec::new(),
+            removed: 0,
             frozen: false,
         }
     }
@@ -262,6 +265,7 @@ impl Linker {
             pattern_counts: self.pattern_counts.clone(),
             blocks_capped: self.blocks_capped,
             candidates: Vec::new(),
+            removed: self.removed,
             frozen: true,
         }
     }
@@ -356,6 +360,35 @@ impl Linker {
         }
         self.candidates = candidates;
         Ok(me)
+    }
+
+    /// Take record `r` out of linkage (a record replaced by a newer version,
+    /// or deleted at its source). Its index stays, so later indices do not
+    /// move; [`Linker::link`] gives it no person (`u32::MAX`). A profile whose
+    /// records are all removed is no evidence for any pair. Returns false if
+    /// `r` was never added or is already removed.
+    pub fn remove(&mut self, r: u32) -> bool {
+        let Some(&p) = self.record_profile.get(r as usize) else { return false };
+        if p == NONE {
+            return false;
+        }
+        self.record_profile[r as usize] = NONE;
+        self.profile_records[p as usize] = self.profile_records[p as usize].saturating_sub(1);
+        let present = self.present[p as usize];
+        for (g, &mask) in self.group_masks.iter().enumerate() {
+            self.records_with_group[g] -= u64::from(present & mask != 0).min(self.records_with_group[g]);
+        }
+        self.removed += 1;
+        true
+    }
+
+    /// Records added and not removed.
+    pub fn live(&self) -> usize {
+        self.record_profile.len() - self.removed
+    }
+
+    fn profile_live(&self, p: u32) -> bool {
+        self.profile_records[p as usize] > 0
     }
 
     /// Record pairs per agreement pattern, in a fixed order: every candidate
@@ -571,6 +604,9 @@ impl Linker {
             while j < order.len() && weights[order[j]] == w {
                 let id = order[j];
                 for &(a, b) in &by_pattern[start[id]..start[id + 1]] {
+                    if !self.profile_live(a) || !self.profile_live(b) {
+                        continue;
+                    }
                     links += 1;
                     let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
                     if ra == rb {
@@ -597,6 +633,10 @@ impl Linker {
         let mut number: HashMap<u64, u32> = HashMap::new();
         let mut persons = Vec::with_capacity(self.record_profile.len());
         for (r, &p) in self.record_profile.iter().enumerate() {
+            if p == NONE {
+                persons.push(u32::MAX);
+                continue;
+            }
             let root = find(&mut parent, p);
             let key = if self_weak[p as usize] && profiles[root as usize] == 1 {
                 (1u64 << 32) | r as u64
@@ -611,6 +651,9 @@ impl Linker {
         // Pairs of clusters left apart that the model thinks are one person.
         let mut apart: HashMap<(u32, u32), f64> = HashMap::new();
         for &(a, b, id) in &self.pairs {
+            if !self.profile_live(a) || !self.profile_live(b) {
+                continue;
+            }
             let pr = posterior(weights[id as usize]);
             if pr < 0.5 {
                 continue;
@@ -636,7 +679,7 @@ impl Linker {
         hist.sort_unstable();
         let share = |x: f64| if n_persons == 0 { 0.0 } else { (x / n_persons as f64).clamp(0.0, 1.0) + 0.0 };
         let quality = Quality {
-            records: self.record_profile.len() as u64,
+            records: self.live() as u64,
             profiles: np as u64,
             persons: n_persons,
             candidate_pairs: self.pairs.len() as u64,
@@ -971,6 +1014,45 @@ mod tests {
         p.reverse();
         let m = pairwise_metrics(&p, &once.persons);
         assert_eq!((m.precision, m.recall), (1.0, 1.0));
+    }
+
+    #[test]
+    fn a_removed_record_links_as_if_it_never_came() {
+        let (recs, _) = noisy(5, 300, 6);
+        let r = LinkageRule::new(15.0, 30.0, &[30.0, 30.0, 30.0, 24.0], &[1, 2, 4, 8]);
+        // Bridges: records with two entities' tokens, later removed (a version corrected).
+        let bridges: Vec<[Option<Token>; 4]> = (0..40)
+            .map(|i| {
+                let (a, b) = (recs[i * 7], recs[i * 7 + 300]);
+                [a[0], a[1], b[2], b[3]]
+            })
+            .collect();
+        let mut with = Linker::new(&r, 4);
+        let mut removed = Vec::new();
+        for (i, x) in recs.iter().enumerate() {
+            with.add(1, x).unwrap();
+            if i % 10 == 0 && i / 10 < bridges.len() {
+                removed.push(with.add(1, &bridges[i / 10]).unwrap());
+            }
+        }
+        let merged = with.link().quality.persons;
+        for &b in &removed {
+            assert!(with.remove(b));
+            assert!(!with.remove(b), "removed twice");
+        }
+        assert_eq!(with.live(), recs.len());
+        let mut fresh = Linker::new(&r, 4);
+        for x in &recs {
+            fresh.add(1, x).unwrap();
+        }
+        let (a, b) = (with.link(), fresh.link());
+        let kept: Vec<u32> = a.persons.iter().copied().filter(|&p| p != u32::MAX).collect();
+        assert_eq!(kept.len(), recs.len());
+        assert_eq!(a.persons.iter().filter(|&&p| p == u32::MAX).count(), removed.len());
+        let m = pairwise_metrics(&kept, &b.persons);
+        assert_eq!((m.precision, m.recall), (1.0, 1.0));
+        assert_eq!(a.quality.persons, b.quality.persons);
+        assert!(merged < b.quality.persons, "the bridges merged persons ({merged} vs {})", b.quality.persons);
     }
 
     #[test]

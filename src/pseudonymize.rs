@@ -27,6 +27,8 @@ pub struct Pseudonymizer<'a> {
     prefix: Vec<u8>,
     /// Rows written with a token of each scheme.
     scheme_tokens: Vec<u64>,
+    /// The export's place in the source's order (see [`crate::record::record_seq`]).
+    seq_base: u64,
 }
 
 /// Append an unsigned integer in decimal (the hot path avoids `fmt`).
@@ -102,7 +104,14 @@ impl<'a> Pseudonymizer<'a> {
                 .collect(),
             prefix,
             scheme_tokens: vec![0; schema.schemes.len()],
+            seq_base: 0,
         }
+    }
+
+    /// Records written from now on get versions `record_seq(base, line)`: a
+    /// source passes its export's first outbox sequence (0 offline).
+    pub fn set_seq_base(&mut self, base: u64) {
+        self.seq_base = base;
     }
 
     /// Per scheme (schema order), how many rows written so far carried its token.
@@ -122,7 +131,9 @@ impl<'a> Pseudonymizer<'a> {
         push_u64(out, u64::from(epoch));
         out.extend_from_slice(b",\"rid\":\"");
         crate::hex::encode_into(&rid, out);
-        out.extend_from_slice(b"\",\"tokens\":{");
+        out.extend_from_slice(b"\",\"seq\":");
+        push_u64(out, crate::record::record_seq(self.seq_base, row.line));
+        out.extend_from_slice(b",\"tokens\":{");
         let mut first = true;
         for ((key, tok), count) in self.scheme_keys.iter().zip(&self.tokens).zip(&mut self.scheme_tokens) {
             if let Some(t) = tok {

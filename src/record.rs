@@ -21,12 +21,34 @@ pub struct PseudoRecord {
     pub epoch: u32,
     /// Keyed hash of (source, kind, agency record id), 32 hex digits.
     pub rid: String,
+    /// The source's version of the record: of two records with one `rid`,
+    /// the steward keeps the higher `seq` (see [`record_seq`]); 0 from
+    /// sources and stores older than versions.
+    #[serde(default)]
+    pub seq: u64,
+    /// A tombstone: the record `rid` was removed at its source (sealed,
+    /// expunged, absent from a whole-table export). A tombstone carries no
+    /// tokens and no fields.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleted: bool,
     /// Scheme name → `<epoch>:<32 hex digits>`; a scheme whose fields the record lacks is absent.
     pub tokens: BTreeMap<String, String>,
     /// Released fields: `age`, released identity categories (`sex`), and the
     /// kind's fields (dates as `YYYY-MM-DD`, enums as their value, bools,
     /// integers, safe strings); `null` when missing.
     pub fields: BTreeMap<String, serde_json::Value>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The version a source gives the record on line `line` of the export whose
+/// first outbox batch had sequence `file_base`: exports ingested later win,
+/// and within one export a later line wins. The outbox sequence is per
+/// source and never reused, so versions of one source never tie.
+pub fn record_seq(file_base: u64, line: u64) -> u64 {
+    file_base.saturating_mul(1 << 32) | line.min(u64::from(u32::MAX))
 }
 
 /// Why a record does not fit the program's schema. Names the kind and the
@@ -50,6 +72,8 @@ pub enum RecordProblem {
     Type { field: Shown, expected: &'static str },
     #[error("field {0} is required by the schema but missing")]
     Missing(Shown),
+    #[error("a tombstone (deleted) carries no tokens and no fields")]
+    Tombstone,
 }
 
 /// A kind, field or scheme name as an error may show it: itself when it is
@@ -94,6 +118,13 @@ impl PseudoRecord {
         use crate::schema::FieldType;
         use serde_json::Value;
         let kind = schema.kind(&self.kind).ok_or_else(|| RecordProblem::UnknownKind(Shown::of(&self.kind)))?;
+        if self.deleted {
+            return if self.tokens.is_empty() && self.fields.is_empty() {
+                Ok(())
+            } else {
+                Err(RecordProblem::Tombstone)
+            };
+        }
         for name in self.tokens.keys() {
             if schema.scheme_index(name).is_none() {
                 return Err(RecordProblem::UnknownScheme(Shown::of(name)));
@@ -193,6 +224,8 @@ mod tests {
             line: 2,
             epoch: 1,
             rid: "ab".repeat(16),
+            seq: 0,
+            deleted: false,
             tokens: [("names_dob".to_string(), format!("1:{}", "cd".repeat(16)))].into(),
             fields: [
                 ("age".to_string(), json!(34)),

@@ -119,6 +119,8 @@ struct RawKind {
     record_id: String,
     event_date: String,
     #[serde(default)]
+    snapshot: bool,
+    #[serde(default)]
     fields: BTreeMap<String, RawField>,
 }
 
@@ -311,6 +313,9 @@ pub struct Kind {
     pub record_id: usize,
     /// Index in `fields` of the date the record is about (a `Date` field).
     pub event_date: usize,
+    /// Every export of this kind is the complete current set (a whole-table
+    /// export): records held but absent from a new export are deleted.
+    pub snapshot: bool,
 }
 
 impl Kind {
@@ -747,6 +752,7 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
             fields,
             record_id: record_id.unwrap_or(0),
             event_date: event_date.unwrap_or(0),
+            snapshot: k.snapshot,
         });
     }
 

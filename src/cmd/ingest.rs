@@ -22,6 +22,10 @@ pub struct IngestArgs {
     /// The record kind of every row (a kind of the schema, e.g. arrest).
     #[arg(long)]
     pub kind: String,
+    /// For a whole-table (`snapshot`) kind: delete the records it lacks even when
+    /// they are more than the source's `snapshot_max_delete_percent`.
+    #[arg(long)]
+    pub force_snapshot: bool,
     /// The export to ingest (CSV or JSON lines).
     pub path: PathBuf,
 }
@@ -30,7 +34,10 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
     let (_, socket) = admin_socket_of(&args.config)?;
     let path = std::fs::canonicalize(&args.path).with_context(|| format!("{}", args.path.display()))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let resp = rt.block_on(admin::request(&socket, &Request::Ingest { kind: args.kind.clone(), path }))?;
+    let resp = rt.block_on(admin::request(
+        &socket,
+        &Request::Ingest { kind: args.kind.clone(), path, force_snapshot: args.force_snapshot },
+    ))?;
     match (resp.ok, resp.result, resp.error) {
         (true, Some(r), _) => {
             println!("{}", serde_json::to_string_pretty(&r)?);

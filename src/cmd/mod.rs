@@ -10,6 +10,7 @@ pub mod ca;
 pub mod config;
 pub mod demo;
 pub mod evaluate;
+pub mod forget;
 pub mod ingest;
 pub mod keys;
 pub mod link;

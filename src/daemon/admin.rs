@@ -30,7 +30,16 @@ pub enum Request {
     /// Role, identity, certificate expiry and the role's counters.
     Status,
     /// Ingest a file (source only); `path` is absolute.
-    Ingest { kind: String, path: PathBuf },
+    Ingest {
+        kind: String,
+        path: PathBuf,
+        /// A whole-table export may delete more than the configured share of its kind.
+        #[serde(default)]
+        force_snapshot: bool,
+    },
+    /// Delete records of a kind by agency record id (source only): raw store,
+    /// outbox, and a tombstone to the steward. The ids never appear in `Debug`.
+    Forget { kind: String, ids: crate::source::forget::RecordIds },
     /// Set an evaluator's total privacy budget (steward only), in micro-epsilon.
     BudgetGrant { evaluator: String, epsilon_micro: u64 },
     /// Every evaluator's budget and the program cap (steward only).
@@ -188,7 +197,9 @@ mod tests {
         let server = tokio::spawn(serve(listener, handler, shutdown.clone(), tracker.clone()));
         let r = request(&path, &Request::Status).await.unwrap();
         assert_eq!(r.result.unwrap()["role"], "test");
-        let r = request(&path, &Request::Ingest { kind: "arrest".into(), path: "/x".into() }).await.unwrap();
+        let r = request(&path, &Request::Ingest { kind: "arrest".into(), path: "/x".into(), force_snapshot: false })
+            .await
+            .unwrap();
         assert_eq!(r.error.as_deref(), Some("not here"));
         // A second daemon on the same socket is refused.
         assert!(matches!(bind(&path).await, Err(AdminError::InUse { .. })));

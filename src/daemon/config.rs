@@ -99,6 +99,7 @@ struct RawSource {
     key_listen: Option<String>,
     custodian_url: Option<String>,
     epoch_poll_ms: Option<u64>,
+    snapshot_max_delete_percent: Option<u32>,
 }
 
 /// How the daemon logs.
@@ -162,6 +163,9 @@ pub struct SourceConfig {
     pub custody: Custody,
     /// How often the source looks for a new key epoch and reports its own to the steward.
     pub epoch_poll: Duration,
+    /// A whole-table export (a `snapshot` kind) that would delete more than
+    /// this percentage of the records held for its kind is refused unless forced.
+    pub snapshot_max_delete_percent: u32,
 }
 
 /// Where a source's new linkage keys come from.
@@ -188,6 +192,8 @@ pub const DEFAULT_BATCH_RECORDS: u32 = 5000;
 pub const DEFAULT_POLL_INTERVAL_MS: u64 = 500;
 pub const DEFAULT_MAX_BACKOFF_SECS: u64 = 60;
 pub const DEFAULT_EPOCH_POLL_MS: u64 = 5000;
+/// A whole-table export may delete at most this share (percent) of its kind's records unless forced.
+pub const DEFAULT_SNAPSHOT_MAX_DELETE_PERCENT: u32 = 20;
 
 impl Config {
     /// Read and validate a config file, reporting every problem.
@@ -348,6 +354,11 @@ impl Config {
                         if !(1..=3600).contains(&backoff) {
                             bad("source.max_backoff_secs", "must be between 1 and 3600".into());
                         }
+                        let snapshot_max_delete_percent =
+                            s.snapshot_max_delete_percent.unwrap_or(DEFAULT_SNAPSHOT_MAX_DELETE_PERCENT);
+                        if snapshot_max_delete_percent > 100 {
+                            bad("source.snapshot_max_delete_percent", "must be between 0 and 100".into());
+                        }
                         let epoch_poll = s.epoch_poll_ms.unwrap_or(DEFAULT_EPOCH_POLL_MS);
                         if !(50..=3_600_000).contains(&epoch_poll) {
                             bad("source.epoch_poll_ms", "must be between 50 and 3600000".into());
@@ -419,6 +430,7 @@ impl Config {
                             batch_records,
                             poll_interval: Duration::from_millis(poll),
                             max_backoff: Duration::from_secs(backoff),
+                            snapshot_max_delete_percent,
                         }))
                     }
                 }

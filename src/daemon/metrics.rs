@@ -81,7 +81,7 @@ struct Family {
     help: String,
     kind: Kind,
     /// (extra label, value) per sample; the extra label is a fixed name and a fixed value.
-    samples: Vec<(Option<(&'static str, String)>, Number)>,
+    samples: Vec<(Vec<(&'static str, String)>, Number)>,
 }
 
 impl Family {
@@ -92,7 +92,7 @@ impl Family {
     fn one(name: &'static str, kind: Kind, help: impl Into<String>, value: Option<Number>) -> Family {
         let mut f = Family::new(name, kind, help);
         if let Some(v) = value {
-            f.samples.push((None, v));
+            f.samples.push((Vec::new(), v));
         }
         f
     }
@@ -239,11 +239,37 @@ fn families(s: &Snapshot<'_>) -> Vec<Family> {
                         continue;
                     }
                     if let Value::Number(n) = v {
-                        refusals.samples.push((Some(("kind", kind.clone())), n.clone()));
+                        refusals.samples.push((vec![("kind", kind.clone())], n.clone()));
                     }
                 }
             }
             out.push(refusals);
+            let mut versions = Family::new(
+                "divert_record_versions_total",
+                Kind::Counter,
+                "Records received per source, kind and outcome: new, replaced (a newer version with other \
+                 content), unchanged (the same content again), stale (older than the version held), deleted.",
+            );
+            if let Some(map) = d.get("record_versions").and_then(Value::as_object) {
+                for (source, kinds) in map {
+                    for (kind, counts) in kinds.as_object().into_iter().flatten() {
+                        if !is_kind_name(kind) || !is_kind_name(source) {
+                            continue;
+                        }
+                        for (outcome, v) in counts.as_object().into_iter().flatten() {
+                            if let (true, Value::Number(n)) = (is_kind_name(outcome), v) {
+                                let labels = vec![
+                                    ("source", source.clone()),
+                                    ("kind", kind.clone()),
+                                    ("outcome", outcome.clone()),
+                                ];
+                                versions.samples.push((labels, n.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+            out.push(versions);
             out.push(Family::one(
                 "divert_key_epoch",
                 Kind::Gauge,
@@ -268,14 +294,11 @@ pub fn render(s: &Snapshot<'_>) -> String {
         let _ = writeln!(out, "# HELP {} {}", f.name, escape_help(&f.help));
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind.as_str());
         for (extra, value) in &f.samples {
-            match extra {
-                None => {
-                    let _ = writeln!(out, "{}{{{labels}}} {value}", f.name);
-                }
-                Some((k, v)) => {
-                    let _ = writeln!(out, "{}{{{labels},{k}=\"{}\"}} {value}", f.name, escape_label_value(v));
-                }
+            let mut line = format!("{}{{{labels}", f.name);
+            for (k, v) in extra {
+                let _ = write!(line, ",{k}=\"{}\"", escape_label_value(v));
             }
+            let _ = writeln!(out, "{line}}} {value}");
         }
     }
     out
@@ -455,6 +478,27 @@ mod tests {
         for absent in ["kind=\"total\"", "Bad", "not_a_number", "police", "7443", "divert_outbox"] {
             assert!(!text.contains(absent), "`{absent}` in:\n{text}");
         }
+    }
+
+    #[test]
+    fn record_versions_per_source_kind_and_outcome() {
+        let detail = serde_json::json!({
+            "record_versions": {
+                "police": { "arrest": { "new": 1989, "replaced": 1, "unchanged": 2000, "stale": 0, "deleted": 1 } },
+                "Bad Source": { "arrest": { "new": 5 } },
+            },
+        });
+        let text = render(&snapshot("steward", "steward", &detail));
+        check_format(&text);
+        for line in [
+            "# TYPE divert_record_versions_total counter",
+            "divert_record_versions_total{role=\"steward\",name=\"steward\",source=\"police\",kind=\"arrest\",outcome=\"replaced\"} 1",
+            "divert_record_versions_total{role=\"steward\",name=\"steward\",source=\"police\",kind=\"arrest\",outcome=\"deleted\"} 1",
+            "divert_record_versions_total{role=\"steward\",name=\"steward\",source=\"police\",kind=\"arrest\",outcome=\"unchanged\"} 2000",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+        }
+        assert!(!text.contains("Bad"), "{text}");
     }
 
     #[test]

@@ -143,14 +143,23 @@ fn admin_handler(ctx: Arc<Context>, service: Service, started: time::OffsetDateT
         Box::pin(async move {
             match req {
                 admin::Request::Status => admin::Response::ok(status(&ctx, &service, started)),
-                admin::Request::Ingest { kind, path } => match &service {
-                    Service::Source(s) => match s.ingest(&kind, &path).await {
+                admin::Request::Ingest { kind, path, force_snapshot } => match &service {
+                    Service::Source(s) => match s.ingest(&kind, &path, force_snapshot).await {
                         Ok(v) => admin::Response::ok(v),
                         Err(e) => admin::Response::err(e),
                     },
                     Service::Steward(_) => {
                         admin::Response::err("this daemon is a steward; files are ingested by sources")
                     }
+                },
+                admin::Request::Forget { kind, ids } => match &service {
+                    Service::Source(s) => match s.forget(&kind, ids).await {
+                        Ok(v) => admin::Response::ok(v),
+                        Err(e) => admin::Response::err(e),
+                    },
+                    Service::Steward(_) => admin::Response::err(
+                        "this daemon is a steward; records are deleted at their source (`divert forget --config SOURCE.toml`)",
+                    ),
                 },
                 admin::Request::BudgetGrant { evaluator, epsilon_micro } => match &service {
                     Service::Steward(s) => {

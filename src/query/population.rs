@@ -481,6 +481,8 @@ mod tests {
             line: 1,
             epoch: 1,
             rid: "0".repeat(32),
+            seq: 0,
+            deleted: false,
             tokens: BTreeMap::new(),
             fields,
         }

@@ -83,6 +83,8 @@ pub struct Done {
     pub resumed_after: u64,
     /// For an inbox file: its name in done/ (as first decided, when `already`).
     pub dest: Option<String>,
+    /// The file's id in the raw store.
+    pub file: FileId,
 }
 
 /// Why a file was not ingested.
@@ -280,6 +282,7 @@ pub fn ingest(env: &Env<'_>, state: &mut State, job: &Job<'_>) -> Result<Done, F
                 batches: 0,
                 resumed_after: 0,
                 dest: rec.dest.clone(),
+                file: id,
             });
         }
     }
@@ -440,6 +443,9 @@ impl Writer<'_, '_> {
 
         let mut quarantine = Quarantine::new(job.quarantine.clone());
         let mut p = Pseudonymizer::new(env.schema, kind, env.source, env.tokenizer);
+        // The export's first outbox sequence orders its records after every earlier export's
+        // (the same base on a resume, and in `rekey`, which reads it from the file's record).
+        p.set_seq_base(self.seqs.first().map_or(self.range_start, |r| r.0));
         let mut row = Row::new(env.schema, kind);
         let mut issues = Vec::new();
         let mut s = Summary::default();
@@ -513,6 +519,7 @@ impl Writer<'_, '_> {
             batches: self.batches,
             resumed_after: self.skip,
             dest: job.dest.clone(),
+            file: self.id,
         })
     }
 }

@@ -23,6 +23,7 @@ use crate::token::Tokenizer;
 
 pub mod crypt;
 pub mod file;
+pub mod forget;
 pub mod inbox;
 pub mod keyserver;
 pub mod push;
@@ -54,6 +55,8 @@ pub struct Source {
     store: Store,
     store_id: String,
     dirs: Dirs,
+    /// `inbox/deletions/`: files of agency record ids to delete (a court's list), one per line.
+    deletions: Dirs,
     /// Ourselves, for the blocking tasks `ingest` starts.
     me: std::sync::Weak<Source>,
     /// Held while a file is ingested: files go one at a time.
@@ -104,13 +107,18 @@ impl Source {
         }
         let dirs = Dirs::new(&cfg.inbox);
         dirs.create().with_context(|| format!("creating the inbox {}", cfg.inbox.display()))?;
+        let deletions = Dirs::new(&cfg.inbox.join(DELETIONS_DIR));
+        deletions.create().with_context(|| format!("creating {}", deletions.inbox.display()))?;
         let d2 = dirs.clone();
-        let shredded = tokio::task::spawn_blocking(move || d2.finish_shredding())
-            .await
-            .context("deleting ingested files")?
-            .with_context(|| {
-                format!("deleting ingested files from {} (they must not stay in clear)", dirs.done.display())
-            })?;
+        let d3 = deletions.clone();
+        let shredded = tokio::task::spawn_blocking(move || {
+            Ok::<_, std::io::Error>(d2.finish_shredding()? + d3.finish_shredding()?)
+        })
+        .await
+        .context("deleting ingested files")?
+        .with_context(|| {
+            format!("deleting ingested files from {} (they must not stay in clear)", dirs.done.display())
+        })?;
         if shredded > 0 {
             tracing::info!(files = shredded, done = %dirs.done.display(), "ingested export files deleted from done/ (receipts stay)");
         }
@@ -184,6 +192,7 @@ impl Source {
             store,
             store_id,
             dirs,
+            deletions,
             state: Arc::new(AsyncMutex::new(state)),
             counts: Mutex::new(counts),
             outbox,
@@ -244,7 +253,7 @@ impl Source {
     /// A file handed over by `divert ingest --kind KIND PATH`: ingested like an
     /// inbox file but left where it is; bad rows go to `PATH.quarantine.csv`.
     /// The error names a line or a column, never a value.
-    pub async fn ingest(&self, kind: &str, path: &Path) -> Result<serde_json::Value, String> {
+    pub async fn ingest(&self, kind: &str, path: &Path, force_snapshot: bool) -> Result<serde_json::Value, String> {
         if self.schema.kind(kind).is_none() {
             return Err(format!(
                 "`{kind}` is not a record kind of the schema; kinds: {}",
@@ -278,7 +287,11 @@ impl Source {
                 let job = Job { path: &job_path, kind: k, format, quarantine, dest: None };
                 let add = |b: &[(u64, u32)]| src.outbox.add(b.iter().copied());
                 let keying = src.keying();
-                let r = file::ingest(&src.env(&keying.tokenizer, &add), &mut state, &job);
+                let env = src.env(&keying.tokenizer, &add);
+                let r = src
+                    .snapshot_step(&env, &mut state, k, &job_path, format, force_snapshot)
+                    .and_then(|()| file::ingest(&env, &mut state, &job))
+                    .and_then(|done| src.supersede_step(&env, &mut state, k, done));
                 src.set_counts(&state);
                 r
             })
@@ -294,6 +307,134 @@ impl Source {
                 Err(format!("{shown}: {e}"))
             }
         }
+    }
+
+    /// `divert forget`: delete the records of `kind` with these agency record
+    /// ids here and, by tombstones, at the steward ([`forget`]). Counts only
+    /// in the answer, the log and any error: the ids are never shown.
+    pub async fn forget(&self, kind: &str, ids: forget::RecordIds) -> Result<serde_json::Value, String> {
+        if self.schema.kind(kind).is_none() {
+            return Err(format!(
+                "`{kind}` is not a record kind of the schema; kinds: {}",
+                self.schema.kind_names().join(", ")
+            ));
+        }
+        let src = self.me.upgrade().ok_or_else(|| "the source service has stopped".to_string())?;
+        let kind = kind.to_string();
+        let state = self.state.clone().lock_owned().await;
+        let job_src = src.clone();
+        let job_kind = kind.clone();
+        let result = self
+            .ctx
+            .tracker
+            .spawn_blocking(move || {
+                let mut state = state;
+                let src = job_src;
+                let Some(k) = src.schema.kind(&job_kind) else {
+                    return Err(FileError::Failed("unknown kind".into()));
+                };
+                let tokenizers = src.held_tokenizers()?;
+                let refs: Vec<&Tokenizer> = tokenizers.iter().collect();
+                let add = |b: &[(u64, u32)]| src.outbox.add(b.iter().copied());
+                let keying = src.keying();
+                let r = forget::forget(&src.env(&keying.tokenizer, &add), &mut state, k, &ids, &refs);
+                src.set_counts(&state);
+                r
+            })
+            .await
+            .map_err(|e| format!("the deletion task failed: {e}"))?;
+        match result {
+            Ok(f) => {
+                tracing::info!(
+                    kind = %kind,
+                    ids = f.ids,
+                    raw_rows_removed = f.raw_rows_removed,
+                    outbox_records_removed = f.outbox_records_removed,
+                    tombstones = f.tombstones,
+                    "records deleted at this source; tombstones queued for the steward"
+                );
+                let mut v = serde_json::to_value(&f).unwrap_or_default();
+                v["kind"] = kind.into();
+                Ok(v)
+            }
+            Err(e) => {
+                tracing::warn!(kind = %kind, error = %e, "deleting records failed; nothing was deleted");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// A tokenizer per key epoch held: tombstones go under each, since the
+    /// steward may hold a record under any of them during a rotation.
+    fn held_tokenizers(&self) -> Result<Vec<Tokenizer>, FileError> {
+        let mut out = Vec::new();
+        let epochs = keys::list(&self.cfg.keys).map_err(|e| FileError::Failed(format!("reading the keys: {e}")))?;
+        for e in epochs {
+            let key =
+                keys::load(&self.cfg.keys, e.epoch).map_err(|e| FileError::Failed(format!("reading a key: {e}")))?;
+            out.push(Tokenizer::new(&self.schema, &key).map_err(|e| FileError::Failed(format!("a key: {e}")))?);
+        }
+        Ok(out)
+    }
+
+    /// Before ingesting a whole-table export (a `snapshot` kind): delete what
+    /// it no longer holds, or refuse it (see [`forget::snapshot`]).
+    fn snapshot_step(
+        &self,
+        env: &Env<'_>,
+        state: &mut State,
+        kind: &crate::schema::Kind,
+        path: &Path,
+        format: Format,
+        force: bool,
+    ) -> Result<(), FileError> {
+        if !kind.snapshot {
+            return Ok(());
+        }
+        let tokenizers = self.held_tokenizers()?;
+        let refs: Vec<&Tokenizer> = tokenizers.iter().collect();
+        let max = (!force).then_some(self.cfg.snapshot_max_delete_percent);
+        if let Some(f) = forget::snapshot(env, state, kind, path, format, max, &refs)? {
+            tracing::info!(
+                kind = %kind.name,
+                deleted = f.ids,
+                raw_rows_removed = f.raw_rows_removed,
+                tombstones = f.tombstones,
+                forced = force,
+                "whole-table export: records held but absent from it deleted"
+            );
+        }
+        Ok(())
+    }
+
+    /// After an export is ingested: earlier raw rows of its record ids leave
+    /// the raw store (one row per record, the newest; see [`forget::supersede`]).
+    fn supersede_step(
+        &self,
+        env: &Env<'_>,
+        state: &mut State,
+        kind: &crate::schema::Kind,
+        done: file::Done,
+    ) -> Result<file::Done, FileError> {
+        if !done.already {
+            let removed = forget::supersede(env, state, kind, &done.file)?;
+            if removed > 0 {
+                tracing::info!(kind = %kind.name, raw_rows = removed, "earlier versions of re-exported records removed from the raw store");
+            }
+        }
+        Ok(done)
+    }
+
+    /// Records deleted per kind (`divert forget`), from the store.
+    fn forgotten(&self) -> std::collections::BTreeMap<String, u64> {
+        self.schema
+            .kind_names()
+            .into_iter()
+            .filter_map(|k| {
+                let n = self.store.get_u64(&forget::forgotten_key(k)).ok()?;
+                (n > 0).then(|| (k.to_string(), n))
+            })
+            .collect()
     }
 
     /// For `divert status`: counts only.
@@ -319,6 +460,7 @@ impl Source {
             "last_push": last_push,
             "steward": steward,
             "held": c.held,
+            "deleted": self.forgotten(),
             "files": {
                 "done": c.files_done,
                 "rejected": c.files_rejected,
@@ -403,7 +545,37 @@ async fn watch_inbox(src: Arc<Source>) {
                 Vec::new()
             }
         };
-        failing.retain(|name, _| names.contains(name));
+        // Deletion lists first: a record sealed must not wait behind a large export.
+        for name in src.deletions.ready().unwrap_or_default() {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let key = format!("{DELETIONS_DIR}/{name}");
+            if failing.get(&key).is_some_and(|r| tokio::time::Instant::now() < r.next) {
+                continue;
+            }
+            match deletion_file(&src, &name).await {
+                Ok(()) => {
+                    failing.remove(&key);
+                }
+                Err(error) => {
+                    let r = failing.entry(key).or_insert(Retry {
+                        error: String::new(),
+                        attempts: 0,
+                        next: tokio::time::Instant::now(),
+                    });
+                    if r.error != error {
+                        tracing::warn!(file = %name, error = %error, "deletion list not applied; it stays and is tried again");
+                        r.error = error;
+                    }
+                    let mut rng = rand::thread_rng();
+                    let delay = push::backoff(r.attempts, src.cfg.max_backoff, &mut rng).max(src.cfg.poll_interval);
+                    r.attempts = r.attempts.saturating_add(1);
+                    r.next = tokio::time::Instant::now() + delay;
+                }
+            }
+        }
+        failing.retain(|name, _| names.contains(name) || name.starts_with(DELETIONS_DIR));
         for name in names {
             if shutdown.is_cancelled() {
                 return;
@@ -438,6 +610,48 @@ async fn watch_inbox(src: Arc<Source>) {
             _ = tokio::time::sleep(src.cfg.poll_interval) => {}
         }
     }
+}
+
+/// Where, under the inbox, files of record ids to delete are dropped.
+pub const DELETIONS_DIR: &str = "deletions";
+
+/// Apply one deletion list from `inbox/deletions/` (its kind from its name,
+/// `arrest-sealed-2024-05.txt`; one agency record id per line), then
+/// overwrite and delete it (it holds ids in clear), leaving a receipt of
+/// counts in `deletions/done/`. `Err` for a failure on our side (the file stays).
+async fn deletion_file(src: &Arc<Source>, name: &str) -> Result<(), String> {
+    let dirs = &src.deletions;
+    let path = dirs.inbox.join(name);
+    let kind = match inbox::tell_kind(&src.schema, &dirs.inbox, name) {
+        Ok(k) => k,
+        Err(reason) => {
+            let dest = dirs.unique_dest(name);
+            dirs.move_rejected(name, &dest, &reason).map_err(|e| format!("moving to rejected/: {e}"))?;
+            tracing::warn!(file = name, reason = %reason, "deletion list rejected");
+            return Ok(());
+        }
+    };
+    let text = match std::fs::read(&path) {
+        Ok(b) => zeroize::Zeroizing::new(b),
+        Err(e) => return Err(format!("reading it: {e}")),
+    };
+    let ids = forget::RecordIds(
+        String::from_utf8_lossy(&text).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),
+    );
+    drop(text);
+    let result = src.forget(&kind, ids).await?;
+    let dest = dirs.unique_dest(name);
+    let mut receipt = result;
+    receipt["file"] = name.into();
+    receipt["retired"] = crate::pki::format_time(time::OffsetDateTime::now_utc()).into();
+    let text = serde_json::to_string_pretty(&receipt).unwrap_or_else(|_| "{}".into()) + "\n";
+    let d = dirs.clone();
+    let n = name.to_string();
+    tokio::task::spawn_blocking(move || d.retire_ingested(&n, &dest, &text))
+        .await
+        .map_err(|e| format!("the task deleting it failed: {e}"))?
+        .map_err(|e| format!("applied, but deleting the list failed: {e}"))?;
+    Ok(())
 }
 
 /// Ingest one inbox file and move it. `Err` for a failure on our side (the file stays).
@@ -491,7 +705,12 @@ fn inbox_file_blocking(src: &Source, state: &mut State, name: &str) -> Result<()
     let job = Job { path: &path, kind, format, quarantine, dest: Some(dest.clone()) };
     let add = |b: &[(u64, u32)]| src.outbox.add(b.iter().copied());
     let keying = src.keying();
-    match file::ingest(&src.env(&keying.tokenizer, &add), state, &job) {
+    let env = src.env(&keying.tokenizer, &add);
+    let ingested = src
+        .snapshot_step(&env, state, kind, &path, format, false)
+        .and_then(|()| file::ingest(&env, state, &job))
+        .and_then(|done| src.supersede_step(&env, state, kind, done));
+    match ingested {
         Ok(done) => {
             // The outcome is durable: status shows it before the (slower) deletion.
             src.set_counts(state);

@@ -177,6 +177,14 @@ impl ChunkBuilder {
         put_bytes(&mut self.buf, b);
     }
 
+    /// Add a whole row as [`for_each_row`] reads it (a chunk rewritten without some rows).
+    pub fn push_row(&mut self, line: u64, fields: &[&[u8]]) {
+        self.begin_row(line, fields.len());
+        for f in fields {
+            self.field(f);
+        }
+    }
+
     /// The finished chunk's plaintext (row count patched in). Wipe it with [`ChunkBuilder::reset`].
     pub fn finish(&mut self) -> &[u8] {
         let n = u32::try_from(self.rows).unwrap_or(u32::MAX).to_le_bytes();

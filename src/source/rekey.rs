@@ -69,6 +69,8 @@ pub fn file(env: &Env<'_>, state: &mut State, id: &FileId, rec: &FileRecord) -> 
     let mut parser =
         RawRowParser::new(env.schema, kind, header.format, &header.columns).map_err(failed("mapping columns"))?;
     let mut p = Pseudonymizer::new(env.schema, kind, env.source, env.tokenizer);
+    // The versions ingest gave the rows: a re-sent record is no newer than it was.
+    p.set_seq_base(rec.seqs.first().map_or(0, |r| r.0));
     let mut row = Row::new(env.schema, kind);
     let mut issues = Vec::new();
     let mut records: Vec<u8> = Vec::with_capacity(1 << 20);

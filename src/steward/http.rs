@@ -65,6 +65,8 @@ pub struct Accepted {
     pub slot: Slot,
     /// The key epoch of the records.
     pub epoch: u32,
+    /// What the batch's records did to the versions held, per kind.
+    pub versions: std::collections::BTreeMap<String, super::store::Versions>,
 }
 
 pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Resp {
@@ -99,7 +101,7 @@ pub(crate) fn refuse_unread(st: &Steward, peer: &Peer, kind: Refusal, status: St
 /// ...) go here as `(path, Role::Evaluator)` arms.
 pub(crate) async fn route(st: Arc<Steward>, peer: Arc<Peer>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let resp = match (req.uri().path(), peer.id.role) {
-        (BATCH_PATH, Role::Source) if req.method() == Method::POST => post_batch(&st, &peer, req).await,
+        (BATCH_PATH, Role::Source) if req.method() == Method::POST => post_batch(&st, peer.clone(), req).await,
         (BATCH_PATH, Role::Source) => {
             let mut resp = refuse_unread(
                 &st,
@@ -242,18 +244,31 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-async fn post_batch(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> Resp {
+async fn post_batch(st: &Arc<Steward>, peer: Arc<Peer>, req: Request<Incoming>) -> Resp {
     let max = st.cfg.max_body_bytes;
     let too_large = format!("the body is larger than the steward accepts ({max} bytes); send smaller batches");
     let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
-        return refuse_unread(st, peer, Refusal::TooLarge, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
+        return refuse_unread(st, &peer, Refusal::TooLarge, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
     }
-    let body = match read_body(st, peer, req.into_body(), max, &too_large).await {
+    let body = match read_body(st, &peer, req.into_body(), max, &too_large).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
+    // From here on the work runs to its end even if the peer goes away (hyper drops
+    // this future when the connection closes): a batch stored is then also audited
+    // and linked, and a replay of it, a duplicate, would do neither.
+    let st = st.clone();
+    match tokio::spawn(async move { take_batch(&st, &peer, body).await }).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, "the steward could not store the batch; retry later")
+        }
+    }
+}
 
+/// Store, audit and link a batch body read in full; the answer to the source.
+async fn take_batch(st: &Arc<Steward>, peer: &Peer, body: Bytes) -> Resp {
     // Shared from admission to linkage: an epoch switch waits for this batch, or this batch for it.
     let _gate = st.epoch_gate.read().await;
     match ingest_body(&st.store, &st.epochs, &st.schema, &peer.id.name, body).await {
@@ -276,12 +291,29 @@ async fn post_batch(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> R
                         "the steward could not record the batch; retry later",
                     );
                 }
+                // A deletion is audited as such: that a record of this source and kind went, never which.
+                for (kind, v) in acc.versions.iter().filter(|(_, v)| v.deleted > 0) {
+                    let detail = crate::audit::DeletionDetail {
+                        source: peer.id.name.clone(),
+                        kind: kind.clone(),
+                        records: v.deleted,
+                    };
+                    if let Err(e) = st.audit.append_async(crate::audit::Kind::Deletion, &peer.id.name, &detail).await {
+                        error!(source = %peer.id.name, error = %e, "auditing a deletion failed");
+                        return error_response(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "the steward could not record the batch; retry later",
+                        );
+                    }
+                }
                 let st2 = st.clone();
                 let (parsed, slot) = (acc.parsed, acc.slot);
                 // Linked before the acknowledgement, so a query after it sees the
                 // batch; the work runs off the reactor.
                 let _ = tokio::task::spawn_blocking(move || st2.link(slot, parsed)).await;
             }
+            let mut v = super::store::Versions::default();
+            acc.versions.values().for_each(|k| v.add(k));
             info!(
                 source = %peer.id.name,
                 batch_id = %acc.batch_id,
@@ -289,6 +321,10 @@ async fn post_batch(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> R
                 records = acc.records,
                 stored,
                 duplicate,
+                replaced = v.replaced,
+                unchanged = v.unchanged,
+                stale = v.stale,
+                deleted = v.deleted,
                 "batch received"
             );
             json_response(StatusCode::OK, &BatchAck { batch_id: acc.batch_id, stored, duplicate })
@@ -401,12 +437,25 @@ pub async fn ingest_body(
         let records = batch.records.len() as u64;
         // An empty batch carries no epoch: it is taken under the active one.
         let epoch = batch.records.first().map(|r| r.epoch).or(epochs.active()).unwrap_or(0);
+        // Tombstones under a retired epoch: nothing of that epoch is held any more.
+        if !batch.records.is_empty()
+            && batch.records.iter().all(|r| r.deleted)
+            && epochs.active().is_some_and(|a| epoch < a)
+        {
+            let versions = Default::default();
+            let outcome = PutOutcome::Stored(0);
+            let slot = Slot::Active;
+            return Ok(Accepted { batch_id: batch.batch_id, records, outcome, parsed: Vec::new(), slot, epoch, versions });
+        }
         let (slot, started) = epochs.admit(epoch).map_err(IngestError::Epoch)?;
         if started {
             tracing::info!(source = %name, epoch, "first batch under a new key epoch: building its linkage beside the active one");
         }
-        let outcome = store2.put_batch(&name, &batch.batch_id, epoch, records, &body)?;
-        Ok(Accepted { batch_id: batch.batch_id, records, outcome, parsed: batch.records, slot, epoch })
+        let (put, parsed) = store2.put_batch(&name, &batch.batch_id, epoch, batch.records, &body)?;
+        // Linkage gets the versions the store took (and the tombstones that removed one).
+        let parsed = parsed.into_iter().zip(&put.link).filter(|(_, l)| **l).map(|(r, _)| r).collect();
+        let outcome = put.outcome;
+        Ok(Accepted { batch_id: batch.batch_id, records, outcome, parsed, slot, epoch, versions: put.versions })
     })
     .await;
     let accepted = match put {
@@ -499,6 +548,8 @@ mod tests {
             line: 2,
             epoch: 3,
             rid: "ab".repeat(16),
+            seq: 0,
+            deleted: false,
             tokens: [("names_dob".to_string(), format!("3:{}", "cd".repeat(16)))].into(),
             fields: [
                 ("age".to_string(), serde_json::json!(30)),

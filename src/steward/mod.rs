@@ -79,7 +79,7 @@ pub mod store;
 mod timeout_io;
 
 pub use http::{check_batch, ingest_body, Accepted, IngestError, Rejection, MAX_BATCH_ID_BYTES};
-pub use store::{PutOutcome, SourceCounts, Store, StoreError, StoredBatch};
+pub use store::{Put, PutOutcome, SourceCounts, Store, StoreError, StoredBatch, Versions};
 
 /// Where, under the data directory, the store lives.
 pub const STORE_DIR: &str = "store";
@@ -584,6 +584,11 @@ impl Steward {
                 status["records"] = counts.values().map(|c| c.records).sum::<u64>().into();
                 status["batches"] = counts.values().map(|c| c.batches).sum::<u64>().into();
             }
+            Err(e) => status["store_error"] = e.to_string().into(),
+        }
+        // Per source and kind: what re-sends did (counts only; the evaluator sees none of it).
+        match self.store.versions() {
+            Ok(v) => status["record_versions"] = serde_json::json!(v),
             Err(e) => status["store_error"] = e.to_string().into(),
         }
         let writer = self.store.durable().stats();

@@ -32,11 +32,13 @@ pub struct Persons {
 
 struct Inner {
     linker: Linker,
-    /// Every record held, tokens dropped (they are in the linker), in linker
-    /// order: one immutable chunk per batch, shared with population builds.
+    /// Every record added, tokens dropped (they are in the linker), in linker
+    /// order: one immutable chunk per batch, shared with population builds. A
+    /// replaced or deleted record keeps its place (the linker gives it no
+    /// person, so no population holds it).
     records: Vec<Arc<[PseudoRecord]>>,
-    /// Records held (the chunks' lengths summed).
-    held: usize,
+    /// (source, kind, rid) → the linker index of the version held.
+    by_rid: HashMap<(String, String, String), u32>,
     /// Records added so far: a population is current while this has not moved.
     generation: u64,
     /// The population of the last build and the generation it was built at.
@@ -54,7 +56,7 @@ impl Persons {
         let inner = Inner {
             linker,
             records: Vec::new(),
-            held: 0,
+            by_rid: HashMap::new(),
             generation: 0,
             cached: None,
             quality: None,
@@ -67,8 +69,11 @@ impl Persons {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Link `records` to everything held before. Tokens of schemes the
-    /// schema does not know are ignored (and counted for status).
+    /// Link `records` to everything held before. A record whose (source,
+    /// kind, rid) is held replaces the version held (the store decided it is
+    /// newer), which leaves linkage, so a corrected birth date can move the
+    /// record to another person; a tombstone only removes. Tokens of schemes
+    /// the schema does not know are ignored (and counted for status).
     pub fn add(&self, records: Vec<PseudoRecord>) {
         let n = self.schema.schemes.len();
         // Tokens parsed before the lock is taken.
@@ -78,10 +83,12 @@ impl Persons {
         for mut r in records {
             let at = slots.len();
             slots.resize(at + n, None);
-            for (name, text) in &r.tokens {
-                match (self.scheme_index.get(name), parse_token(text)) {
-                    (Some(&i), Some((epoch, t))) if epoch == r.epoch => slots[at + i] = Some(t),
-                    _ => unknown += 1,
+            if !r.deleted {
+                for (name, text) in &r.tokens {
+                    match (self.scheme_index.get(name), parse_token(text)) {
+                        (Some(&i), Some((epoch, t))) if epoch == r.epoch => slots[at + i] = Some(t),
+                        _ => unknown += 1,
+                    }
                 }
             }
             r.tokens.clear();
@@ -91,19 +98,30 @@ impl Persons {
         inner.unknown_schemes += unknown;
         inner.linker.reserve(kept.len());
         let mut linked = Vec::with_capacity(kept.len());
-        for (r, tokens) in kept.into_iter().zip(slots.chunks(n.max(1))) {
-            if inner.linker.add(r.epoch, &tokens[..n]).is_err() {
-                // Only possible past 2^32 records; the record is kept out of queries.
+        let mut changed = false;
+        for (mut r, tokens) in kept.into_iter().zip(slots.chunks(n.max(1))) {
+            let key = (std::mem::take(&mut r.source), std::mem::take(&mut r.kind), std::mem::take(&mut r.rid));
+            if let Some(old) = inner.by_rid.remove(&key) {
+                changed |= inner.linker.remove(old);
+            }
+            (r.source, r.kind, r.rid) = key;
+            if r.deleted {
                 continue;
             }
+            let Ok(index) = inner.linker.add(r.epoch, &tokens[..n]) else {
+                // Only possible past 2^32 records; the record is kept out of queries.
+                continue;
+            };
+            inner.by_rid.insert((r.source.clone(), r.kind.clone(), r.rid.clone()), index);
             linked.push(r);
         }
-        if linked.is_empty() {
-            return;
+        if !linked.is_empty() {
+            inner.records.push(linked.into());
+            changed = true;
         }
-        inner.held += linked.len();
-        inner.records.push(linked.into());
-        inner.generation += 1;
+        if changed {
+            inner.generation += 1;
+        }
     }
 
     /// The population to query. It holds at least every record added before
@@ -128,8 +146,10 @@ impl Persons {
         };
         let linkage = linker.link();
         drop(linker);
+        // Replaced and deleted records have no person (u32::MAX): no population holds them.
         let records = chunks.iter().flat_map(|c| c.iter());
-        let pop = Arc::new(Population::build(&self.schema, linkage.persons.into_iter().zip(records)));
+        let held = linkage.persons.into_iter().zip(records).filter(|(p, _)| *p != u32::MAX);
+        let pop = Arc::new(Population::build(&self.schema, held));
         let mut inner = self.lock();
         // Keep the newest: a slower build of an older generation never replaces a newer one.
         if inner.cached.as_ref().map_or(true, |(g, _)| *g <= generation) {
@@ -181,9 +201,9 @@ impl Persons {
         v
     }
 
-    /// Records held and linked (for the local status only).
+    /// Records held and linked (for the local status only): replaced and deleted ones not counted.
     pub fn records(&self) -> usize {
-        self.lock().held
+        self.lock().linker.live()
     }
 
     /// Tokens ignored because their scheme is not in the steward's schema.
@@ -205,6 +225,8 @@ mod tests {
             line,
             epoch: 1,
             rid: format!("{line:032x}"),
+            seq: line,
+            deleted: false,
             tokens: [("names_dob".to_string(), token(1)), ("state_id".to_string(), token(2))].into(),
             fields: [
                 ("age".to_string(), serde_json::json!(30)),
@@ -273,5 +295,55 @@ mod tests {
         writer.join().expect("the writer");
         let pop = p.population();
         assert_eq!((pop.len(), pop.event_count()), (300, 1000));
+    }
+
+    fn rec(rid: u32, seq: u64, person: u32) -> PseudoRecord {
+        let t = |scheme: u32| format!("1:{:08x}{:024x}", person, scheme);
+        PseudoRecord {
+            source: "police".into(),
+            kind: "arrest".into(),
+            line: 2,
+            epoch: 1,
+            rid: format!("{rid:032x}"),
+            seq,
+            deleted: false,
+            tokens: [("names_dob".to_string(), t(1)), ("state_id".to_string(), t(2))].into(),
+            fields: [("arrest_date".to_string(), serde_json::json!("2024-01-02"))].into(),
+        }
+    }
+
+    impl Persons {
+        /// The person of a held record, linked now.
+        fn person_of(&self, rid: u32) -> Option<u32> {
+            let inner = self.inner.lock().ok()?;
+            let at = *inner.by_rid.get(&("police".to_string(), "arrest".to_string(), format!("{rid:032x}")))?;
+            inner.linker.link().persons.get(at as usize).copied()
+        }
+    }
+
+    #[test]
+    fn a_corrected_record_moves_to_another_person_and_a_tombstone_removes_it() {
+        let schema = Arc::new(Schema::default_schema().unwrap());
+        let persons = Persons::new(schema);
+        persons.add((0..3).map(|i| rec(i, 1, 7)).chain((10..13).map(|i| rec(i, 1, 8))).collect());
+        persons.add(vec![rec(99, 2, 7)]);
+        assert_eq!(persons.person_of(99), persons.person_of(0));
+        assert_ne!(persons.person_of(99), persons.person_of(10));
+        assert_eq!(persons.records(), 7);
+        // The agency corrects the birth date: the tokens now match the other person.
+        persons.add(vec![rec(99, 3, 8)]);
+        assert_eq!(persons.person_of(99), persons.person_of(10));
+        assert_ne!(persons.person_of(99), persons.person_of(0));
+        assert_eq!(persons.records(), 7);
+        let q = persons.quality_status();
+        assert_eq!((q["records"].as_u64(), q["persons"].as_u64()), (Some(7), Some(2)), "{q}");
+        let mut gone = rec(99, 4, 8);
+        (gone.deleted, gone.tokens, gone.fields) = (true, Default::default(), Default::default());
+        persons.add(vec![gone]);
+        assert_eq!(persons.person_of(99), None);
+        assert_eq!(persons.records(), 6);
+        let q = persons.quality_status();
+        assert_eq!((q["records"].as_u64(), q["persons"].as_u64()), (Some(6), Some(2)), "{q}");
+        let _ = persons.population();
     }
 }

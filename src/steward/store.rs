@@ -6,7 +6,23 @@
 //! |---|---|
 //! | `h` source `00` batch_id | header: version, records, chunks, bytes, sequence, received-at (37 bytes) |
 //! | `d` source `00` batch_id `00` chunk (u32 BE) | up to [`CHUNK_BYTES`] of the batch's JSON body, as received |
-//! | `n` source | records and batches held for the source (two u64 LE) |
+//! | `n` source `00` epoch (u32 BE) | records and batches held for the source under the epoch (two u64 LE) |
+//! | `i` epoch (u32 BE) source `00` kind `00` rid (16 bytes) | a tombstone, or a version raised by an unchanged re-send: seq (u64 LE), content hash (16), live (1: held, 0: deleted), batch id — the index of every other record is in memory, rebuilt at open from the batches |
+//! | `s` source `00` kind | versions counted: new, replaced, unchanged, stale, deleted (five u64 LE) |
+//! | `m:rid_index` | 1 once the rid index is built (a store of an earlier version is upgraded on open) |
+//!
+//! # One record per (source, kind, rid)
+//!
+//! A record whose rid is held under its epoch is a new *version* of it: the
+//! higher `seq` (the source's order, [`record_seq`](crate::record::record_seq))
+//! wins, so replays and reordered batches end in the same state. The same
+//! content again changes nothing but the version number (`unchanged`); other
+//! content replaces the version held, which is cut out of its batch
+//! (`replaced`); an older version is dropped (`stale`); a tombstone cuts it
+//! out and stays in the index, so an older version arriving later cannot
+//! come back (`deleted`). Superseded and deleted records are removed from
+//! the stored batches in the same atomic write, not only hidden: the store
+//! holds exactly the records that count.
 //!
 //! A batch is validated (every record parsed) before it is stored, and then
 //! kept as the bytes the source sent, cut into chunks: parsing is needed
@@ -39,6 +55,9 @@ const HEADER_LEN: usize = 1 + 8 + 4 + 8 + 8 + 8 + 4;
 const P_HEADER: u8 = b'h';
 const P_CHUNK: u8 = b'd';
 const P_COUNT: u8 = b'n';
+const P_RID: u8 = b'i';
+const P_VERSIONS: u8 = b's';
+const RID_INDEX_MARK: &[u8] = b"m:rid_index";
 
 /// Why the store failed. Messages never carry a record or a value from one.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +141,125 @@ impl SourceCounts {
     }
 }
 
+/// What the versions of a batch did, counted per (source, kind). Counts only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Versions {
+    /// Records whose rid was not held.
+    pub new: u64,
+    /// Records that replaced a held version with other content.
+    pub replaced: u64,
+    /// Records equal to the version held (a re-export): nothing stored.
+    pub unchanged: u64,
+    /// Records older than the version held (a replay or a reordered batch): dropped.
+    pub stale: u64,
+    /// Held records removed by a tombstone.
+    pub deleted: u64,
+}
+
+impl Versions {
+    fn encode(&self) -> [u8; 40] {
+        let mut out = [0u8; 40];
+        for (i, n) in [self.new, self.replaced, self.unchanged, self.stale, self.deleted].iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&n.to_le_bytes());
+        }
+        out
+    }
+
+    fn decode(v: &[u8]) -> Option<Versions> {
+        let at = |i: usize| v.get(i * 8..i * 8 + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes);
+        Some(Versions { new: at(0)?, replaced: at(1)?, unchanged: at(2)?, stale: at(3)?, deleted: at(4)? })
+    }
+
+    pub fn add(&mut self, o: &Versions) {
+        self.new += o.new;
+        self.replaced += o.replaced;
+        self.unchanged += o.unchanged;
+        self.stale += o.stale;
+        self.deleted += o.deleted;
+    }
+}
+
+/// The version of a record the index holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    seq: u64,
+    hash: [u8; 16],
+    live: bool,
+    batch_id: Vec<u8>,
+}
+
+impl Held {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(25 + self.batch_id.len());
+        v.extend_from_slice(&self.seq.to_le_bytes());
+        v.extend_from_slice(&self.hash);
+        v.push(u8::from(self.live));
+        v.extend_from_slice(&self.batch_id);
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<Held> {
+        Some(Held {
+            seq: u64::from_le_bytes(v.get(..8)?.try_into().ok()?),
+            hash: v.get(8..24)?.try_into().ok()?,
+            live: *v.get(24)? == 1,
+            batch_id: v.get(25..)?.to_vec(),
+        })
+    }
+}
+
+/// `i` epoch source `00` kind `00` rid: where the version of a record is kept.
+fn rid_key(epoch: u32, source: &str, kind: &str, rid: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(24 + source.len() + kind.len());
+    k.push(P_RID);
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k.extend_from_slice(source.as_bytes());
+    k.push(0);
+    k.extend_from_slice(kind.as_bytes());
+    k.push(0);
+    match crate::hex::decode(rid) {
+        Some(b) => k.extend_from_slice(&b),
+        None => k.extend_from_slice(rid.as_bytes()),
+    }
+    k
+}
+
+fn versions_key(source: &str, kind: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + source.len() + kind.len());
+    k.push(P_VERSIONS);
+    k.extend_from_slice(source.as_bytes());
+    k.push(0);
+    k.extend_from_slice(kind.as_bytes());
+    k
+}
+
+/// What a record says, for telling a re-export from a correction: a hash of
+/// its tokens and fields (not its line or version).
+pub fn content_hash(r: &PseudoRecord) -> [u8; 16] {
+    let bytes = serde_json::to_vec(&(&r.tokens, &r.fields)).unwrap_or_default();
+    let d = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d.as_ref()[..16]);
+    out
+}
+
+/// Whether version `seq` is newer than `held`. Records of a source older
+/// than versions carry 0: among those, the later arrival wins.
+fn newer(seq: u64, held: u64) -> bool {
+    seq > held || (seq == 0 && held == 0)
+}
+
+/// What [`Store::put_batch`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Put {
+    pub outcome: PutOutcome,
+    /// Per record of the batch: whether it goes to linkage (a new version,
+    /// or a tombstone that removed a held record); false for a replay.
+    pub link: Vec<bool>,
+    /// Per kind.
+    pub versions: BTreeMap<String, Versions>,
+}
+
 /// What storing a batch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -145,6 +283,13 @@ pub struct Store {
     durable: Arc<Durable>,
     db: sled::Db,
     tree: sled::Tree,
+    /// The version held per `i` key, in memory: rebuilt at open from the
+    /// stored batches (their records carry rid, version and content) and the
+    /// `i` entries, which are written only for tombstones and for versions
+    /// raised by an unchanged re-send — never one per new record, which
+    /// would double the store's size and halve the exchange rate.
+    /// Changed on the writer thread only, after the write it mirrors.
+    index: Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, Held>>>,
 }
 
 fn batch_key(prefix: u8, source: &str, batch_id: &str) -> Vec<u8> {
@@ -175,6 +320,95 @@ fn split_batch_key(k: &[u8]) -> Result<(String, String), StoreError> {
     Ok((text(s)?, text(b.get(1..).unwrap_or_default())?))
 }
 
+/// Insert `body` as the chunks under `prefix` (`..00`), removing chunks
+/// `n..old_chunks` of an earlier, longer body. Returns the chunk count.
+fn put_chunks(write: &mut WriteBatch, prefix: &[u8], body: &[u8], old_chunks: u32) -> u32 {
+    let chunk_key = |i: u32| {
+        let mut k = Vec::with_capacity(prefix.len() + 4);
+        k.extend_from_slice(prefix);
+        k.extend_from_slice(&i.to_be_bytes());
+        k
+    };
+    let mut n = 0u32;
+    for chunk in body.chunks(CHUNK_BYTES) {
+        write.insert(chunk_key(n), chunk);
+        n = n.saturating_add(1);
+    }
+    for i in n..old_chunks {
+        write.remove(chunk_key(i));
+    }
+    n
+}
+
+/// A batch body of `records`, as a source would send it.
+fn encode_batch<'r>(
+    source: &str,
+    batch_id: &str,
+    records: impl Iterator<Item = &'r PseudoRecord>,
+) -> sled::Result<Vec<u8>> {
+    let fail = |e: serde_json::Error| sled::Error::Unsupported(format!("encoding a batch: {:?}", e.classify()));
+    let mut body = Vec::new();
+    body.extend_from_slice(b"{\"source\":");
+    serde_json::to_writer(&mut body, source).map_err(fail)?;
+    body.extend_from_slice(b",\"batch_id\":");
+    serde_json::to_writer(&mut body, batch_id).map_err(fail)?;
+    body.extend_from_slice(b",\"records\":[");
+    for (i, r) in records.enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        serde_json::to_writer(&mut body, r).map_err(fail)?;
+    }
+    body.extend_from_slice(b"]}");
+    Ok(body)
+}
+
+/// Cut the records `drop` names (position, record) out of held batch
+/// `(source, batch_id)`: its body, chunks and header rewritten in `write`.
+/// The header stays (with fewer records, maybe none), so a replay of the
+/// batch is still recognized. Returns the batch's epoch and the records cut.
+fn rewrite_batch(
+    tree: &sled::Tree,
+    write: &mut WriteBatch,
+    source: &str,
+    batch_id: &str,
+    drop: impl Fn(usize, &PseudoRecord) -> bool,
+) -> Result<(u32, u64), StoreError> {
+    let hk = batch_key(P_HEADER, source, batch_id);
+    let Some(hv) = tree.get(&hk)? else { return Ok((0, 0)) };
+    let b = read_batch_from(tree, source.to_string(), batch_id.to_string(), &hv)?;
+    let before = b.records.len();
+    let kept: Vec<&PseudoRecord> = b.records.iter().enumerate().filter(|(i, r)| !drop(*i, r)).map(|(_, r)| r).collect();
+    let removed = (before - kept.len()) as u64;
+    if removed == 0 {
+        return Ok((b.header.epoch, 0));
+    }
+    let body = encode_batch(source, batch_id, kept.iter().copied())?;
+    let mut prefix = batch_key(P_CHUNK, source, batch_id);
+    prefix.push(0);
+    let chunks = put_chunks(write, &prefix, &body, b.header.chunks);
+    let header = BatchHeader { records: kept.len() as u64, chunks, bytes: body.len() as u64, ..b.header };
+    write.insert(hk, header.encode());
+    Ok((b.header.epoch, removed))
+}
+
+/// [`rewrite_batch`] cutting the versions whose index keys are in `gone`, for the writer thread.
+fn cut_records(
+    tree: &sled::Tree,
+    write: &mut WriteBatch,
+    source: &str,
+    batch_id: &str,
+    epoch: u32,
+    gone: &std::collections::HashSet<Vec<u8>>,
+) -> sled::Result<u64> {
+    rewrite_batch(tree, write, source, batch_id, |_, r| gone.contains(&rid_key(epoch, source, &r.kind, &r.rid)))
+        .map(|(_, n)| n)
+        .map_err(|e| match e {
+            StoreError::Sled(e) => e,
+            other => sled::Error::Unsupported(other.to_string()),
+        })
+}
+
 fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
@@ -199,54 +433,304 @@ impl Store {
         let durable = Arc::new(Durable::open(path, 256 * 1024 * 1024).map_err(open_err)?);
         let db = durable.db().clone();
         let tree = db.open_tree(TREE).map_err(open_err)?;
-        let store = Store { durable, db, tree };
+        let store = Store { durable, db, tree, index: Arc::default() };
         store.migrate_v1()?;
+        store.build_rid_index()?;
+        store.load_index()?;
         Ok(store)
     }
 
-    /// Store the body of a batch (already validated: `records` is how many it
-    /// holds) unless `(source, batch_id)` is already held. Blocking: call it
-    /// from `spawn_blocking`. Durable when it returns (a duplicate too: the
-    /// first copy was made durable before, or in the same group).
+    /// Store a batch (already validated: `records` are its records, parsed
+    /// from `body`) unless `(source, batch_id)` is already held, keeping one
+    /// version per (source, kind, rid) under the epoch (see the module docs):
+    /// records not newer than the version held are not stored, and held
+    /// versions a record replaces or a tombstone deletes are cut out of their
+    /// batches, all in one atomic write. Blocking: call it from
+    /// `spawn_blocking`. Durable when it returns (a duplicate too: the first
+    /// copy was made durable before, or in the same group). Gives `records` back.
     pub fn put_batch(
         &self,
         source: &str,
         batch_id: &str,
         epoch: u32,
-        records: u64,
+        records: Vec<PseudoRecord>,
         body: &[u8],
-    ) -> Result<PutOutcome, StoreError> {
+    ) -> Result<(Put, Vec<PseudoRecord>), StoreError> {
         let header_key = batch_key(P_HEADER, source, batch_id);
         let mut chunk_prefix = batch_key(P_CHUNK, source, batch_id);
         chunk_prefix.push(0);
-        let chunks = u32::try_from(body.len().div_ceil(CHUNK_BYTES)).unwrap_or(u32::MAX);
 
-        // Build the write set before handing it to the writer: copying the body is the costly part.
-        let mut batch = WriteBatch::default();
-        for (i, chunk) in body.chunks(CHUNK_BYTES).enumerate() {
-            let mut k = Vec::with_capacity(chunk_prefix.len() + 4);
-            k.extend_from_slice(&chunk_prefix);
-            k.extend_from_slice(&u32::try_from(i).unwrap_or(u32::MAX).to_be_bytes());
-            batch.insert(k, chunk);
+        // Build the write set before handing it to the writer: copying the body
+        // and hashing the records are the costly parts.
+        let mut write = WriteBatch::default();
+        let n_chunks = put_chunks(&mut write, &chunk_prefix, body, 0);
+        let keys: Vec<Vec<u8>> = records.iter().map(|r| rid_key(epoch, source, &r.kind, &r.rid)).collect();
+        let hashes: Vec<[u8; 16]> = records.iter().map(|r| if r.deleted { [0; 16] } else { content_hash(r) }).collect();
+        // Within the batch, the newest version of a rid (the later one on a tie).
+        let mut winner: std::collections::HashMap<&[u8], usize> = std::collections::HashMap::with_capacity(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            let e = winner.entry(k.as_slice()).or_insert(i);
+            if records[i].seq >= records[*e].seq {
+                *e = i;
+            }
         }
+        let wins: Vec<bool> = keys.iter().enumerate().map(|(i, k)| winner.get(k.as_slice()) == Some(&i)).collect();
+        drop(winner);
         let tree = self.tree.clone();
+        let index = self.index.clone();
         let ckey = count_key(source, epoch);
         let bytes = body.len() as u64;
-        // On the writer thread: the duplicate check and the counts see every earlier write.
-        let outcome = self.durable.write(move |db| {
+        let (source, batch_id) = (source.to_string(), batch_id.to_string());
+        // On the writer thread: the duplicate check, the versions held and the counts see every earlier write.
+        let out = self.durable.write(move |db| {
+            let mut write = write;
+            let n = records.len();
             if tree.contains_key(&header_key)? {
-                return Ok(PutOutcome::Duplicate);
+                let put = Put { outcome: PutOutcome::Duplicate, link: vec![false; n], versions: BTreeMap::new() };
+                return Ok((put, records));
+            }
+            let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
+            // What the index becomes once the write is applied.
+            let mut changes: Vec<(Vec<u8>, Held)> = Vec::new();
+            let mut keep = vec![false; n];
+            let mut link = vec![false; n];
+            let mut versions: BTreeMap<String, Versions> = BTreeMap::new();
+            // Held batch id → index keys of the versions to cut out of it.
+            let mut cut: BTreeMap<Vec<u8>, std::collections::HashSet<Vec<u8>>> = BTreeMap::new();
+            for (i, r) in records.iter().enumerate() {
+                if !versions.contains_key(&r.kind) {
+                    versions.insert(r.kind.clone(), Versions::default());
+                }
+                let Some(v) = versions.get_mut(&r.kind) else { continue };
+                if !wins[i] {
+                    v.stale += 1;
+                    continue;
+                }
+                let key = &keys[i];
+                let me = Held {
+                    seq: r.seq,
+                    hash: hashes[i],
+                    live: !r.deleted,
+                    batch_id: if r.deleted { Vec::new() } else { batch_id.as_bytes().to_vec() },
+                };
+                let held = index.get(key).cloned();
+                // `persist`: kept in an `i` entry too (tombstones, raised versions); else in memory only.
+                let mut set = |held: Held, persist: bool| {
+                    if persist {
+                        write.insert(key, held.encode());
+                    }
+                    changes.push((key.clone(), held));
+                };
+                match held {
+                    None => {
+                        if !r.deleted {
+                            v.new += 1;
+                            keep[i] = true;
+                            link[i] = true;
+                        }
+                        set(me, r.deleted);
+                    }
+                    Some(h) if !newer(r.seq, h.seq) => {
+                        if h.live && !r.deleted && h.hash == hashes[i] {
+                            v.unchanged += 1;
+                        } else {
+                            v.stale += 1;
+                        }
+                    }
+                    Some(h) => match (h.live, r.deleted) {
+                        (true, false) if h.hash == hashes[i] => {
+                            v.unchanged += 1;
+                            set(Held { seq: r.seq, ..h }, true);
+                        }
+                        (true, _) => {
+                            if r.deleted {
+                                v.deleted += 1;
+                            } else {
+                                v.replaced += 1;
+                                keep[i] = true;
+                            }
+                            link[i] = true;
+                            cut.entry(h.batch_id).or_default().insert(key.clone());
+                            set(me, r.deleted);
+                        }
+                        (false, false) => {
+                            v.new += 1;
+                            keep[i] = true;
+                            link[i] = true;
+                            set(me, false);
+                        }
+                        (false, true) => set(Held { seq: r.seq, ..h }, true),
+                    },
+                }
             }
             let mut counts = tree.get(&ckey)?.and_then(|v| SourceCounts::decode(&v)).unwrap_or_default();
-            counts.records = counts.records.saturating_add(records);
+            for (held_id, gone) in &cut {
+                let held_id = String::from_utf8_lossy(held_id).into_owned();
+                let removed = cut_records(&tree, &mut write, &source, &held_id, epoch, gone)?;
+                counts.records = counts.records.saturating_sub(removed);
+            }
+            let kept = keep.iter().filter(|k| **k).count() as u64;
+            let (chunks_n, bytes) = if kept == n as u64 {
+                (n_chunks, bytes)
+            } else {
+                // Only the records that count are stored: the body as sent is replaced.
+                let kept_records = records.iter().zip(&keep).filter(|(_, k)| **k).map(|(r, _)| r);
+                let body = encode_batch(&source, &batch_id, kept_records)?;
+                (put_chunks(&mut write, &chunk_prefix, &body, n_chunks), body.len() as u64)
+            };
+            counts.records = counts.records.saturating_add(kept);
             counts.batches = counts.batches.saturating_add(1);
-            let header = BatchHeader { records, chunks, bytes, seq: db.generate_id()?, received_at: now_unix(), epoch };
-            batch.insert(header_key, header.encode());
-            batch.insert(ckey, counts.encode());
-            tree.apply_batch(batch.into_inner()?)?;
-            Ok(PutOutcome::Stored(records))
+            let header = BatchHeader {
+                records: kept,
+                chunks: chunks_n,
+                bytes,
+                seq: db.generate_id()?,
+                received_at: now_unix(),
+                epoch,
+            };
+            write.insert(header_key, header.encode());
+            write.insert(ckey, counts.encode());
+            for (kind, v) in &versions {
+                let vkey = versions_key(&source, kind);
+                let mut total = tree.get(&vkey)?.and_then(|x| Versions::decode(&x)).unwrap_or_default();
+                total.add(v);
+                write.insert(vkey, total.encode());
+            }
+            tree.apply_batch(write.into_inner()?)?;
+            index.extend(changes);
+            Ok((Put { outcome: PutOutcome::Stored(kept), link, versions }, records))
         })?;
-        Ok(outcome)
+        Ok(out)
+    }
+
+    /// Build the in-memory index: every stored record's version, then the `i`
+    /// entries (tombstones, raised versions) where newer.
+    fn load_index(&self) -> Result<(), StoreError> {
+        let mut index = std::collections::HashMap::new();
+        for b in self.batches() {
+            let b = b?;
+            let id = b.batch_id.as_bytes().to_vec();
+            for r in &b.records {
+                let key = rid_key(b.header.epoch, &b.source, &r.kind, &r.rid);
+                let held = Held { seq: r.seq, hash: content_hash(r), live: true, batch_id: id.clone() };
+                index.insert(key, held);
+            }
+        }
+        for kv in self.tree.scan_prefix([P_RID]) {
+            let (k, v) = kv?;
+            let Some(entry) = Held::decode(&v) else { continue };
+            match index.get_mut(k.as_ref()) {
+                Some(h) if entry.seq > h.seq => {
+                    if entry.live {
+                        h.seq = entry.seq;
+                    } else {
+                        *h = entry;
+                    }
+                }
+                Some(_) => {}
+                None if !entry.live => {
+                    index.insert(k.to_vec(), entry);
+                }
+                None => {}
+            }
+        }
+        *self.index.lock().unwrap_or_else(|p| p.into_inner()) = index;
+        Ok(())
+    }
+
+    /// Versions counted per source and kind, since the store began (every epoch).
+    pub fn versions(&self) -> Result<BTreeMap<String, BTreeMap<String, Versions>>, StoreError> {
+        let mut out: BTreeMap<String, BTreeMap<String, Versions>> = BTreeMap::new();
+        for kv in self.tree.scan_prefix([P_VERSIONS]) {
+            let (k, v) = kv?;
+            let (source, kind) = split_batch_key(&k)?;
+            let v = Versions::decode(&v).ok_or_else(|| StoreError::BadKey("version counts".into()))?;
+            out.entry(source).or_default().insert(kind, v);
+        }
+        Ok(out)
+    }
+
+    /// A store written before the rid index (every record stored, re-sends
+    /// too): index every record, the later arrival of a rid winning, cut the
+    /// losers out of their batches and recount. One atomic write with the
+    /// mark, so it runs once. Counted as `replaced` (an earlier version had
+    /// other content) or `unchanged`.
+    fn build_rid_index(&self) -> Result<(), StoreError> {
+        if self.tree.contains_key(RID_INDEX_MARK)? {
+            return Ok(());
+        }
+        let mut order: Vec<(u64, String, String)> = Vec::new();
+        for kv in self.tree.scan_prefix([P_HEADER]) {
+            let (k, v) = kv?;
+            let (source, batch_id) = split_batch_key(&k)?;
+            let h = BatchHeader::decode(&v).ok_or_else(|| StoreError::BadKey("a batch header".into()))?;
+            order.push((h.seq, source, batch_id));
+        }
+        order.sort();
+        type Place = (String, String, u32);
+        let mut index: std::collections::HashMap<Vec<u8>, (Held, Place)> = std::collections::HashMap::new();
+        let mut losers: BTreeMap<(String, String), std::collections::HashSet<u32>> = BTreeMap::new();
+        let mut versions: BTreeMap<(String, String), Versions> = BTreeMap::new();
+        for (_, source, batch_id) in &order {
+            let Some(hv) = self.tree.get(batch_key(P_HEADER, source, batch_id))? else { continue };
+            let b = read_batch_from(&self.tree, source.clone(), batch_id.clone(), &hv)?;
+            for (pos, r) in b.records.iter().enumerate() {
+                let pos = pos as u32;
+                let key = rid_key(b.header.epoch, source, &r.kind, &r.rid);
+                let hash = content_hash(r);
+                let me = Held { seq: r.seq, hash, live: true, batch_id: batch_id.as_bytes().to_vec() };
+                let v = versions.entry((source.clone(), r.kind.clone())).or_default();
+                match index.get(&key) {
+                    Some((h, _)) if !newer(r.seq, h.seq) => {
+                        v.stale += 1;
+                        losers.entry((source.clone(), batch_id.clone())).or_default().insert(pos);
+                    }
+                    Some((h, (s0, b0, p0))) => {
+                        if h.hash == hash {
+                            v.unchanged += 1;
+                        } else {
+                            v.replaced += 1;
+                        }
+                        losers.entry((s0.clone(), b0.clone())).or_default().insert(*p0);
+                        index.insert(key, (me, (source.clone(), batch_id.clone(), pos)));
+                    }
+                    None => {
+                        v.new += 1;
+                        index.insert(key, (me, (source.clone(), batch_id.clone(), pos)));
+                    }
+                }
+            }
+        }
+        let mut write = WriteBatch::default();
+        let mut removed_per: BTreeMap<(String, u32), u64> = BTreeMap::new();
+        for ((source, batch_id), gone) in &losers {
+            let (epoch, removed) =
+                rewrite_batch(&self.tree, &mut write, source, batch_id, |pos, _| gone.contains(&(pos as u32)))?;
+            *removed_per.entry((source.clone(), epoch)).or_default() += removed;
+        }
+        for ((source, epoch), removed) in &removed_per {
+            let ckey = count_key(source, *epoch);
+            let mut c = self.tree.get(&ckey)?.and_then(|v| SourceCounts::decode(&v)).unwrap_or_default();
+            c.records = c.records.saturating_sub(*removed);
+            write.insert(ckey, c.encode());
+        }
+        for (key, (held, _)) in &index {
+            write.insert(key, held.encode());
+        }
+        for ((source, kind), v) in &versions {
+            write.insert(versions_key(source, kind), v.encode());
+        }
+        write.insert(RID_INDEX_MARK, [1u8]);
+        self.durable.apply(&self.tree, write)?;
+        let dropped: u64 = removed_per.values().sum();
+        if !order.is_empty() {
+            tracing::info!(
+                records = index.len(),
+                superseded_removed = dropped,
+                "steward store upgraded: one record per (source, kind, rid), earlier versions removed"
+            );
+        }
+        Ok(())
     }
 
     /// A store written before batches carried their key epoch (header version 1,
@@ -367,6 +851,23 @@ impl Store {
             self.durable.apply(&self.tree, batch)?;
             removed += keys.len() as u64;
         }
+        self.index.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| {
+            k.get(1..5).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes).map_or(true, |e| e >= epoch)
+        });
+        // The versions held under a retired epoch (its rids are keyed under its key), a few thousand per write.
+        let mut old_rids = Vec::new();
+        for k in self.tree.scan_prefix([P_RID]).keys() {
+            let k = k?;
+            let e = k.get(1..5).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes);
+            if e.is_some_and(|e| e < epoch) {
+                old_rids.push(k);
+            }
+        }
+        for keys in old_rids.chunks(4096) {
+            let mut batch = WriteBatch::default();
+            keys.iter().for_each(|k| batch.remove(k));
+            self.durable.apply(&self.tree, batch)?;
+        }
         let mut batch = WriteBatch::default();
         for kv in self.tree.scan_prefix([P_COUNT]) {
             let (k, _) = kv?;
@@ -409,34 +910,44 @@ impl Store {
     }
 
     fn read_batch(&self, source: String, batch_id: String, header: &[u8]) -> Result<StoredBatch, StoreError> {
-        let corrupt = |detail: &str| StoreError::Corrupt {
-            source_name: source.clone(),
-            batch_id: batch_id.clone(),
-            detail: detail.to_string(),
-        };
-        let header = BatchHeader::decode(header).ok_or_else(|| corrupt("unreadable header"))?;
-        let mut prefix = batch_key(P_CHUNK, &source, &batch_id);
-        prefix.push(0);
-        let mut body = Vec::with_capacity(usize::try_from(header.bytes).unwrap_or(0));
-        // Exactly `chunks` chunks: any beyond belong to no stored batch.
-        for (i, kv) in self.tree.scan_prefix(&prefix).take(header.chunks as usize).enumerate() {
-            let (k, v) = kv?;
-            let idx = k.get(prefix.len()..).and_then(|s| <[u8; 4]>::try_from(s).ok()).map(u32::from_be_bytes);
-            if idx != u32::try_from(i).ok() {
-                return Err(corrupt("a chunk is missing"));
-            }
-            body.extend_from_slice(&v);
-        }
-        if body.len() as u64 != header.bytes {
-            return Err(corrupt("chunks do not add up to the stored length"));
-        }
-        let batch: Batch =
-            serde_json::from_slice(&body).map_err(|e| corrupt(&format!("not a batch ({:?})", e.classify())))?;
-        if batch.records.len() as u64 != header.records {
-            return Err(corrupt("record count differs from the header"));
-        }
-        Ok(StoredBatch { source, batch_id, header, records: batch.records })
+        read_batch_from(&self.tree, source, batch_id, header)
     }
+}
+
+/// Read back held batch `(source, batch_id)` whose header is `header`.
+fn read_batch_from(
+    tree: &sled::Tree,
+    source: String,
+    batch_id: String,
+    header: &[u8],
+) -> Result<StoredBatch, StoreError> {
+    let corrupt = |detail: &str| StoreError::Corrupt {
+        source_name: source.clone(),
+        batch_id: batch_id.clone(),
+        detail: detail.to_string(),
+    };
+    let header = BatchHeader::decode(header).ok_or_else(|| corrupt("unreadable header"))?;
+    let mut prefix = batch_key(P_CHUNK, &source, &batch_id);
+    prefix.push(0);
+    let mut body = Vec::with_capacity(usize::try_from(header.bytes).unwrap_or(0));
+    // Exactly `chunks` chunks: any beyond belong to no stored batch.
+    for (i, kv) in tree.scan_prefix(&prefix).take(header.chunks as usize).enumerate() {
+        let (k, v) = kv?;
+        let idx = k.get(prefix.len()..).and_then(|s| <[u8; 4]>::try_from(s).ok()).map(u32::from_be_bytes);
+        if idx != u32::try_from(i).ok() {
+            return Err(corrupt("a chunk is missing"));
+        }
+        body.extend_from_slice(&v);
+    }
+    if body.len() as u64 != header.bytes {
+        return Err(corrupt("chunks do not add up to the stored length"));
+    }
+    let batch: Batch =
+        serde_json::from_slice(&body).map_err(|e| corrupt(&format!("not a batch ({:?})", e.classify())))?;
+    if batch.records.len() as u64 != header.records {
+        return Err(corrupt("record count differs from the header"));
+    }
+    Ok(StoredBatch { source, batch_id, header, records: batch.records })
 }
 
 #[cfg(test)]
@@ -458,6 +969,12 @@ mod tests {
         }
     }
 
+    /// Store a body as `ingest_body` does: parsed, then put.
+    fn put(store: &Store, source: &str, id: &str, epoch: u32, body: &[u8]) -> PutOutcome {
+        let b: Batch = serde_json::from_slice(body).unwrap();
+        store.put_batch(source, id, epoch, b.records, body).unwrap().0.outcome
+    }
+
     fn body(source: &str, id: &str, n: usize) -> Vec<u8> {
         let records: Vec<PseudoRecord> = (0..n)
             .map(|i| PseudoRecord {
@@ -465,7 +982,13 @@ mod tests {
                 kind: "arrest".into(),
                 line: i as u64 + 2,
                 epoch: 1,
-                rid: format!("{i:032x}"),
+                // Distinct per batch id, as records of different exports.
+                rid: format!(
+                    "{:08x}{i:024x}",
+                    id.bytes().fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+                ),
+                seq: 0,
+                deleted: false,
                 tokens: [("name_dob".to_string(), format!("1:{:032x}", i * 7))].into(),
                 fields: [("age".to_string(), serde_json::json!(30))].into(),
             })
@@ -479,13 +1002,13 @@ mod tests {
         let store = Store::open(&dir.path().join("store")).unwrap();
         let b = body("police", "p-1", 3000);
         assert!(b.len() > 10 * CHUNK_BYTES);
-        assert_eq!(store.put_batch("police", "p-1", 1, 3000, &b).unwrap(), PutOutcome::Stored(3000));
-        assert_eq!(store.put_batch("police", "p-1", 1, 3000, &b).unwrap(), PutOutcome::Duplicate);
+        assert_eq!(put(&store, "police", "p-1", 1, &b), PutOutcome::Stored(3000));
+        assert_eq!(put(&store, "police", "p-1", 1, &b), PutOutcome::Duplicate);
         // A batch id that extends another must not be confused with it.
         let b2 = body("police", "p-10", 2);
-        assert_eq!(store.put_batch("police", "p-10", 1, 2, &b2).unwrap(), PutOutcome::Stored(2));
+        assert_eq!(put(&store, "police", "p-10", 1, &b2), PutOutcome::Stored(2));
         let b3 = body("jail", "p-1", 1);
-        assert_eq!(store.put_batch("jail", "p-1", 1, 1, &b3).unwrap(), PutOutcome::Stored(1));
+        assert_eq!(put(&store, "jail", "p-1", 1, &b3), PutOutcome::Stored(1));
         store.flush().await.unwrap();
         let counts = store.counts(None).unwrap();
         assert_eq!(counts["police"], SourceCounts { records: 3002, batches: 2 });
@@ -506,12 +1029,12 @@ mod tests {
         let path = dir.path().join("store");
         {
             let store = Store::open(&path).unwrap();
-            store.put_batch("police", "a", 1, 5, &body("police", "a", 5)).unwrap();
+            put(&store, "police", "a", 1, &body("police", "a", 5));
             store.flush().await.unwrap();
         }
         let store = reopen(&path);
         assert_eq!(store.records().count(), 5);
-        assert_eq!(store.put_batch("police", "a", 1, 5, &body("police", "a", 5)).unwrap(), PutOutcome::Duplicate);
+        assert_eq!(put(&store, "police", "a", 1, &body("police", "a", 5)), PutOutcome::Duplicate);
     }
 
     #[test]
@@ -527,7 +1050,7 @@ mod tests {
         let path = dir.path().join("store");
         {
             let store = Store::open(&path).unwrap();
-            store.put_batch("police", "a", 1, 5, &body("police", "a", 5)).unwrap();
+            put(&store, "police", "a", 1, &body("police", "a", 5));
             // Make it look as the previous version wrote it: a 37-byte v1 header, counts per source.
             let hk = batch_key(P_HEADER, "police", "a");
             let mut v1 = store.tree.get(&hk).unwrap().unwrap().to_vec();
@@ -552,14 +1075,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store")).unwrap();
         let b = body("police", "a", 3000);
-        store.put_batch("police", "a", 1, 3000, &b).unwrap();
-        store.put_batch("jail", "a", 1, 3000, &body("jail", "a", 3000)).unwrap();
+        put(&store, "police", "a", 1, &b);
+        put(&store, "jail", "a", 1, &body("jail", "a", 3000));
         let mut b2: Batch = serde_json::from_slice(&body("police", "b", 4)).unwrap();
         for r in &mut b2.records {
             r.epoch = 2;
             r.tokens.values_mut().for_each(|t| *t = t.replacen("1:", "2:", 1));
         }
-        store.put_batch("police", "b", 2, 4, &serde_json::to_vec(&b2).unwrap()).unwrap();
+        put(&store, "police", "b", 2, &serde_json::to_vec(&b2).unwrap());
         let by = store.counts_by_epoch().unwrap();
         assert_eq!(by["police"][&1].records, 3000);
         assert_eq!(by["police"][&2].records, 4);
@@ -574,5 +1097,174 @@ mod tests {
         assert!(left.iter().all(|r| r.epoch == 2));
         // No chunk of a removed batch is left behind.
         assert_eq!(store.tree.scan_prefix([P_CHUNK]).count(), 1);
+    }
+
+    fn rec(rid: u32, seq: u64, disposition: &str) -> PseudoRecord {
+        PseudoRecord {
+            source: "police".into(),
+            kind: "arrest".into(),
+            line: 2,
+            epoch: 1,
+            rid: format!("{rid:032x}"),
+            seq,
+            deleted: false,
+            tokens: [("name_dob".to_string(), format!("1:{:032x}", rid * 7))].into(),
+            fields: [("disposition".to_string(), serde_json::json!(disposition))].into(),
+        }
+    }
+
+    fn tombstone(rid: u32, seq: u64) -> PseudoRecord {
+        PseudoRecord { deleted: true, tokens: BTreeMap::new(), fields: BTreeMap::new(), ..rec(rid, seq, "") }
+    }
+
+    fn put_records(store: &Store, id: &str, records: Vec<PseudoRecord>) -> Put {
+        let body =
+            serde_json::to_vec(&Batch { source: "police".into(), batch_id: id.into(), records: records.clone() })
+                .unwrap();
+        store.put_batch("police", id, 1, records, &body).unwrap().0
+    }
+
+    /// (rid, disposition) of every record held, sorted.
+    fn held(store: &Store) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = store
+            .records()
+            .map(|r| {
+                let r = r.unwrap();
+                (r.rid.clone(), r.fields["disposition"].as_str().unwrap_or("").to_string())
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn one_version_per_rid_the_newest_wins_in_any_order() {
+        // Versions of rids 1..4: rid 1 corrected (seq 10 → 20), rid 2 re-exported
+        // unchanged, rid 3 deleted after, rid 4 deleted then an older version replayed.
+        let batches = [
+            ("a", vec![rec(1, 10, "open"), rec(2, 11, "open"), rec(3, 12, "open"), rec(4, 13, "open")]),
+            ("b", vec![rec(1, 20, "dismissed"), rec(2, 21, "open")]),
+            ("c", vec![tombstone(3, 30), tombstone(4, 31)]),
+            ("d", vec![rec(4, 13, "open"), rec(1, 10, "open")]),
+        ];
+        let want = vec![(format!("{:032x}", 1), "dismissed".to_string()), (format!("{:032x}", 2), "open".to_string())];
+        let mut finals = Vec::new();
+        for order in [[0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2], [2, 0, 3, 1]] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("store")).unwrap();
+            for &i in &order {
+                let (id, records) = &batches[i];
+                put_records(&store, id, records.clone());
+                // A replay under the same batch id changes nothing.
+                assert_eq!(put_records(&store, id, records.clone()).outcome, PutOutcome::Duplicate);
+            }
+            assert_eq!(held(&store), want, "order {order:?}");
+            assert_eq!(store.counts(None).unwrap()["police"].records, 2, "order {order:?}");
+            finals.push(store.versions().unwrap()["police"]["arrest"]);
+        }
+        // In arrival order: 4 new; 1 replaced, 1 unchanged; 2 deleted; 2 stale.
+        assert_eq!(finals[0], Versions { new: 4, replaced: 1, unchanged: 1, stale: 2, deleted: 2 });
+        // The same record twice in one batch: the later version is the one kept.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let put = put_records(&store, "x", vec![rec(7, 5, "open"), rec(7, 6, "closed"), rec(8, 1, "open")]);
+        assert_eq!((put.outcome, put.link), (PutOutcome::Stored(2), vec![false, true, true]));
+        assert_eq!(held(&store).iter().map(|h| h.1.as_str()).collect::<Vec<_>>(), ["closed", "open"]);
+    }
+
+    #[tokio::test]
+    async fn a_correction_cuts_the_old_version_out_of_its_batch_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let store = Store::open(&path).unwrap();
+            put_records(&store, "a", (0..50).map(|i| rec(i, 1, "open")).collect());
+            let put = put_records(&store, "b", vec![rec(3, 2, "closed"), rec(4, 2, "open"), tombstone(5, 3)]);
+            assert_eq!(put.outcome, PutOutcome::Stored(1));
+            assert_eq!(put.link, [true, false, true]);
+            assert_eq!(put.versions["arrest"], Versions { new: 0, replaced: 1, unchanged: 1, stale: 0, deleted: 1 });
+            store.flush().await.unwrap();
+        }
+        let store = reopen(&path);
+        let all = held(&store);
+        assert_eq!(all.len(), 49);
+        assert_eq!(store.counts(None).unwrap()["police"], SourceCounts { records: 49, batches: 2 });
+        assert!(!all.iter().any(|(rid, _)| rid == &format!("{:032x}", 5)));
+        assert_eq!(all.iter().filter(|h| h.1 == "closed").count(), 1);
+        // The deleted record stays deleted after the restart.
+        assert_eq!(put_records(&store, "c", vec![rec(5, 1, "open")]).outcome, PutOutcome::Stored(0));
+        let b: Vec<StoredBatch> = store.batches().collect::<Result<_, _>>().unwrap();
+        assert_eq!(b.iter().map(|b| b.header.records).collect::<Vec<_>>(), [48, 1, 0]);
+    }
+
+    #[tokio::test]
+    async fn a_store_of_the_version_before_rid_index_is_deduplicated_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let store = Store::open(&path).unwrap();
+            put_records(&store, "a", (0..10).map(|i| rec(i, 0, "open")).collect());
+            put_records(&store, "b", (5..12).map(|i| rec(i, 0, if i == 6 { "closed" } else { "open" })).collect());
+            // Make it look as the previous version left it: every record stored, no index.
+            let stored = |id: &str, records: Vec<PseudoRecord>| {
+                let body =
+                    serde_json::to_vec(&Batch { source: "police".into(), batch_id: id.into(), records }).unwrap();
+                let hk = batch_key(P_HEADER, "police", id);
+                let mut h = BatchHeader::decode(&store.tree.get(&hk).unwrap().unwrap()).unwrap();
+                let mut prefix = batch_key(P_CHUNK, "police", id);
+                prefix.push(0);
+                let mut w = WriteBatch::default();
+                h.chunks = put_chunks(&mut w, &prefix, &body, h.chunks);
+                h.bytes = body.len() as u64;
+                h.records = serde_json::from_slice::<Batch>(&body).unwrap().records.len() as u64;
+                w.insert(hk, h.encode());
+                store.durable.apply(&store.tree, w).unwrap();
+            };
+            stored("a", (0..10).map(|i| rec(i, 0, "open")).collect());
+            stored("b", (5..12).map(|i| rec(i, 0, if i == 6 { "closed" } else { "open" })).collect());
+            for k in store.tree.scan_prefix([P_RID]).keys() {
+                store.tree.remove(k.unwrap()).unwrap();
+            }
+            for k in store.tree.scan_prefix([P_VERSIONS]).keys() {
+                store.tree.remove(k.unwrap()).unwrap();
+            }
+            store.tree.remove(RID_INDEX_MARK).unwrap();
+            store.tree.insert(count_key("police", 1), &SourceCounts { records: 17, batches: 2 }.encode()[..]).unwrap();
+            assert_eq!(store.records().count(), 17);
+            store.flush().await.unwrap();
+        }
+        let store = reopen(&path);
+        let all = held(&store);
+        assert_eq!(all.len(), 12);
+        assert_eq!(store.counts(None).unwrap()["police"].records, 12);
+        assert_eq!(all.iter().filter(|h| h.1 == "closed").count(), 1);
+        assert_eq!(
+            store.versions().unwrap()["police"]["arrest"],
+            Versions { new: 12, replaced: 1, unchanged: 4, stale: 0, deleted: 0 }
+        );
+        // The index is in place: the same records again change nothing.
+        assert_eq!(put_records(&store, "c", vec![rec(6, 0, "closed")]).versions["arrest"].unchanged, 1);
+        assert_eq!(store.records().count(), 12);
+    }
+
+    #[tokio::test]
+    async fn a_version_raised_by_an_unchanged_resend_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let store = Store::open(&path).unwrap();
+            put_records(&store, "a", vec![rec(1, 1, "open"), rec(2, 1, "open")]);
+            assert_eq!(put_records(&store, "b", vec![rec(1, 3, "open")]).versions["arrest"].unchanged, 1);
+            // Only the raised version has an `i` entry; new records are indexed in memory.
+            assert_eq!(store.tree.scan_prefix([P_RID]).count(), 1);
+            store.flush().await.unwrap();
+        }
+        let store = reopen(&path);
+        // Version 2 is older than the 3 the re-send raised it to: dropped, also after the restart.
+        assert_eq!(
+            put_records(&store, "c", vec![rec(1, 2, "closed"), rec(2, 2, "closed")]).versions["arrest"].stale,
+            1
+        );
+        assert_eq!(held(&store).iter().map(|h| h.1.as_str()).collect::<Vec<_>>(), ["open", "closed"]);
     }
 }

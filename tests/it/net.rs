@@ -434,6 +434,8 @@ pub fn fake_records(source: &str, start: u64, n: u64) -> Vec<PseudoRecord> {
             line: i + 2,
             epoch: 1,
             rid: format!("{:016x}{:016x}", i, i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            seq: 0,
+            deleted: false,
             tokens: [
                 ("names_dob".to_string(), format!("1:{:032x}", u128::from(i) * 7919)),
                 ("initial_family_dob".to_string(), format!("1:{:032x}", u128::from(i) * 104_729)),

@@ -237,6 +237,8 @@ fn random_record(schema: &Schema, kind: &str, date: i32, rng: &mut impl Rng) -> 
         line: 1,
         epoch: 1,
         rid: "0".repeat(32),
+        seq: 0,
+        deleted: false,
         tokens: BTreeMap::new(),
         fields,
     }

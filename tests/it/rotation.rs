@@ -763,3 +763,80 @@ fn a_source_gone_for_good_can_be_excused_and_resends_everything_if_it_returns() 
     let audit = fs::read_to_string(d.steward.dir.join("data/audit.log")).expect("audit");
     assert!(audit.contains("source_excused"));
 }
+
+/// The steward's status (admin socket), or null while it is down.
+fn steward_status(d: &Deployment) -> serde_json::Value {
+    rt().block_on(admin::request(&d.steward.socket(), &Request::Status))
+        .ok()
+        .and_then(|r| r.result.filter(|_| r.ok))
+        .map(|v| v["steward"].clone())
+        .unwrap_or_default()
+}
+
+/// `divert forget` (the CLI, against the running source daemon) deletes a
+/// record at the source and the steward even when the source or the steward
+/// is killed with SIGKILL right after the source made the deletion durable
+/// (before the steward acknowledged the tombstone): after the restart the
+/// tombstone is sent and the record goes, once. A key rotation afterwards
+/// re-pseudonymizes the raw store and does not bring any deleted record back.
+#[test]
+fn a_deletion_survives_sigkill_before_the_steward_acknowledges_it_and_a_key_rotation() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(root.path());
+    let mut d = Deployment::new(&root.path().join("d"), &pki, &["police"]);
+    d.start_all();
+    let export = root.path().join("arrest.csv");
+    let mut rows =
+        String::from("arrest_id,arrest_date,family_name,given_name,dob,sex,state_id,warrant,violent,felony\n");
+    for i in 0..40 {
+        rows.push_str(&format!("A{i},2020-03-1{},Quinn,Ada,1971-02-{:02},F,S{:07},n,n,y\n", i % 10, 1 + i % 28, i));
+    }
+    fs::write(&export, rows).expect("export");
+    d.drop_file("police", &export);
+    let wait = |d: &Deployment, what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = steward_status(d);
+            if f(&s) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: {s}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait(&d, "40 records at the steward", &|s| s["records_per_source"]["police"] == 40);
+    let config = d.sources[0].config.display().to_string();
+    const TRIALS: u64 = 3;
+    for trial in 0..TRIALS {
+        let id = format!("A{trial}");
+        let out = divert_in(&d.root, &["forget", "--config", &config, "--kind", "arrest", "--id", &id]);
+        assert!(out.status.success(), "forget: {}", text(&out.stderr));
+        assert!(!text(&out.stdout).contains(&id) && text(&out.stdout).contains("\"tombstones\": 1"));
+        // Durable at the source now; kill one side before (or as) the tombstone is acknowledged.
+        std::thread::sleep(Duration::from_millis(mix(trial) % 20));
+        let victim = if trial % 2 == 0 { "police" } else { "steward" };
+        d.member(victim).kill();
+        d.member(victim).start();
+        let left = 40 - (trial + 1);
+        wait(&d, "the deletion at the steward", &|s| {
+            s["records_per_source"]["police"] == left
+                && s["record_versions"]["police"]["arrest"]["deleted"] == trial + 1
+        });
+    }
+    // A rotation: the raw store re-pseudonymized under epoch 2 holds 37 arrests.
+    d.rotate();
+    d.wait_rotated(2, 40 - TRIALS, Duration::from_secs(60));
+    d.stop_all();
+    let held = d.held_records();
+    assert_eq!(held.len() as u64, 40 - TRIALS);
+    let schema = Schema::default_schema().expect("schema");
+    let key = divert::keys::load(&d.sources[0].dir.join("keys"), 2).expect("epoch 2 key");
+    let tokenizer = divert::token::Tokenizer::new(&schema, &key).expect("tokenizer");
+    for trial in 0..TRIALS {
+        let rid = divert::hex::encode(&tokenizer.record_id("police", "arrest", &format!("A{trial}")));
+        assert!(held.iter().all(|r| r.rid != rid), "a deleted arrest came back under epoch 2");
+    }
+    let audit = fs::read_to_string(d.steward.dir.join("data").join(divert::steward::AUDIT_FILE)).expect("audit");
+    let deletions = audit.lines().filter(|l| l.contains("\"deletion\"")).count() as u64;
+    assert_eq!(deletions, TRIALS, "{audit}\n--- steward\n{}\n--- police\n{}", d.steward.log(), d.sources[0].log());
+}

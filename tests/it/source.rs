@@ -196,8 +196,13 @@ async fn inbox_to_steward_exactly_once() {
         total as f64 / elapsed.as_secs_f64()
     );
 
-    let held = steward_records(&st);
+    let mut held = steward_records(&st);
     assert_eq!(held.len() as u64, total);
+    // Versions are the source's (its export order); offline there is no order but the line.
+    for r in held.values_mut() {
+        assert_eq!(r.seq & 0xffff_ffff, r.line, "a record's version ends in its line");
+        r.seq = r.line;
+    }
     assert!(held == expected, "the steward holds exactly the offline pseudonymization of the exports");
 
     // Records can reach the steward before their export is retired (receipt first, then the deletion).
@@ -309,7 +314,7 @@ async fn handed_over_rejected_and_quarantined_files() {
          A4,2019-03-04,Smith,Ann,1980-01-01,F,126,perhaps-Xyzzy,n,n\n"
     );
     std::fs::write(&handed, &body).unwrap();
-    let summary = source.src.ingest("arrest", &handed).await.expect("handed-over file ingested");
+    let summary = source.src.ingest("arrest", &handed, false).await.expect("handed-over file ingested");
     assert_eq!((summary["rows_read"].as_u64(), summary["accepted"].as_u64()), (Some(4), Some(3)), "{summary}");
     assert_eq!(summary["quarantined"], 1);
     assert_eq!(summary["values_dropped"], 1);
@@ -329,12 +334,12 @@ async fn handed_over_rejected_and_quarantined_files() {
     wait_for(20, "the handed-over records at the steward", || st.records_held() == 3).await;
 
     // Handed over again: recognised, nothing new.
-    let again = source.src.ingest("arrest", &handed).await.unwrap();
+    let again = source.src.ingest("arrest", &handed, false).await.unwrap();
     assert_eq!(again["already_ingested"], true);
     // Bad requests are errors that say why.
-    let err = source.src.ingest("arrests", &handed).await.unwrap_err();
+    let err = source.src.ingest("arrests", &handed, false).await.unwrap_err();
     assert!(err.contains("not a record kind"), "{err}");
-    let err = source.src.ingest("arrest", &tmp.path().join("nope.csv")).await.unwrap_err();
+    let err = source.src.ingest("arrest", &tmp.path().join("nope.csv"), false).await.unwrap_err();
     assert!(err.contains("nope.csv"), "{err}");
     let no_warrant = tmp.path().join("no-warrant.csv");
     std::fs::write(
@@ -342,7 +347,7 @@ async fn handed_over_rejected_and_quarantined_files() {
         "arrest_id,arrest_date,family_name,given_name,dob,violent,felony\nA9,2019-01-01,Lee,Bo,1980-01-01,n,n\n",
     )
     .unwrap();
-    let err = source.src.ingest("arrest", &no_warrant).await.unwrap_err();
+    let err = source.src.ingest("arrest", &no_warrant, false).await.unwrap_err();
     assert!(err.contains("warrant") && !err.contains("Lee"), "{err}");
     assert!(no_warrant.exists());
 
@@ -674,4 +679,180 @@ async fn only_a_steward_gets_batches() {
     assert_eq!(source.outbox_records(), 1, "the batch stays in the outbox");
     source.stop().await;
     server.abort();
+}
+
+// ---- re-exports, corrections and deletions (issue 13) ----
+
+const FAMILY: [&str; 21] = [
+    "Adams", "Baker", "Clark", "Davis", "Evans", "Frank", "Green", "Hayes", "Irwin", "Jones", "Kelly", "Lewis",
+    "Moore", "Nolan", "Owens", "Price", "Quinn", "Reyes", "Stone", "Tatum", "Upton",
+];
+const GIVEN: [&str; 21] = [
+    "Ann", "Bea", "Cal", "Dee", "Eli", "Fay", "Gus", "Hal", "Ida", "Jon", "Kim", "Lou", "Max", "Ned", "Oda", "Pam",
+    "Ray", "Sue", "Tom", "Una", "Val",
+];
+
+/// Arrest `i` of person `p` (20 persons, two or three arrests each; person 20 is a correction's).
+fn arrest_row(i: usize, p: usize, felony: &str) -> String {
+    format!(
+        "A{i},2020-0{}-1{},{},{},1980-0{}-1{},F,S{:07},n,n,{felony}",
+        1 + i % 9,
+        i % 10,
+        FAMILY[p],
+        GIVEN[p],
+        1 + p % 9,
+        p % 10,
+        1000 + p
+    )
+}
+
+/// The latest version of arrest `i`: A25 became a felony, A30 was recorded under the wrong person.
+fn latest(i: usize) -> String {
+    match i {
+        25 => arrest_row(i, i % 20, "y"),
+        30 => arrest_row(i, 20, "n"),
+        _ => arrest_row(i, i % 20, "n"),
+    }
+}
+
+fn export_of(rows: impl Iterator<Item = String>, eol: &str) -> String {
+    let mut s = ARREST_HEADER.replace('\n', eol);
+    for r in rows {
+        s.push_str(&r);
+        s.push_str(eol);
+    }
+    s
+}
+
+fn versions_of(st: &TestSteward) -> serde_json::Value {
+    st.steward.status()["record_versions"]["police"]["arrest"].clone()
+}
+
+/// Records the steward has taken account of (every outcome but deletion).
+fn seen(st: &TestSteward) -> u64 {
+    let v = versions_of(st);
+    ["new", "replaced", "unchanged", "stale"].iter().map(|k| v[*k].as_u64().unwrap_or(0)).sum()
+}
+
+fn persons_linked(st: &TestSteward) -> u64 {
+    st.steward.status()["linkage"]["persons"].as_u64().unwrap_or(0)
+}
+
+/// A rolling-window export, a correction of a field and of a birth date (the
+/// record moves to another person), a full re-export in another row order
+/// and with CRLF, the same again with LF: one record per arrest at the
+/// steward, field for field the offline pseudonymization of the latest
+/// versions. Then `forget` deletes one at the source and the steward (audited
+/// without the record), and the deletion survives a restart of both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_exports_replace_corrections_move_and_deletions_remove() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let st_dir = tmp.path().join("steward");
+    let st = TestSteward::start(&pki, &st_dir, "").await;
+    let addr = st.addr;
+    let src_dir = tmp.path().join("police");
+    let source = TestSource::start(&pki, &src_dir, addr, "batch_records = 7").await;
+    let files = tmp.path().join("exports");
+    std::fs::create_dir_all(&files).unwrap();
+    let write = |name: &str, text: String| {
+        let p = files.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+
+    // The first export: arrests 0..40 of 20 persons.
+    source.drop_in(&write("e1.csv", export_of((0..40).map(|i| arrest_row(i, i % 20, "n")), "\n")), "arrest-1.csv");
+    wait_for(60, "the first export at the steward", || seen(&st) == 40).await;
+    assert_eq!(st.records_held(), 40);
+    wait_for(10, "20 persons", || persons_linked(&st) == 20).await;
+
+    // A rolling window: 20..60, two of them corrected.
+    source.drop_in(&write("e2.csv", export_of((20..60).map(latest), "\n")), "arrest-2.csv");
+    wait_for(60, "the rolling window at the steward", || seen(&st) == 80).await;
+    let v = versions_of(&st);
+    assert_eq!(
+        (v["new"].as_u64(), v["replaced"].as_u64(), v["unchanged"].as_u64()),
+        (Some(60), Some(2), Some(18)),
+        "{v}"
+    );
+    assert_eq!(st.records_held(), 60);
+    // The corrected birth date makes a person of its own.
+    wait_for(10, "21 persons", || persons_linked(&st) == 21).await;
+
+    // The whole table again, rows in reverse order, CRLF; then the same with LF (other bytes, same content).
+    let full = write("e3.csv", export_of((0..60).rev().map(latest), "\r\n"));
+    source.drop_in(&full, "arrest-3.csv");
+    source.drop_in(&write("e4.csv", export_of((0..60).rev().map(latest), "\n")), "arrest-4.csv");
+    wait_for(60, "both full re-exports at the steward", || seen(&st) == 200).await;
+    let v = versions_of(&st);
+    assert_eq!(
+        (v["replaced"].as_u64(), v["unchanged"].as_u64(), v["stale"].as_u64()),
+        (Some(2), Some(138), Some(0)),
+        "{v}"
+    );
+    assert_eq!(st.records_held(), 60);
+    wait_for(10, "an empty outbox", || source.outbox_records() == 0).await;
+    // The source's raw store too keeps one row per arrest, the newest.
+    assert_eq!(source.status()["held"]["arrest"], 60);
+
+    // Field for field: what offline pseudonymization makes of the latest versions.
+    let keys = src_dir.join("keys");
+    let latest_file = write("latest.csv", export_of((0..60).map(latest), "\n"));
+    let expected: BTreeMap<String, PseudoRecord> =
+        offline_records(tmp.path(), &keys, "arrest", &latest_file).into_iter().map(|r| (r.rid.clone(), r)).collect();
+    let mut held = BTreeMap::new();
+    for r in st.steward.records() {
+        let r = r.unwrap();
+        assert!(held.insert(r.rid.clone(), r).is_none(), "a rid held twice");
+    }
+    assert_eq!(held.len(), 60);
+    for (rid, want) in &expected {
+        let got = held.get(rid).expect("every arrest held");
+        assert_eq!((&got.tokens, &got.fields, got.epoch), (&want.tokens, &want.fields, want.epoch));
+    }
+
+    // Forget A30 at the source: gone at the steward too, and from linkage.
+    let f = source.src.forget("arrest", divert::source::forget::RecordIds(vec!["A30".into()])).await.unwrap();
+    assert_eq!(f["tombstones"], 1, "{f}");
+    assert_eq!(f["raw_rows_removed"], 1, "the raw store holds one row per arrest: {f}");
+    wait_for(60, "the deletion at the steward", || st.records_held() == 59).await;
+    assert_eq!(versions_of(&st)["deleted"], 1);
+    // Linked just after the store took it (before the acknowledgement).
+    wait_for(10, "the deletion in linkage", || persons_linked(&st) == 20).await;
+    assert_eq!(source.status()["deleted"]["arrest"], 1);
+    // A30 is on line 32 of the latest export (the header is line 1).
+    let gone_rid = expected.values().find(|r| r.line == 32).map(|r| r.rid.clone()).expect("A30's rid");
+    assert!(st.steward.records().all(|r| r.unwrap().rid != gone_rid));
+    let audit = std::fs::read_to_string(st.config.data_dir.join(divert::steward::AUDIT_FILE)).unwrap();
+    let deletion: Vec<&str> = audit.lines().filter(|l| l.contains("\"deletion\"")).collect();
+    assert_eq!(deletion.len(), 1, "{audit}");
+    assert!(deletion[0].contains("\"records\":1") && deletion[0].contains("\"kind\":\"arrest\""), "{}", deletion[0]);
+    assert!(!audit.contains("A30"));
+    assert!(!audit.contains(gone_rid.as_str()));
+
+    // Both restart: the record stays deleted.
+    wait_for(10, "an empty outbox", || source.outbox_records() == 0).await;
+    source.stop().await;
+    st.stop().await;
+    let st = TestSteward::start_on(&pki, &st_dir, &addr.to_string(), "").await;
+    let source = TestSource::start(&pki, &src_dir, addr, "batch_records = 7").await;
+    assert_eq!(st.records_held(), 59);
+    assert_eq!(persons_linked(&st), 20);
+    assert_eq!(versions_of(&st)["deleted"], 1);
+    assert_eq!(source.status()["deleted"]["arrest"], 1);
+
+    // A court's list dropped into the deletions inbox: applied, then the list itself goes.
+    let deletions = source.inbox().join("deletions");
+    std::fs::write(deletions.join(".arrest-sealed.txt"), "A31\n\n A32 \r\nA30\n").unwrap();
+    std::fs::rename(deletions.join(".arrest-sealed.txt"), deletions.join("arrest-sealed.txt")).unwrap();
+    wait_for(60, "the list's deletions at the steward", || st.records_held() == 57).await;
+    assert_eq!(versions_of(&st)["deleted"], 3);
+    assert_eq!(source.status()["deleted"]["arrest"], 3);
+    assert_eq!(source.status()["held"]["arrest"], 57);
+    wait_for(10, "the list deleted", || !deletions.join("arrest-sealed.txt").exists()).await;
+    let receipt = std::fs::read_to_string(deletions.join("done/arrest-sealed.txt.receipt")).unwrap();
+    assert!(receipt.contains("\"ids\": 3") && !receipt.contains("A31"), "{receipt}");
+    source.stop().await;
+    st.stop().await;
 }

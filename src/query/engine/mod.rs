@@ -200,6 +200,8 @@ mod tests {
             line: 1,
             epoch: 1,
             rid: "0".repeat(32),
+            seq: 0,
+            deleted: false,
             tokens: BTreeMap::new(),
             fields: serde_json::from_value(fields).unwrap(),
         }
