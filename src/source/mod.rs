@@ -524,11 +524,47 @@ struct Retry {
     next: tokio::time::Instant,
 }
 
+/// Inbox files (exports and deletion lists) that failed on our side, by inbox path.
+#[derive(Default)]
+struct Failing(std::collections::HashMap<String, Retry>);
+
+impl Failing {
+    /// Whether `key` may be tried now (never failed, or its backoff is over).
+    fn due(&self, key: &str) -> bool {
+        self.0.get(key).map_or(true, |r| tokio::time::Instant::now() >= r.next)
+    }
+
+    /// The outcome of a try: success forgets `key`; a failure is logged when
+    /// its error changes (`what` says what did not happen) and backs off.
+    fn record(&mut self, src: &Source, key: &str, outcome: Result<(), String>, what: &str) {
+        let error = match outcome {
+            Ok(()) => {
+                self.0.remove(key);
+                return;
+            }
+            Err(e) => e,
+        };
+        let r = self.0.entry(key.to_string()).or_insert(Retry {
+            error: String::new(),
+            attempts: 0,
+            next: tokio::time::Instant::now(),
+        });
+        if r.error != error {
+            tracing::warn!(file = %key, error = %error, "{what}; it stays and is tried again");
+            r.error = error;
+        }
+        let mut rng = rand::thread_rng();
+        let delay = push::backoff(r.attempts, src.cfg.max_backoff, &mut rng).max(src.cfg.poll_interval);
+        r.attempts = r.attempts.saturating_add(1);
+        r.next = tokio::time::Instant::now() + delay;
+    }
+}
+
 /// Poll the inbox until shutdown, one file at a time. A file that fails on
 /// our side (disk, store) is tried again with backoff, its error logged when it changes.
 async fn watch_inbox(src: Arc<Source>) {
     let shutdown = src.ctx.shutdown.clone();
-    let mut failing: std::collections::HashMap<String, Retry> = std::collections::HashMap::new();
+    let mut failing = Failing::default();
     let mut dir_error: Option<String> = None;
     loop {
         let names = match src.dirs.ready() {
@@ -551,57 +587,19 @@ async fn watch_inbox(src: Arc<Source>) {
                 return;
             }
             let key = format!("{DELETIONS_DIR}/{name}");
-            if failing.get(&key).is_some_and(|r| tokio::time::Instant::now() < r.next) {
-                continue;
-            }
-            match deletion_file(&src, &name).await {
-                Ok(()) => {
-                    failing.remove(&key);
-                }
-                Err(error) => {
-                    let r = failing.entry(key).or_insert(Retry {
-                        error: String::new(),
-                        attempts: 0,
-                        next: tokio::time::Instant::now(),
-                    });
-                    if r.error != error {
-                        tracing::warn!(file = %name, error = %error, "deletion list not applied; it stays and is tried again");
-                        r.error = error;
-                    }
-                    let mut rng = rand::thread_rng();
-                    let delay = push::backoff(r.attempts, src.cfg.max_backoff, &mut rng).max(src.cfg.poll_interval);
-                    r.attempts = r.attempts.saturating_add(1);
-                    r.next = tokio::time::Instant::now() + delay;
-                }
+            if failing.due(&key) {
+                let outcome = deletion_file(&src, &name).await;
+                failing.record(&src, &key, outcome, "deletion list not applied");
             }
         }
-        failing.retain(|name, _| names.contains(name) || name.starts_with(DELETIONS_DIR));
+        failing.0.retain(|name, _| names.contains(name) || name.starts_with(DELETIONS_DIR));
         for name in names {
             if shutdown.is_cancelled() {
                 return;
             }
-            if failing.get(&name).is_some_and(|r| tokio::time::Instant::now() < r.next) {
-                continue;
-            }
-            match inbox_file(&src, &name).await {
-                Ok(()) => {
-                    failing.remove(&name);
-                }
-                Err(error) => {
-                    let r = failing.entry(name.clone()).or_insert(Retry {
-                        error: String::new(),
-                        attempts: 0,
-                        next: tokio::time::Instant::now(),
-                    });
-                    if r.error != error {
-                        tracing::warn!(file = %name, error = %error, "inbox file not ingested; it stays and is tried again");
-                        r.error = error;
-                    }
-                    let mut rng = rand::thread_rng();
-                    let delay = push::backoff(r.attempts, src.cfg.max_backoff, &mut rng).max(src.cfg.poll_interval);
-                    r.attempts = r.attempts.saturating_add(1);
-                    r.next = tokio::time::Instant::now() + delay;
-                }
+            if failing.due(&name) {
+                let outcome = inbox_file(&src, &name).await;
+                failing.record(&src, &name, outcome, "inbox file not ingested");
             }
         }
         tokio::select! {
