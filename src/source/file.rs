@@ -50,6 +50,32 @@ pub struct Env<'a> {
     pub on_durable: &'a OnDurable<'a>,
 }
 
+#[cfg(test)]
+impl<'a> Env<'a> {
+    /// The environment the unit tests ingest in: source `police`, batches of 7
+    /// records, segments of 500 rows (change a field with `..Env::for_tests(..)`).
+    pub(crate) fn for_tests(
+        schema: &'a Schema,
+        tokenizer: &'a Tokenizer,
+        data_key: &'a DataKey,
+        store: &'a Store,
+        cancel: &'a CancellationToken,
+        on_durable: &'a OnDurable<'a>,
+    ) -> Env<'a> {
+        Env {
+            schema,
+            tokenizer,
+            source: "police",
+            data_key,
+            store,
+            batch_records: 7,
+            segment_rows: 500,
+            cancel,
+            on_durable,
+        }
+    }
+}
+
 /// Ingest state kept between files (under the ingest lock).
 #[derive(Debug, Default)]
 pub struct State {
@@ -576,15 +602,8 @@ mod tests {
             }
         };
         let env = Env {
-            schema: &f.schema,
-            tokenizer: &f.tokenizer,
-            source: "police",
-            data_key: &f.key,
-            store: &f.store,
             batch_records: 100,
-            segment_rows: 500,
-            cancel: &cancel,
-            on_durable: &on_durable,
+            ..Env::for_tests(&f.schema, &f.tokenizer, &f.key, &f.store, &cancel, &on_durable)
         };
         let kind = f.schema.kind("arrest").unwrap();
         let job = Job { path, kind, format: Format::Csv, quarantine: f.dir.path().join("q.csv"), dest: None };

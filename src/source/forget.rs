@@ -442,17 +442,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let seen = std::sync::Mutex::new(Vec::new());
         let on_durable = |b: &[(u64, u32)]| seen.lock().unwrap().extend_from_slice(b);
-        let env = |tokenizer| Env {
-            schema: &schema,
-            tokenizer,
-            source: "police",
-            data_key: &data_key,
-            store: &st,
-            batch_records: 7,
-            segment_rows: 500,
-            cancel: &cancel,
-            on_durable: &on_durable,
-        };
+        let env = |tokenizer| Env::for_tests(&schema, tokenizer, &data_key, &st, &cancel, &on_durable);
         let mut state = State::default();
         let kind = schema.kind("arrest").unwrap();
         let row = |i: usize| format!("A{i},2019-03-04,Lee,Bo,1980-01-{:02},M,y,n,n\n", 1 + i % 28);
@@ -528,17 +518,7 @@ mod tests {
         let data_key = DataKey::from_bytes(&[1u8; 32]).unwrap();
         let cancel = CancellationToken::new();
         let on_durable = |_: &[(u64, u32)]| {};
-        let env = Env {
-            schema: &schema,
-            tokenizer: &t1,
-            source: "police",
-            data_key: &data_key,
-            store: &st,
-            batch_records: 7,
-            segment_rows: 500,
-            cancel: &cancel,
-            on_durable: &on_durable,
-        };
+        let env = Env::for_tests(&schema, &t1, &data_key, &st, &cancel, &on_durable);
         let mut state = State::default();
         let row = |i: usize| format!("A{i},2019-03-04,Lee,Bo,1980-01-{:02},M,y,n,n\n", 1 + i % 28);
         let write = |name: &str, rows: std::ops::Range<usize>| {

@@ -217,17 +217,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let seen = std::sync::Mutex::new(Vec::new());
         let on_durable = |b: &[(u64, u32)]| seen.lock().unwrap().extend_from_slice(b);
-        let env = |tokenizer| Env {
-            schema: &schema,
-            tokenizer,
-            source: "police",
-            data_key: &data_key,
-            store: &st,
-            batch_records: 7,
-            segment_rows: 500,
-            cancel: &cancel,
-            on_durable: &on_durable,
-        };
+        let env = |tokenizer| Env::for_tests(&schema, tokenizer, &data_key, &st, &cancel, &on_durable);
         let mut state = State::default();
         let kind = schema.kind("arrest").unwrap();
         let job = Job { path, kind, format, quarantine: dir.path().join("q.csv"), dest: None };
