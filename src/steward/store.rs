@@ -217,7 +217,8 @@ fn rid_key(epoch: u32, source: &str, kind: &str, rid: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(kind.as_bytes());
     k.push(0);
-    match crate::hex::decode(rid) {
+    // Admitted rids are 32 hex digits (checked at the door): 16 bytes, no allocation.
+    match crate::hex::decode_array::<16>(rid) {
         Some(b) => k.extend_from_slice(&b),
         None => k.extend_from_slice(rid.as_bytes()),
     }
