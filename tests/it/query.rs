@@ -10,7 +10,7 @@ use divert::query::catalog::find;
 use divert::query::{catalog, execute, plan, Answer, Population, Query};
 use divert::record::PseudoRecord;
 use divert::schema::{FieldType, Schema};
-use divert::synth::{self, Kind};
+use divert::synth::{self, Kind, TrueStatistics};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 
@@ -119,11 +119,15 @@ fn near(got: f64, want: Option<f64>, what: &str) {
 fn catalog_pre_noise_values_equal_the_synthetic_truth() {
     let (dataset, records) = linked_synthetic(2000, 7);
     let pop = Population::build(&schema(), records);
-    let truth = &dataset.truth;
+    assert_catalog_equals_truth(&pop, &dataset.truth);
+}
+
+/// Every statistic of `truth.json` against the catalog's pre-noise value over `pop`.
+pub(crate) fn assert_catalog_equals_truth(pop: &Population, truth: &TrueStatistics) {
     assert_eq!(pop.len() as u64, truth.diversion.funnel.referred + truth.comparison.funnel.referred);
 
     for (arm, t) in [("diversion", &truth.diversion), ("comparison", &truth.comparison)] {
-        let f = exact(&pop, "referral_funnel", &[]);
+        let f = exact(pop, "referral_funnel", &[]);
         let count = |stage| get(&f, arm, "count", Some(stage));
         assert_eq!(get(&f, arm, "persons", None), t.funnel.referred as f64, "{arm} referred");
         assert_eq!(count("ineligible"), t.funnel.ineligible as f64, "{arm} ineligible");
@@ -133,26 +137,26 @@ fn catalog_pre_noise_values_equal_the_synthetic_truth() {
 
         let wide = [("lower", "0"), ("upper", "100")];
         let mean_arrests = |from: &str, to: &str| {
-            get(&exact(&pop, "arrests_per_person", &[("from", from), ("to", to), wide[0], wide[1]]), arm, "mean", None)
+            get(&exact(pop, "arrests_per_person", &[("from", from), ("to", to), wide[0], wide[1]]), arm, "mean", None)
         };
         near(mean_arrests("-182", "-1"), t.arrests.before, "arrests before");
         near(mean_arrests("0", "181"), t.arrests.after_6m, "arrests after 6m");
         near(mean_arrests("182", "364"), t.arrests.after_6_12m, "arrests 6-12m");
-        let d = exact(&pop, "arrests_before_after", &[("lower", "-100"), ("upper", "100")]);
+        let d = exact(pop, "arrests_before_after", &[("lower", "-100"), ("upper", "100")]);
         near(get(&d, arm, "mean_difference", None), t.arrests.difference_6m, "arrest difference");
 
-        near(get(&exact(&pop, "any_arrest", &[]), arm, "share", None), t.any_arrest.share_6m, "any arrest");
-        let nw = exact(&pop, "any_arrest", &[("non_warrant", "true")]);
+        near(get(&exact(pop, "any_arrest", &[]), arm, "share", None), t.any_arrest.share_6m, "any arrest");
+        let nw = exact(pop, "any_arrest", &[("non_warrant", "true")]);
         near(get(&nw, arm, "share", None), t.any_arrest.share_non_warrant_6m, "any non-warrant arrest");
-        near(get(&exact(&pop, "felony_charge", &[]), arm, "share", None), t.charges.share_felony_12m, "felony");
-        near(get(&exact(&pop, "violent_charge", &[]), arm, "share", None), t.charges.share_violent_12m, "violent");
+        near(get(&exact(pop, "felony_charge", &[]), arm, "share", None), t.charges.share_felony_12m, "felony");
+        near(get(&exact(pop, "violent_charge", &[]), arm, "share", None), t.charges.share_violent_12m, "violent");
 
         for (day, want) in [("90", t.survival.day_90), ("180", t.survival.day_180), ("365", t.survival.day_365)] {
-            near(get(&exact(&pop, "rearrest_free", &[("day", day)]), arm, "share", None), want, "survival");
+            near(get(&exact(pop, "rearrest_free", &[("day", day)]), arm, "share", None), want, "survival");
         }
 
         let jail = |name: &str, period: &str, upper: &str| {
-            get(&exact(&pop, name, &[("period", period), ("upper", upper)]), arm, "rate", None)
+            get(&exact(pop, name, &[("period", period), ("upper", upper)]), arm, "rate", None)
         };
         near(
             jail("jail_bookings_per_person_year", "before", "100"),
@@ -170,7 +174,7 @@ fn catalog_pre_noise_values_equal_the_synthetic_truth() {
             "jail days before",
         );
         near(jail("jail_days_per_person_year", "after", "365"), t.jail.days_per_person_year_after, "jail days after");
-        let py = exact(&pop, "jail_bookings_per_person_year", &[]);
+        let py = exact(pop, "jail_bookings_per_person_year", &[]);
         assert_eq!(get(&py, arm, "person_days", None), t.funnel.referred as f64 * 365.0, "exposure");
 
         for s in &t.status {
@@ -178,7 +182,7 @@ fn catalog_pre_noise_values_equal_the_synthetic_truth() {
             let share = |name: &str, extra: &[(&str, &str)]| {
                 let mut p = vec![("month", m.as_str())];
                 p.extend_from_slice(extra);
-                exact(&pop, name, &p)
+                exact(pop, name, &p)
             };
             let permanent = share("housing_status", &[]);
             near_or_none(&permanent, arm, "share", None, s.permanent, &format!("permanent at month {m}"));
@@ -194,12 +198,12 @@ fn catalog_pre_noise_values_equal_the_synthetic_truth() {
         }
 
         let long = [("follow_up_days", "3650"), ("upper", "3651")];
-        let intake = exact(&pop, "days_to_intake", &long);
+        let intake = exact(pop, "days_to_intake", &long);
         near_or_none(&intake, arm, "mean", None, t.timing.mean_days_to_intake, "days to intake");
         assert_eq!(get(&intake, arm, "persons", None), t.timing.persons_with_intake as f64, "persons with intake");
-        let within = exact(&pop, "intake_within_days", &[("follow_up_days", "3650")]);
+        let within = exact(pop, "intake_within_days", &[("follow_up_days", "3650")]);
         near_or_none(&within, arm, "share", None, t.timing.share_intake_within_7_days, "intake within 7 days");
-        let plan_days = exact(&pop, "days_to_plan", &long);
+        let plan_days = exact(pop, "days_to_plan", &long);
         near_or_none(&plan_days, arm, "mean", None, t.timing.mean_days_to_plan, "days to plan");
         assert_eq!(get(&plan_days, arm, "persons", None), t.timing.persons_with_plan as f64, "persons with plan");
     }
