@@ -182,34 +182,7 @@ pub enum AuditError {
     Stopped,
 }
 
-/// An entry's seq and `hash`: since every hash covers the one before, it
-/// vouches for the whole log up to that entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Receipt {
-    pub seq: u64,
-    pub hash: String,
-}
-
-impl std::str::FromStr for Receipt {
-    type Err = String;
-
-    /// `SEQ:HASH`, as `divert query` prints it.
-    fn from_str(s: &str) -> Result<Receipt, String> {
-        let (seq, hash) = s.split_once(':').ok_or("write SEQ:HASH, as `divert query` prints it")?;
-        let seq = seq.trim().parse().map_err(|_| "SEQ is not a number".to_string())?;
-        let hash = hash.trim().to_ascii_lowercase();
-        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err("HASH is not 64 hex digits".into());
-        }
-        Ok(Receipt { seq, hash })
-    }
-}
-
-impl std::fmt::Display for Receipt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.seq, self.hash)
-    }
-}
+pub use crate::wire::Receipt;
 
 /// Check that the log at `path` verifies and holds every receipt: the entry
 /// at each receipt's seq exists and has its hash. `Err` names the first

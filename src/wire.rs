@@ -194,7 +194,7 @@ pub struct QueryResponse {
     /// later (`divert audit verify --expect SEQ:HASH`) that the log was not
     /// cut short or rewritten since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audit: Option<crate::audit::Receipt>,
+    pub audit: Option<Receipt>,
 }
 
 /// A budget in epsilon, as evaluators see it.
@@ -219,4 +219,33 @@ pub struct ReleaseRecord {
 pub struct PlanResponse {
     pub evaluation: crate::query::evaluation::PlannedEvaluation,
     pub budget: BudgetView,
+}
+
+/// An audit log entry's seq and `hash` (`audit.rs`): since every hash covers the one before, it
+/// vouches for the whole log up to that entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl std::str::FromStr for Receipt {
+    type Err = String;
+
+    /// `SEQ:HASH`, as `divert query` prints it.
+    fn from_str(s: &str) -> Result<Receipt, String> {
+        let (seq, hash) = s.split_once(':').ok_or("write SEQ:HASH, as `divert query` prints it")?;
+        let seq = seq.trim().parse().map_err(|_| "SEQ is not a number".to_string())?;
+        let hash = hash.trim().to_ascii_lowercase();
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("HASH is not 64 hex digits".into());
+        }
+        Ok(Receipt { seq, hash })
+    }
+}
+
+impl std::fmt::Display for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, self.hash)
+    }
 }

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
+use crate::daemon::admin::RecordIds;
 use crate::daemon::admin::{self, Request};
 use crate::daemon::admin_socket_of;
-use crate::source::forget::RecordIds;
 
 /// Arguments of `divert forget`. `Debug` leaves the id out.
 #[derive(clap::Args)]

@@ -2,8 +2,11 @@
 
 use std::path::PathBuf;
 
-use crate::daemon::config::LogFormat;
+use crate::daemon::config::{LogFormat, RoleConfig};
+use crate::daemon::service::Service;
 use crate::daemon::{self, admin_socket_of};
+use crate::source::Source;
+use crate::steward::Steward;
 
 /// Arguments of `divert serve`.
 #[derive(Debug, clap::Args)]
@@ -24,7 +27,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (config, _) = admin_socket_of(&args.config)?;
     init_logging(config.log_format, &config.log_level);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("divert").build()?;
-    let result = runtime.block_on(daemon::service::run(config));
+    let result = runtime.block_on(daemon::service::run(config, |ctx, role| async move {
+        let service: Service = match role {
+            RoleConfig::Steward(c) => Steward::start(ctx, c).await?,
+            RoleConfig::Source(c) => Source::start(ctx, c).await?,
+        };
+        Ok(service)
+    }));
     if let Err(e) = &result {
         tracing::error!(error = %format!("{e:#}"), "daemon stopped on an error");
     }

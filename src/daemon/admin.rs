@@ -39,7 +39,7 @@ pub enum Request {
     },
     /// Delete records of a kind by agency record id (source only): raw store,
     /// outbox, and a tombstone to the steward. The ids never appear in `Debug`.
-    Forget { kind: String, ids: crate::source::forget::RecordIds },
+    Forget { kind: String, ids: RecordIds },
     /// Set an evaluator's total privacy budget (steward only), in micro-epsilon.
     BudgetGrant { evaluator: String, epsilon_micro: u64 },
     /// Every evaluator's budget and the program cap (steward only).
@@ -50,6 +50,30 @@ pub enum Request {
     KeysChanged,
     /// Stop the pending key epoch's switch from waiting for a source that is gone (steward only).
     KeysExcuse { source: String },
+}
+
+/// Record ids to delete. `Debug` shows how many, never one.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct RecordIds(pub Vec<String>);
+
+impl std::fmt::Debug for RecordIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecordIds({} ids, redacted)", self.0.len())
+    }
+}
+
+impl zeroize::Zeroize for RecordIds {
+    fn zeroize(&mut self) {
+        self.0.iter_mut().for_each(zeroize::Zeroize::zeroize);
+        self.0.clear();
+    }
+}
+
+impl Drop for RecordIds {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(self);
+    }
 }
 
 /// The daemon's answer: `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`.

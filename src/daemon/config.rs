@@ -180,6 +180,14 @@ pub enum Custody {
     Fetch { name: String, addr: String, host: String },
 }
 
+/// Where, under a steward's data directory, the address its listener bound
+/// is written at start (one line, `IP:PORT`): how whoever started it on port
+/// 0 (the demo, tests) learns the port.
+pub const LISTEN_ADDR_FILE: &str = "listen.addr";
+/// Where, under a key custodian's data directory, the address its key server
+/// bound is written at start (one line, `IP:PORT`).
+pub const KEY_LISTEN_ADDR_FILE: &str = "key-listen.addr";
+
 /// Defaults, written out in the example configs under `config/`.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 /// The program-wide privacy budget cap across all evaluators, in epsilon.

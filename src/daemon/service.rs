@@ -1,13 +1,18 @@
 //! The running daemon: start the role service and the admin socket, handle signals and TLS reloads, drain and flush on stop.
+//!
+//! The runner knows a role's service only through [`RoleService`]: its
+//! name, its status, the admin requests it answers, and how it stops. Which
+//! service a config starts is decided by the caller (`cmd::serve`), so this
+//! module names no service type and the arrows point down.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::daemon::config::{Config, RoleConfig};
 use crate::daemon::{admin, metrics, Context};
-use crate::source::Source;
-use crate::steward::Steward;
 use crate::tls::TlsMaterial;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,17 +26,37 @@ pub const EXPIRY_WARNING_DAYS: i64 = 30;
 /// and CRL updates apply within this interval without a SIGHUP).
 pub const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(15);
 
-/// The role's running service.
-#[derive(Clone)]
-pub enum Service {
-    Steward(Arc<Steward>),
-    Source(Arc<Source>),
+/// A future of an admin answer, owned (the request is answered on a task of its own).
+pub type AdminAnswer = Pin<Box<dyn Future<Output = admin::Response> + Send>>;
+
+/// What the daemon runner needs of a role's running service (a source or
+/// the steward). The runner answers `status` itself, with the role's own
+/// part from [`RoleService::status`]; every other admin request goes to
+/// [`RoleService::admin`], which refuses, in words an operator can act on,
+/// the requests that belong to the other role.
+pub trait RoleService: Send + Sync + 'static {
+    /// The role's name in status and metrics: `source` or `steward`.
+    fn role(&self) -> &'static str;
+    /// The role's own status: counts and identities, never a record.
+    fn status(&self) -> serde_json::Value;
+    /// Answer an admin request other than `status`.
+    fn admin(self: Arc<Self>, request: admin::Request) -> AdminAnswer;
+    /// Called once the tasks have drained: make everything durable.
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
-/// Run the daemon until SIGTERM or SIGINT: start the role's service and the
-/// admin socket, reload TLS on SIGHUP (or when its files change), then
-/// drain and flush.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// The role's running service.
+pub type Service = Arc<dyn RoleService>;
+
+/// Run the daemon until SIGTERM or SIGINT: start the role's service with
+/// `start` (given the context and the config's role section) and the admin
+/// socket, reload TLS on SIGHUP (or when its files change), then drain and
+/// flush.
+pub async fn run<S, F>(config: Config, start: S) -> anyhow::Result<()>
+where
+    S: FnOnce(Arc<Context>, RoleConfig) -> F,
+    F: Future<Output = anyhow::Result<Service>>,
+{
     // Signal handlers first: a SIGTERM that arrives while the services start
     // must stop the daemon cleanly, not kill it with the default action.
     let mut term = signal(SignalKind::terminate())?;
@@ -54,10 +79,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let reloads = Arc::new(AtomicU64::new(0));
-    let service = match &config.role {
-        RoleConfig::Steward(c) => Service::Steward(Steward::start(ctx.clone(), c.clone()).await?),
-        RoleConfig::Source(c) => Service::Source(Source::start(ctx.clone(), c.clone()).await?),
-    };
+    let service = start(ctx.clone(), config.role.clone()).await?;
     let started = time::OffsetDateTime::now_utc();
     let handler = admin_handler(ctx.clone(), service.clone(), started);
     ctx.tracker.spawn(admin::serve(admin_listener, handler, ctx.shutdown.clone(), ctx.tracker.clone()));
@@ -99,10 +121,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if tokio::time::timeout(SHUTDOWN_GRACE, ctx.tracker.wait()).await.is_err() {
         tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "in-flight work did not finish in time; stopping anyway");
     }
-    match &service {
-        Service::Steward(s) => s.close().await,
-        Service::Source(s) => s.close().await,
-    }
+    service.close().await;
     let _ = std::fs::remove_file(&config.admin_socket);
     tracing::info!("divert daemon stopped");
     Ok(())
@@ -137,80 +156,12 @@ fn warn_if_expiring(m: &TlsMaterial) {
 }
 
 fn admin_handler(ctx: Arc<Context>, service: Service, started: time::OffsetDateTime) -> admin::Handler {
-    Arc::new(move |req| {
-        let ctx = ctx.clone();
-        let service = service.clone();
-        Box::pin(async move {
-            match req {
-                admin::Request::Status => admin::Response::ok(status(&ctx, &service, started)),
-                admin::Request::Ingest { kind, path, force_snapshot } => match &service {
-                    Service::Source(s) => match s.ingest(&kind, &path, force_snapshot).await {
-                        Ok(v) => admin::Response::ok(v),
-                        Err(e) => admin::Response::err(e),
-                    },
-                    Service::Steward(_) => {
-                        admin::Response::err("this daemon is a steward; files are ingested by sources")
-                    }
-                },
-                admin::Request::Forget { kind, ids } => match &service {
-                    Service::Source(s) => match s.forget(&kind, ids).await {
-                        Ok(v) => admin::Response::ok(v),
-                        Err(e) => admin::Response::err(e),
-                    },
-                    Service::Steward(_) => admin::Response::err(
-                        "this daemon is a steward; records are deleted at their source (`divert forget --config SOURCE.toml`)",
-                    ),
-                },
-                admin::Request::BudgetGrant { evaluator, epsilon_micro } => match &service {
-                    Service::Steward(s) => {
-                        // The grant and its audit entry are durable writes: off the async workers.
-                        let s = s.clone();
-                        match tokio::task::spawn_blocking(move || s.grant(&evaluator, epsilon_micro)).await {
-                            Ok(Ok(b)) => admin::Response::ok(serde_json::to_value(b).unwrap_or_default()),
-                            Ok(Err(e)) => admin::Response::err(e),
-                            Err(e) => admin::Response::err(format!("the grant task failed: {e}")),
-                        }
-                    }
-                    Service::Source(_) => {
-                        admin::Response::err("budgets are kept by the steward; run this on the steward host")
-                    }
-                },
-                admin::Request::KeyStatus => match &service {
-                    Service::Source(s) => admin::Response::ok(s.key_status().await),
-                    Service::Steward(s) => match s.epoch_status() {
-                        Ok(v) => admin::Response::ok(serde_json::json!({ "steward": { "status": v, "fresh": true } })),
-                        Err(e) => admin::Response::err(e.to_string()),
-                    },
-                },
-                admin::Request::KeysExcuse { source } => match &service {
-                    Service::Steward(s) => match s.excuse(&source).await {
-                        Ok((epoch, dropped)) => admin::Response::ok(serde_json::json!({
-                            "source": source, "epoch": epoch, "records_left_out": dropped,
-                        })),
-                        Err(e) => admin::Response::err(e),
-                    },
-                    Service::Source(_) => {
-                        admin::Response::err("run this with the steward's config: the steward decides the switch")
-                    }
-                },
-                admin::Request::KeysChanged => match &service {
-                    Service::Source(s) => {
-                        s.wake_rotation();
-                        admin::Response::ok(serde_json::json!({ "woken": true }))
-                    }
-                    Service::Steward(_) => admin::Response::err("the steward holds no linkage key"),
-                },
-                admin::Request::Budgets => match &service {
-                    Service::Steward(s) => match s.budgets() {
-                        Ok(v) => admin::Response::ok(serde_json::to_value(v).unwrap_or_default()),
-                        Err(e) => admin::Response::err(e),
-                    },
-                    Service::Source(_) => {
-                        admin::Response::err("budgets are kept by the steward; run this on the steward host")
-                    }
-                },
-            }
-        })
+    Arc::new(move |req| match req {
+        admin::Request::Status => {
+            let answer = admin::Response::ok(status(&ctx, &service, started));
+            Box::pin(async move { answer })
+        }
+        other => service.clone().admin(other),
     })
 }
 
@@ -241,10 +192,7 @@ fn status(ctx: &Context, service: &Service, started: time::OffsetDateTime) -> se
 
 /// The role's name and its own status JSON.
 fn role_status(service: &Service) -> (&'static str, serde_json::Value) {
-    match service {
-        Service::Steward(s) => ("steward", s.status()),
-        Service::Source(s) => ("source", s.status()),
-    }
+    (service.role(), service.status())
 }
 
 /// What a metrics scrape reports: the current (reloaded) certificate, reloads, uptime, the role's numbers.

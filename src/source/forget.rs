@@ -33,29 +33,7 @@ use super::file::{Env, FileError, State};
 use super::raw::{decode_header, for_each_row, ChunkBuilder};
 use super::store;
 
-/// Record ids to delete. `Debug` shows how many, never one.
-#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct RecordIds(pub Vec<String>);
-
-impl std::fmt::Debug for RecordIds {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RecordIds({} ids, redacted)", self.0.len())
-    }
-}
-
-impl zeroize::Zeroize for RecordIds {
-    fn zeroize(&mut self) {
-        self.0.iter_mut().for_each(zeroize::Zeroize::zeroize);
-        self.0.clear();
-    }
-}
-
-impl Drop for RecordIds {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(self);
-    }
-}
+pub use crate::daemon::admin::RecordIds;
 
 /// What a deletion did. Counts only.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

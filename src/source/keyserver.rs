@@ -28,9 +28,6 @@ use crate::wire::{ErrorBody, KeyEntry, KeySet, KEYS_PATH};
 
 use super::Source;
 
-/// Where, under the source's data directory, the key server's bound address is written (one line, `IP:PORT`).
-pub const KEY_LISTEN_ADDR_FILE: &str = "key-listen.addr";
-
 /// A TLS handshake must complete within this (from accept).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A request must arrive and be answered within this.

@@ -21,6 +21,7 @@ use crate::keys;
 use crate::schema::Schema;
 use crate::token::Tokenizer;
 
+mod admin;
 pub mod crypt;
 pub mod file;
 pub mod forget;
@@ -216,7 +217,7 @@ impl Source {
             let server = keyserver::bind(*listen).await?;
             // The bound address (with port 0, the one the system chose), for whoever started us.
             let bound = server.local_addr().context("the key server's address")?;
-            let addr_file = src.ctx.config.data_dir.join(keyserver::KEY_LISTEN_ADDR_FILE);
+            let addr_file = src.ctx.config.data_dir.join(crate::daemon::config::KEY_LISTEN_ADDR_FILE);
             tokio::task::spawn_blocking(move || fsutil::write_public(&addr_file, format!("{bound}\n").as_bytes()))
                 .await
                 .context("writing the key server's address")??;

@@ -71,6 +71,7 @@ use crate::record::PseudoRecord;
 use crate::spiffe::SpiffeId;
 use crate::tls;
 
+mod admin;
 pub mod epochs;
 mod http;
 pub mod persons;
@@ -89,8 +90,6 @@ pub const AUDIT_FILE: &str = "audit.log";
 /// gracefully and its peer handshakes again (a revoked peer is refused). With the
 /// 15 s file watch, a revocation reaches open connections within 45 s.
 pub const RELOAD_GRACE: Duration = Duration::from_secs(30);
-/// Where, under the data directory, the bound address is written (one line, `IP:PORT`).
-pub const LISTEN_ADDR_FILE: &str = "listen.addr";
 
 /// Why the steward could not start.
 #[derive(Debug, thiserror::Error)]
@@ -305,7 +304,7 @@ impl Steward {
         let listener =
             TcpListener::bind(cfg.listen).await.map_err(|source| StewardError::Bind { addr: cfg.listen, source })?;
         let local_addr = listener.local_addr().map_err(|source| StewardError::Bind { addr: cfg.listen, source })?;
-        let addr_file = data_dir.join(LISTEN_ADDR_FILE);
+        let addr_file = data_dir.join(crate::daemon::config::LISTEN_ADDR_FILE);
         tokio::task::spawn_blocking(move || fsutil::write_public(&addr_file, format!("{local_addr}\n").as_bytes()))
             .await
             .map_err(|e| StewardError::Join(e.to_string()))??;

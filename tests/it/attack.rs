@@ -162,7 +162,7 @@ fn daemons_disable_core_dumps_even_under_ulimit_unlimited() {
     assert_eq!(status["process"]["not_dumpable"], true);
 
     assert!(std::process::Command::new("kill").args(["-ABRT", &pid.to_string()]).status().unwrap().success());
-    let exit = child.wait_for_exit(Duration::from_secs(30)).expect("the daemon did not die on SIGABRT");
+    let exit = child.wait_for_exit(Duration::from_secs(30));
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(exit.signal(), Some(6), "{exit:?}");
     assert!(!exit.core_dumped(), "the kernel reports a core dump");

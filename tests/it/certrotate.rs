@@ -12,7 +12,7 @@
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,11 +29,11 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use crate::net::{client_config, read_listen_addr, steward_config_text, tls_connect, Pki, PROGRAM};
-use crate::util::{divert_in, text};
+use crate::util::{divert_in, holds, spawn_serve, text, wait_until, ChildGuard};
 
 /// A `divert serve` steward with its metrics on a loopback port; killed if a test fails while it runs.
 struct Daemon {
-    child: Child,
+    child: ChildGuard,
     config: PathBuf,
     tls_dir: PathBuf,
     log: PathBuf,
@@ -52,14 +52,7 @@ impl Daemon {
             format!("metrics_listen = \"127.0.0.1:0\"\n{}", steward_config_text(&tls_dir, &data, "127.0.0.1:0", ""));
         std::fs::write(&config, text).expect("write config");
         let log = dir.join("steward.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_divert"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn divert serve");
+        let child = spawn_serve(&config, &log);
         let mut d = Daemon {
             child,
             config,
@@ -71,17 +64,15 @@ impl Daemon {
         d.addr = read_listen_addr(&data, Duration::from_secs(60))
             .unwrap_or_else(|| panic!("the steward did not start: {}", d.log_text()));
         // The metrics port is bound before the steward listens, and logged.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        d.metrics = loop {
+        d.metrics = wait_until(Duration::from_secs(10), "the metrics address in the log", || {
             let log = d.log_text();
-            if let Some(addr) = log.split("metrics_listen=").nth(1).and_then(|rest| {
-                rest.split_whitespace().next().and_then(|a| a.trim_matches('"').parse::<SocketAddr>().ok())
-            }) {
-                break addr;
-            }
-            assert!(Instant::now() < deadline, "no metrics address in the log: {log}");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+            log.split("metrics_listen=")
+                .nth(1)
+                .and_then(|rest| {
+                    rest.split_whitespace().next().and_then(|a| a.trim_matches('"').parse::<SocketAddr>().ok())
+                })
+                .ok_or(log)
+        });
         d
     }
 
@@ -96,24 +87,16 @@ impl Daemon {
 
     /// Wait until the log contains `needle`.
     fn wait_log(&self, needle: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !self.log_text().contains(needle) {
-            assert!(Instant::now() < deadline, "`{needle}` not logged within {limit:?}: {}", self.log_text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(limit, &format!("`{needle}` in the log"), || {
+            let log = self.log_text();
+            holds(log.contains(needle), || log)
+        });
     }
 
     /// SIGTERM and a clean exit.
     fn stop(mut self) {
         self.signal("-TERM");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "the steward did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = self.child.wait_for_exit(Duration::from_secs(30));
         assert!(status.success(), "the steward did not stop cleanly: {status:?}\n{}", self.log_text());
     }
 
@@ -137,15 +120,6 @@ impl Daemon {
         assert_eq!(status, 200, "{head}\n{body}");
         assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
         body
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -282,11 +256,9 @@ fn rotation_under_load_fails_no_request() {
     }
 
     // Every task under way before the rotation.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while oks.iter().any(|n| n.load(Ordering::Relaxed) < 150) {
-        assert!(Instant::now() < deadline, "the load did not get going");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(Duration::from_secs(20), "150 answers to every task", || {
+        holds(oks.iter().all(|n| n.load(Ordering::Relaxed) >= 150), || format!("{oks:?}"))
+    });
     let before_rotation: u64 = oks.iter().map(|n| n.load(Ordering::Relaxed)).sum();
 
     // `divert ca issue` over the same --out directory, then SIGHUP.
@@ -298,11 +270,9 @@ fn rotation_under_load_fails_no_request() {
     d.wait_log("SIGHUP: reloading", Duration::from_secs(10));
 
     // Keep the load on until every task has handshaken with the new certificate a few times.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while new_seen.iter().any(|n| n.load(Ordering::Relaxed) < 50) {
-        assert!(Instant::now() < deadline, "not every task saw the new certificate: {}", d.log_text());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(Duration::from_secs(20), "every task to see the new certificate 50 times", || {
+        holds(new_seen.iter().all(|n| n.load(Ordering::Relaxed) >= 50), || d.log_text())
+    });
     stop.store(true, Ordering::Relaxed);
     rt.block_on(async {
         for t in tasks {
@@ -369,17 +339,14 @@ fn revoked_client_is_refused_without_sighup() {
     replace_file(&d.tls_dir.join(pki::CRL_FILE), &crl);
     let changed = Instant::now();
 
-    let deadline = changed + Duration::from_secs(60);
-    let refusal = loop {
+    let refusal = wait_until(Duration::from_secs(60), "the revoked certificate to be refused", || {
         rt.block_on(catalog_once(d.addr, other.clone()))
             .unwrap_or_else(|e| panic!("another client failed after {:?}: {e}", changed.elapsed()));
         match rt.block_on(catalog_once(d.addr, revoked.clone())) {
-            Ok(()) => {}
-            Err(e) => break e,
+            Ok(()) => Err(d.log_text()),
+            Err(e) => Ok(e),
         }
-        assert!(Instant::now() < deadline, "the revoked certificate still works after 60 s: {}", d.log_text());
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    });
     let took = changed.elapsed();
     assert!(took < Duration::from_secs(60), "refused only after {took:?}");
     // Refused for good, while the other client keeps working.
@@ -396,15 +363,14 @@ fn revoked_client_is_refused_without_sighup() {
     assert!(log.contains("refused") && log.contains("handshake"), "{log}");
     // Refusals are counted just after the peer is told: wait for the fourth.
     let handshake = "divert_refusals_total{role=\"steward\",name=\"steward\",kind=\"handshake\"}";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let m = loop {
+    let m = wait_until(Duration::from_secs(10), "four handshake refusals counted", || {
         let m = d.metrics();
         if sample(&m, handshake).is_some_and(|n| n >= 4.0) {
-            break m;
+            Ok(m)
+        } else {
+            Err(m)
         }
-        assert!(Instant::now() < deadline, "handshake refusals not counted: {m}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    });
     assert!(sample(&m, &series("divert_tls_reloads_total")).is_some_and(|n| n >= 1.0), "{m}");
     d.stop();
     eprintln!("revocation: refused {took:?} after the CRL changed ({refusal}); test {:?}", started.elapsed());

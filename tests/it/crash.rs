@@ -64,7 +64,7 @@ fn steward_sigkill_keeps_every_acknowledged_batch() {
 
         // Restart the daemon on the same data: it must come up, then stop it
         // cleanly and read its store directly.
-        let _ = std::fs::remove_file(data.join(divert::steward::LISTEN_ADDR_FILE));
+        let _ = std::fs::remove_file(data.join(divert::daemon::config::LISTEN_ADDR_FILE));
         let mut again = spawn_serve(&config, &dir.join("steward-restart.log"));
         assert!(
             read_listen_addr(&data, Duration::from_secs(20)).is_some(),

@@ -4,6 +4,7 @@ mod attack;
 mod certrotate;
 mod crash;
 mod demo;
+mod layering;
 mod ledger;
 mod net;
 mod offline;

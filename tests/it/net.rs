@@ -211,18 +211,12 @@ pub fn write_steward_config(dir: &Path, pki: &Pki, listen: &str, extra: &str) ->
 
 /// The address a steward writes to `<data_dir>/listen.addr`, waiting up to `wait` for it.
 pub fn read_listen_addr(data_dir: &Path, wait: Duration) -> Option<SocketAddr> {
-    let deadline = std::time::Instant::now() + wait;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(data_dir.join(divert::steward::LISTEN_ADDR_FILE)) {
-            if let Ok(a) = text.trim().parse() {
-                return Some(a);
-            }
-        }
-        if std::time::Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    read_bound_addr(&data_dir.join(divert::daemon::config::LISTEN_ADDR_FILE), wait)
+}
+
+/// The address a daemon wrote to `file` once it bound its port (`IP:PORT`), waiting up to `wait` for it.
+pub fn read_bound_addr(file: &Path, wait: Duration) -> Option<SocketAddr> {
+    crate::util::poll_until(wait, || std::fs::read_to_string(file).ok()?.trim().parse().ok())
 }
 
 /// A steward running in this process, on 127.0.0.1 with port 0.
@@ -269,13 +263,11 @@ impl TestSteward {
     /// Wait (up to 5 s) until the steward has counted `n` refusals in total;
     /// refusals are counted just after the peer is told, so a client can see its error first.
     pub async fn wait_refusals(&self, n: u64) {
-        for _ in 0..250 {
-            if self.steward.refusals_total() >= n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("expected {n} refusals, have {}: {}", self.steward.refusals_total(), self.steward.status());
+        crate::util::wait_until_async(Duration::from_secs(5), &format!("{n} refusals"), || {
+            let have = self.steward.refusals_total();
+            crate::util::holds(have >= n, || format!("{have}: {}", self.steward.status()))
+        })
+        .await;
     }
 
     pub fn record_count(&self) -> usize {

@@ -16,7 +16,7 @@ use divert::pki::Role;
 use divert::steward::store::Store;
 
 use crate::net::{batch, client_config, fake_records, read_listen_addr, write_steward_config, Client, Pki};
-use crate::util::{divert_ok, spawn_serve, spawn_serve_with, text};
+use crate::util::{divert_ok, holds, spawn_serve, spawn_serve_with, text, wait_until, wait_until_every};
 
 /// Build the preload library with the machine's C compiler (gcc is part of the toolchain CI uses).
 fn build_shim(out: &Path) -> PathBuf {
@@ -111,7 +111,7 @@ fn steward_power_loss_keeps_every_acknowledgement() {
     divert_ok(&dir, &["budget", "grant", "--config", cfg_arg, "--evaluator", "eval", "--epsilon", "10", "--force"]);
     first.stop();
     let pre = root.path().join("pre");
-    std::fs::remove_file(data.join(divert::steward::LISTEN_ADDR_FILE)).unwrap();
+    std::fs::remove_file(data.join(divert::daemon::config::LISTEN_ADDR_FILE)).unwrap();
     copy_dir(&data, &pre);
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -165,11 +165,11 @@ fn steward_power_loss_keeps_every_acknowledgement() {
         });
         // Power off at a point that varies with the trial, once something was acknowledged.
         let wanted = 2 + (trial as usize * 7) % 25;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while acked.lock().unwrap().len() < wanted {
-            assert!(std::time::Instant::now() < deadline, "trial {trial}: nothing acknowledged in 60 s");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let what = format!("trial {trial}: {wanted} batches acknowledged");
+        wait_until_every(Duration::from_millis(2), Duration::from_secs(60), &what, || {
+            let n = acked.lock().unwrap().len();
+            holds(n >= wanted, || format!("{n} acknowledged"))
+        });
         child.sigkill();
         rt.block_on(async {
             let _ = tokio::time::timeout(Duration::from_secs(10), batches).await;
@@ -182,7 +182,7 @@ fn steward_power_loss_keeps_every_acknowledgement() {
 
         // Restart on what the disk held: every acknowledged batch is there, the
         // budget spent covers every answer and stays within the grant, the audit chain holds.
-        let _ = std::fs::remove_file(data.join(divert::steward::LISTEN_ADDR_FILE));
+        let _ = std::fs::remove_file(data.join(divert::daemon::config::LISTEN_ADDR_FILE));
         let log = dir.join(format!("restart{trial}.log"));
         let mut again = spawn_serve(&config, &log);
         assert!(
@@ -263,11 +263,9 @@ fn source_power_loss_after_ingest_loses_no_row() {
     // The source's state before every trial: made and stopped cleanly.
     let config = write_config(1);
     let mut first = spawn_serve(&config, &src.join("setup.log"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !data.join("admin.sock").exists() {
-        assert!(std::time::Instant::now() < deadline, "the source did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(30), "the source's admin socket", || {
+        holds(data.join("admin.sock").exists(), || std::fs::read_to_string(src.join("setup.log")).unwrap_or_default())
+    });
     first.stop();
     let pre = root.path().join("source-pre");
     copy_dir(&data, &pre);
@@ -296,11 +294,10 @@ fn source_power_loss_after_ingest_loses_no_row() {
         std::fs::rename(&part, inbox.join("arrest.csv")).unwrap();
         // Cut the power the moment the export is gone from the inbox (its receipt is there).
         let receipt = inbox.join("done").join("arrest.csv.receipt");
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !receipt.exists() || inbox.join("arrest.csv").exists() {
-            assert!(std::time::Instant::now() < deadline, "trial {trial}: the export was not ingested in 60 s");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let what = format!("trial {trial}: the export ingested");
+        wait_until_every(Duration::from_millis(1), Duration::from_secs(60), &what, || {
+            holds(receipt.exists() && !inbox.join("arrest.csv").exists(), String::new)
+        });
         source.sigkill();
         power_off(&data, &pre, &shadow);
         let accepted: serde_json::Value =
@@ -316,20 +313,16 @@ fn source_power_loss_after_ingest_loses_no_row() {
             let out = crate::util::divert_in(root.path(), &["status", "--config", cfg.to_str().unwrap(), "--json"]);
             serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let held = loop {
-            let st = status(&steward_config);
-            let held = st["steward"]["records"].as_u64().unwrap_or(0);
+        let what = format!("trial {trial}: the {accepted} accepted rows at the steward after the power cut");
+        let held = wait_until(Duration::from_secs(60), &what, || {
+            let held = status(&steward_config)["steward"]["records"].as_u64().unwrap_or(0);
             let outbox = status(&config)["source"]["outbox"]["records"].as_u64();
             if held >= accepted && outbox == Some(0) {
-                break held;
+                Ok(held)
+            } else {
+                Err(format!("the steward holds {held}, the outbox {outbox:?}"))
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "trial {trial}: the steward holds {held} of {accepted} accepted rows after the power cut"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        });
         assert_eq!(held, accepted, "trial {trial}: rows sent twice");
         source.stop();
         steward.stop();

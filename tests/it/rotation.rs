@@ -8,8 +8,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use divert::daemon::admin::{self, Request};
 use divert::pki::Role;
@@ -18,11 +17,7 @@ use divert::schema::Schema;
 use divert::steward::store::Store;
 
 use crate::net::{batch, client_config, fake_records, Client, Pki, PROGRAM};
-use crate::util::{divert_in, text};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
+use crate::util::{divert_in, holds, spawn_serve, text, wait_until, ChildGuard};
 
 /// A small deterministic generator, so a failing trial can be replayed from its number.
 fn mix(x: u64) -> u64 {
@@ -46,7 +41,7 @@ struct Member {
     name: String,
     dir: PathBuf,
     config: PathBuf,
-    child: Option<Child>,
+    child: Option<ChildGuard>,
 }
 
 impl Member {
@@ -54,55 +49,73 @@ impl Member {
         self.dir.join("data/admin.sock")
     }
 
+    fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.0.try_wait(), Ok(None)))
+    }
+
+    /// Start the daemon (unless it runs) and wait until its admin socket answers.
     fn start(&mut self) {
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("divert.log")).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_divert"))
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn divert serve");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        if self.running() {
+            return;
+        }
+        let log = self.dir.join(format!("divert-{}.log", self.starts()));
+        self.child = Some(spawn_serve(&self.config, &log));
         let rt = rt();
-        while !rt.block_on(admin::request(&self.socket(), &Request::Status)).map(|r| r.ok).unwrap_or(false) {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+        wait_until(Duration::from_secs(30), &format!("{} to start", self.name), || {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.0.try_wait()) {
                 panic!("{} exited at start ({st}): {}", self.name, self.log());
             }
-            assert!(Instant::now() < deadline, "{} did not start: {}", self.name, self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            let up = rt.block_on(admin::request(&self.socket(), &Request::Status)).map(|r| r.ok).unwrap_or(false);
+            holds(up, || self.log())
+        });
+    }
+
+    /// How many times the daemon was started: one log file each.
+    fn starts(&self) -> usize {
+        self.logs().len()
+    }
+
+    fn logs(&self) -> Vec<PathBuf> {
+        let mut logs: Vec<PathBuf> =
+            fs::read_dir(&self.dir).map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
+        logs.retain(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("divert-")));
+        logs.sort_by_key(|p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            n.trim_start_matches("divert-").trim_end_matches(".log").parse::<usize>().unwrap_or(0)
+        });
+        logs
     }
 
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.sigkill();
         }
     }
 
+    /// SIGTERM and a clean exit.
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    panic!("{} did not stop on SIGTERM: {}", self.name, self.log());
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let status = c.wait_for_exit(Duration::from_secs(30));
+            assert!(status.success(), "{} did not stop cleanly ({status}): {}", self.name, self.log());
         }
     }
 
+    /// Every start's log, in order.
     fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("divert.log")).unwrap_or_default()
+        self.logs().iter().map(|p| fs::read_to_string(p).unwrap_or_default()).collect::<Vec<_>>().join("")
+    }
+
+    /// The address the daemon bound (it writes it to `file` under its data directory), pinned into
+    /// its config so a restart binds the same port: the other members' configs point at it.
+    fn pin_bound_addr(&self, file: &str, setting: &str) -> u16 {
+        let addr = crate::net::read_bound_addr(&self.dir.join("data").join(file), Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{} wrote no {file}: {}", self.name, self.log()));
+        let text = fs::read_to_string(&self.config).expect("config");
+        let from = format!("{setting} = \"127.0.0.1:0\"");
+        assert!(text.contains(&from), "{}: no `{from}`", self.config.display());
+        fs::write(&self.config, text.replace(&from, &format!("{setting} = \"{addr}\""))).expect("pin the port");
+        addr.port()
     }
 
     fn key_files(&self) -> Vec<String> {
@@ -117,12 +130,6 @@ impl Member {
     }
 }
 
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
@@ -132,7 +139,10 @@ struct Deployment {
     root: PathBuf,
     steward: Member,
     sources: Vec<Member>,
+    /// The steward's port.
     port: u16,
+    /// The custodian's key server port.
+    key_port: u16,
 }
 
 /// Which sources fetch keys from the custodian (the others get them by hand).
@@ -143,25 +153,24 @@ enum Custody {
 }
 
 impl Deployment {
+    /// Write every member's config and start the two that others connect to, the steward and
+    /// the custodian, on port 0: the ports they bound go into the other members' configs.
     fn new(root: &Path, pki: &Pki, sources: &[&str]) -> Deployment {
         fs::create_dir_all(root).expect("root");
-        let port = free_port();
-        let mut key_port = free_port();
-        while key_port == port {
-            key_port = free_port();
-        }
         let sdir = root.join("steward");
         pki.issue_into(Role::Steward, "steward", &sdir.join("tls"));
         let config = sdir.join("divert.toml");
         fs::write(
             &config,
             format!(
-                "role = \"steward\"\nname = \"steward\"\nprogram = \"{PROGRAM}\"\ndata_dir = \"data\"\n\n{}\n[steward]\nlisten = \"127.0.0.1:{port}\"\nprogram_epsilon_cap = \"100000\"\n",
+                "role = \"steward\"\nname = \"steward\"\nprogram = \"{PROGRAM}\"\ndata_dir = \"data\"\n\n{}\n[steward]\nlisten = \"127.0.0.1:0\"\nprogram_epsilon_cap = \"100000\"\n",
                 tls_block(&sdir)
             ),
         )
         .expect("steward config");
-        let steward = Member { name: "steward".into(), dir: sdir, config, child: None };
+        let mut steward = Member { name: "steward".into(), dir: sdir, config, child: None };
+        steward.start();
+        let port = steward.pin_bound_addr(divert::daemon::config::LISTEN_ADDR_FILE, "listen");
         // The custodian's key, copied to every source as an admin does at setup.
         let custodian = sources[0];
         let ckeys = root.join(custodian).join("keys");
@@ -180,16 +189,14 @@ impl Deployment {
             let config = dir.join("divert.toml");
             members.push(Member { name: s.into(), dir, config, child: None });
         }
-        let d = Deployment { root: root.to_path_buf(), steward, sources: members, port };
-        for (i, &s) in sources.iter().enumerate() {
-            d.write_source_config(s, if i == 0 { None } else { Some(Custody::Fetch) }, key_port);
+        let mut d = Deployment { root: root.to_path_buf(), steward, sources: members, port, key_port: 0 };
+        d.write_source_config(custodian, None, 0);
+        d.sources[0].start();
+        d.key_port = d.sources[0].pin_bound_addr(divert::daemon::config::KEY_LISTEN_ADDR_FILE, "key_listen");
+        for &s in &sources[1..] {
+            d.write_source_config(s, Some(Custody::Fetch), d.key_port);
         }
-        fs::write(root.join("key_port"), key_port.to_string()).expect("key port");
         d
-    }
-
-    fn key_port(&self) -> u16 {
-        fs::read_to_string(self.root.join("key_port")).expect("key port").trim().parse().expect("port")
     }
 
     /// `custody`: `None` for the custodian.
@@ -258,9 +265,8 @@ impl Deployment {
     /// Wait until the steward links `epoch` alone and holds `expected` records under it, and
     /// every source holds only that epoch's key. Panics with the logs on timeout.
     fn wait_rotated(&mut self, epoch: u64, expected: u64, within: Duration) {
-        let deadline = Instant::now() + within;
         let want_key = vec![divert::keys::epoch_file_name(epoch as u32)];
-        loop {
+        wait_until(within, &format!("the rotation to epoch {epoch}"), || {
             let st = self.key_status();
             let done = st.as_ref().is_some_and(|s| {
                 s["active"] == epoch
@@ -273,18 +279,14 @@ impl Deployment {
                             })
                     })
             }) && self.sources.iter().all(|m| m.key_files() == want_key);
-            if done {
-                return;
-            }
-            if Instant::now() > deadline {
+            holds(done, || {
                 let logs: Vec<String> = std::iter::once(&self.steward)
                     .chain(&self.sources)
                     .map(|m| format!("--- {}\n{}", m.name, m.log()))
                     .collect();
-                panic!("rotation to epoch {epoch} did not complete; steward view {st:?}\n{}", logs.join("\n"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+                format!("steward view {st:?}\n{}", logs.join("\n"))
+            })
+        });
     }
 
     /// Every record the (stopped) steward holds.
@@ -556,20 +558,15 @@ fn sigkill_at_random_points_of_a_rotation_recovers_and_completes() {
         // builds epoch 2 beside epoch 1, or after the switch (sources retiring the old key).
         let victim = ["steward", "police", "jail"][(mix(trial) % 3) as usize];
         let stage = (trial / 3 + mix(trial + 7)) % 3;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        wait_until(Duration::from_secs(60), &format!("trial {trial}: stage {stage}"), || {
             let s = d.key_status().unwrap_or_default();
             let reached = match stage {
                 0 => true,
                 1 => s["pending"] == 2 || s["active"] == 2,
                 _ => s["active"] == 2,
             };
-            if reached {
-                break;
-            }
-            assert!(Instant::now() < deadline, "trial {trial}: stage {stage} never reached: {s}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+            holds(reached, || s.to_string())
+        });
         std::thread::sleep(Duration::from_millis(mix(trial + 100) % 150));
         let seen = d.key_status().map(|s| (s["active"].clone(), s["pending"].clone()));
         d.member(victim).kill();
@@ -590,7 +587,7 @@ fn a_source_behind_is_refused_and_sends_again_under_the_current_epoch() {
     let data = synth(&root.path().join("synth"), 30, 8);
     let mut d = Deployment::new(&root.path().join("deploy"), &pki, &["police", "jail"]);
     // jail gets its keys by hand, and starts only after the rotation.
-    let key_port = d.key_port();
+    let key_port = d.key_port;
     d.write_source_config("jail", Some(Custody::Manual), key_port);
     d.steward.start();
     d.sources[0].start();
@@ -598,33 +595,27 @@ fn a_source_behind_is_refused_and_sends_again_under_the_current_epoch() {
         d.drop_file("police", &f);
     }
     let police = data.expected_for(&["police"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while d.key_status().and_then(|s| s["sources"]["police"]["records"]["1"].as_u64()) != Some(police) {
-        assert!(Instant::now() < deadline, "police records did not arrive");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(Duration::from_secs(60), "police's records at the steward", || {
+        let s = d.key_status();
+        holds(s.as_ref().and_then(|s| s["sources"]["police"]["records"]["1"].as_u64()) == Some(police), || {
+            format!("{s:?}")
+        })
+    });
     d.rotate();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while d.key_status().map(|s| s["active"].clone()) != Some(serde_json::json!(2)) {
-        assert!(Instant::now() < deadline, "the rotation did not complete: {}", d.steward.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(Duration::from_secs(60), "the switch to epoch 2", || {
+        holds(d.key_status().map(|s| s["active"].clone()) == Some(serde_json::json!(2)), || d.steward.log())
+    });
     // jail, still on epoch 1, sends its records: refused as retired, kept.
     d.sources[1].start();
     for f in data.files("jail") {
         d.drop_file("jail", &f);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    wait_until(Duration::from_secs(60), "jail refused as retired, its records kept", || {
         let r = rt().block_on(admin::request(&d.sources[1].socket(), &Request::Status)).expect("status");
         let v = r.result.expect("status result");
         let error = v["source"]["steward"]["error"].as_str().unwrap_or("").to_string();
-        if error.contains("retired") && v["source"]["outbox"]["records"].as_u64().unwrap_or(0) > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "jail was not refused: {v}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        holds(error.contains("retired") && v["source"]["outbox"]["records"].as_u64().unwrap_or(0) > 0, || v.to_string())
+    });
     // The admin gives jail the new key: it re-pseudonymizes and sends; nothing is dropped.
     let name = divert::keys::epoch_file_name(2);
     let k = divert::fsutil::read_secret(&d.sources[0].dir.join("keys").join(&name)).expect("key 2");
@@ -641,7 +632,7 @@ fn the_custodian_gives_keys_to_source_certificates_only() {
     let pki = Pki::new(root.path());
     let mut d = Deployment::new(&root.path().join("deploy"), &pki, &["police", "jail"]);
     d.sources[0].start();
-    let addr = format!("127.0.0.1:{}", d.key_port()).parse().expect("addr");
+    let addr = format!("127.0.0.1:{}", d.key_port).parse().expect("addr");
     let key_hex: String =
         divert::fsutil::read_secret(&d.sources[0].dir.join("keys").join(divert::keys::epoch_file_name(1)))
             .expect("key")
@@ -690,17 +681,12 @@ fn the_custodian_gives_keys_to_source_certificates_only() {
     assert_eq!(status.as_u16(), 403, "{}", String::from_utf8_lossy(&body));
     d.write_source_config("jail", Some(Custody::Fetch), steward_port);
     d.sources[1].start();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until(Duration::from_secs(30), "jail refusing an impostor custodian", || {
         let r = rt().block_on(admin::request(&d.sources[1].socket(), &Request::Status)).expect("status");
         let error =
             r.result.map(|v| v["source"]["key"]["error"].as_str().unwrap_or("").to_string()).unwrap_or_default();
-        if error.contains("not the custodian") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "jail asked an impostor custodian: {error}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        holds(error.contains("not the custodian"), || error.clone())
+    });
     d.sources[1].stop();
     d.steward.stop();
     let log = d.sources[0].log();
@@ -727,18 +713,15 @@ fn a_source_gone_for_good_can_be_excused_and_resends_everything_if_it_returns() 
     d.sources[1].stop();
     d.rotate();
     let steward_cfg = d.steward.config.display().to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    wait_until(Duration::from_secs(60), "police to complete epoch 2, the switch waiting for jail", || {
         let s = d.key_status().unwrap_or_default();
-        if s["pending"] == 2
-            && s["sources"]["police"]["waiting_for"] == false
-            && s["sources"]["jail"]["waiting_for"] == true
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "police did not complete epoch 2: {s}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        holds(
+            s["pending"] == 2
+                && s["sources"]["police"]["waiting_for"] == false
+                && s["sources"]["jail"]["waiting_for"] == true,
+            || s.to_string(),
+        )
+    });
     let status = divert_in(&d.root, &["keys", "status", "--config", &steward_cfg]);
     assert!(text(&status.stdout).contains("the switch waits for it"), "{}", text(&status.stdout));
     // Refused without the acknowledgement, and for a source the switch does not wait for.
@@ -750,11 +733,9 @@ fn a_source_gone_for_good_can_be_excused_and_resends_everything_if_it_returns() 
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(&format!("{jail} of its records")), "{}", text(&out.stdout));
     // The steward switches without jail: police's records only, under epoch 2.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while d.key_status().map(|s| s["active"].clone()) != Some(serde_json::json!(2)) {
-        assert!(Instant::now() < deadline, "no switch after the excuse: {}", d.steward.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(Duration::from_secs(60), "the switch after the excuse", || {
+        holds(d.key_status().map(|s| s["active"].clone()) == Some(serde_json::json!(2)), || d.steward.log())
+    });
     // jail returns: refused as retired, it fetches epoch 2, re-sends everything, nothing twice.
     d.sources[1].start();
     d.wait_rotated(2, police + jail, Duration::from_secs(60));
@@ -794,15 +775,10 @@ fn a_deletion_survives_sigkill_before_the_steward_acknowledges_it_and_a_key_rota
     fs::write(&export, rows).expect("export");
     d.drop_file("police", &export);
     let wait = |d: &Deployment, what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        wait_until(Duration::from_secs(60), what, || {
             let s = steward_status(d);
-            if f(&s) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{what}: {s}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            holds(f(&s), || s.to_string())
+        })
     };
     wait(&d, "40 records at the steward", &|s| s["records_per_source"]["police"] == 40);
     let config = d.sources[0].config.display().to_string();

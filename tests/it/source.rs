@@ -110,13 +110,9 @@ impl TestSource {
     }
 }
 
-/// Poll `cond` every 20 ms for up to `secs` seconds.
+/// Wait up to `secs` seconds for `cond` to hold.
 async fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::util::wait_until_async(Duration::from_secs(secs), what, || crate::util::holds(cond(), String::new)).await
 }
 
 /// Synthetic police exports (arrest.csv, referral.csv) with at least 10,000 records between them.

@@ -381,11 +381,11 @@ async fn connection_limit_holds_new_connections_back() {
     let (addr, cfg2, b) = (st.addr, cfg.clone(), batch("police", "b", fake_records("police", 0, 1)));
     let second = tokio::spawn(async move { net::post_batch(addr, cfg2, &b).await });
     // Positive evidence that it is held back: authenticated, waiting for the one slot.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while st.steward.status()["connections_waiting"] != 1 {
-        assert!(std::time::Instant::now() < deadline, "the second connection never waited: {}", st.steward.status());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::util::wait_until_async(Duration::from_secs(30), "the second connection waiting", || {
+        let status = st.steward.status();
+        crate::util::holds(status["connections_waiting"] == 1, || status.to_string())
+    })
+    .await;
     assert!(!second.is_finished(), "second connection served while the first is open");
     assert_eq!(st.steward.status()["batches_stored_this_run"], stored, "the second batch was not taken yet");
     drop(first);

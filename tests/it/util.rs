@@ -4,6 +4,71 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// How often [`wait_until`] and [`wait_until_async`] look again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Poll `probe` until it returns `Some` (its value) or `limit` passes (`None`).
+/// The one poll loop of the tests; [`wait_until`] is the form most want.
+pub fn poll_until<T>(limit: Duration, probe: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_every(POLL, limit, probe)
+}
+
+/// [`poll_until`] looking every `interval` (a test that acts the moment something happens).
+pub fn poll_every<T>(interval: Duration, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// Poll `probe` until it returns `Ok`, and return its value; `Err` says what
+/// is still missing (the current state). After `limit`, the test fails with
+/// `what` and the last `Err`. Wait on positive evidence, never a fixed sleep.
+#[track_caller]
+pub fn wait_until<T>(limit: Duration, what: &str, probe: impl FnMut() -> Result<T, String>) -> T {
+    wait_until_every(POLL, limit, what, probe)
+}
+
+/// [`wait_until`] looking every `interval`.
+#[track_caller]
+pub fn wait_until_every<T>(
+    interval: Duration,
+    limit: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let mut state = String::new();
+    let found = poll_every(interval, limit, || probe().map_err(|e| state = e).ok());
+    found.unwrap_or_else(|| panic!("timed out after {limit:?} waiting for {what}: {state}"))
+}
+
+/// [`wait_until`] for a test on a tokio runtime (sleeps without blocking a worker).
+pub async fn wait_until_async<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(state) => assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}: {state}"),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `Ok(())` when `cond` holds, else `Err(state())`: a probe for [`wait_until`] from a condition.
+pub fn holds(cond: bool, state: impl FnOnce() -> String) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(state())
+    }
+}
+
 /// The built `divert` binary, run in `dir` (so relative paths resolve there).
 pub fn divert_in(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_divert")).current_dir(dir).args(args).output().expect("run divert")
@@ -65,17 +130,10 @@ impl ChildGuard {
         self.0.id()
     }
 
-    pub fn wait_for_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.0.try_wait().expect("try_wait") {
-                return Some(s);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    /// The exit status once the process has exited; the test fails after `limit`.
+    #[track_caller]
+    pub fn wait_for_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        wait_until(limit, "the daemon to exit", || self.0.try_wait().expect("try_wait").ok_or_else(|| "running".into()))
     }
 
     pub fn sigkill(&mut self) {
@@ -87,7 +145,7 @@ impl ChildGuard {
     pub fn stop(&mut self) {
         let pid = self.0.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM").success());
-        let status = self.wait_for_exit(Duration::from_secs(30)).expect("the daemon did not stop on SIGTERM");
+        let status = self.wait_for_exit(Duration::from_secs(30));
         assert!(status.success(), "the daemon did not stop cleanly: {status:?}");
     }
 }

@@ -1,0 +1,61 @@
+//! The steward's answers to the daemon's admin socket (`divert budget grant`, `divert budget list`, `divert keys status`, `divert keys excuse`), and its refusals of the sources' requests.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::daemon::admin::{Request, Response};
+use crate::daemon::service::{AdminAnswer, RoleService};
+
+use super::Steward;
+
+impl RoleService for Steward {
+    fn role(&self) -> &'static str {
+        "steward"
+    }
+
+    fn status(&self) -> serde_json::Value {
+        Steward::status(self)
+    }
+
+    fn admin(self: Arc<Self>, request: Request) -> AdminAnswer {
+        Box::pin(async move {
+            match request {
+                Request::BudgetGrant { evaluator, epsilon_micro } => {
+                    // The grant and its audit entry are durable writes: off the async workers.
+                    let st = self.clone();
+                    match tokio::task::spawn_blocking(move || st.grant(&evaluator, epsilon_micro)).await {
+                        Ok(Ok(b)) => Response::ok(serde_json::to_value(b).unwrap_or_default()),
+                        Ok(Err(e)) => Response::err(e),
+                        Err(e) => Response::err(format!("the grant task failed: {e}")),
+                    }
+                }
+                Request::Budgets => match self.budgets() {
+                    Ok(v) => Response::ok(serde_json::to_value(v).unwrap_or_default()),
+                    Err(e) => Response::err(e),
+                },
+                Request::KeyStatus => match self.epoch_status() {
+                    Ok(v) => Response::ok(serde_json::json!({ "steward": { "status": v, "fresh": true } })),
+                    Err(e) => Response::err(e.to_string()),
+                },
+                Request::KeysExcuse { source } => match self.excuse(&source).await {
+                    Ok((epoch, dropped)) => Response::ok(serde_json::json!({
+                        "source": source, "epoch": epoch, "records_left_out": dropped,
+                    })),
+                    Err(e) => Response::err(e),
+                },
+                Request::Ingest { .. } => Response::err("this daemon is a steward; files are ingested by sources"),
+                Request::Forget { .. } => Response::err(
+                    "this daemon is a steward; records are deleted at their source (`divert forget --config SOURCE.toml`)",
+                ),
+                Request::KeysChanged => Response::err("the steward holds no linkage key"),
+                // The runner answers status itself.
+                Request::Status => Response::ok(Steward::status(&self)),
+            }
+        })
+    }
+
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(Steward::close(self))
+    }
+}
