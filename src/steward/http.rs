@@ -1,28 +1,27 @@
-//! Requests to the steward: routing by path and certificate role, and the batch endpoint.
+//! Requests to the steward: the batch and epoch endpoints, and what every handler shares (reading a body, refusing, answering).
 //!
-//! Authorization happens in [`route`], from the certificate only, before a
-//! handler runs and before a byte of the body is read. Error answers are
+//! Authorization happens before a handler runs, in `routes::route`, from
+//! the certificate only, before a byte of the body is read. Error answers are
 //! [`ErrorBody`] JSON that name what is wrong in words and never echo the
 //! request (serde's messages quote values, so they are not passed on).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
 use tracing::{error, info};
 
 use super::epochs::{EpochMismatch, Epochs, Slot};
 use super::store::{PutOutcome, Store, StoreError};
 use super::{Refusal, Steward};
 use crate::schema::Schema;
-use crate::spiffe::{Role, SpiffeId};
+use crate::spiffe::SpiffeId;
 use crate::token;
-use crate::wire::{Batch, BatchAck, EpochRefusal, EpochReport, ErrorBody, BATCH_PATH, EPOCHS_PATH};
+use crate::wire::{Batch, BatchAck, EpochRefusal, EpochReport, ErrorBody};
 
 /// Who is asking: the TCP peer and the SPIFFE ID of its verified certificate.
 pub(crate) struct Peer {
@@ -94,107 +93,6 @@ pub(crate) fn refuse_unread(st: &Steward, peer: &Peer, kind: Refusal, status: St
     resp
 }
 
-/// Route a request by path and the role of the peer's certificate.
-///
-/// This match is the authorization table: a role reaches a handler only
-/// through an arm naming it. Evaluator endpoints (`/v1/query`, `/v1/catalog`,
-/// ...) go here as `(path, Role::Evaluator)` arms.
-pub(crate) async fn route(st: Arc<Steward>, peer: Arc<Peer>, req: Request<Incoming>) -> Result<Resp, Infallible> {
-    let resp = match (req.uri().path(), peer.id.role) {
-        (BATCH_PATH, Role::Source) if req.method() == Method::POST => post_batch(&st, peer.clone(), req).await,
-        (BATCH_PATH, Role::Source) => {
-            let mut resp = refuse_unread(
-                &st,
-                &peer,
-                Refusal::NotFound,
-                StatusCode::METHOD_NOT_ALLOWED,
-                "batches are sent with POST",
-            );
-            resp.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
-            resp
-        }
-        (BATCH_PATH, role) => refuse_unread(
-            &st,
-            &peer,
-            Refusal::Forbidden,
-            StatusCode::FORBIDDEN,
-            &format!("only source certificates may send batches; this certificate's role is {role}"),
-        ),
-        (EPOCHS_PATH, Role::Source) if req.method() == Method::GET => get_epochs(&st).await,
-        (EPOCHS_PATH, Role::Source) if req.method() == Method::POST => post_epochs(&st, &peer, req).await,
-        (EPOCHS_PATH, Role::Source) => {
-            let mut resp = refuse_unread(
-                &st,
-                &peer,
-                Refusal::NotFound,
-                StatusCode::METHOD_NOT_ALLOWED,
-                "GET /v1/epochs reads the key epochs; POST reports this source's",
-            );
-            resp.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, POST"));
-            resp
-        }
-        (EPOCHS_PATH, role) => refuse_unread(
-            &st,
-            &peer,
-            Refusal::Forbidden,
-            StatusCode::FORBIDDEN,
-            &format!("only source certificates take part in key rotation; this certificate's role is {role}"),
-        ),
-        (crate::wire::CATALOG_PATH, Role::Evaluator) if req.method() == Method::GET => {
-            super::release::get_catalog(&st, &peer).await
-        }
-        (crate::wire::BUDGET_PATH, Role::Evaluator) if req.method() == Method::GET => {
-            super::release::get_budget(&st, &peer).await
-        }
-        (crate::wire::RELEASES_PATH, Role::Evaluator) if req.method() == Method::GET => {
-            super::release::get_releases(&st, &peer).await
-        }
-        (crate::wire::QUERY_PATH, Role::Evaluator) if req.method() == Method::POST => {
-            super::release::post_query(&st, &peer, req).await
-        }
-        (crate::wire::PLAN_PATH, Role::Evaluator) if req.method() == Method::POST => {
-            super::release::post_plan(&st, &peer, req).await
-        }
-        (
-            crate::wire::CATALOG_PATH
-            | crate::wire::BUDGET_PATH
-            | crate::wire::RELEASES_PATH
-            | crate::wire::QUERY_PATH
-            | crate::wire::PLAN_PATH,
-            Role::Evaluator,
-        ) => {
-            let path = req.uri().path();
-            let post = path == crate::wire::QUERY_PATH || path == crate::wire::PLAN_PATH;
-            let allow = if post { "POST" } else { "GET" };
-            let mut resp = refuse_unread(
-                &st,
-                &peer,
-                Refusal::NotFound,
-                StatusCode::METHOD_NOT_ALLOWED,
-                "POST /v1/query, /v1/plan; GET /v1/catalog, /v1/budget, /v1/releases",
-            );
-            resp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
-            resp
-        }
-        (
-            crate::wire::CATALOG_PATH
-            | crate::wire::BUDGET_PATH
-            | crate::wire::RELEASES_PATH
-            | crate::wire::QUERY_PATH
-            | crate::wire::PLAN_PATH,
-            role,
-        ) => refuse_unread(
-            &st,
-            &peer,
-            Refusal::Forbidden,
-            StatusCode::FORBIDDEN,
-            &format!("only evaluator certificates may query; this certificate's role is {role}"),
-        ),
-        _ => refuse_unread(&st, &peer, Refusal::NotFound, StatusCode::NOT_FOUND, "no such endpoint"),
-    };
-    Ok(resp)
-}
-
 /// Read a request body of at most `max` bytes, whole, within the I/O
 /// timeout. Refusals are answered (and counted) here: 413 past the limit
 /// (reading stops there, whatever the headers said), 408 when the body
@@ -244,7 +142,7 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-async fn post_batch(st: &Arc<Steward>, peer: Arc<Peer>, req: Request<Incoming>) -> Resp {
+pub(crate) async fn post_batch(st: &Arc<Steward>, peer: Arc<Peer>, req: Request<Incoming>) -> Resp {
     let max = st.cfg.max_body_bytes;
     let too_large = format!("the body is larger than the steward accepts ({max} bytes); send smaller batches");
     let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -347,7 +245,7 @@ async fn take_batch(st: &Arc<Steward>, peer: &Peer, body: Bytes) -> Resp {
 }
 
 /// `GET /v1/epochs` (sources): the steward's key epochs and every source's progress.
-async fn get_epochs(st: &Arc<Steward>) -> Resp {
+pub(crate) async fn get_epochs(st: &Arc<Steward>) -> Resp {
     let st2 = st.clone();
     match tokio::task::spawn_blocking(move || st2.epoch_status()).await {
         Ok(Ok(status)) => json_response(StatusCode::OK, &status),
@@ -365,7 +263,7 @@ const MAX_REPORT_BYTES: u64 = 16 * 1024;
 /// `POST /v1/epochs` (sources): a source reports its epoch; durable before
 /// the answer (the steward's status). A report completing the pending epoch
 /// may switch the linkage.
-async fn post_epochs(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> Resp {
+pub(crate) async fn post_epochs(st: &Arc<Steward>, peer: &Peer, req: Request<Incoming>) -> Resp {
     let too_large = format!("an epoch report is at most {MAX_REPORT_BYTES} bytes");
     let body = match read_body(st, peer, req.into_body(), MAX_REPORT_BYTES, &too_large).await {
         Ok(b) => b,

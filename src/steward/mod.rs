@@ -30,7 +30,7 @@
 //!    (a deadline around reading it), so a slow trickle cannot hold a
 //!    connection for long either. Bodies are capped at `max_body_bytes`.
 //! 5. **Routing** on path and certificate role, before any body is read
-//!    (see `http::route`).
+//!    (see `routes::ROUTES`).
 //! 6. **Shutdown**: when `ctx.shutdown` is cancelled the accept loop stops,
 //!    handshakes in progress are dropped, and established connections are
 //!    shut down gracefully (the request in flight finishes and is answered).
@@ -76,6 +76,7 @@ pub mod epochs;
 mod http;
 pub mod persons;
 pub mod release;
+mod routes;
 pub mod store;
 mod timeout_io;
 
@@ -701,7 +702,7 @@ async fn connection(
     let io = TokioIo::new(timeout_io::TimeoutIo::new(stream, io_timeout));
     let peer_info = Arc::new(http::Peer { addr: peer, id });
     let svc_state = st.clone();
-    let svc = service_fn(move |req| http::route(svc_state.clone(), peer_info.clone(), req));
+    let svc = service_fn(move |req| routes::route(svc_state.clone(), peer_info.clone(), req));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(io_timeout).keep_alive(true);
     let conn = builder.serve_connection(io, svc);
