@@ -1,4 +1,4 @@
-//! Calendar days as plain integers (days since 1970-01-01): the conversions the synthetic generator and the query engine share (H. Hinnant's algorithms).
+//! Calendar days as plain integers (days since 1970-01-01): the conversions the synthetic generator and the query engine share (H. Hinnant's algorithms); and times as RFC 3339 text, the one form every status, receipt and log shows.
 //!
 //! Millions of dates pass through both; a bare `i32` with total
 //! conversions keeps that fast and free of error paths.
@@ -36,6 +36,16 @@ pub fn first_of_month_after(day: Day, months: u32) -> Day {
     let (y, m, _) = civil_from_days(day);
     let index = y * 12 + (m as i32 - 1) + months as i32;
     days_from_civil(index.div_euclid(12), index.rem_euclid(12) as u32 + 1, 1)
+}
+
+/// A time as RFC 3339 text (falls back to the Debug form, which cannot fail).
+pub fn format_time(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| format!("{t:?}"))
+}
+
+/// Now, as [`format_time`] writes it.
+pub fn now_text() -> String {
+    format_time(time::OffsetDateTime::now_utc())
 }
 
 #[cfg(test)]

@@ -10,15 +10,12 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
 use serde::Deserialize;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use crate::daemon::config::{parse_https_url, read_text, resolver, RawTls};
 use crate::schema::{toml_problem, Problem};
 use crate::spiffe::{Role, SpiffeId};
-use crate::tls::{self, TlsMaterial, TlsPaths};
+use crate::tls::{self, ConnectError, TlsMaterial, TlsPaths};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -115,29 +112,20 @@ impl Client {
     /// Send one request on a fresh connection; the status and body.
     pub async fn request(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Reply, ClientError> {
         let addr = self.config.steward_addr.clone();
-        let connect_err = |detail: String| ClientError::Connect { addr: addr.clone(), detail };
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
-            .await
-            .map_err(|_| connect_err("timed out".into()))?
-            .map_err(|e| connect_err(e.to_string()))?;
-        let name = ServerName::try_from(self.config.steward_host.clone())
-            .map_err(|_| connect_err(format!("`{}` is not a valid server name", self.config.steward_host)))?;
-        let stream =
-            tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(self.material.client.clone()).connect(name, tcp))
-                .await
-                .map_err(|_| connect_err("the TLS handshake timed out".into()))?
-                .map_err(|e| connect_err(format!("TLS: {e}")))?;
         let program = &self.config.identity.program;
-        match tls::peer_identity(stream.get_ref().1) {
-            Some(id) if id.role == Role::Steward && &id.program == program => {}
-            other => {
-                return Err(ClientError::NotSteward {
-                    addr,
-                    found: other.map_or_else(|| "a server without a SPIFFE identity".into(), |i| i.to_string()),
-                    program: program.clone(),
-                })
+        let wanted = |id: &SpiffeId| id.role == Role::Steward && &id.program == program;
+        let client = self.material.client.clone();
+        let stream = match tls::connect(client, &addr, &self.config.steward_host, CONNECT_TIMEOUT, wanted).await {
+            Ok((stream, _)) => stream,
+            Err(ConnectError::Identity(found)) => {
+                let found = ConnectError::Identity(found).to_string();
+                return Err(ClientError::NotSteward { addr, found, program: program.clone() });
             }
-        }
+            Err(e @ ConnectError::Handshake(_)) => {
+                return Err(ClientError::Connect { addr, detail: format!("TLS: {e}") })
+            }
+            Err(e) => return Err(ClientError::Connect { addr, detail: e.to_string() }),
+        };
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Http(e.to_string()))?;

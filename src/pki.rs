@@ -20,6 +20,7 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use crate::days::format_time;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, Ia5String, IsCa, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
@@ -241,11 +242,6 @@ mod rfc3339_opt {
             .map(|text| OffsetDateTime::parse(&text, &Rfc3339).map_err(serde::de::Error::custom))
             .transpose()
     }
-}
-
-/// Format a time as RFC 3339 for messages (falls back to the Debug form, which cannot fail).
-pub fn format_time(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| format!("{t:?}"))
 }
 
 /// Now, to the second: X.509 times have no fractions, and the register should

@@ -241,6 +241,47 @@ pub async fn accept_pending(
     }
 }
 
+/// The one mutual-TLS client connect: TCP to `addr`, the handshake with
+/// `client` under the TLS name `host` (each step within `timeout`), then the
+/// server's SPIFFE identity, which `wanted` must accept before a byte of
+/// application data is sent. Returns the stream and the identity found.
+pub async fn connect(
+    client: Arc<ClientConfig>,
+    addr: &str,
+    host: &str,
+    timeout: std::time::Duration,
+    wanted: impl Fn(&SpiffeId) -> bool,
+) -> Result<(tokio_rustls::client::TlsStream<tokio::net::TcpStream>, SpiffeId), ConnectError> {
+    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::Tcp("timed out".into()))?
+        .map_err(|e| ConnectError::Tcp(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(host.to_string()).map_err(|_| ConnectError::ServerName(host.to_string()))?;
+    let stream = tokio::time::timeout(timeout, tokio_rustls::TlsConnector::from(client).connect(name, tcp))
+        .await
+        .map_err(|_| ConnectError::Handshake("the handshake timed out".into()))?
+        .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+    match peer_identity(stream.get_ref().1) {
+        Some(id) if wanted(&id) => Ok((stream, id)),
+        found => Err(ConnectError::Identity(found)),
+    }
+}
+
+/// Why [`connect`] made no connection. Callers say which server they wanted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{0}")]
+    Tcp(String),
+    #[error("`{0}` is not a valid server name")]
+    ServerName(String),
+    #[error("{0}")]
+    Handshake(String),
+    /// The server's identity (`None`: its certificate has none) is not the one wanted.
+    #[error("{}", .0.as_ref().map_or_else(|| "a server without a SPIFFE identity".to_string(), |i| i.to_string()))]
+    Identity(Option<SpiffeId>),
+}
+
 /// The SPIFFE ID of the peer of an established connection, from its first
 /// certificate (already verified against our CA by the handshake).
 pub fn peer_identity(conn: &rustls::CommonState) -> Option<SpiffeId> {

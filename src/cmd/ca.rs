@@ -203,7 +203,7 @@ fn issue(a: IssueArgs) -> anyhow::Result<()> {
     }
     let m = &issued.member;
     let verb = if issued.replaced { "rotated" } else { "issued" };
-    println!("{verb} {} (serial {}, valid until {})", m.spiffe_id, m.serial, pki::format_time(m.not_after));
+    println!("{verb} {} (serial {}, valid until {})", m.spiffe_id, m.serial, crate::days::format_time(m.not_after));
     if !issued.dns.is_empty() || !issued.ips.is_empty() {
         let names: Vec<String> = issued
             .dns

@@ -145,7 +145,7 @@ pub fn report_input(program: &str, ev: &Evaluated, truth: Option<&TrueStatistics
     }
     ReportInput {
         program: program.to_string(),
-        generated: crate::pki::format_time(time::OffsetDateTime::now_utc()),
+        generated: crate::days::now_text(),
         rows,
         linkage: None,
         budget: Some(BudgetLine { granted: ev.budget.total, spent: ev.budget.spent, left: ev.budget.left }),

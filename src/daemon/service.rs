@@ -140,7 +140,7 @@ fn reload(config: &Config, tx: &watch::Sender<Arc<TlsMaterial>>, reloads: &Atomi
     match TlsMaterial::load(&config.tls, Some(&config.identity)) {
         Ok(m) => {
             warn_if_expiring(&m);
-            tracing::info!(not_after = %crate::pki::format_time(m.not_after), "TLS material reloaded; new handshakes use it");
+            tracing::info!(not_after = %crate::days::format_time(m.not_after), "TLS material reloaded; new handshakes use it");
             tx.send_replace(Arc::new(m));
             reloads.fetch_add(1, Ordering::Relaxed);
         }
@@ -151,7 +151,7 @@ fn reload(config: &Config, tx: &watch::Sender<Arc<TlsMaterial>>, reloads: &Atomi
 fn warn_if_expiring(m: &TlsMaterial) {
     let days = m.days_left();
     if days < EXPIRY_WARNING_DAYS {
-        tracing::warn!(days_left = days, not_after = %crate::pki::format_time(m.not_after), "certificate expires soon: issue a new one with `divert ca issue` and reload");
+        tracing::warn!(days_left = days, not_after = %crate::days::format_time(m.not_after), "certificate expires soon: issue a new one with `divert ca issue` and reload");
     }
 }
 
@@ -178,11 +178,11 @@ fn status(ctx: &Context, service: &Service, started: time::OffsetDateTime) -> se
         "name": ctx.config.identity.name,
         "identity": ctx.config.identity.to_string(),
         "certificate": {
-            "not_after": crate::pki::format_time(tls.not_after),
+            "not_after": crate::days::format_time(tls.not_after),
             "days_left": days_left,
             "warning": warning,
         },
-        "started": crate::pki::format_time(started),
+        "started": crate::days::format_time(started),
         "uptime_secs": (time::OffsetDateTime::now_utc() - started).whole_seconds(),
         "data_dir": ctx.config.data_dir.display().to_string(),
         "process": crate::daemon::harden::current().to_json(),

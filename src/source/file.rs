@@ -284,7 +284,7 @@ impl Drop for Quarantine {
 }
 
 fn now_rfc3339() -> String {
-    crate::pki::format_time(time::OffsetDateTime::now_utc())
+    crate::days::now_text()
 }
 
 /// Ingest one file. On success the file's outcome is durable (flushed) and

@@ -642,7 +642,7 @@ async fn deletion_file(src: &Arc<Source>, name: &str) -> Result<(), String> {
     let dest = dirs.unique_dest(name);
     let mut receipt = result;
     receipt["file"] = name.into();
-    receipt["retired"] = crate::pki::format_time(time::OffsetDateTime::now_utc()).into();
+    receipt["retired"] = crate::days::now_text().into();
     let text = serde_json::to_string_pretty(&receipt).unwrap_or_else(|_| "{}".into()) + "\n";
     let d = dirs.clone();
     let n = name.to_string();
@@ -715,7 +715,7 @@ fn inbox_file_blocking(src: &Source, state: &mut State, name: &str) -> Result<()
             src.set_counts(state);
             // The rows are durable in the encrypted raw store: the export itself goes.
             let mut receipt = summary_json(name, &kind_name, &done);
-            receipt["retired"] = crate::pki::format_time(time::OffsetDateTime::now_utc()).into();
+            receipt["retired"] = crate::days::now_text().into();
             receipt["export"] = "overwritten and deleted; its rows are held encrypted in the raw store".into();
             let text = serde_json::to_string_pretty(&receipt).unwrap_or_else(|_| "{}".into()) + "\n";
             let how = dirs

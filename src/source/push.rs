@@ -11,13 +11,10 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use rand::{Rng, SeedableRng};
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio_rustls::TlsConnector;
 
 use crate::spiffe::Role;
-use crate::tls;
+use crate::tls::{self, ConnectError};
 use crate::wire::{BatchAck, EpochRefusal, ErrorBody, BATCH_PATH};
 
 use super::store;
@@ -167,7 +164,7 @@ impl Stats {
         }
         let since = match &*h {
             Health::Failing { since, .. } => since.clone(),
-            _ => crate::pki::format_time(time::OffsetDateTime::now_utc()),
+            _ => crate::days::now_text(),
         };
         *h = Health::Failing { since, class, error: e.to_string() };
     }
@@ -322,7 +319,7 @@ async fn push_one(src: &Source, conn: &mut Option<Sender>, seq: u64, n: u32) -> 
     let mut removal = store::remove_outbox(src.store.tree(), seq).map_err(|e| PushError::Store(e.to_string()))?;
     let batches = src.stats.batches.fetch_add(1, Ordering::Relaxed) + 1;
     let records = src.stats.records.fetch_add(u64::from(n), Ordering::Relaxed) + u64::from(n);
-    let now = crate::pki::format_time(time::OffsetDateTime::now_utc());
+    let now = crate::days::now_text();
     removal.insert(store::META_PUSHED_BATCHES, batches.to_be_bytes());
     removal.insert(store::META_PUSHED_RECORDS, records.to_be_bytes());
     removal.insert(store::META_LAST_PUSH, now.as_bytes());
@@ -393,18 +390,7 @@ async fn connect(src: &Source) -> Result<Sender, PushError> {
 /// A new mTLS connection to `addr` (TLS name `host`), the server's SPIFFE identity
 /// checked to be `want` before a byte of HTTP is sent.
 pub(super) async fn connect_to(src: &Source, addr: &str, host: &str, want: Peer<'_>) -> Result<Sender, PushError> {
-    let material = src.ctx.tls.borrow().clone();
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| PushError::Connect { addr: addr.into(), detail: "timed out".into() })?
-        .map_err(|e| PushError::Connect { addr: addr.into(), detail: e.to_string() })?;
-    let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from(host.to_string())
-        .map_err(|_| PushError::Tls(format!("`{host}` is not a valid server name")))?;
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(material.client.clone()).connect(name, tcp))
-        .await
-        .map_err(|_| PushError::Tls("the handshake timed out".into()))?
-        .map_err(|e| PushError::Tls(e.to_string()))?;
+    let client = src.ctx.tls.borrow().client.clone();
     let program = &src.ctx.config.identity.program;
     let wanted = |id: &crate::spiffe::SpiffeId| {
         &id.program == program
@@ -413,21 +399,25 @@ pub(super) async fn connect_to(src: &Source, addr: &str, host: &str, want: Peer<
                 Peer::Custodian(name) => id.role == Role::Source && id.name == name,
             }
     };
-    match tls::peer_identity(stream.get_ref().1) {
-        Some(id) if wanted(&id) => {}
-        Some(id) => {
+    let stream = match tls::connect(client, addr, host, CONNECT_TIMEOUT, wanted).await {
+        Ok((stream, _)) => stream,
+        Err(ConnectError::Tcp(detail)) => return Err(PushError::Connect { addr: addr.into(), detail }),
+        Err(e @ (ConnectError::ServerName(_) | ConnectError::Handshake(_))) => {
+            return Err(PushError::Tls(e.to_string()))
+        }
+        Err(ConnectError::Identity(Some(id))) => {
             let expected = match want {
                 Peer::Steward => format!("a steward of program {program}"),
                 Peer::Custodian(name) => format!("the custodian spiffe://{program}/source/{name}"),
             };
             return Err(PushError::Identity(format!("the server at {addr} is {id}, not {expected}: refusing to send")));
         }
-        None => {
+        Err(ConnectError::Identity(None)) => {
             return Err(PushError::Identity(format!(
                 "the server at {addr} has no SPIFFE identity in its certificate: refusing to send"
             )))
         }
-    }
+    };
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| PushError::Http(e.to_string()))?;

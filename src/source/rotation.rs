@@ -373,7 +373,7 @@ async fn report(src: &Arc<Source>, problem: Option<String>) -> anyhow::Result<Ep
         serde_json::from_slice(&answer).map_err(|_| anyhow::anyhow!("the steward's answer is not an epoch status"))?;
     let mut v = src.view();
     v.steward = Some(view.clone());
-    v.steward_at = Some(crate::pki::format_time(time::OffsetDateTime::now_utc()));
+    v.steward_at = Some(crate::days::now_text());
     Ok(view)
 }
 

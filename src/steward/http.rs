@@ -277,7 +277,7 @@ pub(crate) async fn post_epochs(st: &Arc<Steward>, peer: &Peer, req: Request<Inc
             return error_response(StatusCode::BAD_REQUEST, msg);
         }
     };
-    let now = crate::pki::format_time(time::OffsetDateTime::now_utc());
+    let now = crate::days::now_text();
     let (epochs, name, r2) = (st.epochs.clone(), peer.id.name.clone(), report.clone());
     match tokio::task::spawn_blocking(move || epochs.report(&name, &r2, &now)).await {
         Ok(Ok(())) => {}

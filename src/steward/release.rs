@@ -229,7 +229,7 @@ async fn release(
         Err(e) => return Err(Box::new(internal("encoding an answer failed", e))),
     };
     let record = ReleaseRecord {
-        time: crate::pki::format_time(time::OffsetDateTime::now_utc()),
+        time: crate::days::now_text(),
         query_hash: plan.hash().to_string(),
         canonical: plan.canonical().to_string(),
         epsilon: epsilon_micro as f64 / 1e6,

@@ -126,3 +126,16 @@ fn the_cli_borrows_no_item_of_a_server_module() {
     }
     assert!(wrong.is_empty(), "the CLI borrows from a server module:\n{}", wrong.join("\n"));
 }
+
+#[test]
+fn no_daemon_path_needs_the_offline_ca() {
+    let mut wrong = Vec::new();
+    for dir in ["daemon", "source", "steward", "tls.rs", "accept.rs", "storage.rs", "evaluator.rs", "audit.rs"] {
+        for (path, text) in files(&src().join(dir)) {
+            if modules_named(&text).contains("pki") {
+                wrong.push(relative(&path));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "daemon paths naming crate::pki (the offline CA): {wrong:?}");
+}
