@@ -7,6 +7,8 @@ use std::sync::Arc;
 use crate::daemon::admin::{Request, Response};
 use crate::daemon::service::{AdminAnswer, RoleService};
 
+use tracing::info;
+
 use super::Steward;
 
 impl RoleService for Steward {
@@ -57,5 +59,25 @@ impl RoleService for Steward {
 
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(Steward::close(self))
+    }
+}
+
+impl Steward {
+    /// Set an evaluator's budget (admin socket), audited.
+    pub fn grant(&self, evaluator: &str, epsilon_micro: u64) -> Result<crate::dp::ledger::EvaluatorBudget, String> {
+        let budget = self.ledger.grant(evaluator, epsilon_micro).map_err(|e| e.to_string())?;
+        let detail = crate::audit::BudgetGrantDetail {
+            evaluator: evaluator.to_string(),
+            total_micro: budget.total_micro,
+            spent_micro: budget.spent_micro,
+        };
+        self.audit.append(crate::audit::Kind::BudgetGrant, "admin", &detail).map_err(|e| e.to_string())?;
+        info!(evaluator, total = %crate::dp::ledger::format_epsilon(budget.total_micro), "budget granted");
+        Ok(crate::dp::ledger::EvaluatorBudget { evaluator: evaluator.to_string(), budget })
+    }
+
+    /// Every evaluator's budget (admin socket).
+    pub fn budgets(&self) -> Result<crate::dp::ledger::BudgetsView, String> {
+        self.ledger.view().map_err(|e| e.to_string())
     }
 }

@@ -1,40 +1,11 @@
-//! The steward's network service: HTTPS with mutual TLS, authorization from the peer certificate's SPIFFE ID, durable idempotent batches.
+//! The steward service: HTTPS with mutual TLS, authorization from the peer certificate's SPIFFE ID, durable idempotent batches, linkage, releases. This file: the service's state, its start (store, ledger, audit log, linkage rebuilt from the store, listener) and which linkage a batch goes to.
 //!
-//! # Connection lifecycle and its bounds
-//!
-//! 1. **Accept.** Every connection is accepted at once (`accept::serve`) and
-//!    is *pending* until authenticated: admitted under caps of its own
-//!    (`max_pending_handshakes` in all, `max_pending_per_address` per remote
-//!    address), apart from the slots of authenticated peers. When a cap is
-//!    reached the oldest pending connection that has not sent a byte yet is
-//!    closed to make room (`evicted`), so idle sockets without a certificate
-//!    cannot lock sources and evaluators out (see `accept`).
-//! 2. **Handshake** with the server config current *at accept time*
-//!    (`ctx.tls.borrow()`), so a SIGHUP reload (new certificate, new CRL)
-//!    applies to every new handshake while older connections finish. From
-//!    accept to a verified certificate takes at most `handshake_timeout`.
-//!    rustls requires a client certificate of the program CA naming
-//!    clientAuth, not revoked, checked against a CRL that is not past its
-//!    next-update; any failure refuses the peer here. Refusals of peers
-//!    without a verified certificate are logged at a bounded rate.
-//! 3. **Identity.** The peer's SPIFFE ID is read from its certificate; a
-//!    certificate without one, or of another program, is refused (closed)
-//!    before HTTP starts. Nothing the client says about itself is used. The
-//!    connection then leaves admission and waits for one of `max_connections`
-//!    authenticated slots.
-//! 4. **HTTP/1.1** (hyper). The TLS stream is wrapped in `timeout_io::TimeoutIo`:
-//!    every read and every write must make progress within `io_timeout`
-//!    (this also closes idle keep-alive connections and peers that stop
-//!    reading). Headers must arrive within `io_timeout` (hyper's
-//!    `header_read_timeout`), and a whole request body within `io_timeout`
-//!    (a deadline around reading it), so a slow trickle cannot hold a
-//!    connection for long either. Bodies are capped at `max_body_bytes`.
-//! 5. **Routing** on path and certificate role, before any body is read
-//!    (see `routes::ROUTES`).
-//! 6. **Shutdown**: when `ctx.shutdown` is cancelled the accept loop stops,
-//!    handshakes in progress are dropped, and established connections are
-//!    shut down gracefully (the request in flight finishes and is answered).
-//!    The daemon then calls [`Steward::close`] to flush the store.
+//! The rest, one job per file: `connection` (accept to close, and its
+//! bounds), `routes` (the authorization table), `http` (the batch and epoch
+//! endpoints), [`release`] (the evaluator API and the release store),
+//! `switch` (the key epoch switch), `status` (counts for `divert status`),
+//! `admin` (the admin socket's requests: budgets, keys), [`store`],
+//! [`persons`], [`epochs`].
 //!
 //! # Durability and idempotence
 //!
@@ -51,33 +22,32 @@
 //! [`ingest_body`] (both, as the endpoint runs them), and the whole service
 //! with [`Steward::start`] on a hand-built [`Context`] listening on port 0.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::daemon::config::StewardConfig;
 use crate::daemon::Context;
 use crate::fsutil;
 use crate::record::PseudoRecord;
 use crate::spiffe::SpiffeId;
-use crate::tls;
 
 mod admin;
+mod connection;
 pub mod epochs;
 mod http;
 pub mod persons;
 pub mod release;
 mod routes;
+mod status;
 pub mod store;
+mod switch;
 mod timeout_io;
 
 pub use http::{check_batch, ingest_body, Accepted, IngestError, Rejection, MAX_BATCH_ID_BYTES};
@@ -203,15 +173,6 @@ pub struct Steward {
     refusals: [AtomicU64; Refusal::ALL.len()],
     pub(crate) batches_stored: AtomicU64,
     pub(crate) batches_duplicate: AtomicU64,
-}
-
-/// Decrements a connection gauge (open, waiting) when the connection leaves that state, however it does.
-struct OpenGuard<'a>(&'a AtomicUsize);
-
-impl Drop for OpenGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Steward {
@@ -344,7 +305,7 @@ impl Steward {
             io_timeout_secs = steward.cfg.io_timeout.as_secs_f64(),
             "steward listening"
         );
-        ctx.tracker.spawn(accept_loop(ctx.clone(), steward.clone(), listener));
+        ctx.tracker.spawn(connection::accept_loop(ctx.clone(), steward.clone(), listener));
         // Every source may have reported complete before a crash: switch now if so.
         steward.maybe_switch().await;
         Ok(steward)
@@ -386,222 +347,9 @@ impl Steward {
         }
     }
 
-    /// The key epochs as `GET /v1/epochs` and `divert keys status` show them.
-    pub fn epoch_status(&self) -> Result<crate::wire::EpochStatus, StoreError> {
-        Ok(self.epochs.status(&self.store.counts_by_epoch()?))
-    }
-
-    /// An admin's decision (`divert keys excuse`): the switch stops waiting for
-    /// `source`, a source that is gone for good. Its records under the active
-    /// epoch leave the linkage at the switch (they cannot be linked under the
-    /// new key). Audited; may switch at once. Returns (pending epoch, records dropped).
-    pub async fn excuse(&self, source: &str) -> Result<(u32, u64), String> {
-        let counts = self.store.counts_by_epoch().map_err(|e| e.to_string())?;
-        let waiting = self.epochs.waiting_for(&counts).ok_or("no key rotation is under way")?;
-        if !waiting.contains(source) {
-            let list: Vec<&str> = waiting.iter().map(String::as_str).collect();
-            return Err(format!(
-                "the switch does not wait for `{source}`; it waits for: {}",
-                if list.is_empty() { "nobody".to_string() } else { list.join(", ") }
-            ));
-        }
-        let active = self.epochs.active().unwrap_or(0);
-        let dropped = counts.get(source).and_then(|per| per.get(&active)).map_or(0, |c| c.records);
-        let (epochs, name) = (self.epochs.clone(), source.to_string());
-        let pending = tokio::task::spawn_blocking(move || epochs.excuse(&name))
-            .await
-            .map_err(|e| format!("the excuse task failed: {e}"))??;
-        let detail = serde_json::json!({
-            "event": "source_excused", "source": source, "epoch": pending, "records_left_out": dropped,
-        });
-        self.audit.append_async(crate::audit::Kind::Key, "admin", &detail).await.map_err(|e| e.to_string())?;
-        warn!(
-            source,
-            epoch = pending,
-            records_left_out = dropped,
-            "the key rotation no longer waits for this source: its records under the old epoch leave the linkage at the switch"
-        );
-        self.maybe_switch().await;
-        Ok((pending, dropped))
-    }
-
-    /// Switch to the pending epoch if every source holding records has
-    /// reported it complete: durably, then the new linkage answers queries,
-    /// then the old epoch's batches are deleted. Audited.
-    pub(crate) async fn maybe_switch(&self) {
-        let gate = self.epoch_gate.write().await;
-        let counts = match self.store.counts_by_epoch() {
-            Ok(c) => c,
-            Err(e) => {
-                error!(error = %e, "reading counts for the key epoch switch failed");
-                return;
-            }
-        };
-        match self.epochs.waiting_for(&counts) {
-            Some(w) if w.is_empty() => {}
-            _ => return,
-        }
-        let epochs = self.epochs.clone();
-        let switched = match tokio::task::spawn_blocking(move || epochs.switch()).await {
-            Ok(Ok(Some(s))) => s,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                error!(error = %e, "recording the key epoch switch failed");
-                return;
-            }
-            Err(e) => {
-                error!(error = %e, "the task recording the key epoch switch failed");
-                return;
-            }
-        };
-        let (old, new) = switched;
-        let next = self.next_persons.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let next = match next {
-            Some((e, p)) if e == new => p,
-            _ => Arc::new(persons::Persons::new(self.schema.clone())),
-        };
-        let records = next.records();
-        *self.persons.write().unwrap_or_else(|p| p.into_inner()) = next;
-        let sources: Vec<String> = counts.keys().cloned().collect();
-        let detail = serde_json::json!({ "event": "epoch_switched", "from": old, "to": new, "sources": sources });
-        if let Err(e) = self.audit.append_async(crate::audit::Kind::Key, "steward", &detail).await {
-            error!(error = %e, "auditing the key epoch switch failed");
-        }
-        info!(
-            from = old,
-            to = new,
-            records,
-            "key epoch switched: the new linkage answers queries; deleting the old epoch's batches"
-        );
-        drop(gate);
-        // In the background: on a large store this outlasts the report that triggered the switch.
-        // A stop part-way leaves whole batches of the old epoch, removed at the next start.
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            let store2 = store.clone();
-            let removed = tokio::task::spawn_blocking(move || store2.remove_epochs_below(new)).await;
-            match removed {
-                Ok(Ok(n)) => info!(batches = n, epoch = old, "old key epoch's batches deleted"),
-                Ok(Err(e)) => error!(error = %e, "deleting the old epoch's batches failed; the next start retries"),
-                Err(e) => {
-                    error!(error = %e, "the task deleting the old epoch's batches failed; the next start retries")
-                }
-            }
-        });
-    }
-
     /// Every record held, batch by batch.
     pub fn records(&self) -> impl Iterator<Item = Result<PseudoRecord, StoreError>> + '_ {
         self.store.records()
-    }
-
-    /// Set an evaluator's budget (admin socket), audited.
-    pub fn grant(&self, evaluator: &str, epsilon_micro: u64) -> Result<crate::dp::ledger::EvaluatorBudget, String> {
-        let budget = self.ledger.grant(evaluator, epsilon_micro).map_err(|e| e.to_string())?;
-        let detail = crate::audit::BudgetGrantDetail {
-            evaluator: evaluator.to_string(),
-            total_micro: budget.total_micro,
-            spent_micro: budget.spent_micro,
-        };
-        self.audit.append(crate::audit::Kind::BudgetGrant, "admin", &detail).map_err(|e| e.to_string())?;
-        info!(evaluator, total = %crate::dp::ledger::format_epsilon(budget.total_micro), "budget granted");
-        Ok(crate::dp::ledger::EvaluatorBudget { evaluator: evaluator.to_string(), budget })
-    }
-
-    /// Every evaluator's budget (admin socket).
-    pub fn budgets(&self) -> Result<crate::dp::ledger::BudgetsView, String> {
-        self.ledger.view().map_err(|e| e.to_string())
-    }
-
-    /// Remember a release for `GET /v1/releases`, durably (blocking).
-    pub(crate) fn record_release(
-        &self,
-        evaluator: &str,
-        record: &crate::wire::ReleaseRecord,
-    ) -> Result<(), StoreError> {
-        let mut key = evaluator.as_bytes().to_vec();
-        key.push(0);
-        key.extend_from_slice(&self.store.db().generate_id()?.to_be_bytes());
-        let value = serde_json::to_vec(record)
-            .map_err(|e| StoreError::Sled(sled::Error::Unsupported(format!("encoding a release record: {e}"))))?;
-        crate::storage::check_value(&value)?;
-        let releases = self.releases.clone();
-        self.store.durable().write(move |_| releases.insert(key, value).map(|_| ()))?;
-        Ok(())
-    }
-
-    /// An evaluator's own past releases, oldest first.
-    pub(crate) fn releases_of(&self, evaluator: &str) -> Result<Vec<crate::wire::ReleaseRecord>, StoreError> {
-        let mut prefix = evaluator.as_bytes().to_vec();
-        prefix.push(0);
-        let mut out = Vec::new();
-        for kv in self.releases.scan_prefix(prefix) {
-            let (_, v) = kv?;
-            if let Ok(r) = serde_json::from_slice(&v) {
-                out.push(r);
-            }
-        }
-        Ok(out)
-    }
-
-    /// How many refusals of one kind so far (this run).
-    pub fn refusals(&self, kind: Refusal) -> u64 {
-        self.refusals[kind.index()].load(Ordering::Relaxed)
-    }
-
-    /// All refusals so far (this run).
-    pub fn refusals_total(&self) -> u64 {
-        self.refusals.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
-
-    /// For `divert status`: counts only, never a record, token or id.
-    pub fn status(&self) -> serde_json::Value {
-        let mut status = serde_json::json!({
-            "listen": self.local_addr.to_string(),
-            "data_dir": self.data_dir.display().to_string(),
-            "connections_open": self.open.load(Ordering::Relaxed),
-            "max_connections": self.cfg.max_connections,
-            "connections_waiting": self.waiting.load(Ordering::Relaxed),
-            "handshakes_pending": self.admission.pending(),
-            "max_pending_handshakes": self.cfg.pending.pending,
-            "max_pending_per_address": self.cfg.pending.per_address,
-            "batches_stored_this_run": self.batches_stored.load(Ordering::Relaxed),
-            "duplicates_this_run": self.batches_duplicate.load(Ordering::Relaxed),
-        });
-        let mut refusals: serde_json::Map<String, serde_json::Value> =
-            Refusal::ALL.iter().map(|r| (r.as_str().to_string(), self.refusals(*r).into())).collect();
-        refusals.insert("total".into(), self.refusals_total().into());
-        status["refusals"] = refusals.into();
-        status["key_epochs"] = serde_json::json!({ "active": self.epochs.active(), "pending": self.epochs.pending() });
-        status["linkage"] = self.persons().quality_status();
-        match self.store.counts(self.epochs.active()) {
-            Ok(counts) => {
-                let per = |f: fn(&SourceCounts) -> u64| -> BTreeMap<&str, u64> {
-                    counts.iter().map(|(k, c)| (k.as_str(), f(c))).collect()
-                };
-                status["records_per_source"] = serde_json::json!(per(|c| c.records));
-                status["batches_per_source"] = serde_json::json!(per(|c| c.batches));
-                status["records"] = counts.values().map(|c| c.records).sum::<u64>().into();
-                status["batches"] = counts.values().map(|c| c.batches).sum::<u64>().into();
-            }
-            Err(e) => status["store_error"] = e.to_string().into(),
-        }
-        // Per source and kind: what re-sends did (counts only; the evaluator sees none of it).
-        match self.store.versions() {
-            Ok(v) => status["record_versions"] = serde_json::json!(v),
-            Err(e) => status["store_error"] = e.to_string().into(),
-        }
-        let writer = self.store.durable().stats();
-        status["store_writes"] = serde_json::json!({
-            "writes": writer.writes.load(Ordering::Relaxed),
-            "syncs": writer.syncs.load(Ordering::Relaxed),
-            "blob_files": self.store.durable().blobs(),
-        });
-        match self.store.size_on_disk() {
-            Ok(n) => status["store_bytes"] = n.into(),
-            Err(e) => status["store_error"] = e.to_string().into(),
-        }
-        status
     }
 
     /// Called after shutdown is cancelled and in-flight connections drained: flush the store.
@@ -626,119 +374,5 @@ impl Steward {
                 }
             }
         }
-    }
-}
-
-async fn accept_loop(ctx: Arc<Context>, st: Arc<Steward>, listener: TcpListener) {
-    let (ctx2, st2) = (ctx.clone(), st.clone());
-    crate::accept::serve(listener, ctx.shutdown.clone(), "steward", move |tcp, peer| {
-        let (pending, evicted) = st2.admission.admit(peer);
-        for _ in 0..evicted {
-            st2.refuse(Refusal::Evicted, peer, None, "an unauthenticated connection was closed to make room");
-        }
-        // The config current now: a reload applies to this and later handshakes only.
-        let tls = ctx2.tls.borrow().server.clone();
-        ctx2.tracker.spawn(connection(ctx2.clone(), st2.clone(), tcp, peer, tls, pending));
-    })
-    .await;
-    info!(listen = %st.local_addr, "steward stopped accepting connections");
-}
-
-async fn connection(
-    ctx: Arc<Context>,
-    st: Arc<Steward>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    tls: Arc<rustls::ServerConfig>,
-    pending: crate::accept::Pending,
-) {
-    let made_under = tls.clone();
-    let handshake_timeout = st.cfg.handshake_timeout;
-    // Phase 1, unauthenticated: admitted under the pending caps, evictable,
-    // bounded by the handshake timeout from accept to identity.
-    let stream = match tls::accept_pending(&pending, tcp, tls, handshake_timeout, &ctx.shutdown).await {
-        Ok(s) => s,
-        Err(tls::HandshakeEnd::Dropped | tls::HandshakeEnd::Closed) => return,
-        Err(tls::HandshakeEnd::Failed(e)) => {
-            st.refuse(Refusal::Handshake, peer, None, &format!("TLS handshake failed: {e}"));
-            return;
-        }
-        Err(tls::HandshakeEnd::TimedOut) => {
-            let secs = handshake_timeout.as_secs_f64();
-            st.refuse(Refusal::HandshakeTimeout, peer, None, &format!("no TLS handshake within {secs} s"));
-            return;
-        }
-    };
-    let id = match tls::peer_identity(stream.get_ref().1) {
-        Some(id) => id,
-        None => {
-            st.refuse(Refusal::Identity, peer, None, "the client certificate has no usable spiffe:// identity");
-            return;
-        }
-    };
-    if id.program != st.program {
-        let reason = format!("the certificate is for program `{}`, not `{}`", id.program, st.program);
-        st.refuse(Refusal::Identity, peer, Some(&id), &reason);
-        return;
-    }
-    debug!(peer = %peer, identity = %id, "connection authenticated");
-    drop(pending);
-    // Phase 2, authenticated: one of `max_connections` slots; when all are
-    // taken the peer waits here (its request is read once a slot frees).
-    st.waiting.fetch_add(1, Ordering::Relaxed);
-    let waiting = OpenGuard(&st.waiting);
-    let _permit = tokio::select! {
-        _ = ctx.shutdown.cancelled() => return,
-        p = st.connections.clone().acquire_owned() => match p {
-            Ok(p) => p,
-            Err(_) => return,
-        },
-    };
-    drop(waiting);
-    st.open.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenGuard(&st.open);
-
-    let io_timeout = st.cfg.io_timeout;
-    let io = TokioIo::new(timeout_io::TimeoutIo::new(stream, io_timeout));
-    let peer_info = Arc::new(http::Peer { addr: peer, id });
-    let svc_state = st.clone();
-    let svc = service_fn(move |req| routes::route(svc_state.clone(), peer_info.clone(), req));
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(io_timeout).keep_alive(true);
-    let conn = builder.serve_connection(io, svc);
-    tokio::pin!(conn);
-    // A reload (new certificate, new CRL) applies to open connections too: after
-    // RELOAD_GRACE they are closed gracefully (the request in flight is answered), so
-    // the peer handshakes again under the new material — a revoked peer is then refused.
-    let mut tls_rx = ctx.tls.clone();
-    let reloaded = async move {
-        // Compared with the config this connection's handshake used, not with "changed
-        // since the receiver was cloned": a reload before this point counts, an old one does not.
-        loop {
-            if !Arc::ptr_eq(&tls_rx.borrow_and_update().server, &made_under) {
-                tokio::time::sleep(RELOAD_GRACE).await;
-                return;
-            }
-            if tls_rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::pin!(reloaded);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = ctx.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-        _ = &mut reloaded => {
-            debug!(peer = %peer, "TLS material reloaded: closing a connection made under the previous one");
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        // Timeouts and peers going away: worth a line, not a warning.
-        debug!(peer = %peer, error = %e, "connection ended with an error");
     }
 }

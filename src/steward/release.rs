@@ -433,3 +433,37 @@ pub(crate) async fn post_plan(st: &Arc<Steward>, peer: &Peer, req: Request<Incom
         Err(e) => internal("reading a budget failed", e),
     }
 }
+/// The release store: what `GET /v1/releases` shows an evaluator of its own past releases.
+impl Steward {
+    /// Remember a release for `GET /v1/releases`, durably (blocking).
+    pub(crate) fn record_release(
+        &self,
+        evaluator: &str,
+        record: &crate::wire::ReleaseRecord,
+    ) -> Result<(), super::StoreError> {
+        let mut key = evaluator.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(&self.store.db().generate_id()?.to_be_bytes());
+        let value = serde_json::to_vec(record).map_err(|e| {
+            super::StoreError::Sled(sled::Error::Unsupported(format!("encoding a release record: {e}")))
+        })?;
+        crate::storage::check_value(&value)?;
+        let releases = self.releases.clone();
+        self.store.durable().write(move |_| releases.insert(key, value).map(|_| ()))?;
+        Ok(())
+    }
+
+    /// An evaluator's own past releases, oldest first.
+    pub(crate) fn releases_of(&self, evaluator: &str) -> Result<Vec<crate::wire::ReleaseRecord>, super::StoreError> {
+        let mut prefix = evaluator.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for kv in self.releases.scan_prefix(prefix) {
+            let (_, v) = kv?;
+            if let Ok(r) = serde_json::from_slice(&v) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+}
