@@ -73,8 +73,22 @@ pub enum StewardError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("opening the store: {0}")]
     Join(String),
-    #[error("{0}")]
-    Setup(String),
+    #[error("{0:#}")]
+    Schema(anyhow::Error),
+    #[error("opening the budget ledger: {0}")]
+    Ledger(#[source] crate::dp::ledger::LedgerError),
+    #[error("{path}: {source}; run `divert audit verify`")]
+    AuditUnreadable { path: PathBuf, source: crate::audit::VerifyError },
+    #[error("reconciling budgets with the audit log: {0}")]
+    Reconcile(#[source] crate::dp::ledger::LedgerError),
+    #[error("{path}: {source}")]
+    Audit { path: PathBuf, source: crate::audit::AuditError },
+    #[error("opening the release store: {0}")]
+    Releases(#[source] sled::Error),
+    #[error("reading the key epochs: {0}")]
+    Epochs(#[source] sled::Error),
+    #[error("reading held records: {0}")]
+    Records(#[source] StoreError),
 }
 
 /// Why a peer or a request was refused; each has its own counter in `status`.
@@ -192,21 +206,20 @@ impl Steward {
             .map_err(|e| StewardError::Join(e.to_string()))??;
         let schema = Arc::new(
             crate::daemon::config::load_schema(cfg.schema.as_deref())
-                .map_err(|e| StewardError::Setup(format!("{e:#}")))?,
+                .map_err(StewardError::Schema)?,
         );
         let mut ledger = crate::dp::ledger::Ledger::open(store.durable(), cfg.program_epsilon_cap_micro)
-            .map_err(|e| StewardError::Setup(format!("opening the budget ledger: {e}")))?;
+            .map_err(StewardError::Ledger)?;
         let audit_path = data_dir.join(AUDIT_FILE);
         // Reconcile before serving: the audit log is the record of what left.
         if audit_path.exists() {
-            let spent = crate::audit::AuditLog::spent_by_evaluator(&audit_path).map_err(|e| {
-                StewardError::Setup(format!("{}: {e}; run `divert audit verify`", audit_path.display()))
-            })?;
+            let spent = crate::audit::AuditLog::spent_by_evaluator(&audit_path)
+                .map_err(|source| StewardError::AuditUnreadable { path: audit_path.clone(), source })?;
             let (adjustments, back) = tokio::task::spawn_blocking(move || (ledger.reconcile(&spent), ledger))
                 .await
                 .map_err(|e| StewardError::Join(e.to_string()))?;
             ledger = back;
-            let adjustments = adjustments.map_err(|e| StewardError::Setup(format!("reconciling budgets: {e}")))?;
+            let adjustments = adjustments.map_err(StewardError::Reconcile)?;
             for a in &adjustments {
                 warn!(adjustment = ?a, "budget ledger raised to match the audit log");
             }
@@ -217,13 +230,13 @@ impl Steward {
                 .await
                 .map_err(|e| StewardError::Join(e.to_string()))?
         };
-        let audit = opened.map_err(|e| StewardError::Setup(format!("{}: {e}", audit_path.display())))?;
+        let audit = opened.map_err(|source| StewardError::Audit { path: audit_path.clone(), source })?;
         let releases = store
             .db()
             .open_tree("steward_releases")
-            .map_err(|e| StewardError::Setup(format!("opening releases: {e}")))?;
+            .map_err(StewardError::Releases)?;
         let epochs = epochs::Epochs::open(store.durable())
-            .map_err(|e| StewardError::Setup(format!("reading the key epochs: {e}")))?;
+            .map_err(StewardError::Epochs)?;
         let store = Arc::new(store);
         if let Some(active) = epochs.active() {
             // A switch interrupted before the old epoch was deleted: finish it.
@@ -239,7 +252,7 @@ impl Steward {
         let next = epochs.pending().map(|p| (p, persons::Persons::new(schema.clone())));
         let (mut held, mut held_next, mut stray) = (Vec::new(), Vec::new(), 0u64);
         for b in store.batches() {
-            let b = b.map_err(|e| StewardError::Setup(format!("reading held records: {e}")))?;
+            let b = b.map_err(StewardError::Records)?;
             if Some(b.header.epoch) == epochs.active() {
                 held.extend(b.records);
             } else if Some(b.header.epoch) == epochs.pending() {
