@@ -309,7 +309,7 @@ async fn end_to_end(
     if queries {
         steward.grant(EVALUATOR, 1_000_000_000_000).expect("grant the evaluator's budget");
         let config = divert::evaluator::EvaluatorConfig {
-            identity: divert::pki::SpiffeId::new(PROGRAM, Role::Evaluator, EVALUATOR).expect("evaluator id"),
+            spiffe_id: divert::pki::SpiffeId::new(PROGRAM, Role::Evaluator, EVALUATOR).expect("evaluator id"),
             steward_addr: addr.to_string(),
             steward_host: "localhost".into(),
             tls: tls_paths(&root.join(EVALUATOR).join("tls")),

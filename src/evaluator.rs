@@ -33,7 +33,7 @@ struct RawEvaluatorConfig {
 /// A validated evaluator config.
 #[derive(Debug, Clone)]
 pub struct EvaluatorConfig {
-    pub identity: SpiffeId,
+    pub spiffe_id: SpiffeId,
     pub steward_addr: String,
     pub steward_host: String,
     pub tls: TlsPaths,
@@ -66,8 +66,8 @@ impl EvaluatorConfig {
             });
         }
         match (identity, url, problems.is_empty()) {
-            (Ok(identity), Some((steward_addr, steward_host)), true) => {
-                Ok(EvaluatorConfig { identity, steward_addr, steward_host, tls: raw.tls.resolve(resolve) })
+            (Ok(spiffe_id), Some((steward_addr, steward_host)), true) => {
+                Ok(EvaluatorConfig { spiffe_id, steward_addr, steward_host, tls: raw.tls.resolve(resolve) })
             }
             _ => Err(problems),
         }
@@ -105,14 +105,14 @@ pub struct Client {
 impl Client {
     /// Load the evaluator's certificate, key, CA and CRL.
     pub fn new(config: EvaluatorConfig) -> Result<Client, ClientError> {
-        let material = TlsMaterial::load(&config.tls, Some(&config.identity))?;
+        let material = TlsMaterial::load(&config.tls, Some(&config.spiffe_id))?;
         Ok(Client { config, material })
     }
 
     /// Send one request on a fresh connection; the status and body.
     pub async fn request(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Reply, ClientError> {
         let addr = self.config.steward_addr.clone();
-        let program = &self.config.identity.program;
+        let program = &self.config.spiffe_id.program;
         let wanted = |id: &SpiffeId| id.role == Role::Steward && &id.program == program;
         let client = self.material.client.clone();
         let stream = match tls::connect(client, &addr, &self.config.steward_host, CONNECT_TIMEOUT, wanted).await {

@@ -158,7 +158,7 @@ pub fn check_file(path: &Path) -> Result<(ConfigKind, String), Vec<Problem>> {
         }
         ConfigKind::Evaluator => {
             let c = crate::evaluator::EvaluatorConfig::from_toml(&text, path)?;
-            Ok((kind, format!("evaluator {} of the steward at {}", c.identity, c.steward_addr)))
+            Ok((kind, format!("evaluator {} of the steward at {}", c.spiffe_id, c.steward_addr)))
         }
         ConfigKind::Daemon => {
             let c = crate::daemon::config::Config::from_toml(&text, path)?;
@@ -167,7 +167,7 @@ pub fn check_file(path: &Path) -> Result<(ConfigKind, String), Vec<Problem>> {
                 format!(
                     "{} daemon {}",
                     if matches!(c.role, crate::daemon::config::RoleConfig::Steward(_)) { "steward" } else { "source" },
-                    c.identity
+                    c.spiffe_id
                 ),
             ))
         }

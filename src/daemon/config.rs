@@ -114,7 +114,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
-    pub identity: SpiffeId,
+    pub spiffe_id: SpiffeId,
     pub data_dir: PathBuf,
     pub tls: TlsPaths,
     pub log_format: LogFormat,
@@ -447,10 +447,10 @@ impl Config {
         };
 
         match (identity, role_config, problems.is_empty()) {
-            (Some(identity), Some(role), true) => Ok(Config {
+            (Some(spiffe_id), Some(role), true) => Ok(Config {
                 metrics_listen,
                 path: path.to_path_buf(),
-                identity,
+                spiffe_id,
                 admin_socket: raw.admin_socket.as_deref().map(resolve).unwrap_or_else(|| data_dir.join("admin.sock")),
                 data_dir,
                 tls: raw.tls.resolve(resolve),
@@ -517,7 +517,7 @@ steward_url = "https://localhost:7443"
 keys = "/etc/divert/keys"
 "#;
         let c = Config::from_toml(text, Path::new("/srv/police/divert.toml")).unwrap();
-        assert_eq!(c.identity.to_string(), "spiffe://demo/source/police");
+        assert_eq!(c.spiffe_id.to_string(), "spiffe://demo/source/police");
         assert_eq!(c.tls.cert, PathBuf::from("/srv/police/tls/cert.pem"));
         assert_eq!(c.admin_socket, PathBuf::from("/srv/police/data/admin.sock"));
         let RoleConfig::Source(s) = c.role else { panic!() };

@@ -29,7 +29,7 @@ impl Context {
     /// share; the returned sender publishes reloaded material.
     pub fn load(config: &Config) -> anyhow::Result<(Arc<Context>, watch::Sender<Arc<TlsMaterial>>)> {
         use anyhow::Context as _;
-        let material = TlsMaterial::load(&config.tls, Some(&config.identity)).context("loading TLS material")?;
+        let material = TlsMaterial::load(&config.tls, Some(&config.spiffe_id)).context("loading TLS material")?;
         let (tls_tx, tls_rx) = watch::channel(Arc::new(material));
         let ctx = Arc::new(Context {
             config: config.clone(),

@@ -87,7 +87,7 @@ where
         let render = metrics_render(ctx.clone(), service.clone(), started, reloads.clone());
         ctx.tracker.spawn(metrics::serve(listener, render, ctx.shutdown.clone(), ctx.tracker.clone()));
     }
-    tracing::info!(identity = %config.identity, admin_socket = %config.admin_socket.display(), "divert daemon started");
+    tracing::info!(identity = %config.spiffe_id, admin_socket = %config.admin_socket.display(), "divert daemon started");
 
     let mut watch_tick = tokio::time::interval(TLS_WATCH_INTERVAL);
     let mut stamps = tls_stamps(&config);
@@ -137,7 +137,7 @@ fn tls_stamps(config: &Config) -> Vec<Option<SystemTime>> {
 
 /// Load the TLS files again and publish them (counted in `reloads`); on any error keep the old ones.
 fn reload(config: &Config, tx: &watch::Sender<Arc<TlsMaterial>>, reloads: &AtomicU64) {
-    match TlsMaterial::load(&config.tls, Some(&config.identity)) {
+    match TlsMaterial::load(&config.tls, Some(&config.spiffe_id)) {
         Ok(m) => {
             warn_if_expiring(&m);
             tracing::info!(not_after = %crate::days::format_time(m.not_after), "TLS material reloaded; new handshakes use it");
@@ -174,9 +174,9 @@ fn status(ctx: &Context, service: &Service, started: time::OffsetDateTime) -> se
     let (role, detail) = role_status(service);
     serde_json::json!({
         "role": role,
-        "program": ctx.config.identity.program,
-        "name": ctx.config.identity.name,
-        "identity": ctx.config.identity.to_string(),
+        "program": ctx.config.spiffe_id.program,
+        "name": ctx.config.spiffe_id.name,
+        "identity": ctx.config.spiffe_id.to_string(),
         "certificate": {
             "not_after": crate::days::format_time(tls.not_after),
             "days_left": days_left,
@@ -208,7 +208,7 @@ fn metrics_render(
         let now = time::OffsetDateTime::now_utc();
         metrics::render(&metrics::Snapshot {
             role,
-            name: &ctx.config.identity.name,
+            name: &ctx.config.spiffe_id.name,
             certificate_expiry_seconds: (tls.not_after - now).whole_seconds(),
             certificate_expiry_warning: tls.days_left() < EXPIRY_WARNING_DAYS,
             warning_days: EXPIRY_WARNING_DAYS,

@@ -72,7 +72,7 @@ pub async fn serve(src: Arc<Source>, listener: TcpListener) {
                 Err(tls::HandshakeEnd::Failed(e)) => return refused(&format!("TLS handshake refused: {e}")),
                 Err(tls::HandshakeEnd::TimedOut) => return refused("no TLS handshake in time"),
             };
-            let program = src.ctx.config.identity.program.clone();
+            let program = src.ctx.config.spiffe_id.program.clone();
             let id = match tls::peer_identity(stream.get_ref().1) {
                 Some(id) if id.program == program => id,
                 _ => return refused("a certificate without an identity of this program; closed"),

@@ -182,7 +182,7 @@ impl Source {
         outbox.add(pending);
         let src = Arc::new_cyclic(|me| Source {
             me: me.clone(),
-            name: ctx.config.identity.name.clone(),
+            name: ctx.config.spiffe_id.name.clone(),
             ctx: ctx.clone(),
             cfg,
             schema,

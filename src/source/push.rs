@@ -391,7 +391,7 @@ async fn connect(src: &Source) -> Result<Sender, PushError> {
 /// checked to be `want` before a byte of HTTP is sent.
 pub(super) async fn connect_to(src: &Source, addr: &str, host: &str, want: Peer<'_>) -> Result<Sender, PushError> {
     let client = src.ctx.tls.borrow().client.clone();
-    let program = &src.ctx.config.identity.program;
+    let program = &src.ctx.config.spiffe_id.program;
     let wanted = |id: &crate::spiffe::SpiffeId| {
         &id.program == program
             && match want {

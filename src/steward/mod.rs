@@ -295,7 +295,7 @@ impl Steward {
             ledger,
             audit,
             releases,
-            program: ctx.config.identity.program.clone(),
+            program: ctx.config.spiffe_id.program.clone(),
             local_addr,
             data_dir,
             admission: crate::accept::Admission::new(cfg.pending),

@@ -248,7 +248,7 @@ impl TestSteward {
 
     /// What SIGHUP does: load the TLS files again and publish them.
     pub fn reload(&self) {
-        let m = TlsMaterial::load(&self.config.tls, Some(&self.config.identity)).expect("reload TLS material");
+        let m = TlsMaterial::load(&self.config.tls, Some(&self.config.spiffe_id)).expect("reload TLS material");
         self.tls_tx.send_replace(Arc::new(m));
     }
 
