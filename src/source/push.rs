@@ -267,15 +267,14 @@ pub fn batch_body(source: &str, batch_id: &str, records: &[u8]) -> Vec<u8> {
 /// What is posted for the outbox records `records` (JSON records separated
 /// by commas): the batch's binary form, or, when a record has none (or the
 /// records do not parse, which the steward then refuses as it always did),
-/// its JSON form. The outbox keeps JSON; the binary form is made here, at send time.
+/// its JSON form. The outbox keeps JSON; the binary form is made here, at
+/// send time, straight from the text (no owned record in between).
 pub fn batch_request(source: &str, batch_id: &str, records: &[u8]) -> (Vec<u8>, BatchFormat) {
     let text = [b"[".as_slice(), records, b"]"].concat();
-    if let Ok(parsed) = serde_json::from_slice::<Vec<crate::record::PseudoRecord>>(&text) {
-        if let Ok(body) = binary::encode(source, batch_id, &parsed) {
-            return (body, BatchFormat::Binary);
-        }
+    match binary::encode_json_array(source, batch_id, &text) {
+        Some(body) => (body, BatchFormat::Binary),
+        None => (batch_body(source, batch_id, records), BatchFormat::Json),
     }
-    (batch_body(source, batch_id, records), BatchFormat::Json)
 }
 
 async fn push_one(src: &Source, conn: &mut Option<Sender>, seq: u64, n: u32) -> Result<(), PushError> {

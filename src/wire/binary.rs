@@ -40,6 +40,7 @@
 //! naming the record's position and what is wrong, never a value. No count
 //! read from the input allocates more than the remaining input could fill.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
@@ -175,67 +176,267 @@ pub fn encode<'r>(
     batch_id: &str,
     records: impl IntoIterator<Item = &'r PseudoRecord>,
 ) -> Result<Vec<u8>, EncodeError> {
-    let mut table = Table::default();
-    let mut body = Vec::new();
-    let mut count = 0u64;
+    let mut enc = Encoder::default();
     for (i, r) in records.into_iter().enumerate() {
+        let head =
+            Head { kind: &r.kind, source: &r.source, line: r.line, epoch: r.epoch, seq: r.seq, deleted: r.deleted };
+        let tokens = r.tokens.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let fields = r.fields.iter().map(|(k, v)| (k.as_str(), Val::of(v)));
+        enc.record(i, head, &r.rid, tokens, fields)?;
+    }
+    Ok(enc.finish(source, batch_id))
+}
+
+/// The binary form of the batch `(source, batch_id)` whose records are the
+/// JSON array `records` (as a source's outbox holds them), made without
+/// building a [`PseudoRecord`] per record: the same bytes [`encode`] makes
+/// of the parsed records. `None` when the text is not an array of records
+/// or a record has no binary form (then parse and [`encode`], or send JSON).
+pub fn encode_json_array(source: &str, batch_id: &str, records: &[u8]) -> Option<Vec<u8>> {
+    let parsed: Vec<JsonRecord<'_>> = serde_json::from_slice(records).ok()?;
+    let mut enc = Encoder::default();
+    for (i, r) in parsed.iter().enumerate() {
+        let head =
+            Head { kind: &r.kind.0, source: &r.source.0, line: r.line, epoch: r.epoch, seq: r.seq, deleted: r.deleted };
+        let tokens = r.tokens.iter().map(|(k, v)| (&*k.0, &*v.0));
+        let fields = r.fields.iter().map(|(k, v)| (&*k.0, v.val()));
+        enc.record(i, head, &r.rid.0, tokens, fields).ok()?;
+    }
+    Some(enc.finish(source, batch_id))
+}
+
+/// A field value as the binary form sees it.
+enum Val<'v> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Str(&'v str),
+    /// No binary form: why.
+    Other(&'static str),
+}
+
+const NOT_I64: &str = "a number is not a whole number of 64 bits";
+const NOT_SCALAR: &str = "a field value is an array or an object";
+
+impl<'v> Val<'v> {
+    fn of(v: &'v Value) -> Val<'v> {
+        match v {
+            Value::Null => Val::Null,
+            Value::Bool(b) => Val::Bool(*b),
+            Value::Number(n) => n.as_i64().map_or(Val::Other(NOT_I64), Val::Int),
+            Value::String(s) => Val::Str(s),
+            Value::Array(_) | Value::Object(_) => Val::Other(NOT_SCALAR),
+        }
+    }
+}
+
+/// The fixed part of a record.
+struct Head<'r> {
+    kind: &'r str,
+    source: &'r str,
+    line: u64,
+    epoch: u32,
+    seq: u64,
+    deleted: bool,
+}
+
+/// A batch being encoded: the string table and the records so far.
+#[derive(Default)]
+struct Encoder<'r> {
+    table: Table<'r>,
+    body: Vec<u8>,
+    count: u64,
+}
+
+impl<'r> Encoder<'r> {
+    /// Append record number `i`; tokens and fields in ascending name order, each once (a map's order).
+    fn record(
+        &mut self,
+        i: usize,
+        h: Head<'r>,
+        rid: &str,
+        tokens: impl ExactSizeIterator<Item = (&'r str, &'r str)>,
+        fields: impl ExactSizeIterator<Item = (&'r str, Val<'r>)>,
+    ) -> Result<(), EncodeError> {
         let bad = |what| EncodeError { record: i, what };
-        table.put(&mut body, &r.kind);
-        table.put(&mut body, &r.source);
-        put_varint(&mut body, r.line);
-        put_varint(&mut body, u64::from(r.epoch));
-        put_varint(&mut body, r.seq);
-        body.extend_from_slice(&lower_hex16(&r.rid).ok_or(bad("rid is not 32 lower-case hex digits"))?);
-        body.push(u8::from(r.deleted));
-        put_varint(&mut body, r.tokens.len() as u64);
-        for (scheme, token) in &r.tokens {
-            let t = compact_token(token, r.epoch)
+        let body = &mut self.body;
+        let table = &mut self.table;
+        table.put(body, h.kind);
+        table.put(body, h.source);
+        put_varint(body, h.line);
+        put_varint(body, u64::from(h.epoch));
+        put_varint(body, h.seq);
+        body.extend_from_slice(&lower_hex16(rid).ok_or(bad("rid is not 32 lower-case hex digits"))?);
+        body.push(u8::from(h.deleted));
+        put_varint(body, tokens.len() as u64);
+        for (scheme, token) in tokens {
+            let t = compact_token(token, h.epoch)
                 .ok_or(bad("a token is not <the record's epoch>:<32 lower-case hex digits>"))?;
-            table.put(&mut body, scheme);
+            table.put(body, scheme);
             body.extend_from_slice(&t);
         }
-        put_varint(&mut body, r.fields.len() as u64);
-        for (name, value) in &r.fields {
-            table.put(&mut body, name);
+        put_varint(body, fields.len() as u64);
+        for (name, value) in fields {
+            table.put(body, name);
             match value {
-                Value::Null => body.push(TAG_NULL),
-                Value::Bool(false) => body.push(TAG_FALSE),
-                Value::Bool(true) => body.push(TAG_TRUE),
-                Value::Number(n) => {
-                    let n = n.as_i64().ok_or(bad("a number is not a whole number of 64 bits"))?;
+                Val::Null => body.push(TAG_NULL),
+                Val::Bool(false) => body.push(TAG_FALSE),
+                Val::Bool(true) => body.push(TAG_TRUE),
+                Val::Int(n) => {
                     body.push(TAG_INT);
-                    put_varint(&mut body, zigzag(n));
+                    put_varint(body, zigzag(n));
                 }
-                Value::String(s) if crate::record::is_iso_date(s) => {
+                Val::Str(s) if crate::record::is_iso_date(s) => {
                     body.push(TAG_DATE);
-                    put_varint(&mut body, zigzag(i64::from(date_days(s))));
+                    put_varint(body, zigzag(i64::from(date_days(s))));
                 }
-                Value::String(s) if s.len() <= TABLE_STRING_MAX => {
+                Val::Str(s) if s.len() <= TABLE_STRING_MAX => {
                     body.push(TAG_TABLE);
-                    table.put(&mut body, s);
+                    table.put(body, s);
                 }
-                Value::String(s) => {
+                Val::Str(s) => {
                     body.push(TAG_INLINE);
-                    put_str(&mut body, s);
+                    put_str(body, s);
                 }
-                Value::Array(_) | Value::Object(_) => return Err(bad("a field value is an array or an object")),
+                Val::Other(what) => return Err(bad(what)),
             }
         }
-        count += 1;
+        self.count += 1;
+        Ok(())
     }
-    let table_bytes: usize = table.strings.iter().map(|s| s.len() + 2).sum();
-    let mut out = Vec::with_capacity(16 + source.len() + batch_id.len() + table_bytes + body.len());
-    out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
-    put_str(&mut out, source);
-    put_str(&mut out, batch_id);
-    put_varint(&mut out, table.strings.len() as u64);
-    for s in &table.strings {
-        put_str(&mut out, s);
+
+    fn finish(self, source: &str, batch_id: &str) -> Vec<u8> {
+        let table_bytes: usize = self.table.strings.iter().map(|s| s.len() + 2).sum();
+        let mut out = Vec::with_capacity(16 + source.len() + batch_id.len() + table_bytes + self.body.len());
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        put_str(&mut out, source);
+        put_str(&mut out, batch_id);
+        put_varint(&mut out, self.table.strings.len() as u64);
+        for s in &self.table.strings {
+            put_str(&mut out, s);
+        }
+        put_varint(&mut out, self.count);
+        out.extend_from_slice(&self.body);
+        out
     }
-    put_varint(&mut out, count);
-    out.extend_from_slice(&body);
-    Ok(out)
+}
+
+/// A record as JSON text holds it, its strings borrowed from the text
+/// where they have no escapes. Accepts exactly what [`PseudoRecord`]'s
+/// `Deserialize` accepts, with the same meaning.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonRecord<'a> {
+    #[serde(borrow)]
+    source: JStr<'a>,
+    #[serde(borrow)]
+    kind: JStr<'a>,
+    line: u64,
+    epoch: u32,
+    #[serde(borrow)]
+    rid: JStr<'a>,
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    deleted: bool,
+    #[serde(borrow)]
+    tokens: BTreeMap<JStr<'a>, JStr<'a>>,
+    #[serde(borrow)]
+    fields: BTreeMap<JStr<'a>, JVal<'a>>,
+}
+
+/// A JSON string, borrowed unless it has escapes; ordered as `String`.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct JStr<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for JStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = JStr<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<JStr<'a>, E> {
+                Ok(JStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<JStr<'a>, E> {
+                Ok(JStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<JStr<'a>, E> {
+                Ok(JStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+/// A JSON field value as [`Value`] would hold it, strings borrowed.
+enum JVal<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Str(Cow<'a, str>),
+    Other(&'static str),
+}
+
+impl JVal<'_> {
+    fn val(&self) -> Val<'_> {
+        match self {
+            JVal::Null => Val::Null,
+            JVal::Bool(b) => Val::Bool(*b),
+            JVal::Int(n) => Val::Int(*n),
+            JVal::Str(s) => Val::Str(s),
+            JVal::Other(what) => Val::Other(what),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for JVal<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::IgnoredAny;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = JVal<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<JVal<'a>, E> {
+                Ok(JVal::Null)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<JVal<'a>, E> {
+                Ok(JVal::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<JVal<'a>, E> {
+                Ok(JVal::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<JVal<'a>, E> {
+                Ok(i64::try_from(v).map_or(JVal::Other(NOT_I64), JVal::Int))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<JVal<'a>, E> {
+                Ok(JVal::Other(NOT_I64))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<JVal<'a>, E> {
+                Ok(JVal::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<JVal<'a>, E> {
+                Ok(JVal::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<JVal<'a>, E> {
+                Ok(JVal::Str(Cow::Owned(v)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<JVal<'a>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(JVal::Other(NOT_SCALAR))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JVal<'a>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(JVal::Other(NOT_SCALAR))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
 }
 
 /// Days since 1970-01-01 of a `YYYY-MM-DD` already checked to be a real day.
@@ -590,7 +791,61 @@ mod tests {
         }
     }
 
+    /// What the general path makes of a JSON array of records: parse, then encode.
+    fn parsed_then_encoded(text: &[u8]) -> Option<Vec<u8>> {
+        let records: Vec<PseudoRecord> = serde_json::from_slice(text).ok()?;
+        encode("police", "b-1", &records).ok()
+    }
+
+    #[test]
+    fn json_text_is_encoded_as_its_parsed_records_are_or_not_at_all() {
+        let rid = "ab".repeat(16);
+        let t = format!("1:{}", "cd".repeat(16));
+        let rec = |fields: &str| {
+            format!(
+                r#"{{"source":"police","kind":"arrest","line":2,"epoch":1,"rid":"{rid}","tokens":{{"names_dob":"{t}"}},"fields":{{{fields}}}}}"#
+            )
+        };
+        let cases = [
+            rec(r#""age":30,"sex":null,"felony":true,"arrest_date":"2024-02-29""#),
+            rec(r#""note":"a \"quoted\" word\n","a\u0041":"\u00e9""#),
+            rec(r#""b":1,"a":2,"b":3"#),
+            rec(r#""n":-9223372036854775808,"m":9223372036854775807"#),
+            rec(r#""n":9223372036854775808"#),
+            rec(r#""n":-0"#),
+            rec(r#""n":1.0"#),
+            rec(r#""n":1e2"#),
+            rec(r#""n":[1,2]"#),
+            rec(r#""n":{"x":[{}]}"#),
+            rec(r#""n":"2023-02-29""#),
+            rec("").replace(r#""line":2"#, r#""line":2.5"#),
+            rec("").replace(r#""line":2"#, r#""line":2,"extra":1"#),
+            rec("").replace(r#""line":2"#, r#""line":2,"seq":9,"deleted":true"#),
+            rec("").replace(r#""kind":"arrest""#, r#""kind":"ar\u0072est""#),
+            rec("").replace("names_dob", r"names\u005fdob"),
+            rec("").replace(&rid, &rid.to_uppercase()),
+            rec("").replace(&t, &t.replace("1:", "01:")),
+            rec("").replace(r#""tokens":{"#, r#""tokens":{"x":1,"#),
+        ];
+        let mut encoded = 0;
+        for case in &cases {
+            let text = format!("[{case},{}]", rec(r#""age":1"#));
+            let want = parsed_then_encoded(text.as_bytes());
+            encoded += usize::from(want.is_some());
+            assert_eq!(encode_json_array("police", "b-1", text.as_bytes()), want, "{case}");
+        }
+        assert_eq!(encoded, 8);
+        assert_eq!(encode_json_array("police", "b-1", b"[]"), parsed_then_encoded(b"[]"));
+        assert_eq!(encode_json_array("police", "b-1", b"[1"), None);
+    }
+
     proptest! {
+        #[test]
+        fn json_text_and_parsed_records_give_the_same_bytes(records in prop::collection::vec(record(), 0..6)) {
+            let text = serde_json::to_vec(&records).unwrap();
+            prop_assert_eq!(encode_json_array("police", "b-1", &text), parsed_then_encoded(&text));
+        }
+
         #[test]
         fn encode_then_decode_gives_the_records_back_and_so_does_json(
             id in "[!-~]{1,20}",
