@@ -1,7 +1,7 @@
 //! The compact binary form of a [`Batch`]: what sources send and the steward stores (`application/vnd.divert.batch`). Pure: bytes in, bytes out.
 //!
 //! JSON stays the documented form (the offline CLI, curl, older sources);
-//! this form carries exactly the same records in about a sixth of the
+//! this form carries exactly the same records in about a quarter of the
 //! bytes: tokens and rids as raw bytes, names and repeating values once per
 //! batch in a string table, numbers as varints, dates as day numbers.
 //! Decoding either form of one batch gives identical [`PseudoRecord`]s.
