@@ -562,6 +562,8 @@ fn record(r: &mut Reader<'_>, table: &[&str]) -> Result<PseudoRecord, DecodeErro
     let n = r.count(MIN_TOKEN_BYTES, "the token count exceeds the body")?;
     let mut tokens = BTreeMap::new();
     let mut last: Option<&str> = None;
+    // `<epoch>:`, written once per record: a token's text is this and its hex.
+    let prefix = if n > 0 { format!("{epoch}:") } else { String::new() };
     for _ in 0..n {
         let scheme = r.index(table, "a token's scheme index is outside the string table")?;
         if last.is_some_and(|l| l >= scheme) {
@@ -569,7 +571,10 @@ fn record(r: &mut Reader<'_>, table: &[&str]) -> Result<PseudoRecord, DecodeErro
         }
         last = Some(scheme);
         let t = r.array16("a token is cut short")?;
-        tokens.insert(scheme.to_string(), crate::token::format_token(epoch, &t));
+        let mut text = String::with_capacity(prefix.len() + 2 * t.len());
+        text.push_str(&prefix);
+        crate::hex::push_hex(&t, &mut text);
+        tokens.insert(scheme.to_string(), text);
     }
     let n = r.count(MIN_FIELD_BYTES, "the field count exceeds the body")?;
     let mut fields = BTreeMap::new();
