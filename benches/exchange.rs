@@ -27,7 +27,10 @@
 //!
 //! Also shown: offline pseudonymization of the same file on one core (the
 //! source's CPU work per record), which counts the accepted records and
-//! measures the average pseudonymized record size; and the CPU this process
+//! measures the average pseudonymized record size (JSON, as the outbox keeps
+//! it) and the bytes per record on the wire (the batches the source posts,
+//! in the binary form, made from those records as the pusher makes them:
+//! `source::push::batch_request`); and the CPU this process
 //! and all other processes used during the end-to-end run (from /proc), since
 //! on two cores the exchange is CPU-bound and other work on the machine
 //! lowers the figure.
@@ -160,6 +163,69 @@ fn pseudonymize_offline(csv: &[u8], keys: &Path) -> Offline {
     let t = Instant::now();
     let s = pseudonymize_stream(&mut p, Format::Csv, csv, &mut sink, |_| Ok(())).expect("pseudonymize");
     Offline { accepted: s.accepted, rows: s.rows_read, json_bytes: sink.0, secs: t.elapsed().as_secs_f64() }
+}
+
+/// Groups pseudonymized JSON lines into batches of the source's default size and adds up the
+/// bytes of the request bodies the pusher would send for them.
+struct WireSink {
+    pending: Vec<u8>,
+    lines: u32,
+    batch: Vec<u8>,
+    batches: u64,
+    records: u64,
+    bytes: u64,
+}
+
+impl WireSink {
+    fn send(&mut self) {
+        if self.lines == 0 {
+            return;
+        }
+        // A batch id as long as the source's (32 hex digits, a dash, the sequence).
+        let id = format!("{:032x}-{}", 0xfeed_u128, self.batches);
+        let (body, format) = divert::source::push::batch_request(SOURCE, &id, &self.batch);
+        assert_eq!(format, divert::wire::BatchFormat::Binary, "the pusher would send JSON");
+        self.bytes += body.len() as u64;
+        self.records += u64::from(self.lines);
+        self.batches += 1;
+        self.batch.clear();
+        self.lines = 0;
+    }
+}
+
+impl std::io::Write for WireSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+            if self.lines > 0 {
+                self.batch.push(b',');
+            }
+            self.batch.extend_from_slice(&self.pending[..end]);
+            self.pending.drain(..=end);
+            self.lines += 1;
+            if self.lines >= divert::daemon::config::DEFAULT_BATCH_RECORDS {
+                self.send();
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Bytes per record on the wire: the export pseudonymized again (untimed) into [`WireSink`].
+fn wire_bytes_per_record(csv: &[u8], keys: &Path) -> f64 {
+    let schema = Schema::default_schema().expect("built-in schema");
+    let key = divert::keys::load_active(keys).expect("linkage key");
+    let tokenizer = divert::token::Tokenizer::new(&schema, &key).expect("tokenizer");
+    let kind = schema.kind(Kind::Arrest.as_str()).expect("arrest kind");
+    let mut p = Pseudonymizer::new(&schema, kind, SOURCE, &tokenizer);
+    let mut sink = WireSink { pending: Vec::new(), lines: 0, batch: Vec::new(), batches: 0, records: 0, bytes: 0 };
+    pseudonymize_stream(&mut p, Format::Csv, csv, &mut sink, |_| Ok(())).expect("pseudonymize");
+    sink.send();
+    sink.bytes as f64 / sink.records as f64
 }
 
 /// CPU ticks (USER_HZ) used so far by this process.
@@ -481,6 +547,7 @@ fn main() {
     assert_eq!(offline.rows, rows);
     let n = offline.accepted;
     let rec_size = offline.json_bytes as f64 / n as f64;
+    let wire_size = wire_bytes_per_record(&csv, &root.join(SOURCE).join("keys"));
     let staging = root.join("staging");
     std::fs::create_dir_all(&staging).expect("staging dir");
     let staged = staging.join("arrest.csv");
@@ -490,7 +557,7 @@ fn main() {
     let csv_bytes = csv.len() as f64;
     drop(csv);
     eprintln!(
-        "export: {rows} rows ({} accepted), {:.1} MB CSV, {:.1} bytes per CSV row, {rec_size:.1} bytes per pseudonymized record",
+        "export: {rows} rows ({} accepted), {:.1} MB CSV, {:.1} bytes per CSV row, {rec_size:.1} bytes per pseudonymized record (JSON), {wire_size:.1} on the wire",
         n,
         mb(csv_bytes),
         csv_bytes / rows as f64
@@ -512,25 +579,29 @@ fn main() {
 
     // 3. Bare sled.
     eprintln!("3. bare sled ...");
-    let size = rec_size.round() as usize;
+    // The steward stores what comes on the wire: bare sled gets values of that size.
+    let size = wire_size.round() as usize;
     let sled_rec_secs = bare_sled(&root.join("sled-records"), n, size, false);
     let sled_chunk_secs = bare_sled(&root.join("sled-chunks"), n, size, true);
 
     let e2e_rate = e2e.records as f64 / e2e.secs_acked;
     let tls_mbs = mb(TLS_TOTAL as f64) / tls_secs;
-    let tls_rate = TLS_TOTAL as f64 / rec_size / tls_secs;
+    let tls_rate = TLS_TOTAL as f64 / wire_size / tls_secs;
     let sled_rec_rate = n as f64 / sled_rec_secs;
     let sled_chunk_rate = n as f64 / sled_chunk_secs;
     let pseudo_rate = n as f64 / offline.secs;
-    let e2e_json_mbs = mb(e2e.records as f64 * rec_size) / e2e.secs_acked;
+    let e2e_wire_mbs = mb(e2e.records as f64 * wire_size) / e2e.secs_acked;
 
     println!();
-    println!("exchange benchmark: {} records ({} pseudonymized bytes on average), loopback, {workers} cores", n, size);
+    println!(
+        "exchange benchmark: {} records ({rec_size:.0} bytes of JSON, {size} on the wire on average), loopback, {workers} cores",
+        n
+    );
     println!("{:-<100}", "");
     println!("{:<52} {:>14} {:>14} {:>14}", "", "records/s", "MB/s", "seconds");
     println!(
         "{:<52} {:>14.0} {:>14.1} {:>14.2}",
-        "end to end: inbox → steward-durable (acknowledged)", e2e_rate, e2e_json_mbs, e2e.secs_acked
+        "end to end: inbox → steward-durable (acknowledged)", e2e_rate, e2e_wire_mbs, e2e.secs_acked
     );
     println!(
         "{:<52} {:>14.0} {:>14.1} {:>14.2}",
@@ -573,10 +644,10 @@ fn main() {
     );
     println!("{:-<100}", "");
     println!(
-        "end to end: {:.0} records/s ({:.1} MB/s of CSV in, {:.1} MB/s of pseudonymized records out); steward store {:.1} MB on disk",
+        "end to end: {:.0} records/s ({:.1} MB/s of CSV in, {:.1} MB/s of batches on the wire); steward store {:.1} MB on disk",
         e2e_rate,
         mb(csv_bytes) / e2e.secs_acked,
-        e2e_json_mbs,
+        e2e_wire_mbs,
         mb(e2e.store_bytes as f64)
     );
     println!(
@@ -608,8 +679,8 @@ fn main() {
     println!("goal ≥ {goal:.0} records/s end to end: {}", met(e2e_rate >= goal));
     let store_per_record = e2e.store_bytes as f64 / e2e.records as f64;
     println!(
-        "bytes per record: {size} on the wire (goal ≤ 250: {}), {store_per_record:.0} in the steward's store (goal ≤ 400: {})",
-        met(size <= 250),
+        "bytes per record: {wire_size:.0} on the wire (goal ≤ 250: {}; {rec_size:.0} as a JSON line), {store_per_record:.0} in the steward's store (goal ≤ 400: {})",
+        met(wire_size <= 250.0),
         met(store_per_record <= 400.0)
     );
     if let Some(q) = &e2e_q.queries {

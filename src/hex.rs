@@ -8,11 +8,8 @@ const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Lower-case hex of `bytes`.
 pub fn encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
+    let mut out = String::new();
+    push_hex(bytes, &mut out);
     out
 }
 
@@ -22,6 +19,15 @@ pub fn encode_into(bytes: &[u8], out: &mut Vec<u8>) {
     for b in bytes {
         out.push(DIGITS[usize::from(b >> 4)]);
         out.push(DIGITS[usize::from(b & 0xf)]);
+    }
+}
+
+/// Append the lower-case hex of `bytes` to the string `out`.
+pub fn push_hex(bytes: &[u8], out: &mut String) {
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
 }
 
@@ -77,6 +83,9 @@ mod tests {
         let mut out = b"x".to_vec();
         encode_into(&[0xab, 0x01], &mut out);
         assert_eq!(out, b"xab01");
+        let mut text = String::from("7:");
+        push_hex(&[0xab, 0x01], &mut text);
+        assert_eq!(text, "7:ab01");
         for bad in ["abc", "0g", "+1", " 1", "é1"] {
             assert_eq!(decode(bad), None, "{bad}");
         }

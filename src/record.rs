@@ -197,7 +197,7 @@ impl PseudoRecord {
 }
 
 /// `YYYY-MM-DD` naming a real calendar day.
-fn is_iso_date(s: &str) -> bool {
+pub(crate) fn is_iso_date(s: &str) -> bool {
     let b = s.as_bytes();
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return false;

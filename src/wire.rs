@@ -6,8 +6,48 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::PseudoRecord;
 
+pub mod binary;
+
 /// The path a source posts batches to.
 pub const BATCH_PATH: &str = "/v1/batches";
+
+/// How a batch body is written: JSON (the documented form: the offline CLI,
+/// curl, older sources) or the compact [`binary`] form sources send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchFormat {
+    Json,
+    Binary,
+}
+
+impl BatchFormat {
+    /// The format a request's `Content-Type` names: `application/json`
+    /// (parameters such as a charset allowed), the binary form's type, and,
+    /// as JSON, no type at all or curl's default for `--data-binary`
+    /// (`application/x-www-form-urlencoded`), so older scripts keep working.
+    /// `None` for any other type.
+    pub fn from_content_type(value: Option<&[u8]>) -> Option<BatchFormat> {
+        let Some(value) = value else { return Some(BatchFormat::Json) };
+        let essence = value.split(|&b| b == b';').next().unwrap_or_default();
+        let essence = essence.trim_ascii();
+        if essence.eq_ignore_ascii_case(b"application/json")
+            || essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+        {
+            Some(BatchFormat::Json)
+        } else if essence.eq_ignore_ascii_case(binary::CONTENT_TYPE.as_bytes()) {
+            Some(BatchFormat::Binary)
+        } else {
+            None
+        }
+    }
+
+    /// The content type a body of this format is sent with.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            BatchFormat::Json => "application/json",
+            BatchFormat::Binary => binary::CONTENT_TYPE,
+        }
+    }
+}
 
 /// A batch of pseudonymized records from one source.
 ///

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use crate::spiffe::Role;
 use crate::tls::{self, ConnectError};
-use crate::wire::{BatchAck, EpochRefusal, ErrorBody, BATCH_PATH};
+use crate::wire::{binary, BatchAck, BatchFormat, EpochRefusal, ErrorBody, BATCH_PATH};
 
 use super::store;
 use super::Source;
@@ -261,6 +261,19 @@ pub fn batch_body(source: &str, batch_id: &str, records: &[u8]) -> Vec<u8> {
     body
 }
 
+/// What is posted for the outbox records `records` (JSON records separated
+/// by commas): the batch's binary form, or, when a record has none (or the
+/// records do not parse, which the steward then refuses as it always did),
+/// its JSON form. The outbox keeps JSON; the binary form is made here, at
+/// send time, straight from the text (no owned record in between).
+pub fn batch_request(source: &str, batch_id: &str, records: &[u8]) -> (Vec<u8>, BatchFormat) {
+    let text = [b"[".as_slice(), records, b"]"].concat();
+    match binary::encode_json_array(source, batch_id, &text) {
+        Some(body) => (body, BatchFormat::Binary),
+        None => (batch_body(source, batch_id, records), BatchFormat::Json),
+    }
+}
+
 async fn push_one(src: &Source, conn: &mut Option<Sender>, seq: u64, n: u32) -> Result<(), PushError> {
     let value = match store::read_outbox(src.store.tree(), seq) {
         Ok(Some(v)) => v,
@@ -275,10 +288,11 @@ async fn push_one(src: &Source, conn: &mut Option<Sender>, seq: u64, n: u32) -> 
         return Err(PushError::Store(format!("outbox batch {seq} is malformed")));
     };
     let batch_id = format!("{}-{seq}", src.store_id);
-    let body = Bytes::from(batch_body(&src.name, &batch_id, records));
+    let (body, format) = batch_request(&src.name, &batch_id, records);
+    let body = Bytes::from(body);
     drop(value);
 
-    let (status, answer) = exchange(src, conn, body).await?;
+    let (status, answer) = exchange(src, conn, body, format).await?;
     if status == StatusCode::CONFLICT {
         if let Ok(r) = serde_json::from_slice::<EpochRefusal>(&answer) {
             let switch_seq = src.store.get_u64(store::META_SWITCH_SEQ).map_err(|e| PushError::Store(e.to_string()))?;
@@ -333,7 +347,12 @@ async fn push_one(src: &Source, conn: &mut Option<Sender>, seq: u64, n: u32) -> 
 /// Post one body and read the answer. A kept-alive connection the steward
 /// has closed meanwhile is replaced once, silently (a batch is idempotent, so
 /// sending it again is safe); other failures are the caller's to retry.
-async fn exchange(src: &Source, conn: &mut Option<Sender>, body: Bytes) -> Result<(StatusCode, Bytes), PushError> {
+async fn exchange(
+    src: &Source,
+    conn: &mut Option<Sender>,
+    body: Bytes,
+    format: BatchFormat,
+) -> Result<(StatusCode, Bytes), PushError> {
     let mut reused = false;
     if let Some(c) = conn.as_mut() {
         reused = c.ready().await.is_ok();
@@ -348,7 +367,7 @@ async fn exchange(src: &Source, conn: &mut Option<Sender>, body: Bytes) -> Resul
         };
         let req = Request::post(BATCH_PATH)
             .header(hyper::header::HOST, src.cfg.steward_addr.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::CONTENT_TYPE, format.content_type())
             .body(Full::new(body.clone()))
             .map_err(|e| PushError::Http(e.to_string()))?;
         let sent = tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(req)).await;
@@ -459,6 +478,25 @@ mod tests {
         let body = batch_body("police", "abc-7", records.as_bytes());
         let b: crate::wire::Batch = serde_json::from_slice(&body).unwrap();
         assert_eq!((b.source.as_str(), b.batch_id.as_str(), b.records.len()), ("police", "abc-7", 2));
+        // A record without a binary form (this rid is not 32 hex digits): the batch goes as JSON.
+        let (sent, format) = batch_request("police", "abc-7", records.as_bytes());
+        assert_eq!((sent, format), (body, BatchFormat::Json));
+    }
+
+    #[test]
+    fn the_request_is_the_binary_form_of_the_outbox_records() {
+        let rid = "ab".repeat(16);
+        let token = format!("1:{}", "cd".repeat(16));
+        let rec = format!(
+            r#"{{"source":"police","kind":"arrest","line":2,"epoch":1,"rid":"{rid}","seq":7,"tokens":{{"names_dob":"{token}"}},"fields":{{"age":30,"sex":null,"arrest_date":"2024-02-29"}}}}"#
+        );
+        let records = format!("{rec}\n,{rec}\n");
+        let (sent, format) = batch_request("police", "abc-7", records.as_bytes());
+        assert_eq!(format, BatchFormat::Binary);
+        let json: crate::wire::Batch =
+            serde_json::from_slice(&batch_body("police", "abc-7", records.as_bytes())).unwrap();
+        assert_eq!(binary::decode(&sent).unwrap(), json);
+        assert!(sent.len() * 2 < records.len(), "{} bytes", sent.len());
     }
 
     #[tokio::test]

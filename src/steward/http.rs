@@ -21,7 +21,7 @@ use super::{Refusal, Steward};
 use crate::schema::Schema;
 use crate::spiffe::SpiffeId;
 use crate::token;
-use crate::wire::{Batch, BatchAck, EpochRefusal, EpochReport, ErrorBody};
+use crate::wire::{binary, Batch, BatchAck, BatchFormat, EpochRefusal, EpochReport, ErrorBody};
 
 /// Who is asking: the TCP peer and the SPIFFE ID of its verified certificate.
 pub(crate) struct Peer {
@@ -149,6 +149,13 @@ pub(crate) async fn post_batch(st: &Arc<Steward>, peer: Arc<Peer>, req: Request<
     if declared.is_some_and(|n| n > max) {
         return refuse_unread(st, &peer, Refusal::TooLarge, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
     }
+    let Some(format) = BatchFormat::from_content_type(req.headers().get(CONTENT_TYPE).map(|v| v.as_bytes())) else {
+        let msg = format!(
+            "a batch is sent as application/json or {}; this request's content type is neither",
+            binary::CONTENT_TYPE
+        );
+        return refuse_unread(st, &peer, Refusal::BadRequest, StatusCode::UNSUPPORTED_MEDIA_TYPE, &msg);
+    };
     let body = match read_body(st, &peer, req.into_body(), max, &too_large).await {
         Ok(b) => b,
         Err(resp) => return resp,
@@ -157,7 +164,7 @@ pub(crate) async fn post_batch(st: &Arc<Steward>, peer: Arc<Peer>, req: Request<
     // this future when the connection closes): a batch stored is then also audited
     // and linked, and a replay of it, a duplicate, would do neither.
     let st = st.clone();
-    match tokio::spawn(async move { take_batch(&st, &peer, body).await }).await {
+    match tokio::spawn(async move { take_batch(&st, &peer, body, format).await }).await {
         Ok(resp) => resp,
         Err(_) => {
             error_response(StatusCode::INTERNAL_SERVER_ERROR, "the steward could not store the batch; retry later")
@@ -166,10 +173,10 @@ pub(crate) async fn post_batch(st: &Arc<Steward>, peer: Arc<Peer>, req: Request<
 }
 
 /// Store, audit and link a batch body read in full; the answer to the source.
-async fn take_batch(st: &Arc<Steward>, peer: &Peer, body: Bytes) -> Resp {
+async fn take_batch(st: &Arc<Steward>, peer: &Peer, body: Bytes, format: BatchFormat) -> Resp {
     // Shared from admission to linkage: an epoch switch waits for this batch, or this batch for it.
     let _gate = st.epoch_gate.read().await;
-    match ingest_body(&st.store, &st.epochs, &st.schema, &peer.id.name, body).await {
+    match ingest_body(&st.store, &st.epochs, &st.schema, &peer.id.name, body, format).await {
         Ok(acc) => {
             let duplicate = acc.outcome == PutOutcome::Duplicate;
             let stored = match acc.outcome {
@@ -316,8 +323,9 @@ pub enum IngestError {
     Internal(&'static str),
 }
 
-/// The whole non-network path of a batch: validate `body` as a batch from
-/// source `cert_name` ([`check_batch`]), store it unless held, and flush.
+/// The whole non-network path of a batch: validate `body`, written as
+/// `format`, as a batch from source `cert_name` ([`check_batch`]), store it
+/// unless held (in the binary form: a JSON body is re-encoded), and flush.
 /// Returns once the batch is durable. Public for benchmarks.
 pub async fn ingest_body(
     store: &Arc<Store>,
@@ -325,13 +333,14 @@ pub async fn ingest_body(
     schema: &Arc<Schema>,
     cert_name: &str,
     body: Bytes,
+    format: BatchFormat,
 ) -> Result<Accepted, IngestError> {
     let store2 = store.clone();
     let epochs = epochs.clone();
     let schema = schema.clone();
     let name = cert_name.to_string();
     let put = tokio::task::spawn_blocking(move || -> Result<Accepted, IngestError> {
-        let batch = check_batch(&body, &name, &schema).map_err(IngestError::Rejected)?;
+        let batch = check_batch(&body, format, &name, &schema).map_err(IngestError::Rejected)?;
         let records = batch.records.len() as u64;
         // An empty batch carries no epoch: it is taken under the active one.
         let epoch = batch.records.first().map(|r| r.epoch).or(epochs.active()).unwrap_or(0);
@@ -349,7 +358,16 @@ pub async fn ingest_body(
         if started {
             tracing::info!(source = %name, epoch, "first batch under a new key epoch: building its linkage beside the active one");
         }
-        let (put, parsed) = store2.put_batch(&name, &batch.batch_id, epoch, batch.records, &body)?;
+        // Stored in the binary form: as received, or re-encoded once from JSON (see the store's docs).
+        let reencoded = match format {
+            BatchFormat::Binary => None,
+            BatchFormat::Json => binary::encode_batch(&batch).ok(),
+        };
+        let (stored, stored_format) = match &reencoded {
+            Some(b) => (b.as_slice(), BatchFormat::Binary),
+            None => (&body[..], format),
+        };
+        let (put, parsed) = store2.put_batch(&name, &batch.batch_id, epoch, batch.records, stored, stored_format)?;
         // Linkage gets the versions the store took (and the tombstones that removed one).
         let parsed = parsed.into_iter().zip(&put.link).filter(|(_, l)| **l).map(|(r, _)| r).collect();
         let outcome = put.outcome;
@@ -364,8 +382,10 @@ pub async fn ingest_body(
     Ok(accepted)
 }
 
-/// Validate a batch body sent under a certificate named `cert_name`:
-/// returns the batch. Messages never quote the body.
+/// Validate a batch body, written as `format`, sent under a certificate
+/// named `cert_name`: returns the batch. Messages never quote the body.
+/// Both forms are parsed to the same [`Batch`] and then go through the
+/// same checks.
 ///
 /// Every record is checked against the program's `schema`
 /// ([`PseudoRecord::check`](crate::record::PseudoRecord::check)): a
@@ -373,8 +393,17 @@ pub async fn ingest_body(
 /// identity field, an undeclared field or a value of the wrong type. One bad
 /// record refuses the whole batch (400, counted as `schema`), naming the record's
 /// position and the field, never a value.
-pub fn check_batch(body: &[u8], cert_name: &str, schema: &Schema) -> Result<Batch, Rejection> {
-    let batch: Batch = serde_json::from_slice(body).map_err(|e| {
+pub fn check_batch(body: &[u8], format: BatchFormat, cert_name: &str, schema: &Schema) -> Result<Batch, Rejection> {
+    let batch = match format {
+        BatchFormat::Json => parse_json(body)?,
+        BatchFormat::Binary => binary::decode(body).map_err(|e| Rejection::bad(format!("the binary body: {e}")))?,
+    };
+    check_parsed(batch, cert_name, schema)
+}
+
+/// A JSON batch body, parsed; the error says where it fails, never what it read.
+fn parse_json(body: &[u8]) -> Result<Batch, Rejection> {
+    serde_json::from_slice(body).map_err(|e| {
         let what = match e.classify() {
             serde_json::error::Category::Syntax => "is not valid JSON",
             serde_json::error::Category::Eof => "ends before the JSON does",
@@ -384,7 +413,11 @@ pub fn check_batch(body: &[u8], cert_name: &str, schema: &Schema) -> Result<Batc
             serde_json::error::Category::Io => "could not be read",
         };
         Rejection::bad(format!("the body {what}: line {} column {}", e.line(), e.column()))
-    })?;
+    })
+}
+
+/// The checks every batch passes, whichever form it came in.
+fn check_parsed(batch: Batch, cert_name: &str, schema: &Schema) -> Result<Batch, Rejection> {
     if batch.source != cert_name {
         return Err(Rejection::forbidden(format!(
             "the batch names another source than this certificate (source `{cert_name}`)"
@@ -461,7 +494,7 @@ mod tests {
     }
 
     fn check(body: &[u8], cert: &str) -> Result<Batch, Rejection> {
-        check_batch(body, cert, &Schema::default_schema().unwrap())
+        check_batch(body, BatchFormat::Json, cert, &Schema::default_schema().unwrap())
     }
 
     fn body(source: &str, id: &str, records: Vec<PseudoRecord>) -> Vec<u8> {

@@ -204,10 +204,7 @@ impl Steward {
         let store = tokio::task::spawn_blocking(move || Store::open(&store_path))
             .await
             .map_err(|e| StewardError::Join(e.to_string()))??;
-        let schema = Arc::new(
-            crate::daemon::config::load_schema(cfg.schema.as_deref())
-                .map_err(StewardError::Schema)?,
-        );
+        let schema = Arc::new(crate::daemon::config::load_schema(cfg.schema.as_deref()).map_err(StewardError::Schema)?);
         let mut ledger = crate::dp::ledger::Ledger::open(store.durable(), cfg.program_epsilon_cap_micro)
             .map_err(StewardError::Ledger)?;
         let audit_path = data_dir.join(AUDIT_FILE);
@@ -231,12 +228,8 @@ impl Steward {
                 .map_err(|e| StewardError::Join(e.to_string()))?
         };
         let audit = opened.map_err(|source| StewardError::Audit { path: audit_path.clone(), source })?;
-        let releases = store
-            .db()
-            .open_tree("steward_releases")
-            .map_err(StewardError::Releases)?;
-        let epochs = epochs::Epochs::open(store.durable())
-            .map_err(StewardError::Epochs)?;
+        let releases = store.db().open_tree("steward_releases").map_err(StewardError::Releases)?;
+        let epochs = epochs::Epochs::open(store.durable()).map_err(StewardError::Epochs)?;
         let store = Arc::new(store);
         if let Some(active) = epochs.active() {
             // A switch interrupted before the old epoch was deleted: finish it.

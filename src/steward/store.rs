@@ -4,8 +4,8 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `h` source `00` batch_id | header: version, records, chunks, bytes, sequence, received-at (37 bytes) |
-//! | `d` source `00` batch_id `00` chunk (u32 BE) | up to [`CHUNK_BYTES`] of the batch's JSON body, as received |
+//! | `h` source `00` batch_id | header: version (2: the body is JSON, 3: the [binary form](crate::wire::binary)), records, chunks, bytes, sequence, received-at, epoch (41 bytes) |
+//! | `d` source `00` batch_id `00` chunk (u32 BE) | up to [`CHUNK_BYTES`] of the batch's body: binary (as received, or re-encoded from JSON), or JSON when a record has no binary form or the batch was stored by an earlier release |
 //! | `n` source `00` epoch (u32 BE) | records and batches held for the source under the epoch (two u64 LE) |
 //! | `i` epoch (u32 BE) source `00` kind `00` rid (16 bytes) | a tombstone, or a version raised by an unchanged re-send: seq (u64 LE), content hash (16), live (1: held, 0: deleted), batch id — the index of every other record is in memory, rebuilt at open from the batches |
 //! | `s` source `00` kind | versions counted: new, replaced, unchanged, stale, deleted (five u64 LE) |
@@ -25,9 +25,14 @@
 //! holds exactly the records that count.
 //!
 //! A batch is validated (every record parsed) before it is stored, and then
-//! kept as the bytes the source sent, cut into chunks: parsing is needed
-//! anyway, but re-encoding is not, and the store writes a few hundred keys
-//! per batch instead of one per record. Chunks stay small (4 KiB, far under
+//! kept whole in its compact [binary form](crate::wire::binary), cut into
+//! chunks: as the source sent it, or re-encoded once when it came as JSON
+//! (a quarter of the bytes to write and to keep, and one form to read back;
+//! a batch with a record that has no binary form, which the steward's checks
+//! refuse anyway, stays JSON). The store writes a few dozen keys per batch
+//! instead of one per record. Batches stored as JSON by earlier releases
+//! (header version 2) are read as they are: the header's version says which
+//! form the chunks hold. Chunks stay small (4 KiB, far under
 //! `storage::MAX_VALUE_BYTES`) so no sled page becomes an unsynced blob.
 //!
 //! The header, its chunks and the source's counts go in one `apply_batch`,
@@ -44,13 +49,16 @@ use std::sync::Arc;
 use crate::storage::{Durable, WriteBatch};
 
 use crate::record::PseudoRecord;
-use crate::wire::Batch;
+use crate::wire::{binary, Batch, BatchFormat};
 
 /// How many body bytes one chunk holds (see the module docs for why small).
 pub const CHUNK_BYTES: usize = 4096;
 
 const TREE: &str = "batches";
-const HEADER_VERSION: u8 = 2;
+/// Header version of a batch whose body is JSON (every batch before the binary form).
+const HEADER_JSON: u8 = 2;
+/// Header version of a batch whose body is the binary form.
+const HEADER_BINARY: u8 = 3;
 const HEADER_LEN: usize = 1 + 8 + 4 + 8 + 8 + 8 + 4;
 const P_HEADER: u8 = b'h';
 const P_CHUNK: u8 = b'd';
@@ -87,12 +95,17 @@ pub struct BatchHeader {
     pub received_at: i64,
     /// The key epoch of every record in the batch.
     pub epoch: u32,
+    /// How the body is written.
+    pub format: BatchFormat,
 }
 
 impl BatchHeader {
     fn encode(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
-        out[0] = HEADER_VERSION;
+        out[0] = match self.format {
+            BatchFormat::Json => HEADER_JSON,
+            BatchFormat::Binary => HEADER_BINARY,
+        };
         out[1..9].copy_from_slice(&self.records.to_le_bytes());
         out[9..13].copy_from_slice(&self.chunks.to_le_bytes());
         out[13..21].copy_from_slice(&self.bytes.to_le_bytes());
@@ -103,9 +116,14 @@ impl BatchHeader {
     }
 
     fn decode(v: &[u8]) -> Option<BatchHeader> {
-        if v.len() != HEADER_LEN || v[0] != HEADER_VERSION {
+        if v.len() != HEADER_LEN {
             return None;
         }
+        let format = match v[0] {
+            HEADER_JSON => BatchFormat::Json,
+            HEADER_BINARY => BatchFormat::Binary,
+            _ => return None,
+        };
         let u64_at = |i: usize| v.get(i..i + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes);
         Some(BatchHeader {
             records: u64_at(1)?,
@@ -114,6 +132,7 @@ impl BatchHeader {
             seq: u64_at(21)?,
             received_at: u64_at(29)? as i64,
             epoch: v.get(37..41).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes)?,
+            format,
         })
     }
 }
@@ -400,8 +419,21 @@ fn put_chunks(write: &mut WriteBatch, prefix: &[u8], body: &[u8], old_chunks: u3
     n
 }
 
-/// A batch body of `records`, as a source would send it.
-fn encode_batch<'r>(
+/// The body a batch of `records` is stored as: its binary form, or JSON
+/// when a record has none (see the module docs).
+fn stored_body<'r>(
+    source: &str,
+    batch_id: &str,
+    records: impl Iterator<Item = &'r PseudoRecord> + Clone,
+) -> sled::Result<(Vec<u8>, BatchFormat)> {
+    match binary::encode(source, batch_id, records.clone()) {
+        Ok(body) => Ok((body, BatchFormat::Binary)),
+        Err(_) => Ok((encode_json(source, batch_id, records)?, BatchFormat::Json)),
+    }
+}
+
+/// A batch body of `records` in JSON, as a source would send it.
+fn encode_json<'r>(
     source: &str,
     batch_id: &str,
     records: impl Iterator<Item = &'r PseudoRecord>,
@@ -443,11 +475,11 @@ fn rewrite_batch(
     if removed == 0 {
         return Ok((b.header.epoch, 0));
     }
-    let body = encode_batch(source, batch_id, kept.iter().copied())?;
+    let (body, format) = stored_body(source, batch_id, kept.iter().copied())?;
     let mut prefix = batch_key(P_CHUNK, source, batch_id);
     prefix.push(0);
     let chunks = put_chunks(write, &prefix, &body, b.header.chunks);
-    let header = BatchHeader { records: kept.len() as u64, chunks, bytes: body.len() as u64, ..b.header };
+    let header = BatchHeader { records: kept.len() as u64, chunks, bytes: body.len() as u64, format, ..b.header };
     write.insert(hk, header.encode());
     Ok((b.header.epoch, removed))
 }
@@ -501,7 +533,9 @@ impl Store {
     }
 
     /// Store a batch (already validated: `records` are its records, parsed
-    /// from `body`) unless `(source, batch_id)` is already held, keeping one
+    /// from `body`, which is written as `format`; bodies are stored in the
+    /// binary form where they have one, see the module docs) unless
+    /// `(source, batch_id)` is already held, keeping one
     /// version per (source, kind, rid) under the epoch (see the module docs):
     /// records not newer than the version held are not stored, and held
     /// versions a record replaces or a tombstone deletes are cut out of their
@@ -515,6 +549,7 @@ impl Store {
         epoch: u32,
         records: Vec<PseudoRecord>,
         body: &[u8],
+        format: BatchFormat,
     ) -> Result<(Put, Vec<PseudoRecord>), StoreError> {
         let header_key = batch_key(P_HEADER, source, batch_id);
         let mut chunk_prefix = batch_key(P_CHUNK, source, batch_id);
@@ -630,13 +665,13 @@ impl Store {
                 counts.records = counts.records.saturating_sub(removed);
             }
             let kept = keep.iter().filter(|k| **k).count() as u64;
-            let (chunks_n, bytes) = if kept == n as u64 {
-                (n_chunks, bytes)
+            let (chunks_n, bytes, format) = if kept == n as u64 {
+                (n_chunks, bytes, format)
             } else {
                 // Only the records that count are stored: the body as sent is replaced.
                 let kept_records = records.iter().zip(&keep).filter(|(_, k)| **k).map(|(r, _)| r);
-                let body = encode_batch(&source, &batch_id, kept_records)?;
-                (put_chunks(&mut write, &chunk_prefix, &body, n_chunks), body.len() as u64)
+                let (body, format) = stored_body(&source, &batch_id, kept_records)?;
+                (put_chunks(&mut write, &chunk_prefix, &body, n_chunks), body.len() as u64, format)
             };
             counts.records = counts.records.saturating_add(kept);
             counts.batches = counts.batches.saturating_add(1);
@@ -647,6 +682,7 @@ impl Store {
                 seq: db.generate_id()?,
                 received_at: now_unix(),
                 epoch,
+                format,
             };
             write.insert(header_key, header.encode());
             write.insert(ckey, counts.encode());
@@ -818,7 +854,7 @@ impl Store {
             let (source, batch_id) = split_batch_key(&k)?;
             let mut header = v.to_vec();
             if header.len() == V1_LEN && header[0] == 1 {
-                header[0] = HEADER_VERSION;
+                header[0] = HEADER_JSON;
                 header.extend_from_slice(&0u32.to_le_bytes());
                 let b = self.read_batch(source.clone(), batch_id, &header)?;
                 let epoch = b.records.first().map_or(0, |r| r.epoch);
@@ -1002,8 +1038,12 @@ fn read_batch_from(
     if body.len() as u64 != header.bytes {
         return Err(corrupt("chunks do not add up to the stored length"));
     }
-    let batch: Batch =
-        serde_json::from_slice(&body).map_err(|e| corrupt(&format!("not a batch ({:?})", e.classify())))?;
+    let batch: Batch = match header.format {
+        BatchFormat::Json => {
+            serde_json::from_slice(&body).map_err(|e| corrupt(&format!("not a batch ({:?})", e.classify())))?
+        }
+        BatchFormat::Binary => binary::decode(&body).map_err(|e| corrupt(&format!("not a batch ({e})")))?,
+    };
     if batch.records.len() as u64 != header.records {
         return Err(corrupt("record count differs from the header"));
     }
@@ -1029,10 +1069,17 @@ mod tests {
         }
     }
 
-    /// Store a body as `ingest_body` does: parsed, then put.
+    /// Store a JSON body as `ingest_body` does: parsed, re-encoded in the binary form, then put.
     fn put(store: &Store, source: &str, id: &str, epoch: u32, body: &[u8]) -> PutOutcome {
         let b: Batch = serde_json::from_slice(body).unwrap();
-        store.put_batch(source, id, epoch, b.records, body).unwrap().0.outcome
+        let bin = binary::encode_batch(&b).unwrap();
+        store.put_batch(source, id, epoch, b.records, &bin, BatchFormat::Binary).unwrap().0.outcome
+    }
+
+    /// Store a JSON body as the releases before the binary form did: as received (header version 2).
+    fn put_json(store: &Store, source: &str, id: &str, epoch: u32, body: &[u8]) -> PutOutcome {
+        let b: Batch = serde_json::from_slice(body).unwrap();
+        store.put_batch(source, id, epoch, b.records, body, BatchFormat::Json).unwrap().0.outcome
     }
 
     fn body(source: &str, id: &str, n: usize) -> Vec<u8> {
@@ -1133,8 +1180,10 @@ mod tests {
 
     #[test]
     fn header_round_trips() {
-        let h = BatchHeader { records: 7, chunks: 2, bytes: 5000, seq: 9, received_at: -3, epoch: 4 };
-        assert_eq!(BatchHeader::decode(&h.encode()), Some(h));
+        for format in [BatchFormat::Json, BatchFormat::Binary] {
+            let h = BatchHeader { records: 7, chunks: 2, bytes: 5000, seq: 9, received_at: -3, epoch: 4, format };
+            assert_eq!(BatchHeader::decode(&h.encode()), Some(h));
+        }
         assert_eq!(BatchHeader::decode(&[9; HEADER_LEN]), None);
     }
 
@@ -1144,7 +1193,7 @@ mod tests {
         let path = dir.path().join("store");
         {
             let store = Store::open(&path).unwrap();
-            put(&store, "police", "a", 1, &body("police", "a", 5));
+            put_json(&store, "police", "a", 1, &body("police", "a", 5));
             // Make it look as the previous version wrote it: a 37-byte v1 header, counts per source.
             let hk = batch_key(P_HEADER, "police", "a");
             let mut v1 = store.tree.get(&hk).unwrap().unwrap().to_vec();
@@ -1215,7 +1264,61 @@ mod tests {
         let body =
             serde_json::to_vec(&Batch { source: "police".into(), batch_id: id.into(), records: records.clone() })
                 .unwrap();
-        store.put_batch("police", id, 1, records, &body).unwrap().0
+        let b: Batch = serde_json::from_slice(&body).unwrap();
+        let bin = binary::encode_batch(&b).unwrap();
+        store.put_batch("police", id, 1, records, &bin, BatchFormat::Binary).unwrap().0
+    }
+
+    #[tokio::test]
+    async fn a_store_of_json_batches_opens_reads_and_takes_binary_batches_beside_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let (a, j) = (body("police", "a", 5), body("jail", "a", 3));
+        let mut sent: Vec<PseudoRecord> = serde_json::from_slice::<Batch>(&j).unwrap().records;
+        sent.extend(serde_json::from_slice::<Batch>(&a).unwrap().records);
+        {
+            // Written as the release before the binary form wrote batches.
+            let store = Store::open(&path).unwrap();
+            assert_eq!(put_json(&store, "police", "a", 1, &a), PutOutcome::Stored(5));
+            assert_eq!(put_json(&store, "jail", "a", 1, &j), PutOutcome::Stored(3));
+            store.flush().await.unwrap();
+            let raw = store.tree.get(batch_key(P_HEADER, "police", "a")).unwrap().unwrap();
+            assert_eq!(raw[0], HEADER_JSON);
+        }
+        let store = reopen(&path);
+        let read: Vec<PseudoRecord> = store.records().collect::<Result<_, _>>().unwrap();
+        assert_eq!(read, sent);
+        // A replay is still recognized, in either form.
+        assert_eq!(put(&store, "police", "a", 1, &a), PutOutcome::Duplicate);
+        // A correction of a record held in a JSON batch cuts it out; that batch is rewritten in the binary form.
+        let mut fix = sent[3].clone();
+        fix.seq = 5;
+        fix.fields.insert("age".into(), serde_json::json!(31));
+        let b =
+            serde_json::to_vec(&Batch { source: "police".into(), batch_id: "b".into(), records: vec![fix.clone()] })
+                .unwrap();
+        assert_eq!(put(&store, "police", "b", 1, &b), PutOutcome::Stored(1));
+        store.flush().await.unwrap();
+        drop(store);
+        let store = reopen(&path);
+        let batches: Vec<StoredBatch> = store.batches().collect::<Result<_, _>>().unwrap();
+        let forms: Vec<(&str, &str, BatchFormat, usize)> = batches
+            .iter()
+            .map(|b| (b.source.as_str(), b.batch_id.as_str(), b.header.format, b.records.len()))
+            .collect();
+        assert_eq!(
+            forms,
+            [
+                ("jail", "a", BatchFormat::Json, 3),
+                ("police", "a", BatchFormat::Binary, 4),
+                ("police", "b", BatchFormat::Binary, 1)
+            ]
+        );
+        let mut want = sent.clone();
+        want.remove(3);
+        want.push(fix);
+        assert_eq!(store.records().collect::<Result<Vec<_>, _>>().unwrap(), want);
+        assert_eq!(store.counts(None).unwrap()["police"], SourceCounts { records: 5, batches: 2 });
     }
 
     /// (rid, disposition) of every record held, sorted.
@@ -1311,6 +1414,7 @@ mod tests {
                 h.chunks = put_chunks(&mut w, &prefix, &body, h.chunks);
                 h.bytes = body.len() as u64;
                 h.records = serde_json::from_slice::<Batch>(&body).unwrap().records.len() as u64;
+                h.format = BatchFormat::Json;
                 w.insert(hk, h.encode());
                 store.durable.apply(&store.tree, w).unwrap();
             };

@@ -334,12 +334,23 @@ impl Client {
 
     /// Send one request; the response status and body. Any failure (TLS alert, closed connection) is an `Err`.
     pub async fn request(&mut self, method: &str, path: &str, body: Vec<u8>) -> Result<(StatusCode, Vec<u8>), String> {
+        self.request_typed(method, path, "application/json", body).await
+    }
+
+    /// [`Client::request`] with a body of content type `content_type`.
+    pub async fn request_typed(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Vec<u8>), String> {
         self.send.ready().await.map_err(|e| format!("not ready: {e}"))?;
         let req = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, "localhost")
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::CONTENT_TYPE, content_type)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
         let resp = self.send.send_request(req).await.map_err(|e| format!("request: {e}"))?;

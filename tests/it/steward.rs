@@ -273,6 +273,86 @@ async fn concurrent_batches_and_replays() {
     st.stop().await;
 }
 
+/// The binary form: stored and read back as the JSON form of the same batch would be; a replay in
+/// either form is a duplicate; the same checks refuse what JSON batches are refused for; any other
+/// content type is refused with 415.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_batches_get_the_checks_json_batches_get() {
+    use divert::wire::binary;
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let st = TestSteward::start(&pki, &tmp.path().join("steward"), "").await;
+    let cfg = client_config(&pki.ca_pem(), Some(&pki.issue(Role::Source, "police")));
+    let mut client = Client::connect(st.addr, cfg.clone()).await.unwrap();
+    let post = |b: &divert::wire::Batch| binary::encode_batch(b).unwrap();
+
+    let records = fake_records("police", 0, 2000);
+    let b = batch("police", "bin-1", records.clone());
+    let (status, body) = client.request_typed("POST", "/v1/batches", binary::CONTENT_TYPE, post(&b)).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(ack(&body), BatchAck { batch_id: "bin-1".into(), stored: 2000, duplicate: false });
+    // The same batch as JSON is a replay.
+    let (status, body) = client.post_batch(&b).await.unwrap();
+    assert_eq!((status, ack(&body).duplicate), (StatusCode::OK, true));
+    // A JSON batch is stored beside it (in the binary form too), and both read back as sent.
+    let more = fake_records("police", 2000, 10);
+    assert_eq!(client.post_batch(&batch("police", "json-1", more.clone())).await.unwrap().0, StatusCode::OK);
+    let (status, body) = client.request_typed("POST", "/v1/batches", binary::CONTENT_TYPE, post(&b)).await.unwrap();
+    assert_eq!((status, ack(&body).duplicate), (StatusCode::OK, true));
+    let held: Vec<_> = st.steward.records().collect::<Result<_, _>>().unwrap();
+    assert_eq!(held, [records, more].concat());
+
+    // What a JSON batch is refused for, a binary one is too, in the same words.
+    let mut identity = fake_records("police", 5000, 2);
+    identity[1].fields.insert("family_name".into(), serde_json::json!("SECRET"));
+    let mut other_epoch = fake_records("police", 5000, 2);
+    other_epoch[1].epoch = 2;
+    other_epoch[1].tokens.values_mut().for_each(|t| *t = t.replacen("1:", "2:", 1));
+    let cases = [
+        (batch("jail", "x", fake_records("jail", 5000, 1)), StatusCode::FORBIDDEN),
+        (batch("police", "x", fake_records("jail", 5000, 1)), StatusCode::FORBIDDEN),
+        (batch("police", "has space", fake_records("police", 5000, 1)), StatusCode::BAD_REQUEST),
+        (batch("police", "x", identity), StatusCode::BAD_REQUEST),
+        (batch("police", "x", other_epoch), StatusCode::BAD_REQUEST),
+    ];
+    for (b, want) in cases {
+        let (s_bin, body_bin) =
+            client.request_typed("POST", "/v1/batches", binary::CONTENT_TYPE, post(&b)).await.unwrap();
+        let (s_json, body_json) = client.post_batch(&b).await.unwrap();
+        assert_eq!((s_bin, s_json), (want, want));
+        assert_eq!(error_body(&body_bin).error, error_body(&body_json).error);
+        assert!(!String::from_utf8_lossy(&body_bin).contains("SECRET"));
+    }
+    // Damaged binary bodies: 400, naming no value.
+    let good = post(&batch("police", "x", fake_records("police", 5000, 3)));
+    for bad in [good[..good.len() - 7].to_vec(), [good.as_slice(), b"SECRET"].concat(), b"SECRET".to_vec()] {
+        let (status, body) = client.request_typed("POST", "/v1/batches", binary::CONTENT_TYPE, bad).await.unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(!String::from_utf8_lossy(&body).contains("SECRET"));
+        error_body(&body);
+    }
+    // A binary body sent as JSON is not JSON; a JSON body sent as binary is not binary.
+    let (status, _) = client.request_typed("POST", "/v1/batches", "application/json", good.clone()).await.unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let json = serde_json::to_vec(&batch("police", "x", vec![])).unwrap();
+    let (status, _) = client.request_typed("POST", "/v1/batches", binary::CONTENT_TYPE, json).await.unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Content types: JSON with a charset, and curl's default, are JSON; others are refused unread.
+    let j = serde_json::to_vec(&batch("police", "json-2", fake_records("police", 6000, 1))).unwrap();
+    for ct in ["application/json; charset=utf-8", "application/x-www-form-urlencoded"] {
+        let mut c = Client::connect(st.addr, cfg.clone()).await.unwrap();
+        assert_eq!(c.request_typed("POST", "/v1/batches", ct, j.clone()).await.unwrap().0, StatusCode::OK, "{ct}");
+    }
+    for ct in ["text/plain", "application/octet-stream", "application/vnd.divert.batch+json"] {
+        let mut c = Client::connect(st.addr, cfg.clone()).await.unwrap();
+        let (status, body) = c.request_typed("POST", "/v1/batches", ct, good.clone()).await.unwrap();
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct}");
+        assert!(error_body(&body).error.contains(binary::CONTENT_TYPE));
+    }
+    assert_eq!(st.record_count(), 2011);
+    st.stop().await;
+}
+
 /// Over the body limit → 413 without reading on; malformed → 400 that does not echo; wrong path/method.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_limit_and_malformed_bodies() {

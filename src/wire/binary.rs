@@ -1,0 +1,895 @@
+//! The compact binary form of a [`Batch`]: what sources send and the steward stores (`application/vnd.divert.batch`). Pure: bytes in, bytes out.
+//!
+//! JSON stays the documented form (the offline CLI, curl, older sources);
+//! this form carries exactly the same records in about a quarter of the
+//! bytes: tokens and rids as raw bytes, names and repeating values once per
+//! batch in a string table, numbers as varints, dates as day numbers.
+//! Decoding either form of one batch gives identical [`PseudoRecord`]s.
+//!
+//! # Format, version 1
+//!
+//! Integers are unsigned LEB128 varints (at most 10 bytes, no bits beyond
+//! 64); *zigzag* integers map a signed `n` to `(n << 1) ^ (n >> 63)` first.
+//! A *string* is a varint byte length and that many bytes of UTF-8.
+//!
+//! ```text
+//! batch   = magic "DVB" 0x00 | version 0x01 | source: string | batch_id: string
+//!           | table count: varint | table strings: string*
+//!           | record count: varint | record*
+//! record  = kind: index | source: index | line: varint | epoch: varint | seq: varint
+//!           | rid: 16 bytes | flags: byte (bit 0: deleted; other bits 0)
+//!           | token count: varint | (scheme: index | token: 16 bytes)*
+//!           | field count: varint | (name: index | value)*
+//! value   = 0x00 null | 0x01 false | 0x02 true | 0x03 integer: zigzag varint (i64)
+//!         | 0x04 date: zigzag varint, days since 1970-01-01, written YYYY-MM-DD (years 0000-9999)
+//!         | 0x05 string: index | 0x06 string: string (inline)
+//! index   = varint position in the batch's string table
+//! ```
+//!
+//! A record's `rid` is the 16 bytes of its 32 lower-case hex digits; a token
+//! is `<record epoch>:<32 lower-case hex digits>`, of which only the 16
+//! bytes travel (the epoch is the record's). Tokens and fields are listed in
+//! strictly ascending name order (the order of `PseudoRecord`'s maps), each
+//! name once. Nothing may follow the last record. A record whose rid,
+//! tokens or values do not fit these forms (upper-case hex, a token of
+//! another epoch, a fractional number, an array) has no binary form:
+//! [`encode`] says so and the caller sends or keeps JSON; such a record
+//! would not pass the steward's checks anyway.
+//!
+//! Decoding is total: any bytes either decode or give a [`DecodeError`]
+//! naming the record's position and what is wrong, never a value. No count
+//! read from the input allocates more than the remaining input could fill.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::Batch;
+use crate::record::PseudoRecord;
+
+/// The content type of a batch in this form.
+pub const CONTENT_TYPE: &str = "application/vnd.divert.batch";
+/// The first bytes of every batch in this form.
+pub const MAGIC: [u8; 4] = *b"DVB\0";
+/// The format version this code writes and reads.
+pub const VERSION: u8 = 1;
+
+/// Strings of at most this many bytes go in the string table; longer ones inline.
+const TABLE_STRING_MAX: usize = 64;
+/// Fewest bytes a record takes (indices, numbers and counts of one byte each, the rid, the flags).
+const MIN_RECORD_BYTES: usize = 5 + 16 + 1 + 2;
+/// Fewest bytes a token takes.
+const MIN_TOKEN_BYTES: usize = 1 + crate::token::TOKEN_LEN;
+/// Fewest bytes a field takes.
+const MIN_FIELD_BYTES: usize = 2;
+
+const TAG_NULL: u8 = 0;
+const TAG_FALSE: u8 = 1;
+const TAG_TRUE: u8 = 2;
+const TAG_INT: u8 = 3;
+const TAG_DATE: u8 = 4;
+const TAG_TABLE: u8 = 5;
+const TAG_INLINE: u8 = 6;
+
+/// Days of 0000-01-01 and 9999-12-31 (the years `YYYY` spells).
+const MIN_DAY: i64 = -719_528;
+const MAX_DAY: i64 = 2_932_896;
+
+/// Why a record has no binary form. Names the part, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("record {record}: {what}; the batch has no binary form")]
+pub struct EncodeError {
+    pub record: usize,
+    pub what: &'static str,
+}
+
+/// Why bytes are not a batch in this form. Names the record's position and the part, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the body does not start as a binary batch")]
+    Magic,
+    #[error("the binary batch is of format version {0}; this steward reads version {VERSION}")]
+    Version(u8),
+    #[error("{}{what}", at(*.record))]
+    Bad { record: Option<usize>, what: &'static str },
+}
+
+fn at(record: Option<usize>) -> String {
+    record.map_or_else(String::new, |i| format!("record {i}: "))
+}
+
+/// Whether `bytes` begin as a batch in this form (of any version).
+pub fn is_binary(bytes: &[u8]) -> bool {
+    bytes.starts_with(&MAGIC)
+}
+
+// ---------------------------------------------------------------- encoding
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn zigzag(n: i64) -> u64 {
+    ((n << 1) ^ (n >> 63)) as u64
+}
+
+fn unzigzag(n: u64) -> i64 {
+    ((n >> 1) as i64) ^ -((n & 1) as i64)
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The string table being built: each string once, in order of first use.
+#[derive(Default)]
+struct Table<'r> {
+    index: std::collections::HashMap<&'r str, u64>,
+    strings: Vec<&'r str>,
+}
+
+impl<'r> Table<'r> {
+    fn put(&mut self, out: &mut Vec<u8>, s: &'r str) {
+        let next = self.strings.len() as u64;
+        let i = *self.index.entry(s).or_insert(next);
+        if i == next {
+            self.strings.push(s);
+        }
+        put_varint(out, i);
+    }
+}
+
+/// The 16 bytes of 32 lower-case hex digits (the only spelling that decodes back to itself).
+fn lower_hex16(s: &str) -> Option<[u8; 16]> {
+    if s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        crate::hex::decode_array(s)
+    } else {
+        None
+    }
+}
+
+/// The token's 16 bytes when it is exactly `<epoch>:<32 lower-case hex>`.
+fn compact_token(s: &str, epoch: u32) -> Option<[u8; 16]> {
+    let (e, h) = s.split_once(':')?;
+    let canonical = e.parse::<u32>().ok() == Some(epoch) && (e == "0" || !e.starts_with(['0', '+']));
+    if canonical {
+        lower_hex16(h)
+    } else {
+        None
+    }
+}
+
+/// Encode a batch. Fails (naming the record) when a record has no binary form; see the module docs.
+pub fn encode_batch(batch: &Batch) -> Result<Vec<u8>, EncodeError> {
+    encode(&batch.source, &batch.batch_id, &batch.records)
+}
+
+/// Encode the batch `(source, batch_id)` of `records`.
+pub fn encode<'r>(
+    source: &str,
+    batch_id: &str,
+    records: impl IntoIterator<Item = &'r PseudoRecord>,
+) -> Result<Vec<u8>, EncodeError> {
+    let mut enc = Encoder::default();
+    for (i, r) in records.into_iter().enumerate() {
+        let head =
+            Head { kind: &r.kind, source: &r.source, line: r.line, epoch: r.epoch, seq: r.seq, deleted: r.deleted };
+        let tokens = r.tokens.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let fields = r.fields.iter().map(|(k, v)| (k.as_str(), Val::of(v)));
+        enc.record(i, head, &r.rid, tokens, fields)?;
+    }
+    Ok(enc.finish(source, batch_id))
+}
+
+/// The binary form of the batch `(source, batch_id)` whose records are the
+/// JSON array `records` (as a source's outbox holds them), made without
+/// building a [`PseudoRecord`] per record: the same bytes [`encode`] makes
+/// of the parsed records. `None` when the text is not an array of records
+/// or a record has no binary form (then parse and [`encode`], or send JSON).
+pub fn encode_json_array(source: &str, batch_id: &str, records: &[u8]) -> Option<Vec<u8>> {
+    let parsed: Vec<JsonRecord<'_>> = serde_json::from_slice(records).ok()?;
+    let mut enc = Encoder::default();
+    for (i, r) in parsed.iter().enumerate() {
+        let head =
+            Head { kind: &r.kind.0, source: &r.source.0, line: r.line, epoch: r.epoch, seq: r.seq, deleted: r.deleted };
+        let tokens = r.tokens.iter().map(|(k, v)| (&*k.0, &*v.0));
+        let fields = r.fields.iter().map(|(k, v)| (&*k.0, v.val()));
+        enc.record(i, head, &r.rid.0, tokens, fields).ok()?;
+    }
+    Some(enc.finish(source, batch_id))
+}
+
+/// A field value as the binary form sees it.
+enum Val<'v> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Str(&'v str),
+    /// No binary form: why.
+    Other(&'static str),
+}
+
+const NOT_I64: &str = "a number is not a whole number of 64 bits";
+const NOT_SCALAR: &str = "a field value is an array or an object";
+
+impl<'v> Val<'v> {
+    fn of(v: &'v Value) -> Val<'v> {
+        match v {
+            Value::Null => Val::Null,
+            Value::Bool(b) => Val::Bool(*b),
+            Value::Number(n) => n.as_i64().map_or(Val::Other(NOT_I64), Val::Int),
+            Value::String(s) => Val::Str(s),
+            Value::Array(_) | Value::Object(_) => Val::Other(NOT_SCALAR),
+        }
+    }
+}
+
+/// The fixed part of a record.
+struct Head<'r> {
+    kind: &'r str,
+    source: &'r str,
+    line: u64,
+    epoch: u32,
+    seq: u64,
+    deleted: bool,
+}
+
+/// A batch being encoded: the string table and the records so far.
+#[derive(Default)]
+struct Encoder<'r> {
+    table: Table<'r>,
+    body: Vec<u8>,
+    count: u64,
+}
+
+impl<'r> Encoder<'r> {
+    /// Append record number `i`; tokens and fields in ascending name order, each once (a map's order).
+    fn record(
+        &mut self,
+        i: usize,
+        h: Head<'r>,
+        rid: &str,
+        tokens: impl ExactSizeIterator<Item = (&'r str, &'r str)>,
+        fields: impl ExactSizeIterator<Item = (&'r str, Val<'r>)>,
+    ) -> Result<(), EncodeError> {
+        let bad = |what| EncodeError { record: i, what };
+        let body = &mut self.body;
+        let table = &mut self.table;
+        table.put(body, h.kind);
+        table.put(body, h.source);
+        put_varint(body, h.line);
+        put_varint(body, u64::from(h.epoch));
+        put_varint(body, h.seq);
+        body.extend_from_slice(&lower_hex16(rid).ok_or(bad("rid is not 32 lower-case hex digits"))?);
+        body.push(u8::from(h.deleted));
+        put_varint(body, tokens.len() as u64);
+        for (scheme, token) in tokens {
+            let t = compact_token(token, h.epoch)
+                .ok_or(bad("a token is not <the record's epoch>:<32 lower-case hex digits>"))?;
+            table.put(body, scheme);
+            body.extend_from_slice(&t);
+        }
+        put_varint(body, fields.len() as u64);
+        for (name, value) in fields {
+            table.put(body, name);
+            match value {
+                Val::Null => body.push(TAG_NULL),
+                Val::Bool(false) => body.push(TAG_FALSE),
+                Val::Bool(true) => body.push(TAG_TRUE),
+                Val::Int(n) => {
+                    body.push(TAG_INT);
+                    put_varint(body, zigzag(n));
+                }
+                Val::Str(s) if crate::record::is_iso_date(s) => {
+                    body.push(TAG_DATE);
+                    put_varint(body, zigzag(i64::from(date_days(s))));
+                }
+                Val::Str(s) if s.len() <= TABLE_STRING_MAX => {
+                    body.push(TAG_TABLE);
+                    table.put(body, s);
+                }
+                Val::Str(s) => {
+                    body.push(TAG_INLINE);
+                    put_str(body, s);
+                }
+                Val::Other(what) => return Err(bad(what)),
+            }
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    fn finish(self, source: &str, batch_id: &str) -> Vec<u8> {
+        let table_bytes: usize = self.table.strings.iter().map(|s| s.len() + 2).sum();
+        let mut out = Vec::with_capacity(16 + source.len() + batch_id.len() + table_bytes + self.body.len());
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        put_str(&mut out, source);
+        put_str(&mut out, batch_id);
+        put_varint(&mut out, self.table.strings.len() as u64);
+        for s in &self.table.strings {
+            put_str(&mut out, s);
+        }
+        put_varint(&mut out, self.count);
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// A record as JSON text holds it, its strings borrowed from the text
+/// where they have no escapes. Accepts exactly what [`PseudoRecord`]'s
+/// `Deserialize` accepts, with the same meaning.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonRecord<'a> {
+    #[serde(borrow)]
+    source: JStr<'a>,
+    #[serde(borrow)]
+    kind: JStr<'a>,
+    line: u64,
+    epoch: u32,
+    #[serde(borrow)]
+    rid: JStr<'a>,
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    deleted: bool,
+    #[serde(borrow)]
+    tokens: BTreeMap<JStr<'a>, JStr<'a>>,
+    #[serde(borrow)]
+    fields: BTreeMap<JStr<'a>, JVal<'a>>,
+}
+
+/// A JSON string, borrowed unless it has escapes; ordered as `String`.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct JStr<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for JStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = JStr<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<JStr<'a>, E> {
+                Ok(JStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<JStr<'a>, E> {
+                Ok(JStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<JStr<'a>, E> {
+                Ok(JStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+/// A JSON field value as [`Value`] would hold it, strings borrowed.
+enum JVal<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Str(Cow<'a, str>),
+    Other(&'static str),
+}
+
+impl JVal<'_> {
+    fn val(&self) -> Val<'_> {
+        match self {
+            JVal::Null => Val::Null,
+            JVal::Bool(b) => Val::Bool(*b),
+            JVal::Int(n) => Val::Int(*n),
+            JVal::Str(s) => Val::Str(s),
+            JVal::Other(what) => Val::Other(what),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for JVal<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::IgnoredAny;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = JVal<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<JVal<'a>, E> {
+                Ok(JVal::Null)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<JVal<'a>, E> {
+                Ok(JVal::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<JVal<'a>, E> {
+                Ok(JVal::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<JVal<'a>, E> {
+                Ok(i64::try_from(v).map_or(JVal::Other(NOT_I64), JVal::Int))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<JVal<'a>, E> {
+                Ok(JVal::Other(NOT_I64))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<JVal<'a>, E> {
+                Ok(JVal::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<JVal<'a>, E> {
+                Ok(JVal::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<JVal<'a>, E> {
+                Ok(JVal::Str(Cow::Owned(v)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<JVal<'a>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(JVal::Other(NOT_SCALAR))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JVal<'a>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(JVal::Other(NOT_SCALAR))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// Days since 1970-01-01 of a `YYYY-MM-DD` already checked to be a real day.
+fn date_days(s: &str) -> i32 {
+    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
+    crate::days::days_from_civil(num(0..4) as i32, num(5..7), num(8..10))
+}
+
+// ---------------------------------------------------------------- decoding
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    record: Option<usize>,
+}
+
+impl<'a> Reader<'a> {
+    fn bad(&self, what: &'static str) -> DecodeError {
+        DecodeError::Bad { record: self.record, what }
+    }
+
+    fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+
+    fn bytes(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| self.bad(what))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn byte(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.bytes(1, what)?[0])
+    }
+
+    fn array16(&mut self, what: &'static str) -> Result<[u8; 16], DecodeError> {
+        let s = self.bytes(16, what)?;
+        <[u8; 16]>::try_from(s).map_err(|_| self.bad(what))
+    }
+
+    fn varint(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        let mut n = 0u64;
+        for i in 0..10u32 {
+            let b = self.byte(what)?;
+            let bits = u64::from(b & 0x7f);
+            if i == 9 && bits > 1 {
+                return Err(self.bad("a number is larger than 64 bits"));
+            }
+            n |= bits << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err(self.bad("a number is larger than 64 bits"))
+    }
+
+    /// A count of items of at least `min_each` bytes each: never more than the rest could hold.
+    fn count(&mut self, min_each: usize, what: &'static str) -> Result<usize, DecodeError> {
+        let n = self.varint(what)?;
+        match usize::try_from(n) {
+            Ok(n) if n <= self.remaining() / min_each.max(1) => Ok(n),
+            _ => Err(self.bad(what)),
+        }
+    }
+
+    fn str(&mut self, what: &'static str) -> Result<&'a str, DecodeError> {
+        let n = self.varint(what)?;
+        let n = usize::try_from(n).map_err(|_| self.bad(what))?;
+        let s = self.bytes(n, what)?;
+        std::str::from_utf8(s).map_err(|_| self.bad("a string is not UTF-8"))
+    }
+
+    fn index<'s>(&mut self, table: &[&'s str], what: &'static str) -> Result<&'s str, DecodeError> {
+        let i = self.varint(what)?;
+        usize::try_from(i).ok().and_then(|i| table.get(i)).copied().ok_or_else(|| self.bad(what))
+    }
+}
+
+/// Decode a batch in this form. Total: see the module docs.
+pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
+    if !is_binary(bytes) {
+        return Err(DecodeError::Magic);
+    }
+    let mut r = Reader { buf: bytes, pos: MAGIC.len(), record: None };
+    let version = r.byte("the format version is missing")?;
+    if version != VERSION {
+        return Err(DecodeError::Version(version));
+    }
+    let source = r.str("the batch's source is cut short")?.to_string();
+    let batch_id = r.str("the batch id is cut short")?.to_string();
+    let n = r.count(1, "the string table's count exceeds the body")?;
+    let mut table: Vec<&str> = Vec::with_capacity(n);
+    for _ in 0..n {
+        table.push(r.str("a string of the table is cut short")?);
+    }
+    let n = r.count(MIN_RECORD_BYTES, "the record count exceeds what the body can hold")?;
+    let mut records = Vec::with_capacity(n);
+    for i in 0..n {
+        r.record = Some(i);
+        records.push(record(&mut r, &table)?);
+    }
+    r.record = None;
+    if r.remaining() != 0 {
+        return Err(r.bad("bytes follow the last record"));
+    }
+    Ok(Batch { source, batch_id, records })
+}
+
+fn record(r: &mut Reader<'_>, table: &[&str]) -> Result<PseudoRecord, DecodeError> {
+    let kind = r.index(table, "the kind's index is outside the string table")?.to_string();
+    let source = r.index(table, "the source's index is outside the string table")?.to_string();
+    let line = r.varint("the line is cut short")?;
+    let epoch = r.varint("the epoch is cut short")?;
+    let epoch = u32::try_from(epoch).map_err(|_| r.bad("the epoch is larger than 32 bits"))?;
+    let seq = r.varint("the version is cut short")?;
+    let rid = crate::hex::encode(&r.array16("the rid is cut short")?);
+    let deleted = match r.byte("the flags are cut short")? {
+        0 => false,
+        1 => true,
+        _ => return Err(r.bad("the flags have unknown bits set")),
+    };
+    let n = r.count(MIN_TOKEN_BYTES, "the token count exceeds the body")?;
+    let mut tokens = BTreeMap::new();
+    let mut last: Option<&str> = None;
+    // `<epoch>:`, written once per record: a token's text is this and its hex.
+    let prefix = if n > 0 { format!("{epoch}:") } else { String::new() };
+    for _ in 0..n {
+        let scheme = r.index(table, "a token's scheme index is outside the string table")?;
+        if last.is_some_and(|l| l >= scheme) {
+            return Err(r.bad("token schemes are not in ascending order, each once"));
+        }
+        last = Some(scheme);
+        let t = r.array16("a token is cut short")?;
+        let mut text = String::with_capacity(prefix.len() + 2 * t.len());
+        text.push_str(&prefix);
+        crate::hex::push_hex(&t, &mut text);
+        tokens.insert(scheme.to_string(), text);
+    }
+    let n = r.count(MIN_FIELD_BYTES, "the field count exceeds the body")?;
+    let mut fields = BTreeMap::new();
+    let mut last: Option<&str> = None;
+    for _ in 0..n {
+        let name = r.index(table, "a field's name index is outside the string table")?;
+        if last.is_some_and(|l| l >= name) {
+            return Err(r.bad("fields are not in ascending name order, each once"));
+        }
+        last = Some(name);
+        let value = match r.byte("a field value is cut short")? {
+            TAG_NULL => Value::Null,
+            TAG_FALSE => Value::Bool(false),
+            TAG_TRUE => Value::Bool(true),
+            TAG_INT => Value::from(unzigzag(r.varint("an integer is cut short")?)),
+            TAG_DATE => {
+                let d = unzigzag(r.varint("a date is cut short")?);
+                if !(MIN_DAY..=MAX_DAY).contains(&d) {
+                    return Err(r.bad("a date is outside the years 0000 to 9999"));
+                }
+                let (y, m, day) = crate::days::civil_from_days(d as i32);
+                Value::String(format!("{y:04}-{m:02}-{day:02}"))
+            }
+            TAG_TABLE => {
+                Value::String(r.index(table, "a string value's index is outside the string table")?.to_string())
+            }
+            TAG_INLINE => Value::String(r.str("a string value is cut short")?.to_string()),
+            _ => return Err(r.bad("a field value has an unknown type tag")),
+        };
+        fields.insert(name.to_string(), value);
+    }
+    Ok(PseudoRecord { source, kind, line, epoch, rid, seq, deleted, tokens, fields })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn arrest(line: u64) -> PseudoRecord {
+        PseudoRecord {
+            source: "police".into(),
+            kind: "arrest".into(),
+            line,
+            epoch: 3,
+            rid: format!("{:032x}", line * 0x9e37_79b9),
+            seq: crate::record::record_seq(7, line),
+            deleted: false,
+            tokens: [
+                ("names_dob".to_string(), format!("3:{}", "cd".repeat(16))),
+                ("initial_family_dob".to_string(), format!("3:{}", "0f".repeat(16))),
+            ]
+            .into(),
+            fields: [
+                ("age".to_string(), json!(34)),
+                ("sex".to_string(), json!("f")),
+                ("arrest_date".to_string(), json!("2024-02-29")),
+                ("charge".to_string(), json!("x".repeat(200))),
+                ("warrant".to_string(), json!(false)),
+                ("violent".to_string(), json!(null)),
+                ("felony".to_string(), json!(true)),
+                ("priors".to_string(), json!(-4)),
+            ]
+            .into(),
+        }
+    }
+
+    fn batch(records: Vec<PseudoRecord>) -> Batch {
+        Batch { source: "police".into(), batch_id: "abc-7".into(), records }
+    }
+
+    #[test]
+    fn json_and_binary_forms_of_a_batch_decode_to_the_same_records() {
+        let mut tomb = arrest(9);
+        tomb.deleted = true;
+        tomb.tokens.clear();
+        tomb.fields.clear();
+        let b = batch(vec![arrest(2), arrest(3), tomb]);
+        let json = serde_json::to_vec(&b).unwrap();
+        let bin = encode_batch(&b).unwrap();
+        assert_eq!(decode(&bin).unwrap(), serde_json::from_slice::<Batch>(&json).unwrap());
+        // Three 200-byte strings inline; the rest shrinks to a fraction.
+        assert!(bin.len() - 600 < (json.len() - 600) / 3, "{} binary bytes, {} JSON", bin.len(), json.len());
+        assert_eq!(decode(&encode_batch(&batch(vec![])).unwrap()).unwrap(), batch(vec![]));
+    }
+
+    #[test]
+    fn records_without_a_binary_form_are_named_not_shown() {
+        type Change = fn(&mut PseudoRecord);
+        let cases: Vec<(Change, &str)> = vec![
+            (|r| r.rid = "AB".repeat(16), "rid"),
+            (|r| r.rid = "SECRET".into(), "rid"),
+            (|r| drop(r.tokens.insert("x".into(), format!("4:{}", "ab".repeat(16)))), "token"),
+            (|r| drop(r.tokens.insert("x".into(), format!("03:{}", "ab".repeat(16)))), "token"),
+            (|r| drop(r.tokens.insert("x".into(), format!("3:{}", "AB".repeat(16)))), "token"),
+            (|r| drop(r.fields.insert("x".into(), json!(1.5))), "number"),
+            (|r| drop(r.fields.insert("x".into(), json!(u64::MAX))), "number"),
+            (|r| drop(r.fields.insert("x".into(), json!(["SECRET"]))), "array"),
+        ];
+        for (change, what) in cases {
+            let mut r = arrest(2);
+            change(&mut r);
+            let e = encode_batch(&batch(vec![arrest(1), r])).unwrap_err();
+            assert_eq!(e.record, 1);
+            let msg = e.to_string();
+            assert!(msg.contains(what) && !msg.contains("SECRET"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn damaged_bodies_give_errors_that_name_no_value() {
+        let good = encode_batch(&batch(vec![arrest(2), arrest(3)])).unwrap();
+        assert_eq!(decode(b"{\"source\":1}"), Err(DecodeError::Magic));
+        let mut v2 = good.clone();
+        v2[4] = 2;
+        assert_eq!(decode(&v2), Err(DecodeError::Version(2)));
+        // Every truncation fails, none panics.
+        for n in 0..good.len() {
+            assert!(decode(&good[..n]).is_err(), "{n}");
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(decode(&trailing).unwrap_err().to_string().contains("follow"));
+        // A count far beyond the body is refused before anything is allocated for it.
+        let mut huge = MAGIC.to_vec();
+        huge.push(VERSION);
+        put_str(&mut huge, "police");
+        put_str(&mut huge, "b");
+        put_varint(&mut huge, u64::MAX);
+        assert!(decode(&huge).unwrap_err().to_string().contains("table"));
+        let mut huge = MAGIC.to_vec();
+        huge.extend_from_slice(&[VERSION, 0, 0, 0]);
+        put_varint(&mut huge, 1 << 40);
+        assert!(decode(&huge).unwrap_err().to_string().contains("record count"));
+        // An 11-byte varint.
+        let mut long = MAGIC.to_vec();
+        long.push(VERSION);
+        long.extend_from_slice(&[0xff; 10]);
+        long.push(0);
+        assert!(decode(&long).unwrap_err().to_string().contains("64 bits"));
+    }
+
+    #[test]
+    fn out_of_order_or_repeated_names_and_bad_dates_are_refused() {
+        let mut b = batch(vec![arrest(2)]);
+        b.records[0].tokens.clear();
+        b.records[0].fields = [("a".to_string(), json!(1)), ("b".to_string(), json!(2))].into();
+        let good = encode_batch(&b).unwrap();
+        // The table is [arrest, police, a, b]; swap the two field name indices (2, 3).
+        let tail = good.len() - 6;
+        assert_eq!(good[tail..], [2, TAG_INT, 2, 3, TAG_INT, 4]);
+        let mut swapped = good.clone();
+        swapped[tail] = 3;
+        swapped[tail + 3] = 2;
+        assert!(decode(&swapped).unwrap_err().to_string().contains("ascending"));
+        let mut same = good.clone();
+        same[tail + 3] = 2;
+        assert!(decode(&same).unwrap_err().to_string().starts_with("record 0: fields"));
+        let mut date = good.clone();
+        date[tail + 1] = TAG_DATE;
+        date[tail + 2] = 0x7f; // zigzag -64: 1969-10-29, fine
+        assert_eq!(decode(&date).unwrap().records[0].fields["a"], json!("1969-10-29"));
+        let mut far = good[..tail + 1].to_vec();
+        far.push(TAG_DATE);
+        put_varint(&mut far, zigzag(MAX_DAY + 1));
+        far.extend_from_slice(&good[tail + 3..]);
+        assert!(decode(&far).unwrap_err().to_string().contains("0000 to 9999"));
+        assert_eq!(
+            (MIN_DAY, MAX_DAY),
+            (i64::from(crate::days::days_from_civil(0, 1, 1)), i64::from(crate::days::days_from_civil(9999, 12, 31)))
+        );
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec!["age", "sex", "arrest_date", "names_dob", "ssn"]).prop_map(String::from),
+            ".{0,12}",
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (MIN_DAY..=MAX_DAY).prop_map(|d| {
+                let (y, m, day) = crate::days::civil_from_days(d as i32);
+                Value::String(format!("{y:04}-{m:02}-{day:02}"))
+            }),
+            "[0-9]{4}-[0-9]{2}-[0-9]{2}".prop_map(Value::String),
+            ".{0,80}".prop_map(Value::String),
+        ]
+    }
+
+    prop_compose! {
+        fn record()(
+            source in prop::sample::select(vec!["police", "jail", "é"]),
+            kind in name(),
+            line in any::<u64>(),
+            epoch in any::<u32>(),
+            rid in any::<[u8; 16]>(),
+            seq in any::<u64>(),
+            deleted in any::<bool>(),
+            tokens in prop::collection::btree_map(name(), any::<[u8; 16]>(), 0..4),
+            fields in prop::collection::btree_map(name(), value(), 0..8),
+        ) -> PseudoRecord {
+            PseudoRecord {
+                source: source.to_string(),
+                kind,
+                line,
+                epoch,
+                rid: crate::hex::encode(&rid),
+                seq,
+                deleted,
+                tokens: tokens.into_iter().map(|(k, t)| (k, crate::token::format_token(epoch, &t))).collect(),
+                fields,
+            }
+        }
+    }
+
+    /// What the general path makes of a JSON array of records: parse, then encode.
+    fn parsed_then_encoded(text: &[u8]) -> Option<Vec<u8>> {
+        let records: Vec<PseudoRecord> = serde_json::from_slice(text).ok()?;
+        encode("police", "b-1", &records).ok()
+    }
+
+    #[test]
+    fn json_text_is_encoded_as_its_parsed_records_are_or_not_at_all() {
+        let rid = "ab".repeat(16);
+        let t = format!("1:{}", "cd".repeat(16));
+        let rec = |fields: &str| {
+            format!(
+                r#"{{"source":"police","kind":"arrest","line":2,"epoch":1,"rid":"{rid}","tokens":{{"names_dob":"{t}"}},"fields":{{{fields}}}}}"#
+            )
+        };
+        let cases = [
+            rec(r#""age":30,"sex":null,"felony":true,"arrest_date":"2024-02-29""#),
+            rec(r#""note":"a \"quoted\" word\n","a\u0041":"\u00e9""#),
+            rec(r#""b":1,"a":2,"b":3"#),
+            rec(r#""n":-9223372036854775808,"m":9223372036854775807"#),
+            rec(r#""n":9223372036854775808"#),
+            rec(r#""n":-0"#),
+            rec(r#""n":1.0"#),
+            rec(r#""n":1e2"#),
+            rec(r#""n":[1,2]"#),
+            rec(r#""n":{"x":[{}]}"#),
+            rec(r#""n":"2023-02-29""#),
+            rec("").replace(r#""line":2"#, r#""line":2.5"#),
+            rec("").replace(r#""line":2"#, r#""line":2,"extra":1"#),
+            rec("").replace(r#""line":2"#, r#""line":2,"seq":9,"deleted":true"#),
+            rec("").replace(r#""kind":"arrest""#, r#""kind":"ar\u0072est""#),
+            rec("").replace("names_dob", r"names\u005fdob"),
+            rec("").replace(&rid, &rid.to_uppercase()),
+            rec("").replace(&t, &t.replace("1:", "01:")),
+            rec("").replace(r#""tokens":{"#, r#""tokens":{"x":1,"#),
+        ];
+        let mut encoded = 0;
+        for case in &cases {
+            let text = format!("[{case},{}]", rec(r#""age":1"#));
+            let want = parsed_then_encoded(text.as_bytes());
+            encoded += usize::from(want.is_some());
+            assert_eq!(encode_json_array("police", "b-1", text.as_bytes()), want, "{case}");
+        }
+        assert_eq!(encoded, 8);
+        assert_eq!(encode_json_array("police", "b-1", b"[]"), parsed_then_encoded(b"[]"));
+        assert_eq!(encode_json_array("police", "b-1", b"[1"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn json_text_and_parsed_records_give_the_same_bytes(records in prop::collection::vec(record(), 0..6)) {
+            let text = serde_json::to_vec(&records).unwrap();
+            prop_assert_eq!(encode_json_array("police", "b-1", &text), parsed_then_encoded(&text));
+        }
+
+        #[test]
+        fn encode_then_decode_gives_the_records_back_and_so_does_json(
+            id in "[!-~]{1,20}",
+            records in prop::collection::vec(record(), 0..12),
+        ) {
+            let b = Batch { source: "police".into(), batch_id: id, records };
+            let bin = encode_batch(&b).unwrap();
+            let back = decode(&bin).unwrap();
+            prop_assert_eq!(&back, &b);
+            let json: Batch = serde_json::from_slice(&serde_json::to_vec(&b).unwrap()).unwrap();
+            prop_assert_eq!(&back, &json);
+            // One encoding per batch: encoding what was decoded gives the same bytes.
+            prop_assert_eq!(encode_batch(&back).unwrap(), bin);
+        }
+
+        #[test]
+        fn any_bytes_decode_or_fail_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let mut with_magic = MAGIC.to_vec();
+            with_magic.push(VERSION);
+            with_magic.extend_from_slice(&bytes);
+            let _ = decode(&bytes);
+            let _ = decode(&with_magic);
+        }
+
+        #[test]
+        fn a_damaged_batch_decodes_or_fails_without_panicking(
+            records in prop::collection::vec(record(), 1..4),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        ) {
+            let b = Batch { source: "police".into(), batch_id: "b-1".into(), records };
+            let mut bin = encode_batch(&b).unwrap();
+            for (at, byte) in flips {
+                let i = at.index(bin.len());
+                bin[i] = byte;
+            }
+            if let Ok(back) = decode(&bin) {
+                // Whatever decodes has a binary form, which decodes to it again.
+                prop_assert_eq!(decode(&encode_batch(&back).unwrap()).unwrap(), back);
+            }
+        }
+    }
+}
