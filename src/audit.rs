@@ -157,13 +157,20 @@ pub struct BatchDetail {
 }
 
 /// The detail of a `deletion` entry: a source's records of one kind removed
-/// by its tombstones. Counts only: no rid, no record.
+/// by the tombstones of one batch. Counts only: no rid, no record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeletionDetail {
     pub source: String,
     pub kind: String,
     pub records: u64,
+    /// The batch whose tombstones removed them (entries of earlier releases have none).
+    #[serde(default)]
+    pub batch_id: String,
 }
+
+/// A `batch` or `deletion` entry found in the log: (source, batch id, the
+/// deletion's record kind, or `None` for the batch entry).
+pub type BatchEntry = (String, String, Option<String>);
 
 /// Why the audit log could not be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -279,13 +286,28 @@ pub struct AuditLog {
 
 /// An entry on its way to the writer thread.
 struct Pending {
+    /// Written together: in one group, one write, one sync.
+    entries: Vec<Item>,
+    reply: Box<dyn FnOnce(Result<Vec<u64>, AuditError>) + Send>,
+}
+
+/// One entry to append.
+struct Item {
     kind: &'static str,
     actor: String,
     detail: serde_json::Value,
-    reply: Box<dyn FnOnce(Result<u64, AuditError>) + Send>,
 }
 
-/// Most entries one group (one write, one sync) takes.
+fn item<D: Serialize + ?Sized>(kind: Kind, actor: &str, detail: &D) -> Result<Item, AuditError> {
+    Ok(Item { kind: kind.as_str(), actor: actor.to_string(), detail: serde_json::to_value(detail)? })
+}
+
+/// The one seq of a one-entry append.
+fn first(seqs: Vec<u64>) -> Result<u64, AuditError> {
+    seqs.first().copied().ok_or(AuditError::Stopped)
+}
+
+/// Most entries one group (one write, one sync) takes (a unit of several is never split).
 const MAX_GROUP: usize = 1024;
 
 impl std::fmt::Debug for AuditLog {
@@ -307,25 +329,33 @@ impl Drop for AuditLog {
 /// The writer thread: take what is queued, chain it, write it once, sync once, answer.
 fn write_loop(mut w: Writer, rx: mpsc::Receiver<Pending>, head: Arc<Mutex<Option<Receipt>>>) {
     while let Ok(first) = rx.recv() {
+        let mut entries = first.entries.len();
         let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+        while entries < MAX_GROUP {
             match rx.try_recv() {
-                Ok(p) => group.push(p),
+                Ok(p) => {
+                    entries += p.entries.len();
+                    group.push(p);
+                }
                 Err(_) => break,
             }
         }
-        let outcome = w.append_group(&group);
+        let items: Vec<&Item> = group.iter().flat_map(|p| &p.entries).collect();
+        let outcome = w.append_group(&items);
         if let Ok(seqs) = &outcome {
             if let Some(h) = &w.head {
                 *head.lock().unwrap_or_else(|p| p.into_inner()) = Some(h.clone());
             }
-            debug_assert_eq!(seqs.len(), group.len());
+            debug_assert_eq!(seqs.len(), items.len());
         }
-        for (i, p) in group.into_iter().enumerate() {
+        let mut at = 0;
+        for p in group {
+            let n = p.entries.len();
             let r = match &outcome {
-                Ok(seqs) => Ok(seqs[i]),
+                Ok(seqs) => Ok(seqs[at..at + n].to_vec()),
                 Err(e) => Err(e.again()),
             };
+            at += n;
             (p.reply)(r);
         }
     }
@@ -347,7 +377,7 @@ impl AuditError {
 
 impl Writer {
     /// Chain, write and sync a group of entries; their seqs in order.
-    fn append_group(&mut self, group: &[Pending]) -> Result<Vec<u64>, AuditError> {
+    fn append_group(&mut self, group: &[&Item]) -> Result<Vec<u64>, AuditError> {
         if self.broken {
             return Err(AuditError::Broken { path: self.path.clone() });
         }
@@ -516,14 +546,12 @@ impl AuditLog {
     pub fn append<D: Serialize + ?Sized>(&self, kind: Kind, actor: &str, detail: &D) -> Result<u64, AuditError> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.submit(
-            kind,
-            actor,
-            detail,
+            vec![item(kind, actor, detail)?],
             Box::new(move |r| {
                 let _ = reply.send(r);
             }),
         )?;
-        answer.recv().map_err(|_| AuditError::Stopped)?
+        first(answer.recv().map_err(|_| AuditError::Stopped)??)
     }
 
     /// [`AuditLog::append`] for async code: the task waits, no thread blocks.
@@ -535,9 +563,27 @@ impl AuditLog {
     ) -> Result<u64, AuditError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.submit(
-            kind,
-            actor,
-            detail,
+            vec![item(kind, actor, detail)?],
+            Box::new(move |r| {
+                let _ = reply.send(r);
+            }),
+        )?;
+        first(answer.await.map_err(|_| AuditError::Stopped)??)
+    }
+
+    /// Append entries (kind, actor, detail) together, durably: one write and
+    /// one sync, so a failure appends none of them (a crash can still leave a
+    /// prefix of whole lines, never a torn one: see [`AuditLog::open`]);
+    /// their seqs in order.
+    pub async fn append_all_async(
+        &self,
+        entries: Vec<(Kind, String, serde_json::Value)>,
+    ) -> Result<Vec<u64>, AuditError> {
+        let entries =
+            entries.into_iter().map(|(kind, actor, detail)| Item { kind: kind.as_str(), actor, detail }).collect();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.submit(
+            entries,
             Box::new(move |r| {
                 let _ = reply.send(r);
             }),
@@ -545,17 +591,13 @@ impl AuditLog {
         answer.await.map_err(|_| AuditError::Stopped)?
     }
 
-    fn submit<D: Serialize + ?Sized>(
+    fn submit(
         &self,
-        kind: Kind,
-        actor: &str,
-        detail: &D,
-        reply: Box<dyn FnOnce(Result<u64, AuditError>) + Send>,
+        entries: Vec<Item>,
+        reply: Box<dyn FnOnce(Result<Vec<u64>, AuditError>) + Send>,
     ) -> Result<(), AuditError> {
-        let detail = serde_json::to_value(detail)?;
-        let entry = Pending { kind: kind.as_str(), actor: actor.to_string(), detail, reply };
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        tx.as_ref().ok_or(AuditError::Stopped)?.send(entry).map_err(|_| AuditError::Stopped)
+        tx.as_ref().ok_or(AuditError::Stopped)?.send(Pending { entries, reply }).map_err(|_| AuditError::Stopped)
     }
 
     /// Stop the writer after the entries queued so far and wait for it.
@@ -610,6 +652,26 @@ impl AuditLog {
         }
         Ok(spent)
     }
+}
+
+/// Every `batch` and `deletion` entry of the log at `path`, checking the
+/// chain as it goes; a torn last line is ignored. For finishing, at start,
+/// the audit of batches stored just before a crash (without writing an
+/// entry twice).
+pub fn batch_entries(path: &Path) -> Result<std::collections::HashSet<BatchEntry>, VerifyError> {
+    let mut out = std::collections::HashSet::new();
+    walk(path, true, |_, entry| {
+        if entry.kind == Kind::Batch.as_str() {
+            if let Ok(d) = serde_json::from_value::<BatchDetail>(entry.detail.clone()) {
+                out.insert((d.source, d.batch_id, None));
+            }
+        } else if entry.kind == Kind::Deletion.as_str() {
+            if let Ok(d) = serde_json::from_value::<DeletionDetail>(entry.detail.clone()) {
+                out.insert((d.source, d.batch_id, Some(d.kind)));
+            }
+        }
+    })?;
+    Ok(out)
 }
 
 /// Check every entry's hash, `prev` link and `seq` of the log at `path`;

@@ -66,6 +66,9 @@ pub struct Accepted {
     pub epoch: u32,
     /// What the batch's records did to the versions held, per kind.
     pub versions: std::collections::BTreeMap<String, super::store::Versions>,
+    /// The store wrote the batch with an audit mark (every stored batch but
+    /// tombstones under a retired epoch, which store nothing).
+    pub marked: bool,
 }
 
 pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Resp {
@@ -185,37 +188,40 @@ async fn take_batch(st: &Arc<Steward>, peer: &Peer, body: Bytes, format: BatchFo
             };
             let counter = if duplicate { &st.batches_duplicate } else { &st.batches_stored };
             counter.fetch_add(1, Ordering::Relaxed);
-            // The receipt is audited before the acknowledgement; a failure
-            // here makes the source retry, and a replay is idempotent.
-            let detail = crate::audit::BatchDetail { source: peer.id.name.clone(), batch_id: acc.batch_id.clone() };
             if !duplicate {
-                if let Err(e) = st.audit.append_async(crate::audit::Kind::Batch, &peer.id.name, &detail).await {
-                    error!(source = %peer.id.name, error = %e, "auditing a batch failed");
-                    return error_response(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "the steward could not record the batch; retry later",
-                    );
-                }
-                // A deletion is audited as such: that a record of this source and kind went, never which.
-                for (kind, v) in acc.versions.iter().filter(|(_, v)| v.deleted > 0) {
-                    let detail = crate::audit::DeletionDetail {
-                        source: peer.id.name.clone(),
-                        kind: kind.clone(),
-                        records: v.deleted,
-                    };
-                    if let Err(e) = st.audit.append_async(crate::audit::Kind::Deletion, &peer.id.name, &detail).await {
-                        error!(source = %peer.id.name, error = %e, "auditing a deletion failed");
+                let st2 = st.clone();
+                let (parsed, slot) = (acc.parsed, acc.slot);
+                // Linked before the acknowledgement, so a query after it sees the
+                // batch; the work runs off the reactor.
+                let _ = tokio::task::spawn_blocking(move || st2.link(slot, parsed)).await;
+            }
+            // Audited before the acknowledgement, once (see `receipts`): a stored batch
+            // now; a replay only if its first audit did not finish.
+            let mark = if duplicate {
+                match st.store.unaudited_of(&peer.id.name, &acc.batch_id) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        error!(source = %peer.id.name, error = %e, "reading a batch's audit mark failed");
                         return error_response(
                             StatusCode::INTERNAL_SERVER_ERROR,
                             "the steward could not record the batch; retry later",
                         );
                     }
                 }
-                let st2 = st.clone();
-                let (parsed, slot) = (acc.parsed, acc.slot);
-                // Linked before the acknowledgement, so a query after it sees the
-                // batch; the work runs off the reactor.
-                let _ = tokio::task::spawn_blocking(move || st2.link(slot, parsed)).await;
+            } else {
+                Some(super::store::Unaudited::of(&peer.id.name, &acc.batch_id, &acc.versions))
+            };
+            if let Some(mark) = mark {
+                match st.audit_batch(mark, None, duplicate || acc.marked).await {
+                    Ok(()) => {}
+                    Err(e) => {
+                        error!(source = %peer.id.name, error = %e, "auditing a batch failed");
+                        return error_response(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "the steward could not record the batch; retry later",
+                        );
+                    }
+                }
             }
             let mut v = super::store::Versions::default();
             acc.versions.values().for_each(|k| v.add(k));
@@ -352,7 +358,8 @@ pub async fn ingest_body(
             let versions = Default::default();
             let outcome = PutOutcome::Stored(0);
             let slot = Slot::Active;
-            return Ok(Accepted { batch_id: batch.batch_id, records, outcome, parsed: Vec::new(), slot, epoch, versions });
+            let parsed = Vec::new();
+            return Ok(Accepted { batch_id: batch.batch_id, records, outcome, parsed, slot, epoch, versions, marked: false });
         }
         let (slot, started) = epochs.admit(epoch).map_err(IngestError::Epoch)?;
         if started {
@@ -371,7 +378,8 @@ pub async fn ingest_body(
         // Linkage gets the versions the store took (and the tombstones that removed one).
         let parsed = parsed.into_iter().zip(&put.link).filter(|(_, l)| **l).map(|(r, _)| r).collect();
         let outcome = put.outcome;
-        Ok(Accepted { batch_id: batch.batch_id, records, outcome, parsed, slot, epoch, versions: put.versions })
+        let marked = outcome != PutOutcome::Duplicate;
+        Ok(Accepted { batch_id: batch.batch_id, records, outcome, parsed, slot, epoch, versions: put.versions, marked })
     })
     .await;
     let accepted = match put {

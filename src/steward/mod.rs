@@ -43,6 +43,7 @@ mod connection;
 pub mod epochs;
 mod http;
 pub mod persons;
+mod receipts;
 pub mod release;
 mod routes;
 mod status;
@@ -187,6 +188,8 @@ pub struct Steward {
     refusals: [AtomicU64; Refusal::ALL.len()],
     pub(crate) batches_stored: AtomicU64,
     pub(crate) batches_duplicate: AtomicU64,
+    /// Batches whose audit entries a task is appending (see `receipts`).
+    auditing: receipts::Auditing,
 }
 
 impl Steward {
@@ -299,8 +302,11 @@ impl Steward {
             refusals: Default::default(),
             batches_stored: AtomicU64::new(0),
             batches_duplicate: AtomicU64::new(0),
+            auditing: Default::default(),
             cfg,
         });
+        // Before the first request: batches stored but not audited when the last run stopped.
+        steward.finish_audits().await?;
         info!(
             listen = %local_addr,
             max_connections = max,

@@ -9,6 +9,7 @@
 //! | `n` source `00` epoch (u32 BE) | records and batches held for the source under the epoch (two u64 LE) |
 //! | `i` epoch (u32 BE) source `00` kind `00` rid (16 bytes) | a tombstone, or a version raised by an unchanged re-send: seq (u64 LE), content hash (16), live (1: held, 0: deleted), batch id — the index of every other record is in memory, rebuilt at open from the batches |
 //! | `s` source `00` kind | versions counted: new, replaced, unchanged, stale, deleted (five u64 LE) |
+//! | `a` source `00` batch_id | the batch's audit may be unfinished ([`Unaudited`]): written with the batch, removed once its audit entries are durable; per kind whose records its tombstones removed: name length (u16 LE), name, count (u64 LE) |
 //! | `m:rid_index` | 1 once the rid index is built (a store of an earlier version is upgraded on open) |
 //!
 //! # One record per (source, kind, rid)
@@ -65,6 +66,7 @@ const P_CHUNK: u8 = b'd';
 const P_COUNT: u8 = b'n';
 const P_RID: u8 = b'i';
 const P_VERSIONS: u8 = b's';
+const P_UNAUDITED: u8 = b'a';
 const RID_INDEX_MARK: &[u8] = b"m:rid_index";
 
 /// Why the store failed. Messages never carry a record or a value from one.
@@ -380,6 +382,53 @@ fn batch_key(prefix: u8, source: &str, batch_id: &str) -> Vec<u8> {
     k
 }
 
+/// A batch stored whose audit entries (the batch, and a deletion per kind
+/// its tombstones removed records of) may not be in the audit log yet: the
+/// store writes the mark with the batch, atomically, and removes it once the
+/// entries are durable. A crash or a failed audit in between leaves it, and
+/// the steward finishes the audit at the replay or at its next start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unaudited {
+    pub source: String,
+    pub batch_id: String,
+    /// Record kind → records its tombstones removed (kinds with none left out).
+    pub deletions: BTreeMap<String, u64>,
+}
+
+impl Unaudited {
+    /// The deletions of a stored batch's version outcomes.
+    pub fn of(source: &str, batch_id: &str, versions: &BTreeMap<String, Versions>) -> Unaudited {
+        let deletions = versions.iter().filter(|(_, v)| v.deleted > 0).map(|(k, v)| (k.clone(), v.deleted)).collect();
+        Unaudited { source: source.to_string(), batch_id: batch_id.to_string(), deletions }
+    }
+
+    /// Per kind: length (u16 LE), the name, the count (u64 LE).
+    fn encode_deletions(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        for (kind, n) in &self.deletions {
+            let name = &kind.as_bytes()[..kind.len().min(usize::from(u16::MAX))];
+            v.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            v.extend_from_slice(name);
+            v.extend_from_slice(&n.to_le_bytes());
+        }
+        v
+    }
+
+    fn decode(key: &[u8], mut v: &[u8]) -> Result<Unaudited, StoreError> {
+        let (source, batch_id) = split_batch_key(key)?;
+        let bad = || StoreError::BadKey(format!("the unaudited mark of batch {batch_id} is damaged"));
+        let mut deletions = BTreeMap::new();
+        while !v.is_empty() {
+            let len = usize::from(u16::from_le_bytes(v.get(..2).ok_or_else(bad)?.try_into().map_err(|_| bad())?));
+            let name = v.get(2..2 + len).ok_or_else(bad)?;
+            let n = u64::from_le_bytes(v.get(2 + len..10 + len).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+            deletions.insert(String::from_utf8(name.to_vec()).map_err(|_| bad())?, n);
+            v = &v[10 + len..];
+        }
+        Ok(Unaudited { source, batch_id, deletions })
+    }
+}
+
 /// `n` source `00` epoch (u32 BE): counts per source and key epoch.
 fn count_key(source: &str, epoch: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(6 + source.len());
@@ -692,6 +741,8 @@ impl Store {
                 total.add(v);
                 write.insert(vkey, total.encode());
             }
+            let mark = Unaudited::of(&source, &batch_id, &versions);
+            write.insert(batch_key(P_UNAUDITED, &source, &batch_id), mark.encode_deletions());
             tree.apply_batch(write.into_inner()?)?;
             index.extend(changes);
             Ok((Put { outcome: PutOutcome::Stored(kept), link, versions }, records))
@@ -871,6 +922,30 @@ impl Store {
         }
         self.durable.apply(&self.tree, batch)?;
         tracing::info!(batches = old.len(), "steward store upgraded: batches now carry their key epoch");
+        Ok(())
+    }
+
+    /// Every batch stored whose audit may be unfinished (see [`Unaudited`]).
+    pub fn unaudited(&self) -> Result<Vec<Unaudited>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix([P_UNAUDITED]) {
+            let (k, v) = kv?;
+            out.push(Unaudited::decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The mark of one batch, if its audit may be unfinished.
+    pub fn unaudited_of(&self, source: &str, batch_id: &str) -> Result<Option<Unaudited>, StoreError> {
+        let key = batch_key(P_UNAUDITED, source, batch_id);
+        self.tree.get(&key)?.map(|v| Unaudited::decode(&key, &v)).transpose()
+    }
+
+    /// The batch's audit entries are durable: remove its mark (durably).
+    pub async fn audited(&self, source: &str, batch_id: &str) -> Result<(), StoreError> {
+        let mut write = WriteBatch::default();
+        write.remove(batch_key(P_UNAUDITED, source, batch_id));
+        self.durable.apply_async(&self.tree, write).await?;
         Ok(())
     }
 

@@ -525,3 +525,61 @@ async fn curl_without_client_certificate_is_refused() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "405", "{}", String::from_utf8_lossy(&out.stderr));
     st.stop().await;
 }
+
+/// What a steward killed between its store write and its audit append
+/// leaves — batches stored with their audit mark, one batch entry already in
+/// the log — is audited at the next start: every missing entry written once
+/// (the batch entries, the deletion entry with its batch id), none twice,
+/// and a start after that writes nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_stored_before_a_crash_are_audited_once_at_the_next_start() {
+    use divert::audit::{AuditLog, BatchDetail, Kind};
+    use divert::steward::{Store, AUDIT_FILE, STORE_DIR};
+    use divert::wire::BatchFormat;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let dir = tmp.path().join("steward");
+    let data = dir.join("data");
+    divert::fsutil::create_private_dir(&data).unwrap();
+    {
+        let store = Store::open(&data.join(STORE_DIR)).unwrap();
+        let put = |b: &divert::wire::Batch| {
+            let body = serde_json::to_vec(b).unwrap();
+            store.put_batch(&b.source, &b.batch_id, 1, b.records.clone(), &body, BatchFormat::Json).unwrap();
+        };
+        let records = fake_records("police", 0, 3);
+        put(&batch("police", "b1", records.clone()));
+        let mut gone = records[0].clone();
+        (gone.deleted, gone.seq) = (true, records[0].seq + 1);
+        gone.tokens.clear();
+        gone.fields.clear();
+        put(&batch("police", "b2", vec![gone]));
+        assert_eq!(store.unaudited().unwrap().len(), 2);
+    }
+    let log = AuditLog::open(&data.join(AUDIT_FILE)).unwrap();
+    log.append(Kind::Batch, "police", &BatchDetail { source: "police".into(), batch_id: "b1".into() }).unwrap();
+    log.close();
+    drop(log);
+
+    let start = || async { TestSteward::try_start(&pki, &dir, "").await.map_err(|e| format!("{e:#}")) };
+    let st = crate::util::retry_async(Duration::from_secs(10), "the steward to start", start).await;
+    let audit = || std::fs::read_to_string(data.join(AUDIT_FILE)).unwrap();
+    let lines = |text: &str, needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+    let text = audit();
+    assert_eq!(lines(&text, r#""batch_id":"b1""#), 1, "{text}");
+    assert_eq!(lines(&text, r#""kind":"batch""#), 2, "{text}");
+    assert_eq!(lines(&text, r#""kind":"deletion""#), 1, "{text}");
+    let deletion = text.lines().find(|l| l.contains(r#""kind":"deletion""#)).unwrap();
+    assert!(deletion.contains(r#""batch_id":"b2""#) && deletion.contains(r#""records":1"#), "{deletion}");
+    divert::audit::verify(&data.join(AUDIT_FILE)).unwrap();
+    crate::util::wait_until_async(Duration::from_secs(10), "the audit marks removed", || {
+        let left = st.steward.store().unaudited().unwrap().len();
+        crate::util::holds(left == 0, || format!("{left} left"))
+    })
+    .await;
+    st.stop().await;
+    let st = crate::util::retry_async(Duration::from_secs(10), "the steward to start again", start).await;
+    assert_eq!(audit(), text, "a second start wrote audit entries again");
+    st.stop().await;
+}

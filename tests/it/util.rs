@@ -60,6 +60,23 @@ pub async fn wait_until_async<T>(limit: Duration, what: &str, mut probe: impl Fn
     }
 }
 
+/// [`wait_until_async`] for a probe that is itself async (e.g. starting a
+/// service that may find its store still locked for a moment).
+pub async fn retry_async<T, F: std::future::Future<Output = Result<T, String>>>(
+    limit: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(state) => assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}: {state}"),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// `Ok(())` when `cond` holds, else `Err(state())`: a probe for [`wait_until`] from a condition.
 pub fn holds(cond: bool, state: impl FnOnce() -> String) -> Result<(), String> {
     if cond {
