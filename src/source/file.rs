@@ -289,7 +289,7 @@ fn now_rfc3339() -> String {
 
 /// Ingest one file. On success the file's outcome is durable (flushed) and
 /// every batch was handed to `env.on_durable`.
-pub fn ingest(env: &Env<'_>, state: &mut State, job: &Job<'_>) -> Result<Done, FileError> {
+pub fn take_export(env: &Env<'_>, state: &mut State, job: &Job<'_>) -> Result<Done, FileError> {
     let kind = job.kind;
     let (id, suspect) = scan(job.path, &kind.name, job.format).map_err(|e| failed("reading the file")(&e))?;
     let name = job.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -607,7 +607,7 @@ mod tests {
         };
         let kind = f.schema.kind("arrest").unwrap();
         let job = Job { path, kind, format: Format::Csv, quarantine: f.dir.path().join("q.csv"), dest: None };
-        let r = ingest(&env, state, &job);
+        let r = take_export(&env, state, &job);
         let seen = seen.into_inner().unwrap();
         (r, seen)
     }

@@ -387,7 +387,7 @@ mod tests {
     use crate::keys::EpochKey;
     use crate::schema::Schema;
     use crate::source::crypt::DataKey;
-    use crate::source::file::{ingest, Job};
+    use crate::source::file::{take_export, Job};
     use crate::source::store::Store;
     use tokio_util::sync::CancellationToken;
 
@@ -430,7 +430,7 @@ mod tests {
             let path = dir.path().join(name);
             std::fs::write(&path, text).unwrap();
             let job = Job { path: &path, kind, format: Format::Csv, quarantine: dir.path().join("q.csv"), dest: None };
-            ingest(&env(&t1), &mut state, &job).unwrap();
+            take_export(&env(&t1), &mut state, &job).unwrap();
         }
         let before = outbox(&st);
         assert_eq!(before.len(), 50);
@@ -506,7 +506,7 @@ mod tests {
         };
         let ingest_file = |state: &mut State, path: &std::path::Path| {
             let job = Job { path, kind, format: Format::Csv, quarantine: dir.path().join("q.csv"), dest: None };
-            ingest(&env, state, &job).unwrap();
+            take_export(&env, state, &job).unwrap();
         };
         let first = write("t1.csv", 0..30);
         // The first export of the kind deletes nothing.

@@ -1,6 +1,6 @@
 //! The source daemon's service: the inbox watcher, handed-over files, the encrypted raw store, the durable outbox and the pusher to the steward.
 //!
-//! An export goes: inbox/ (or `divert ingest`) → [`file::ingest`] (schema
+//! An export goes: inbox/ (or `divert ingest`) → [`file::take_export`] (schema
 //! check, raw rows encrypted into the store, pseudonymized records into
 //! outbox batches, bad rows to a quarantine CSV; all of it durable before an
 //! inbox file is overwritten and deleted, its receipt left in done/) → [`push`] (the oldest batches to the steward over
@@ -291,7 +291,7 @@ impl Source {
                 let env = src.env(&keying.tokenizer, &add);
                 let r = src
                     .snapshot_step(&env, &mut state, k, &job_path, format, force_snapshot)
-                    .and_then(|()| file::ingest(&env, &mut state, &job))
+                    .and_then(|()| file::take_export(&env, &mut state, &job))
                     .and_then(|done| src.supersede_step(&env, &mut state, k, done));
                 src.set_counts(&state);
                 r
@@ -707,7 +707,7 @@ fn inbox_file_blocking(src: &Source, state: &mut State, name: &str) -> Result<()
     let env = src.env(&keying.tokenizer, &add);
     let ingested = src
         .snapshot_step(&env, state, kind, &path, format, false)
-        .and_then(|()| file::ingest(&env, state, &job))
+        .and_then(|()| file::take_export(&env, state, &job))
         .and_then(|done| src.supersede_step(&env, state, kind, done));
     match ingested {
         Ok(done) => {

@@ -192,7 +192,7 @@ mod tests {
     use crate::record::PseudoRecord;
     use crate::schema::Schema;
     use crate::source::crypt::DataKey;
-    use crate::source::file::{ingest, Job};
+    use crate::source::file::{take_export, Job};
     use crate::token::Tokenizer;
 
     fn records(st: &store::Store, seqs: &[(u64, u32)]) -> Vec<PseudoRecord> {
@@ -221,7 +221,7 @@ mod tests {
         let mut state = State::default();
         let kind = schema.kind("arrest").unwrap();
         let job = Job { path, kind, format, quarantine: dir.path().join("q.csv"), dest: None };
-        ingest(&env(&t1), &mut state, &job).unwrap();
+        take_export(&env(&t1), &mut state, &job).unwrap();
         let first = records(&st, &std::mem::take(&mut *seen.lock().unwrap()));
         let (id, rec) = store::files(st.tree()).unwrap().pop().unwrap();
         let pass = file(&env(&t2), &mut state, &id, &rec).unwrap();

@@ -179,7 +179,7 @@ pub(crate) async fn post_batch(st: &Arc<Steward>, peer: Arc<Peer>, req: Request<
 async fn take_batch(st: &Arc<Steward>, peer: &Peer, body: Bytes, format: BatchFormat) -> Resp {
     // Shared from admission to linkage: an epoch switch waits for this batch, or this batch for it.
     let _gate = st.epoch_gate.read().await;
-    match ingest_body(&st.store, &st.epochs, &st.schema, &peer.id.name, body, format).await {
+    match store_batch_body(&st.store, &st.epochs, &st.schema, &peer.id.name, body, format).await {
         Ok(acc) => {
             let duplicate = acc.outcome == PutOutcome::Duplicate;
             let stored = match acc.outcome {
@@ -240,11 +240,11 @@ async fn take_batch(st: &Arc<Steward>, peer: &Peer, body: Bytes, format: BatchFo
             );
             json_response(StatusCode::OK, &BatchAck { batch_id: acc.batch_id, stored, duplicate })
         }
-        Err(IngestError::Rejected(r)) => {
+        Err(BatchError::Rejected(r)) => {
             st.refuse(r.kind, peer.addr, Some(&peer.id), &r.message);
             error_response(r.status, &r.message)
         }
-        Err(IngestError::Epoch(m)) => {
+        Err(BatchError::Epoch(m)) => {
             let message = m.to_string();
             st.refuse(Refusal::Epoch, peer.addr, Some(&peer.id), &message);
             let body = EpochRefusal { error: message, epoch: m.epoch(), current_epoch: m.current() };
@@ -316,9 +316,9 @@ pub(crate) async fn post_epochs(st: &Arc<Steward>, peer: &Peer, req: Request<Inc
     get_epochs(st).await
 }
 
-/// Why [`ingest_body`] did not take a batch.
+/// Why [`store_batch_body`] did not take a batch.
 #[derive(Debug, thiserror::Error)]
-pub enum IngestError {
+pub enum BatchError {
     #[error("{}", .0.message)]
     Rejected(Rejection),
     #[error("{0}")]
@@ -333,20 +333,20 @@ pub enum IngestError {
 /// `format`, as a batch from source `cert_name` ([`check_batch`]), store it
 /// unless held (in the binary form: a JSON body is re-encoded), and flush.
 /// Returns once the batch is durable. Public for benchmarks.
-pub async fn ingest_body(
+pub async fn store_batch_body(
     store: &Arc<Store>,
     epochs: &Arc<Epochs>,
     schema: &Arc<Schema>,
     cert_name: &str,
     body: Bytes,
     format: BatchFormat,
-) -> Result<Accepted, IngestError> {
+) -> Result<Accepted, BatchError> {
     let store2 = store.clone();
     let epochs = epochs.clone();
     let schema = schema.clone();
     let name = cert_name.to_string();
-    let put = tokio::task::spawn_blocking(move || -> Result<Accepted, IngestError> {
-        let batch = check_batch(&body, format, &name, &schema).map_err(IngestError::Rejected)?;
+    let put = tokio::task::spawn_blocking(move || -> Result<Accepted, BatchError> {
+        let batch = check_batch(&body, format, &name, &schema).map_err(BatchError::Rejected)?;
         let records = batch.records.len() as u64;
         // An empty batch carries no epoch: it is taken under the active one.
         let epoch = batch.records.first().map(|r| r.epoch).or(epochs.active()).unwrap_or(0);
@@ -361,7 +361,7 @@ pub async fn ingest_body(
             let parsed = Vec::new();
             return Ok(Accepted { batch_id: batch.batch_id, records, outcome, parsed, slot, epoch, versions, marked: false });
         }
-        let (slot, started) = epochs.admit(epoch).map_err(IngestError::Epoch)?;
+        let (slot, started) = epochs.admit(epoch).map_err(BatchError::Epoch)?;
         if started {
             tracing::info!(source = %name, epoch, "first batch under a new key epoch: building its linkage beside the active one");
         }
@@ -384,7 +384,7 @@ pub async fn ingest_body(
     .await;
     let accepted = match put {
         Ok(r) => r?,
-        Err(e) => return Err(IngestError::Internal(if e.is_panic() { "panicked" } else { "was cancelled" })),
+        Err(e) => return Err(BatchError::Internal(if e.is_panic() { "panicked" } else { "was cancelled" })),
     };
     // `put_batch` returned once the batch (or, for a replay, its first copy) was durable.
     Ok(accepted)

@@ -19,7 +19,7 @@
 //!
 //! The pieces can be timed apart: [`check_batch`] (parse and validate a
 //! body), [`Store::put_batch`] + [`Store::flush`] (the bare store),
-//! [`ingest_body`] (both, as the endpoint runs them), and the whole service
+//! [`store_batch_body`] (both, as the endpoint runs them), and the whole service
 //! with [`Steward::start`] on a hand-built [`Context`] listening on port 0.
 
 use std::net::SocketAddr;
@@ -51,7 +51,7 @@ pub mod store;
 mod switch;
 mod timeout_io;
 
-pub use http::{check_batch, ingest_body, Accepted, IngestError, Rejection, MAX_BATCH_ID_BYTES};
+pub use http::{check_batch, store_batch_body, Accepted, BatchError, Rejection, MAX_BATCH_ID_BYTES};
 pub use store::{Put, PutOutcome, SourceCounts, Store, StoreError, StoredBatch, Versions};
 
 /// Where, under the data directory, the store lives.

@@ -1144,7 +1144,7 @@ mod tests {
         }
     }
 
-    /// Store a JSON body as `ingest_body` does: parsed, re-encoded in the binary form, then put.
+    /// Store a JSON body as `store_batch_body` does: parsed, re-encoded in the binary form, then put.
     fn put(store: &Store, source: &str, id: &str, epoch: u32, body: &[u8]) -> PutOutcome {
         let b: Batch = serde_json::from_slice(body).unwrap();
         let bin = binary::encode_batch(&b).unwrap();
