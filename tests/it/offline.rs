@@ -243,3 +243,50 @@ fn config_check_header_says_what_linkage_will_miss() {
     assert!(stdout.contains("`names_city` gets no token: no column for `city`"), "{stdout}");
     assert!(!stdout.contains("`names_dob`"), "the dob column feeds names_dob: {stdout}");
 }
+
+/// The shipped schema and rule on a small synthetic program with every recording
+/// error of `config/synth.toml` (missing and invalid birth dates, typos, nicknames,
+/// swapped names, id digit errors, several errors in one record), every truth
+/// row counted: a floor under what it measured (400 persons, seed 14: precision
+/// 1.0, recall 0.9734; 86 records without a token). A schema or linkage change
+/// that loses recall or precision fails here; the figures at scale are in
+/// `config/schema.toml`.
+#[test]
+fn shipped_schema_links_a_synthetic_program_with_recording_errors() {
+    use divert::ingest::Format;
+    use divert::pseudonymize::{pseudonymize_stream, Pseudonymizer};
+    use divert::schema::Schema;
+    use divert::token::Tokenizer;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let params = divert::synth::Params::defaults().unwrap();
+    let dataset = divert::synth::generate(&params, 400, 14);
+    divert::synth::write_dataset(&dataset, d, &mut |_| {}).unwrap();
+    let schema = Schema::default_schema().unwrap();
+    let key = divert::keys::EpochKey::from_bytes(1, &[0x5a; 32]).unwrap();
+    let tokenizer = Tokenizer::new(&schema, &key).unwrap();
+    let mut outputs = Vec::new();
+    for agency in ["police", "jail", "da", "casemgmt", "treatment"] {
+        let mut files: Vec<_> = fs::read_dir(d.join(agency))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+            .collect();
+        files.sort();
+        for f in files {
+            let kind_name = f.file_stem().unwrap().to_string_lossy().into_owned();
+            let kind = schema.kind(&kind_name).unwrap();
+            let mut p = Pseudonymizer::new(&schema, kind, agency, &tokenizer);
+            let out = d.join(format!("{agency}-{kind_name}.jsonl"));
+            let sink = fs::File::create(&out).unwrap();
+            pseudonymize_stream(&mut p, Format::Csv, fs::File::open(&f).unwrap(), sink, |_| Ok(())).unwrap();
+            outputs.push(out);
+        }
+    }
+    let report = divert::cmd::link::link_files(&schema, &outputs, Some(&d.join("truth.csv"))).unwrap();
+    let m = report.metrics.unwrap();
+    eprintln!("precision {} recall {} ({} true pairs)", m.pairs.precision, m.pairs.recall, m.pairs.pairs_true);
+    assert_eq!(m.truth_rows_without_record, 0);
+    assert!(m.pairs.precision >= 0.999 && m.pairs.recall >= 0.97, "{m:?}");
+}
