@@ -14,8 +14,13 @@ use rand::Rng;
 
 const CAP: u64 = 1_000_000_000;
 
+/// Open the store (sled lets go of the file lock of a store closed in this
+/// process from a background thread, a moment after the last handle drops).
 fn open(path: &Path, cap: u64) -> (Arc<Durable>, Ledger) {
-    let db = Arc::new(Durable::open(path, 1 << 24).unwrap());
+    let db = crate::util::wait_until(std::time::Duration::from_secs(10), "the store's file lock", || {
+        Durable::open(path, 1 << 24).map_err(|e| e.to_string())
+    });
+    let db = Arc::new(db);
     let ledger = Ledger::open(&db, cap).unwrap();
     (db, ledger)
 }

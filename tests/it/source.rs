@@ -542,7 +542,10 @@ async fn data_key_and_raw_store() {
     {
         let (key, created) = DataKey::load_or_create(&data_key).unwrap();
         assert!(!created);
-        let store = Store::open(&store_dir).unwrap();
+        // sled lets go of the stopped source's file lock a moment after its last handle drops.
+        let store = crate::util::wait_until(Duration::from_secs(10), "the store's file lock", || {
+            Store::open(&store_dir).map_err(|e| e.to_string())
+        });
         let mut rows = 0;
         let mut names = 0;
         let mut header = None;
