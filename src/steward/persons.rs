@@ -37,8 +37,13 @@ struct Inner {
     /// replaced or deleted record keeps its place (the linker gives it no
     /// person, so no population holds it).
     records: Vec<Arc<[PseudoRecord]>>,
-    /// (source, kind, rid) → the linker index of the version held.
-    by_rid: HashMap<(String, String, String), u32>,
+    /// (source, kind, rid) → the linker index of the version held; source and
+    /// kind by their number in `names`, the rid as its 16 bytes: no allocation
+    /// per record.
+    by_rid: HashMap<RidKey, u32>,
+    /// Source names met so far, numbered in order of arrival; and kind names.
+    sources: HashMap<String, u32>,
+    kinds: HashMap<String, u32>,
     /// Records added so far: a population is current while this has not moved.
     generation: u64,
     /// The population of the last build and the generation it was built at.
@@ -49,6 +54,32 @@ struct Inner {
     unknown_schemes: u64,
 }
 
+/// A held record's (source, kind, rid), compact: see `Inner::by_rid`.
+type RidKey = (u32, u32, [u8; 16]);
+
+impl Inner {
+    fn rid_key(&mut self, r: &PseudoRecord) -> RidKey {
+        fn number(names: &mut HashMap<String, u32>, name: &str) -> u32 {
+            if let Some(&n) = names.get(name) {
+                return n;
+            }
+            let n = names.len() as u32;
+            names.insert(name.to_string(), n);
+            n
+        }
+        let source = number(&mut self.sources, &r.source);
+        let kind = number(&mut self.kinds, &r.kind);
+        // The steward admits only 32-hex-digit rids; anything else is still told apart, by its digest.
+        let rid = crate::hex::decode_array::<16>(&r.rid).unwrap_or_else(|| {
+            let d = ring::digest::digest(&ring::digest::SHA256, r.rid.as_bytes());
+            let mut out = [0u8; 16];
+            out.copy_from_slice(&d.as_ref()[..16]);
+            out
+        });
+        (source, kind, rid)
+    }
+}
+
 impl Persons {
     pub fn new(schema: Arc<Schema>) -> Persons {
         let scheme_index = schema.schemes.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
@@ -57,6 +88,8 @@ impl Persons {
             linker,
             records: Vec::new(),
             by_rid: HashMap::new(),
+            sources: HashMap::new(),
+            kinds: HashMap::new(),
             generation: 0,
             cached: None,
             quality: None,
@@ -99,12 +132,11 @@ impl Persons {
         inner.linker.reserve(kept.len());
         let mut linked = Vec::with_capacity(kept.len());
         let mut changed = false;
-        for (mut r, tokens) in kept.into_iter().zip(slots.chunks(n.max(1))) {
-            let key = (std::mem::take(&mut r.source), std::mem::take(&mut r.kind), std::mem::take(&mut r.rid));
+        for (r, tokens) in kept.into_iter().zip(slots.chunks(n.max(1))) {
+            let key = inner.rid_key(&r);
             if let Some(old) = inner.by_rid.remove(&key) {
                 changed |= inner.linker.remove(old);
             }
-            (r.source, r.kind, r.rid) = key;
             if r.deleted {
                 continue;
             }
@@ -112,7 +144,7 @@ impl Persons {
                 // Only possible past 2^32 records; the record is kept out of queries.
                 continue;
             };
-            inner.by_rid.insert((r.source.clone(), r.kind.clone(), r.rid.clone()), index);
+            inner.by_rid.insert(key, index);
             linked.push(r);
         }
         if !linked.is_empty() {
@@ -315,10 +347,29 @@ mod tests {
     impl Persons {
         /// The person of a held record, linked now.
         fn person_of(&self, rid: u32) -> Option<u32> {
-            let inner = self.inner.lock().ok()?;
-            let at = *inner.by_rid.get(&("police".to_string(), "arrest".to_string(), format!("{rid:032x}")))?;
+            let mut inner = self.inner.lock().ok()?;
+            let key = inner.rid_key(&rec(rid, 1, 0));
+            let at = *inner.by_rid.get(&key)?;
             inner.linker.link().persons.get(at as usize).copied()
         }
+    }
+
+    #[test]
+    fn one_version_per_source_kind_and_rid_and_no_source_replaces_another() {
+        let persons = Persons::new(Arc::new(Schema::default_schema().unwrap()));
+        let of = |source: &str, kind: &str, seq: u64| {
+            let mut r = rec(5, seq, 1);
+            (r.source, r.kind) = (source.into(), kind.into());
+            r
+        };
+        persons.add(vec![of("police", "arrest", 1), of("jail", "arrest", 1), of("police", "referral", 1)]);
+        assert_eq!(persons.records(), 3, "the same rid under another source or kind is another record");
+        persons.add(vec![of("police", "arrest", 2)]);
+        assert_eq!(persons.records(), 3, "a new version replaces the one held");
+        let mut gone = of("jail", "arrest", 2);
+        gone.deleted = true;
+        persons.add(vec![gone]);
+        assert_eq!(persons.records(), 2, "a tombstone removes its own source's record only");
     }
 
     #[test]
