@@ -36,16 +36,9 @@
 //! - **Clusters.** Pairs at or above the threshold are links, taken from the
 //!   heaviest down, one weight level at a time; within a level every
 //!   decision reads the clusters as they were before the level, so the
-//!   result does not depend on arrival order. A link to a single profile
-//!   attaches it. A link between two established clusters (several
-//!   profiles each) joins them only when the evidence between the clusters
-//!   as a whole reaches `bridge`: each comparison group counted once, at
-//!   its best level over every candidate pair across, and a group both
-//!   clusters have that agrees in no pair across at its "none agrees"
-//!   level (a state id on each side, different, counts against even when
-//!   the linking pair compares none). So one weak link never chains two
-//!   established persons, and a person split by an error one agency
-//!   repeats in every record is joined back unless something disagrees. A profile whose own
+//!   result does not depend on arrival order. A link below `bridge` joins
+//!   two clusters only when one of them is a single profile: one weak link
+//!   never chains two established persons together. A profile whose own
 //!   tokens (all agreeing) weigh less than the threshold is no evidence that
 //!   its records are one person: each of its records stays a person of its
 //!   own unless a link joins the profile to a cluster.
@@ -56,7 +49,7 @@
 
 use std::collections::HashMap;
 
-use crate::schema::{LinkageRule, MAX_SCHEMES};
+use crate::schema::LinkageRule;
 use crate::token::{Token, TOKEN_LEN};
 
 /// Profiles that may share a blocking token before it stops being one.
@@ -75,10 +68,6 @@ pub const HISTOGRAM_BITS: f64 = 5.0;
 
 const NONE: u32 = u32::MAX;
 
-/// A set of schemes, one bit each (at most [`MAX_SCHEMES`]).
-type Mask = u32;
-const _: () = assert!(MAX_SCHEMES <= Mask::BITS as usize);
-
 /// Links records into persons as they arrive.
 #[derive(Debug, Clone)]
 pub struct Linker {
@@ -87,16 +76,16 @@ pub struct Linker {
     /// Comparison groups: schemes connected by a shared identity field, each
     /// group's schemes in schema order (see [`group_schemes`]).
     groups: Vec<Vec<usize>>,
-    group_masks: Vec<Mask>,
+    group_masks: Vec<u16>,
     /// Per group: records that carry at least one of its schemes.
     records_with_group: Vec<u64>,
     /// (epoch, presence mask, tokens combined) → profile.
-    profile_index: HashMap<(u32, Mask, u128), u32>,
+    profile_index: HashMap<(u32, u16, u128), u32>,
     /// Per record: its profile.
     record_profile: Vec<u32>,
     /// Per profile, `n_schemes` tokens (0 where absent), the presence mask and the records.
     tokens: Vec<u128>,
-    present: Vec<Mask>,
+    present: Vec<u16>,
     profile_records: Vec<u64>,
     /// (scheme, epoch, token) → (first posting, profiles in the block).
     blocks: HashMap<(u8, u32, u128), (u32, u32)>,
@@ -106,8 +95,8 @@ pub struct Linker {
     /// Candidate pairs: (earlier profile, later profile, pattern id).
     pairs: Vec<(u32, u32, u32)>,
     /// Per pattern id: (agreeing mask, compared mask) and its pair count.
-    patterns: Vec<(Mask, Mask)>,
-    pattern_ids: HashMap<(Mask, Mask), u32>,
+    patterns: Vec<(u16, u16)>,
+    pattern_ids: HashMap<(u16, u16), u32>,
     pattern_counts: Vec<u64>,
     blocks_capped: u64,
     candidates: Vec<u32>,
@@ -200,8 +189,7 @@ pub struct Quality {
     pub weight_histogram: Vec<WeightBucket>,
     /// Pairs at or above the threshold.
     pub links: u64,
-    /// Links not followed: they would join two persons of several profiles each
-    /// whose evidence as a whole (see the module's "Clusters") is under `bridge`.
+    /// Links below `bridge` not followed because both sides were already several profiles.
     pub links_not_bridged: u64,
     /// Expected share of persons that hold records of two or more humans
     /// (Σ over links taken of P(different persons | weight), per person).
@@ -224,9 +212,9 @@ pub struct Linkage {
 impl Linker {
     pub fn new(rule: &LinkageRule, n_schemes: usize) -> Linker {
         let fields: Vec<u64> =
-            (0..n_schemes.min(MAX_SCHEMES)).map(|k| rule.fields.get(k).copied().unwrap_or(1 << (k % 64))).collect();
+            (0..n_schemes.min(16)).map(|k| rule.fields.get(k).copied().unwrap_or(1 << (k % 64))).collect();
         let groups = group_schemes(&fields);
-        let group_masks = groups.iter().map(|g| g.iter().fold(0 as Mask, |m, &k| m | 1 << k)).collect();
+        let group_masks = groups.iter().map(|g| g.iter().fold(0u16, |m, &k| m | 1 << k)).collect();
         Linker {
             rule: rule.clone(),
             n_schemes,
@@ -303,11 +291,11 @@ impl Linker {
         if self.frozen {
             return Err(LinkError::Frozen);
         }
-        if tokens.len() != self.n_schemes || self.n_schemes > MAX_SCHEMES {
+        if tokens.len() != self.n_schemes || self.n_schemes > 16 {
             return Err(LinkError::SchemeCount { got: tokens.len(), want: self.n_schemes });
         }
         let me = u32::try_from(self.record_profile.len()).map_err(|_| LinkError::TooMany)?;
-        let mut present: Mask = 0;
+        let mut present = 0u16;
         let mut key = 0u128;
         for (s, t) in tokens.iter().enumerate() {
             if let Some(t) = t {
@@ -355,7 +343,7 @@ impl Linker {
         let n = self.n_schemes;
         for &q in &candidates {
             let compared = self.present[q as usize] & present;
-            let mut agree: Mask = 0;
+            let mut agree = 0u16;
             for s in 0..n {
                 if compared & (1 << s) != 0 && self.tokens[q as usize * n + s] == self.tokens[p as usize * n + s] {
                     agree |= 1 << s;
@@ -406,8 +394,8 @@ impl Linker {
     /// Record pairs per agreement pattern, in a fixed order: every candidate
     /// pair of profiles counts (records of one) × (records of the other), and
     /// the records of one profile pair up agreeing on everything they have.
-    fn record_pair_patterns(&self) -> Vec<(Mask, Mask, f64)> {
-        let mut counts: HashMap<(Mask, Mask), f64> = HashMap::new();
+    fn record_pair_patterns(&self) -> Vec<(u16, u16, f64)> {
+        let mut counts: HashMap<(u16, u16), f64> = HashMap::new();
         for &(a, b, id) in &self.pairs {
             let n = self.profile_records[a as usize] * self.profile_records[b as usize];
             *counts.entry(self.patterns[id as usize]).or_default() += n as f64;
@@ -417,7 +405,7 @@ impl Linker {
                 *counts.entry((present, present)).or_default() += (n * (n - 1) / 2) as f64;
             }
         }
-        let mut pats: Vec<(Mask, Mask, f64)> = counts.into_iter().map(|((a, c), n)| (a, c, n)).collect();
+        let mut pats: Vec<(u16, u16, f64)> = counts.into_iter().map(|((a, c), n)| (a, c, n)).collect();
         pats.sort_unstable_by_key(|p| (p.0, p.1));
         pats
     }
@@ -425,7 +413,7 @@ impl Linker {
     /// The level of group `g` in a pattern: the first agreeing scheme of the
     /// group (its position in the group), the group's length for "none
     /// agrees", or `None` when the two records do not both have the group.
-    fn level(&self, g: usize, agree: Mask, compared: Mask) -> Option<usize> {
+    fn level(&self, g: usize, agree: u16, compared: u16) -> Option<usize> {
         if compared & self.group_masks[g] == 0 {
             return None;
         }
@@ -570,7 +558,7 @@ impl Linker {
     /// Estimate m/u, weigh every candidate pair, cluster, and say how it went.
     pub fn link(&self) -> Linkage {
         let est = self.estimate();
-        let weight_of = |agree: Mask, compared: Mask| -> f64 {
+        let weight_of = |agree: u16, compared: u16| -> f64 {
             (0..self.groups.len())
                 .filter_map(|g| {
                     let l = self.level(g, agree, compared)?;
@@ -604,43 +592,15 @@ impl Linker {
         let mut order: Vec<usize> = (0..self.patterns.len()).filter(|&i| weights[i] >= threshold).collect();
         order.sort_by(|&x, &y| weights[y].total_cmp(&weights[x]).then(self.patterns[x].cmp(&self.patterns[y])));
 
-        // Every candidate pair from each side, for the evidence between two clusters.
-        let mut adj_start = vec![0usize; np + 1];
-        for &(a, b, _) in &self.pairs {
-            adj_start[a as usize + 1] += 1;
-            adj_start[b as usize + 1] += 1;
-        }
-        for p in 0..np {
-            adj_start[p + 1] += adj_start[p];
-        }
-        let mut adj_fill = adj_start.clone();
-        let mut adj = vec![(0u32, 0u32); 2 * self.pairs.len()];
-        for &(a, b, id) in &self.pairs {
-            adj[adj_fill[a as usize]] = (b, id);
-            adj_fill[a as usize] += 1;
-            adj[adj_fill[b as usize]] = (a, id);
-            adj_fill[b as usize] += 1;
-        }
-        let level_bits = |g: usize, l: usize| match self.groups[g].get(l) {
-            Some(&k) => est.schemes[k].agree_bits,
-            None => est.groups[g].none_bits,
-        };
-
         let mut parent: Vec<u32> = (0..np as u32).collect();
         let mut profiles: Vec<u32> = vec![1; np];
-        // Per cluster root: its profiles and the schemes any of them has.
-        let mut members: Vec<Vec<u32>> = (0..np as u32).map(|p| vec![p]).collect();
-        let mut cluster_present: Vec<Mask> = self.present.clone();
         let (mut links, mut not_bridged, mut merged_expect) = (0u64, 0u64, 0.0f64);
         let mut accepted: Vec<(u32, u32)> = Vec::new();
-        let mut judged: HashMap<(u32, u32), bool> = HashMap::new();
-        let mut best: Vec<usize> = Vec::new();
         let mut i = 0;
         while i < order.len() {
             let w = weights[order[i]];
             let mut j = i;
             accepted.clear();
-            judged.clear();
             while j < order.len() && weights[order[j]] == w {
                 let id = order[j];
                 for &(a, b) in &by_pattern[start[id]..start[id + 1]] {
@@ -652,50 +612,7 @@ impl Linker {
                     if ra == rb {
                         continue;
                     }
-                    if profiles[ra as usize] == 1 || profiles[rb as usize] == 1 {
-                        accepted.push((a, b));
-                        continue;
-                    }
-                    // Two established persons: the evidence between the two
-                    // clusters as a whole, each comparison group counted once
-                    // at its best level over every pair across, and a group
-                    // both clusters have that agrees in no pair across counts
-                    // against (say a state id on each side, different).
-                    let key = (ra.min(rb), ra.max(rb));
-                    let join = match judged.get(&key) {
-                        Some(&x) => x,
-                        None => {
-                            let (small, other) = if members[ra as usize].len() <= members[rb as usize].len() {
-                                (ra, rb)
-                            } else {
-                                (rb, ra)
-                            };
-                            best.clear();
-                            best.extend(self.groups.iter().map(Vec::len));
-                            for &p in &members[small as usize] {
-                                for &(q, pid) in &adj[adj_start[p as usize]..adj_start[p as usize + 1]] {
-                                    if !self.profile_live(q) || find(&mut parent, q) != other {
-                                        continue;
-                                    }
-                                    let (agree, compared) = self.patterns[pid as usize];
-                                    for (g, b) in best.iter_mut().enumerate() {
-                                        if let Some(l) = self.level(g, agree, compared) {
-                                            *b = (*b).min(l);
-                                        }
-                                    }
-                                }
-                            }
-                            let both = cluster_present[ra as usize] & cluster_present[rb as usize];
-                            let evidence: f64 = (0..self.groups.len())
-                                .filter(|&g| both & self.group_masks[g] != 0)
-                                .map(|g| level_bits(g, best[g]))
-                                .sum();
-                            let x = evidence >= bridge;
-                            judged.insert(key, x);
-                            x
-                        }
-                    };
-                    if join {
+                    if w >= bridge || profiles[ra as usize] == 1 || profiles[rb as usize] == 1 {
                         accepted.push((a, b));
                     } else {
                         not_bridged += 1;
@@ -704,13 +621,8 @@ impl Linker {
                 j += 1;
             }
             for &(a, b) in &accepted {
-                let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
                 if union(&mut parent, &mut profiles, a, b) {
                     merged_expect += 1.0 - posterior(w);
-                    let (root, child) = if ra < rb { (ra, rb) } else { (rb, ra) };
-                    let moved = std::mem::take(&mut members[child as usize]);
-                    members[root as usize].extend(moved);
-                    cluster_present[root as usize] |= cluster_present[child as usize];
                 }
             }
             i = j;
@@ -1014,36 +926,6 @@ mod tests {
         chained.rule.bridge = 15.0;
         let p = chained.persons();
         assert!(same(&p, a2, b1));
-    }
-
-    #[test]
-    fn two_persons_join_on_the_evidence_between_them_unless_a_comparison_they_both_have_disagrees() {
-        // Schemes 0 (a full name and date) and 1 (a partial one) share a field: one group,
-        // levels ≈ +34.8 and +28.8 bits; scheme 2 (a state id) its own group, disagreeing ≈ −3.3.
-        let r = LinkageRule::new(15.0, 27.0, &[36.0, 30.0, 32.0], &[0b01, 0b01, 0b10]);
-        let n = |x: u8| Some([x; TOKEN_LEN]);
-        // Person A: two profiles (one without the state id); piece B: the same names
-        // with another partial date, two profiles, one of them with state id `b_id`.
-        let run = |b_id: Option<Token>| {
-            let mut l = Linker::new(&r, 3);
-            let a1 = l.add(1, &[n(1), n(2), n(7)]).unwrap();
-            let a2 = l.add(1, &[n(1), n(2), None]).unwrap();
-            let b1 = l.add(1, &[n(3), n(2), None]).unwrap();
-            let b2 = l.add(1, &[n(3), None, b_id]).unwrap();
-            let link = l.link();
-            assert!(!link.quality.estimated);
-            let p = link.persons;
-            assert!(same(&p, a1, a2) && same(&p, b1, b2));
-            (same(&p, a1, b1), link.quality.links_not_bridged)
-        };
-        // The partial level alone (28.8 bits, above the bridge) between two established
-        // persons, with nothing against it: one person.
-        assert_eq!(run(None), (true, 0));
-        // The same link, but each side holds a state id and they differ: 28.8 − 3.3 is
-        // under the bridge, though no single pair across compares the two ids.
-        let (joined, not_bridged) = run(n(8));
-        assert!(!joined, "a disagreeing state id between the two persons keeps them apart");
-        assert!(not_bridged > 0);
     }
 
     /// Records of `entities` persons with recording noise: each token is sometimes

@@ -15,8 +15,8 @@ use crate::normalize::NormKind;
 /// a common surname from how often its token occurs.
 pub const MIN_SCHEME_BITS: f64 = 24.0;
 
-/// At most this many schemes: linkage keeps a pair's agreement pattern as a 32-bit mask.
-pub const MAX_SCHEMES: usize = 32;
+/// At most this many schemes: linkage keeps a pair's agreement pattern as a 16-bit mask.
+pub const MAX_SCHEMES: usize = 16;
 
 /// The agreement probability among true matches assumed for every scheme
 /// before the steward has pairs enough to estimate it (see `linkage`).
@@ -281,10 +281,8 @@ pub fn part_bits(norm: NormKind, t: Transform) -> f64 {
 pub struct LinkageRule {
     /// Two records link when their match weight (bits of evidence) reaches this.
     pub threshold: f64,
-    /// Two persons that already hold several distinct records each are
-    /// joined only when the evidence between them as a whole (each
-    /// comparison group once, at its best level across, disagreeing groups
-    /// against) reaches this (no chaining through one weak link).
+    /// A link below this weight never joins two persons that already hold
+    /// several distinct records each (no chaining through one weak link).
     pub bridge: f64,
     /// Per scheme, the (m, u) used until there are pairs enough to estimate
     /// them: m = [`PRIOR_M`], u = 2^-bits of the scheme's estimated information.
