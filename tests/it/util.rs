@@ -50,14 +50,7 @@ pub fn wait_until_every<T>(
 
 /// [`wait_until`] for a test on a tokio runtime (sleeps without blocking a worker).
 pub async fn wait_until_async<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        match probe() {
-            Ok(v) => return v,
-            Err(state) => assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}: {state}"),
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    retry_async(limit, what, || std::future::ready(probe())).await
 }
 
 /// [`wait_until_async`] for a probe that is itself async (e.g. starting a
