@@ -510,12 +510,15 @@ async fn data_key_and_raw_store() {
     let data_key = dir.join("data/data.key");
     assert_eq!(std::fs::metadata(&data_key).unwrap().permissions().mode() & 0o777, 0o600);
 
+    // State ids of twelve digits: the outbox holds tokens as hex text, where a
+    // six-digit id turns up by chance about once in ten runs (16^-6 per window
+    // over some 1.6M windows); twelve digits make that chance about 1e-8.
     let mut body = String::from(ARREST_HEADER);
-    for i in 0..2500 {
+    for i in 0..2500u64 {
         body.push_str(&format!(
             "A{i},2019-03-04,Quillfeather,Zebediah,1980-01-{:02},M,{},y,n,n\n",
             1 + i % 28,
-            700_000 + i
+            700_000_000_000 + i
         ));
     }
     std::fs::write(tmp.path().join("a.csv"), &body).unwrap();
@@ -529,12 +532,26 @@ async fn data_key_and_raw_store() {
     assert!(!files.is_empty());
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
-        for secret in ["Quillfeather", "QUILLFEATHER", "quillfeather", "Zebediah", "zebediah", "700001"] {
-            assert!(
-                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-                "{secret} in plaintext in {}",
-                f.display()
-            );
+        for secret in [
+            "Quillfeather",
+            "QUILLFEATHER",
+            "quillfeather",
+            "Zebediah",
+            "zebediah",
+            "700000000001",
+            "700000001234",
+            "700000002499",
+        ] {
+            // On a hit, show the bytes around it (synthetic values only), so a
+            // failure says whether it is a leak or a chance match.
+            if let Some(at) = bytes.windows(secret.len()).position(|w| w == secret.as_bytes()) {
+                let around = &bytes[at.saturating_sub(48)..(at + secret.len() + 48).min(bytes.len())];
+                panic!(
+                    "{secret} in plaintext in {} at byte {at}: {}",
+                    f.display(),
+                    around.escape_ascii()
+                );
+            }
         }
     }
 
