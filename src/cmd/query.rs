@@ -127,8 +127,8 @@ pub fn run(args: QueryArgs) -> anyhow::Result<()> {
 /// `--epsilon`: refused unless an exact decimal in (0, MAX_EPSILON]: a `NaN` or
 /// `inf` must never become "no epsilon given" (JSON has no NaN, so it would
 /// be sent as null and the default spent).
-fn epsilon_arg(s: &str) -> Result<f64, String> {
-    crate::dp::ledger::parse_query_epsilon(s).map_err(|e| e.to_string())
+fn epsilon_arg(s: &str) -> Result<f64, crate::dp::ledger::EpsilonError> {
+    crate::dp::ledger::parse_query_epsilon(s)
 }
 
 fn build_request(args: &QueryArgs) -> anyhow::Result<QueryRequest> {

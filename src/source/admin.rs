@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::daemon::admin::{Request, Response};
 use crate::daemon::service::{AdminAnswer, RoleService};
 
+use super::file::FileError;
 use super::Source;
 
 /// Said to a request only the steward answers.
@@ -48,9 +49,31 @@ impl RoleService for Source {
     }
 }
 
-fn answer(result: Result<serde_json::Value, String>) -> Response {
+/// Why `divert ingest` or `divert forget` was not done: what the CLI prints.
+/// Names a file, a line or a column, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("`{kind}` is not a record kind of the schema; kinds: {kinds}")]
+    UnknownKind { kind: String, kinds: String },
+    #[error("{path}: cannot tell the format from the extension (.csv, .jsonl or .ndjson)")]
+    Format { path: String },
+    #[error("{path}: not a regular file")]
+    NotAFile { path: String },
+    #[error("{path}: {error}")]
+    Unreadable { path: String, error: std::io::Error },
+    #[error("the source service has stopped")]
+    Stopped,
+    #[error("the {what} task failed: {detail}")]
+    Task { what: &'static str, detail: String },
+    #[error("{path}: {error}")]
+    File { path: String, error: FileError },
+    #[error("{0}")]
+    Forget(FileError),
+}
+
+fn answer(result: Result<serde_json::Value, RequestError>) -> Response {
     match result {
         Ok(v) => Response::ok(v),
-        Err(e) => Response::err(e),
+        Err(e) => Response::err(e.to_string()),
     }
 }

@@ -236,30 +236,39 @@ pub fn kind_from_name<'k>(name: &str, kinds: &[&'k str]) -> Option<&'k str> {
 
 /// The kind of inbox file `name`: from its sidecar if there is one, else from
 /// its name. `Err` says why it cannot be told (for `FILE.reason`).
-pub fn tell_kind(schema: &Schema, inbox: &Path, name: &str) -> Result<String, String> {
+pub fn tell_kind(schema: &Schema, inbox: &Path, name: &str) -> Result<String, KindError> {
     let kinds = schema.kind_names();
     let sidecar = inbox.join(format!("{name}{SIDECAR}"));
+    let (name, kinds_list) = (name.to_string(), kinds.join(", "));
     if sidecar.exists() {
         let mut text = String::new();
         fs::File::open(&sidecar)
             .and_then(|f| f.take(256).read_to_string(&mut text))
-            .map_err(|e| format!("cannot read the sidecar {name}{SIDECAR}: {e}"))?;
+            .map_err(|error| KindError::Sidecar { name: name.clone(), error })?;
         let k = text.trim();
         return match kinds.iter().find(|&&x| x == k) {
             Some(k) => Ok((*k).to_string()),
-            None => Err(format!(
-                "the sidecar {name}{SIDECAR} does not hold a record kind of the schema; write one of: {}",
-                kinds.join(", ")
-            )),
+            None => Err(KindError::SidecarKind { name, kinds: kinds_list }),
         };
     }
-    kind_from_name(name, &kinds).map(str::to_string).ok_or_else(|| {
-        format!(
-            "cannot tell the record kind: the file name does not start with a kind followed by `.`, `-` or `_`, \
-             and there is no sidecar {name}{SIDECAR}; kinds: {}",
-            kinds.join(", ")
-        )
-    })
+    match kind_from_name(&name, &kinds) {
+        Some(k) => Ok(k.to_string()),
+        None => Err(KindError::Unnamed { name, kinds: kinds_list }),
+    }
+}
+
+/// Why the record kind of an inbox file cannot be told (what `FILE.reason` says).
+#[derive(Debug, thiserror::Error)]
+pub enum KindError {
+    #[error("cannot read the sidecar {name}{SIDECAR}: {error}")]
+    Sidecar { name: String, error: std::io::Error },
+    #[error("the sidecar {name}{SIDECAR} does not hold a record kind of the schema; write one of: {kinds}")]
+    SidecarKind { name: String, kinds: String },
+    #[error(
+        "cannot tell the record kind: the file name does not start with a kind followed by `.`, `-` or `_`, \
+         and there is no sidecar {name}{SIDECAR}; kinds: {kinds}"
+    )]
+    Unnamed { name: String, kinds: String },
 }
 
 #[cfg(test)]
@@ -294,11 +303,11 @@ mod tests {
         let dirs = Dirs::new(dir.path());
         dirs.create().unwrap();
         fs::write(dir.path().join("export1.csv"), "x").unwrap();
-        assert!(tell_kind(&schema, dir.path(), "export1.csv").unwrap_err().contains("cannot tell"));
+        assert!(tell_kind(&schema, dir.path(), "export1.csv").unwrap_err().to_string().contains("cannot tell"));
         fs::write(dir.path().join("export1.csv.kind"), "booking\n").unwrap();
         assert_eq!(tell_kind(&schema, dir.path(), "export1.csv").unwrap(), "booking");
         fs::write(dir.path().join("export1.csv.kind"), "nonsense").unwrap();
-        assert!(tell_kind(&schema, dir.path(), "export1.csv").unwrap_err().contains("sidecar"));
+        assert!(tell_kind(&schema, dir.path(), "export1.csv").unwrap_err().to_string().contains("sidecar"));
         fs::write(dir.path().join("arrest.csv.kind"), "booking").unwrap();
         assert_eq!(tell_kind(&schema, dir.path(), "arrest.csv").unwrap(), "booking", "the sidecar wins");
 

@@ -33,6 +33,7 @@ pub mod rekey;
 pub mod rotation;
 pub mod store;
 
+pub use admin::RequestError;
 use crypt::DataKey;
 use file::{Env, FileError, Job, State};
 use inbox::Dirs;
@@ -251,25 +252,33 @@ impl Source {
         *c = Counts { files_done: state.files_done, files_rejected: state.files_rejected, held: state.held.clone() };
     }
 
+    fn known_kind(&self, kind: &str) -> Result<(), RequestError> {
+        match self.schema.kind(kind) {
+            Some(_) => Ok(()),
+            None => {
+                Err(RequestError::UnknownKind { kind: kind.to_string(), kinds: self.schema.kind_names().join(", ") })
+            }
+        }
+    }
+
     /// A file handed over by `divert ingest --kind KIND PATH`: ingested like an
     /// inbox file but left where it is; bad rows go to `PATH.quarantine.csv`.
     /// The error names a line or a column, never a value.
-    pub async fn ingest(&self, kind: &str, path: &Path, force_snapshot: bool) -> Result<serde_json::Value, String> {
-        if self.schema.kind(kind).is_none() {
-            return Err(format!(
-                "`{kind}` is not a record kind of the schema; kinds: {}",
-                self.schema.kind_names().join(", ")
-            ));
-        }
+    pub async fn ingest(
+        &self,
+        kind: &str,
+        path: &Path,
+        force_snapshot: bool,
+    ) -> Result<serde_json::Value, RequestError> {
+        self.known_kind(kind)?;
         let shown = path.display().to_string();
-        let format = Format::from_path(path)
-            .ok_or_else(|| format!("{shown}: cannot tell the format from the extension (.csv, .jsonl or .ndjson)"))?;
+        let format = Format::from_path(path).ok_or_else(|| RequestError::Format { path: shown.clone() })?;
         match std::fs::metadata(path) {
             Ok(m) if m.is_file() => {}
-            Ok(_) => return Err(format!("{shown}: not a regular file")),
-            Err(e) => return Err(format!("{shown}: {e}")),
+            Ok(_) => return Err(RequestError::NotAFile { path: shown }),
+            Err(e) => return Err(RequestError::Unreadable { path: shown, error: e }),
         }
-        let src = self.me.upgrade().ok_or_else(|| "the source service has stopped".to_string())?;
+        let src = self.me.upgrade().ok_or(RequestError::Stopped)?;
         let path = path.to_path_buf();
         let kind = kind.to_string();
         let state = self.state.clone().lock_owned().await;
@@ -297,7 +306,7 @@ impl Source {
                 r
             })
             .await
-            .map_err(|e| format!("{shown}: the ingest task failed: {e}"))?;
+            .map_err(|e| RequestError::Task { what: "ingest", detail: e.to_string() })?;
         match result {
             Ok(done) => {
                 log_file(&shown, &kind, &done);
@@ -305,7 +314,7 @@ impl Source {
             }
             Err(e) => {
                 tracing::warn!(file = %shown, kind = %kind, error = %e, "handed-over file not ingested");
-                Err(format!("{shown}: {e}"))
+                Err(RequestError::File { path: shown, error: e })
             }
         }
     }
@@ -313,14 +322,9 @@ impl Source {
     /// `divert forget`: delete the records of `kind` with these agency record
     /// ids here and, by tombstones, at the steward ([`forget`]). Counts only
     /// in the answer, the log and any error: the ids are never shown.
-    pub async fn forget(&self, kind: &str, ids: forget::RecordIds) -> Result<serde_json::Value, String> {
-        if self.schema.kind(kind).is_none() {
-            return Err(format!(
-                "`{kind}` is not a record kind of the schema; kinds: {}",
-                self.schema.kind_names().join(", ")
-            ));
-        }
-        let src = self.me.upgrade().ok_or_else(|| "the source service has stopped".to_string())?;
+    pub async fn forget(&self, kind: &str, ids: forget::RecordIds) -> Result<serde_json::Value, RequestError> {
+        self.known_kind(kind)?;
+        let src = self.me.upgrade().ok_or(RequestError::Stopped)?;
         let kind = kind.to_string();
         let state = self.state.clone().lock_owned().await;
         let job_src = src.clone();
@@ -343,7 +347,7 @@ impl Source {
                 r
             })
             .await
-            .map_err(|e| format!("the deletion task failed: {e}"))?;
+            .map_err(|e| RequestError::Task { what: "deletion", detail: e.to_string() })?;
         match result {
             Ok(f) => {
                 tracing::info!(
@@ -360,7 +364,7 @@ impl Source {
             }
             Err(e) => {
                 tracing::warn!(kind = %kind, error = %e, "deleting records failed; nothing was deleted");
-                Err(e.to_string())
+                Err(RequestError::Forget(e))
             }
         }
     }
@@ -537,13 +541,13 @@ impl Failing {
 
     /// The outcome of a try: success forgets `key`; a failure is logged when
     /// its error changes (`what` says what did not happen) and backs off.
-    fn record(&mut self, src: &Source, key: &str, outcome: Result<(), String>, what: &str) {
+    fn record(&mut self, src: &Source, key: &str, outcome: Result<(), InboxError>, what: &str) {
         let error = match outcome {
             Ok(()) => {
                 self.0.remove(key);
                 return;
             }
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         let r = self.0.entry(key.to_string()).or_insert(Retry {
             error: String::new(),
@@ -559,6 +563,25 @@ impl Failing {
         r.attempts = r.attempts.saturating_add(1);
         r.next = tokio::time::Instant::now() + delay;
     }
+}
+
+/// Why an inbox file (an export or a deletion list) was not handled this
+/// time: a failure on our side, so it stays and is tried again. Names the
+/// file's fate, never a value of it.
+#[derive(Debug, thiserror::Error)]
+enum InboxError {
+    #[error("moving to rejected/: {0}")]
+    Reject(#[source] std::io::Error),
+    #[error("reading it: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("the task {what} failed: {detail}")]
+    Task { what: &'static str, detail: String },
+    #[error("{done}, but deleting it from the inbox failed: {error}")]
+    Retire { done: &'static str, error: std::io::Error },
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("{0}")]
+    File(FileError),
 }
 
 /// Poll the inbox until shutdown, one file at a time. A file that fails on
@@ -618,21 +641,22 @@ pub const DELETIONS_DIR: &str = "deletions";
 /// `arrest-sealed-2024-05.txt`; one agency record id per line), then
 /// overwrite and delete it (it holds ids in clear), leaving a receipt of
 /// counts in `deletions/done/`. `Err` for a failure on our side (the file stays).
-async fn deletion_file(src: &Arc<Source>, name: &str) -> Result<(), String> {
+async fn deletion_file(src: &Arc<Source>, name: &str) -> Result<(), InboxError> {
     let dirs = &src.deletions;
     let path = dirs.inbox.join(name);
     let kind = match inbox::tell_kind(&src.schema, &dirs.inbox, name) {
         Ok(k) => k,
         Err(reason) => {
             let dest = dirs.unique_dest(name);
-            dirs.move_rejected(name, &dest, &reason).map_err(|e| format!("moving to rejected/: {e}"))?;
+            let reason = reason.to_string();
+            dirs.move_rejected(name, &dest, &reason).map_err(InboxError::Reject)?;
             tracing::warn!(file = name, reason = %reason, "deletion list rejected");
             return Ok(());
         }
     };
     let text = match std::fs::read(&path) {
         Ok(b) => zeroize::Zeroizing::new(b),
-        Err(e) => return Err(format!("reading it: {e}")),
+        Err(e) => return Err(InboxError::Read(e)),
     };
     let ids = forget::RecordIds(
         String::from_utf8_lossy(&text).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),
@@ -648,13 +672,13 @@ async fn deletion_file(src: &Arc<Source>, name: &str) -> Result<(), String> {
     let n = name.to_string();
     tokio::task::spawn_blocking(move || d.retire_ingested(&n, &dest, &text))
         .await
-        .map_err(|e| format!("the task deleting it failed: {e}"))?
-        .map_err(|e| format!("applied, but deleting the list failed: {e}"))?;
+        .map_err(|e| InboxError::Task { what: "deleting the list", detail: e.to_string() })?
+        .map_err(|e| InboxError::Retire { done: "applied", error: e })?;
     Ok(())
 }
 
 /// Ingest one inbox file and move it. `Err` for a failure on our side (the file stays).
-async fn inbox_file(src: &Arc<Source>, name: &str) -> Result<(), String> {
+async fn inbox_file(src: &Arc<Source>, name: &str) -> Result<(), InboxError> {
     let state = src.state.clone().lock_owned().await;
     let job_src = src.clone();
     let name = name.to_string();
@@ -668,19 +692,19 @@ async fn inbox_file(src: &Arc<Source>, name: &str) -> Result<(), String> {
             r
         })
         .await
-        .map_err(|e| format!("the ingest task failed: {e}"))?;
+        .map_err(|e| InboxError::Task { what: "ingest", detail: e.to_string() })?;
     outcome
 }
 
-fn inbox_file_blocking(src: &Source, state: &mut State, name: &str) -> Result<(), String> {
+fn inbox_file_blocking(src: &Source, state: &mut State, name: &str) -> Result<(), InboxError> {
     let dirs = &src.dirs;
     let path = dirs.inbox.join(name);
     if !path.is_file() {
         return Ok(()); // taken away meanwhile
     }
-    let reject = |state: &mut State, reason: &str| -> Result<(), String> {
+    let reject = |state: &mut State, reason: &str| -> Result<(), InboxError> {
         let dest = dirs.unique_dest(name);
-        dirs.move_rejected(name, &dest, reason).map_err(|e| format!("moving to rejected/: {e}"))?;
+        dirs.move_rejected(name, &dest, reason).map_err(InboxError::Reject)?;
         state.files_rejected += 1;
         let _ = src.store.put_u64(store::META_FILES_REJECTED, state.files_rejected);
         tracing::warn!(file = name, moved_to = %dirs.rejected.join(&dest).display(), reason, "inbox file rejected");
@@ -688,7 +712,7 @@ fn inbox_file_blocking(src: &Source, state: &mut State, name: &str) -> Result<()
     };
     let kind_name = match inbox::tell_kind(&src.schema, &dirs.inbox, name) {
         Ok(k) => k,
-        Err(reason) => return reject(state, &reason),
+        Err(reason) => return reject(state, &reason.to_string()),
     };
     let Some(kind) = src.schema.kind(&kind_name) else {
         return reject(state, &format!("`{kind_name}` is not a record kind of the schema"));
@@ -720,7 +744,7 @@ fn inbox_file_blocking(src: &Source, state: &mut State, name: &str) -> Result<()
             let text = serde_json::to_string_pretty(&receipt).unwrap_or_else(|_| "{}".into()) + "\n";
             let how = dirs
                 .retire_ingested(name, &dest, &text)
-                .map_err(|e| format!("ingested, but deleting it from the inbox failed: {e}"))?;
+                .map_err(|e| InboxError::Retire { done: "ingested", error: e })?;
             if how == inbox::Shredded::UnlinkedOnly {
                 tracing::warn!(
                     file = name,
@@ -733,6 +757,6 @@ fn inbox_file_blocking(src: &Source, state: &mut State, name: &str) -> Result<()
         }
         Err(FileError::Refused(m)) => reject(state, &format!("refused ({kind_name}): {m}")),
         Err(FileError::Stopped) => Ok(()),
-        Err(e @ FileError::Failed(_)) => Err(e.to_string()),
+        Err(e @ FileError::Failed(_)) => Err(InboxError::File(e)),
     }
 }

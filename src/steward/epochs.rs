@@ -101,6 +101,17 @@ struct State {
 }
 
 /// The steward's key-epoch state.
+/// Why an admin's excuse of a source (`divert keys excuse`) was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum ExcuseError {
+    #[error("no key rotation is under way: the steward builds no pending epoch")]
+    NoRotation,
+    #[error("the switch does not wait for `{name}`; it waits for: {waiting}")]
+    NotWaitedFor { name: String, waiting: String },
+    #[error("recording the excuse failed: {0}")]
+    Store(#[source] sled::Error),
+}
+
 pub struct Epochs {
     durable: Arc<Durable>,
     tree: sled::Tree,
@@ -249,13 +260,12 @@ impl Epochs {
     /// for good). Its records under the active epoch are deleted with that epoch at the
     /// switch; if it comes back it re-sends what it holds under the new epoch. Returns the
     /// pending epoch. Durable when it returns (blocking).
-    pub fn excuse(&self, source: &str) -> Result<u32, String> {
+    pub fn excuse(&self, source: &str) -> Result<u32, ExcuseError> {
         let mut st = self.lock();
         let Some(pending) = st.pending else {
-            return Err("no key rotation is under way: the steward builds no pending epoch".into());
+            return Err(ExcuseError::NoRotation);
         };
-        self.put([EXCUSED, source.as_bytes()].concat(), pending.to_be_bytes().to_vec())
-            .map_err(|e| format!("recording the excuse failed: {e}"))?;
+        self.put([EXCUSED, source.as_bytes()].concat(), pending.to_be_bytes().to_vec()).map_err(ExcuseError::Store)?;
         st.excused.insert(source.to_string(), pending);
         Ok(pending)
     }

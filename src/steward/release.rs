@@ -237,15 +237,18 @@ async fn release(
     let st2 = st.clone();
     let ev2 = evaluator.to_string();
     let kept = bytes.clone();
-    let stored = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        st2.record_release(&ev2, &record).map_err(|e| e.to_string())?;
-        st2.ledger.store_answer(&ev2, hash, &kept).map_err(|e| e.to_string())?;
-        Ok(())
+    let stored = tokio::task::spawn_blocking(move || {
+        st2.record_release(&ev2, &record)
+            .map_err(|e| Box::new(internal("recording a release failed (its budget stays spent)", e)))?;
+        st2.ledger
+            .store_answer(&ev2, hash, &kept)
+            .map_err(|e| Box::new(internal("storing an answer failed (its budget stays spent)", e)))?;
+        Ok::<(), Box<Resp>>(())
     })
     .await;
     match stored {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(Box::new(internal("storing an answer failed (its budget stays spent)", e))),
+        Ok(Err(resp)) => return Err(resp),
         Err(e) => return Err(Box::new(internal("the storing task failed (its budget stays spent)", e))),
     }
     info!(evaluator = %evaluator, query_hash = %plan.hash(), epsilon = %format_epsilon(epsilon_micro), left = %format_epsilon(left), "released");

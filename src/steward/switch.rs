@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
+use super::admin::AdminError;
+use super::epochs::ExcuseError;
 use super::store::StoreError;
 use super::{persons, Steward};
 
@@ -17,26 +19,24 @@ impl Steward {
     /// `source`, a source that is gone for good. Its records under the active
     /// epoch leave the linkage at the switch (they cannot be linked under the
     /// new key). Audited; may switch at once. Returns (pending epoch, records dropped).
-    pub async fn excuse(&self, source: &str) -> Result<(u32, u64), String> {
-        let counts = self.store.counts_by_epoch().map_err(|e| e.to_string())?;
-        let waiting = self.epochs.waiting_for(&counts).ok_or("no key rotation is under way")?;
+    pub async fn excuse(&self, source: &str) -> Result<(u32, u64), AdminError> {
+        let counts = self.store.counts_by_epoch()?;
+        let waiting = self.epochs.waiting_for(&counts).ok_or(ExcuseError::NoRotation)?;
         if !waiting.contains(source) {
             let list: Vec<&str> = waiting.iter().map(String::as_str).collect();
-            return Err(format!(
-                "the switch does not wait for `{source}`; it waits for: {}",
-                if list.is_empty() { "nobody".to_string() } else { list.join(", ") }
-            ));
+            let waiting = if list.is_empty() { "nobody".to_string() } else { list.join(", ") };
+            return Err(ExcuseError::NotWaitedFor { name: source.to_string(), waiting }.into());
         }
         let active = self.epochs.active().unwrap_or(0);
         let dropped = counts.get(source).and_then(|per| per.get(&active)).map_or(0, |c| c.records);
         let (epochs, name) = (self.epochs.clone(), source.to_string());
         let pending = tokio::task::spawn_blocking(move || epochs.excuse(&name))
             .await
-            .map_err(|e| format!("the excuse task failed: {e}"))??;
+            .map_err(|e| AdminError::Task { what: "excuse", detail: e.to_string() })??;
         let detail = serde_json::json!({
             "event": "source_excused", "source": source, "epoch": pending, "records_left_out": dropped,
         });
-        self.audit.append_async(crate::audit::Kind::Key, "admin", &detail).await.map_err(|e| e.to_string())?;
+        self.audit.append_async(crate::audit::Kind::Key, "admin", &detail).await?;
         warn!(
             source,
             epoch = pending,

@@ -334,16 +334,18 @@ async fn handed_over_rejected_and_quarantined_files() {
     assert_eq!(again["already_ingested"], true);
     // Bad requests are errors that say why.
     let err = source.src.ingest("arrests", &handed, false).await.unwrap_err();
-    assert!(err.contains("not a record kind"), "{err}");
+    assert!(matches!(err, divert::source::RequestError::UnknownKind { .. }), "{err}");
+    assert!(err.to_string().contains("not a record kind"), "{err}");
     let err = source.src.ingest("arrest", &tmp.path().join("nope.csv"), false).await.unwrap_err();
-    assert!(err.contains("nope.csv"), "{err}");
+    assert!(matches!(err, divert::source::RequestError::Unreadable { .. }), "{err}");
+    assert!(err.to_string().contains("nope.csv"), "{err}");
     let no_warrant = tmp.path().join("no-warrant.csv");
     std::fs::write(
         &no_warrant,
         "arrest_id,arrest_date,family_name,given_name,dob,violent,felony\nA9,2019-01-01,Lee,Bo,1980-01-01,n,n\n",
     )
     .unwrap();
-    let err = source.src.ingest("arrest", &no_warrant, false).await.unwrap_err();
+    let err = source.src.ingest("arrest", &no_warrant, false).await.unwrap_err().to_string();
     assert!(err.contains("warrant") && !err.contains("Lee"), "{err}");
     assert!(no_warrant.exists());
 
@@ -546,11 +548,7 @@ async fn data_key_and_raw_store() {
             // failure says whether it is a leak or a chance match.
             if let Some(at) = bytes.windows(secret.len()).position(|w| w == secret.as_bytes()) {
                 let around = &bytes[at.saturating_sub(48)..(at + secret.len() + 48).min(bytes.len())];
-                panic!(
-                    "{secret} in plaintext in {} at byte {at}: {}",
-                    f.display(),
-                    around.escape_ascii()
-                );
+                panic!("{secret} in plaintext in {} at byte {at}: {}", f.display(), around.escape_ascii());
             }
         }
     }
