@@ -282,6 +282,55 @@ mod tests {
     }
 
     #[test]
+    fn both_names_wrong_and_the_id_mistyped_still_agree_by_birth_date_and_home() {
+        let schema = Schema::default_schema().unwrap();
+        let key = EpochKey::from_bytes(1, &[9u8; 32]).unwrap();
+        let at = |name: &str| schema.scheme_index(name).unwrap();
+        let home = [("dob", "1923-04-13"), ("address", "16 Hurley Street"), ("postal_code", "02100")];
+        let a = toks(
+            &schema,
+            &key,
+            &[&home[..], &[("given_name", "Georgia"), ("family_name", "Simmonds"), ("state_id", "5714719")]].concat(),
+        );
+        // Both names misspelt and two id digits transposed: no name or id scheme agrees.
+        let b = toks(
+            &schema,
+            &key,
+            &[&home[..], &[("given_name", "Geogia"), ("family_name", "Simmovnds"), ("state_id", "5714791")]].concat(),
+        );
+        for name in ["names_dob", "initial_family_dob", "state_id", "names_postal_code"] {
+            assert_ne!(a[at(name)], b[at(name)], "{name}");
+        }
+        assert!(a[at("dob_address")].is_some());
+        assert_eq!(a[at("dob_address")], b[at("dob_address")]);
+        assert_eq!(a[at("dob_postal_code_family_initial")], b[at("dob_postal_code_family_initial")]);
+        // No given name and another street spelling: the postal code and the family initial still agree.
+        let c = toks(
+            &schema,
+            &key,
+            &[
+                ("dob", "1923-04-13"),
+                ("postal_code", "02100"),
+                ("family_name", "Simonds"),
+                ("address", "16 Hurley St Rear"),
+            ],
+        );
+        assert_eq!(a[at("dob_postal_code_family_initial")], c[at("dob_postal_code_family_initial")]);
+        // A neighbour born on another day shares nothing.
+        let d = toks(
+            &schema,
+            &key,
+            &[
+                ("dob", "1923-04-14"),
+                ("address", "16 Hurley Street"),
+                ("postal_code", "02100"),
+                ("family_name", "Simmonds"),
+            ],
+        );
+        assert_eq!(agree(&a, &d), 0);
+    }
+
+    #[test]
     fn swapped_names_with_a_nickname_agree_on_the_unordered_scheme() {
         let schema = Schema::default_schema().unwrap();
         let key = EpochKey::from_bytes(1, &[9u8; 32]).unwrap();
