@@ -44,8 +44,10 @@ impl Format {
 /// A whole-file problem: the file is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
+    /// The message holds the cause; it is not also chained as a source, so
+    /// `{:#}` does not print it twice.
     #[error("reading the export: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("the file is empty: expected a header line naming the columns")]
     Empty,
     #[error("the header line is not valid UTF-8")]
@@ -60,6 +62,12 @@ pub enum IngestError {
     LineTooLong { line: u64 },
     #[error("line {line}: {message}")]
     Csv { line: u64, message: String },
+}
+
+impl From<io::Error> for IngestError {
+    fn from(e: io::Error) -> IngestError {
+        IngestError::Io(e)
+    }
 }
 
 /// A typed, validated value of a non-identity field.

@@ -261,7 +261,7 @@ pub fn pseudonymize_stream<R: std::io::Read, W: std::io::Write>(
     input: R,
     mut out: W,
     mut on_issue: impl FnMut(&crate::ingest::Issue) -> std::io::Result<()>,
-) -> Result<Summary, crate::ingest::IngestError> {
+) -> Result<Summary, StreamError> {
     use crate::ingest::{Action, Outcome, Reader};
     let mut reader = Reader::new(p.schema, p.kind, format, input)?;
     let mut row = Row::new(p.schema, p.kind);
@@ -274,21 +274,34 @@ pub fn pseudonymize_stream<R: std::io::Read, W: std::io::Write>(
             if i.action == Action::ValueDropped {
                 s.values_dropped += 1;
             }
-            on_issue(&i)?;
+            on_issue(&i).map_err(StreamError::Quarantine)?;
         }
         match outcome {
             Outcome::Accepted => {
                 s.accepted += 1;
                 p.write(&row, &mut buf);
                 if buf.len() >= 1 << 16 {
-                    out.write_all(&buf)?;
+                    out.write_all(&buf).map_err(StreamError::Output)?;
                     buf.clear();
                 }
             }
             Outcome::Quarantined => s.quarantined += 1,
         }
     }
-    out.write_all(&buf)?;
-    out.flush()?;
+    out.write_all(&buf).map_err(StreamError::Output)?;
+    out.flush().map_err(StreamError::Output)?;
     Ok(s)
+}
+
+/// Why [`pseudonymize_stream`] stopped: the export is refused, or writing
+/// its output or its quarantine rows failed (a reader of stdout gone away:
+/// the export itself was fine). Never a value of the export.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Input(#[from] crate::ingest::IngestError),
+    #[error("writing the pseudonymized records: {0}")]
+    Output(std::io::Error),
+    #[error("writing the quarantine file: {0}")]
+    Quarantine(std::io::Error),
 }

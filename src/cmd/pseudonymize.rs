@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use crate::ingest::{header_coverage, Action, Coverage, Format, Issue};
 use crate::keys;
-use crate::pseudonymize::{pseudonymize_stream, Pseudonymizer, Summary};
+use crate::pseudonymize::{pseudonymize_stream, Pseudonymizer, StreamError, Summary};
 use crate::schema::Schema;
 use crate::token::Tokenizer;
 
@@ -211,8 +211,15 @@ pub fn pseudonymize_file<W: Write>(
     };
     let out = BufWriter::with_capacity(1 << 20, out);
     let mut p = Pseudonymizer::new(schema, kind, source, tokenizer);
-    let summary = pseudonymize_stream(&mut p, format, io::BufReader::with_capacity(1 << 20, file), out, &mut on_issue)
-        .with_context(|| format!("{}: refused", input.display()))?;
+    let summary =
+        match pseudonymize_stream(&mut p, format, io::BufReader::with_capacity(1 << 20, file), out, &mut on_issue) {
+            Ok(s) => s,
+            Err(e @ StreamError::Input(_)) => {
+                return Err(anyhow::Error::new(e).context(format!("{}: refused", input.display())))
+            }
+            Err(StreamError::Quarantine(e)) => anyhow::bail!("writing {}: {e}", quarantine.display()),
+            Err(e @ StreamError::Output(_)) => return Err(anyhow::Error::new(e).context(input.display().to_string())),
+        };
     match q {
         Some(mut w) => w.flush().with_context(|| format!("writing {}", quarantine.display()))?,
         None => {

@@ -243,3 +243,38 @@ fn config_check_header_says_what_linkage_will_miss() {
     assert!(stdout.contains("`names_city` gets no token: no column for `city`"), "{stdout}");
     assert!(!stdout.contains("`names_dob`"), "the dob column feeds names_dob: {stdout}");
 }
+
+/// `divert pseudonymize … | head`: the reader of stdout goes away. The
+/// command stops with an error that says writing failed (not that the export
+/// was refused), gives the cause once, and does not panic.
+#[test]
+fn pseudonymize_into_a_closed_pipe_says_writing_failed() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Far more output than a pipe buffers (64 KiB), so the write fails.
+    let mut csv = String::from(HARD_ARRESTS.lines().next().unwrap());
+    csv.push('\n');
+    for i in 0..5000 {
+        csv.push_str(&format!("A-{i},Ann,Lee,1990-01-02,F,2019-07-04,N,N,N,{},x\n", 100_000 + i));
+    }
+    fs::write(d.join("arrests.csv"), csv).unwrap();
+    divert_ok(d, &["keys", "init", "--keys", "keys"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_divert"))
+        .current_dir(d)
+        .args(["pseudonymize", "--keys", "keys", "--source", "police", "--kind", "arrest", "arrests.csv"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap(); // then dropped: the pipe closes
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("writing the pseudonymized records"), "{stderr}");
+    assert!(!stderr.contains("refused") && !stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.matches("Broken pipe").count(), 1, "the cause once: {stderr}");
+    assert!(!stderr.contains("Lee") && !stderr.contains("100001"), "{stderr}");
+}
