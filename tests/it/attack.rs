@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::net::{self, batch, client_config, fake_records, Client, LogCapture, Pki, TestSteward, PROGRAM};
-use crate::util::{divert_in, divert_ok, spawn_serve, text};
+use crate::util::{divert_in, divert_ok, start_steward, text};
 
 /// A TCP connection from `from` (a loopback address other than 127.0.0.1, as
 /// an outside attacker's address differs from the agencies') that says nothing.
@@ -348,8 +348,7 @@ fn budget_grant_needs_a_known_evaluator() {
     let dir = tmp.path().join("steward");
     std::fs::create_dir_all(&dir).unwrap();
     let config = net::write_steward_config(&dir, &pki, "127.0.0.1:0", "");
-    let mut child = spawn_serve(&config, &dir.join("serve.log"));
-    net::read_listen_addr(&dir.join("data"), Duration::from_secs(60)).expect("steward started");
+    let (mut child, _) = start_steward(&config, &dir.join("data"), &dir.join("serve.log"), Duration::from_secs(60));
     let cfg = config.to_str().unwrap();
     let ca = pki.ca.to_str().unwrap();
     let grant = |name: &str, extra: &[&str]| {

@@ -28,8 +28,8 @@ use rustls::ClientConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use crate::net::{client_config, read_listen_addr, steward_config_text, tls_connect, Pki, PROGRAM};
-use crate::util::{divert_in, holds, spawn_serve, text, wait_until, ChildGuard};
+use crate::net::{client_config, steward_config_text, tls_connect, Pki, PROGRAM};
+use crate::util::{divert_in, holds, start_steward, text, wait_until, ChildGuard};
 
 /// A `divert serve` steward with its metrics on a loopback port; killed if a test fails while it runs.
 struct Daemon {
@@ -52,17 +52,8 @@ impl Daemon {
             format!("metrics_listen = \"127.0.0.1:0\"\n{}", steward_config_text(&tls_dir, &data, "127.0.0.1:0", ""));
         std::fs::write(&config, text).expect("write config");
         let log = dir.join("steward.log");
-        let child = spawn_serve(&config, &log);
-        let mut d = Daemon {
-            child,
-            config,
-            tls_dir,
-            log,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        d.addr = read_listen_addr(&data, Duration::from_secs(60))
-            .unwrap_or_else(|| panic!("the steward did not start: {}", d.log_text()));
+        let (child, addr) = start_steward(&config, &data, &log, Duration::from_secs(60));
+        let mut d = Daemon { child, config, tls_dir, log, addr, metrics: SocketAddr::from(([127, 0, 0, 1], 0)) };
         // The metrics port is bound before the steward listens, and logged.
         d.metrics = wait_until(Duration::from_secs(10), "the metrics address in the log", || {
             let log = d.log_text();

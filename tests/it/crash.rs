@@ -7,8 +7,8 @@ use std::time::Duration;
 use divert::pki::Role;
 use divert::steward::store::Store;
 
-use crate::net::{batch, client_config, fake_records, read_listen_addr, write_steward_config, Client, Pki};
-use crate::util::spawn_serve;
+use crate::net::{batch, client_config, fake_records, write_steward_config, Client, Pki};
+use crate::util::start_steward;
 
 /// A small deterministic generator, so a failing trial can be replayed from its number.
 fn delay_ms(trial: u64) -> u64 {
@@ -31,8 +31,7 @@ fn steward_sigkill_keeps_every_acknowledged_batch() {
         let config = write_steward_config(&dir, &pki, "127.0.0.1:0", "");
         let data = dir.join("data");
         let log = dir.join("steward.log");
-        let mut child = spawn_serve(&config, &log);
-        let addr = read_listen_addr(&data, Duration::from_secs(20)).expect("steward listening");
+        let (mut child, addr) = start_steward(&config, &data, &log, Duration::from_secs(20));
         let cfg = client_config(&pki.ca_pem(), Some(&client_dir));
 
         // Stream batches until the steward dies; remember each acknowledged one.
@@ -64,13 +63,7 @@ fn steward_sigkill_keeps_every_acknowledged_batch() {
 
         // Restart the daemon on the same data: it must come up, then stop it
         // cleanly and read its store directly.
-        let _ = std::fs::remove_file(data.join(divert::daemon::config::LISTEN_ADDR_FILE));
-        let mut again = spawn_serve(&config, &dir.join("steward-restart.log"));
-        assert!(
-            read_listen_addr(&data, Duration::from_secs(20)).is_some(),
-            "trial {trial}: the steward did not restart; log: {}",
-            std::fs::read_to_string(dir.join("steward-restart.log")).unwrap_or_default()
-        );
+        let (mut again, _) = start_steward(&config, &data, &dir.join("steward-restart.log"), Duration::from_secs(20));
         let pid = again.id().to_string();
         let term = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
         assert!(term.success());

@@ -15,8 +15,11 @@ use std::time::Duration;
 use divert::pki::Role;
 use divert::steward::store::Store;
 
-use crate::net::{batch, client_config, fake_records, read_listen_addr, write_steward_config, Client, Pki};
-use crate::util::{divert_ok, holds, spawn_serve, spawn_serve_with, text, wait_until, wait_until_every};
+use crate::net::{batch, client_config, fake_records, write_steward_config, Client, Pki};
+use crate::util::{
+    divert_ok, holds, spawn_serve, spawn_serve_with, start_steward, start_steward_with, text, wait_until,
+    wait_until_every,
+};
 
 /// Build the preload library with the machine's C compiler (gcc is part of the toolchain CI uses).
 fn build_shim(out: &Path) -> PathBuf {
@@ -106,8 +109,7 @@ fn steward_power_loss_keeps_every_acknowledgement() {
     let cfg_arg = config.to_str().unwrap();
 
     // A store made and stopped cleanly, with a budget: the state before every trial.
-    let mut first = spawn_serve(&config, &dir.join("setup.log"));
-    read_listen_addr(&data, Duration::from_secs(30)).expect("steward listening");
+    let (mut first, _) = start_steward(&config, &data, &dir.join("setup.log"), Duration::from_secs(30));
     divert_ok(&dir, &["budget", "grant", "--config", cfg_arg, "--evaluator", "eval", "--epsilon", "10", "--force"]);
     first.stop();
     let pre = root.path().join("pre");
@@ -127,8 +129,8 @@ fn steward_power_loss_keeps_every_acknowledgement() {
             ("POWERLOSS_DIR", data.as_os_str()),
             ("POWERLOSS_SHADOW", shadow.as_os_str()),
         ];
-        let mut child = spawn_serve_with(&config, &dir.join(format!("trial{trial}.log")), &env);
-        let addr = read_listen_addr(&data, Duration::from_secs(30)).expect("steward listening under the shim");
+        let log = dir.join(format!("trial{trial}.log"));
+        let (mut child, addr) = start_steward_with(&config, &data, &log, Duration::from_secs(30), &env);
 
         // Batches and budget-charged queries at once; remember every acknowledgement.
         let acked: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -182,14 +184,9 @@ fn steward_power_loss_keeps_every_acknowledgement() {
 
         // Restart on what the disk held: every acknowledged batch is there, the
         // budget spent covers every answer and stays within the grant, the audit chain holds.
-        let _ = std::fs::remove_file(data.join(divert::daemon::config::LISTEN_ADDR_FILE));
+        // It must start on the data a power cut left.
         let log = dir.join(format!("restart{trial}.log"));
-        let mut again = spawn_serve(&config, &log);
-        assert!(
-            read_listen_addr(&data, Duration::from_secs(30)).is_some(),
-            "trial {trial}: the steward did not start on the data a power cut left: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        let (mut again, _) = start_steward(&config, &data, &log, Duration::from_secs(30));
         let show = divert_ok(&dir, &["budget", "show", "--config", cfg_arg, "--json"]);
         let budgets: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
         let spent = budgets["evaluators"][0]["spent_micro"].as_u64().unwrap_or(0);
@@ -275,8 +272,8 @@ fn source_power_loss_after_ingest_loses_no_row() {
     for trial in 0..trials {
         // A fresh steward, so each trial's records are counted on their own.
         let _ = std::fs::remove_dir_all(&steward_data);
-        let mut steward = spawn_serve(&steward_config, &sdir.join(format!("steward{trial}.log")));
-        let addr = read_listen_addr(&steward_data, Duration::from_secs(30)).expect("steward listening");
+        let log = sdir.join(format!("steward{trial}.log"));
+        let (mut steward, addr) = start_steward(&steward_config, &steward_data, &log, Duration::from_secs(30));
         let config = write_config(addr.port());
         std::fs::remove_dir_all(&data).unwrap();
         copy_dir(&pre, &data);

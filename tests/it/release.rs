@@ -28,8 +28,8 @@ use hyper::StatusCode;
 use rustls::ClientConfig;
 use serde_json::{json, Value};
 
-use crate::net::{batch, client_config, read_listen_addr, write_steward_config, Client, LogCapture, Pki, TestSteward};
-use crate::util::{divert_in, divert_ok, spawn_serve, text, ChildGuard};
+use crate::net::{batch, client_config, write_steward_config, Client, LogCapture, Pki, TestSteward};
+use crate::util::{divert_in, divert_ok, spawn_serve, start_steward, text, ChildGuard};
 
 /// The evaluator's certificate name in every test.
 const EVAL: &str = "eval";
@@ -947,12 +947,8 @@ impl Process {
     }
 
     fn spawn(config: &Path, data: &Path, dir: &Path, n: u32) -> (ChildGuard, SocketAddr, PathBuf) {
-        let _ = std::fs::remove_file(data.join(divert::daemon::config::LISTEN_ADDR_FILE));
         let log = dir.join(format!("steward-{n}.log"));
-        let child = spawn_serve(config, &log);
-        let addr = read_listen_addr(data, Duration::from_secs(60)).unwrap_or_else(|| {
-            panic!("the steward did not start: {}", std::fs::read_to_string(&log).unwrap_or_default())
-        });
+        let (child, addr) = start_steward(config, data, &log, Duration::from_secs(60));
         (child, addr, log)
     }
 

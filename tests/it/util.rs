@@ -132,6 +132,34 @@ pub fn spawn_serve_with(config: &Path, log: &Path, env: &[(&str, &std::ffi::OsSt
     ChildGuard(cmd.spawn().expect("spawn divert serve"))
 }
 
+/// A steward `divert serve --config CONFIG` (data in `data`, log to `log`),
+/// started and waited on until it has written the address it bound (up to
+/// `wait`); the address file of an earlier run is removed first, so the
+/// address read is this run's. Panics with the log if it does not start.
+pub fn start_steward(config: &Path, data: &Path, log: &Path, wait: Duration) -> (ChildGuard, std::net::SocketAddr) {
+    start_steward_with(config, data, log, wait, &[])
+}
+
+/// [`start_steward`] with extra environment variables (e.g. `LD_PRELOAD`).
+pub fn start_steward_with(
+    config: &Path,
+    data: &Path,
+    log: &Path,
+    wait: Duration,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (ChildGuard, std::net::SocketAddr) {
+    let _ = std::fs::remove_file(data.join(divert::daemon::config::LISTEN_ADDR_FILE));
+    let child = spawn_serve_with(config, log, env);
+    match crate::net::read_listen_addr(data, wait) {
+        Some(addr) => (child, addr),
+        None => panic!(
+            "the steward ({}) did not start within {wait:?}: {}",
+            config.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        ),
+    }
+}
+
 /// A daemon process that is killed if a test fails while it runs.
 pub struct ChildGuard(pub Child);
 
