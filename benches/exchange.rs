@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use divert::daemon::config::{Config, RoleConfig};
+use divert::config::{Config, RoleConfig};
 use divert::daemon::Context;
 use divert::ingest::Format;
 use divert::pki::{self, Role};
@@ -203,7 +203,7 @@ impl std::io::Write for WireSink {
             self.batch.extend_from_slice(&self.pending[..end]);
             self.pending.drain(..=end);
             self.lines += 1;
-            if self.lines >= divert::daemon::config::DEFAULT_BATCH_RECORDS {
+            if self.lines >= divert::config::DEFAULT_BATCH_RECORDS {
                 self.send();
             }
         }

@@ -12,7 +12,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
-use crate::daemon::config::{parse_https_url, read_text, resolver, RawTls};
+use crate::config::{parse_https_url, read_text, resolver, RawTls};
 use crate::schema::{toml_problem, Problem};
 use crate::spiffe::{Role, SpiffeId};
 use crate::tls::{self, ConnectError, TlsMaterial, TlsPaths};

@@ -9,6 +9,7 @@ pub mod accept;
 pub mod audit;
 pub mod cli;
 pub mod cmd;
+pub mod config;
 pub mod daemon;
 pub mod days;
 pub mod dp;

@@ -161,12 +161,12 @@ pub fn check_file(path: &Path) -> Result<(ConfigKind, String), Vec<Problem>> {
             Ok((kind, format!("evaluator {} of the steward at {}", c.spiffe_id, c.steward_addr)))
         }
         ConfigKind::Daemon => {
-            let c = crate::daemon::config::Config::from_toml(&text, path)?;
+            let c = crate::config::Config::from_toml(&text, path)?;
             Ok((
                 kind,
                 format!(
                     "{} daemon {}",
-                    if matches!(c.role, crate::daemon::config::RoleConfig::Steward(_)) { "steward" } else { "source" },
+                    if matches!(c.role, crate::config::RoleConfig::Steward(_)) { "steward" } else { "source" },
                     c.spiffe_id
                 ),
             ))

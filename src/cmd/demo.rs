@@ -271,7 +271,7 @@ fn run_in(dir: &Path, persons: u32, seed: u64, budget_micro: u64, plan: &Evaluat
         )
     };
     // A kept deployment's steward restarts on the port it had.
-    let old_addr = dir.join("steward/data").join(crate::daemon::config::LISTEN_ADDR_FILE);
+    let old_addr = dir.join("steward/data").join(crate::config::LISTEN_ADDR_FILE);
     let listen = fs::read_to_string(&old_addr).ok().and_then(|t| t.trim().parse::<std::net::SocketAddr>().ok());
     let listen = listen.map_or("127.0.0.1:0".to_string(), |a| a.to_string());
     write_text(&steward_cfg, &steward_text(&listen))?;
@@ -292,7 +292,7 @@ fn run_in(dir: &Path, persons: u32, seed: u64, budget_micro: u64, plan: &Evaluat
         )
     };
     let custodian_cfg = dir.join(custodian).join("divert.toml");
-    let key_addr_file = dir.join(custodian).join("data").join(crate::daemon::config::KEY_LISTEN_ADDR_FILE);
+    let key_addr_file = dir.join(custodian).join("data").join(crate::config::KEY_LISTEN_ADDR_FILE);
     let key_listen =
         fs::read_to_string(&key_addr_file).ok().and_then(|t| t.trim().parse::<std::net::SocketAddr>().ok());
     let key_listen = key_listen.map_or("127.0.0.1:0".to_string(), |a| a.to_string());

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
+use crate::config::{Custody, RoleConfig};
 use crate::daemon::admin::{self, Request};
 use crate::daemon::admin_socket_of;
-use crate::daemon::config::{Custody, RoleConfig};
 use crate::keys;
 
 /// Arguments of `divert keys`.

@@ -35,7 +35,7 @@ pub fn load_schema_noted(path: Option<&Path>) -> anyhow::Result<Schema> {
     Ok(schema)
 }
 
-pub use crate::daemon::config::load_schema;
+pub use crate::config::load_schema;
 
 /// A source (agency) name: what certificates and records call it.
 pub fn check_source_name(name: &str) -> anyhow::Result<()> {

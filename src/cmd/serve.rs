@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::daemon::config::{LogFormat, RoleConfig};
+use crate::config::{LogFormat, RoleConfig};
 use crate::daemon::service::Service;
 use crate::daemon::{self, admin_socket_of};
 use crate::source::Source;

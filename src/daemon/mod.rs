@@ -1,4 +1,4 @@
-//! The daemon (`divert serve`): config, logging, signals, TLS reload, the admin socket, and the role's services.
+//! The daemon (`divert serve`): logging, signals, TLS reload, the admin socket, and the role's services (its config file is `crate::config`).
 
 use std::sync::Arc;
 
@@ -6,11 +6,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Config;
 use crate::tls::TlsMaterial;
-
-pub mod config;
-
-use config::Config;
 
 /// What every service of a running daemon shares.
 pub struct Context {
@@ -47,7 +44,7 @@ pub mod metrics;
 
 /// The admin socket of a config file, for the CLI commands that talk to a running daemon.
 pub fn admin_socket_of(config_path: &std::path::Path) -> anyhow::Result<(Config, std::path::PathBuf)> {
-    let config = config::Config::load(config_path).map_err(|problems| {
+    let config = Config::load(config_path).map_err(|problems| {
         let lines: Vec<String> = problems.iter().map(|p| format!("  {}: {p}", config_path.display())).collect();
         anyhow::anyhow!("{} has {} problem(s):\n{}", config_path.display(), problems.len(), lines.join("\n"))
     })?;

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::daemon::config::{Config, RoleConfig};
+use crate::config::{Config, RoleConfig};
 use crate::daemon::{admin, metrics, Context};
 use crate::tls::TlsMaterial;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use tokio::sync::Mutex as AsyncMutex;
 
-use crate::daemon::config::SourceConfig;
+use crate::config::SourceConfig;
 use crate::daemon::Context;
 use crate::fsutil;
 use crate::ingest::Format;
@@ -85,7 +85,7 @@ struct Counts {
 
 fn load_schema(path: Option<&Path>) -> anyhow::Result<Schema> {
     match path {
-        Some(p) => crate::daemon::config::load_schema(Some(p)),
+        Some(p) => crate::config::load_schema(Some(p)),
         None => Schema::default_schema()
             .map_err(|p| anyhow::anyhow!("the built-in schema is broken: {} problem(s)", p.len())),
     }
@@ -214,11 +214,11 @@ impl Source {
         for _ in 0..push::PUSH_CONNECTIONS {
             ctx.tracker.spawn(push::worker(src.clone()));
         }
-        if let crate::daemon::config::Custody::Custodian { listen } = &src.cfg.custody {
+        if let crate::config::Custody::Custodian { listen } = &src.cfg.custody {
             let server = keyserver::bind(*listen).await?;
             // The bound address (with port 0, the one the system chose), for whoever started us.
             let bound = server.local_addr().context("the key server's address")?;
-            let addr_file = src.ctx.config.data_dir.join(crate::daemon::config::KEY_LISTEN_ADDR_FILE);
+            let addr_file = src.ctx.config.data_dir.join(crate::config::KEY_LISTEN_ADDR_FILE);
             tokio::task::spawn_blocking(move || fsutil::write_public(&addr_file, format!("{bound}\n").as_bytes()))
                 .await
                 .context("writing the key server's address")??;

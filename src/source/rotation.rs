@@ -29,7 +29,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 
-use crate::daemon::config::Custody;
+use crate::config::Custody;
 use crate::keys;
 use crate::token::Tokenizer;
 use crate::wire::{EpochReport, EpochStatus, KeySet, RekeyProgress, EPOCHS_PATH, KEYS_PATH};

@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{error, info, warn};
 
-use crate::daemon::config::StewardConfig;
+use crate::config::StewardConfig;
 use crate::daemon::Context;
 use crate::fsutil;
 use crate::record::PseudoRecord;
@@ -207,7 +207,7 @@ impl Steward {
         let store = tokio::task::spawn_blocking(move || Store::open(&store_path))
             .await
             .map_err(|e| StewardError::Join(e.to_string()))??;
-        let schema = Arc::new(crate::daemon::config::load_schema(cfg.schema.as_deref()).map_err(StewardError::Schema)?);
+        let schema = Arc::new(crate::config::load_schema(cfg.schema.as_deref()).map_err(StewardError::Schema)?);
         let mut ledger = crate::dp::ledger::Ledger::open(store.durable(), cfg.program_epsilon_cap_micro)
             .map_err(StewardError::Ledger)?;
         let audit_path = data_dir.join(AUDIT_FILE);
@@ -275,7 +275,7 @@ impl Steward {
         let listener =
             TcpListener::bind(cfg.listen).await.map_err(|source| StewardError::Bind { addr: cfg.listen, source })?;
         let local_addr = listener.local_addr().map_err(|source| StewardError::Bind { addr: cfg.listen, source })?;
-        let addr_file = data_dir.join(crate::daemon::config::LISTEN_ADDR_FILE);
+        let addr_file = data_dir.join(crate::config::LISTEN_ADDR_FILE);
         tokio::task::spawn_blocking(move || fsutil::write_public(&addr_file, format!("{local_addr}\n").as_bytes()))
             .await
             .map_err(|e| StewardError::Join(e.to_string()))??;

@@ -24,8 +24,20 @@ const CORE: &[&str] = &[
     "report",
 ];
 /// Modules of the layers above the core.
-const ABOVE_CORE: &[&str] =
-    &["daemon", "storage", "tls", "accept", "fsutil", "audit", "source", "steward", "evaluator", "cmd", "cli"];
+const ABOVE_CORE: &[&str] = &[
+    "config",
+    "daemon",
+    "storage",
+    "tls",
+    "accept",
+    "fsutil",
+    "audit",
+    "source",
+    "steward",
+    "evaluator",
+    "cmd",
+    "cli",
+];
 /// What only IO or a runtime needs.
 const IO_WORDS: &[&str] = &["tokio::", "sled::", "rustls::", "hyper::", "std::fs::", "std::net::"];
 

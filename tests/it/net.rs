@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use divert::daemon::config::{Config, RoleConfig, StewardConfig};
+use divert::config::{Config, RoleConfig, StewardConfig};
 use divert::daemon::Context;
 use divert::pki::{self, Role};
 use divert::record::PseudoRecord;
@@ -211,7 +211,7 @@ pub fn write_steward_config(dir: &Path, pki: &Pki, listen: &str, extra: &str) ->
 
 /// The address a steward writes to `<data_dir>/listen.addr`, waiting up to `wait` for it.
 pub fn read_listen_addr(data_dir: &Path, wait: Duration) -> Option<SocketAddr> {
-    read_bound_addr(&data_dir.join(divert::daemon::config::LISTEN_ADDR_FILE), wait)
+    read_bound_addr(&data_dir.join(divert::config::LISTEN_ADDR_FILE), wait)
 }
 
 /// The address a daemon wrote to `file` once it bound its port (`IP:PORT`), waiting up to `wait` for it.

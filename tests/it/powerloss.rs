@@ -113,7 +113,7 @@ fn steward_power_loss_keeps_every_acknowledgement() {
     divert_ok(&dir, &["budget", "grant", "--config", cfg_arg, "--evaluator", "eval", "--epsilon", "10", "--force"]);
     first.stop();
     let pre = root.path().join("pre");
-    std::fs::remove_file(data.join(divert::daemon::config::LISTEN_ADDR_FILE)).unwrap();
+    std::fs::remove_file(data.join(divert::config::LISTEN_ADDR_FILE)).unwrap();
     copy_dir(&data, &pre);
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

@@ -170,7 +170,7 @@ impl Deployment {
         .expect("steward config");
         let mut steward = Member { name: "steward".into(), dir: sdir, config, child: None };
         steward.start();
-        let port = steward.pin_bound_addr(divert::daemon::config::LISTEN_ADDR_FILE, "listen");
+        let port = steward.pin_bound_addr(divert::config::LISTEN_ADDR_FILE, "listen");
         // The custodian's key, copied to every source as an admin does at setup.
         let custodian = sources[0];
         let ckeys = root.join(custodian).join("keys");
@@ -192,7 +192,7 @@ impl Deployment {
         let mut d = Deployment { root: root.to_path_buf(), steward, sources: members, port, key_port: 0 };
         d.write_source_config(custodian, None, 0);
         d.sources[0].start();
-        d.key_port = d.sources[0].pin_bound_addr(divert::daemon::config::KEY_LISTEN_ADDR_FILE, "key_listen");
+        d.key_port = d.sources[0].pin_bound_addr(divert::config::KEY_LISTEN_ADDR_FILE, "key_listen");
         for &s in &sources[1..] {
             d.write_source_config(s, Some(Custody::Fetch), d.key_port);
         }

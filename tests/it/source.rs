@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use divert::daemon::config::{Config, RoleConfig};
+use divert::config::{Config, RoleConfig};
 use divert::daemon::Context;
 use divert::pki::Role;
 use divert::record::PseudoRecord;

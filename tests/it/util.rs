@@ -148,7 +148,7 @@ pub fn start_steward_with(
     wait: Duration,
     env: &[(&str, &std::ffi::OsStr)],
 ) -> (ChildGuard, std::net::SocketAddr) {
-    let _ = std::fs::remove_file(data.join(divert::daemon::config::LISTEN_ADDR_FILE));
+    let _ = std::fs::remove_file(data.join(divert::config::LISTEN_ADDR_FILE));
     let child = spawn_serve_with(config, log, env);
     match crate::net::read_listen_addr(data, wait) {
         Some(addr) => (child, addr),
