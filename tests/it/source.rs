@@ -546,11 +546,7 @@ async fn data_key_and_raw_store() {
             // failure says whether it is a leak or a chance match.
             if let Some(at) = bytes.windows(secret.len()).position(|w| w == secret.as_bytes()) {
                 let around = &bytes[at.saturating_sub(48)..(at + secret.len() + 48).min(bytes.len())];
-                panic!(
-                    "{secret} in plaintext in {} at byte {at}: {}",
-                    f.display(),
-                    around.escape_ascii()
-                );
+                panic!("{secret} in plaintext in {} at byte {at}: {}", f.display(), around.escape_ascii());
             }
         }
     }
