@@ -147,11 +147,7 @@ impl<'r> Table<'r> {
 
 /// The 16 bytes of 32 lower-case hex digits (the only spelling that decodes back to itself).
 fn lower_hex16(s: &str) -> Option<[u8; 16]> {
-    if s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        crate::hex::decode_array(s)
-    } else {
-        None
-    }
+    crate::hex::decode_lower_array(s)
 }
 
 /// The token's 16 bytes when it is exactly `<epoch>:<32 lower-case hex>`.
