@@ -31,6 +31,27 @@ pub fn civil_from_days(z: Day) -> (i32, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// The ASCII text `YYYY-MM-DD` of a day of the years 0000 to 9999 (years
+/// outside are clamped into them), without allocating: what
+/// `format!("{y:04}-{m:02}-{d:02}")` writes for such a day.
+pub fn iso_date_bytes(day: Day) -> [u8; 10] {
+    let (y, m, d) = civil_from_days(day);
+    let y = y.clamp(0, 9999) as u32;
+    let digit = |n: u32| b'0' + (n % 10) as u8;
+    [
+        digit(y / 1000),
+        digit(y / 100),
+        digit(y / 10),
+        digit(y),
+        b'-',
+        digit(m / 10),
+        digit(m),
+        b'-',
+        digit(d / 10),
+        digit(d),
+    ]
+}
+
 /// The first day of the calendar month `months` months after the month of `day`.
 pub fn first_of_month_after(day: Day, months: u32) -> Day {
     let (y, m, _) = civil_from_days(day);

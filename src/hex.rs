@@ -31,13 +31,50 @@ pub fn push_hex(bytes: &[u8], out: &mut String) {
     }
 }
 
-fn digit(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+/// Not a hex digit, in [`VALUE`] and [`LOWER_VALUE`].
+const NOT_HEX: u8 = 0xff;
+
+/// A table of digit values: either case, or lower case only.
+const fn digit_table(upper: bool) -> [u8; 256] {
+    let mut t = [NOT_HEX; 256];
+    let mut i = 0u8;
+    while i < 16 {
+        let c = DIGITS[i as usize];
+        t[c as usize] = i;
+        if upper {
+            t[c.to_ascii_uppercase() as usize] = i;
+        }
+        i += 1;
     }
+    t
+}
+
+/// The value of each byte as a hex digit (either case), or [`NOT_HEX`].
+const VALUE: [u8; 256] = digit_table(true);
+/// The value of each byte as a lower-case hex digit, or [`NOT_HEX`].
+const LOWER_VALUE: [u8; 256] = digit_table(false);
+
+fn digit(c: u8) -> Option<u8> {
+    match VALUE[usize::from(c)] {
+        NOT_HEX => None,
+        v => Some(v),
+    }
+}
+
+/// `2 * N` digits by `table` into `N` bytes, one check for all of them.
+fn decode_with<const N: usize>(h: &[u8], table: &[u8; 256]) -> Option<[u8; N]> {
+    if h.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    let mut bad = 0u8;
+    for (o, c) in out.iter_mut().zip(h.chunks_exact(2)) {
+        let (hi, lo) = (table[usize::from(c[0])], table[usize::from(c[1])]);
+        // NOT_HEX has its high bit set; no digit value has.
+        bad |= hi | lo;
+        *o = hi << 4 | (lo & 0xf);
+    }
+    (bad & 0x80 == 0).then_some(out)
 }
 
 /// The bytes of hex of any even length; `None` for an odd length or a non-hex digit.
@@ -51,15 +88,12 @@ pub fn decode(hex: &str) -> Option<Vec<u8>> {
 
 /// The `N` bytes of exactly `2 * N` hex digits; `None` otherwise.
 pub fn decode_array<const N: usize>(hex: &str) -> Option<[u8; N]> {
-    let h = hex.as_bytes();
-    if h.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (o, c) in out.iter_mut().zip(h.chunks_exact(2)) {
-        *o = digit(c[0])? << 4 | digit(c[1])?;
-    }
-    Some(out)
+    decode_with(hex.as_bytes(), &VALUE)
+}
+
+/// [`decode_array`] of lower-case digits only (the one spelling [`encode`] writes); `None` otherwise.
+pub fn decode_lower_array<const N: usize>(hex: &str) -> Option<[u8; N]> {
+    decode_with(hex.as_bytes(), &LOWER_VALUE)
 }
 
 /// Whether `s` is exactly `digits` hex digits.
@@ -70,6 +104,25 @@ pub fn is_hex(s: &str, digits: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_digit_tables_agree_with_the_ascii_rules() {
+        for c in 0..=255u8 {
+            let s = [c, b'0'];
+            let s = std::str::from_utf8(&s).ok();
+            let either = s.and_then(decode_array::<1>);
+            let lower = s.and_then(decode_lower_array::<1>);
+            assert_eq!(either.is_some(), c.is_ascii_hexdigit(), "{c}");
+            assert_eq!(lower.is_some(), c.is_ascii_digit() || (b'a'..=b'f').contains(&c), "{c}");
+            if let Some([v]) = either {
+                assert_eq!(u32::from(v >> 4), char::from(c).to_digit(16).unwrap());
+            }
+        }
+        let h = "0123456789abcdefABCDEF0123456789";
+        assert_eq!(decode_array::<16>(h).map(|b| encode(&b)), Some(h.to_lowercase()));
+        assert_eq!(decode_lower_array::<16>(h), None);
+        assert_eq!(decode_lower_array::<16>(&h.to_lowercase()), decode_array::<16>(h));
+    }
 
     #[test]
     fn round_trips_and_refuses_what_is_not_hex() {

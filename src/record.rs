@@ -115,85 +115,150 @@ impl PseudoRecord {
     /// field, refuses the record. Token and `rid` syntax are checked by the
     /// caller (they depend on the batch's epoch).
     pub fn check(&self, schema: &crate::schema::Schema) -> Result<(), RecordProblem> {
-        use crate::schema::FieldType;
         use serde_json::Value;
-        let kind = schema.kind(&self.kind).ok_or_else(|| RecordProblem::UnknownKind(Shown::of(&self.kind)))?;
-        if self.deleted {
-            return if self.tokens.is_empty() && self.fields.is_empty() {
-                Ok(())
-            } else {
-                Err(RecordProblem::Tombstone)
+        let unknown_scheme = self.tokens.keys().find(|name| schema.scheme_index(name).is_none());
+        let fields = self.fields.iter().map(|(name, value)| {
+            let v = match value {
+                Value::Null => FieldRef::Null,
+                Value::Bool(b) => FieldRef::Bool(*b),
+                Value::Number(n) => n.as_i64().map_or(FieldRef::OtherNumber, FieldRef::Int),
+                Value::String(s) => FieldRef::Str(s),
+                Value::Array(_) | Value::Object(_) => FieldRef::Composite,
             };
-        }
-        for name in self.tokens.keys() {
-            if schema.scheme_index(name).is_none() {
-                return Err(RecordProblem::UnknownScheme(Shown::of(name)));
-            }
-        }
-        for (name, value) in &self.fields {
-            let ty = |expected: &'static str| RecordProblem::Type { field: Shown::of(name), expected };
-            if name == "age" {
-                let max = i64::from(crate::ingest::MAX_AGE_YEARS);
-                match value {
-                    Value::Null => {}
-                    Value::Number(n) if n.as_i64().is_some_and(|a| (0..=max).contains(&a)) => {}
-                    _ => return Err(ty("null or a whole number of years from 0 to 120")),
-                }
-                continue;
-            }
-            if let Some(f) = schema.identity.iter().find(|f| &f.name == name) {
-                if !f.release {
-                    return Err(RecordProblem::Identity(Shown::of(name)));
-                }
-                let ok = match value {
-                    Value::Null => true,
-                    Value::String(s) => {
-                        f.norm == crate::normalize::NormKind::Sex && matches!(s.as_str(), "m" | "f" | "x")
-                    }
-                    _ => false,
-                };
-                if !ok {
-                    return Err(ty("null or a normalized sex code (m, f, x)"));
-                }
-                continue;
-            }
-            let Some(i) = kind.field_index(name) else {
-                return Err(RecordProblem::Unknown { kind: Shown::of(&kind.name), field: Shown::of(name) });
-            };
-            let field = &kind.fields[i];
-            if i == kind.record_id {
-                return Err(RecordProblem::RecordId(Shown::of(name)));
-            }
-            if !field.released() {
-                return Err(RecordProblem::Withheld(Shown::of(name)));
-            }
-            if value.is_null() {
-                if field.required {
-                    return Err(RecordProblem::Missing(Shown::of(name)));
-                }
-                continue;
-            }
-            match (&field.ty, value) {
-                (FieldType::String { .. }, Value::String(s)) if s.len() <= MAX_RELEASED_STRING_BYTES => {}
-                (FieldType::String { .. }, _) => return Err(ty("a string of at most 64 KiB")),
-                (FieldType::Date, Value::String(s)) if is_iso_date(s) => {}
-                (FieldType::Date, _) => return Err(ty("a date written YYYY-MM-DD")),
-                (FieldType::Enum(e), Value::String(s)) if e.values.iter().any(|v| v == s) => {}
-                (FieldType::Enum(_), _) => return Err(ty("one of the values the schema lists for it")),
-                (FieldType::Bool, Value::Bool(_)) => {}
-                (FieldType::Bool, _) => return Err(ty("true or false")),
-                (FieldType::Integer { min, max }, Value::Number(n))
-                    if n.as_i64().is_some_and(|v| min.map_or(true, |m| v >= m) && max.map_or(true, |m| v <= m)) => {}
-                (FieldType::Integer { .. }, _) => return Err(ty("a whole number within the schema's bounds")),
-            }
-        }
-        for (i, field) in kind.fields.iter().enumerate() {
-            if i != kind.record_id && field.released() && field.required && !self.fields.contains_key(&field.name) {
-                return Err(RecordProblem::Missing(Shown::of(&field.name)));
-            }
-        }
-        Ok(())
+            (name.as_str(), v)
+        });
+        let parts = RecordParts {
+            kind: &self.kind,
+            deleted: self.deleted,
+            has_tokens: !self.tokens.is_empty(),
+            unknown_scheme: unknown_scheme.map(String::as_str),
+        };
+        check_parts(schema, parts, fields, |name| self.fields.contains_key(name))
     }
+}
+
+/// A field value as the schema check sees it, whichever form the record came in.
+#[derive(Clone, Copy)]
+pub enum FieldRef<'v> {
+    Null,
+    Bool(bool),
+    /// A number that is a whole number of 64 bits.
+    Int(i64),
+    /// Any other number.
+    OtherNumber,
+    Str(&'v str),
+    /// A day number (days since 1970-01-01, years 0000 to 9999): the string `YYYY-MM-DD`.
+    Date(i32),
+    /// An array or an object.
+    Composite,
+}
+
+impl FieldRef<'_> {
+    /// The string the value is, if it is one (a date written out in `buf`).
+    fn text<'s>(&'s self, buf: &'s mut [u8; 10]) -> Option<&'s str> {
+        match self {
+            FieldRef::Str(s) => Some(s),
+            FieldRef::Date(d) => {
+                *buf = crate::days::iso_date_bytes(*d);
+                std::str::from_utf8(buf).ok()
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What [`check_parts`] needs of a record besides its fields.
+pub struct RecordParts<'r> {
+    pub kind: &'r str,
+    pub deleted: bool,
+    pub has_tokens: bool,
+    /// The first token scheme (in name order) the schema does not know.
+    pub unknown_scheme: Option<&'r str>,
+}
+
+/// The check of [`PseudoRecord::check`] on a record's parts: `fields` in
+/// ascending name order, each once; `has_field` says whether a name is
+/// among them. Both record forms (a JSON map, a binary batch) are checked by
+/// this one function, so they are refused alike, with the same words.
+pub fn check_parts<'v>(
+    schema: &crate::schema::Schema,
+    parts: RecordParts<'_>,
+    fields: impl IntoIterator<Item = (&'v str, FieldRef<'v>)>,
+    has_field: impl Fn(&str) -> bool,
+) -> Result<(), RecordProblem> {
+    use crate::schema::FieldType;
+    let kind = schema.kind(parts.kind).ok_or_else(|| RecordProblem::UnknownKind(Shown::of(parts.kind)))?;
+    let mut fields = fields.into_iter().peekable();
+    if parts.deleted {
+        return if !parts.has_tokens && fields.peek().is_none() { Ok(()) } else { Err(RecordProblem::Tombstone) };
+    }
+    if let Some(name) = parts.unknown_scheme {
+        return Err(RecordProblem::UnknownScheme(Shown::of(name)));
+    }
+    for (name, value) in fields {
+        let ty = |expected: &'static str| RecordProblem::Type { field: Shown::of(name), expected };
+        if name == "age" {
+            let max = i64::from(crate::ingest::MAX_AGE_YEARS);
+            match value {
+                FieldRef::Null => {}
+                FieldRef::Int(a) if (0..=max).contains(&a) => {}
+                _ => return Err(ty("null or a whole number of years from 0 to 120")),
+            }
+            continue;
+        }
+        if let Some(f) = schema.identity.iter().find(|f| f.name == name) {
+            if !f.release {
+                return Err(RecordProblem::Identity(Shown::of(name)));
+            }
+            let ok = match value {
+                FieldRef::Null => true,
+                FieldRef::Str(s) => f.norm == crate::normalize::NormKind::Sex && matches!(s, "m" | "f" | "x"),
+                _ => false,
+            };
+            if !ok {
+                return Err(ty("null or a normalized sex code (m, f, x)"));
+            }
+            continue;
+        }
+        let Some(i) = kind.field_index(name) else {
+            return Err(RecordProblem::Unknown { kind: Shown::of(&kind.name), field: Shown::of(name) });
+        };
+        let field = &kind.fields[i];
+        if i == kind.record_id {
+            return Err(RecordProblem::RecordId(Shown::of(name)));
+        }
+        if !field.released() {
+            return Err(RecordProblem::Withheld(Shown::of(name)));
+        }
+        if matches!(value, FieldRef::Null) {
+            if field.required {
+                return Err(RecordProblem::Missing(Shown::of(name)));
+            }
+            continue;
+        }
+        let mut buf = [0u8; 10];
+        match (&field.ty, value) {
+            (FieldType::String { .. }, FieldRef::Date(_)) => {}
+            (FieldType::String { .. }, FieldRef::Str(s)) if s.len() <= MAX_RELEASED_STRING_BYTES => {}
+            (FieldType::String { .. }, _) => return Err(ty("a string of at most 64 KiB")),
+            (FieldType::Date, FieldRef::Date(_)) => {}
+            (FieldType::Date, FieldRef::Str(s)) if is_iso_date(s) => {}
+            (FieldType::Date, _) => return Err(ty("a date written YYYY-MM-DD")),
+            (FieldType::Enum(e), v) if v.text(&mut buf).is_some_and(|s| e.values.iter().any(|x| x == s)) => {}
+            (FieldType::Enum(_), _) => return Err(ty("one of the values the schema lists for it")),
+            (FieldType::Bool, FieldRef::Bool(_)) => {}
+            (FieldType::Bool, _) => return Err(ty("true or false")),
+            (FieldType::Integer { min, max }, FieldRef::Int(v))
+                if min.map_or(true, |m| v >= m) && max.map_or(true, |m| v <= m) => {}
+            (FieldType::Integer { .. }, _) => return Err(ty("a whole number within the schema's bounds")),
+        }
+    }
+    for (i, field) in kind.fields.iter().enumerate() {
+        if i != kind.record_id && field.released() && field.required && !has_field(&field.name) {
+            return Err(RecordProblem::Missing(Shown::of(&field.name)));
+        }
+    }
+    Ok(())
 }
 
 /// `YYYY-MM-DD` naming a real calendar day.

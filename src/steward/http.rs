@@ -16,8 +16,10 @@ use hyper::{Request, Response, StatusCode};
 use tracing::{error, info};
 
 use super::epochs::{EpochMismatch, Epochs, Slot};
+use super::persons::Linkable;
 use super::store::{PutOutcome, Store, StoreError};
 use super::{Refusal, Steward};
+use crate::record::{check_parts, FieldRef, RecordParts};
 use crate::schema::Schema;
 use crate::spiffe::SpiffeId;
 use crate::token;
@@ -58,8 +60,8 @@ pub struct Accepted {
     pub batch_id: String,
     pub records: u64,
     pub outcome: PutOutcome,
-    /// The records, parsed once while checking, for linkage.
-    pub parsed: Vec<crate::record::PseudoRecord>,
+    /// What linkage needs of the records the store took, made once while storing.
+    pub parsed: Linkable,
     /// The linkage the records go to.
     pub slot: Slot,
     /// The key epoch of the records.
@@ -330,9 +332,12 @@ pub enum BatchError {
 }
 
 /// The whole non-network path of a batch: validate `body`, written as
-/// `format`, as a batch from source `cert_name` ([`check_batch`]), store it
-/// unless held (in the binary form: a JSON body is re-encoded), and flush.
-/// Returns once the batch is durable. Public for benchmarks.
+/// `format`, as a batch from source `cert_name` (the checks of
+/// [`check_batch`], made on the decoded bytes of the binary form: a JSON
+/// body is re-encoded first, unless a record has no binary form), store it
+/// unless held, and make what linkage needs of it. No owned record per
+/// record on the binary path. Returns once the batch is durable. Public for
+/// benchmarks.
 pub async fn store_batch_body(
     store: &Arc<Store>,
     epochs: &Arc<Epochs>,
@@ -346,40 +351,32 @@ pub async fn store_batch_body(
     let schema = schema.clone();
     let name = cert_name.to_string();
     let put = tokio::task::spawn_blocking(move || -> Result<Accepted, BatchError> {
-        let batch = check_batch(&body, format, &name, &schema).map_err(BatchError::Rejected)?;
-        let records = batch.records.len() as u64;
-        // An empty batch carries no epoch: it is taken under the active one.
-        let epoch = batch.records.first().map(|r| r.epoch).or(epochs.active()).unwrap_or(0);
-        // Tombstones under a retired epoch: nothing of that epoch is held any more.
-        if !batch.records.is_empty()
-            && batch.records.iter().all(|r| r.deleted)
-            && epochs.active().is_some_and(|a| epoch < a)
-        {
-            let versions = Default::default();
-            let outcome = PutOutcome::Stored(0);
-            let slot = Slot::Active;
-            let parsed = Vec::new();
-            return Ok(Accepted { batch_id: batch.batch_id, records, outcome, parsed, slot, epoch, versions, marked: false });
+        match format {
+            BatchFormat::Binary => {
+                let view = decode_binary(&body)?;
+                check_view(&view, &name, &schema)?;
+                put_view(&store2, &epochs, &schema, &name, &view, &body)
+            }
+            BatchFormat::Json => {
+                let batch = parse_json(&body).map_err(BatchError::Rejected)?;
+                // Stored in the binary form (see the store's docs), and checked and linked from it:
+                // the same records, one path. A record without a binary form keeps the batch JSON.
+                match binary::encode_batch(&batch) {
+                    Ok(bin) => {
+                        drop(batch);
+                        let bin = Bytes::from(bin);
+                        let view = binary::decode_view(&bin)
+                            .map_err(|_| BatchError::Internal("could not re-read a batch it encoded"))?;
+                        check_view(&view, &name, &schema)?;
+                        put_view(&store2, &epochs, &schema, &name, &view, &bin)
+                    }
+                    Err(_) => {
+                        let batch = check_parsed(batch, &name, &schema).map_err(BatchError::Rejected)?;
+                        put_owned(&store2, &epochs, &schema, &name, batch, &body)
+                    }
+                }
+            }
         }
-        let (slot, started) = epochs.admit(epoch).map_err(BatchError::Epoch)?;
-        if started {
-            tracing::info!(source = %name, epoch, "first batch under a new key epoch: building its linkage beside the active one");
-        }
-        // Stored in the binary form: as received, or re-encoded once from JSON (see the store's docs).
-        let reencoded = match format {
-            BatchFormat::Binary => None,
-            BatchFormat::Json => binary::encode_batch(&batch).ok(),
-        };
-        let (stored, stored_format) = match &reencoded {
-            Some(b) => (b.as_slice(), BatchFormat::Binary),
-            None => (&body[..], format),
-        };
-        let (put, parsed) = store2.put_batch(&name, &batch.batch_id, epoch, batch.records, stored, stored_format)?;
-        // Linkage gets the versions the store took (and the tombstones that removed one).
-        let parsed = parsed.into_iter().zip(&put.link).filter(|(_, l)| **l).map(|(r, _)| r).collect();
-        let outcome = put.outcome;
-        let marked = outcome != PutOutcome::Duplicate;
-        Ok(Accepted { batch_id: batch.batch_id, records, outcome, parsed, slot, epoch, versions: put.versions, marked })
     })
     .await;
     let accepted = match put {
@@ -390,10 +387,160 @@ pub async fn store_batch_body(
     Ok(accepted)
 }
 
+/// The epoch a batch's records are under and whether it is only tombstones
+/// under a retired epoch (nothing of that epoch is held any more: taken,
+/// stored nowhere); else the linkage slot it goes to.
+fn admit(
+    epochs: &Epochs,
+    name: &str,
+    first: Option<u32>,
+    all_deleted: bool,
+) -> Result<(u32, Option<Slot>), BatchError> {
+    // An empty batch carries no epoch: it is taken under the active one.
+    let epoch = first.or(epochs.active()).unwrap_or(0);
+    if first.is_some() && all_deleted && epochs.active().is_some_and(|a| epoch < a) {
+        return Ok((epoch, None));
+    }
+    let (slot, started) = epochs.admit(epoch).map_err(BatchError::Epoch)?;
+    if started {
+        tracing::info!(source = %name, epoch, "first batch under a new key epoch: building its linkage beside the active one");
+    }
+    Ok((epoch, Some(slot)))
+}
+
+/// Store a checked binary batch (`body`, decoded as `view`) and make what linkage needs of it.
+fn put_view(
+    store: &Store,
+    epochs: &Epochs,
+    schema: &Schema,
+    name: &str,
+    view: &binary::BatchView<'_>,
+    body: &Bytes,
+) -> Result<Accepted, BatchError> {
+    let records = view.records.len() as u64;
+    let all_deleted = view.records.iter().all(|r| r.deleted);
+    let batch_id = view.batch_id.to_string();
+    let (epoch, slot) = admit(epochs, name, view.records.first().map(|r| r.epoch), all_deleted)?;
+    let Some(slot) = slot else {
+        let (outcome, parsed, versions) = (PutOutcome::Stored(0), Linkable::default(), Default::default());
+        return Ok(Accepted { batch_id, records, outcome, parsed, slot: Slot::Active, epoch, versions, marked: false });
+    };
+    let put = store.put_view(name, view.batch_id, epoch, view, body)?;
+    // Linkage gets the versions the store took (and the tombstones that removed one).
+    let parsed = Linkable::from_view(schema, view, &put.link);
+    let outcome = put.outcome;
+    let marked = outcome != PutOutcome::Duplicate;
+    Ok(Accepted { batch_id, records, outcome, parsed, slot, epoch, versions: put.versions, marked })
+}
+
+/// Store a checked JSON batch that has no binary form (kept as JSON, see the store's docs).
+fn put_owned(
+    store: &Store,
+    epochs: &Epochs,
+    schema: &Schema,
+    name: &str,
+    batch: Batch,
+    body: &[u8],
+) -> Result<Accepted, BatchError> {
+    let records = batch.records.len() as u64;
+    let all_deleted = batch.records.iter().all(|r| r.deleted);
+    let (epoch, slot) = admit(epochs, name, batch.records.first().map(|r| r.epoch), all_deleted)?;
+    let Some(slot) = slot else {
+        let (outcome, parsed, versions) = (PutOutcome::Stored(0), Linkable::default(), Default::default());
+        let batch_id = batch.batch_id;
+        return Ok(Accepted { batch_id, records, outcome, parsed, slot: Slot::Active, epoch, versions, marked: false });
+    };
+    let (put, parsed) = store.put_batch(name, &batch.batch_id, epoch, batch.records, body, BatchFormat::Json)?;
+    let parsed = parsed.into_iter().zip(&put.link).filter(|(_, l)| **l).map(|(r, _)| r).collect();
+    let parsed = Linkable::from_records(schema, parsed);
+    let outcome = put.outcome;
+    let marked = outcome != PutOutcome::Duplicate;
+    Ok(Accepted { batch_id: batch.batch_id, records, outcome, parsed, slot, epoch, versions: put.versions, marked })
+}
+
+fn decode_binary(body: &[u8]) -> Result<binary::BatchView<'_>, BatchError> {
+    binary::decode_view(body).map_err(|e| BatchError::Rejected(Rejection::bad(format!("the binary body: {e}"))))
+}
+
+/// Per position of the batch's string table: the schema's scheme of that name, if any.
+pub(crate) fn scheme_positions(schema: &Schema, view: &binary::BatchView<'_>) -> Vec<Option<usize>> {
+    view.table.iter().map(|s| schema.scheme_index(s)).collect()
+}
+
+/// [`check_parsed`] on a batch decoded from the binary form, without an
+/// owned record: the same checks in the same order, refusing with the same
+/// words. (A binary record's rid is 16 bytes and its tokens carry the
+/// record's epoch by construction, so those two checks always pass.)
+fn check_view(view: &binary::BatchView<'_>, cert_name: &str, schema: &Schema) -> Result<(), BatchError> {
+    check_head(view.source, view.batch_id, cert_name).map_err(BatchError::Rejected)?;
+    let schemes = scheme_positions(schema, view);
+    let epoch = view.records.first().map(|r| r.epoch);
+    for (i, r) in view.records.iter().enumerate() {
+        let bad = |message: String| BatchError::Rejected(Rejection::bad(message));
+        if Some(r.epoch) != epoch {
+            return Err(bad(format!("record {i}: a batch holds records of one key epoch only")));
+        }
+        if r.source != cert_name {
+            return Err(BatchError::Rejected(Rejection::forbidden(format!(
+                "record {i} names another source than this certificate (source `{cert_name}`)"
+            ))));
+        }
+        if r.kind.is_empty() {
+            return Err(bad(format!("record {i}: kind is empty")));
+        }
+        let tokens = view.tokens(r);
+        let unknown_scheme =
+            tokens.iter().find(|t| schemes.get(t.scheme).copied().flatten().is_none()).map(|t| view.scheme(t));
+        let fields = view.fields(r);
+        let parts = RecordParts { kind: r.kind, deleted: r.deleted, has_tokens: !tokens.is_empty(), unknown_scheme };
+        let refs = fields.iter().map(|(n, v)| (*n, field_ref(*v)));
+        let has = |name: &str| fields.binary_search_by(|(n, _)| (*n).cmp(name)).is_ok();
+        if let Err(p) = check_parts(schema, parts, refs, has) {
+            return Err(BatchError::Rejected(schema_rejection(i, &p)));
+        }
+    }
+    Ok(())
+}
+
+fn field_ref(v: binary::FieldValue<'_>) -> FieldRef<'_> {
+    match v {
+        binary::FieldValue::Null => FieldRef::Null,
+        binary::FieldValue::Bool(b) => FieldRef::Bool(b),
+        binary::FieldValue::Int(n) => FieldRef::Int(n),
+        binary::FieldValue::Date(d) => FieldRef::Date(d),
+        binary::FieldValue::Str(s) => FieldRef::Str(s),
+    }
+}
+
+fn schema_rejection(i: usize, p: &crate::record::RecordProblem) -> Rejection {
+    Rejection {
+        status: StatusCode::BAD_REQUEST,
+        kind: Refusal::Schema,
+        message: format!("record {i}: {p}; the batch is refused whole (the source's schema must be the program's)"),
+    }
+}
+
+/// The batch-level checks: the source is the certificate's, the batch id well formed.
+fn check_head(source: &str, batch_id: &str, cert_name: &str) -> Result<(), Rejection> {
+    if source != cert_name {
+        return Err(Rejection::forbidden(format!(
+            "the batch names another source than this certificate (source `{cert_name}`)"
+        )));
+    }
+    let id = batch_id;
+    if id.is_empty() || id.len() > MAX_BATCH_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Rejection::bad(format!(
+            "batch_id must be 1 to {MAX_BATCH_ID_BYTES} printable ASCII characters without spaces"
+        )));
+    }
+    Ok(())
+}
+
 /// Validate a batch body, written as `format`, sent under a certificate
 /// named `cert_name`: returns the batch. Messages never quote the body.
 /// Both forms are parsed to the same [`Batch`] and then go through the
-/// same checks.
+/// same checks. (The endpoint makes the same checks without an owned
+/// record, see [`store_batch_body`]; this is the owned form of them.)
 ///
 /// Every record is checked against the program's `schema`
 /// ([`PseudoRecord::check`](crate::record::PseudoRecord::check)): a
@@ -426,17 +573,7 @@ fn parse_json(body: &[u8]) -> Result<Batch, Rejection> {
 
 /// The checks every batch passes, whichever form it came in.
 fn check_parsed(batch: Batch, cert_name: &str, schema: &Schema) -> Result<Batch, Rejection> {
-    if batch.source != cert_name {
-        return Err(Rejection::forbidden(format!(
-            "the batch names another source than this certificate (source `{cert_name}`)"
-        )));
-    }
-    let id = &batch.batch_id;
-    if id.is_empty() || id.len() > MAX_BATCH_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Rejection::bad(format!(
-            "batch_id must be 1 to {MAX_BATCH_ID_BYTES} printable ASCII characters without spaces"
-        )));
-    }
+    check_head(&batch.source, &batch.batch_id, cert_name)?;
     let epoch = batch.records.first().map(|r| r.epoch);
     for (i, r) in batch.records.iter().enumerate() {
         if Some(r.epoch) != epoch {
@@ -463,13 +600,7 @@ fn check_parsed(batch: Batch, cert_name: &str, schema: &Schema) -> Result<Batch,
             }
         }
         if let Err(p) = r.check(schema) {
-            return Err(Rejection {
-                status: StatusCode::BAD_REQUEST,
-                kind: Refusal::Schema,
-                message: format!(
-                    "record {i}: {p}; the batch is refused whole (the source's schema must be the program's)"
-                ),
-            });
+            return Err(schema_rejection(i, &p));
         }
     }
     Ok(batch)
@@ -559,5 +690,120 @@ mod tests {
         let mut bad = record("police");
         bad.kind = "unknown_kind".into();
         assert_eq!(check(&body("police", "a", vec![bad]), "police").unwrap_err().kind, Refusal::Schema);
+    }
+
+    #[test]
+    fn binary_and_json_batches_are_checked_alike() {
+        use serde_json::json;
+        let schema = Schema::default_schema().unwrap();
+        type Change = fn(&mut PseudoRecord);
+        let changes: Vec<Change> = vec![
+            |_| {},
+            |r| r.kind = "unknown_kind".into(),
+            |r| r.kind = String::new(),
+            |r| r.source = "jail".into(),
+            |r| {
+                r.epoch = 4;
+                r.tokens.values_mut().for_each(|t| *t = t.replacen("3:", "4:", 1));
+            },
+            |r| drop(r.fields.insert("family_name".into(), json!("Quixote"))),
+            |r| drop(r.fields.insert("dob".into(), json!("1980-03-14"))),
+            |r| drop(r.fields.insert("arrest_id".into(), json!("A-1"))),
+            |r| drop(r.fields.insert("race_ethnicity".into(), json!("black"))),
+            |r| drop(r.fields.insert("warrant".into(), json!("yes"))),
+            |r| drop(r.fields.insert("warrant".into(), json!(null))),
+            |r| drop(r.fields.remove("felony")),
+            |r| drop(r.fields.insert("arrest_date".into(), json!("2024-02-30"))),
+            |r| drop(r.fields.insert("arrest_date".into(), json!(5))),
+            |r| drop(r.fields.insert("arrest_date".into(), json!("0000-01-01"))),
+            |r| drop(r.fields.insert("age".into(), json!(121))),
+            |r| drop(r.fields.insert("age".into(), json!(-1))),
+            |r| drop(r.fields.insert("age".into(), json!("30"))),
+            |r| drop(r.fields.insert("age".into(), json!(null))),
+            |r| drop(r.fields.insert("sex".into(), json!("q"))),
+            |r| drop(r.fields.insert("sex".into(), json!("f"))),
+            |r| drop(r.fields.insert("sex".into(), json!("1999-01-01"))),
+            |r| drop(r.tokens.insert("zzz".into(), format!("3:{}", "ab".repeat(16)))),
+            |r| r.deleted = true,
+            |r| (r.deleted, r.tokens, r.fields) = (true, Default::default(), Default::default()),
+            |r| {
+                (r.kind, r.fields) = ("charge".into(), Default::default());
+                r.fields.insert("filing_date".into(), json!("2024-01-01"));
+                r.fields.insert("level".into(), json!("2024-01-01"));
+            },
+            |r| {
+                (r.kind, r.fields) = ("charge".into(), Default::default());
+                r.fields.insert("filing_date".into(), json!("2024-01-01"));
+                r.fields.insert("level".into(), json!("felony"));
+            },
+        ];
+        let mut refused = 0;
+        for (i, change) in changes.into_iter().enumerate() {
+            let mut other = record("police");
+            change(&mut other);
+            let batch = Batch { source: "police".into(), batch_id: "a".into(), records: vec![record("police"), other] };
+            let parsed = check_parsed(batch.clone(), "police", &schema).map(|_| ());
+            let bin = binary::encode_batch(&batch).unwrap();
+            let view = binary::decode_view(&bin).unwrap();
+            let viewed = check_view(&view, "police", &schema).map_err(|e| match e {
+                BatchError::Rejected(r) => r,
+                other => panic!("{other}"),
+            });
+            assert_eq!(parsed, viewed, "change {i}");
+            refused += usize::from(parsed.is_err());
+        }
+        assert_eq!(refused, 22);
+    }
+
+    /// Both paths of `store_batch_body` on one store: JSON with and without a
+    /// binary form, and binary; stored in the form the store's docs say, linked alike.
+    #[tokio::test]
+    async fn json_and_binary_bodies_are_stored_and_made_linkable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+        let epochs = Arc::new(Epochs::open(store.durable()).unwrap());
+        let schema = Arc::new(Schema::default_schema().unwrap());
+        let with_rid = |rid: &str| {
+            let mut r = record("police");
+            r.rid = rid.into();
+            r
+        };
+        // An upper-case rid passes the checks but has no binary form: the batch stays JSON.
+        let upper = body("police", "j-1", vec![with_rid(&"CD".repeat(16)), with_rid(&"ce".repeat(16))]);
+        let json = body("police", "j-2", vec![with_rid(&"0e".repeat(16)), with_rid(&"0f".repeat(16))]);
+        let b: Batch = serde_json::from_slice(&body("police", "b-1", vec![with_rid(&"1e".repeat(16))])).unwrap();
+        let bin = binary::encode_batch(&b).unwrap();
+        let cases = [(upper, BatchFormat::Json, 2), (json, BatchFormat::Json, 2), (bin, BatchFormat::Binary, 1)];
+        for (body, format, n) in cases {
+            let acc =
+                store_batch_body(&store, &epochs, &schema, "police", Bytes::from(body.clone()), format).await.unwrap();
+            assert_eq!(
+                (acc.outcome, acc.records, acc.parsed.len(), acc.epoch),
+                (PutOutcome::Stored(n), n, n as usize, 3)
+            );
+            let again = store_batch_body(&store, &epochs, &schema, "police", Bytes::from(body), format).await.unwrap();
+            assert_eq!((again.outcome, again.parsed.len()), (PutOutcome::Duplicate, 0));
+        }
+        let formats: Vec<(String, BatchFormat)> =
+            store.batches().map(|b| b.unwrap()).map(|b| (b.batch_id, b.header.format)).collect();
+        assert_eq!(
+            formats,
+            [
+                ("b-1".to_string(), BatchFormat::Binary),
+                ("j-1".to_string(), BatchFormat::Json),
+                ("j-2".to_string(), BatchFormat::Binary)
+            ]
+        );
+        let persons = super::super::persons::Persons::new(schema.clone());
+        let again = body("police", "j-3", vec![with_rid(&"CD".repeat(16)), with_rid(&"0e".repeat(16))]);
+        let acc =
+            store_batch_body(&store, &epochs, &schema, "police", Bytes::from(again), BatchFormat::Json).await.unwrap();
+        // Both records are held already with the same content: nothing new to link.
+        assert_eq!((acc.outcome, acc.parsed.len()), (PutOutcome::Stored(0), 0));
+        persons.add_linkable(acc.parsed);
+        assert_eq!(persons.records(), 0);
+        let refused =
+            store_batch_body(&store, &epochs, &schema, "jail", Bytes::from(b"{}".to_vec()), BatchFormat::Json).await;
+        assert!(matches!(refused, Err(BatchError::Rejected(_))));
     }
 }

@@ -339,9 +339,9 @@ impl Steward {
     }
 
     /// Link records admitted to `slot` (the caller holds `epoch_gate` shared).
-    pub(crate) fn link(&self, slot: epochs::Slot, records: Vec<PseudoRecord>) {
+    pub(crate) fn link(&self, slot: epochs::Slot, records: persons::Linkable) {
         match slot {
-            epochs::Slot::Active => self.persons().add(records),
+            epochs::Slot::Active => self.persons().add_linkable(records),
             epochs::Slot::Pending(epoch) => {
                 let target = {
                     let mut next = self.next_persons.lock().unwrap_or_else(|p| p.into_inner());
@@ -354,7 +354,7 @@ impl Steward {
                         }
                     }
                 };
-                target.add(records);
+                target.add_linkable(records);
             }
         }
     }

@@ -13,6 +13,142 @@ use crate::query::Population;
 use crate::record::PseudoRecord;
 use crate::schema::Schema;
 use crate::token::{parse_token, Token};
+use crate::wire::binary::BatchView;
+
+/// What linkage needs of a batch's records, made outside the linkage lock:
+/// per record its (source, kind, rid), epoch and tombstone flag, its tokens
+/// as 16 bytes in the slot of their scheme's position in the schema (parsed
+/// once, no text), and, for the query population, its kind and fields.
+#[derive(Clone, Default, PartialEq)]
+pub struct Linkable {
+    n_schemes: usize,
+    /// The batch's source and kind names, each once; records point into them.
+    sources: Vec<String>,
+    kinds: Vec<String>,
+    records: Vec<LinkRecord>,
+    /// `n_schemes` slots per record, in record order.
+    tokens: Vec<Option<Token>>,
+    /// Tokens of schemes the schema does not know (or, from text, not of the record's epoch).
+    unknown: u64,
+}
+
+#[derive(Clone, PartialEq)]
+struct LinkRecord {
+    source: u32,
+    kind: u32,
+    rid: [u8; 16],
+    epoch: u32,
+    /// What the query population reads (kind and fields); `None` for a tombstone.
+    event: Option<PseudoRecord>,
+}
+
+/// Counts only: a `Linkable` holds tokens and values.
+impl std::fmt::Debug for Linkable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Linkable").field("records", &self.records.len()).finish_non_exhaustive()
+    }
+}
+
+/// The position of `name` in `names`, added if new (a batch has a few names).
+fn position(names: &mut Vec<String>, name: &str) -> u32 {
+    match names.iter().position(|n| n == name) {
+        Some(i) => i as u32,
+        None => {
+            names.push(name.to_string());
+            (names.len() - 1) as u32
+        }
+    }
+}
+
+/// A record as the query population reads it: kind and fields only.
+fn event(
+    kind: &str,
+    line: u64,
+    epoch: u32,
+    seq: u64,
+    fields: std::collections::BTreeMap<String, serde_json::Value>,
+) -> PseudoRecord {
+    PseudoRecord {
+        source: String::new(),
+        kind: kind.to_string(),
+        line,
+        epoch,
+        rid: String::new(),
+        seq,
+        deleted: false,
+        tokens: Default::default(),
+        fields,
+    }
+}
+
+impl Linkable {
+    /// Records in it.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The records of a binary batch that `link` names (by position), read from the view.
+    pub fn from_view(schema: &Schema, view: &BatchView<'_>, link: &[bool]) -> Linkable {
+        let n = schema.schemes.len();
+        let schemes = super::http::scheme_positions(schema, view);
+        let count = link.iter().filter(|l| **l).count();
+        let mut out = Linkable { n_schemes: n, records: Vec::with_capacity(count), ..Linkable::default() };
+        out.tokens.reserve(count * n);
+        for r in view.records.iter().zip(link).filter(|(_, l)| **l).map(|(r, _)| r) {
+            let at = out.tokens.len();
+            out.tokens.resize(at + n, None);
+            if !r.deleted {
+                for t in view.tokens(r) {
+                    match schemes.get(t.scheme).copied().flatten() {
+                        Some(i) if i < n => out.tokens[at + i] = Some(t.token),
+                        _ => out.unknown += 1,
+                    }
+                }
+            }
+            let event = (!r.deleted).then(|| {
+                let fields = view.fields(r).iter().map(|(k, v)| (k.to_string(), v.to_json())).collect();
+                event(r.kind, r.line, r.epoch, r.seq, fields)
+            });
+            let (source, kind) = (position(&mut out.sources, r.source), position(&mut out.kinds, r.kind));
+            out.records.push(LinkRecord { source, kind, rid: r.rid, epoch: r.epoch, event });
+        }
+        out
+    }
+
+    /// Owned records (tokens as text, parsed here).
+    pub fn from_records(schema: &Schema, records: Vec<PseudoRecord>) -> Linkable {
+        let n = schema.schemes.len();
+        let mut out = Linkable { n_schemes: n, records: Vec::with_capacity(records.len()), ..Linkable::default() };
+        out.tokens.reserve(records.len() * n);
+        for r in records {
+            let at = out.tokens.len();
+            out.tokens.resize(at + n, None);
+            if !r.deleted {
+                for (name, text) in &r.tokens {
+                    match (schema.scheme_index(name), parse_token(text)) {
+                        (Some(i), Some((epoch, t))) if epoch == r.epoch && i < n => out.tokens[at + i] = Some(t),
+                        _ => out.unknown += 1,
+                    }
+                }
+            }
+            // The steward admits only 32-hex-digit rids; anything else is still told apart, by its digest.
+            let rid = crate::hex::decode_array::<16>(&r.rid).unwrap_or_else(|| {
+                let d = ring::digest::digest(&ring::digest::SHA256, r.rid.as_bytes());
+                let mut out = [0u8; 16];
+                out.copy_from_slice(&d.as_ref()[..16]);
+                out
+            });
+            let (source, kind) = (position(&mut out.sources, &r.source), position(&mut out.kinds, &r.kind));
+            let event = (!r.deleted).then(|| event(&r.kind, r.line, r.epoch, r.seq, r.fields));
+            out.records.push(LinkRecord { source, kind, rid, epoch: r.epoch, event });
+        }
+        out
+    }
+}
 
 /// The linked records of every source.
 ///
@@ -24,7 +160,6 @@ use crate::token::{parse_token, Token};
 /// result is swapped in behind an `Arc` for every query until records arrive.
 pub struct Persons {
     schema: Arc<Schema>,
-    scheme_index: HashMap<String, usize>,
     inner: Mutex<Inner>,
     /// One population build at a time; a query arriving meanwhile waits for it and takes its result.
     building: Mutex<()>,
@@ -57,32 +192,18 @@ struct Inner {
 /// A held record's (source, kind, rid), compact: see `Inner::by_rid`.
 type RidKey = (u32, u32, [u8; 16]);
 
-impl Inner {
-    fn rid_key(&mut self, r: &PseudoRecord) -> RidKey {
-        fn number(names: &mut HashMap<String, u32>, name: &str) -> u32 {
-            if let Some(&n) = names.get(name) {
-                return n;
-            }
-            let n = names.len() as u32;
-            names.insert(name.to_string(), n);
-            n
-        }
-        let source = number(&mut self.sources, &r.source);
-        let kind = number(&mut self.kinds, &r.kind);
-        // The steward admits only 32-hex-digit rids; anything else is still told apart, by its digest.
-        let rid = crate::hex::decode_array::<16>(&r.rid).unwrap_or_else(|| {
-            let d = ring::digest::digest(&ring::digest::SHA256, r.rid.as_bytes());
-            let mut out = [0u8; 16];
-            out.copy_from_slice(&d.as_ref()[..16]);
-            out
-        });
-        (source, kind, rid)
+/// The number of `name` in `names`, given in order of arrival.
+fn number(names: &mut HashMap<String, u32>, name: &str) -> u32 {
+    if let Some(&n) = names.get(name) {
+        return n;
     }
+    let n = names.len() as u32;
+    names.insert(name.to_string(), n);
+    n
 }
 
 impl Persons {
     pub fn new(schema: Arc<Schema>) -> Persons {
-        let scheme_index = schema.schemes.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
         let linker = Linker::new(&schema.linkage, schema.schemes.len());
         let inner = Inner {
             linker,
@@ -95,7 +216,7 @@ impl Persons {
             quality: None,
             unknown_schemes: 0,
         };
-        Persons { schema, scheme_index, inner: Mutex::new(inner), building: Mutex::new(()) }
+        Persons { schema, inner: Mutex::new(inner), building: Mutex::new(()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -108,44 +229,40 @@ impl Persons {
     /// record to another person; a tombstone only removes. Tokens of schemes
     /// the schema does not know are ignored (and counted for status).
     pub fn add(&self, records: Vec<PseudoRecord>) {
+        self.add_linkable(Linkable::from_records(&self.schema, records));
+    }
+
+    /// [`Persons::add`] of records made ready for linkage outside the lock.
+    pub fn add_linkable(&self, batch: Linkable) {
         let n = self.schema.schemes.len();
-        // Tokens parsed before the lock is taken.
-        let mut kept = Vec::with_capacity(records.len());
-        let mut slots: Vec<Option<Token>> = Vec::with_capacity(records.len() * n);
-        let mut unknown = 0u64;
-        for mut r in records {
-            let at = slots.len();
-            slots.resize(at + n, None);
-            if !r.deleted {
-                for (name, text) in &r.tokens {
-                    match (self.scheme_index.get(name), parse_token(text)) {
-                        (Some(&i), Some((epoch, t))) if epoch == r.epoch => slots[at + i] = Some(t),
-                        _ => unknown += 1,
-                    }
-                }
-            }
-            r.tokens.clear();
-            kept.push(r);
-        }
+        let Linkable { n_schemes, sources, kinds, records, tokens, unknown } = batch;
+        // Made under another schema (never, in the steward): no token can be placed.
+        let (tokens, unknown) = if n_schemes == n {
+            (tokens, unknown)
+        } else {
+            (vec![None; records.len() * n], unknown + tokens.iter().flatten().count() as u64)
+        };
         let mut inner = self.lock();
+        let sources: Vec<u32> = sources.iter().map(|s| number(&mut inner.sources, s)).collect();
+        let kinds: Vec<u32> = kinds.iter().map(|k| number(&mut inner.kinds, k)).collect();
         inner.unknown_schemes += unknown;
-        inner.linker.reserve(kept.len());
-        let mut linked = Vec::with_capacity(kept.len());
+        inner.linker.reserve(records.len());
+        let mut linked = Vec::with_capacity(records.len());
         let mut changed = false;
-        for (r, tokens) in kept.into_iter().zip(slots.chunks(n.max(1))) {
-            let key = inner.rid_key(&r);
+        for (r, slots) in records.into_iter().zip(tokens.chunks(n.max(1))) {
+            let source = sources.get(r.source as usize).copied().unwrap_or(u32::MAX);
+            let kind = kinds.get(r.kind as usize).copied().unwrap_or(u32::MAX);
+            let key: RidKey = (source, kind, r.rid);
             if let Some(old) = inner.by_rid.remove(&key) {
                 changed |= inner.linker.remove(old);
             }
-            if r.deleted {
-                continue;
-            }
-            let Ok(index) = inner.linker.add(r.epoch, &tokens[..n]) else {
+            let Some(event) = r.event else { continue };
+            let Ok(index) = inner.linker.add(r.epoch, &slots[..n]) else {
                 // Only possible past 2^32 records; the record is kept out of queries.
                 continue;
             };
             inner.by_rid.insert(key, index);
-            linked.push(r);
+            linked.push(event);
         }
         if !linked.is_empty() {
             inner.records.push(linked.into());
@@ -348,7 +465,12 @@ mod tests {
         /// The person of a held record, linked now.
         fn person_of(&self, rid: u32) -> Option<u32> {
             let mut inner = self.inner.lock().ok()?;
-            let key = inner.rid_key(&rec(rid, 1, 0));
+            let r = rec(rid, 1, 0);
+            let key = (
+                number(&mut inner.sources, &r.source),
+                number(&mut inner.kinds, &r.kind),
+                crate::hex::decode_array(&r.rid)?,
+            );
             let at = *inner.by_rid.get(&key)?;
             inner.linker.link().persons.get(at as usize).copied()
         }

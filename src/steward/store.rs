@@ -50,6 +50,7 @@ use std::sync::Arc;
 use crate::storage::{Durable, WriteBatch};
 
 use crate::record::PseudoRecord;
+use crate::wire::binary::{BatchView, FieldValue, RecordView};
 use crate::wire::{binary, Batch, BatchFormat};
 
 /// How many body bytes one chunk holds (see the module docs for why small).
@@ -206,7 +207,8 @@ struct Held {
     seq: u64,
     hash: [u8; 16],
     live: bool,
-    batch_id: Vec<u8>,
+    /// Shared by every record of the batch.
+    batch_id: Arc<[u8]>,
 }
 
 impl Held {
@@ -224,7 +226,7 @@ impl Held {
             seq: u64::from_le_bytes(v.get(..8)?.try_into().ok()?),
             hash: v.get(8..24)?.try_into().ok()?,
             live: *v.get(24)? == 1,
-            batch_id: v.get(25..)?.to_vec(),
+            batch_id: v.get(25..)?.into(),
         })
     }
 }
@@ -243,6 +245,19 @@ fn rid_key(epoch: u32, source: &str, kind: &str, rid: &str) -> Vec<u8> {
         Some(b) => k.extend_from_slice(&b),
         None => k.extend_from_slice(rid.as_bytes()),
     }
+    k
+}
+
+/// [`rid_key`] of a rid given as its 16 bytes: the same key as its 32 hex digits give.
+fn rid_key_bytes(epoch: u32, source: &str, kind: &str, rid: &[u8; 16]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(24 + source.len() + kind.len());
+    k.push(P_RID);
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k.extend_from_slice(source.as_bytes());
+    k.push(0);
+    k.extend_from_slice(kind.as_bytes());
+    k.push(0);
+    k.extend_from_slice(rid);
     k
 }
 
@@ -271,6 +286,69 @@ pub fn content_hash(r: &PseudoRecord) -> [u8; 16] {
     for (name, value) in &r.fields {
         hash_str(&mut ctx, name);
         hash_value(&mut ctx, value);
+    }
+    let d = ctx.finish();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d.as_ref()[..16]);
+    out
+}
+
+/// [`content_hash`] of a record of a binary batch, read from the view: the
+/// same bytes go into the digest (a token as its `<epoch>:<hex>` text, a
+/// date as `YYYY-MM-DD`, an integer as JSON's), written out on the stack.
+pub fn content_hash_view(view: &BatchView<'_>, r: &RecordView<'_>) -> [u8; 16] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let tokens = view.tokens(r);
+    hash_len(&mut ctx, tokens.len());
+    if !tokens.is_empty() {
+        // `<epoch>:` once, then each token's hex after it.
+        let mut text = [0u8; 10 + 1 + 32];
+        let mut digits = [0u8; 10];
+        let (mut e, mut k) = (r.epoch, 0);
+        loop {
+            digits[k] = b'0' + (e % 10) as u8;
+            k += 1;
+            e /= 10;
+            if e == 0 {
+                break;
+            }
+        }
+        for (i, d) in digits[..k].iter().rev().enumerate() {
+            text[i] = *d;
+        }
+        text[k] = b':';
+        let len = k + 1 + 32;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for t in tokens {
+            hash_str(&mut ctx, view.scheme(t));
+            for (i, b) in t.token.iter().enumerate() {
+                text[k + 1 + 2 * i] = HEX[usize::from(b >> 4)];
+                text[k + 2 + 2 * i] = HEX[usize::from(b & 0xf)];
+            }
+            hash_len(&mut ctx, len);
+            ctx.update(&text[..len]);
+        }
+    }
+    let fields = view.fields(r);
+    hash_len(&mut ctx, fields.len());
+    for (name, value) in fields {
+        hash_str(&mut ctx, name);
+        match *value {
+            FieldValue::Null => ctx.update(&[0]),
+            FieldValue::Bool(b) => ctx.update(&[1, u8::from(b)]),
+            FieldValue::Int(i) => {
+                ctx.update(&[2]);
+                ctx.update(&i.to_le_bytes());
+            }
+            FieldValue::Date(d) => {
+                ctx.update(&[5]);
+                hash_str(&mut ctx, binary::date_text(d).as_str());
+            }
+            FieldValue::Str(s) => {
+                ctx.update(&[5]);
+                hash_str(&mut ctx, s);
+            }
+        }
     }
     let d = ctx.finish();
     let mut out = [0u8; 16];
@@ -550,6 +628,53 @@ fn cut_records(
         })
 }
 
+/// What the writer needs of one record of a batch being stored.
+struct Entry {
+    /// Position of the record's kind in the batch's kinds.
+    kind: usize,
+    seq: u64,
+    deleted: bool,
+    /// Its `i` key (see [`rid_key`]).
+    key: Vec<u8>,
+    /// Its [`content_hash`] (zero for a tombstone).
+    hash: [u8; 16],
+}
+
+/// The records of a batch being stored, for storing only those that count.
+enum Kept {
+    /// Owned records (a JSON batch without a binary form, or a caller's).
+    Owned(Vec<PseudoRecord>),
+    /// A checked binary body.
+    View(hyper::body::Bytes),
+}
+
+impl Kept {
+    /// The body of the records `keep` names (by position), and its form.
+    fn encode_kept(&self, source: &str, batch_id: &str, keep: &[bool]) -> sled::Result<(Vec<u8>, BatchFormat)> {
+        match self {
+            Kept::Owned(records) => {
+                stored_body(source, batch_id, records.iter().zip(keep).filter(|(_, k)| **k).map(|(r, _)| r))
+            }
+            Kept::View(body) => {
+                let view = binary::decode_view(body)
+                    .map_err(|e| sled::Error::Unsupported(format!("re-reading a checked batch: {e}")))?;
+                Ok((view.encode_kept(keep), BatchFormat::Binary))
+            }
+        }
+    }
+}
+
+/// The position of `kind` in `kinds`, added if new (a batch has a kind or a few).
+fn kind_position(kinds: &mut Vec<String>, kind: &str) -> usize {
+    match kinds.iter().position(|k| k == kind) {
+        Some(i) => i,
+        None => {
+            kinds.push(kind.to_string());
+            kinds.len() - 1
+        }
+    }
+}
+
 fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
@@ -600,6 +725,68 @@ impl Store {
         body: &[u8],
         format: BatchFormat,
     ) -> Result<(Put, Vec<PseudoRecord>), StoreError> {
+        let mut kinds = Vec::new();
+        let entries = records
+            .iter()
+            .map(|r| Entry {
+                kind: kind_position(&mut kinds, &r.kind),
+                seq: r.seq,
+                deleted: r.deleted,
+                key: rid_key(epoch, source, &r.kind, &r.rid),
+                hash: if r.deleted { [0; 16] } else { content_hash(r) },
+            })
+            .collect();
+        let (put, records) =
+            self.put_entries(source, batch_id, epoch, kinds, entries, body, format, Kept::Owned(records))?;
+        let records = match records {
+            Kept::Owned(r) => r,
+            Kept::View(_) => Vec::new(),
+        };
+        Ok((put, records))
+    }
+
+    /// [`Store::put_batch`] of a checked batch in the binary form, `body`,
+    /// decoded as `view`: stored as it is (or, when some of its records do
+    /// not count, re-encoded without them), no owned record made.
+    pub fn put_view(
+        &self,
+        source: &str,
+        batch_id: &str,
+        epoch: u32,
+        view: &BatchView<'_>,
+        body: &hyper::body::Bytes,
+    ) -> Result<Put, StoreError> {
+        let mut kinds = Vec::new();
+        let entries = view
+            .records
+            .iter()
+            .map(|r| Entry {
+                kind: kind_position(&mut kinds, r.kind),
+                seq: r.seq,
+                deleted: r.deleted,
+                key: rid_key_bytes(epoch, source, r.kind, &r.rid),
+                hash: if r.deleted { [0; 16] } else { content_hash_view(view, r) },
+            })
+            .collect();
+        let kept = Kept::View(body.clone());
+        let (put, _) = self.put_entries(source, batch_id, epoch, kinds, entries, body, BatchFormat::Binary, kept)?;
+        Ok(put)
+    }
+
+    /// The write of [`Store::put_batch`] and [`Store::put_view`], from what the
+    /// writer needs of each record (`entries`, kinds by position in `kinds`).
+    #[allow(clippy::too_many_arguments)]
+    fn put_entries(
+        &self,
+        source: &str,
+        batch_id: &str,
+        epoch: u32,
+        kinds: Vec<String>,
+        entries: Vec<Entry>,
+        body: &[u8],
+        format: BatchFormat,
+        records: Kept,
+    ) -> Result<(Put, Kept), StoreError> {
         let header_key = batch_key(P_HEADER, source, batch_id);
         let mut chunk_prefix = batch_key(P_CHUNK, source, batch_id);
         chunk_prefix.push(0);
@@ -608,17 +795,17 @@ impl Store {
         // and hashing the records are the costly parts.
         let mut write = WriteBatch::default();
         let n_chunks = put_chunks(&mut write, &chunk_prefix, body, 0);
-        let keys: Vec<Vec<u8>> = records.iter().map(|r| rid_key(epoch, source, &r.kind, &r.rid)).collect();
-        let hashes: Vec<[u8; 16]> = records.iter().map(|r| if r.deleted { [0; 16] } else { content_hash(r) }).collect();
         // Within the batch, the newest version of a rid (the later one on a tie).
-        let mut winner: std::collections::HashMap<&[u8], usize> = std::collections::HashMap::with_capacity(keys.len());
-        for (i, k) in keys.iter().enumerate() {
-            let e = winner.entry(k.as_slice()).or_insert(i);
-            if records[i].seq >= records[*e].seq {
-                *e = i;
+        let mut winner: std::collections::HashMap<&[u8], usize> =
+            std::collections::HashMap::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            let w = winner.entry(e.key.as_slice()).or_insert(i);
+            if e.seq >= entries[*w].seq {
+                *w = i;
             }
         }
-        let wins: Vec<bool> = keys.iter().enumerate().map(|(i, k)| winner.get(k.as_slice()) == Some(&i)).collect();
+        let wins: Vec<bool> =
+            entries.iter().enumerate().map(|(i, e)| winner.get(e.key.as_slice()) == Some(&i)).collect();
         drop(winner);
         let tree = self.tree.clone();
         let index = self.index.clone();
@@ -628,85 +815,86 @@ impl Store {
         // On the writer thread: the duplicate check, the versions held and the counts see every earlier write.
         let out = self.durable.write(move |db| {
             let mut write = write;
-            let n = records.len();
+            let n = entries.len();
             if tree.contains_key(&header_key)? {
                 let put = Put { outcome: PutOutcome::Duplicate, link: vec![false; n], versions: BTreeMap::new() };
                 return Ok((put, records));
             }
             let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
+            let this_batch: Arc<[u8]> = batch_id.as_bytes().into();
+            let no_batch: Arc<[u8]> = Arc::from(&[][..]);
             // What the index becomes once the write is applied.
-            let mut changes: Vec<(Vec<u8>, Held)> = Vec::new();
+            let mut changes: Vec<(Vec<u8>, Held)> = Vec::with_capacity(n);
             let mut keep = vec![false; n];
             let mut link = vec![false; n];
-            let mut versions: BTreeMap<String, Versions> = BTreeMap::new();
+            let mut per_kind = vec![Versions::default(); kinds.len()];
             // Held batch id → index keys of the versions to cut out of it.
             let mut cut: BTreeMap<Vec<u8>, std::collections::HashSet<Vec<u8>>> = BTreeMap::new();
-            for (i, r) in records.iter().enumerate() {
-                if !versions.contains_key(&r.kind) {
-                    versions.insert(r.kind.clone(), Versions::default());
-                }
-                let Some(v) = versions.get_mut(&r.kind) else { continue };
+            for (i, e) in entries.into_iter().enumerate() {
+                let Some(v) = per_kind.get_mut(e.kind) else { continue };
                 if !wins[i] {
                     v.stale += 1;
                     continue;
                 }
-                let key = &keys[i];
+                let key = e.key;
                 let me = Held {
-                    seq: r.seq,
-                    hash: hashes[i],
-                    live: !r.deleted,
-                    batch_id: if r.deleted { Vec::new() } else { batch_id.as_bytes().to_vec() },
+                    seq: e.seq,
+                    hash: e.hash,
+                    live: !e.deleted,
+                    batch_id: if e.deleted { no_batch.clone() } else { this_batch.clone() },
                 };
-                let held = index.get(key).cloned();
+                let held = index.get(&key).cloned();
                 // `persist`: kept in an `i` entry too (tombstones, raised versions); else in memory only.
-                let mut set = |held: Held, persist: bool| {
+                let mut set = |key: Vec<u8>, held: Held, persist: bool| {
                     if persist {
-                        write.insert(key, held.encode());
+                        write.insert(&key, held.encode());
                     }
-                    changes.push((key.clone(), held));
+                    changes.push((key, held));
                 };
                 match held {
                     None => {
-                        if !r.deleted {
+                        if !e.deleted {
                             v.new += 1;
                             keep[i] = true;
                             link[i] = true;
                         }
-                        set(me, r.deleted);
+                        set(key, me, e.deleted);
                     }
-                    Some(h) if !newer(r.seq, h.seq) => {
-                        if h.live && !r.deleted && h.hash == hashes[i] {
+                    Some(h) if !newer(e.seq, h.seq) => {
+                        if h.live && !e.deleted && h.hash == e.hash {
                             v.unchanged += 1;
                         } else {
                             v.stale += 1;
                         }
                     }
-                    Some(h) => match (h.live, r.deleted) {
-                        (true, false) if h.hash == hashes[i] => {
+                    Some(h) => match (h.live, e.deleted) {
+                        (true, false) if h.hash == e.hash => {
                             v.unchanged += 1;
-                            set(Held { seq: r.seq, ..h }, true);
+                            set(key, Held { seq: e.seq, ..h }, true);
                         }
                         (true, _) => {
-                            if r.deleted {
+                            if e.deleted {
                                 v.deleted += 1;
                             } else {
                                 v.replaced += 1;
                                 keep[i] = true;
                             }
                             link[i] = true;
-                            cut.entry(h.batch_id).or_default().insert(key.clone());
-                            set(me, r.deleted);
+                            cut.entry(h.batch_id.to_vec()).or_default().insert(key.clone());
+                            set(key, me, e.deleted);
                         }
                         (false, false) => {
                             v.new += 1;
                             keep[i] = true;
                             link[i] = true;
-                            set(me, false);
+                            set(key, me, false);
                         }
-                        (false, true) => set(Held { seq: r.seq, ..h }, true),
+                        (false, true) => set(key, Held { seq: e.seq, ..h }, true),
                     },
                 }
             }
+            // Per kind, as before: every kind of the batch, in name order.
+            let versions: BTreeMap<String, Versions> = kinds.into_iter().zip(per_kind).collect();
             let mut counts = tree.get(&ckey)?.and_then(|v| SourceCounts::decode(&v)).unwrap_or_default();
             for (held_id, gone) in &cut {
                 let held_id = String::from_utf8_lossy(held_id).into_owned();
@@ -718,8 +906,7 @@ impl Store {
                 (n_chunks, bytes, format)
             } else {
                 // Only the records that count are stored: the body as sent is replaced.
-                let kept_records = records.iter().zip(&keep).filter(|(_, k)| **k).map(|(r, _)| r);
-                let (body, format) = stored_body(&source, &batch_id, kept_records)?;
+                let (body, format) = records.encode_kept(&source, &batch_id, &keep)?;
                 (put_chunks(&mut write, &chunk_prefix, &body, n_chunks), body.len() as u64, format)
             };
             counts.records = counts.records.saturating_add(kept);
@@ -756,7 +943,7 @@ impl Store {
         let mut index = std::collections::HashMap::new();
         for b in self.batches() {
             let b = b?;
-            let id = b.batch_id.as_bytes().to_vec();
+            let id: Arc<[u8]> = b.batch_id.as_bytes().into();
             for r in &b.records {
                 let key = rid_key(b.header.epoch, &b.source, &r.kind, &r.rid);
                 let held = Held { seq: r.seq, hash: content_hash(r), live: true, batch_id: id.clone() };
@@ -825,7 +1012,7 @@ impl Store {
                 let pos = pos as u32;
                 let key = rid_key(b.header.epoch, source, &r.kind, &r.rid);
                 let hash = content_hash(r);
-                let me = Held { seq: r.seq, hash, live: true, batch_id: batch_id.as_bytes().to_vec() };
+                let me = Held { seq: r.seq, hash, live: true, batch_id: batch_id.as_bytes().into() };
                 let v = versions.entry((source.clone(), r.kind.clone())).or_default();
                 match index.get(&key) {
                     Some((h, _)) if !newer(r.seq, h.seq) => {
@@ -1176,6 +1363,46 @@ mod tests {
             })
             .collect();
         serde_json::to_vec(&Batch { source: source.into(), batch_id: id.into(), records }).unwrap()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_view_hashes_a_record_as_its_owned_form_does(
+            epoch in proptest::prop_oneof![proptest::strategy::Just(0u32), proptest::strategy::Just(u32::MAX), proptest::arbitrary::any::<u32>()],
+            tokens in proptest::collection::btree_map("[a-z_]{1,12}", proptest::arbitrary::any::<[u8; 16]>(), 0..5),
+            ints in proptest::collection::btree_map("i[a-z]{0,8}", proptest::arbitrary::any::<i64>(), 0..3),
+            days in proptest::collection::btree_map("d[a-z]{0,8}", -719_528i32..=2_932_896, 0..3),
+            strs in proptest::collection::btree_map("s[a-z]{0,8}", ".{0,80}", 0..3),
+            flags in proptest::collection::btree_map("b[a-z]{0,8}", proptest::option::of(proptest::arbitrary::any::<bool>()), 0..3),
+        ) {
+            use serde_json::Value;
+            let mut fields: BTreeMap<String, Value> = BTreeMap::new();
+            fields.extend(ints.into_iter().map(|(k, v)| (k, Value::from(v))));
+            fields.extend(days.into_iter().map(|(k, d)| {
+                let (y, m, day) = crate::days::civil_from_days(d);
+                (k, Value::String(format!("{y:04}-{m:02}-{day:02}")))
+            }));
+            fields.extend(strs.into_iter().map(|(k, v)| (k, Value::String(v))));
+            fields.extend(flags.into_iter().map(|(k, v)| (k, v.map_or(Value::Null, Value::Bool))));
+            let r = PseudoRecord {
+                source: "police".into(),
+                kind: "arrest".into(),
+                line: 2,
+                epoch,
+                rid: "ab".repeat(16),
+                seq: 9,
+                deleted: false,
+                tokens: tokens.into_iter().map(|(k, t)| (k, crate::token::format_token(epoch, &t))).collect(),
+                fields,
+            };
+            let bin = binary::encode("police", "b-1", [&r]).unwrap();
+            let view = binary::decode_view(&bin).unwrap();
+            proptest::prop_assert_eq!(content_hash_view(&view, &view.records[0]), content_hash(&r));
+            proptest::prop_assert_eq!(
+                rid_key_bytes(epoch, "police", "arrest", &view.records[0].rid),
+                rid_key(epoch, "police", "arrest", &r.rid)
+            );
+        }
     }
 
     #[test]

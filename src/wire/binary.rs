@@ -147,11 +147,7 @@ impl<'r> Table<'r> {
 
 /// The 16 bytes of 32 lower-case hex digits (the only spelling that decodes back to itself).
 fn lower_hex16(s: &str) -> Option<[u8; 16]> {
-    if s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        crate::hex::decode_array(s)
-    } else {
-        None
-    }
+    crate::hex::decode_lower_array(s)
 }
 
 /// The token's 16 bytes when it is exactly `<epoch>:<32 lower-case hex>`.
@@ -180,9 +176,9 @@ pub fn encode<'r>(
     for (i, r) in records.into_iter().enumerate() {
         let head =
             Head { kind: &r.kind, source: &r.source, line: r.line, epoch: r.epoch, seq: r.seq, deleted: r.deleted };
-        let tokens = r.tokens.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let tokens = r.tokens.iter().map(|(k, v)| (k.as_str(), compact_token(v, r.epoch)));
         let fields = r.fields.iter().map(|(k, v)| (k.as_str(), Val::of(v)));
-        enc.record(i, head, &r.rid, tokens, fields)?;
+        enc.record(i, head, lower_hex16(&r.rid), tokens, fields)?;
     }
     Ok(enc.finish(source, batch_id))
 }
@@ -198,9 +194,9 @@ pub fn encode_json_array(source: &str, batch_id: &str, records: &[u8]) -> Option
     for (i, r) in parsed.iter().enumerate() {
         let head =
             Head { kind: &r.kind.0, source: &r.source.0, line: r.line, epoch: r.epoch, seq: r.seq, deleted: r.deleted };
-        let tokens = r.tokens.iter().map(|(k, v)| (&*k.0, &*v.0));
+        let tokens = r.tokens.iter().map(|(k, v)| (&*k.0, compact_token(&v.0, r.epoch)));
         let fields = r.fields.iter().map(|(k, v)| (&*k.0, v.val()));
-        enc.record(i, head, &r.rid.0, tokens, fields).ok()?;
+        enc.record(i, head, lower_hex16(&r.rid.0), tokens, fields).ok()?;
     }
     Some(enc.finish(source, batch_id))
 }
@@ -210,6 +206,8 @@ enum Val<'v> {
     Null,
     Bool(bool),
     Int(i64),
+    /// Days since 1970-01-01, already within the years the form spells.
+    Date(i32),
     Str(&'v str),
     /// No binary form: why.
     Other(&'static str),
@@ -226,6 +224,16 @@ impl<'v> Val<'v> {
             Value::Number(n) => n.as_i64().map_or(Val::Other(NOT_I64), Val::Int),
             Value::String(s) => Val::Str(s),
             Value::Array(_) | Value::Object(_) => Val::Other(NOT_SCALAR),
+        }
+    }
+
+    fn from_field(v: FieldValue<'v>) -> Val<'v> {
+        match v {
+            FieldValue::Null => Val::Null,
+            FieldValue::Bool(b) => Val::Bool(b),
+            FieldValue::Int(n) => Val::Int(n),
+            FieldValue::Date(d) => Val::Date(d),
+            FieldValue::Str(s) => Val::Str(s),
         }
     }
 }
@@ -254,8 +262,8 @@ impl<'r> Encoder<'r> {
         &mut self,
         i: usize,
         h: Head<'r>,
-        rid: &str,
-        tokens: impl ExactSizeIterator<Item = (&'r str, &'r str)>,
+        rid: Option<[u8; 16]>,
+        tokens: impl ExactSizeIterator<Item = (&'r str, Option<[u8; 16]>)>,
         fields: impl ExactSizeIterator<Item = (&'r str, Val<'r>)>,
     ) -> Result<(), EncodeError> {
         let bad = |what| EncodeError { record: i, what };
@@ -266,12 +274,11 @@ impl<'r> Encoder<'r> {
         put_varint(body, h.line);
         put_varint(body, u64::from(h.epoch));
         put_varint(body, h.seq);
-        body.extend_from_slice(&lower_hex16(rid).ok_or(bad("rid is not 32 lower-case hex digits"))?);
+        body.extend_from_slice(&rid.ok_or(bad("rid is not 32 lower-case hex digits"))?);
         body.push(u8::from(h.deleted));
         put_varint(body, tokens.len() as u64);
         for (scheme, token) in tokens {
-            let t = compact_token(token, h.epoch)
-                .ok_or(bad("a token is not <the record's epoch>:<32 lower-case hex digits>"))?;
+            let t = token.ok_or(bad("a token is not <the record's epoch>:<32 lower-case hex digits>"))?;
             table.put(body, scheme);
             body.extend_from_slice(&t);
         }
@@ -285,6 +292,10 @@ impl<'r> Encoder<'r> {
                 Val::Int(n) => {
                     body.push(TAG_INT);
                     put_varint(body, zigzag(n));
+                }
+                Val::Date(d) => {
+                    body.push(TAG_DATE);
+                    put_varint(body, zigzag(i64::from(d)));
                 }
                 Val::Str(s) if crate::record::is_iso_date(s) => {
                     body.push(TAG_DATE);
@@ -511,13 +522,169 @@ impl<'a> Reader<'a> {
     }
 
     fn index<'s>(&mut self, table: &[&'s str], what: &'static str) -> Result<&'s str, DecodeError> {
+        self.index_at(table, what).map(|(_, s)| s)
+    }
+
+    /// A string table index and the string it names.
+    fn index_at<'s>(&mut self, table: &[&'s str], what: &'static str) -> Result<(usize, &'s str), DecodeError> {
         let i = self.varint(what)?;
-        usize::try_from(i).ok().and_then(|i| table.get(i)).copied().ok_or_else(|| self.bad(what))
+        usize::try_from(i).ok().and_then(|i| Some((i, *table.get(i)?))).ok_or_else(|| self.bad(what))
     }
 }
 
 /// Decode a batch in this form. Total: see the module docs.
 pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
+    decode_view(bytes).map(|v| v.to_batch())
+}
+
+/// A field value of a [`BatchView`], borrowed from the body.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum FieldValue<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    /// Days since 1970-01-01, within the years 0000 to 9999 (written `YYYY-MM-DD` in JSON).
+    Date(i32),
+    Str(&'a str),
+}
+
+impl FieldValue<'_> {
+    /// The value as a record's JSON map holds it.
+    pub fn to_json(self) -> Value {
+        match self {
+            FieldValue::Null => Value::Null,
+            FieldValue::Bool(b) => Value::Bool(b),
+            FieldValue::Int(n) => Value::from(n),
+            FieldValue::Date(d) => Value::String(date_text(d).as_str().to_string()),
+            FieldValue::Str(s) => Value::String(s.to_string()),
+        }
+    }
+}
+
+/// `YYYY-MM-DD` of a day number within the years 0000 to 9999, without allocating.
+pub struct DateText([u8; 10]);
+
+impl DateText {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and dashes are ever written.
+        std::str::from_utf8(&self.0).unwrap_or("0000-00-00")
+    }
+}
+
+/// The text of day `d` (see [`DateText`]).
+pub fn date_text(d: i32) -> DateText {
+    DateText(crate::days::iso_date_bytes(d))
+}
+
+/// One record of a [`BatchView`]: the fixed part, borrowed or copied; its
+/// tokens and fields are ranges of the view's shared lists ([`BatchView::tokens`],
+/// [`BatchView::fields`]). No `Debug`: it holds tokens and values.
+#[derive(Clone)]
+pub struct RecordView<'a> {
+    pub kind: &'a str,
+    pub source: &'a str,
+    pub line: u64,
+    pub epoch: u32,
+    pub seq: u64,
+    /// The rid's 16 bytes (the record's `rid` is their lower-case hex).
+    pub rid: [u8; 16],
+    pub deleted: bool,
+    tokens: std::ops::Range<usize>,
+    fields: std::ops::Range<usize>,
+}
+
+/// A token of a [`BatchView`]: its scheme's position in the batch's string table and its 16 bytes.
+#[derive(Clone, Copy)]
+pub struct TokenView {
+    pub scheme: usize,
+    pub token: crate::token::Token,
+}
+
+/// A batch in this form, decoded without owning anything per record: every
+/// string is borrowed from the body (the string table once per batch),
+/// tokens and rids are their 16 bytes, and the records' tokens and fields
+/// lie in two lists for the whole batch. What [`decode`] accepts, exactly;
+/// [`BatchView::to_batch`] gives the same [`Batch`].
+pub struct BatchView<'a> {
+    pub source: &'a str,
+    pub batch_id: &'a str,
+    /// The batch's string table: a token's `scheme` indexes it.
+    pub table: Vec<&'a str>,
+    pub records: Vec<RecordView<'a>>,
+    tokens: Vec<TokenView>,
+    fields: Vec<(&'a str, FieldValue<'a>)>,
+}
+
+impl<'a> BatchView<'a> {
+    /// The record's tokens, in ascending scheme name order.
+    pub fn tokens(&self, r: &RecordView<'a>) -> &[TokenView] {
+        self.tokens.get(r.tokens.clone()).unwrap_or_default()
+    }
+
+    /// The record's fields (name, value), in ascending name order.
+    pub fn fields(&self, r: &RecordView<'a>) -> &[(&'a str, FieldValue<'a>)] {
+        self.fields.get(r.fields.clone()).unwrap_or_default()
+    }
+
+    /// The scheme name of a token of this batch.
+    pub fn scheme(&self, t: &TokenView) -> &'a str {
+        self.table.get(t.scheme).copied().unwrap_or_default()
+    }
+
+    /// A record as an owned [`PseudoRecord`] (tokens as `<epoch>:<hex>` text).
+    pub fn to_record(&self, r: &RecordView<'a>) -> PseudoRecord {
+        let prefix = if r.tokens.is_empty() { String::new() } else { format!("{}:", r.epoch) };
+        let tokens = self
+            .tokens(r)
+            .iter()
+            .map(|t| {
+                let mut text = String::with_capacity(prefix.len() + 2 * t.token.len());
+                text.push_str(&prefix);
+                crate::hex::push_hex(&t.token, &mut text);
+                (self.scheme(t).to_string(), text)
+            })
+            .collect();
+        PseudoRecord {
+            source: r.source.to_string(),
+            kind: r.kind.to_string(),
+            line: r.line,
+            epoch: r.epoch,
+            rid: crate::hex::encode(&r.rid),
+            seq: r.seq,
+            deleted: r.deleted,
+            tokens,
+            fields: self.fields(r).iter().map(|(k, v)| (k.to_string(), v.to_json())).collect(),
+        }
+    }
+
+    /// The whole batch, owned: what [`decode`] returns.
+    pub fn to_batch(&self) -> Batch {
+        Batch {
+            source: self.source.to_string(),
+            batch_id: self.batch_id.to_string(),
+            records: self.records.iter().map(|r| self.to_record(r)).collect(),
+        }
+    }
+
+    /// The binary form of the batch of only the records `keep` names (by
+    /// position): the bytes [`encode`] makes of those records.
+    pub fn encode_kept(&self, keep: &[bool]) -> Vec<u8> {
+        let mut enc = Encoder::default();
+        let kept = self.records.iter().zip(keep).filter(|(_, k)| **k).map(|(r, _)| r);
+        for (i, r) in kept.enumerate() {
+            let head =
+                Head { kind: r.kind, source: r.source, line: r.line, epoch: r.epoch, seq: r.seq, deleted: r.deleted };
+            let tokens = self.tokens(r).iter().map(|t| (self.scheme(t), Some(t.token)));
+            let fields = self.fields(r).iter().map(|(k, v)| (*k, Val::from_field(*v)));
+            // A view's records all have a binary form: nothing here can fail.
+            let _ = enc.record(i, head, Some(r.rid), tokens, fields);
+        }
+        enc.finish(self.source, self.batch_id)
+    }
+}
+
+/// Decode a batch in this form, borrowing from `bytes`. Total: see the module docs.
+pub fn decode_view(bytes: &[u8]) -> Result<BatchView<'_>, DecodeError> {
     if !is_binary(bytes) {
         return Err(DecodeError::Magic);
     }
@@ -526,58 +693,67 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
     if version != VERSION {
         return Err(DecodeError::Version(version));
     }
-    let source = r.str("the batch's source is cut short")?.to_string();
-    let batch_id = r.str("the batch id is cut short")?.to_string();
+    let source = r.str("the batch's source is cut short")?;
+    let batch_id = r.str("the batch id is cut short")?;
     let n = r.count(1, "the string table's count exceeds the body")?;
     let mut table: Vec<&str> = Vec::with_capacity(n);
     for _ in 0..n {
         table.push(r.str("a string of the table is cut short")?);
     }
     let n = r.count(MIN_RECORD_BYTES, "the record count exceeds what the body can hold")?;
-    let mut records = Vec::with_capacity(n);
+    let mut view = BatchView {
+        source,
+        batch_id,
+        table: Vec::new(),
+        records: Vec::with_capacity(n),
+        tokens: Vec::new(),
+        fields: Vec::new(),
+    };
     for i in 0..n {
         r.record = Some(i);
-        records.push(record(&mut r, &table)?);
+        let rec = record(&mut r, &table, &mut view.tokens, &mut view.fields)?;
+        view.records.push(rec);
     }
     r.record = None;
     if r.remaining() != 0 {
         return Err(r.bad("bytes follow the last record"));
     }
-    Ok(Batch { source, batch_id, records })
+    view.table = table;
+    Ok(view)
 }
 
-fn record(r: &mut Reader<'_>, table: &[&str]) -> Result<PseudoRecord, DecodeError> {
-    let kind = r.index(table, "the kind's index is outside the string table")?.to_string();
-    let source = r.index(table, "the source's index is outside the string table")?.to_string();
+fn record<'a>(
+    r: &mut Reader<'a>,
+    table: &[&'a str],
+    tokens: &mut Vec<TokenView>,
+    fields: &mut Vec<(&'a str, FieldValue<'a>)>,
+) -> Result<RecordView<'a>, DecodeError> {
+    let kind = r.index(table, "the kind's index is outside the string table")?;
+    let source = r.index(table, "the source's index is outside the string table")?;
     let line = r.varint("the line is cut short")?;
     let epoch = r.varint("the epoch is cut short")?;
     let epoch = u32::try_from(epoch).map_err(|_| r.bad("the epoch is larger than 32 bits"))?;
     let seq = r.varint("the version is cut short")?;
-    let rid = crate::hex::encode(&r.array16("the rid is cut short")?);
+    let rid = r.array16("the rid is cut short")?;
     let deleted = match r.byte("the flags are cut short")? {
         0 => false,
         1 => true,
         _ => return Err(r.bad("the flags have unknown bits set")),
     };
     let n = r.count(MIN_TOKEN_BYTES, "the token count exceeds the body")?;
-    let mut tokens = BTreeMap::new();
+    let first_token = tokens.len();
     let mut last: Option<&str> = None;
-    // `<epoch>:`, written once per record: a token's text is this and its hex.
-    let prefix = if n > 0 { format!("{epoch}:") } else { String::new() };
     for _ in 0..n {
-        let scheme = r.index(table, "a token's scheme index is outside the string table")?;
-        if last.is_some_and(|l| l >= scheme) {
+        let (scheme, name) = r.index_at(table, "a token's scheme index is outside the string table")?;
+        if last.is_some_and(|l| l >= name) {
             return Err(r.bad("token schemes are not in ascending order, each once"));
         }
-        last = Some(scheme);
-        let t = r.array16("a token is cut short")?;
-        let mut text = String::with_capacity(prefix.len() + 2 * t.len());
-        text.push_str(&prefix);
-        crate::hex::push_hex(&t, &mut text);
-        tokens.insert(scheme.to_string(), text);
+        last = Some(name);
+        let token = r.array16("a token is cut short")?;
+        tokens.push(TokenView { scheme, token });
     }
     let n = r.count(MIN_FIELD_BYTES, "the field count exceeds the body")?;
-    let mut fields = BTreeMap::new();
+    let first_field = fields.len();
     let mut last: Option<&str> = None;
     for _ in 0..n {
         let name = r.index(table, "a field's name index is outside the string table")?;
@@ -586,27 +762,34 @@ fn record(r: &mut Reader<'_>, table: &[&str]) -> Result<PseudoRecord, DecodeErro
         }
         last = Some(name);
         let value = match r.byte("a field value is cut short")? {
-            TAG_NULL => Value::Null,
-            TAG_FALSE => Value::Bool(false),
-            TAG_TRUE => Value::Bool(true),
-            TAG_INT => Value::from(unzigzag(r.varint("an integer is cut short")?)),
+            TAG_NULL => FieldValue::Null,
+            TAG_FALSE => FieldValue::Bool(false),
+            TAG_TRUE => FieldValue::Bool(true),
+            TAG_INT => FieldValue::Int(unzigzag(r.varint("an integer is cut short")?)),
             TAG_DATE => {
                 let d = unzigzag(r.varint("a date is cut short")?);
                 if !(MIN_DAY..=MAX_DAY).contains(&d) {
                     return Err(r.bad("a date is outside the years 0000 to 9999"));
                 }
-                let (y, m, day) = crate::days::civil_from_days(d as i32);
-                Value::String(format!("{y:04}-{m:02}-{day:02}"))
+                FieldValue::Date(d as i32)
             }
-            TAG_TABLE => {
-                Value::String(r.index(table, "a string value's index is outside the string table")?.to_string())
-            }
-            TAG_INLINE => Value::String(r.str("a string value is cut short")?.to_string()),
+            TAG_TABLE => FieldValue::Str(r.index(table, "a string value's index is outside the string table")?),
+            TAG_INLINE => FieldValue::Str(r.str("a string value is cut short")?),
             _ => return Err(r.bad("a field value has an unknown type tag")),
         };
-        fields.insert(name.to_string(), value);
+        fields.push((name, value));
     }
-    Ok(PseudoRecord { source, kind, line, epoch, rid, seq, deleted, tokens, fields })
+    Ok(RecordView {
+        kind,
+        source,
+        line,
+        epoch,
+        seq,
+        rid,
+        deleted,
+        tokens: first_token..tokens.len(),
+        fields: first_field..fields.len(),
+    })
 }
 
 #[cfg(test)]
@@ -864,6 +1047,27 @@ mod tests {
             prop_assert_eq!(&back, &json);
             // One encoding per batch: encoding what was decoded gives the same bytes.
             prop_assert_eq!(encode_batch(&back).unwrap(), bin);
+        }
+
+        #[test]
+        fn a_view_re_encodes_the_records_it_keeps_as_encode_does(
+            records in prop::collection::vec(record(), 0..8),
+            keep in prop::collection::vec(any::<bool>(), 8),
+        ) {
+            let b = Batch { source: "police".into(), batch_id: "b-1".into(), records };
+            let bin = encode_batch(&b).unwrap();
+            let view = decode_view(&bin).unwrap();
+            prop_assert_eq!(&view.encode_kept(&vec![true; b.records.len()]), &bin);
+            let keep = &keep[..b.records.len()];
+            let kept = b.records.iter().zip(keep).filter(|(_, k)| **k).map(|(r, _)| r);
+            prop_assert_eq!(view.encode_kept(keep), encode("police", "b-1", kept).unwrap());
+        }
+
+        #[test]
+        fn date_text_is_the_formatted_date(d in MIN_DAY..=MAX_DAY) {
+            let (y, m, day) = crate::days::civil_from_days(d as i32);
+            let text = date_text(d as i32);
+            prop_assert_eq!(text.as_str(), format!("{y:04}-{m:02}-{day:02}"));
         }
 
         #[test]
