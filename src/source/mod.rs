@@ -278,39 +278,23 @@ impl Source {
             Ok(_) => return Err(RequestError::NotAFile { path: shown }),
             Err(e) => return Err(RequestError::Unreadable { path: shown, error: e }),
         }
-        let src = self.me.upgrade().ok_or(RequestError::Stopped)?;
-        let path = path.to_path_buf();
-        let kind = kind.to_string();
-        let state = self.state.clone().lock_owned().await;
-        let job_src = src.clone();
-        let (job_path, job_kind) = (path.clone(), kind.clone());
+        let job_path = path.to_path_buf();
         let result = self
-            .ctx
-            .tracker
-            .spawn_blocking(move || {
-                let mut state = state;
-                let src = job_src;
-                let Some(k) = src.schema.kind(&job_kind) else {
-                    return Err(FileError::Failed("unknown kind".into()));
-                };
+            .locked_job(kind, "ingest", move |src, state, k| {
                 let quarantine = crate::ingest::quarantine_path(&job_path);
                 let job = Job { path: &job_path, kind: k, format, quarantine, dest: None };
                 let add = |b: &[(u64, u32)]| src.outbox.add(b.iter().copied());
                 let keying = src.keying();
                 let env = src.env(&keying.tokenizer, &add);
-                let r = src
-                    .snapshot_step(&env, &mut state, k, &job_path, format, force_snapshot)
-                    .and_then(|()| file::take_export(&env, &mut state, &job))
-                    .and_then(|done| src.supersede_step(&env, &mut state, k, done));
-                src.set_counts(&state);
-                r
+                src.snapshot_step(&env, state, k, &job_path, format, force_snapshot)
+                    .and_then(|()| file::take_export(&env, state, &job))
+                    .and_then(|done| src.supersede_step(&env, state, k, done))
             })
-            .await
-            .map_err(|e| RequestError::Task { what: "ingest", detail: e.to_string() })?;
+            .await?;
         match result {
             Ok(done) => {
-                log_file(&shown, &kind, &done);
-                Ok(summary_json(&shown, &kind, &done))
+                log_file(&shown, kind, &done);
+                Ok(summary_json(&shown, kind, &done))
             }
             Err(e) => {
                 tracing::warn!(file = %shown, kind = %kind, error = %e, "handed-over file not ingested");
@@ -324,30 +308,15 @@ impl Source {
     /// in the answer, the log and any error: the ids are never shown.
     pub async fn forget(&self, kind: &str, ids: forget::RecordIds) -> Result<serde_json::Value, RequestError> {
         self.known_kind(kind)?;
-        let src = self.me.upgrade().ok_or(RequestError::Stopped)?;
-        let kind = kind.to_string();
-        let state = self.state.clone().lock_owned().await;
-        let job_src = src.clone();
-        let job_kind = kind.clone();
         let result = self
-            .ctx
-            .tracker
-            .spawn_blocking(move || {
-                let mut state = state;
-                let src = job_src;
-                let Some(k) = src.schema.kind(&job_kind) else {
-                    return Err(FileError::Failed("unknown kind".into()));
-                };
+            .locked_job(kind, "deletion", move |src, state, k| {
                 let tokenizers = src.held_tokenizers()?;
                 let refs: Vec<&Tokenizer> = tokenizers.iter().collect();
                 let add = |b: &[(u64, u32)]| src.outbox.add(b.iter().copied());
                 let keying = src.keying();
-                let r = forget::forget(&src.env(&keying.tokenizer, &add), &mut state, k, &ids, &refs);
-                src.set_counts(&state);
-                r
+                forget::forget(&src.env(&keying.tokenizer, &add), state, k, &ids, &refs)
             })
-            .await
-            .map_err(|e| RequestError::Task { what: "deletion", detail: e.to_string() })?;
+            .await?;
         match result {
             Ok(f) => {
                 tracing::info!(
@@ -367,6 +336,32 @@ impl Source {
                 Err(RequestError::Forget(e))
             }
         }
+    }
+
+    /// Run `job` for the record kind `kind` on a blocking thread, holding the
+    /// ingest lock, and publish the counts after it: what a handed-over file
+    /// (`divert ingest`) and a deletion (`divert forget`) both do.
+    async fn locked_job<T: Send + 'static>(
+        &self,
+        kind: &str,
+        what: &'static str,
+        job: impl FnOnce(&Source, &mut State, &crate::schema::Kind) -> Result<T, FileError> + Send + 'static,
+    ) -> Result<Result<T, FileError>, RequestError> {
+        let src = self.me.upgrade().ok_or(RequestError::Stopped)?;
+        let kind = kind.to_string();
+        let mut state = self.state.clone().lock_owned().await;
+        self.ctx
+            .tracker
+            .spawn_blocking(move || {
+                let Some(k) = src.schema.kind(&kind) else {
+                    return Err(FileError::Failed("unknown kind".into()));
+                };
+                let r = job(&src, &mut state, k);
+                src.set_counts(&state);
+                r
+            })
+            .await
+            .map_err(|e| RequestError::Task { what, detail: e.to_string() })
     }
 
     /// A tokenizer per key epoch held: tombstones go under each, since the
