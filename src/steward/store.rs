@@ -233,24 +233,20 @@ impl Held {
 
 /// `i` epoch source `00` kind `00` rid: where the version of a record is kept.
 fn rid_key(epoch: u32, source: &str, kind: &str, rid: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(24 + source.len() + kind.len());
-    k.push(P_RID);
-    k.extend_from_slice(&epoch.to_be_bytes());
-    k.extend_from_slice(source.as_bytes());
-    k.push(0);
-    k.extend_from_slice(kind.as_bytes());
-    k.push(0);
     // Admitted rids are 32 hex digits (checked at the door): 16 bytes, no allocation.
     match crate::hex::decode_array::<16>(rid) {
-        Some(b) => k.extend_from_slice(&b),
-        None => k.extend_from_slice(rid.as_bytes()),
+        Some(b) => rid_key_bytes(epoch, source, kind, &b),
+        None => rid_key_of(epoch, source, kind, rid.as_bytes()),
     }
-    k
 }
 
 /// [`rid_key`] of a rid given as its 16 bytes: the same key as its 32 hex digits give.
 fn rid_key_bytes(epoch: u32, source: &str, kind: &str, rid: &[u8; 16]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(24 + source.len() + kind.len());
+    rid_key_of(epoch, source, kind, rid)
+}
+
+fn rid_key_of(epoch: u32, source: &str, kind: &str, rid: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + source.len() + kind.len() + rid.len());
     k.push(P_RID);
     k.extend_from_slice(&epoch.to_be_bytes());
     k.extend_from_slice(source.as_bytes());
