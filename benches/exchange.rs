@@ -1,6 +1,8 @@
 //! Exchange throughput on loopback: records per second from a source's inbox file to steward-durable, beside the bare rustls throughput and the bare sled batch-insert rate, measured in the same run.
 //!
 //! `cargo bench --bench exchange` (optionally `-- RECORDS`, default ≈1,000,000 police arrests).
+//! Run by `cargo test --benches` (no `--bench` argument) it is a smoke run:
+//! 3,000 records and 8 MB of bare TLS, to check the bench works, not to measure.
 //! Plain `std::time`. Everything runs in this process on one tokio
 //! multi-thread runtime (one worker per core), with a PKI, a linkage key and
 //! both daemons' data in a temporary directory:
@@ -57,6 +59,8 @@ const EVALUATOR: &str = "bench-eval";
 const BATCH: usize = 5_000;
 const CHUNK: usize = 4096;
 const TLS_TOTAL: usize = 512 << 20;
+/// Bare TLS bytes of a smoke run (`cargo test --benches`).
+const TLS_TOTAL_SMOKE: usize = 8 << 20;
 const TLS_CHUNK: usize = 64 << 10;
 const E2E_LIMIT: Duration = Duration::from_secs(1800);
 
@@ -452,7 +456,7 @@ async fn end_to_end(
 }
 
 /// One TLS connection on loopback with the steward's server config and the source's client config.
-async fn bare_rustls(server: Arc<TlsMaterial>, client: Arc<TlsMaterial>) -> f64 {
+async fn bare_rustls(server: Arc<TlsMaterial>, client: Arc<TlsMaterial>, tls_total: usize) -> f64 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let acceptor = tokio_rustls::TlsAcceptor::from(server.server.clone());
@@ -479,13 +483,13 @@ async fn bare_rustls(server: Arc<TlsMaterial>, client: Arc<TlsMaterial>) -> f64 
     let version = tls.get_ref().1.protocol_version();
     let chunk = vec![0x5au8; TLS_CHUNK];
     let t = Instant::now();
-    for _ in 0..TLS_TOTAL / TLS_CHUNK {
+    for _ in 0..tls_total / TLS_CHUNK {
         tls.write_all(&chunk).await.expect("write");
     }
     tls.shutdown().await.expect("shutdown");
     let (total, end) = reader.await.expect("reader");
-    assert_eq!(total, TLS_TOTAL);
-    eprintln!("  rustls: {version:?}, {} MB in {:.3} s", TLS_TOTAL >> 20, (end - t).as_secs_f64());
+    assert_eq!(total, tls_total);
+    eprintln!("  rustls: {version:?}, {} MB in {:.3} s", tls_total >> 20, (end - t).as_secs_f64());
     (end - t).as_secs_f64()
 }
 
@@ -528,7 +532,13 @@ fn mb(bytes: f64) -> f64 {
 }
 
 fn main() {
-    let want: Option<u64> = std::env::args().skip(1).find_map(|a| a.parse().ok());
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not: a smoke run.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let want: Option<u64> = std::env::args().skip(1).find_map(|a| a.parse().ok()).or(smoke.then_some(3_000));
+    let tls_total = if smoke { TLS_TOTAL_SMOKE } else { TLS_TOTAL };
+    if smoke {
+        println!("smoke run (`cargo test --benches`, no `--bench`): it checks that the bench runs; its figures and goal lines are not measurements");
+    }
     let tmp = tempfile::tempdir().expect("temp dir");
     let root: PathBuf = tmp.path().to_path_buf();
 
@@ -574,7 +584,7 @@ fn main() {
 
     // 2. Bare rustls.
     eprintln!("2. bare rustls ...");
-    let tls_secs = rt.block_on(bare_rustls(st_tls, src_tls));
+    let tls_secs = rt.block_on(bare_rustls(st_tls, src_tls, tls_total));
     drop(rt);
 
     // 3. Bare sled.
@@ -585,8 +595,8 @@ fn main() {
     let sled_chunk_secs = bare_sled(&root.join("sled-chunks"), n, size, true);
 
     let e2e_rate = e2e.records as f64 / e2e.secs_acked;
-    let tls_mbs = mb(TLS_TOTAL as f64) / tls_secs;
-    let tls_rate = TLS_TOTAL as f64 / wire_size / tls_secs;
+    let tls_mbs = mb(tls_total as f64) / tls_secs;
+    let tls_rate = tls_total as f64 / wire_size / tls_secs;
     let sled_rec_rate = n as f64 / sled_rec_secs;
     let sled_chunk_rate = n as f64 / sled_chunk_secs;
     let pseudo_rate = n as f64 / offline.secs;

@@ -2,6 +2,7 @@
 //!
 //! `cargo bench --bench linkage` (optionally `-- PERSONS RUNS`, default 20000
 //! referred persons ≈ 1.05M records, 3 runs). Plain `std::time`, one thread.
+//! Run by `cargo test --benches` (no `--bench` argument) it is a smoke run at a small size.
 //!
 //! Setup (not timed): the synthetic program's exports, pseudonymized in
 //! memory as the agencies would (CSV → ingest → 8 keyed tokens per record →
@@ -74,9 +75,14 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not: a smoke run.
+    let smoke = !std::env::args().any(|a| a == "--bench");
     let mut args = std::env::args().skip(1).filter_map(|a| a.parse::<u32>().ok());
-    let persons = args.next().unwrap_or(20_000);
-    let runs = args.next().unwrap_or(3).max(1) as usize;
+    let persons = args.next().unwrap_or(if smoke { 200 } else { 20_000 });
+    let runs = args.next().unwrap_or(if smoke { 1 } else { 3 }).max(1) as usize;
+    if smoke {
+        println!("smoke run (`cargo test --benches`, no `--bench`): it checks that the bench runs; its figures and goal lines are not measurements");
+    }
     let schema = Arc::new(Schema::default_schema().expect("built-in schema"));
     let key = EpochKey::from_bytes(1, &[0x5a; 32]).expect("key");
     let tokenizer = Tokenizer::new(&schema, &key).expect("tokenizer");

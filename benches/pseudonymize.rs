@@ -1,6 +1,7 @@
 //! Pseudonymization throughput on one core: records normalized and tokenized per second for the default schema, beside the bare rate of the HMAC calls it makes, measured in the same run.
 //!
 //! `cargo bench --bench pseudonymize` (optionally `-- PERSONS`, default 20000 ≈ 1M records).
+//! Run by `cargo test --benches` (no `--bench` argument) it is a smoke run at a small size.
 //! Plain `std::time`, single-threaded: every figure is one core.
 
 use std::hint::black_box;
@@ -14,7 +15,13 @@ use divert::synth::{self, Kind, Params};
 use divert::token::{Scratch, Tokenizer};
 
 fn main() {
-    let persons: u32 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20_000);
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not: a smoke run.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let persons: u32 =
+        std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(if smoke { 200 } else { 20_000 });
+    if smoke {
+        println!("smoke run (`cargo test --benches`, no `--bench`): it checks that the bench runs; its figures and goal lines are not measurements");
+    }
     let schema = Schema::default_schema().expect("built-in schema");
     let key = EpochKey::from_bytes(1, &[0x5a; 32]).expect("key");
     let tokenizer = Tokenizer::new(&schema, &key).expect("tokenizer");

@@ -1,6 +1,7 @@
 //! Query latency: every standard analysis of the catalog over a population of about 100k persons and 1M events.
 //!
 //! `cargo bench --bench query` (optionally `-- PERSONS RUNS`, default 100000 referred persons, 25 runs).
+//! Run by `cargo test --benches` (no `--bench` argument) it is a smoke run at a small size.
 //!
 //! `cargo bench --bench query -- evaluation [PERSONS] [SEEDS]` (default 300 persons, seeds 1..=50)
 //! measures the standard evaluation (`config/evaluation.toml`) at a real
@@ -98,9 +99,14 @@ fn main() {
         evaluation(persons, seeds);
         return;
     }
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not: a smoke run.
+    let smoke = !std::env::args().any(|a| a == "--bench");
     let mut args = std::env::args().skip(1).filter_map(|a| a.parse::<u32>().ok());
-    let persons = args.next().unwrap_or(100_000);
-    let runs = args.next().unwrap_or(25).max(1) as usize;
+    let persons = args.next().unwrap_or(if smoke { 1_000 } else { 100_000 });
+    let runs = args.next().unwrap_or(if smoke { 1 } else { 25 }).max(1) as usize;
+    if smoke {
+        println!("smoke run (`cargo test --benches`, no `--bench`): it checks that the bench runs; its figures and goal lines are not measurements");
+    }
     let schema = Schema::default_schema().expect("built-in schema");
 
     eprintln!("generating a synthetic program with {persons} referred persons ...");
