@@ -13,22 +13,36 @@ pub fn encode(bytes: &[u8]) -> String {
     out
 }
 
+/// The two lower-case hex digits of one byte.
+fn pair(b: u8) -> [u8; 2] {
+    [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]]
+}
+
 /// Append the lower-case hex of `bytes` to `out` (no allocation beyond `out`'s growth).
 pub fn encode_into(bytes: &[u8], out: &mut Vec<u8>) {
     out.reserve(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 0xf)]);
+    for &b in bytes {
+        out.extend_from_slice(&pair(b));
     }
 }
 
 /// Append the lower-case hex of `bytes` to the string `out`.
 pub fn push_hex(bytes: &[u8], out: &mut String) {
     out.reserve(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    for &b in bytes {
+        out.extend(pair(b).map(char::from));
     }
+}
+
+/// Write the lower-case hex of `bytes` into `out`, on the stack: as many
+/// bytes as fit (`out.len() / 2`); returns the digits written.
+pub fn encode_to_slice(bytes: &[u8], out: &mut [u8]) -> usize {
+    let mut n = 0;
+    for (o, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        o.copy_from_slice(&pair(b));
+        n += 2;
+    }
+    n
 }
 
 /// Not a hex digit, in [`VALUE`] and [`LOWER_VALUE`].
@@ -139,6 +153,9 @@ mod tests {
         let mut text = String::from("7:");
         push_hex(&[0xab, 0x01], &mut text);
         assert_eq!(text, "7:ab01");
+        let mut slice = [b'.'; 5];
+        assert_eq!(encode_to_slice(&[0xab, 0x01, 0xff], &mut slice), 4, "as many bytes as fit");
+        assert_eq!(&slice, b"ab01.");
         for bad in ["abc", "0g", "+1", " 1", "é1"] {
             assert_eq!(decode(bad), None, "{bad}");
         }

@@ -299,28 +299,16 @@ pub fn content_hash_view(view: &BatchView<'_>, r: &RecordView<'_>) -> [u8; 16] {
     if !tokens.is_empty() {
         // `<epoch>:` once, then each token's hex after it.
         let mut text = [0u8; 10 + 1 + 32];
-        let mut digits = [0u8; 10];
-        let (mut e, mut k) = (r.epoch, 0);
-        loop {
-            digits[k] = b'0' + (e % 10) as u8;
-            k += 1;
-            e /= 10;
-            if e == 0 {
-                break;
-            }
-        }
-        for (i, d) in digits[..k].iter().rev().enumerate() {
-            text[i] = *d;
-        }
-        text[k] = b':';
-        let len = k + 1 + 32;
-        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let prefix = {
+            use std::io::Write as _;
+            let mut at = &mut text[..];
+            // A u32 and a colon fit in 11 bytes: the write cannot fail.
+            let _ = write!(at, "{}:", r.epoch);
+            11 + 32 - at.len()
+        };
         for t in tokens {
             hash_str(&mut ctx, view.scheme(t));
-            for (i, b) in t.token.iter().enumerate() {
-                text[k + 1 + 2 * i] = HEX[usize::from(b >> 4)];
-                text[k + 2 + 2 * i] = HEX[usize::from(b & 0xf)];
-            }
+            let len = prefix + crate::hex::encode_to_slice(&t.token, &mut text[prefix..]);
             hash_len(&mut ctx, len);
             ctx.update(&text[..len]);
         }
