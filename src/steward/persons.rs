@@ -96,25 +96,14 @@ impl Linkable {
         let n = schema.schemes.len();
         let schemes = super::http::scheme_positions(schema, view);
         let count = link.iter().filter(|l| **l).count();
-        let mut out = Linkable { n_schemes: n, records: Vec::with_capacity(count), ..Linkable::default() };
-        out.tokens.reserve(count * n);
+        let mut out = Linkable::with_capacity(n, count);
         for r in view.records.iter().zip(link).filter(|(_, l)| **l).map(|(r, _)| r) {
-            let at = out.tokens.len();
-            out.tokens.resize(at + n, None);
-            if !r.deleted {
-                for t in view.tokens(r) {
-                    match schemes.get(t.scheme).copied().flatten() {
-                        Some(i) if i < n => out.tokens[at + i] = Some(t.token),
-                        _ => out.unknown += 1,
-                    }
-                }
-            }
+            let tokens = view.tokens(r).iter().map(|t| schemes.get(t.scheme).copied().flatten().map(|i| (i, t.token)));
             let event = (!r.deleted).then(|| {
                 let fields = view.fields(r).iter().map(|(k, v)| (k.to_string(), v.to_json())).collect();
                 event(r.kind, r.line, r.epoch, r.seq, fields)
             });
-            let (source, kind) = (position(&mut out.sources, r.source), position(&mut out.kinds, r.kind));
-            out.records.push(LinkRecord { source, kind, rid: r.rid, epoch: r.epoch, event });
+            out.push(r.source, r.kind, r.rid, r.epoch, tokens, event);
         }
         out
     }
@@ -122,19 +111,12 @@ impl Linkable {
     /// Owned records (tokens as text, parsed here).
     pub fn from_records(schema: &Schema, records: Vec<PseudoRecord>) -> Linkable {
         let n = schema.schemes.len();
-        let mut out = Linkable { n_schemes: n, records: Vec::with_capacity(records.len()), ..Linkable::default() };
-        out.tokens.reserve(records.len() * n);
+        let mut out = Linkable::with_capacity(n, records.len());
         for r in records {
-            let at = out.tokens.len();
-            out.tokens.resize(at + n, None);
-            if !r.deleted {
-                for (name, text) in &r.tokens {
-                    match (schema.scheme_index(name), parse_token(text)) {
-                        (Some(i), Some((epoch, t))) if epoch == r.epoch && i < n => out.tokens[at + i] = Some(t),
-                        _ => out.unknown += 1,
-                    }
-                }
-            }
+            let tokens = r.tokens.iter().map(|(name, text)| match (schema.scheme_index(name), parse_token(text)) {
+                (Some(i), Some((epoch, t))) if epoch == r.epoch => Some((i, t)),
+                _ => None,
+            });
             // The steward admits only 32-hex-digit rids; anything else is still told apart, by its digest.
             let rid = crate::hex::decode_array::<16>(&r.rid).unwrap_or_else(|| {
                 let d = ring::digest::digest(&ring::digest::SHA256, r.rid.as_bytes());
@@ -142,11 +124,41 @@ impl Linkable {
                 out.copy_from_slice(&d.as_ref()[..16]);
                 out
             });
-            let (source, kind) = (position(&mut out.sources, &r.source), position(&mut out.kinds, &r.kind));
             let event = (!r.deleted).then(|| event(&r.kind, r.line, r.epoch, r.seq, r.fields));
-            out.records.push(LinkRecord { source, kind, rid, epoch: r.epoch, event });
+            out.push(&r.source, &r.kind, rid, r.epoch, tokens, event);
         }
         out
+    }
+
+    fn with_capacity(n_schemes: usize, records: usize) -> Linkable {
+        let mut out = Linkable { n_schemes, records: Vec::with_capacity(records), ..Linkable::default() };
+        out.tokens.reserve(records * n_schemes);
+        out
+    }
+
+    /// One record: its tokens put in their scheme's slot (`None`, or a slot
+    /// past the schema's: counted unknown), none for a tombstone (no `event`).
+    fn push(
+        &mut self,
+        source: &str,
+        kind: &str,
+        rid: [u8; 16],
+        epoch: u32,
+        tokens: impl Iterator<Item = Option<(usize, Token)>>,
+        event: Option<PseudoRecord>,
+    ) {
+        let (n, at) = (self.n_schemes, self.tokens.len());
+        self.tokens.resize(at + n, None);
+        if event.is_some() {
+            for t in tokens {
+                match t {
+                    Some((i, token)) if i < n => self.tokens[at + i] = Some(token),
+                    _ => self.unknown += 1,
+                }
+            }
+        }
+        let (source, kind) = (position(&mut self.sources, source), position(&mut self.kinds, kind));
+        self.records.push(LinkRecord { source, kind, rid, epoch, event });
     }
 }
 
