@@ -333,7 +333,7 @@ pub enum BatchError {
 
 /// The whole non-network path of a batch: validate `body`, written as
 /// `format`, as a batch from source `cert_name` (the checks of
-/// [`check_batch`], made on the decoded bytes of the binary form: a JSON
+/// [`check_parsed`], made on the decoded bytes of the binary form: a JSON
 /// body is re-encoded first, unless a record has no binary form), store it
 /// unless held, and make what linkage needs of it. No owned record per
 /// record on the binary path. Returns once the batch is durable. Public for
@@ -536,26 +536,6 @@ fn check_head(source: &str, batch_id: &str, cert_name: &str) -> Result<(), Rejec
     Ok(())
 }
 
-/// Validate a batch body, written as `format`, sent under a certificate
-/// named `cert_name`: returns the batch. Messages never quote the body.
-/// Both forms are parsed to the same [`Batch`] and then go through the
-/// same checks. (The endpoint makes the same checks without an owned
-/// record, see [`store_batch_body`]; this is the owned form of them.)
-///
-/// Every record is checked against the program's `schema`
-/// ([`PseudoRecord::check`](crate::record::PseudoRecord::check)): a
-/// misconfigured or compromised source cannot make the steward store an
-/// identity field, an undeclared field or a value of the wrong type. One bad
-/// record refuses the whole batch (400, counted as `schema`), naming the record's
-/// position and the field, never a value.
-pub fn check_batch(body: &[u8], format: BatchFormat, cert_name: &str, schema: &Schema) -> Result<Batch, Rejection> {
-    let batch = match format {
-        BatchFormat::Json => parse_json(body)?,
-        BatchFormat::Binary => binary::decode(body).map_err(|e| Rejection::bad(format!("the binary body: {e}")))?,
-    };
-    check_parsed(batch, cert_name, schema)
-}
-
 /// A JSON batch body, parsed; the error says where it fails, never what it read.
 fn parse_json(body: &[u8]) -> Result<Batch, Rejection> {
     serde_json::from_slice(body).map_err(|e| {
@@ -571,7 +551,14 @@ fn parse_json(body: &[u8]) -> Result<Batch, Rejection> {
     })
 }
 
-/// The checks every batch passes, whichever form it came in.
+/// The checks every batch passes, as owned records (a JSON batch with a
+/// record that has no binary form; [`check_view`] makes them on the binary
+/// form). Every record is checked against the program's `schema`
+/// ([`PseudoRecord::check`](crate::record::PseudoRecord::check)): a
+/// misconfigured or compromised source cannot make the steward store an
+/// identity field, an undeclared field or a value of the wrong type. One bad
+/// record refuses the whole batch (400, counted as `schema`), naming the
+/// record's position and the field, never a value.
 fn check_parsed(batch: Batch, cert_name: &str, schema: &Schema) -> Result<Batch, Rejection> {
     check_head(&batch.source, &batch.batch_id, cert_name)?;
     let epoch = batch.records.first().map(|r| r.epoch);
@@ -633,7 +620,7 @@ mod tests {
     }
 
     fn check(body: &[u8], cert: &str) -> Result<Batch, Rejection> {
-        check_batch(body, BatchFormat::Json, cert, &Schema::default_schema().unwrap())
+        check_parsed(parse_json(body)?, cert, &Schema::default_schema().unwrap())
     }
 
     fn body(source: &str, id: &str, records: Vec<PseudoRecord>) -> Vec<u8> {

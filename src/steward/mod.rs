@@ -17,8 +17,7 @@
 //!
 //! # Benchmarks
 //!
-//! The pieces can be timed apart: [`check_batch`] (parse and validate a
-//! body), [`Store::put_batch`] + [`Store::flush`] (the bare store),
+//! The pieces can be timed apart: [`Store::put_batch`] + [`Store::flush`] (the bare store),
 //! [`store_batch_body`] (both, as the endpoint runs them), and the whole service
 //! with [`Steward::start`] on a hand-built [`Context`] listening on port 0.
 
@@ -51,7 +50,7 @@ pub mod store;
 mod switch;
 mod timeout_io;
 
-pub use http::{check_batch, store_batch_body, Accepted, BatchError, Rejection, MAX_BATCH_ID_BYTES};
+pub use http::{store_batch_body, Accepted, BatchError, Rejection, MAX_BATCH_ID_BYTES};
 pub use store::{Put, PutOutcome, SourceCounts, Store, StoreError, StoredBatch, Versions};
 
 /// Where, under the data directory, the store lives.
