@@ -408,6 +408,12 @@ fn admit(
     Ok((epoch, Some(slot)))
 }
 
+/// A batch of tombstones under a retired epoch ([`admit`]): taken, stored nowhere, linked nowhere.
+fn taken_unstored(batch_id: String, records: u64, epoch: u32) -> Accepted {
+    let (outcome, parsed, versions) = (PutOutcome::Stored(0), Linkable::default(), Default::default());
+    Accepted { batch_id, records, outcome, parsed, slot: Slot::Active, epoch, versions, marked: false }
+}
+
 /// Store a checked binary batch (`body`, decoded as `view`) and make what linkage needs of it.
 fn put_view(
     store: &Store,
@@ -422,8 +428,7 @@ fn put_view(
     let batch_id = view.batch_id.to_string();
     let (epoch, slot) = admit(epochs, name, view.records.first().map(|r| r.epoch), all_deleted)?;
     let Some(slot) = slot else {
-        let (outcome, parsed, versions) = (PutOutcome::Stored(0), Linkable::default(), Default::default());
-        return Ok(Accepted { batch_id, records, outcome, parsed, slot: Slot::Active, epoch, versions, marked: false });
+        return Ok(taken_unstored(batch_id, records, epoch));
     };
     let put = store.put_view(name, view.batch_id, epoch, view, body)?;
     // Linkage gets the versions the store took (and the tombstones that removed one).
@@ -446,9 +451,7 @@ fn put_owned(
     let all_deleted = batch.records.iter().all(|r| r.deleted);
     let (epoch, slot) = admit(epochs, name, batch.records.first().map(|r| r.epoch), all_deleted)?;
     let Some(slot) = slot else {
-        let (outcome, parsed, versions) = (PutOutcome::Stored(0), Linkable::default(), Default::default());
-        let batch_id = batch.batch_id;
-        return Ok(Accepted { batch_id, records, outcome, parsed, slot: Slot::Active, epoch, versions, marked: false });
+        return Ok(taken_unstored(batch.batch_id, records, epoch));
     };
     let (put, parsed) = store.put_batch(name, &batch.batch_id, epoch, batch.records, body, BatchFormat::Json)?;
     let parsed = parsed.into_iter().zip(&put.link).filter(|(_, l)| **l).map(|(r, _)| r).collect();
