@@ -161,9 +161,26 @@ pub enum Outcome {
 
 /// Where each schema field is found in the input.
 struct Mapping {
-    /// Per identity field: the column index (CSV) or the JSON key.
-    identity: Vec<Option<usize>>,
+    /// Per identity field: where its value comes from.
+    identity: Vec<Feed>,
     fields: Vec<Option<usize>>,
+}
+
+/// Where a row's value of an identity field comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Feed {
+    /// No column: the field is missing from every row.
+    Absent,
+    /// One column (CSV) or JSON key.
+    Column(usize),
+    /// Several columns whose values are joined (see `IdentityField::join`).
+    Joined(Vec<usize>),
+}
+
+impl Feed {
+    fn fed(&self) -> bool {
+        *self != Feed::Absent
+    }
 }
 
 enum Input<R: Read> {
@@ -221,7 +238,7 @@ impl<'s, R: Read> Reader<'s, R> {
         let mut keys = Vec::new();
         let mut identity = Vec::new();
         for f in &schema.identity {
-            identity.push(Some(keys.len()));
+            identity.push(Feed::Column(keys.len()));
             keys.push(f.name.clone());
         }
         let mut fields = Vec::new();
@@ -448,11 +465,17 @@ fn map_columns(schema: &Schema, kind: &Kind, names: &[String]) -> Result<(Mappin
     let mut missing = Vec::new();
     let mut identity = Vec::new();
     for f in &schema.identity {
-        let col = find(&f.name, &f.columns)?;
-        if col.is_none() && f.required {
+        // Joined when the header has every piece (a street number and a
+        // street say more than the street alone), else the one column.
+        let pieces = f.join.iter().map(|p| find(&f.name, p)).collect::<Result<Vec<_>, _>>()?;
+        let feed = match pieces.into_iter().collect::<Option<Vec<usize>>>() {
+            Some(cols) if !cols.is_empty() => Feed::Joined(cols),
+            _ => find(&f.name, &f.columns)?.map_or(Feed::Absent, Feed::Column),
+        };
+        if feed == Feed::Absent && f.required {
             missing.push(f.name.clone());
         }
-        identity.push(col);
+        identity.push(feed);
     }
     let mut fields = Vec::new();
     for f in &kind.fields {
@@ -465,7 +488,12 @@ fn map_columns(schema: &Schema, kind: &Kind, names: &[String]) -> Result<(Mappin
     if !missing.is_empty() {
         return Err(IngestError::MissingColumns { kind: kind.name.clone(), missing });
     }
-    let used: Vec<usize> = identity.iter().chain(&fields).flatten().copied().collect();
+    let joined = identity.iter().flat_map(|f| match f {
+        Feed::Absent => Vec::new(),
+        Feed::Column(c) => vec![*c],
+        Feed::Joined(cols) => cols.clone(),
+    });
+    let used: Vec<usize> = joined.chain(fields.iter().flatten().copied()).collect();
     let ignored = names.iter().enumerate().filter(|(i, _)| !used.contains(i)).map(|(_, n)| n.clone()).collect();
     Ok((Mapping { identity, fields }, ignored))
 }
@@ -479,6 +507,10 @@ pub struct Coverage {
     /// Header columns that look like identity (a name, birth date, sex, id,
     /// address, postal code, place) but map to no field: they are ignored.
     pub unmapped_identity_columns: Vec<String>,
+    /// Identity fields with no column of their own whose `join` pieces the
+    /// header has only some of: (field, the pieces it lacks, each by its
+    /// first header name). The pieces it has are ignored.
+    pub partial_joins: Vec<(String, Vec<String>)>,
 }
 
 /// Header words that suggest a column identifies a person.
@@ -488,13 +520,13 @@ const IDENTITY_HINTS: &[&str] = &[
 ];
 
 /// Schemes the mapped identity fields cannot feed, and ignored columns that look like identity.
-fn coverage(schema: &Schema, identity: &[Option<usize>], ignored: &[String]) -> Coverage {
+fn coverage(schema: &Schema, identity: &[Feed], ignored: &[String]) -> Coverage {
     let mut schemes_unfed = Vec::new();
     for s in &schema.schemes {
         let mut lacking: Vec<String> = s
             .parts
             .iter()
-            .filter(|p| identity.get(p.field).copied().flatten().is_none())
+            .filter(|p| !identity.get(p.field).is_some_and(Feed::fed))
             .map(|p| schema.identity[p.field].name.clone())
             .collect();
         lacking.dedup();
@@ -504,7 +536,15 @@ fn coverage(schema: &Schema, identity: &[Option<usize>], ignored: &[String]) -> 
     }
     let unmapped_identity_columns =
         ignored.iter().filter(|c| IDENTITY_HINTS.iter().any(|h| c.contains(h))).cloned().collect();
-    Coverage { schemes_unfed, unmapped_identity_columns }
+    let mut partial_joins = Vec::new();
+    for (f, feed) in schema.identity.iter().zip(identity) {
+        let has = |piece: &Vec<String>| piece.iter().any(|c| ignored.contains(c));
+        if !feed.fed() && f.join.iter().any(has) {
+            let lacking = f.join.iter().filter(|p| !has(p)).filter_map(|p| p.first().cloned()).collect();
+            partial_joins.push((f.name.clone(), lacking));
+        }
+    }
+    Coverage { schemes_unfed, unmapped_identity_columns, partial_joins }
 }
 
 /// The coverage of a CSV header line (as `divert config check --header` reads it).
@@ -572,6 +612,41 @@ impl<'a> Cell<'a> {
     }
 }
 
+/// The pieces of a joined identity value, the empty ones left out, joined
+/// by `sep` into `buf`: a cell of the whole (`Absent` when every piece is
+/// empty; the first bad piece when one is not text).
+fn join_cells<'b, 'c>(
+    pieces: impl Iterator<Item = Cell<'c>>,
+    sep: char,
+    buf: &'b mut zeroize::Zeroizing<String>,
+) -> Cell<'b> {
+    use zeroize::Zeroize;
+    buf.zeroize();
+    for cell in pieces {
+        match cell {
+            Cell::Absent => {}
+            Cell::Text(s) => {
+                let s = s.trim();
+                if !s.is_empty() {
+                    if !buf.is_empty() {
+                        buf.push(sep);
+                    }
+                    buf.push_str(s);
+                }
+            }
+            Cell::NotUtf8 => return Cell::NotUtf8,
+            Cell::TooLong => return Cell::TooLong,
+        }
+    }
+    if buf.is_empty() {
+        Cell::Absent
+    } else if buf.len() > MAX_FIELD_BYTES {
+        Cell::TooLong
+    } else {
+        Cell::Text(buf.as_str())
+    }
+}
+
 fn validate_row<'c>(
     schema: &Schema,
     kind: &Kind,
@@ -587,8 +662,15 @@ fn validate_row<'c>(
 
     // Identity fields: normalize; a required one that fails quarantines the row,
     // an optional one that is present but unusable is dropped with a note.
+    // A joined value is put together here, and wiped when the row is done.
+    let mut joined = zeroize::Zeroizing::new(String::new());
     for (i, f) in schema.identity.iter().enumerate() {
-        let text = match get(mapping.identity[i]) {
+        let cell = match &mapping.identity[i] {
+            Feed::Absent => Cell::Absent,
+            Feed::Column(c) => get(Some(*c)),
+            Feed::Joined(cols) => join_cells(cols.iter().map(|&c| get(Some(c))), f.join_separator(), &mut joined),
+        };
+        let text = match cell {
             Cell::Absent => "",
             Cell::Text(s) => s,
             Cell::NotUtf8 => {
@@ -857,6 +939,74 @@ mod tests {
         }
     }
 
+    /// The normalized identity values of every row of a CSV arrest export,
+    /// by field name (missing fields left out), and the issues.
+    fn identities(schema: &Schema, input: &str) -> (Vec<Vec<(String, String)>>, Vec<Issue>) {
+        let kind = schema.kind("arrest").unwrap();
+        let mut r = Reader::new(schema, kind, Format::Csv, input.as_bytes()).unwrap();
+        let mut row = Row::new(schema, kind);
+        let (mut out, mut issues) = (Vec::new(), Vec::new());
+        while let Some(o) = r.next_row(&mut row, &mut issues).unwrap() {
+            assert_eq!(o, Outcome::Accepted, "{issues:?}");
+            let values = schema.identity.iter().enumerate();
+            out.push(values.filter_map(|(i, f)| Some((f.name.clone(), row.identity.get(i)?.to_string()))).collect());
+        }
+        (out, issues)
+    }
+
+    #[test]
+    fn a_birth_date_split_over_three_columns_is_read_as_one() {
+        let schema = schema();
+        let one = "arrest_id,given_name,family_name,dob,arrest_date,warrant,violent,felony\n\
+                   A1,Ann,Lee,1980-03-04,2019-03-04,y,n,n\nA2,Bo,Ng,,2019-03-04,y,n,n\n";
+        let split = "arrest_id,given_name,family_name,BY,bm,bd,arrest_date,warrant,violent,felony\n\
+                     A1,Ann,Lee,1980,3,04,2019-03-04,y,n,n\nA2,Bo,Ng,,,,2019-03-04,y,n,n\n";
+        let (a, _) = identities(&schema, one);
+        let (b, issues) = identities(&schema, split);
+        assert_eq!(a, b, "the same values, read from one column or three");
+        assert!(a[0].contains(&("dob".to_string(), "1980-03-04".to_string())), "{a:?}");
+        assert!(issues.is_empty(), "every piece empty: the date is missing, no issue: {issues:?}");
+        // A piece missing from one row: that row's date is dropped, the row kept, no value in the issue.
+        let (rows, issues) = identities(&schema, &split.replace("A1,Ann,Lee,1980,3,04", "A1,Ann,Lee,1980,3,"));
+        assert!(rows[0].iter().all(|(f, _)| f != "dob"), "{rows:?}");
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!((issues[0].line, issues[0].field.as_str(), issues[0].action), (2, "dob", Action::ValueDropped));
+        assert!(!issues[0].reason.contains("1980"), "{issues:?}");
+        // The pieces' columns are read, so the raw store keeps them.
+        let kind = schema.kind("arrest").unwrap();
+        let r = Reader::new(&schema, kind, Format::Csv, split.as_bytes()).unwrap();
+        assert!(r.ignored_columns().is_empty(), "{:?}", r.ignored_columns());
+        let c = r.coverage().unwrap();
+        assert!(c.schemes_unfed.iter().all(|(_, lack)| !lack.contains(&"dob".to_string())), "{c:?}");
+    }
+
+    #[test]
+    fn a_join_takes_precedence_over_its_own_column_and_its_names_are_checked() {
+        let text = crate::schema::DEFAULT_SCHEMA.replacen(
+            "normalize = \"address\"\n",
+            "normalize = \"address\"\njoin = [[\"street_number\"], [\"street\"]]\n",
+            1,
+        );
+        let schema = Schema::from_toml(&text).unwrap();
+        let header = "arrest_id,given_name,street_number,street,arrest_date,warrant,violent,felony\n";
+        let (both, _) = identities(&schema, &format!("{header}A1,Ann,12,Main Street,2019-03-04,y,n,n\n"));
+        let (alone, _) = identities(
+            &schema,
+            "arrest_id,given_name,street,arrest_date,warrant,violent,felony\nA1,Ann,12 Main Street,2019-03-04,y,n,n\n",
+        );
+        assert_eq!(both, alone, "number and street joined by a space equal the two in one column");
+        // A piece naming another field's column, or one named in two pieces, is refused.
+        for join in ["[[\"street_number\"], [\"zip\"]]", "[[\"street\"], [\"street\"]]", "[[\"street\"]]"] {
+            let text = crate::schema::DEFAULT_SCHEMA.replacen(
+                "normalize = \"address\"\n",
+                &format!("normalize = \"address\"\njoin = {join}\n"),
+                1,
+            );
+            let problems = Schema::from_toml(&text).unwrap_err();
+            assert!(problems.iter().any(|p| p.key.starts_with("identity.address.join")), "{join}: {problems:?}");
+        }
+    }
+
     #[test]
     fn a_required_identity_field_still_quarantines() {
         let text = crate::schema::DEFAULT_SCHEMA.replacen(
@@ -886,6 +1036,8 @@ mod tests {
                 .collect();
         let c = header_coverage(&schema, kind, &header).unwrap();
         assert_eq!(c.unmapped_identity_columns, vec!["birth_day".to_string()]);
+        let lacking = vec!["birth_year".to_string(), "birth_month".to_string()];
+        assert_eq!(c.partial_joins, vec![("dob".to_string(), lacking)]);
         let unfed: Vec<&str> = c.schemes_unfed.iter().map(|(s, _)| s.as_str()).collect();
         assert!(unfed.contains(&"names_dob") && unfed.contains(&"state_id"), "{unfed:?}");
         assert!(c.schemes_unfed.iter().all(|(_, lack)| !lack.contains(&"given_name".to_string())));

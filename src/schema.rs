@@ -72,6 +72,8 @@ struct RawIdentity {
     #[serde(default)]
     columns: Vec<String>,
     #[serde(default)]
+    join: Vec<Vec<String>>,
+    #[serde(default)]
     release: bool,
 }
 
@@ -175,8 +177,28 @@ pub struct IdentityField {
     pub required: bool,
     /// Header names that map to this field, lower-case, the field's own name first.
     pub columns: Vec<String>,
+    /// Where an export splits the field over several columns (a birth date
+    /// as year, month and day; a street number and a street): per piece, in
+    /// the order they are joined, the header names it may carry (lower-case).
+    /// Used only when no column of `columns` is in the header.
+    pub join: Vec<Vec<String>>,
     /// Released as a public category after tokenization (only `sex`).
     pub release: bool,
+}
+
+/// The most pieces a joined identity field may have.
+pub const MAX_JOIN_PIECES: usize = 6;
+
+impl IdentityField {
+    /// What goes between the pieces of a joined value: `-` for a date
+    /// (year-month-day, which the date parser reads), a space otherwise.
+    pub fn join_separator(&self) -> char {
+        if self.norm == NormKind::Date {
+            '-'
+        } else {
+            ' '
+        }
+    }
 }
 
 /// A token scheme: which normalized identity parts are hashed together.
@@ -460,11 +482,30 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
                 "only a sex field may be released; releasing a name, date or id would defeat pseudonymization",
             ));
         }
+        match f.join.len() {
+            0 => {}
+            1 => problems.push(problem(
+                format!("{key}.join"),
+                "a join needs at least two pieces; a single column's names belong in `columns`",
+            )),
+            n if n > MAX_JOIN_PIECES => problems
+                .push(problem(format!("{key}.join"), format!("{n} pieces; at most {MAX_JOIN_PIECES} may be joined"))),
+            _ => {}
+        }
+        let mut join = Vec::with_capacity(f.join.len());
+        for (i, piece) in f.join.iter().enumerate() {
+            let names: Vec<String> = piece.iter().map(|c| c.trim().to_lowercase()).filter(|c| !c.is_empty()).collect();
+            if names.is_empty() {
+                problems.push(problem(format!("{key}.join[{i}]"), "a piece needs at least one header name"));
+            }
+            join.push(names);
+        }
         identity.push(IdentityField {
             name: name.clone(),
             norm: f.normalize,
             required: f.required,
             columns: columns_of(name, &f.columns),
+            join,
             release: f.release,
         });
     }
@@ -649,6 +690,26 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
                     format!("identity.{}.columns", f.name),
                     format!("header `{c}` is already claimed by `{prev}`"),
                 ));
+            }
+        }
+    }
+    // A piece of a join may name one of its own field's columns (a street
+    // column alone, or joined with a street number), but no other field's
+    // column and no other piece's.
+    for f in &identity {
+        let mut pieces: HashMap<&str, usize> = HashMap::new();
+        for (i, piece) in f.join.iter().enumerate() {
+            for c in piece {
+                let at = format!("identity.{}.join[{i}]", f.name);
+                if let Some(j) = pieces.insert(c.as_str(), i) {
+                    if j != i {
+                        problems.push(problem(at, format!("header `{c}` is already in piece {j}")));
+                    }
+                } else if !f.columns.contains(c) {
+                    if let Some(prev) = identity_claims.insert(c.as_str(), f.name.clone()) {
+                        problems.push(problem(at, format!("header `{c}` is already claimed by `{prev}`")));
+                    }
+                }
             }
         }
     }

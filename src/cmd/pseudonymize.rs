@@ -136,6 +136,12 @@ pub fn coverage_lines(c: &Coverage) -> Vec<String> {
             "column `{col}` looks like identity but no identity field maps it, so it is ignored; add it to a field's `columns` in the schema if it identifies the person"
         ));
     }
+    for (field, lacking) in &c.partial_joins {
+        out.push(format!(
+            "field `{field}` can be joined from several columns, but the header lacks {}: the pieces it has are ignored",
+            lacking.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
+        ));
+    }
     // One line per set of missing fields: "schemes a, b get no token: no column for `dob`".
     let mut by_lack: std::collections::BTreeMap<&[String], Vec<&str>> = std::collections::BTreeMap::new();
     for (scheme, lacking) in &c.schemes_unfed {

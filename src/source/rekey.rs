@@ -255,10 +255,20 @@ mod tests {
             ));
         }
         std::fs::write(&jsonl, text).unwrap();
-        for (path, format, n) in [(&csv, Format::Csv, 2500), (&jsonl, Format::JsonLines, 40)] {
+        // A birth date split over three columns: the raw store keeps all three.
+        let split = dir.path().join("split.csv");
+        let mut text = String::from("arrest_id,arrest_date,family_name,given_name,by,bm,bd,warrant,violent,felony\n");
+        for i in 0..300 {
+            text.push_str(&format!("S{i},2019-03-04,Lee{},Bo,1980,{},{},y,n,n\n", i % 7, 1 + i % 12, 1 + i % 28));
+        }
+        std::fs::write(&split, text).unwrap();
+        for (path, format, n) in
+            [(&csv, Format::Csv, 2500), (&jsonl, Format::JsonLines, 40), (&split, Format::Csv, 300)]
+        {
             // Under the same key, the records are the very same.
             let (first, again, pass) = ingest_then_rekey(path, format, 9);
             assert_eq!(first.len(), n);
+            assert!(first.iter().all(|r| r.tokens.contains_key("names_dob")), "{format:?}: the birth date is read");
             assert_eq!((pass.rows, pass.dropped), (n as u64, 0));
             assert_eq!(again, first, "{format:?}");
             // Under a new key: the same rows, fields and lines; tokens under the new epoch.
