@@ -516,7 +516,7 @@ pub struct Coverage {
 /// Header words that suggest a column identifies a person.
 const IDENTITY_HINTS: &[&str] = &[
     "name", "birth", "dob", "sex", "gender", "ssn", "soc_sec", "id_num", "idnum", "licen", "address", "street", "zip",
-    "postcode", "postal", "city", "suburb", "town", "county", "phone",
+    "postcode", "postal", "city", "suburb", "town", "county", "phone", "mail",
 ];
 
 /// Schemes the mapped identity fields cannot feed, and ignored columns that look like identity.

@@ -364,6 +364,38 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_given_name_links_by_family_name_and_birth_date_and_an_email_by_itself() {
+        let schema = Schema::default_schema().unwrap();
+        let key = EpochKey::from_bytes(1, &[9u8; 32]).unwrap();
+        let whole = [("given_name", "Julia"), ("family_name", "Taylor"), ("dob", "2015-10-29")];
+        let a = toks(&schema, &key, &[whole.as_slice(), &[("email", "Hannah88@Powers.com ")]].concat());
+        let b = toks(&schema, &key, &[("family_name", "Taylor"), ("dob", "2015-10-29")]);
+        let family_dob = schema.scheme_index("family_dob").unwrap();
+        assert!(b[family_dob].is_some());
+        assert_eq!(agree(&a, &b), 1, "the given name missing: family name and birth date only");
+        assert_eq!(a[family_dob], b[family_dob]);
+        // Names and birth date all different: the same e-mail address (case and spaces aside) still agrees.
+        let c = toks(
+            &schema,
+            &key,
+            &[
+                ("given_name", "Jul"),
+                ("family_name", "Tyalor"),
+                ("dob", "2016-01-27"),
+                ("email", "hannah88@powers.com"),
+            ],
+        );
+        let email = schema.scheme_index("email").unwrap();
+        assert!(c[email].is_some());
+        assert_eq!(agree(&a, &c), 1);
+        assert_eq!(a[email], c[email]);
+        let phone = schema.scheme_index("phone").unwrap();
+        let p = |n: &str| toks(&schema, &key, &[("phone", n)])[phone];
+        assert!(p("(555) 123-4567").is_some());
+        assert_eq!(p("(555) 123-4567"), p("555.123.4567"));
+    }
+
+    #[test]
     fn tokens_depend_on_key_and_scheme() {
         let schema = Schema::default_schema().unwrap();
         let k1 = EpochKey::from_bytes(1, &[1u8; 32]).unwrap();
