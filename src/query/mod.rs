@@ -27,7 +27,7 @@ pub mod population;
 pub use catalog::{catalog, Analysis, Parameter};
 pub use engine::{execute, plan, Answer, Cell, DryRun, Noisy, Plan, PlannedRelease};
 pub use model::{Category, Query};
-pub use population::Population;
+pub use population::{Population, Prepared, Preparer};
 
 use crate::dp::DpError;
 

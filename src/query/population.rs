@@ -199,15 +199,12 @@ impl Column {
         }
     }
 
-    fn push(&mut self, ty: &FieldType, v: Option<&Value>) {
-        let v = v.filter(|v| !v.is_null());
-        match (self, ty) {
-            (Column::Enum(c), FieldType::Enum(e)) => {
-                c.push(v.and_then(Value::as_str).and_then(|s| e.resolve(s)).unwrap_or(NO_ENUM))
-            }
-            (Column::Bool(c), _) => c.push(v.and_then(Value::as_bool)),
-            (Column::Int(c), _) => c.push(v.and_then(Value::as_i64).filter(|&i| i != NO_INT).unwrap_or(NO_INT)),
-            (Column::Date(c), _) => c.push(v.and_then(Value::as_str).and_then(parse_date).unwrap_or(NO_DATE)),
+    fn push_value(&mut self, v: CellValue) {
+        match (self, v) {
+            (Column::Enum(c), CellValue::Code(x)) => c.push(x),
+            (Column::Bool(c), CellValue::Bool(x)) => c.push(x),
+            (Column::Int(c), CellValue::Int(x)) => c.push(x),
+            (Column::Date(c), CellValue::Date(x)) => c.push(x),
             _ => {}
         }
     }
@@ -236,6 +233,90 @@ impl Column {
             Column::Bool(c) => c.get(i).map(u16::from),
             _ => None,
         }
+    }
+}
+
+/// One field's value of a prepared record, as its kind's column keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellValue {
+    /// A field whose kind's column keeps nothing (free text, record ids).
+    Absent,
+    /// An enum's index, `NO_ENUM` when missing or unknown.
+    Code(u16),
+    Bool(Option<bool>),
+    /// `NO_INT` when missing.
+    Int(i64),
+    /// `NO_DATE` when missing or not a date.
+    Date(i32),
+}
+
+impl CellValue {
+    fn of(ty: &FieldType, v: Option<&Value>) -> CellValue {
+        let v = v.filter(|v| !v.is_null());
+        match ty {
+            FieldType::String { .. } => CellValue::Absent,
+            FieldType::Enum(e) => {
+                CellValue::Code(v.and_then(Value::as_str).and_then(|s| e.resolve(s)).unwrap_or(NO_ENUM))
+            }
+            FieldType::Bool => CellValue::Bool(v.and_then(Value::as_bool)),
+            FieldType::Integer { .. } => {
+                CellValue::Int(v.and_then(Value::as_i64).filter(|&i| i != NO_INT).unwrap_or(NO_INT))
+            }
+            FieldType::Date => CellValue::Date(v.and_then(Value::as_str).and_then(parse_date).unwrap_or(NO_DATE)),
+        }
+    }
+}
+
+/// A record as a population build reads it: its kind's position in the
+/// schema, its event date, its fields' values in schema order, and (for a
+/// referral) the sex and age band codes. No name, token or id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    kind: u16,
+    date: i32,
+    values: Box<[CellValue]>,
+    referral_identity: (u8, u8),
+}
+
+/// Prepares records for [`Population::build_prepared`] under one schema.
+pub struct Preparer<'s> {
+    schema: &'s Schema,
+    categories: Categories,
+    kind_index: HashMap<&'s str, usize>,
+    referral: Option<usize>,
+    sex_field: Option<&'s str>,
+}
+
+impl<'s> Preparer<'s> {
+    pub fn new(schema: &'s Schema) -> Preparer<'s> {
+        let kind_index: HashMap<&str, usize> =
+            schema.kinds.iter().enumerate().map(|(i, k)| (k.name.as_str(), i)).collect();
+        Preparer {
+            schema,
+            categories: Categories::from_schema(schema),
+            referral: kind_index.get(REFERRAL).copied(),
+            kind_index,
+            sex_field: schema.identity.iter().find(|f| f.release && f.norm == NormKind::Sex).map(|f| f.name.as_str()),
+        }
+    }
+
+    /// The record of `kind` with `fields` as a build reads it; `None` when
+    /// no population holds it (a kind the schema does not know, or no valid
+    /// event date).
+    pub fn prepare(&self, kind: &str, fields: &std::collections::BTreeMap<String, Value>) -> Option<Prepared> {
+        let k = *self.kind_index.get(kind)?;
+        let kind = &self.schema.kinds[k];
+        let date_name = &kind.fields[kind.event_date].name;
+        let date = fields.get(date_name).and_then(Value::as_str).and_then(parse_date)?;
+        let values = kind.fields.iter().map(|f| CellValue::of(&f.ty, fields.get(&f.name))).collect();
+        let referral_identity = if Some(k) == self.referral {
+            let sex = self.sex_field.and_then(|n| fields.get(n)).and_then(Value::as_str);
+            let age = fields.get("age").and_then(Value::as_i64);
+            (self.categories.code(Category::Sex, sex), self.categories.code(Category::AgeBand, Some(age_band(age))))
+        } else {
+            (0, 0)
+        };
+        Some(Prepared { kind: u16::try_from(k).ok()?, date, values, referral_identity })
     }
 }
 
@@ -297,11 +378,25 @@ impl Population {
         schema: &Schema,
         persons: impl IntoIterator<Item = (u32, R)>,
     ) -> Population {
+        let preparer = Preparer::new(schema);
+        let prepared: Vec<(u32, Prepared)> = persons
+            .into_iter()
+            .filter_map(|(person, r)| {
+                let r: &PseudoRecord = r.borrow();
+                Some((person, preparer.prepare(&r.kind, &r.fields)?))
+            })
+            .collect();
+        Population::build_prepared(schema, prepared.iter().map(|(p, e)| (*p, e)))
+    }
+
+    /// [`Population::build`] of records prepared beforehand ([`Preparer`]):
+    /// what a build does per record (kind, date and field values looked up
+    /// and parsed) is done once, when the record arrives, not at every build.
+    pub fn build_prepared<'p>(schema: &Schema, persons: impl IntoIterator<Item = (u32, &'p Prepared)>) -> Population {
         let categories = Categories::from_schema(schema);
         let kind_index: HashMap<&str, usize> =
             schema.kinds.iter().enumerate().map(|(i, k)| (k.name.as_str(), i)).collect();
         let referral = kind_index.get(REFERRAL).copied();
-        let sex_field = schema.identity.iter().find(|f| f.release && f.norm == NormKind::Sex).map(|f| f.name.clone());
 
         let mut stages: Vec<Stage> = schema
             .kinds
@@ -314,28 +409,17 @@ impl Population {
         let mut seq: u32 = 0;
 
         for (person, record) in persons {
-            let record: &PseudoRecord = record.borrow();
-            let Some(&k) = kind_index.get(record.kind.as_str()) else { continue };
-            let kind = &schema.kinds[k];
-            let date_name = &kind.fields[kind.event_date].name;
-            let Some(date) = record.fields.get(date_name).and_then(Value::as_str).and_then(parse_date) else {
-                continue;
-            };
+            let k = usize::from(record.kind);
+            let Some(stage) = stages.get_mut(k) else { continue };
             let next = slots.len() as u32;
             let slot = *slots.entry(person).or_insert(next);
-            let stage = &mut stages[k];
-            stage.keys.push((slot, date, seq));
+            stage.keys.push((slot, record.date, seq));
             seq = seq.wrapping_add(1);
-            for (f, col) in kind.fields.iter().zip(stage.columns.iter_mut()) {
-                col.push(&f.ty, record.fields.get(&f.name));
+            for (col, v) in stage.columns.iter_mut().zip(record.values.iter()) {
+                col.push_value(*v);
             }
             if Some(k) == referral {
-                let sex = sex_field.as_ref().and_then(|n| record.fields.get(n)).and_then(Value::as_str);
-                let age = record.fields.get("age").and_then(Value::as_i64);
-                referral_identity.push((
-                    categories.code(Category::Sex, sex),
-                    categories.code(Category::AgeBand, Some(age_band(age))),
-                ));
+                referral_identity.push(record.referral_identity);
             }
         }
         drop(slots);

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::linkage::{Linker, Quality};
-use crate::query::Population;
+use crate::query::{Population, Prepared, Preparer};
 use crate::record::PseudoRecord;
 use crate::schema::Schema;
 use crate::token::{parse_token, Token};
@@ -38,8 +38,9 @@ struct LinkRecord {
     kind: u32,
     rid: [u8; 16],
     epoch: u32,
-    /// What the query population reads (kind and fields); `None` for a tombstone.
-    event: Option<PseudoRecord>,
+    /// `None` for a tombstone, else what the query population reads of it
+    /// (prepared: `None` when no population holds it).
+    event: Option<Option<Prepared>>,
 }
 
 /// Counts only: a `Linkable` holds tokens and values.
@@ -60,27 +61,6 @@ fn position(names: &mut Vec<String>, name: &str) -> u32 {
     }
 }
 
-/// A record as the query population reads it: kind and fields only.
-fn event(
-    kind: &str,
-    line: u64,
-    epoch: u32,
-    seq: u64,
-    fields: std::collections::BTreeMap<String, serde_json::Value>,
-) -> PseudoRecord {
-    PseudoRecord {
-        source: String::new(),
-        kind: kind.to_string(),
-        line,
-        epoch,
-        rid: String::new(),
-        seq,
-        deleted: false,
-        tokens: Default::default(),
-        fields,
-    }
-}
-
 impl Linkable {
     /// Records in it.
     pub fn len(&self) -> usize {
@@ -94,6 +74,7 @@ impl Linkable {
     /// The records of a binary batch that `link` names (by position), read from the view.
     pub fn from_view(schema: &Schema, view: &BatchView<'_>, link: &[bool]) -> Linkable {
         let n = schema.schemes.len();
+        let preparer = Preparer::new(schema);
         let schemes = super::http::scheme_positions(schema, view);
         let count = link.iter().filter(|l| **l).count();
         let mut out = Linkable::with_capacity(n, count);
@@ -101,7 +82,7 @@ impl Linkable {
             let tokens = view.tokens(r).iter().map(|t| schemes.get(t.scheme).copied().flatten().map(|i| (i, t.token)));
             let event = (!r.deleted).then(|| {
                 let fields = view.fields(r).iter().map(|(k, v)| (k.to_string(), v.to_json())).collect();
-                event(r.kind, r.line, r.epoch, r.seq, fields)
+                preparer.prepare(r.kind, &fields)
             });
             out.push(r.source, r.kind, r.rid, r.epoch, tokens, event);
         }
@@ -111,6 +92,7 @@ impl Linkable {
     /// Owned records (tokens as text, parsed here).
     pub fn from_records(schema: &Schema, records: Vec<PseudoRecord>) -> Linkable {
         let n = schema.schemes.len();
+        let preparer = Preparer::new(schema);
         let mut out = Linkable::with_capacity(n, records.len());
         for r in records {
             let tokens = r.tokens.iter().map(|(name, text)| match (schema.scheme_index(name), parse_token(text)) {
@@ -124,7 +106,7 @@ impl Linkable {
                 out.copy_from_slice(&d.as_ref()[..16]);
                 out
             });
-            let event = (!r.deleted).then(|| event(&r.kind, r.line, r.epoch, r.seq, r.fields));
+            let event = (!r.deleted).then(|| preparer.prepare(&r.kind, &r.fields));
             out.push(&r.source, &r.kind, rid, r.epoch, tokens, event);
         }
         out
@@ -145,7 +127,7 @@ impl Linkable {
         rid: [u8; 16],
         epoch: u32,
         tokens: impl Iterator<Item = Option<(usize, Token)>>,
-        event: Option<PseudoRecord>,
+        event: Option<Option<Prepared>>,
     ) {
         let (n, at) = (self.n_schemes, self.tokens.len());
         self.tokens.resize(at + n, None);
@@ -183,7 +165,7 @@ struct Inner {
     /// order: one immutable chunk per batch, shared with population builds. A
     /// replaced or deleted record keeps its place (the linker gives it no
     /// person, so no population holds it).
-    records: Vec<Arc<[PseudoRecord]>>,
+    records: Vec<Arc<[Option<Prepared>]>>,
     /// (source, kind, rid) → the linker index of the version held; source and
     /// kind by their number in `names`, the rid as its 16 bytes: no allocation
     /// per record.
@@ -310,7 +292,8 @@ impl Persons {
         // Replaced and deleted records have no person (u32::MAX): no population holds them.
         let records = chunks.iter().flat_map(|c| c.iter());
         let held = linkage.persons.into_iter().zip(records).filter(|(p, _)| *p != u32::MAX);
-        let pop = Arc::new(Population::build(&self.schema, held));
+        let held = held.filter_map(|(p, e)| Some((p, e.as_ref()?)));
+        let pop = Arc::new(Population::build_prepared(&self.schema, held));
         let mut inner = self.lock();
         // Keep the newest: a slower build of an older generation never replaces a newer one.
         if inner.cached.as_ref().map_or(true, |(g, _)| *g <= generation) {
@@ -471,6 +454,56 @@ mod tests {
             tokens: [("names_dob".to_string(), t(1)), ("state_id".to_string(), t(2))].into(),
             fields: [("arrest_date".to_string(), serde_json::json!("2024-01-02"))].into(),
         }
+    }
+
+    #[test]
+    fn the_population_of_prepared_records_is_the_population_of_the_records() {
+        use serde_json::json;
+        // Three persons, several kinds and field types, a record of an unknown
+        // kind and one without a usable event date (both held by no population).
+        let mut records = Vec::new();
+        let fields = [
+            (
+                0,
+                "referral",
+                json!({"referral_date": "2018-01-03", "arm": "diversion", "referral_type": "arrest", "sex": "f", "age": 34, "screening": "eligible"}),
+            ),
+            (0, "arrest", json!({"arrest_date": "2018-03-01", "warrant": true, "violent": false, "felony": true})),
+            (
+                1,
+                "referral",
+                json!({"referral_date": "2018-02-01", "arm": "comparison", "referral_type": "social_contact", "sex": "m", "age": 22}),
+            ),
+            (1, "booking", json!({"booking_date": "2018-02-01", "release_date": "2018-02-11"})),
+            (0, "booking", json!({"booking_date": "2018-04-01", "release_date": null})),
+            (2, "arrest", json!({"arrest_date": "2019-01-01", "warrant": false, "violent": true, "felony": false})),
+            (2, "nonesuch", json!({"date": "2019-01-01"})),
+            (1, "arrest", json!({"arrest_date": "not a date", "warrant": false, "violent": false, "felony": false})),
+            (
+                0,
+                "intake",
+                json!({"intake_date": "2018-01-13", "housing": "street", "employment": "unemployed", "income_benefits": false}),
+            ),
+        ];
+        for (i, (person, kind, f)) in fields.into_iter().enumerate() {
+            let mut r = rec(i as u32, 1, person);
+            r.kind = kind.to_string();
+            r.fields = serde_json::from_value(f).unwrap();
+            records.push((person, r));
+        }
+        let schema = Schema::default_schema().unwrap();
+        let expected = format!("{:?}", Population::build(&schema, records.iter().map(|(p, r)| (*p, r))));
+        // The owned path (JSON batches) and the binary path (a batch's view).
+        let owned = persons();
+        owned.add(records.iter().map(|(_, r)| r.clone()).collect());
+        assert_eq!(format!("{:?}", owned.population()), expected);
+        let body = crate::wire::binary::encode("police", "b1", records.iter().map(|(_, r)| r)).unwrap();
+        let view = crate::wire::binary::decode_view(&body).unwrap();
+        let binary = persons();
+        binary.add_linkable(Linkable::from_view(&schema, &view, &vec![true; records.len()]));
+        assert_eq!(format!("{:?}", binary.population()), expected);
+        // Persons 0 and 1 (person 2 has no referral): two referrals, three and one other events.
+        assert_eq!(binary.population().event_count(), 6);
     }
 
     impl Persons {
