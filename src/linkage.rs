@@ -630,23 +630,35 @@ impl Linker {
 
         // A profile that is no evidence on its own keeps its records apart unless linked.
         let self_weak: Vec<bool> = (0..np).map(|p| weight_of(self.present[p], self.present[p]) < threshold).collect();
-        let mut number: HashMap<u64, u32> = HashMap::new();
+        // Persons numbered in order of their first record: a cluster's number
+        // by its root profile, a weak lone profile's records one each.
+        let mut root_number = vec![NONE; np];
+        let mut next = 0u32;
         let mut persons = Vec::with_capacity(self.record_profile.len());
-        for (r, &p) in self.record_profile.iter().enumerate() {
+        for &p in &self.record_profile {
             if p == NONE {
                 persons.push(u32::MAX);
                 continue;
             }
             let root = find(&mut parent, p);
-            let key = if self_weak[p as usize] && profiles[root as usize] == 1 {
-                (1u64 << 32) | r as u64
+            let slot = if self_weak[p as usize] && profiles[root as usize] == 1 {
+                None
             } else {
-                u64::from(root)
+                Some(&mut root_number[root as usize])
             };
-            let next = number.len() as u32;
-            persons.push(*number.entry(key).or_insert(next));
+            let number = match slot {
+                Some(n) if *n != NONE => *n,
+                slot => {
+                    if let Some(n) = slot {
+                        *n = next;
+                    }
+                    next += 1;
+                    next - 1
+                }
+            };
+            persons.push(number);
         }
-        let n_persons = number.len() as u64;
+        let n_persons = u64::from(next);
 
         // Pairs of clusters left apart that the model thinks are one person.
         let mut apart: HashMap<(u32, u32), f64> = HashMap::new();

@@ -359,6 +359,41 @@ pub struct Population {
     pub(crate) kinds: Vec<Events>,
 }
 
+/// Person id → person slot (numbered in order of arrival). The steward's
+/// person ids are dense (0..persons), so a vector indexed by id does it
+/// without hashing; ids spread far wider than the records seen so far go
+/// to a hash map instead, so memory stays bounded by the records.
+#[derive(Default)]
+struct Slots {
+    dense: Vec<u32>,
+    sparse: HashMap<u32, u32>,
+    count: u32,
+}
+
+impl Slots {
+    /// The slot of `person`, a new one if first seen; `seen` records so far.
+    fn slot(&mut self, person: u32, seen: u32) -> u32 {
+        let i = person as usize;
+        if let Some(&slot) = self.dense.get(i).filter(|&&s| s != u32::MAX) {
+            return slot;
+        }
+        if let Some(&slot) = self.sparse.get(&person) {
+            return slot;
+        }
+        let slot = self.count;
+        self.count += 1;
+        if i < self.dense.len() || i <= 4 * seen as usize + 65_536 {
+            if i >= self.dense.len() {
+                self.dense.resize(i + 1, u32::MAX);
+            }
+            self.dense[i] = slot;
+        } else {
+            self.sparse.insert(person, slot);
+        }
+        slot
+    }
+}
+
 /// Staging for one kind while records arrive.
 struct Stage {
     /// (person slot, date, arrival number) per row.
@@ -405,14 +440,13 @@ impl Population {
             .collect();
         // Referral rows also keep the person's sex code and age band code.
         let mut referral_identity: Vec<(u8, u8)> = Vec::new();
-        let mut slots: HashMap<u32, u32> = HashMap::new();
+        let mut slots = Slots::default();
         let mut seq: u32 = 0;
 
         for (person, record) in persons {
             let k = usize::from(record.kind);
             let Some(stage) = stages.get_mut(k) else { continue };
-            let next = slots.len() as u32;
-            let slot = *slots.entry(person).or_insert(next);
+            let slot = slots.slot(person, seq);
             stage.keys.push((slot, record.date, seq));
             seq = seq.wrapping_add(1);
             for (col, v) in stage.columns.iter_mut().zip(record.values.iter()) {
@@ -555,6 +589,20 @@ pub(crate) fn parse_date(s: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn person_slots_are_numbered_in_order_of_arrival_dense_ids_or_not() {
+        let mut s = Slots::default();
+        // A far id goes to the hash map; later dense growth past it must not give it a second slot.
+        let far = 1_000_000u32;
+        let got: Vec<u32> = [3, far, 3, 0, u32::MAX - 1, far].into_iter().map(|p| s.slot(p, 0)).collect();
+        assert_eq!(got, vec![0, 1, 0, 2, 3, 1]);
+        assert!(s.sparse.contains_key(&far) && s.dense.len() < far as usize);
+        // Many records later a nearby id is dense, and the vector grows past the far id.
+        assert_eq!(s.slot(far + 5, 1_000_000), 4);
+        assert!(s.dense.len() > far as usize);
+        assert_eq!((s.slot(far, 1_000_000), s.slot(3, 1_000_000), s.slot(u32::MAX - 1, 1_000_000)), (1, 0, 3));
+    }
     use std::collections::BTreeMap;
 
     pub(crate) fn rec(kind: &str, fields: serde_json::Value) -> PseudoRecord {
