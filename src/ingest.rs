@@ -111,7 +111,7 @@ impl Action {
 }
 
 /// One accepted row. Reused between rows: [`Reader::next_row`] overwrites it.
-#[derive(Debug)]
+/// Its `Debug` shows no identity value: not the birth date, not the record id.
 pub struct Row {
     /// 1-based line of the input where the record starts (a CSV header is line 1).
     pub line: u64,
@@ -122,6 +122,18 @@ pub struct Row {
     pub record_id: String,
     /// One slot per field of the kind, `None` when missing or not kept.
     pub values: Vec<Option<Value>>,
+}
+
+impl std::fmt::Debug for Row {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Row")
+            .field("line", &self.line)
+            .field("identity", &self.identity)
+            .field("birth_date", &self.birth_date.map(|_| "redacted"))
+            .field("record_id", &(!self.record_id.is_empty()).then_some("redacted"))
+            .field("values", &self.values)
+            .finish()
+    }
 }
 
 impl Row {
@@ -1005,6 +1017,22 @@ mod tests {
             let problems = Schema::from_toml(&text).unwrap_err();
             assert!(problems.iter().any(|p| p.key.starts_with("identity.address.join")), "{join}: {problems:?}");
         }
+    }
+
+    #[test]
+    fn a_row_debug_shows_no_birth_date_and_no_record_id() {
+        let schema = schema();
+        let kind = schema.kind("arrest").unwrap();
+        let input = format!("{ARREST_HEADER}A7731,Smith,Ann,1980-03-14,M,2019-03-04,y,n,n\n");
+        let mut r = Reader::new(&schema, kind, Format::Csv, input.as_bytes()).unwrap();
+        let mut row = Row::new(&schema, kind);
+        assert_eq!(r.next_row(&mut row, &mut Vec::new()).unwrap(), Some(Outcome::Accepted));
+        assert!(row.birth_date.is_some() && row.record_id == "A7731");
+        let shown = format!("{row:?}");
+        for secret in ["A7731", "1980", "Smith", "Ann", "3652"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("redacted") && shown.contains("2019"), "{shown}");
     }
 
     #[test]
