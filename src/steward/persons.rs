@@ -18,7 +18,8 @@ use crate::wire::binary::BatchView;
 /// What linkage needs of a batch's records, made outside the linkage lock:
 /// per record its (source, kind, rid), epoch and tombstone flag, its tokens
 /// as 16 bytes in the slot of their scheme's position in the schema (parsed
-/// once, no text), and, for the query population, its kind and fields.
+/// once, no text), and the record prepared for the query population
+/// (`query::Prepared`: kind, event date and field values, parsed once).
 #[derive(Clone, Default, PartialEq)]
 pub struct Linkable {
     n_schemes: usize,
