@@ -22,6 +22,7 @@ pub(crate) use crate::days::{civil_from_days, days_from_civil, first_of_month_af
 use crate::normalize::NormKind;
 use crate::record::PseudoRecord;
 use crate::schema::{FieldType, Schema};
+use crate::wire::binary::{date_text, FieldValue};
 
 /// Enum column: no value.
 pub(crate) const NO_ENUM: u16 = u16::MAX;
@@ -251,19 +252,38 @@ pub enum CellValue {
 }
 
 impl CellValue {
-    fn of(ty: &FieldType, v: Option<&Value>) -> CellValue {
-        let v = v.filter(|v| !v.is_null());
-        match ty {
-            FieldType::String { .. } => CellValue::Absent,
-            FieldType::Enum(e) => {
-                CellValue::Code(v.and_then(Value::as_str).and_then(|s| e.resolve(s)).unwrap_or(NO_ENUM))
-            }
-            FieldType::Bool => CellValue::Bool(v.and_then(Value::as_bool)),
-            FieldType::Integer { .. } => {
-                CellValue::Int(v.and_then(Value::as_i64).filter(|&i| i != NO_INT).unwrap_or(NO_INT))
-            }
-            FieldType::Date => CellValue::Date(v.and_then(Value::as_str).and_then(parse_date).unwrap_or(NO_DATE)),
+    fn of(ty: &FieldType, v: FieldValue<'_>) -> CellValue {
+        match (ty, v) {
+            (FieldType::String { .. }, _) => CellValue::Absent,
+            (FieldType::Enum(e), FieldValue::Str(s)) => CellValue::Code(e.resolve(s).unwrap_or(NO_ENUM)),
+            (FieldType::Enum(_), _) => CellValue::Code(NO_ENUM),
+            (FieldType::Bool, FieldValue::Bool(b)) => CellValue::Bool(Some(b)),
+            (FieldType::Bool, _) => CellValue::Bool(None),
+            (FieldType::Integer { .. }, FieldValue::Int(i)) if i != NO_INT => CellValue::Int(i),
+            (FieldType::Integer { .. }, _) => CellValue::Int(NO_INT),
+            (FieldType::Date, v) => CellValue::Date(date_of(v).unwrap_or(NO_DATE)),
         }
+    }
+}
+
+/// A JSON field value as a binary batch's view holds it (`Null` for what a
+/// population cannot read: a fraction, an array, an object).
+fn field_of_json(v: Option<&Value>) -> FieldValue<'_> {
+    match v {
+        Some(Value::String(s)) => FieldValue::Str(s),
+        Some(Value::Bool(b)) => FieldValue::Bool(*b),
+        Some(Value::Number(n)) => n.as_i64().map_or(FieldValue::Null, FieldValue::Int),
+        _ => FieldValue::Null,
+    }
+}
+
+/// A date field's day number: text as `YYYY-MM-DD`, a binary day number
+/// read the same way (through its text, so both forms accept the same days).
+fn date_of(v: FieldValue<'_>) -> Option<i32> {
+    match v {
+        FieldValue::Str(s) => parse_date(s),
+        FieldValue::Date(d) => parse_date(date_text(d).as_str()),
+        _ => None,
     }
 }
 
@@ -304,14 +324,26 @@ impl<'s> Preparer<'s> {
     /// no population holds it (a kind the schema does not know, or no valid
     /// event date).
     pub fn prepare(&self, kind: &str, fields: &std::collections::BTreeMap<String, Value>) -> Option<Prepared> {
+        self.prepare_with(kind, |name| field_of_json(fields.get(name)))
+    }
+
+    /// [`Preparer::prepare`] of a record whose fields `field` looks up by
+    /// name (`Null` when missing): a binary batch's record read from its
+    /// view, no JSON value made.
+    pub fn prepare_with<'v>(&self, kind: &str, field: impl Fn(&str) -> FieldValue<'v>) -> Option<Prepared> {
         let k = *self.kind_index.get(kind)?;
         let kind = &self.schema.kinds[k];
-        let date_name = &kind.fields[kind.event_date].name;
-        let date = fields.get(date_name).and_then(Value::as_str).and_then(parse_date)?;
-        let values = kind.fields.iter().map(|f| CellValue::of(&f.ty, fields.get(&f.name))).collect();
+        let date = date_of(field(&kind.fields[kind.event_date].name))?;
+        let values = kind.fields.iter().map(|f| CellValue::of(&f.ty, field(&f.name))).collect();
         let referral_identity = if Some(k) == self.referral {
-            let sex = self.sex_field.and_then(|n| fields.get(n)).and_then(Value::as_str);
-            let age = fields.get("age").and_then(Value::as_i64);
+            let sex = match self.sex_field.map(&field) {
+                Some(FieldValue::Str(s)) => Some(s),
+                _ => None,
+            };
+            let age = match field("age") {
+                FieldValue::Int(i) => Some(i),
+                _ => None,
+            };
             (self.categories.code(Category::Sex, sex), self.categories.code(Category::AgeBand, Some(age_band(age))))
         } else {
             (0, 0)

@@ -13,7 +13,7 @@ use crate::query::{Population, Prepared, Preparer};
 use crate::record::PseudoRecord;
 use crate::schema::Schema;
 use crate::token::{parse_token, Token};
-use crate::wire::binary::BatchView;
+use crate::wire::binary::{BatchView, FieldValue};
 
 /// What linkage needs of a batch's records, made outside the linkage lock:
 /// per record its (source, kind, rid), epoch and tombstone flag, its tokens
@@ -82,8 +82,10 @@ impl Linkable {
         for r in view.records.iter().zip(link).filter(|(_, l)| **l).map(|(r, _)| r) {
             let tokens = view.tokens(r).iter().map(|t| schemes.get(t.scheme).copied().flatten().map(|i| (i, t.token)));
             let event = (!r.deleted).then(|| {
-                let fields = view.fields(r).iter().map(|(k, v)| (k.to_string(), v.to_json())).collect();
-                preparer.prepare(r.kind, &fields)
+                let fields = view.fields(r);
+                preparer.prepare_with(r.kind, |name| {
+                    fields.iter().find(|(k, _)| *k == name).map_or(FieldValue::Null, |(_, v)| *v)
+                })
             });
             out.push(r.source, r.kind, r.rid, r.epoch, tokens, event);
         }
