@@ -395,10 +395,15 @@ impl Linker {
     /// pair of profiles counts (records of one) × (records of the other), and
     /// the records of one profile pair up agreeing on everything they have.
     fn record_pair_patterns(&self) -> Vec<(u16, u16, f64)> {
-        let mut counts: HashMap<(u16, u16), f64> = HashMap::new();
+        // Summed per pattern number first (a pattern is one (agree, compared)): no hashing per pair.
+        let mut by_id = vec![0.0f64; self.patterns.len()];
         for &(a, b, id) in &self.pairs {
             let n = self.profile_records[a as usize] * self.profile_records[b as usize];
-            *counts.entry(self.patterns[id as usize]).or_default() += n as f64;
+            by_id[id as usize] += n as f64;
+        }
+        let mut counts: HashMap<(u16, u16), f64> = HashMap::with_capacity(self.patterns.len());
+        for (&pattern, &n) in self.patterns.iter().zip(&by_id) {
+            *counts.entry(pattern).or_default() += n;
         }
         for (&present, &n) in self.present.iter().zip(&self.profile_records) {
             if n > 1 && present != 0 {
@@ -550,13 +555,22 @@ impl Linker {
     }
 
     /// A dense person number for every record, numbered in order of each
-    /// person's first record: stable for a given input.
+    /// person's first record: stable for a given input. The persons of
+    /// [`Linker::link`], without its quality figures (what a query
+    /// population needs, at less cost).
     pub fn persons(&self) -> Vec<u32> {
-        self.link().persons
+        self.cluster().persons
     }
 
     /// Estimate m/u, weigh every candidate pair, cluster, and say how it went.
     pub fn link(&self) -> Linkage {
+        let c = self.cluster();
+        let quality = self.quality(&c);
+        Linkage { persons: c.persons, quality }
+    }
+
+    /// Estimate m/u, weigh every candidate pair and cluster.
+    fn cluster(&self) -> Clustered {
         let est = self.estimate();
         let weight_of = |agree: u16, compared: u16| -> f64 {
             (0..self.groups.len())
@@ -658,7 +672,16 @@ impl Linker {
             };
             persons.push(number);
         }
-        let n_persons = u64::from(next);
+        Clustered { est, weights, parent, persons, n_persons: u64::from(next), links, not_bridged, merged_expect }
+    }
+
+    /// The quality figures of a clustering (see [`Quality`]).
+    fn quality(&self, c: &Clustered) -> Quality {
+        let Clustered { est, weights, persons: _, n_persons, links, not_bridged, merged_expect, .. } = c;
+        let (n_persons, links, not_bridged, merged_expect) = (*n_persons, *links, *not_bridged, *merged_expect);
+        let mut parent = c.parent.clone();
+        let prior_odds = est.match_share / (1.0 - est.match_share);
+        let posterior = |w: f64| 1.0 / (1.0 + 1.0 / (prior_odds * w.exp2()));
 
         // Pairs of clusters left apart that the model thinks are one person.
         let mut apart: HashMap<(u32, u32), f64> = HashMap::new();
@@ -690,18 +713,18 @@ impl Linker {
         }
         hist.sort_unstable();
         let share = |x: f64| if n_persons == 0 { 0.0 } else { (x / n_persons as f64).clamp(0.0, 1.0) + 0.0 };
-        let quality = Quality {
+        Quality {
             records: self.live() as u64,
-            profiles: np as u64,
+            profiles: self.present.len() as u64,
             persons: n_persons,
             candidate_pairs: self.pairs.len() as u64,
             estimated: est.estimated,
             em_iterations: est.iterations,
             match_share_of_candidates: est.match_share,
-            schemes: est.schemes,
-            groups: est.groups,
-            threshold_bits: threshold,
-            bridge_bits: bridge,
+            schemes: est.schemes.clone(),
+            groups: est.groups.clone(),
+            threshold_bits: self.rule.threshold,
+            bridge_bits: self.rule.bridge,
             weight_histogram: hist
                 .into_iter()
                 .map(|(b, pairs)| WeightBucket { from_bits: b as f64 * HISTOGRAM_BITS, pairs })
@@ -711,9 +734,22 @@ impl Linker {
             estimated_merged_share: share(merged_expect),
             estimated_split_share: share(split_expect),
             blocks_capped: self.blocks_capped,
-        };
-        Linkage { persons, quality }
+        }
     }
+}
+
+/// What clustering leaves for the quality figures.
+struct Clustered {
+    est: Estimate,
+    /// The weight of each agreement pattern, in bits.
+    weights: Vec<f64>,
+    /// The union-find forest over profiles after clustering.
+    parent: Vec<u32>,
+    persons: Vec<u32>,
+    n_persons: u64,
+    links: u64,
+    not_bridged: u64,
+    merged_expect: f64,
 }
 
 /// Comparison groups: schemes joined when they share an identity field
@@ -986,6 +1022,7 @@ mod tests {
         }
         let m = pairwise_metrics(&link.persons, &truth);
         assert!(m.precision == 1.0 && m.recall > 0.95, "{m:?}");
+        assert_eq!(l.persons(), link.persons, "persons without the quality figures are the same persons");
         assert!((0.0..=1.0).contains(&q.estimated_split_share) && (0.0..=1.0).contains(&q.estimated_merged_share));
         assert!(q.weight_histogram.iter().map(|b| b.pairs).sum::<u64>() == q.candidate_pairs);
     }

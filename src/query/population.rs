@@ -252,6 +252,15 @@ pub enum CellValue {
 }
 
 impl CellValue {
+    /// The value as [`Column::code`] reads it back: an enum's index, a boolean as 0 or 1.
+    fn code(self) -> Option<u16> {
+        match self {
+            CellValue::Code(c) => (c != NO_ENUM).then_some(c),
+            CellValue::Bool(b) => b.map(u16::from),
+            _ => None,
+        }
+    }
+
     fn of(ty: &FieldType, v: FieldValue<'_>) -> CellValue {
         match (ty, v) {
             (FieldType::String { .. }, _) => CellValue::Absent,
@@ -459,7 +468,16 @@ impl Population {
     /// [`Population::build`] of records prepared beforehand ([`Preparer`]):
     /// what a build does per record (kind, date and field values looked up
     /// and parsed) is done once, when the record arrives, not at every build.
-    pub fn build_prepared<'p>(schema: &Schema, persons: impl IntoIterator<Item = (u32, &'p Prepared)>) -> Population {
+    ///
+    /// Two passes over `persons`: the first finds the persons with an anchor
+    /// (a referral with an arm), the second stages only their records, so a
+    /// person no query can count (most people arrested are never referred)
+    /// costs a slot lookup, not a row in every column.
+    pub fn build_prepared<'p, I>(schema: &Schema, persons: I) -> Population
+    where
+        I: IntoIterator<Item = (u32, &'p Prepared)>,
+        I::IntoIter: Clone,
+    {
         let categories = Categories::from_schema(schema);
         let kind_index: HashMap<&str, usize> =
             schema.kinds.iter().enumerate().map(|(i, k)| (k.name.as_str(), i)).collect();
@@ -473,14 +491,41 @@ impl Population {
         // Referral rows also keep the person's sex code and age band code.
         let mut referral_identity: Vec<(u8, u8)> = Vec::new();
         let mut slots = Slots::default();
-        let mut seq: u32 = 0;
+        let column_of = |k: usize, name: &str| schema.kinds[k].field_index(name);
+        let arm_at = referral.and_then(|r| column_of(r, ARM));
+        let persons = persons.into_iter();
 
+        // Pass 1: person slots in order of first arrival (every record counts),
+        // and which slots have a referral with an arm (an anchor).
+        let mut anchored: Vec<bool> = Vec::new();
+        let mut seq: u32 = 0;
+        for (person, record) in persons.clone() {
+            let k = usize::from(record.kind);
+            if k >= stages.len() {
+                continue;
+            }
+            let slot = slots.slot(person, seq) as usize;
+            seq = seq.wrapping_add(1);
+            if slot >= anchored.len() {
+                anchored.resize(slot + 1, false);
+            }
+            if Some(k) == referral && arm_at.and_then(|a| record.values.get(a)).and_then(|v| v.code()).is_some() {
+                anchored[slot] = true;
+            }
+        }
+
+        // Pass 2: the rows of anchored persons only, numbered as in pass 1.
+        let mut seq: u32 = 0;
         for (person, record) in persons {
             let k = usize::from(record.kind);
             let Some(stage) = stages.get_mut(k) else { continue };
             let slot = slots.slot(person, seq);
-            stage.keys.push((slot, record.date, seq));
+            let this = seq;
             seq = seq.wrapping_add(1);
+            if !anchored.get(slot as usize).copied().unwrap_or(false) {
+                continue;
+            }
+            stage.keys.push((slot, record.date, this));
             for (col, v) in stage.columns.iter_mut().zip(record.values.iter()) {
                 col.push_value(*v);
             }
@@ -491,9 +536,8 @@ impl Population {
         drop(slots);
 
         // Anchors: the earliest referral with an arm, per person slot.
-        let n_slots = stages.iter().flat_map(|s| s.keys.iter().map(|k| k.0 as usize + 1)).max().unwrap_or(0);
+        let n_slots = anchored.len();
         let mut first: Vec<Option<usize>> = vec![None; n_slots];
-        let column_of = |k: usize, name: &str| schema.kinds[k].field_index(name);
         if let Some(r) = referral {
             let stage = &stages[r];
             let arm = column_of(r, ARM).map(|i| &stage.columns[i]);
@@ -550,18 +594,29 @@ impl Population {
         let kinds = stages
             .into_iter()
             .map(|stage| {
-                let mut order: Vec<usize> =
-                    (0..stage.keys.len()).filter(|&i| new_index[stage.keys[i].0 as usize] != u32::MAX).collect();
-                order.sort_unstable_by_key(|&i| {
-                    let (slot, date, s) = stage.keys[i];
-                    (new_index[slot as usize], date, s)
-                });
+                // Rows counted per kept person, placed in arrival order (a
+                // counting sort), then each person's rows sorted by date: a
+                // stable sort, so arrival breaks ties.
+                let person_of = |i: usize| new_index[stage.keys[i].0 as usize];
                 let mut offsets = vec![0u32; n + 1];
-                for &i in &order {
-                    offsets[new_index[stage.keys[i].0 as usize] as usize + 1] += 1;
+                for i in 0..stage.keys.len() {
+                    if person_of(i) != u32::MAX {
+                        offsets[person_of(i) as usize + 1] += 1;
+                    }
                 }
                 for i in 0..n {
                     offsets[i + 1] += offsets[i];
+                }
+                let mut fill: Vec<u32> = offsets[..n].to_vec();
+                let mut order = vec![0usize; offsets[n] as usize];
+                for i in 0..stage.keys.len() {
+                    if let Some(at) = fill.get_mut(person_of(i) as usize) {
+                        order[*at as usize] = i;
+                        *at += 1;
+                    }
+                }
+                for w in offsets.windows(2) {
+                    order[w[0] as usize..w[1] as usize].sort_by_key(|&i| stage.keys[i].1);
                 }
                 Events {
                     offsets,
@@ -723,6 +778,71 @@ mod tests {
         assert_eq!(arrests.columns[warrant].code(0), Some(0));
         assert_eq!(arrests.columns[warrant].code(1), Some(1));
         assert_eq!(pop.event_count(), 4);
+    }
+
+    /// Many persons, many records in a random arrival order: the persons
+    /// kept are exactly those with a referral with an arm, numbered in order
+    /// of their first record of any kind; each kind's rows of a person are all
+    /// of theirs with a date, sorted by date, ties in arrival order.
+    #[test]
+    fn persons_are_kept_numbered_and_their_rows_ordered_as_they_arrived() {
+        use rand::{Rng, SeedableRng};
+        let schema = Schema::default_schema().unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let day = |d: i32| date_text(days_from_civil(2019, 1, 1) + d).as_str().to_string();
+        let mut records = Vec::new();
+        for arrival in 0..1440 {
+            let person: u32 = rng.gen_range(0..200);
+            let date = day(rng.gen_range(0..20));
+            // A contact's minutes carry the arrival number, to see the order of equal dates.
+            let r = match rng.gen_range(0..5) {
+                0 => rec("referral", serde_json::json!({"referral_date": date, "arm": "diversion"})),
+                1 => rec("referral", serde_json::json!({"referral_date": date})),
+                2 => rec("contact", serde_json::json!({"contact_date": date, "minutes": arrival})),
+                _ => rec("arrest", serde_json::json!({"arrest_date": date, "felony": rng.gen_bool(0.5)})),
+            };
+            records.push((person, r));
+        }
+        let pop = Population::build(&schema, records.iter().map(|(p, r)| (*p, r)));
+
+        let anchored: std::collections::HashSet<u32> = records
+            .iter()
+            .filter(|(_, r)| r.kind == "referral" && r.fields.contains_key("arm"))
+            .map(|(p, _)| *p)
+            .collect();
+        let mut kept: Vec<u32> = Vec::new();
+        for (p, _) in &records {
+            if anchored.contains(p) && !kept.contains(p) {
+                kept.push(*p);
+            }
+        }
+        assert_eq!(pop.len(), kept.len());
+        let kind_at = |name: &str| schema.kinds.iter().position(|k| k.name == name).unwrap();
+        let kinds = ["arrest", "referral", "contact"].map(|k| &pop.kinds[kind_at(k)]);
+        let minutes = schema.kind("contact").unwrap().field_index("minutes").unwrap();
+        let Column::Int(arrival) = &kinds[2].columns[minutes] else { panic!("minutes is an integer column") };
+        for (i, person) in kept.iter().enumerate() {
+            for (name, events) in ["arrest", "referral", "contact"].iter().zip(kinds) {
+                let mine = records.iter().filter(|(p, r)| p == person && r.kind == *name).count();
+                assert_eq!(events.range(i).len(), mine, "person {i}: every {name} row");
+                let dates = &events.dates[events.range(i)];
+                assert!(dates.windows(2).all(|w| w[0] <= w[1]), "person {i}: {name} rows sorted by date");
+            }
+            let rows: Vec<(i32, i64)> = kinds[2].range(i).map(|j| (kinds[2].dates[j], arrival[j])).collect();
+            assert!(rows.windows(2).all(|w| w[0] < w[1]), "person {i}: equal dates in arrival order");
+        }
+        let anchors: Vec<i32> = kept
+            .iter()
+            .map(|p| {
+                let referral =
+                    |(q, r): &&(u32, PseudoRecord)| q == p && r.kind == "referral" && r.fields.contains_key("arm");
+                let first =
+                    records.iter().filter(referral).map(|(_, r)| r.fields["referral_date"].as_str().unwrap()).min();
+                parse_date(first.unwrap()).unwrap()
+            })
+            .collect();
+        assert_eq!(pop.persons.anchor, anchors, "each person's anchor: their earliest referral with an arm");
+        assert_eq!(pop.event_count(), records.iter().filter(|(p, _)| anchored.contains(p)).count());
     }
 
     #[test]

@@ -180,7 +180,7 @@ struct Inner {
     generation: u64,
     /// The population of the last build and the generation it was built at.
     cached: Option<(u64, Arc<Population>)>,
-    /// The quality figures of the last linkage, and the generation.
+    /// The quality figures of the last status, and the generation they were computed at.
     quality: Option<(u64, Quality)>,
     /// Token schemes seen in records that the steward's schema does not know.
     unknown_schemes: u64,
@@ -290,20 +290,18 @@ impl Persons {
             let inner = self.lock();
             (inner.generation, inner.linker.snapshot(), inner.records.clone())
         };
-        let linkage = linker.link();
+        // Persons only: the quality figures are the admin status's to compute, when asked.
+        let persons = linker.persons();
         drop(linker);
         // Replaced and deleted records have no person (u32::MAX): no population holds them.
         let records = chunks.iter().flat_map(|c| c.iter());
-        let held = linkage.persons.into_iter().zip(records).filter(|(p, _)| *p != u32::MAX);
+        let held = persons.into_iter().zip(records).filter(|(p, _)| *p != u32::MAX);
         let held = held.filter_map(|(p, e)| Some((p, e.as_ref()?)));
         let pop = Arc::new(Population::build_prepared(&self.schema, held));
         let mut inner = self.lock();
         // Keep the newest: a slower build of an older generation never replaces a newer one.
         if inner.cached.as_ref().map_or(true, |(g, _)| *g <= generation) {
             inner.cached = Some((generation, pop.clone()));
-        }
-        if inner.quality.as_ref().map_or(true, |(g, _)| *g <= generation) {
-            inner.quality = Some((generation, linkage.quality));
         }
         pop
     }
@@ -318,8 +316,9 @@ impl Persons {
     }
 
     /// The linkage quality for the admin status, as JSON (scheme names, no
-    /// record, token or person): that of the last linkage if no record
+    /// record, token or person): that of the last status if no record
     /// arrived since, else linked anew (from a snapshot, outside the lock).
+    /// Population builds do not compute it: only the status needs it.
     pub fn quality_status(&self) -> serde_json::Value {
         let have = {
             let inner = self.lock();

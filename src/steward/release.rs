@@ -185,6 +185,14 @@ async fn release(
     };
     let epsilon_micro = (plan.epsilon() * 1e6).round() as u64;
 
+    // The population is data, not noise: when the budget looks sufficient, it
+    // is built (if records arrived) while the reservation is made durable.
+    // The reservation alone decides; a refused query only leaves a build
+    // that the next query takes.
+    let population = |st: Arc<Steward>| tokio::task::spawn_blocking(move || st.persons().population());
+    let looks_paid = st.ledger.budget(evaluator).is_ok_and(|b| b.left_micro >= epsilon_micro);
+    let early = looks_paid.then(|| population(st.clone()));
+
     // Reserve durably before any noise is drawn.
     let st2 = st.clone();
     let ev2 = evaluator.to_string();
@@ -198,10 +206,12 @@ async fn release(
         Err(e) => return Err(Box::new(internal("the reservation task failed", e))),
     };
 
+    let population = match early.unwrap_or_else(|| population(st.clone())).await {
+        Ok(p) => p,
+        Err(e) => return Err(Box::new(internal("the population task failed (its budget stays spent)", e))),
+    };
     // Draw the noise (CPU work, off the reactor).
-    let st2 = st.clone();
     let executed = tokio::task::spawn_blocking(move || {
-        let population = st2.persons().population();
         let mut noise = OpenDpNoise::new();
         engine::execute_with_census(&plan, &population, &mut noise, census.as_ref()).map(|a| (a, plan))
     })
@@ -234,21 +244,21 @@ async fn release(
         canonical: plan.canonical().to_string(),
         epsilon: epsilon_micro as f64 / 1e6,
     };
-    let st2 = st.clone();
-    let ev2 = evaluator.to_string();
-    let kept = bytes.clone();
-    let stored = tokio::task::spawn_blocking(move || {
-        st2.record_release(&ev2, &record)
-            .map_err(|e| Box::new(internal("recording a release failed (its budget stays spent)", e)))?;
-        st2.ledger
-            .store_answer(&ev2, hash, &kept)
-            .map_err(|e| Box::new(internal("storing an answer failed (its budget stays spent)", e)))?;
-        Ok::<(), Box<Resp>>(())
-    })
-    .await;
-    match stored {
+    // The release record and the answer are two writes of the same store,
+    // queued at once, so one group commit (one fsync) usually makes both durable.
+    let (st2, ev2) = (st.clone(), evaluator.to_string());
+    let recorded = tokio::task::spawn_blocking(move || st2.record_release(&ev2, &record));
+    let (st2, ev2, kept) = (st.clone(), evaluator.to_string(), bytes.clone());
+    let stored = tokio::task::spawn_blocking(move || st2.ledger.store_answer(&ev2, hash, &kept));
+    let (recorded, stored) = tokio::join!(recorded, stored);
+    match recorded {
         Ok(Ok(())) => {}
-        Ok(Err(resp)) => return Err(resp),
+        Ok(Err(e)) => return Err(Box::new(internal("recording a release failed (its budget stays spent)", e))),
+        Err(e) => return Err(Box::new(internal("the recording task failed (its budget stays spent)", e))),
+    }
+    match stored {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(Box::new(internal("storing an answer failed (its budget stays spent)", e))),
         Err(e) => return Err(Box::new(internal("the storing task failed (its budget stays spent)", e))),
     }
     info!(evaluator = %evaluator, query_hash = %plan.hash(), epsilon = %format_epsilon(epsilon_micro), left = %format_epsilon(left), "released");
