@@ -25,7 +25,10 @@ With --truth (a CSV with columns source,kind,line,entity, as `divert synth` writ
 print the pairwise precision, recall and F1, as JSON on the last line. Every truth row \
 counts: a row with no record among FILEs (quarantined, or its file not given) and a record \
 with no token are persons of their own, so missing data lowers recall; the JSON says how \
-many of each.\n\n\
+many of each. It also gives `recall_reachable`: the share of true pairs joined by a chain of \
+shared tokens through records of their own entity, the most any weights could link with \
+these schemes. Recall well below it: the weights or threshold miss links; recall near it: \
+the misses need another scheme (or carry too few identity values to tokenize).\n\n\
 Without --schema the built-in default schema is used; stderr says which.\n\n\
 Examples:\n  divert link --truth synth/truth.csv out/*.jsonl\n  \
 divert link --truth synth/truth.csv --threshold 20 out/*.jsonl   # try a stricter rule")]
@@ -72,6 +75,13 @@ pub struct Scored {
     pub truth_rows_without_record: usize,
     /// Records with no token: linked to nothing, missed.
     pub records_without_token: usize,
+    /// True pairs joined by a chain of shared tokens through records of
+    /// their own entity: the most any weights could link with these schemes.
+    pub pairs_reachable: u64,
+    /// `pairs_reachable` over the true pairs: the recall these tokens allow.
+    /// Below it, the weights and threshold miss pairs; above `recall` up to
+    /// it, a scheme is missing or a field too damaged for exact tokens.
+    pub recall_reachable: f64,
 }
 
 pub fn run(args: LinkArgs) -> anyhow::Result<()> {
@@ -106,12 +116,17 @@ pub fn print_report(r: &LinkReport) {
     print_quality(&r.quality, &r.scheme_names);
     if let Some(m) = &r.metrics {
         println!(
+            "true pairs joined by shared tokens within their entity: {} of {} (the recall these schemes allow: {:.4})",
+            m.pairs_reachable, m.pairs.pairs_true, m.recall_reachable
+        );
+        println!(
             "{}",
             serde_json::json!({
                 "precision": m.pairs.precision, "recall": m.pairs.recall, "f1": m.pairs.f1,
                 "pairs_true": m.pairs.pairs_true, "pairs_found": m.pairs.pairs_found,
                 "truth_rows": m.truth_rows, "truth_rows_without_record": m.truth_rows_without_record,
                 "records_without_token": m.records_without_token,
+                "pairs_reachable": m.pairs_reachable, "recall_reachable": m.recall_reachable,
             })
         );
     }
@@ -158,6 +173,8 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
     let mut keys: Vec<(u16, String, u64)> = Vec::new();
     let mut epochs = BTreeSet::new();
     let mut tokens: Vec<Option<Token>> = vec![None; schema.schemes.len()];
+    let truth_rows = truth.map(read_truth).transpose()?;
+    let mut reach = truth_rows.as_ref().map(|_| Reach::default());
     for path in files {
         let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         for (n, line) in BufReader::new(f).lines().enumerate() {
@@ -188,6 +205,10 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
             }
             epochs.insert(rec.epoch);
             records_without_token += usize::from(tokens.iter().all(Option::is_none));
+            if let (Some(reach), Some(truth)) = (reach.as_mut(), truth_rows.as_ref()) {
+                let entity = truth.get(&(rec.source.clone(), rec.kind.clone(), rec.line)).copied();
+                reach.add(entity, rec.epoch, &tokens);
+            }
             linker.add(rec.epoch, &tokens)?;
             let sid = match source_names.iter().position(|s| *s == rec.source) {
                 Some(i) => i,
@@ -217,10 +238,8 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
         names.sort_unstable();
         *persons_by_sources.entry(names.join("+")).or_insert(0) += 1;
     }
-    let metrics = match truth {
-        None => None,
-        Some(t) => {
-            let truth = read_truth(t)?;
+    let metrics = match (truth, truth_rows) {
+        (Some(t), Some(truth)) => {
             let mut entities = Vec::with_capacity(keys.len());
             let mut seen = HashSet::with_capacity(keys.len());
             for (s, kind, line) in &keys {
@@ -242,13 +261,22 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
                     missing += 1;
                 }
             }
+            let pairs = pairwise_metrics(&found, &entities);
+            let pairs_reachable = reach.map_or(0, Reach::pairs);
             Some(Scored {
-                pairs: pairwise_metrics(&found, &entities),
+                pairs,
                 truth_rows: truth.len(),
                 truth_rows_without_record: missing,
                 records_without_token,
+                pairs_reachable,
+                recall_reachable: if pairs.pairs_true == 0 {
+                    1.0
+                } else {
+                    pairs_reachable as f64 / pairs.pairs_true as f64
+                },
             })
         }
+        _ => None,
     };
     Ok(LinkReport {
         records: persons.len(),
@@ -259,6 +287,51 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
         scheme_names: schema.schemes.iter().map(|s| s.name.clone()).collect(),
         metrics,
     })
+}
+
+/// Which records of one true entity a chain of shared tokens joins
+/// (scoring only: it needs the truth, which the steward never has).
+#[derive(Default)]
+struct Reach {
+    /// Union-find over records, in the order added.
+    parent: Vec<u32>,
+    /// (entity, epoch, scheme, token) → the first record of that entity with it.
+    first: HashMap<(u32, u32, u8, Token), u32>,
+}
+
+impl Reach {
+    /// Add the next record; `entity` None (a record the truth lacks) joins nothing.
+    fn add(&mut self, entity: Option<u32>, epoch: u32, tokens: &[Option<Token>]) {
+        let me = self.parent.len() as u32;
+        self.parent.push(me);
+        let Some(e) = entity else { return };
+        for (s, t) in tokens.iter().enumerate() {
+            let Some(t) = t else { continue };
+            let first = *self.first.entry((e, epoch, s as u8, *t)).or_insert(me);
+            if first != me {
+                let (a, b) = (self.find(first), self.find(me));
+                self.parent[a.max(b) as usize] = a.min(b);
+            }
+        }
+    }
+
+    fn find(&mut self, mut x: u32) -> u32 {
+        while self.parent[x as usize] != x {
+            let p = self.parent[x as usize];
+            self.parent[x as usize] = self.parent[p as usize];
+            x = p;
+        }
+        x
+    }
+
+    /// Pairs of records in one joined set.
+    fn pairs(mut self) -> u64 {
+        let mut size: HashMap<u32, u64> = HashMap::new();
+        for r in 0..self.parent.len() as u32 {
+            *size.entry(self.find(r)).or_default() += 1;
+        }
+        size.values().map(|&n| n * n.saturating_sub(1) / 2).sum()
+    }
 }
 
 /// Read `source,kind,line,entity` into a map to a dense entity number.

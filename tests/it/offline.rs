@@ -136,6 +136,9 @@ fn pseudonymize_then_link_offline() {
     assert_eq!(metrics["truth_rows"], 4);
     assert_eq!(metrics["truth_rows_without_record"], 1);
     assert_eq!(metrics["records_without_token"], 0);
+    // Lines 2 and 3 share tokens; line 4 has no record to share them: no weight could do better.
+    assert_eq!(metrics["pairs_reachable"], 1);
+    assert_eq!(metrics["recall_reachable"], 0.5);
     assert!(text(&link.stderr).contains("divert: schema: "), "{}", text(&link.stderr));
 }
 
@@ -231,6 +234,9 @@ fn missing_birth_dates_and_swapped_nicknames_link_and_scoring_counts_every_row()
     assert_eq!(m["recall"], 0.75, "{m}");
     assert_eq!(m["records_without_token"], 1, "{m}");
     assert_eq!(m["truth_rows_without_record"], 0, "{m}");
+    // The tokenless line 5 can join nobody: the tokens allow the pairs of lines 2-4, 3 of 4.
+    assert_eq!((m["pairs_reachable"].as_u64(), m["recall_reachable"].as_f64()), (Some(3), Some(0.75)), "{m}");
+    assert!(link_out.contains("true pairs joined by shared tokens within their entity: 3 of 4"), "{link_out}");
 }
 
 #[test]
