@@ -158,8 +158,15 @@ fn warn_if_expiring(m: &TlsMaterial) {
 fn admin_handler(ctx: Arc<Context>, service: Service, started: time::OffsetDateTime) -> admin::Handler {
     Arc::new(move |req| match req {
         admin::Request::Status => {
-            let answer = admin::Response::ok(status(&ctx, &service, started));
-            Box::pin(async move { answer })
+            // The role's status reads its store (and a steward's may link
+            // anew for its quality figures): off the async workers.
+            let (ctx, service) = (ctx.clone(), service.clone());
+            Box::pin(async move {
+                match tokio::task::spawn_blocking(move || status(&ctx, &service, started)).await {
+                    Ok(s) => admin::Response::ok(s),
+                    Err(e) => admin::Response::err(format!("the status task failed: {e}")),
+                }
+            })
         }
         other => service.clone().admin(other),
     })
