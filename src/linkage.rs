@@ -789,7 +789,9 @@ pub fn group_schemes(fields: &[u64]) -> Vec<Vec<usize>> {
 
 const _: () = assert!(TOKEN_LEN == 16, "a token is kept as a u128");
 
-fn find(parent: &mut [u32], mut x: u32) -> u32 {
+/// The root of `x` in the union-find forest `parent` (each node its parent,
+/// a root itself), halving the path on the way.
+pub fn find(parent: &mut [u32], mut x: u32) -> u32 {
     // Path halving: every visited node points to its grandparent.
     while parent[x as usize] != x {
         let p = parent[x as usize];

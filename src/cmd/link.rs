@@ -1,13 +1,13 @@
 //! `divert link`: link pseudonymized records offline into persons, summarize, and score against a truth file.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use crate::linkage::{pairwise_metrics, Linkage, Linker, PairMetrics, Quality};
+use crate::linkage::{find, pairwise_metrics, Linkage, Linker, PairMetrics, Quality};
 use crate::record::PseudoRecord;
 use crate::schema::Schema;
 use crate::token::{parse_token, Token};
@@ -170,11 +170,13 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
     let mut records_without_token = 0usize;
     let mut sources: Vec<u16> = Vec::new();
     let mut source_names: Vec<String> = Vec::new();
-    let mut keys: Vec<(u16, String, u64)> = Vec::new();
     let mut epochs = BTreeSet::new();
     let mut tokens: Vec<Option<Token>> = vec![None; schema.schemes.len()];
     let truth_rows = truth.map(read_truth).transpose()?;
-    let mut reach = truth_rows.as_ref().map(|_| Reach::default());
+    // With a truth file: each record's entity (looked up once), which truth rows a record had, and what tokens join.
+    let mut entities: Vec<u32> = Vec::new();
+    let mut seen = vec![false; truth_rows.as_ref().map_or(0, HashMap::len)];
+    let mut reach = Reach::default();
     for path in files {
         let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         for (n, line) in BufReader::new(f).lines().enumerate() {
@@ -205,9 +207,13 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
             }
             epochs.insert(rec.epoch);
             records_without_token += usize::from(tokens.iter().all(Option::is_none));
-            if let (Some(reach), Some(truth)) = (reach.as_mut(), truth_rows.as_ref()) {
-                let entity = truth.get(&(rec.source.clone(), rec.kind.clone(), rec.line)).copied();
-                reach.add(entity, rec.epoch, &tokens);
+            if let (Some(t), Some(truth)) = (truth, truth_rows.as_ref()) {
+                let Some(&(e, row)) = truth.get(&(rec.source.clone(), rec.kind.clone(), rec.line)) else {
+                    bail!("{}: no entity for source {}, kind {}, line {}", t.display(), rec.source, rec.kind, rec.line);
+                };
+                seen[row] = true;
+                entities.push(e);
+                reach.add(e, rec.epoch, &tokens);
             }
             linker.add(rec.epoch, &tokens)?;
             let sid = match source_names.iter().position(|s| *s == rec.source) {
@@ -218,7 +224,6 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
                 }
             };
             sources.push(sid as u16);
-            keys.push((sid as u16, rec.kind, rec.line));
         }
     }
     if epochs.len() > 1 {
@@ -238,31 +243,20 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
         names.sort_unstable();
         *persons_by_sources.entry(names.join("+")).or_insert(0) += 1;
     }
-    let metrics = match (truth, truth_rows) {
-        (Some(t), Some(truth)) => {
-            let mut entities = Vec::with_capacity(keys.len());
-            let mut seen = HashSet::with_capacity(keys.len());
-            for (s, kind, line) in &keys {
-                let source = &source_names[usize::from(*s)];
-                let key = (source.clone(), kind.clone(), *line);
-                let e = truth.get(&key).with_context(|| {
-                    format!("{}: no entity for source {source}, kind {kind}, line {line}", t.display())
-                })?;
-                entities.push(*e);
-                seen.insert(key);
-            }
+    let metrics = match truth_rows {
+        Some(truth) => {
             // Every truth row counts: one without a record is a person of its own, found with nobody.
             let mut found = persons.clone();
             let mut missing = 0usize;
-            for (key, &e) in &truth {
-                if !seen.contains(key) {
+            for &(e, row) in truth.values() {
+                if !seen[row] {
                     found.push(n_persons as u32 + missing as u32);
                     entities.push(e);
                     missing += 1;
                 }
             }
             let pairs = pairwise_metrics(&found, &entities);
-            let pairs_reachable = reach.map_or(0, Reach::pairs);
+            let pairs_reachable = reach.pairs();
             Some(Scored {
                 pairs,
                 truth_rows: truth.len(),
@@ -276,7 +270,7 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
                 },
             })
         }
-        _ => None,
+        None => None,
     };
     Ok(LinkReport {
         records: persons.len(),
@@ -300,42 +294,36 @@ struct Reach {
 }
 
 impl Reach {
-    /// Add the next record; `entity` None (a record the truth lacks) joins nothing.
-    fn add(&mut self, entity: Option<u32>, epoch: u32, tokens: &[Option<Token>]) {
+    /// Add the next record, of true entity `entity`.
+    fn add(&mut self, entity: u32, epoch: u32, tokens: &[Option<Token>]) {
         let me = self.parent.len() as u32;
         self.parent.push(me);
-        let Some(e) = entity else { return };
         for (s, t) in tokens.iter().enumerate() {
             let Some(t) = t else { continue };
-            let first = *self.first.entry((e, epoch, s as u8, *t)).or_insert(me);
+            let first = *self.first.entry((entity, epoch, s as u8, *t)).or_insert(me);
             if first != me {
-                let (a, b) = (self.find(first), self.find(me));
+                let (a, b) = (find(&mut self.parent, first), find(&mut self.parent, me));
                 self.parent[a.max(b) as usize] = a.min(b);
             }
         }
     }
 
-    fn find(&mut self, mut x: u32) -> u32 {
-        while self.parent[x as usize] != x {
-            let p = self.parent[x as usize];
-            self.parent[x as usize] = self.parent[p as usize];
-            x = p;
-        }
-        x
-    }
-
     /// Pairs of records in one joined set.
     fn pairs(mut self) -> u64 {
-        let mut size: HashMap<u32, u64> = HashMap::new();
+        let mut size = vec![0u64; self.parent.len()];
         for r in 0..self.parent.len() as u32 {
-            *size.entry(self.find(r)).or_default() += 1;
+            size[find(&mut self.parent, r) as usize] += 1;
         }
-        size.values().map(|&n| n * n.saturating_sub(1) / 2).sum()
+        size.iter().map(|&n| n * n.saturating_sub(1) / 2).sum()
     }
 }
 
-/// Read `source,kind,line,entity` into a map to a dense entity number.
-fn read_truth(path: &Path) -> anyhow::Result<HashMap<(String, String, u64), u32>> {
+/// (source, kind, line) → (entity number, truth row number).
+type Truth = HashMap<(String, String, u64), (u32, usize)>;
+
+/// Read `source,kind,line,entity` into a map to a dense entity number and
+/// the row's number (0.., one per distinct source, kind and line).
+fn read_truth(path: &Path) -> anyhow::Result<Truth> {
     let mut r = csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
     let headers: Vec<String> = r.headers()?.iter().map(|h| h.trim().to_ascii_lowercase()).collect();
     let col = |name: &str| {
@@ -354,7 +342,9 @@ fn read_truth(path: &Path) -> anyhow::Result<HashMap<(String, String, u64), u32>
             get(cl).parse().with_context(|| format!("{}: row {}: line is not a number", path.display(), n + 2))?;
         let next = entity_ids.len() as u32;
         let e = *entity_ids.entry(get(ce).to_string()).or_insert(next);
-        out.insert((get(cs).to_string(), get(ck).to_string(), line), e);
+        let key = (get(cs).to_string(), get(ck).to_string(), line);
+        let row = out.get(&key).map_or(out.len(), |&(_, row)| row);
+        out.insert(key, (e, row));
     }
     Ok(out)
 }

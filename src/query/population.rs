@@ -479,9 +479,7 @@ impl Population {
         I::IntoIter: Clone,
     {
         let categories = Categories::from_schema(schema);
-        let kind_index: HashMap<&str, usize> =
-            schema.kinds.iter().enumerate().map(|(i, k)| (k.name.as_str(), i)).collect();
-        let referral = kind_index.get(REFERRAL).copied();
+        let referral = schema.kinds.iter().position(|k| k.name == REFERRAL);
 
         let mut stages: Vec<Stage> = schema
             .kinds
@@ -676,6 +674,7 @@ pub(crate) fn parse_date(s: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn person_slots_are_numbered_in_order_of_arrival_dense_ids_or_not() {
@@ -690,7 +689,6 @@ mod tests {
         assert!(s.dense.len() > far as usize);
         assert_eq!((s.slot(far, 1_000_000), s.slot(3, 1_000_000), s.slot(u32::MAX - 1, 1_000_000)), (1, 0, 3));
     }
-    use std::collections::BTreeMap;
 
     pub(crate) fn rec(kind: &str, fields: serde_json::Value) -> PseudoRecord {
         let fields: BTreeMap<String, Value> = serde_json::from_value(fields).unwrap();

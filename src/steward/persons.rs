@@ -519,7 +519,7 @@ mod tests {
                 crate::hex::decode_array(&r.rid)?,
             );
             let at = *inner.by_rid.get(&key)?;
-            inner.linker.link().persons.get(at as usize).copied()
+            inner.linker.persons().get(at as usize).copied()
         }
     }
 
