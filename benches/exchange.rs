@@ -28,10 +28,10 @@
 //!    into 4 KiB chunks (the steward's layout).
 //!
 //! Also shown: offline pseudonymization of the same file on one core (the
-//! source's CPU work per record), which counts the accepted records and
-//! measures the average pseudonymized record size (JSON, as the outbox keeps
-//! it) and the bytes per record on the wire (the batches the source posts,
-//! in the binary form, made from those records as the pusher makes them:
+//! source's CPU work per record, as its ingest does it: binary batches, the
+//! outbox's form), which counts the accepted records and measures the
+//! average record size in the outbox and the bytes per record on the wire
+//! (the request bodies the pusher makes of those batches:
 //! `source::push::batch_request`); and the CPU this process
 //! and all other processes used during the end-to-end run (from /proc), since
 //! on two cores the exchange is CPU-bound and other work on the machine
@@ -44,9 +44,11 @@ use std::time::{Duration, Instant};
 use divert::config::{Config, RoleConfig};
 use divert::daemon::Context;
 use divert::ingest::Format;
+use divert::ingest::{Outcome, Reader, Row};
 use divert::pki::{self, Role};
-use divert::pseudonymize::{pseudonymize_stream, Pseudonymizer};
+use divert::pseudonymize::Pseudonymizer;
 use divert::schema::Schema;
+use divert::source::store::OutboxRecords;
 use divert::source::Source;
 use divert::steward::Steward;
 use divert::synth::{self, Kind, Params};
@@ -135,101 +137,60 @@ fn arrests_csv(want: Option<u64>) -> (Vec<u8>, u64) {
     (bytes, keep)
 }
 
-/// Counts bytes written.
-struct CountingSink(u64);
-
-impl std::io::Write for CountingSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len() as u64;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 struct Offline {
     accepted: u64,
     rows: u64,
-    json_bytes: u64,
+    /// Bytes of the records sections the outbox would keep.
+    outbox_bytes: u64,
+    /// Bytes of the request bodies the pusher would post.
+    wire_bytes: u64,
     secs: f64,
 }
 
-/// Offline pseudonymization of the export on one core: accepted records, their JSON size, the time.
+/// Offline pseudonymization of the export on one core, as the source's
+/// ingest does it: rows read and checked, records appended to binary batches
+/// of the source's default size (the outbox's form), each completed into the
+/// request body the pusher posts (`source::push::batch_request`). Accepted
+/// records, their bytes, the time.
 fn pseudonymize_offline(csv: &[u8], keys: &Path) -> Offline {
     let schema = Schema::default_schema().expect("built-in schema");
     let key = divert::keys::load_active(keys).expect("linkage key");
     let tokenizer = divert::token::Tokenizer::new(&schema, &key).expect("tokenizer");
     let kind = schema.kind(Kind::Arrest.as_str()).expect("arrest kind");
     let mut p = Pseudonymizer::new(&schema, kind, SOURCE, &tokenizer);
-    let mut sink = CountingSink(0);
-    let t = Instant::now();
-    let s = pseudonymize_stream(&mut p, Format::Csv, csv, &mut sink, |_| Ok(())).expect("pseudonymize");
-    Offline { accepted: s.accepted, rows: s.rows_read, json_bytes: sink.0, secs: t.elapsed().as_secs_f64() }
-}
-
-/// Groups pseudonymized JSON lines into batches of the source's default size and adds up the
-/// bytes of the request bodies the pusher would send for them.
-struct WireSink {
-    pending: Vec<u8>,
-    lines: u32,
-    batch: Vec<u8>,
-    batches: u64,
-    records: u64,
-    bytes: u64,
-}
-
-impl WireSink {
-    fn send(&mut self) {
-        if self.lines == 0 {
+    let mut reader = Reader::new(&schema, kind, Format::Csv, csv).expect("the export's header");
+    let mut row = Row::new(&schema, kind);
+    let mut issues = Vec::new();
+    let mut out = Offline { accepted: 0, rows: 0, outbox_bytes: 0, wire_bytes: 0, secs: 0.0 };
+    let mut batches = 0u64;
+    let mut send = |p: &mut Pseudonymizer<'_>, out: &mut Offline| {
+        if p.pending() == 0 {
             return;
         }
+        let section = p.take_batch();
         // A batch id as long as the source's (32 hex digits, a dash, the sequence).
-        let id = format!("{:032x}-{}", 0xfeed_u128, self.batches);
-        let (body, format) = divert::source::push::batch_request(SOURCE, &id, &self.batch);
+        let id = format!("{:032x}-{batches}", 0xfeed_u128);
+        let (body, format) = divert::source::push::batch_request(SOURCE, &id, OutboxRecords::Binary(&section))
+            .expect("a records section this release reads");
         assert_eq!(format, divert::wire::BatchFormat::Binary, "the pusher would send JSON");
-        self.bytes += body.len() as u64;
-        self.records += u64::from(self.lines);
-        self.batches += 1;
-        self.batch.clear();
-        self.lines = 0;
-    }
-}
-
-impl std::io::Write for WireSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.pending.extend_from_slice(buf);
-        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-            if self.lines > 0 {
-                self.batch.push(b',');
-            }
-            self.batch.extend_from_slice(&self.pending[..end]);
-            self.pending.drain(..=end);
-            self.lines += 1;
-            if self.lines >= divert::config::DEFAULT_BATCH_RECORDS {
-                self.send();
+        out.outbox_bytes += section.len() as u64;
+        out.wire_bytes += body.len() as u64;
+        batches += 1;
+    };
+    let t = Instant::now();
+    while let Some(outcome) = reader.next_row(&mut row, &mut issues).expect("reading the export") {
+        out.rows += 1;
+        if outcome == Outcome::Accepted {
+            out.accepted += 1;
+            p.append(&row);
+            if p.pending() >= divert::config::DEFAULT_BATCH_RECORDS {
+                send(&mut p, &mut out);
             }
         }
-        Ok(buf.len())
     }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Bytes per record on the wire: the export pseudonymized again (untimed) into [`WireSink`].
-fn wire_bytes_per_record(csv: &[u8], keys: &Path) -> f64 {
-    let schema = Schema::default_schema().expect("built-in schema");
-    let key = divert::keys::load_active(keys).expect("linkage key");
-    let tokenizer = divert::token::Tokenizer::new(&schema, &key).expect("tokenizer");
-    let kind = schema.kind(Kind::Arrest.as_str()).expect("arrest kind");
-    let mut p = Pseudonymizer::new(&schema, kind, SOURCE, &tokenizer);
-    let mut sink = WireSink { pending: Vec::new(), lines: 0, batch: Vec::new(), batches: 0, records: 0, bytes: 0 };
-    pseudonymize_stream(&mut p, Format::Csv, csv, &mut sink, |_| Ok(())).expect("pseudonymize");
-    sink.send();
-    sink.bytes as f64 / sink.records as f64
+    send(&mut p, &mut out);
+    out.secs = t.elapsed().as_secs_f64();
+    out
 }
 
 /// CPU ticks (USER_HZ) used so far by this process.
@@ -556,8 +517,8 @@ fn main() {
     let offline = pseudonymize_offline(&csv, &root.join(SOURCE).join("keys"));
     assert_eq!(offline.rows, rows);
     let n = offline.accepted;
-    let rec_size = offline.json_bytes as f64 / n as f64;
-    let wire_size = wire_bytes_per_record(&csv, &root.join(SOURCE).join("keys"));
+    let rec_size = offline.outbox_bytes as f64 / n as f64;
+    let wire_size = offline.wire_bytes as f64 / n as f64;
     let staging = root.join("staging");
     std::fs::create_dir_all(&staging).expect("staging dir");
     let staged = staging.join("arrest.csv");
@@ -567,7 +528,7 @@ fn main() {
     let csv_bytes = csv.len() as f64;
     drop(csv);
     eprintln!(
-        "export: {rows} rows ({} accepted), {:.1} MB CSV, {:.1} bytes per CSV row, {rec_size:.1} bytes per pseudonymized record (JSON), {wire_size:.1} on the wire",
+        "export: {rows} rows ({} accepted), {:.1} MB CSV, {:.1} bytes per CSV row, {rec_size:.1} bytes per pseudonymized record in the outbox, {wire_size:.1} on the wire",
         n,
         mb(csv_bytes),
         csv_bytes / rows as f64
@@ -604,7 +565,7 @@ fn main() {
 
     println!();
     println!(
-        "exchange benchmark: {} records ({rec_size:.0} bytes of JSON, {size} on the wire on average), loopback, {workers} cores",
+        "exchange benchmark: {} records ({rec_size:.0} bytes in the outbox, {size} on the wire on average), loopback, {workers} cores",
         n
     );
     println!("{:-<100}", "");
@@ -647,7 +608,7 @@ fn main() {
     );
     println!(
         "{:<52} {:>14.0} {:>14.1} {:>14.2}",
-        "(pseudonymize offline, CSV → JSON lines, 1 core)",
+        "(pseudonymize offline, CSV → binary batches, 1 core)",
         pseudo_rate,
         mb(csv_bytes) / offline.secs,
         offline.secs
@@ -689,7 +650,7 @@ fn main() {
     println!("goal ≥ {goal:.0} records/s end to end: {}", met(e2e_rate >= goal));
     let store_per_record = e2e.store_bytes as f64 / e2e.records as f64;
     println!(
-        "bytes per record: {wire_size:.0} on the wire (goal ≤ 250: {}; {rec_size:.0} as a JSON line), {store_per_record:.0} in the steward's store (goal ≤ 400: {})",
+        "bytes per record: {wire_size:.0} on the wire (goal ≤ 250: {}; {rec_size:.0} in the outbox), {store_per_record:.0} in the steward's store (goal ≤ 400: {})",
         met(wire_size <= 250.0),
         met(store_per_record <= 400.0)
     );

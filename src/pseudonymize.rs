@@ -1,14 +1,84 @@
 //! Turns an accepted row into a pseudonymized record: tokens under the epoch key, identity dropped, date of birth → age at the event, unsafe free text withheld.
 //!
-//! Pure: writes JSON into a byte buffer. The JSON is written by hand (not
-//! through a map) because this is the hot path of `divert pseudonymize`; a
-//! test checks every line parses as a [`crate::record::PseudoRecord`].
+//! Pure, in two forms. [`Pseudonymizer::write`] writes a JSON line into a
+//! byte buffer, by hand (not through a map) because this is the hot path of
+//! `divert pseudonymize`; a test checks every line parses as a
+//! [`crate::record::PseudoRecord`]. [`Pseudonymizer::append`] adds the same
+//! record to a batch in the binary form ([`crate::wire::binary`]), which a
+//! source's outbox keeps; a test checks both forms give the same records.
 
 use std::io::Write;
 
 use crate::ingest::{age_at, Row, Value};
 use crate::schema::{FieldType, Kind, Schema};
 use crate::token::{Scratch, Token, Tokenizer};
+use crate::wire::binary::{Cell, Encoder, RecordHead};
+
+/// Where a released field's value comes from.
+#[derive(Clone, Copy)]
+enum Slot {
+    Age,
+    /// An identity field released as it is (its schema position).
+    Identity(usize),
+    /// A field of the kind (its position).
+    Field(usize),
+}
+
+/// What [`Pseudonymizer::append`] needs of the binary form, worked out once.
+struct BinaryPlan<'a> {
+    /// A batch's string table before its first record: every name and enum value interned.
+    template: Encoder<'a>,
+    kind: u64,
+    source: u64,
+    /// (schema position, table position) of each scheme, in ascending name order.
+    schemes: Vec<(usize, u64)>,
+    /// (where the value comes from, the name's table position), in ascending name order.
+    fields: Vec<(Slot, u64)>,
+    /// Per kind field, per enum value: its table position (its text when it spells a date).
+    enums: Vec<Vec<Cell<'a>>>,
+}
+
+impl<'a> BinaryPlan<'a> {
+    fn new(schema: &'a Schema, kind: &'a Kind, source: &'a str) -> BinaryPlan<'a> {
+        let mut t = Encoder::new();
+        let kind_at = t.intern(&kind.name);
+        let source_at = t.intern(source);
+        let mut schemes: Vec<(&str, usize)> = schema.schemes.iter().enumerate().map(|(i, s)| (&*s.name, i)).collect();
+        schemes.sort();
+        let schemes = schemes.into_iter().map(|(name, i)| (i, t.intern(name))).collect();
+        let mut fields: Vec<(&str, Slot)> = vec![("age", Slot::Age)];
+        for (i, f) in schema.identity.iter().enumerate() {
+            if f.release {
+                fields.push((&f.name, Slot::Identity(i)));
+            }
+        }
+        for (i, f) in kind.fields.iter().enumerate() {
+            if i != kind.record_id && f.released() {
+                fields.push((&f.name, Slot::Field(i)));
+            }
+        }
+        fields.sort_by(|a, b| a.0.cmp(b.0));
+        let fields = fields.into_iter().map(|(name, slot)| (slot, t.intern(name))).collect();
+        let enums = kind
+            .fields
+            .iter()
+            .map(|f| match &f.ty {
+                FieldType::Enum(e) => e
+                    .values
+                    .iter()
+                    .map(|v| if crate::record::is_iso_date(v) { Cell::Str(v) } else { Cell::Interned(t.intern(v)) })
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        BinaryPlan { template: t, kind: kind_at, source: source_at, schemes, fields, enums }
+    }
+}
+
+/// Days since 1970-01-01 of a date, its year held to 0000-9999 as the JSON form holds it.
+fn day_number(d: time::Date) -> i32 {
+    crate::days::days_from_civil(d.year().clamp(0, 9999), u32::from(d.month() as u8), u32::from(d.day()))
+}
 
 /// Pseudonymizes rows of one kind from one source.
 pub struct Pseudonymizer<'a> {
@@ -29,6 +99,9 @@ pub struct Pseudonymizer<'a> {
     scheme_tokens: Vec<u64>,
     /// The export's place in the source's order (see [`crate::record::record_seq`]).
     seq_base: u64,
+    binary: BinaryPlan<'a>,
+    /// The binary batch [`Pseudonymizer::append`] fills.
+    batch: Encoder<'a>,
 }
 
 /// Append an unsigned integer in decimal (the hot path avoids `fmt`).
@@ -81,6 +154,7 @@ impl<'a> Pseudonymizer<'a> {
     pub fn new(schema: &'a Schema, kind: &'a Kind, source: &'a str, tokenizer: &'a Tokenizer) -> Pseudonymizer<'a> {
         let prefix =
             format!("{{\"source\":{},\"kind\":{},\"line\":", json_str(source), json_str(&kind.name)).into_bytes();
+        let binary = BinaryPlan::new(schema, kind, source);
         Pseudonymizer {
             schema,
             kind,
@@ -105,6 +179,8 @@ impl<'a> Pseudonymizer<'a> {
             prefix,
             scheme_tokens: vec![0; schema.schemes.len()],
             seq_base: 0,
+            batch: binary.template.clone(),
+            binary,
         }
     }
 
@@ -117,6 +193,60 @@ impl<'a> Pseudonymizer<'a> {
     /// Per scheme (schema order), how many rows written so far carried its token.
     pub fn tokens_per_scheme(&self) -> &[u64] {
         &self.scheme_tokens
+    }
+
+    /// Add the record of `row` to the binary batch being filled (see [`Pseudonymizer::take_batch`]).
+    pub fn append(&mut self, row: &Row) {
+        let epoch = self.tokenizer.epoch();
+        self.tokenizer.tokens(&row.identity, &mut self.scratch, &mut self.tokens);
+        let rid = self.tokenizer.record_id(self.source, &self.kind.name, &row.record_id);
+        for (tok, count) in self.tokens.iter().zip(&mut self.scheme_tokens) {
+            *count += u64::from(tok.is_some());
+        }
+        let plan = &self.binary;
+        let head = RecordHead {
+            kind: plan.kind,
+            source: plan.source,
+            line: row.line,
+            epoch,
+            seq: crate::record::record_seq(self.seq_base, row.line),
+            deleted: false,
+        };
+        let held = &self.tokens;
+        let tokens = plan.schemes.iter().filter_map(|&(s, at)| held.get(s).copied().flatten().map(|t| (at, t)));
+        let age = match (row.birth_date, row.event_date(self.kind)) {
+            (Some(dob), Some(at)) => Cell::Int(i64::from(age_at(dob, at))),
+            _ => Cell::Null,
+        };
+        let fields = plan.fields.iter().map(|&(slot, at)| {
+            let cell = match slot {
+                Slot::Age => age,
+                Slot::Identity(i) => row.identity.get(i).map_or(Cell::Null, Cell::Str),
+                Slot::Field(i) => match row.values.get(i).and_then(Option::as_ref) {
+                    None => Cell::Null,
+                    Some(Value::Str(s)) => Cell::Str(s),
+                    Some(Value::Date(d)) => Cell::Date(day_number(*d)),
+                    Some(Value::Enum(e)) => {
+                        plan.enums.get(i).and_then(|v| v.get(usize::from(*e))).copied().unwrap_or(Cell::Null)
+                    }
+                    Some(Value::Bool(b)) => Cell::Bool(*b),
+                    Some(Value::Int(n)) => Cell::Int(*n),
+                },
+            };
+            (at, cell)
+        });
+        self.batch.push(head, &rid, tokens, fields);
+    }
+
+    /// Records appended since the last [`Pseudonymizer::take_batch`].
+    pub fn pending(&self) -> u32 {
+        self.batch.len() as u32
+    }
+
+    /// The records appended since the last take, as a records section (what
+    /// a source's outbox keeps); the next batch starts empty.
+    pub fn take_batch(&mut self) -> Vec<u8> {
+        std::mem::replace(&mut self.batch, self.binary.template.clone()).finish_section()
     }
 
     /// Append one JSON line (with its newline) for `row` to `out`.
@@ -237,6 +367,63 @@ mod tests {
         assert_eq!(rec.tokens.len(), fed, "every scheme with its fields has a token");
         assert_eq!(p.tokens_per_scheme().iter().sum::<u64>(), fed as u64);
         assert!(rec.tokens.values().all(|t| t.starts_with("1:") && t.len() == 34));
+
+        // The binary form: the same record, and no identity value in its bytes either.
+        p.append(&row);
+        assert_eq!(p.pending(), 1);
+        let section = p.take_batch();
+        assert_eq!(p.pending(), 0);
+        for secret in ["Zelda", "zelda", "Quixote", "quixote", "1980", "123456789", "R-77", "5th"] {
+            assert!(!section.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} leaked");
+        }
+        let view = crate::wire::binary::decode_section(&section).unwrap();
+        assert_eq!(view.to_batch().records, vec![rec]);
+    }
+
+    /// Every kind of the synthetic program, every accepted row: the binary
+    /// batch decodes to exactly the records the JSON lines parse to, batch
+    /// after batch (the string table starts afresh each time).
+    #[test]
+    fn binary_and_json_forms_give_the_same_records() {
+        let schema = Schema::default_schema().unwrap();
+        let key = EpochKey::from_bytes(4, &[7u8; 32]).unwrap();
+        let tok = Tokenizer::new(&schema, &key).unwrap();
+        let params = crate::synth::params::Params::defaults().unwrap();
+        let data = crate::synth::generate(&params, 60, 11);
+        let mut kinds = 0;
+        for &k in crate::synth::model::Kind::ALL {
+            let kind = schema.kind(k.as_str()).unwrap();
+            let mut csv = Vec::new();
+            data.write_csv(k, &mut csv, |_, _| {}).unwrap();
+            let mut reader = Reader::new(&schema, kind, Format::Csv, csv.as_slice()).unwrap();
+            let mut row = crate::ingest::Row::new(&schema, kind);
+            let mut issues = Vec::new();
+            let mut p = Pseudonymizer::new(&schema, kind, "agency", &tok);
+            p.set_seq_base(1 << 20);
+            let (mut json, mut binary) = (Vec::new(), Vec::new());
+            let mut lines = Vec::new();
+            while let Some(outcome) = reader.next_row(&mut row, &mut issues).unwrap() {
+                if outcome == Outcome::Accepted {
+                    p.write(&row, &mut lines);
+                    p.append(&row);
+                    if p.pending() == 25 {
+                        binary.push(p.take_batch());
+                    }
+                }
+            }
+            binary.push(p.take_batch());
+            for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                json.push(serde_json::from_slice::<PseudoRecord>(line).unwrap());
+            }
+            let decoded: Vec<PseudoRecord> = binary
+                .iter()
+                .flat_map(|s| crate::wire::binary::decode_section(s).unwrap().to_batch().records)
+                .collect();
+            assert!(!json.is_empty(), "{}", kind.name);
+            assert_eq!(decoded, json, "{}", kind.name);
+            kinds += 1;
+        }
+        assert_eq!(kinds, 11);
     }
 }
 

@@ -334,8 +334,6 @@ pub fn take_export(env: &Env<'_>, state: &mut State, job: &Job<'_>) -> Result<Do
         batch: WriteBatch::default(),
         chunk: ChunkBuilder::new(),
         chunk_no: earlier.as_ref().map_or(1, |r| r.next_chunk.max(1)),
-        records: Vec::with_capacity(1 << 20),
-        in_batch: 0,
         pending: Vec::new(),
         batches: 0,
         since_commit: 0,
@@ -376,9 +374,6 @@ struct Writer<'e, 'a> {
     batch: WriteBatch,
     chunk: ChunkBuilder,
     chunk_no: u32,
-    /// The current outbox batch: records separated by commas.
-    records: Vec<u8>,
-    in_batch: u32,
     /// Batches in `batch`, not yet durable.
     pending: Vec<(u64, u32)>,
     batches: usize,
@@ -398,15 +393,15 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    fn finish_outbox_batch(&mut self) {
-        if self.in_batch == 0 {
+    /// The records `p` pseudonymized since the last batch become outbox batch `seq` (in `batch`, not yet durable).
+    fn finish_outbox_batch(&mut self, p: &mut Pseudonymizer<'_>) {
+        let n = p.pending();
+        if n == 0 {
             return;
         }
-        store::insert_outbox(&mut self.batch, self.seq, self.in_batch, &self.records);
-        self.pending.push((self.seq, self.in_batch));
+        store::insert_outbox(&mut self.batch, self.seq, n, &p.take_batch());
+        self.pending.push((self.seq, n));
         self.seq += 1;
-        self.records.clear();
-        self.in_batch = 0;
     }
 
     fn record(&self, state: FileState, dest: Option<String>, s: &Summary, quarantine: Option<&Path>) -> FileRecord {
@@ -499,19 +494,15 @@ impl Writer<'_, '_> {
                 s.quarantined += 1;
             }
             if write {
-                if self.in_batch > 0 {
-                    self.records.push(b',');
-                }
-                p.write(&row, &mut self.records);
-                self.in_batch += 1;
+                p.append(&row);
                 self.since_commit += 1;
                 // Sealed by rows or by size: a raw chunk must stay far below the
                 // ~128 KiB past which sled's flush does not make a value durable.
                 if self.chunk.rows() >= RAW_CHUNK_ROWS || self.chunk.bytes() >= RAW_CHUNK_MAX_BYTES {
                     self.seal_chunk()?;
                 }
-                if self.in_batch >= env.batch_records {
-                    self.finish_outbox_batch();
+                if p.pending() >= env.batch_records {
+                    self.finish_outbox_batch(&mut p);
                     if self.since_commit >= self.segment_rows {
                         self.seal_chunk()?;
                         let rec = self.record(FileState::InProgress, None, &Summary::default(), None);
@@ -524,7 +515,7 @@ impl Writer<'_, '_> {
             }
         }
         self.seal_chunk()?;
-        self.finish_outbox_batch();
+        self.finish_outbox_batch(&mut p);
         // The quarantine file is in place before the outcome is recorded, so "done" implies it exists.
         let qpath = quarantine.finish().map_err(|e| failed("writing the quarantine file")(&e))?;
 
@@ -616,8 +607,8 @@ mod tests {
         let mut lines = Vec::new();
         for seq in store.outbox_index().unwrap().into_keys() {
             let v = store::read_outbox(store.tree(), seq).unwrap().unwrap();
-            let (n, body) = store::split_outbox_value(&v).unwrap();
-            let recs: Vec<crate::record::PseudoRecord> = serde_json::from_slice(&[b"[", body, b"]"].concat()).unwrap();
+            let n = store::split_outbox_value(&v).unwrap().0;
+            let recs = store::outbox_value_records(&v);
             assert_eq!(recs.len() as u32, n);
             lines.extend(recs.iter().map(|r| r.line));
         }

@@ -28,10 +28,11 @@ use crate::record::{record_seq, PseudoRecord};
 use crate::schema::Kind;
 use crate::storage::WriteBatch;
 use crate::token::Tokenizer;
+use crate::wire::binary;
 
 use super::file::{Env, FileError, State};
 use super::raw::{decode_header, for_each_row, ChunkBuilder};
-use super::store;
+use super::store::{self, OutboxRecords};
 
 pub use crate::daemon::admin::RecordIds;
 
@@ -78,11 +79,12 @@ pub fn forget(
     // The rids, per epoch, as the pseudonymizer writes them.
     let mut rids_by_epoch: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     let mut all_rids: HashSet<String> = HashSet::new();
+    let mut all_rid_bytes: HashSet<[u8; 16]> = HashSet::new();
     for t in tokenizers {
         for id in &wanted {
-            let mut hex = Vec::with_capacity(32);
-            crate::hex::encode_into(&t.record_id(env.source, &kind.name, id), &mut hex);
-            let hex = String::from_utf8_lossy(&hex).into_owned();
+            let rid = t.record_id(env.source, &kind.name, id);
+            all_rid_bytes.insert(rid);
+            let hex = crate::hex::encode(&rid);
             all_rids.insert(hex.clone());
             rids_by_epoch.entry(t.epoch()).or_default().push(hex);
         }
@@ -100,30 +102,45 @@ pub fn forget(
     let seqs = env.store.outbox_index().map_err(failed("reading the outbox"))?.into_keys();
     for seq in seqs {
         let Some(value) = store::read_outbox(tree, seq).map_err(failed("reading the outbox"))? else { continue };
-        let Some((_, inner)) = store::split_outbox_value(&value) else { continue };
-        let text = [b"[".as_slice(), inner, b"]"].concat();
-        let records: Vec<PseudoRecord> = serde_json::from_slice(&text).map_err(|e| {
-            FileError::Failed(format!("deleting records: outbox batch {seq} is unreadable ({:?})", e.classify()))
-        })?;
-        let keep: Vec<&PseudoRecord> =
-            records.iter().filter(|r| !(r.kind == kind.name && !r.deleted && all_rids.contains(&r.rid))).collect();
-        let removed = (records.len() - keep.len()) as u64;
+        let Some((_, records)) = store::split_outbox_value(&value) else { continue };
+        let unreadable =
+            |what: String| FileError::Failed(format!("deleting records: outbox batch {seq} is unreadable ({what})"));
+        let (removed, rewritten) = match records {
+            OutboxRecords::Binary(section) => {
+                let view = binary::decode_section(section).map_err(|e| unreadable(e.to_string()))?;
+                let keep: Vec<bool> = view
+                    .records
+                    .iter()
+                    .map(|r| !(r.kind == kind.name && !r.deleted && all_rid_bytes.contains(&r.rid)))
+                    .collect();
+                let kept = keep.iter().filter(|k| **k).count();
+                let rewritten = (kept > 0).then(|| (kept as u32, view.encode_kept_section(&keep)));
+                (view.records.len() - kept, rewritten)
+            }
+            OutboxRecords::Json(inner) => {
+                // Written by a release before the binary outbox: rewritten as JSON.
+                let text = [b"[".as_slice(), inner, b"]"].concat();
+                let records: Vec<PseudoRecord> =
+                    serde_json::from_slice(&text).map_err(|e| unreadable(format!("{:?}", e.classify())))?;
+                let keep: Vec<&PseudoRecord> = records
+                    .iter()
+                    .filter(|r| !(r.kind == kind.name && !r.deleted && all_rids.contains(&r.rid)))
+                    .collect();
+                let mut body = Vec::new();
+                for (i, r) in keep.iter().enumerate() {
+                    if i > 0 {
+                        body.push(b',');
+                    }
+                    serde_json::to_writer(&mut body, r).map_err(failed("encoding"))?;
+                }
+                (records.len() - keep.len(), (!keep.is_empty()).then(|| (keep.len() as u32, body)))
+            }
+        };
         if removed == 0 {
             continue;
         }
-        out.outbox_records_removed += removed;
-        if keep.is_empty() {
-            rewrites.push((seq, None));
-        } else {
-            let mut body = Vec::new();
-            for (i, r) in keep.iter().enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                serde_json::to_writer(&mut body, r).map_err(failed("encoding"))?;
-            }
-            rewrites.push((seq, Some((keep.len() as u32, body))));
-        }
+        out.outbox_records_removed += removed as u64;
+        rewrites.push((seq, rewritten));
     }
 
     // 3. Tombstones, newer than every version sent so far.
@@ -132,12 +149,9 @@ pub fn forget(
     let mut queued: Vec<(u64, u32)> = Vec::new();
     for (epoch, rids) in &rids_by_epoch {
         for part in rids.chunks(env.batch_records.max(1) as usize) {
-            let mut body = Vec::new();
-            for (i, rid) in part.iter().enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                let t = PseudoRecord {
+            let tombstones: Vec<PseudoRecord> = part
+                .iter()
+                .map(|rid| PseudoRecord {
                     source: env.source.to_string(),
                     kind: kind.name.clone(),
                     line: 0,
@@ -147,9 +161,9 @@ pub fn forget(
                     deleted: true,
                     tokens: BTreeMap::new(),
                     fields: BTreeMap::new(),
-                };
-                serde_json::to_writer(&mut body, &t).map_err(failed("encoding"))?;
-            }
+                })
+                .collect();
+            let body = binary::encode_section(&tombstones).map_err(failed("encoding"))?;
             store::insert_outbox(&mut write, next_seq, part.len() as u32, &body);
             queued.push((next_seq, part.len() as u32));
             next_seq += 1;
@@ -397,8 +411,8 @@ mod tests {
         let mut out = Vec::new();
         for seq in st.outbox_index().unwrap().into_keys() {
             let v = store::read_outbox(st.tree(), seq).unwrap().unwrap();
-            let (n, body) = store::split_outbox_value(&v).unwrap();
-            let recs: Vec<PseudoRecord> = serde_json::from_slice(&[b"[", body, b"]"].concat()).unwrap();
+            let n = store::split_outbox_value(&v).unwrap().0;
+            let recs = store::outbox_value_records(&v);
             assert_eq!(recs.len() as u32, n, "outbox batch {seq} says how many it holds");
             out.extend(recs);
         }
@@ -432,6 +446,25 @@ mod tests {
             let job = Job { path: &path, kind, format: Format::Csv, quarantine: dir.path().join("q.csv"), dest: None };
             take_export(&env(&t1), &mut state, &job).unwrap();
         }
+        // Every other batch as a release before the binary outbox wrote it: JSON records.
+        for seq in st.outbox_index().unwrap().into_keys().filter(|s| s % 2 == 1) {
+            let records = store::outbox_value_records(&store::read_outbox(st.tree(), seq).unwrap().unwrap());
+            let text: Vec<String> = records.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
+            let mut write =
+                st.tree().scan_prefix(store::outbox_key(seq)).keys().fold(WriteBatch::default(), |mut w, k| {
+                    w.remove(k.unwrap());
+                    w
+                });
+            store::insert_outbox(&mut write, seq, records.len() as u32, text.join(",").as_bytes());
+            st.apply(write).unwrap();
+        }
+        let form =
+            |seq| match store::split_outbox_value(&store::read_outbox(st.tree(), seq).unwrap().unwrap()).unwrap().1 {
+                OutboxRecords::Binary(_) => "binary",
+                OutboxRecords::Json(_) => "json",
+            };
+        // A5 is in batch 0 (binary); A25 in batches 3 and 5 (JSON).
+        assert_eq!([form(0), form(3), form(5)], ["binary", "json", "json"]);
         let before = outbox(&st);
         assert_eq!(before.len(), 50);
         let newest = before.iter().map(|r| r.seq).max().unwrap();
@@ -451,6 +484,7 @@ mod tests {
         assert_eq!(state.held["arrest"], 47);
         assert_eq!(st.get_u64(&forgotten_key("arrest")).unwrap(), 3);
         let after = outbox(&st);
+        assert_eq!([form(0), form(3), form(5)], ["binary", "json", "json"], "each batch rewritten in its own form");
         let gone = [rid(&t1, "A5"), rid(&t1, "A25")];
         assert!(!after.iter().any(|r| !r.deleted && gone.contains(&r.rid)));
         let tombs: Vec<&PseudoRecord> = after.iter().filter(|r| r.deleted).collect();
@@ -473,8 +507,7 @@ mod tests {
         }
         for &(seq, _) in seen.lock().unwrap().iter() {
             let v = store::read_outbox(st.tree(), seq).unwrap().unwrap();
-            let (_, body) = store::split_outbox_value(&v).unwrap();
-            sent.extend(serde_json::from_slice::<Vec<PseudoRecord>>(&[b"[", body, b"]"].concat()).unwrap());
+            sent.extend(store::outbox_value_records(&v));
         }
         assert_eq!(sent.len(), 47);
         let gone2 = [rid(&t2, "A5"), rid(&t2, "A25")];

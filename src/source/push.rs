@@ -17,7 +17,7 @@ use crate::spiffe::Role;
 use crate::tls::{self, ConnectError};
 use crate::wire::{binary, BatchAck, BatchFormat, EpochRefusal, ErrorBody, BATCH_PATH};
 
-use super::store;
+use super::store::{self, OutboxRecords};
 use super::Source;
 
 /// Connections pushing at once.
@@ -261,16 +261,29 @@ pub fn batch_body(source: &str, batch_id: &str, records: &[u8]) -> Vec<u8> {
     body
 }
 
-/// What is posted for the outbox records `records` (JSON records separated
-/// by commas): the batch's binary form, or, when a record has none (or the
-/// records do not parse, which the steward then refuses as it always did),
-/// its JSON form. The outbox keeps JSON; the binary form is made here, at
-/// send time, straight from the text (no owned record in between).
-pub fn batch_request(source: &str, batch_id: &str, records: &[u8]) -> (Vec<u8>, BatchFormat) {
-    let text = [b"[".as_slice(), records, b"]"].concat();
-    match binary::encode_json_array(source, batch_id, &text) {
-        Some(body) => (body, BatchFormat::Binary),
-        None => (batch_body(source, batch_id, records), BatchFormat::Json),
+/// What is posted for the outbox records `records`: a records section gets
+/// its header (the source and the batch id) and goes in the binary form; it
+/// fails only when the section is not one this release reads. JSON records
+/// (separated by commas, as releases before the binary outbox kept them) go
+/// in the binary form made from the text (no owned record in between), or,
+/// when a record has none (or the records do not parse, which the steward
+/// then refuses as it always did), as JSON.
+pub fn batch_request(
+    source: &str,
+    batch_id: &str,
+    records: OutboxRecords<'_>,
+) -> Result<(Vec<u8>, BatchFormat), binary::DecodeError> {
+    match records {
+        OutboxRecords::Binary(section) => {
+            Ok((binary::batch_from_section(source, batch_id, section)?, BatchFormat::Binary))
+        }
+        OutboxRecords::Json(text) => {
+            let array = [b"[".as_slice(), text, b"]"].concat();
+            Ok(match binary::encode_json_array(source, batch_id, &array) {
+                Some(body) => (body, BatchFormat::Binary),
+                None => (batch_body(source, batch_id, text), BatchFormat::Json),
+            })
+        }
     }
 }
 
@@ -288,7 +301,8 @@ async fn push_one(src: &Source, conn: &mut Option<Sender>, seq: u64, n: u32) -> 
         return Err(PushError::Store(format!("outbox batch {seq} is malformed")));
     };
     let batch_id = format!("{}-{seq}", src.store_id);
-    let (body, format) = batch_request(&src.name, &batch_id, records);
+    let (body, format) = batch_request(&src.name, &batch_id, records)
+        .map_err(|e| PushError::Store(format!("outbox batch {seq} is malformed ({e})")))?;
     let body = Bytes::from(body);
     drop(value);
 
@@ -479,7 +493,7 @@ mod tests {
         let b: crate::wire::Batch = serde_json::from_slice(&body).unwrap();
         assert_eq!((b.source.as_str(), b.batch_id.as_str(), b.records.len()), ("police", "abc-7", 2));
         // A record without a binary form (this rid is not 32 hex digits): the batch goes as JSON.
-        let (sent, format) = batch_request("police", "abc-7", records.as_bytes());
+        let (sent, format) = batch_request("police", "abc-7", OutboxRecords::Json(records.as_bytes())).unwrap();
         assert_eq!((sent, format), (body, BatchFormat::Json));
     }
 
@@ -491,12 +505,21 @@ mod tests {
             r#"{{"source":"police","kind":"arrest","line":2,"epoch":1,"rid":"{rid}","seq":7,"tokens":{{"names_dob":"{token}"}},"fields":{{"age":30,"sex":null,"arrest_date":"2024-02-29"}}}}"#
         );
         let records = format!("{rec}\n,{rec}\n");
-        let (sent, format) = batch_request("police", "abc-7", records.as_bytes());
+        let (sent, format) = batch_request("police", "abc-7", OutboxRecords::Json(records.as_bytes())).unwrap();
         assert_eq!(format, BatchFormat::Binary);
         let json: crate::wire::Batch =
             serde_json::from_slice(&batch_body("police", "abc-7", records.as_bytes())).unwrap();
         assert_eq!(binary::decode(&sent).unwrap(), json);
         assert!(sent.len() * 2 < records.len(), "{} bytes", sent.len());
+
+        // The outbox's own form: a records section, completed with the header.
+        let section = binary::encode_section(&json.records).unwrap();
+        let (from_section, format) = batch_request("police", "abc-7", OutboxRecords::Binary(&section)).unwrap();
+        assert_eq!((from_section, format), (sent, BatchFormat::Binary));
+        let mut later = section.clone();
+        later[binary::SECTION_MAGIC.len()] = binary::VERSION + 1;
+        let e = batch_request("police", "abc-7", OutboxRecords::Binary(&later)).unwrap_err();
+        assert_eq!(e, binary::DecodeError::Version(binary::VERSION + 1));
     }
 
     #[tokio::test]

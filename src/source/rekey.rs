@@ -73,25 +73,20 @@ pub fn file(env: &Env<'_>, state: &mut State, id: &FileId, rec: &FileRecord) -> 
     p.set_seq_base(rec.seqs.first().map_or(0, |r| r.0));
     let mut row = Row::new(env.schema, kind);
     let mut issues = Vec::new();
-    let mut records: Vec<u8> = Vec::with_capacity(1 << 20);
-    let mut in_batch = 0u32;
     let mut batch = WriteBatch::default();
     let mut pending: Vec<(u64, u32)> = Vec::new();
 
-    let finish = |records: &mut Vec<u8>,
-                  in_batch: &mut u32,
-                  batch: &mut WriteBatch,
-                  pending: &mut Vec<(u64, u32)>,
-                  state: &mut State| {
-        if *in_batch == 0 {
-            return;
-        }
-        store::insert_outbox(batch, state.next_seq, *in_batch, records);
-        pending.push((state.next_seq, *in_batch));
-        state.next_seq += 1;
-        records.clear();
-        *in_batch = 0;
-    };
+    // The records pseudonymized since the last batch become the next outbox batch.
+    let finish =
+        |p: &mut Pseudonymizer<'_>, batch: &mut WriteBatch, pending: &mut Vec<(u64, u32)>, state: &mut State| {
+            let n = p.pending();
+            if n == 0 {
+                return;
+            }
+            store::insert_outbox(batch, state.next_seq, n, &p.take_batch());
+            pending.push((state.next_seq, n));
+            state.next_seq += 1;
+        };
 
     while next_chunk < rec.next_chunk {
         let plain = open(next_chunk)?;
@@ -99,14 +94,10 @@ pub fn file(env: &Env<'_>, state: &mut State, id: &FileId, rec: &FileRecord) -> 
             issues.clear();
             match parser.parse(line, fields, &mut row, &mut issues) {
                 Outcome::Accepted => {
-                    if in_batch > 0 {
-                        records.push(b',');
-                    }
-                    p.write(&row, &mut records);
-                    in_batch += 1;
+                    p.append(&row);
                     out.rows += 1;
-                    if in_batch >= env.batch_records {
-                        finish(&mut records, &mut in_batch, &mut batch, &mut pending, state);
+                    if p.pending() >= env.batch_records {
+                        finish(&mut p, &mut batch, &mut pending, state);
                     }
                 }
                 Outcome::Quarantined => out.dropped += 1,
@@ -120,7 +111,7 @@ pub fn file(env: &Env<'_>, state: &mut State, id: &FileId, rec: &FileRecord) -> 
         next_chunk += 1;
         let last = next_chunk >= rec.next_chunk;
         if last || !pending.is_empty() {
-            finish(&mut records, &mut in_batch, &mut batch, &mut pending, state);
+            finish(&mut p, &mut batch, &mut pending, state);
             let mut b = std::mem::take(&mut batch);
             b.insert(&store::rekey_key(id)[..], &store::rekey_value(next_chunk, rows_done)[..]);
             b.insert(store::META_OUTBOX_NEXT, state.next_seq.to_be_bytes());
@@ -199,8 +190,7 @@ mod tests {
         let mut out = Vec::new();
         for &(seq, _) in seqs {
             let v = store::read_outbox(st.tree(), seq).unwrap().unwrap();
-            let (_, body) = store::split_outbox_value(&v).unwrap();
-            out.extend(serde_json::from_slice::<Vec<PseudoRecord>>(&[b"[", body, b"]"].concat()).unwrap());
+            out.extend(store::outbox_value_records(&v));
         }
         out
     }

@@ -3,7 +3,9 @@
 //! ```text
 //! m:<name>                    meta: store_id, outbox_next, held:<kind>, files_done, files_rejected,
 //!                             pushed_batches, pushed_records, last_push
-//! o ‖ seq (u64 BE)            outbox batch: records (u32 BE) ‖ the records as the inside of a JSON array
+//! o ‖ seq (u64 BE) ‖ piece (u32 BE)   outbox batch, in 16 KiB pieces: records (u32 BE) ‖ the records
+//!                             as a binary records section (`wire::binary`), or, written by releases
+//!                             before it, as the inside of a JSON array
 //! r ‖ file id (32) ‖ chunk (u32 BE)   raw chunk, AES-256-GCM: nonce ‖ ciphertext ‖ tag (AD = this key);
 //!                             chunk 0 is the file's header, 1.. its accepted rows
 //! f ‖ file id (32)            the file's record (JSON): in progress (rows committed so far) or done
@@ -184,10 +186,37 @@ pub fn outbox_value(records: u32, body: &[u8]) -> Vec<u8> {
     v
 }
 
-/// (record count, the records as the inside of a JSON array) of an outbox value.
-pub fn split_outbox_value(v: &[u8]) -> Option<(u32, &[u8])> {
+/// The records of an outbox batch, in the form they were written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxRecords<'v> {
+    /// A records section of the binary form (`wire::binary::Encoder::finish_section`): what ingest,
+    /// re-pseudonymization and deletion write.
+    Binary(&'v [u8]),
+    /// The records as the inside of a JSON array (comma-separated objects):
+    /// what releases before the binary outbox wrote. Still sent (converted at
+    /// send time) and rewritten by a deletion as they are.
+    Json(&'v [u8]),
+}
+
+/// (record count, the records) of an outbox value. A section starts with
+/// its magic; JSON text with `{`, so the two never look alike.
+pub fn split_outbox_value(v: &[u8]) -> Option<(u32, OutboxRecords<'_>)> {
     let n: [u8; 4] = v.get(..4)?.try_into().ok()?;
-    Some((u32::from_be_bytes(n), &v[4..]))
+    let body = &v[4..];
+    let records =
+        if crate::wire::binary::is_section(body) { OutboxRecords::Binary(body) } else { OutboxRecords::Json(body) };
+    Some((u32::from_be_bytes(n), records))
+}
+
+/// Every record of an outbox value, in either form (tests read the outbox with it).
+#[cfg(test)]
+pub fn outbox_value_records(v: &[u8]) -> Vec<crate::record::PseudoRecord> {
+    match split_outbox_value(v).expect("an outbox value").1 {
+        OutboxRecords::Binary(s) => {
+            crate::wire::binary::decode_section(s).expect("a records section").to_batch().records
+        }
+        OutboxRecords::Json(text) => serde_json::from_slice(&[b"[", text, b"]"].concat()).expect("JSON records"),
+    }
 }
 
 /// Where a file stands.
@@ -433,7 +462,7 @@ mod tests {
             assert!(v.len() <= OUTBOX_PIECE_BYTES, "a piece of {} bytes would go to an unsynced sled blob", v.len());
         }
         let whole = read_outbox(s.tree(), 5).unwrap().unwrap();
-        assert_eq!(split_outbox_value(&whole), Some((4000, &body[..])));
+        assert_eq!(split_outbox_value(&whole), Some((4000, OutboxRecords::Json(&body[..]))));
         assert_eq!(s.outbox_index().unwrap().into_iter().collect::<Vec<_>>(), vec![(5, 4000)]);
         s.apply(remove_outbox(s.tree(), 5).unwrap()).unwrap();
         assert!(read_outbox(s.tree(), 5).unwrap().is_none());

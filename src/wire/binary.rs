@@ -52,6 +52,8 @@ use crate::record::PseudoRecord;
 pub const CONTENT_TYPE: &str = "application/vnd.divert.batch";
 /// The first bytes of every batch in this form.
 pub const MAGIC: [u8; 4] = *b"DVB\0";
+/// The first bytes of a records section ([`Encoder::finish_section`]).
+pub const SECTION_MAGIC: [u8; 4] = *b"DVR\0";
 /// The format version this code writes and reads.
 pub const VERSION: u8 = 1;
 
@@ -128,19 +130,40 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// The string table being built: each string once, in order of first use.
-#[derive(Default)]
+/// Strings the encoder may borrow for the whole batch are borrowed; others
+/// (a record's own values) are copied, once per batch.
+#[derive(Default, Clone)]
 struct Table<'r> {
-    index: std::collections::HashMap<&'r str, u64>,
-    strings: Vec<&'r str>,
+    index: std::collections::HashMap<Cow<'r, str>, u64>,
+    strings: Vec<Cow<'r, str>>,
 }
 
 impl<'r> Table<'r> {
-    fn put(&mut self, out: &mut Vec<u8>, s: &'r str) {
-        let next = self.strings.len() as u64;
-        let i = *self.index.entry(s).or_insert(next);
-        if i == next {
-            self.strings.push(s);
+    fn add(&mut self, s: Cow<'r, str>) -> u64 {
+        let i = self.strings.len() as u64;
+        self.index.insert(s.clone(), i);
+        self.strings.push(s);
+        i
+    }
+
+    /// The position of `s`, added if new.
+    fn intern(&mut self, s: &'r str) -> u64 {
+        match self.index.get(s) {
+            Some(&i) => i,
+            None => self.add(Cow::Borrowed(s)),
         }
+    }
+
+    /// The position of `s`, copied in if new.
+    fn intern_copy(&mut self, s: &str) -> u64 {
+        match self.index.get(s) {
+            Some(&i) => i,
+            None => self.add(Cow::Owned(s.to_owned())),
+        }
+    }
+
+    fn put(&mut self, out: &mut Vec<u8>, s: &'r str) {
+        let i = self.intern(s);
         put_varint(out, i);
     }
 }
@@ -172,6 +195,15 @@ pub fn encode<'r>(
     batch_id: &str,
     records: impl IntoIterator<Item = &'r PseudoRecord>,
 ) -> Result<Vec<u8>, EncodeError> {
+    Ok(encoder_of(records)?.finish(source, batch_id))
+}
+
+/// The records section of `records` (see [`Encoder::finish_section`]).
+pub fn encode_section<'r>(records: impl IntoIterator<Item = &'r PseudoRecord>) -> Result<Vec<u8>, EncodeError> {
+    Ok(encoder_of(records)?.finish_section())
+}
+
+fn encoder_of<'r>(records: impl IntoIterator<Item = &'r PseudoRecord>) -> Result<Encoder<'r>, EncodeError> {
     let mut enc = Encoder::default();
     for (i, r) in records.into_iter().enumerate() {
         let head =
@@ -180,7 +212,7 @@ pub fn encode<'r>(
         let fields = r.fields.iter().map(|(k, v)| (k.as_str(), Val::of(v)));
         enc.record(i, head, lower_hex16(&r.rid), tokens, fields)?;
     }
-    Ok(enc.finish(source, batch_id))
+    Ok(enc)
 }
 
 /// The binary form of the batch `(source, batch_id)` whose records are the
@@ -248,15 +280,108 @@ struct Head<'r> {
     deleted: bool,
 }
 
-/// A batch being encoded: the string table and the records so far.
-#[derive(Default)]
-struct Encoder<'r> {
+/// A record's fixed part for [`Encoder::push`]: kind and source as positions in the batch's string table.
+#[derive(Clone, Copy)]
+pub struct RecordHead {
+    pub kind: u64,
+    pub source: u64,
+    pub line: u64,
+    pub epoch: u32,
+    pub seq: u64,
+    pub deleted: bool,
+}
+
+/// A field value for [`Encoder::push`].
+#[derive(Clone, Copy)]
+pub enum Cell<'v> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    /// Days since 1970-01-01; held to the years 0000 to 9999.
+    Date(i32),
+    /// A string, copied into the table (once per batch) when short.
+    Str(&'v str),
+    /// A string already in the table ([`Encoder::intern`]) that does not spell a date.
+    Interned(u64),
+}
+
+/// A batch being encoded: the string table and the records so far. A
+/// writer that knows its strings up front interns them once ([`Encoder::intern`])
+/// into a template it clones per batch, and [`Encoder::push`]es records by
+/// table position; [`encode`] and [`encode_section`] take whole records.
+#[derive(Default, Clone)]
+pub struct Encoder<'r> {
     table: Table<'r>,
     body: Vec<u8>,
     count: u64,
 }
 
 impl<'r> Encoder<'r> {
+    pub fn new() -> Encoder<'r> {
+        Encoder::default()
+    }
+
+    /// `s`'s position in the batch's string table (added if new). A string
+    /// of the table need not be used by any record.
+    pub fn intern(&mut self, s: &'r str) -> u64 {
+        self.table.intern(s)
+    }
+
+    /// Records pushed so far.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Append a record whose parts all have a binary form. `tokens` (scheme
+    /// position, token) must be in ascending scheme name order and `fields`
+    /// (name position, value) in ascending name order, each name once: the
+    /// caller's duty, which decoding checks (a batch breaking it is refused
+    /// whole).
+    pub fn push<'v>(
+        &mut self,
+        head: RecordHead,
+        rid: &[u8; 16],
+        tokens: impl Iterator<Item = (u64, [u8; 16])> + Clone,
+        fields: impl Iterator<Item = (u64, Cell<'v>)> + Clone,
+    ) {
+        let body = &mut self.body;
+        put_varint(body, head.kind);
+        put_varint(body, head.source);
+        put_varint(body, head.line);
+        put_varint(body, u64::from(head.epoch));
+        put_varint(body, head.seq);
+        body.extend_from_slice(rid);
+        body.push(u8::from(head.deleted));
+        put_varint(body, tokens.clone().count() as u64);
+        for (scheme, token) in tokens {
+            put_varint(body, scheme);
+            body.extend_from_slice(&token);
+        }
+        put_varint(body, fields.clone().count() as u64);
+        for (name, cell) in fields {
+            put_varint(body, name);
+            let v = match cell {
+                Cell::Null => Val::Null,
+                Cell::Bool(b) => Val::Bool(b),
+                Cell::Int(n) => Val::Int(n),
+                Cell::Date(d) => Val::Date(d.clamp(MIN_DAY as i32, MAX_DAY as i32)),
+                Cell::Str(s) => Val::Str(s),
+                Cell::Interned(i) => {
+                    body.push(TAG_TABLE);
+                    put_varint(body, i);
+                    continue;
+                }
+            };
+            // Every value a cell makes has a binary form.
+            let _ = put_value(body, &mut self.table, v);
+        }
+        self.count += 1;
+    }
+
     /// Append record number `i`; tokens and fields in ascending name order, each once (a map's order).
     fn record(
         &mut self,
@@ -285,51 +410,109 @@ impl<'r> Encoder<'r> {
         put_varint(body, fields.len() as u64);
         for (name, value) in fields {
             table.put(body, name);
-            match value {
-                Val::Null => body.push(TAG_NULL),
-                Val::Bool(false) => body.push(TAG_FALSE),
-                Val::Bool(true) => body.push(TAG_TRUE),
-                Val::Int(n) => {
-                    body.push(TAG_INT);
-                    put_varint(body, zigzag(n));
-                }
-                Val::Date(d) => {
-                    body.push(TAG_DATE);
-                    put_varint(body, zigzag(i64::from(d)));
-                }
-                Val::Str(s) if crate::record::is_iso_date(s) => {
-                    body.push(TAG_DATE);
-                    put_varint(body, zigzag(i64::from(date_days(s))));
-                }
-                Val::Str(s) if s.len() <= TABLE_STRING_MAX => {
-                    body.push(TAG_TABLE);
-                    table.put(body, s);
-                }
-                Val::Str(s) => {
-                    body.push(TAG_INLINE);
-                    put_str(body, s);
-                }
-                Val::Other(what) => return Err(bad(what)),
-            }
+            put_value(body, table, value).map_err(bad)?;
         }
         self.count += 1;
         Ok(())
     }
 
-    fn finish(self, source: &str, batch_id: &str) -> Vec<u8> {
-        let table_bytes: usize = self.table.strings.iter().map(|s| s.len() + 2).sum();
-        let mut out = Vec::with_capacity(16 + source.len() + batch_id.len() + table_bytes + self.body.len());
+    /// The table and the records: what follows the header in both forms.
+    fn put_tail(&self, out: &mut Vec<u8>) {
+        put_varint(out, self.table.strings.len() as u64);
+        for s in &self.table.strings {
+            put_str(out, s);
+        }
+        put_varint(out, self.count);
+        out.extend_from_slice(&self.body);
+    }
+
+    fn tail_bytes(&self) -> usize {
+        self.table.strings.iter().map(|s| s.len() + 2).sum::<usize>() + self.body.len() + 20
+    }
+
+    /// The batch `(source, batch_id)` of the records pushed.
+    pub fn finish(self, source: &str, batch_id: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + source.len() + batch_id.len() + self.tail_bytes());
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
         put_str(&mut out, source);
         put_str(&mut out, batch_id);
-        put_varint(&mut out, self.table.strings.len() as u64);
-        for s in &self.table.strings {
-            put_str(&mut out, s);
-        }
-        put_varint(&mut out, self.count);
-        out.extend_from_slice(&self.body);
+        self.put_tail(&mut out);
         out
+    }
+
+    /// The records pushed as a *records section*: a batch without its source
+    /// and batch id, which [`batch_from_section`] completes at send time
+    /// (what a source's outbox keeps).
+    pub fn finish_section(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.tail_bytes());
+        out.extend_from_slice(&SECTION_MAGIC);
+        out.push(VERSION);
+        self.put_tail(&mut out);
+        out
+    }
+}
+
+/// Append a value; the reason when it has no binary form.
+fn put_value(body: &mut Vec<u8>, table: &mut Table<'_>, value: Val<'_>) -> Result<(), &'static str> {
+    match value {
+        Val::Null => body.push(TAG_NULL),
+        Val::Bool(false) => body.push(TAG_FALSE),
+        Val::Bool(true) => body.push(TAG_TRUE),
+        Val::Int(n) => {
+            body.push(TAG_INT);
+            put_varint(body, zigzag(n));
+        }
+        Val::Date(d) => {
+            body.push(TAG_DATE);
+            put_varint(body, zigzag(i64::from(d)));
+        }
+        Val::Str(s) if crate::record::is_iso_date(s) => {
+            body.push(TAG_DATE);
+            put_varint(body, zigzag(i64::from(date_days(s))));
+        }
+        Val::Str(s) if s.len() <= TABLE_STRING_MAX => {
+            body.push(TAG_TABLE);
+            let i = table.intern_copy(s);
+            put_varint(body, i);
+        }
+        Val::Str(s) => {
+            body.push(TAG_INLINE);
+            put_str(body, s);
+        }
+        Val::Other(what) => return Err(what),
+    }
+    Ok(())
+}
+
+/// The batch `(source, batch_id)` whose records are the records section
+/// `section` ([`Encoder::finish_section`]): a header put before the
+/// section's table and records, which are not read.
+pub fn batch_from_section(source: &str, batch_id: &str, section: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    let tail = section_tail(section)?;
+    let mut out = Vec::with_capacity(16 + source.len() + batch_id.len() + tail.len());
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    put_str(&mut out, source);
+    put_str(&mut out, batch_id);
+    out.extend_from_slice(tail);
+    Ok(out)
+}
+
+/// Whether `bytes` begin as a records section (of any version).
+pub fn is_section(bytes: &[u8]) -> bool {
+    bytes.starts_with(&SECTION_MAGIC)
+}
+
+/// What follows a section's magic and version.
+fn section_tail(section: &[u8]) -> Result<&[u8], DecodeError> {
+    if !is_section(section) {
+        return Err(DecodeError::Magic);
+    }
+    match section.get(SECTION_MAGIC.len()) {
+        Some(&VERSION) => Ok(&section[SECTION_MAGIC.len() + 1..]),
+        Some(&v) => Err(DecodeError::Version(v)),
+        None => Err(DecodeError::Bad { record: None, what: "the format version is missing" }),
     }
 }
 
@@ -669,6 +852,15 @@ impl<'a> BatchView<'a> {
     /// The binary form of the batch of only the records `keep` names (by
     /// position): the bytes [`encode`] makes of those records.
     pub fn encode_kept(&self, keep: &[bool]) -> Vec<u8> {
+        self.kept(keep).finish(self.source, self.batch_id)
+    }
+
+    /// [`BatchView::encode_kept`] as a records section: the bytes [`encode_section`] makes of those records.
+    pub fn encode_kept_section(&self, keep: &[bool]) -> Vec<u8> {
+        self.kept(keep).finish_section()
+    }
+
+    fn kept(&self, keep: &[bool]) -> Encoder<'a> {
         let mut enc = Encoder::default();
         let kept = self.records.iter().zip(keep).filter(|(_, k)| **k).map(|(r, _)| r);
         for (i, r) in kept.enumerate() {
@@ -679,7 +871,7 @@ impl<'a> BatchView<'a> {
             // A view's records all have a binary form: nothing here can fail.
             let _ = enc.record(i, head, Some(r.rid), tokens, fields);
         }
-        enc.finish(self.source, self.batch_id)
+        enc
     }
 }
 
@@ -695,6 +887,18 @@ pub fn decode_view(bytes: &[u8]) -> Result<BatchView<'_>, DecodeError> {
     }
     let source = r.str("the batch's source is cut short")?;
     let batch_id = r.str("the batch id is cut short")?;
+    decode_tail(r, source, batch_id)
+}
+
+/// Decode a records section ([`Encoder::finish_section`]), borrowing from
+/// `bytes`: a view whose source and batch id are empty. Total, as [`decode_view`].
+pub fn decode_section(bytes: &[u8]) -> Result<BatchView<'_>, DecodeError> {
+    let tail = section_tail(bytes)?;
+    decode_tail(Reader { buf: tail, pos: 0, record: None }, "", "")
+}
+
+/// The string table and the records, to the end of the input.
+fn decode_tail<'a>(mut r: Reader<'a>, source: &'a str, batch_id: &'a str) -> Result<BatchView<'a>, DecodeError> {
     let n = r.count(1, "the string table's count exceeds the body")?;
     let mut table: Vec<&str> = Vec::with_capacity(n);
     for _ in 0..n {

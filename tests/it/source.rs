@@ -296,6 +296,70 @@ async fn steward_away_and_back_outbox_drains() {
 
 const ARREST_HEADER: &str = "arrest_id,arrest_date,family_name,given_name,dob,sex,state_id,warrant,violent,felony\n";
 
+/// An upgrade: the outbox of a release before the binary outbox held its
+/// batches as JSON records. A source started on such a store sends them (in
+/// the binary form, made at send time), and the steward holds exactly the
+/// records offline pseudonymization makes; what it ingests afterwards goes
+/// the new way, beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_of_json_records_left_by_an_earlier_release_is_sent() {
+    use divert::source::store;
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let st = TestSteward::start(&pki, &tmp.path().join("steward"), "").await;
+    let dir = tmp.path().join("police");
+    // Certificates and the linkage key, as the source will find them.
+    source_config(&pki, &dir, st.addr, "");
+    let keys = dir.join("keys");
+    let export = |first: u64, rows: u64| {
+        let mut body = String::from(ARREST_HEADER);
+        for i in first..first + rows {
+            body.push_str(&format!("A{i},2019-03-04,Lee,Bo{i},1980-01-{:02},M,{},y,n,n\n", 1 + i % 28, 500 + i));
+        }
+        body
+    };
+    let old = tmp.path().join("old.csv");
+    std::fs::write(&old, export(0, 300)).unwrap();
+    let earlier = offline_records(tmp.path(), &keys, "arrest", &old);
+    assert_eq!(earlier.len(), 300);
+
+    // The store as the earlier release left it: two batches of JSON records, not yet sent.
+    let store_dir = dir.join("data/store");
+    divert::fsutil::create_private_dir(&store_dir).unwrap();
+    {
+        let store = store::Store::open(&store_dir).unwrap();
+        let mut write = divert::storage::WriteBatch::default();
+        for (seq, part) in earlier.chunks(200).enumerate() {
+            let text: Vec<String> = part.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
+            store::insert_outbox(&mut write, seq as u64, part.len() as u32, text.join(",").as_bytes());
+        }
+        write.insert(store::META_OUTBOX_NEXT, 2u64.to_be_bytes());
+        store.apply(write).unwrap();
+    }
+
+    let source = TestSource::start(&pki, &dir, st.addr, "").await;
+    wait_for(60, "the earlier release's records at the steward", || st.records_held() >= 300).await;
+    wait_for(10, "an empty outbox", || source.outbox_records() == 0).await;
+    assert!(steward_records(&st) == keyed(earlier.clone()), "the JSON outbox arrives as it was written");
+
+    // New records beside them, through the binary outbox.
+    let new = tmp.path().join("new.csv");
+    std::fs::write(&new, export(300, 100)).unwrap();
+    source.drop_in(&new, "arrest-2.csv");
+    wait_for(60, "the new records at the steward", || st.records_held() >= 400).await;
+    // Both exports number their lines from 2: records are told apart by rid here.
+    let held: BTreeMap<String, PseudoRecord> =
+        st.steward.records().map(|r| r.expect("stored record")).map(|r| (r.rid.clone(), r)).collect();
+    assert_eq!(held.len(), 400);
+    for r in earlier.iter().chain(&offline_records(tmp.path(), &keys, "arrest", &new)) {
+        let h = held.get(&r.rid).unwrap_or_else(|| panic!("record of line {} missing", r.line));
+        assert_eq!((&h.tokens, &h.fields), (&r.tokens, &r.fields), "line {}", r.line);
+    }
+
+    source.stop().await;
+    st.stop().await;
+}
+
 /// Handed-over files stay in place; a file missing a required column goes to
 /// rejected/ with a reason naming it; a file whose kind cannot be told goes
 /// there too; quarantine files carry line, field and reason only.
