@@ -133,7 +133,7 @@ pub fn forget(
                     }
                     serde_json::to_writer(&mut body, r).map_err(failed("encoding"))?;
                 }
-                (records.len() - keep.len(), (!keep.is_empty()).then(|| (keep.len() as u32, body)))
+                (records.len() - keep.len(), (!keep.is_empty()).then_some((keep.len() as u32, body)))
             }
         };
         if removed == 0 {
