@@ -582,9 +582,10 @@ async fn data_key_and_raw_store() {
     let data_key = dir.join("data/data.key");
     assert_eq!(std::fs::metadata(&data_key).unwrap().permissions().mode() & 0o777, 0o600);
 
-    // State ids of twelve digits: the outbox holds tokens as hex text, where a
-    // six-digit id turns up by chance about once in ten runs (16^-6 per window
-    // over some 1.6M windows); twelve digits make that chance about 1e-8.
+    // State ids of twelve digits: the store holds random-looking bytes (raw
+    // tokens, sealed chunks, and hex text in outboxes of earlier releases),
+    // where a six-digit id could turn up by chance; twelve digits make that
+    // chance negligible.
     let mut body = String::from(ARREST_HEADER);
     for i in 0..2500u64 {
         body.push_str(&format!(
