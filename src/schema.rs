@@ -482,6 +482,12 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
                 "only a sex field may be released; releasing a name, date or id would defeat pseudonymization",
             ));
         }
+        if f.release && RESERVED_FIELD_NAMES.contains(&name.as_str()) {
+            problems.push(problem(
+                &key,
+                "a released field may not take this name: it is reserved for what the pseudonymizer adds",
+            ));
+        }
         match f.join.len() {
             0 => {}
             1 => problems.push(problem(
@@ -908,6 +914,9 @@ normalize = "given_name"
 release = true
 [identity.family_name]
 normalize = "family_name"
+[identity.age]
+normalize = "sex"
+release = true
 [[schemes]]
 name = "surname_only"
 parts = ["family_name"]
@@ -928,6 +937,7 @@ level = { type = "enum", values = ["felony"], aliases = { f = "fel" } }
         let has = |needle: &str| all.iter().any(|p| p.contains(needle));
         assert!(has("version: unsupported"), "{all:#?}");
         assert!(has("identity.given_name.release"), "{all:#?}");
+        assert!(has("identity.age: a released field may not take this name"), "{all:#?}");
         assert!(has("schemes[0] (surname_only).parts: too little information"), "{all:#?}");
         assert!(has("`nope` is not a declared identity field"), "{all:#?}");
         assert!(has("`wobble` is not a transform"), "{all:#?}");
