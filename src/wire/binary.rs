@@ -24,7 +24,16 @@
 //!         | 0x04 date: zigzag varint, days since 1970-01-01, written YYYY-MM-DD (years 0000-9999)
 //!         | 0x05 string: index | 0x06 string: string (inline)
 //! index   = varint position in the batch's string table
+//! section = magic "DVR" 0x00 | version 0x01
+//!           | table count: varint | table strings: string*
+//!           | record count: varint | record*
 //! ```
+//!
+//! A *records section* is a batch without its source and batch id: what a
+//! source's outbox keeps (written once, at ingest, by
+//! the pseudonymizer's `append`); [`batch_from_section`]
+//! puts the header before it at send time. The string table may hold strings
+//! no record uses (a writer interns its names up front).
 //!
 //! A record's `rid` is the 16 bytes of its 32 lower-case hex digits; a token
 //! is `<record epoch>:<32 lower-case hex digits>`, of which only the 16
