@@ -27,14 +27,18 @@ pub struct Tokenizer {
     epoch: u32,
     keys: Vec<hmac::Key>,
     record_id_key: hmac::Key,
+    /// The distinct parts the schemes use: (identity field, transform, map
+    /// the value through the nickname table first). Worked out once per
+    /// record, whichever schemes share them.
+    specs: Vec<(usize, Transform, bool)>,
     schemes: Vec<SchemePlan>,
     /// Identity fields some scheme nickname-maps (family names in an unordered name group).
     nick_fields: Vec<usize>,
 }
 
 struct SchemePlan {
-    /// (identity field, transform, map the value through the nickname table first).
-    parts: Vec<(usize, Transform, bool)>,
+    /// Each part's position in [`Tokenizer::specs`], in the scheme's order.
+    parts: Vec<usize>,
     /// Groups of positions (ascending) whose values are encoded sorted.
     unordered: Vec<Vec<usize>>,
 }
@@ -45,15 +49,19 @@ pub struct Scratch {
     /// Per identity field, its nickname-mapped form when a scheme needs it
     /// (looked up once per record, not once per scheme): a table entry.
     nick: Vec<Option<&'static str>>,
-    parts: Vec<String>,
-    sorted: Vec<String>,
+    /// Per part spec, its value for the record; empty when it has none.
+    values: Vec<String>,
+    /// A scheme's parts (spec positions) in the order they are encoded.
+    order: Vec<usize>,
+    /// One unordered group's parts, being sorted.
+    group: Vec<usize>,
     message: Vec<u8>,
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
         use zeroize::Zeroize;
-        self.parts.iter_mut().chain(self.sorted.iter_mut()).for_each(|s| s.zeroize());
+        self.values.iter_mut().for_each(|s| s.zeroize());
         self.message.zeroize();
     }
 }
@@ -66,6 +74,7 @@ impl Tokenizer {
             info.extend_from_slice(s.name.as_bytes());
             keys.push(key.derive_hmac_key(&info)?);
         }
+        let mut specs: Vec<(usize, Transform, bool)> = Vec::new();
         let schemes: Vec<SchemePlan> = schema
             .schemes
             .iter()
@@ -83,15 +92,18 @@ impl Tokenizer {
                         .enumerate()
                         .map(|(i, p)| {
                             let nick = norm(i) == NormKind::FamilyName && nick_groups.iter().any(|g| g.contains(&i));
-                            (p.field, p.transform, nick)
+                            let spec = (p.field, p.transform, nick);
+                            specs.iter().position(|x| *x == spec).unwrap_or_else(|| {
+                                specs.push(spec);
+                                specs.len() - 1
+                            })
                         })
                         .collect(),
                     unordered: s.unordered.clone(),
                 }
             })
             .collect();
-        let mut nick_fields: Vec<usize> =
-            schemes.iter().flat_map(|p| p.parts.iter().filter(|x| x.2).map(|x| x.0)).collect();
+        let mut nick_fields: Vec<usize> = specs.iter().filter(|x| x.2).map(|x| x.0).collect();
         nick_fields.sort_unstable();
         nick_fields.dedup();
         Ok(Tokenizer {
@@ -99,6 +111,7 @@ impl Tokenizer {
             nick_fields,
             keys,
             record_id_key: key.derive_hmac_key(RECORD_ID_INFO)?,
+            specs,
             schemes,
         })
     }
@@ -116,50 +129,53 @@ impl Tokenizer {
         for &f in &self.nick_fields {
             scratch.nick[f] = id.get(f).and_then(normalize::nickname_canonical);
         }
+        if scratch.values.len() < self.specs.len() {
+            scratch.values.resize_with(self.specs.len(), String::new);
+        }
+        for (&(field, t, nick), buf) in self.specs.iter().zip(&mut scratch.values) {
+            buf.clear();
+            if let Some(mut value) = id.get(field) {
+                if nick {
+                    value = scratch.nick.get(field).copied().flatten().unwrap_or(value);
+                }
+                apply(t, value, buf);
+            }
+        }
         for (plan, key) in self.schemes.iter().zip(&self.keys) {
-            out.push(self.scheme_token(plan, key, id, scratch));
+            out.push(Self::scheme_token(plan, key, scratch));
         }
     }
 
-    fn scheme_token(&self, plan: &SchemePlan, key: &hmac::Key, id: &Identity, scratch: &mut Scratch) -> Option<Token> {
-        let n = plan.parts.len();
-        if scratch.parts.len() < n {
-            scratch.parts.resize_with(n, String::new);
-        }
-        for (i, &(field, t, nick)) in plan.parts.iter().enumerate() {
-            let mut value = id.get(field)?;
-            if nick {
-                value = scratch.nick.get(field).copied().flatten().unwrap_or(value);
-            }
-            let buf = &mut scratch.parts[i];
-            buf.clear();
-            apply(t, value, buf);
-            if buf.is_empty() {
+    fn scheme_token(plan: &SchemePlan, key: &hmac::Key, scratch: &mut Scratch) -> Option<Token> {
+        let Scratch { values, order, group, message, .. } = scratch;
+        order.clear();
+        for &spec in &plan.parts {
+            // A field the record lacks, or a transform that leaves nothing: no token.
+            if values[spec].is_empty() {
                 return None;
             }
+            order.push(spec);
         }
-        for group in &plan.unordered {
-            // Order-insensitive parts: place their values back sorted, so
+        for positions in &plan.unordered {
+            // Order-insensitive parts: their values go back sorted, so
             // (given, family) and (family, given) encode the same.
-            scratch.sorted.clear();
-            for &i in group {
-                scratch.sorted.push(std::mem::take(&mut scratch.parts[i]));
-            }
-            scratch.sorted.sort_unstable();
-            for (&pos, v) in group.iter().zip(scratch.sorted.drain(..)) {
-                scratch.parts[pos] = v;
+            group.clear();
+            group.extend(positions.iter().map(|&p| order[p]));
+            group.sort_unstable_by(|&a, &b| values[a].cmp(&values[b]));
+            for (&p, &spec) in positions.iter().zip(group.iter()) {
+                order[p] = spec;
             }
         }
         // Unambiguous: every part is length-prefixed, so ("ab","c") ≠ ("a","bc").
         // One buffer and one HMAC update: the hot path of pseudonymization.
-        let msg = &mut scratch.message;
-        msg.clear();
-        for part in &scratch.parts[..n] {
-            msg.extend_from_slice(&(part.len() as u32).to_be_bytes());
-            msg.extend_from_slice(part.as_bytes());
+        message.clear();
+        for &spec in order.iter() {
+            let part = &values[spec];
+            message.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            message.extend_from_slice(part.as_bytes());
         }
-        let tag = hmac::sign(key, msg);
-        msg.iter_mut().for_each(|b| *b = 0);
+        let tag = hmac::sign(key, message);
+        message.iter_mut().for_each(|b| *b = 0);
         Some(truncate(tag.as_ref()))
     }
 
