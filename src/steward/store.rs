@@ -291,50 +291,58 @@ pub fn content_hash(r: &PseudoRecord) -> [u8; 16] {
 
 /// [`content_hash`] of a record of a binary batch, read from the view: the
 /// same bytes go into the digest (a token as its `<epoch>:<hex>` text, a
-/// date as `YYYY-MM-DD`, an integer as JSON's), written out on the stack.
-pub fn content_hash_view(view: &BatchView<'_>, r: &RecordView<'_>) -> [u8; 16] {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+/// date as `YYYY-MM-DD`, an integer as JSON's), written out into `buf` (the
+/// caller's, reused from record to record) and hashed in one call.
+pub fn content_hash_view(view: &BatchView<'_>, r: &RecordView<'_>, buf: &mut Vec<u8>) -> [u8; 16] {
+    fn len(buf: &mut Vec<u8>, n: usize) {
+        buf.extend_from_slice(&(n as u64).to_le_bytes());
+    }
+    fn text(buf: &mut Vec<u8>, s: &str) {
+        len(buf, s.len());
+        buf.extend_from_slice(s.as_bytes());
+    }
+    buf.clear();
     let tokens = view.tokens(r);
-    hash_len(&mut ctx, tokens.len());
+    len(buf, tokens.len());
     if !tokens.is_empty() {
         // `<epoch>:` once, then each token's hex after it.
-        let mut text = [0u8; 10 + 1 + 32];
+        let mut token_text = [0u8; 10 + 1 + 32];
         let prefix = {
             use std::io::Write as _;
-            let mut at = &mut text[..];
+            let mut at = &mut token_text[..];
             // A u32 and a colon fit in 11 bytes: the write cannot fail.
             let _ = write!(at, "{}:", r.epoch);
             11 + 32 - at.len()
         };
         for t in tokens {
-            hash_str(&mut ctx, view.scheme(t));
-            let len = prefix + crate::hex::encode_to_slice(&t.token, &mut text[prefix..]);
-            hash_len(&mut ctx, len);
-            ctx.update(&text[..len]);
+            text(buf, view.scheme(t));
+            let n = prefix + crate::hex::encode_to_slice(&t.token, &mut token_text[prefix..]);
+            len(buf, n);
+            buf.extend_from_slice(&token_text[..n]);
         }
     }
     let fields = view.fields(r);
-    hash_len(&mut ctx, fields.len());
+    len(buf, fields.len());
     for (name, value) in fields {
-        hash_str(&mut ctx, name);
+        text(buf, name);
         match *value {
-            FieldValue::Null => ctx.update(&[0]),
-            FieldValue::Bool(b) => ctx.update(&[1, u8::from(b)]),
+            FieldValue::Null => buf.push(0),
+            FieldValue::Bool(b) => buf.extend_from_slice(&[1, u8::from(b)]),
             FieldValue::Int(i) => {
-                ctx.update(&[2]);
-                ctx.update(&i.to_le_bytes());
+                buf.push(2);
+                buf.extend_from_slice(&i.to_le_bytes());
             }
             FieldValue::Date(d) => {
-                ctx.update(&[5]);
-                hash_str(&mut ctx, binary::date_text(d).as_str());
+                buf.push(5);
+                text(buf, binary::date_text(d).as_str());
             }
             FieldValue::Str(s) => {
-                ctx.update(&[5]);
-                hash_str(&mut ctx, s);
+                buf.push(5);
+                text(buf, s);
             }
         }
     }
-    let d = ctx.finish();
+    let d = ring::digest::digest(&ring::digest::SHA256, buf);
     let mut out = [0u8; 16];
     out.copy_from_slice(&d.as_ref()[..16]);
     out
@@ -741,6 +749,7 @@ impl Store {
         body: &hyper::body::Bytes,
     ) -> Result<Put, StoreError> {
         let mut kinds = Vec::new();
+        let mut buf = Vec::with_capacity(1024);
         let entries = view
             .records
             .iter()
@@ -749,7 +758,7 @@ impl Store {
                 seq: r.seq,
                 deleted: r.deleted,
                 key: rid_key_bytes(epoch, source, r.kind, &r.rid),
-                hash: if r.deleted { [0; 16] } else { content_hash_view(view, r) },
+                hash: if r.deleted { [0; 16] } else { content_hash_view(view, r, &mut buf) },
             })
             .collect();
         let kept = Kept::View(body.clone());
@@ -1381,7 +1390,7 @@ mod tests {
             };
             let bin = binary::encode("police", "b-1", [&r]).unwrap();
             let view = binary::decode_view(&bin).unwrap();
-            proptest::prop_assert_eq!(content_hash_view(&view, &view.records[0]), content_hash(&r));
+            proptest::prop_assert_eq!(content_hash_view(&view, &view.records[0], &mut Vec::new()), content_hash(&r));
             proptest::prop_assert_eq!(
                 rid_key_bytes(epoch, "police", "arrest", &view.records[0].rid),
                 rid_key(epoch, "police", "arrest", &r.rid)
