@@ -197,27 +197,19 @@ impl<'a> Pseudonymizer<'a> {
 
     /// Add the record of `row` to the binary batch being filled (see [`Pseudonymizer::take_batch`]).
     pub fn append(&mut self, row: &Row) {
-        let epoch = self.tokenizer.epoch();
-        self.tokenizer.tokens(&row.identity, &mut self.scratch, &mut self.tokens);
-        let rid = self.tokenizer.record_id(self.source, &self.kind.name, &row.record_id);
-        for (tok, count) in self.tokens.iter().zip(&mut self.scheme_tokens) {
-            *count += u64::from(tok.is_some());
-        }
+        let rid = self.tokenize(row);
         let plan = &self.binary;
         let head = RecordHead {
             kind: plan.kind,
             source: plan.source,
             line: row.line,
-            epoch,
+            epoch: self.tokenizer.epoch(),
             seq: crate::record::record_seq(self.seq_base, row.line),
             deleted: false,
         };
         let held = &self.tokens;
         let tokens = plan.schemes.iter().filter_map(|&(s, at)| held.get(s).copied().flatten().map(|t| (at, t)));
-        let age = match (row.birth_date, row.event_date(self.kind)) {
-            (Some(dob), Some(at)) => Cell::Int(i64::from(age_at(dob, at))),
-            _ => Cell::Null,
-        };
+        let age = self.age(row).map_or(Cell::Null, |a| Cell::Int(i64::from(a)));
         let fields = plan.fields.iter().map(|&(slot, at)| {
             let cell = match slot {
                 Slot::Age => age,
@@ -238,6 +230,23 @@ impl<'a> Pseudonymizer<'a> {
         self.batch.push(head, &rid, tokens, fields);
     }
 
+    /// The row's tokens into `self.tokens` (counted per scheme) and its rid.
+    fn tokenize(&mut self, row: &Row) -> Token {
+        self.tokenizer.tokens(&row.identity, &mut self.scratch, &mut self.tokens);
+        for (tok, count) in self.tokens.iter().zip(&mut self.scheme_tokens) {
+            *count += u64::from(tok.is_some());
+        }
+        self.tokenizer.record_id(self.source, &self.kind.name, &row.record_id)
+    }
+
+    /// Age at the event, when the row has both dates.
+    fn age(&self, row: &Row) -> Option<i32> {
+        match (row.birth_date, row.event_date(self.kind)) {
+            (Some(dob), Some(at)) => Some(age_at(dob, at)),
+            _ => None,
+        }
+    }
+
     /// Records appended since the last [`Pseudonymizer::take_batch`].
     pub fn pending(&self) -> u32 {
         self.batch.len() as u32
@@ -252,8 +261,7 @@ impl<'a> Pseudonymizer<'a> {
     /// Append one JSON line (with its newline) for `row` to `out`.
     pub fn write(&mut self, row: &Row, out: &mut Vec<u8>) {
         let epoch = self.tokenizer.epoch();
-        self.tokenizer.tokens(&row.identity, &mut self.scratch, &mut self.tokens);
-        let rid = self.tokenizer.record_id(self.source, &self.kind.name, &row.record_id);
+        let rid = self.tokenize(row);
 
         out.extend_from_slice(&self.prefix);
         push_u64(out, row.line);
@@ -265,9 +273,8 @@ impl<'a> Pseudonymizer<'a> {
         push_u64(out, crate::record::record_seq(self.seq_base, row.line));
         out.extend_from_slice(b",\"tokens\":{");
         let mut first = true;
-        for ((key, tok), count) in self.scheme_keys.iter().zip(&self.tokens).zip(&mut self.scheme_tokens) {
+        for (key, tok) in self.scheme_keys.iter().zip(&self.tokens) {
             if let Some(t) = tok {
-                *count += 1;
                 if !first {
                     out.push(b',');
                 }
@@ -278,11 +285,7 @@ impl<'a> Pseudonymizer<'a> {
             }
         }
         out.extend_from_slice(b"},\"fields\":{\"age\":");
-        let age = match (row.birth_date, row.event_date(self.kind)) {
-            (Some(dob), Some(at)) => Some(age_at(dob, at)),
-            _ => None,
-        };
-        match age {
+        match self.age(row) {
             Some(a) => push_i64(out, i64::from(a)),
             None => out.extend_from_slice(b"null"),
         }

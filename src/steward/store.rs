@@ -268,42 +268,32 @@ fn versions_key(source: &str, kind: &str) -> Vec<u8> {
 
 /// What a record says, for telling a re-export from a correction: SHA-256
 /// (first 16 bytes) of its tokens and fields (not its line or version),
-/// streamed into the digest with every string, map and list length-prefixed
-/// and every value tagged by type, so two different contents never feed it
-/// the same bytes. Nothing is serialized or allocated on the way.
+/// written out with every string, map and list length-prefixed and every
+/// value tagged by type, so two different contents never give the same
+/// bytes, and hashed in one call.
 pub fn content_hash(r: &PseudoRecord) -> [u8; 16] {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    hash_len(&mut ctx, r.tokens.len());
+    let mut buf = Vec::with_capacity(1024);
+    put_len(&mut buf, r.tokens.len());
     for (scheme, token) in &r.tokens {
-        hash_str(&mut ctx, scheme);
-        hash_str(&mut ctx, token);
+        put_text(&mut buf, scheme);
+        put_text(&mut buf, token);
     }
-    hash_len(&mut ctx, r.fields.len());
+    put_len(&mut buf, r.fields.len());
     for (name, value) in &r.fields {
-        hash_str(&mut ctx, name);
-        hash_value(&mut ctx, value);
+        put_text(&mut buf, name);
+        put_json_value(&mut buf, value);
     }
-    let d = ctx.finish();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&d.as_ref()[..16]);
-    out
+    digest16(&buf)
 }
 
 /// [`content_hash`] of a record of a binary batch, read from the view: the
-/// same bytes go into the digest (a token as its `<epoch>:<hex>` text, a
-/// date as `YYYY-MM-DD`, an integer as JSON's), written out into `buf` (the
-/// caller's, reused from record to record) and hashed in one call.
+/// same bytes (a token as its `<epoch>:<hex>` text, a date as `YYYY-MM-DD`,
+/// an integer as JSON's), written into `buf` (the caller's, reused from
+/// record to record).
 pub fn content_hash_view(view: &BatchView<'_>, r: &RecordView<'_>, buf: &mut Vec<u8>) -> [u8; 16] {
-    fn len(buf: &mut Vec<u8>, n: usize) {
-        buf.extend_from_slice(&(n as u64).to_le_bytes());
-    }
-    fn text(buf: &mut Vec<u8>, s: &str) {
-        len(buf, s.len());
-        buf.extend_from_slice(s.as_bytes());
-    }
     buf.clear();
     let tokens = view.tokens(r);
-    len(buf, tokens.len());
+    put_len(buf, tokens.len());
     if !tokens.is_empty() {
         // `<epoch>:` once, then each token's hex after it.
         let mut token_text = [0u8; 10 + 1 + 32];
@@ -315,16 +305,16 @@ pub fn content_hash_view(view: &BatchView<'_>, r: &RecordView<'_>, buf: &mut Vec
             11 + 32 - at.len()
         };
         for t in tokens {
-            text(buf, view.scheme(t));
+            put_text(buf, view.scheme(t));
             let n = prefix + crate::hex::encode_to_slice(&t.token, &mut token_text[prefix..]);
-            len(buf, n);
+            put_len(buf, n);
             buf.extend_from_slice(&token_text[..n]);
         }
     }
     let fields = view.fields(r);
-    len(buf, fields.len());
+    put_len(buf, fields.len());
     for (name, value) in fields {
-        text(buf, name);
+        put_text(buf, name);
         match *value {
             FieldValue::Null => buf.push(0),
             FieldValue::Bool(b) => buf.extend_from_slice(&[1, u8::from(b)]),
@@ -334,61 +324,65 @@ pub fn content_hash_view(view: &BatchView<'_>, r: &RecordView<'_>, buf: &mut Vec
             }
             FieldValue::Date(d) => {
                 buf.push(5);
-                text(buf, binary::date_text(d).as_str());
+                put_text(buf, binary::date_text(d).as_str());
             }
             FieldValue::Str(s) => {
                 buf.push(5);
-                text(buf, s);
+                put_text(buf, s);
             }
         }
     }
-    let d = ring::digest::digest(&ring::digest::SHA256, buf);
+    digest16(buf)
+}
+
+fn digest16(bytes: &[u8]) -> [u8; 16] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
     let mut out = [0u8; 16];
     out.copy_from_slice(&d.as_ref()[..16]);
     out
 }
 
-fn hash_len(ctx: &mut ring::digest::Context, n: usize) {
-    ctx.update(&(n as u64).to_le_bytes());
+fn put_len(buf: &mut Vec<u8>, n: usize) {
+    buf.extend_from_slice(&(n as u64).to_le_bytes());
 }
 
-fn hash_str(ctx: &mut ring::digest::Context, s: &str) {
-    hash_len(ctx, s.len());
-    ctx.update(s.as_bytes());
+fn put_text(buf: &mut Vec<u8>, s: &str) {
+    put_len(buf, s.len());
+    buf.extend_from_slice(s.as_bytes());
 }
 
-fn hash_value(ctx: &mut ring::digest::Context, v: &serde_json::Value) {
+fn put_json_value(buf: &mut Vec<u8>, v: &serde_json::Value) {
     use serde_json::Value;
     match v {
-        Value::Null => ctx.update(&[0]),
-        Value::Bool(b) => ctx.update(&[1, u8::from(*b)]),
+        Value::Null => buf.push(0),
+        Value::Bool(b) => buf.extend_from_slice(&[1, u8::from(*b)]),
         Value::Number(n) => {
             if let Some(i) = n.as_i64() {
-                ctx.update(&[2]);
-                ctx.update(&i.to_le_bytes());
+                buf.push(2);
+                buf.extend_from_slice(&i.to_le_bytes());
             } else if let Some(u) = n.as_u64() {
-                ctx.update(&[3]);
-                ctx.update(&u.to_le_bytes());
+                buf.push(3);
+                buf.extend_from_slice(&u.to_le_bytes());
             } else {
-                ctx.update(&[4]);
-                ctx.update(&n.as_f64().unwrap_or(f64::NAN).to_bits().to_le_bytes());
+                buf.push(4);
+                buf.extend_from_slice(&n.as_f64().unwrap_or(f64::NAN).to_bits().to_le_bytes());
             }
         }
         Value::String(s) => {
-            ctx.update(&[5]);
-            hash_str(ctx, s);
+            buf.push(5);
+            put_text(buf, s);
         }
         Value::Array(a) => {
-            ctx.update(&[6]);
-            hash_len(ctx, a.len());
-            a.iter().for_each(|x| hash_value(ctx, x));
+            buf.push(6);
+            put_len(buf, a.len());
+            a.iter().for_each(|x| put_json_value(buf, x));
         }
         Value::Object(o) => {
-            ctx.update(&[7]);
-            hash_len(ctx, o.len());
+            buf.push(7);
+            put_len(buf, o.len());
             for (k, x) in o {
-                hash_str(ctx, k);
-                hash_value(ctx, x);
+                put_text(buf, k);
+                put_json_value(buf, x);
             }
         }
     }
@@ -1403,6 +1397,8 @@ mod tests {
         let b: Batch = serde_json::from_slice(&body("police", "b", 1)).unwrap();
         let r = b.records[0].clone();
         let h = content_hash(&r);
+        // As earlier releases computed it: the rid index keeps these hashes.
+        assert_eq!(crate::hex::encode(&h), "30d55ca551a82aa6c1f60a68023e7892");
         let with = |f: &dyn Fn(&mut PseudoRecord)| {
             let mut x = r.clone();
             f(&mut x);

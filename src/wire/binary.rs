@@ -358,13 +358,7 @@ impl<'r> Encoder<'r> {
         fields: impl Iterator<Item = (u64, Cell<'v>)> + Clone,
     ) {
         let body = &mut self.body;
-        put_varint(body, head.kind);
-        put_varint(body, head.source);
-        put_varint(body, head.line);
-        put_varint(body, u64::from(head.epoch));
-        put_varint(body, head.seq);
-        body.extend_from_slice(rid);
-        body.push(u8::from(head.deleted));
+        put_head(body, &head, rid);
         put_varint(body, tokens.clone().count() as u64);
         for (scheme, token) in tokens {
             put_varint(body, scheme);
@@ -401,15 +395,18 @@ impl<'r> Encoder<'r> {
         fields: impl ExactSizeIterator<Item = (&'r str, Val<'r>)>,
     ) -> Result<(), EncodeError> {
         let bad = |what| EncodeError { record: i, what };
+        let rid = rid.ok_or(bad("rid is not 32 lower-case hex digits"))?;
         let body = &mut self.body;
         let table = &mut self.table;
-        table.put(body, h.kind);
-        table.put(body, h.source);
-        put_varint(body, h.line);
-        put_varint(body, u64::from(h.epoch));
-        put_varint(body, h.seq);
-        body.extend_from_slice(&rid.ok_or(bad("rid is not 32 lower-case hex digits"))?);
-        body.push(u8::from(h.deleted));
+        let head = RecordHead {
+            kind: table.intern(h.kind),
+            source: table.intern(h.source),
+            line: h.line,
+            epoch: h.epoch,
+            seq: h.seq,
+            deleted: h.deleted,
+        };
+        put_head(body, &head, &rid);
         put_varint(body, tokens.len() as u64);
         for (scheme, token) in tokens {
             let t = token.ok_or(bad("a token is not <the record's epoch>:<32 lower-case hex digits>"))?;
@@ -441,11 +438,7 @@ impl<'r> Encoder<'r> {
 
     /// The batch `(source, batch_id)` of the records pushed.
     pub fn finish(self, source: &str, batch_id: &str) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + source.len() + batch_id.len() + self.tail_bytes());
-        out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
-        put_str(&mut out, source);
-        put_str(&mut out, batch_id);
+        let mut out = batch_header(source, batch_id, self.tail_bytes());
         self.put_tail(&mut out);
         out
     }
@@ -499,13 +492,30 @@ fn put_value(body: &mut Vec<u8>, table: &mut Table<'_>, value: Val<'_>) -> Resul
 /// section's table and records, which are not read.
 pub fn batch_from_section(source: &str, batch_id: &str, section: &[u8]) -> Result<Vec<u8>, DecodeError> {
     let tail = section_tail(section)?;
-    let mut out = Vec::with_capacity(16 + source.len() + batch_id.len() + tail.len());
+    let mut out = batch_header(source, batch_id, tail.len());
+    out.extend_from_slice(tail);
+    Ok(out)
+}
+
+/// A batch's header (magic, version, source, batch id), with room for `tail` more bytes.
+fn batch_header(source: &str, batch_id: &str, tail: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + source.len() + batch_id.len() + tail);
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
     put_str(&mut out, source);
     put_str(&mut out, batch_id);
-    out.extend_from_slice(tail);
-    Ok(out)
+    out
+}
+
+/// A record's fixed part: kind and source positions, line, epoch, version, rid, flags.
+fn put_head(body: &mut Vec<u8>, head: &RecordHead, rid: &[u8; 16]) {
+    put_varint(body, head.kind);
+    put_varint(body, head.source);
+    put_varint(body, head.line);
+    put_varint(body, u64::from(head.epoch));
+    put_varint(body, head.seq);
+    body.extend_from_slice(rid);
+    body.push(u8::from(head.deleted));
 }
 
 /// Whether `bytes` begin as a records section (of any version).
