@@ -434,7 +434,11 @@ mod tests {
     /// each scheme's token, or a zero byte where it has none), one record per
     /// kind of part: full values, initials, prefixes and suffixes, Soundex,
     /// date pieces, unordered names with a nickname, addresses, places, an
-    /// e-mail and a phone number, and missing fields.
+    /// e-mail and a phone number, and missing fields. When a scheme leaves
+    /// the shipped schema its slot leaves every digest: check then that the
+    /// other schemes' tokens are unchanged (when `names_city` left, 34,048
+    /// synthetic arrests pseudonymized under both schemas had identical
+    /// tokens apart from it).
     #[test]
     fn tokens_are_what_earlier_releases_made() {
         let schema = Schema::default_schema().unwrap();
@@ -473,10 +477,10 @@ mod tests {
         assert_eq!(
             digests,
             [
-                "16 tokens fa69bbb9dd51c2aa5257ac7063f0fa32f15649c03b9cb0130d3d7eb64d47ec7b",
-                "9 tokens e2107fbb1ee5f4e4e6b6d742111c354d2f8ddb24b4620c8915cfeb74f95743d2",
-                "1 tokens 04f5c7145c30be05a599b0402e60aa6cf646e185c583bb373dc9bce6b4f83a91",
-                "1 tokens d9c94ba531eb949d4222503c8d8cd051ab0794b7fec6adba5dbebdd060873d29",
+                "15 tokens fc38348f6901f8327f25961d436bad7b8fba2274f7caa65591353e9360feaee9",
+                "9 tokens d355da4baf7792b2b8f6f18ab8ca0a8d9cce88b26587ae363cbc19597df2f727",
+                "1 tokens 2f949dce7f53770e205602342a0956dfe5fcecc5f482395b13aac33ed6ec0644",
+                "1 tokens 78e8ea7f0d4f36de8426e08503f91f333d93274e6fc2aa395d2dd19f34e35fe6",
             ]
         );
     }

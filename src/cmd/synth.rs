@@ -40,7 +40,9 @@ Writes, under --out:
   casemgmt/intake.csv plan.csv contact.csv service.csv monthly_status.csv
 each in that agency's own export style (headers, date formats, BOM and CRLF
 for case management) and with its own recording differences (typos,
-nicknames, swapped names, wrong dates of birth, missing sex or state id);
+nicknames, swapped names, wrong dates of birth, missing sex or state id,
+the city and ZIP code of residence with spacing variants, moves and no
+fixed address);
   truth.csv   source,kind,line,entity: the synthetic person (P000123) behind
               each record, by the line the record starts on;
   truth.json  the true values of the standard statistics, by arm.

@@ -19,7 +19,9 @@
 //!
 //! Postal codes: letters and digits, uppercase; if the result is 5 or 9 digits
 //! (a US ZIP or ZIP+4, with or without the hyphen) only the 5-digit ZIP is
-//! kept.
+//! kept. A value with no digit (`HOMELESS`, `UNKNOWN`, `N/A`) or of one
+//! repeated character (`00000`, `99999`) is a placeholder, not a code: it is
+//! left empty (missing), so persons without an address never agree on one.
 
 use super::words::{key_bytes, push_alnum, Key, Words};
 
@@ -164,6 +166,11 @@ pub(crate) fn postal(s: &[u8], out: &mut String) {
     if (out.len() == 5 || out.len() == 9) && out.bytes().all(|b| b.is_ascii_digit()) {
         out.truncate(5);
     }
+    let first = out.as_bytes().first().copied();
+    let repeated = out.len() >= 3 && out.bytes().all(|b| Some(b) == first);
+    if repeated || !out.bytes().any(|b| b.is_ascii_digit()) {
+        out.clear();
+    }
 }
 
 #[cfg(test)]
@@ -248,5 +255,10 @@ mod tests {
         assert_eq!(p("1234").as_deref(), Ok("1234"));
         assert_eq!(p("12345678").as_deref(), Ok("12345678"));
         assert_eq!(p(" - "), Err(NormError::Empty));
+        // What systems write for a person with no address is no code: it must not link them.
+        for v in ["HOMELESS", "Transient", "unknown", "N/A", "00000", "99999", "00000-0000"] {
+            assert_eq!(p(v), Err(NormError::Empty), "{v:?}");
+        }
+        assert_eq!(p("10001").as_deref(), Ok("10001"));
     }
 }

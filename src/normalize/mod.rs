@@ -11,9 +11,9 @@
 //! | `family_name` | `a-z`, all words joined, suffixes removed        | `De La Cruz, Jr.` → `delacruz`   |
 //! | `date`        | `YYYY-MM-DD`, 1900-01-01 ≤ date < 2100-01-01      | `3/7/1985 10:22 AM` → `1985-03-07` |
 //! | `sex`         | `m`, `f` or `x`                                  | `Female` → `f`                   |
-//! | `id`          | `A-Z0-9`, leading zeros removed                  | `00-123-abc` → `123ABC`          |
+//! | `id`          | `A-Z0-9`, leading zeros removed; placeholders (`999-99-9999`, `UNKNOWN`, `N/A`) are missing | `00-123-abc` → `123ABC` |
 //! | `address`     | lowercase words, USPS abbreviations              | `12 North Main Street #4` → `12 n main st apt 4` |
-//! | `postal_code` | 5-digit ZIP, or uppercase letters and digits     | `02134-1234` → `02134`           |
+//! | `postal_code` | 5-digit ZIP, or uppercase letters and digits; placeholders (`HOMELESS`, `00000`) are missing | `02134-1234` → `02134` |
 //! | `place`       | lowercase, words joined, `st`/`ft`/`mt`           | `Saint Louis` → `stlouis`        |
 //!
 //! Text kinds (all but `date` and `sex`) first fold Unicode to ASCII (NFKD,
@@ -232,11 +232,41 @@ fn sex(raw: &str, out: &mut String) -> Result<(), NormError> {
 }
 
 /// Identifier: letters and digits, uppercase, leading zeros removed.
+/// Codes systems write where an id is not known: they are no id, and two
+/// persons must never agree on one. Compared after normalization.
+const ID_PLACEHOLDERS: &[&str] = &[
+    "UNKNOWN",
+    "UNK",
+    "NONE",
+    "NA",
+    "NULL",
+    "NIL",
+    "REFUSED",
+    "DECLINED",
+    "NOTRECORDED",
+    "NOTKNOWN",
+    "NOTPROVIDED",
+    "NOTAVAILABLE",
+    "PENDING",
+    "TBD",
+    "NOID",
+    "NOSSN",
+    "NOSID",
+    "123456789",
+    "1234567890",
+];
+
 fn id(s: &[u8], out: &mut String) {
     for &b in s {
         if b.is_ascii_alphanumeric() && !(out.is_empty() && b == b'0') {
             out.push(b.to_ascii_uppercase() as char);
         }
+    }
+    // Four or more of one repeated character (999999999, XXXX) or a word for "unknown": a placeholder.
+    let first = out.as_bytes().first().copied();
+    let repeated = out.len() >= 4 && out.bytes().all(|b| Some(b) == first);
+    if repeated || ID_PLACEHOLDERS.contains(&out.as_str()) {
+        out.clear();
     }
 }
 
@@ -315,6 +345,13 @@ mod tests {
         assert_eq!(i("é-1"), Ok("E1".to_string()));
         assert_eq!(i("000"), Err(NormError::Empty));
         assert_eq!(i("--"), Err(NormError::Empty));
+        // Placeholders agencies write for an unknown id are no id: two persons never agree on one.
+        for v in ["999-99-9999", "UNKNOWN", "unk", "N/A", "none", "Refused", "123-45-6789", "XXXX", "1111111111"] {
+            assert_eq!(i(v), Err(NormError::Empty), "{v:?}");
+        }
+        assert_eq!(i("777").as_deref(), Ok("777"));
+        assert_eq!(i("NA5").as_deref(), Ok("NA5"));
+        assert_eq!(i("none@example.org").as_deref(), Ok("NONEEXAMPLEORG"));
     }
 
     #[test]

@@ -6,11 +6,11 @@
 //!
 //! | agency    | headers                                  | dates              | other                                  |
 //! |-----------|------------------------------------------|--------------------|----------------------------------------|
-//! | police    | schema names, `race` alias               | ISO `2019-03-04`   | bools true/false; arm greenlight/redlight |
-//! | jail      | `last_name,first_name,date_of_birth,gender,sid,booked,released` | `3/4/2019 10:22` | names in capitals; sex MALE/FEMALE |
-//! | da        | UPPER CASE, aliases (`CASE_NUMBER`, `FILED`, `LAST`) | ISO     | level F/M; bools Y/N; status aliases   |
-//! | casemgmt  | `id,date,first,last,birthdate,gender`    | `3/4/2019`         | UTF-8 BOM, CRLF; Yes/No; Title Case     |
-//! | treatment | `episode_id,fname,lname,birth_date,sex,admitted,...` | ISO    | modality MOUD/IOP/Residential          |
+//! | police    | schema names, `race` alias, `city,zip`   | ISO `2019-03-04`   | bools true/false; arm greenlight/redlight |
+//! | jail      | `last_name,first_name,date_of_birth,gender,sid,city,zip_code,booked,released` | `3/4/2019 10:22` | names in capitals; sex MALE/FEMALE |
+//! | da        | UPPER CASE, aliases (`CASE_NUMBER`, `FILED`, `LAST`, `ZIP`) | ISO | level F/M; bools Y/N; status aliases (no places) |
+//! | casemgmt  | `id,date,first,last,birthdate,gender,city` (intake: `zip` too) | `3/4/2019` | UTF-8 BOM, CRLF; Yes/No; Title Case |
+//! | treatment | `episode_id,fname,lname,birth_date,sex,city,zip,admitted,...` | ISO | modality MOUD/IOP/Residential |
 //!
 //! Line tracking: a record starts on line 2 + the number of line breaks
 //! written before it (the header is line 1; a quoted field with a line break
@@ -68,6 +68,8 @@ enum Col {
     Dob,
     Sex,
     StateId,
+    City,
+    Zip,
     Date,
     ReferralType,
     Offense,
@@ -102,6 +104,8 @@ fn columns(kind: Kind) -> &'static [(&'static str, Col)] {
             ("dob", Col::Dob),
             ("sex", Col::Sex),
             ("state_id", Col::StateId),
+            ("city", Col::City),
+            ("zip", Col::Zip),
             ("race", Col::Race),
             ("referral_type", Col::ReferralType),
             ("offense_category", Col::Offense),
@@ -117,6 +121,8 @@ fn columns(kind: Kind) -> &'static [(&'static str, Col)] {
             ("dob", Col::Dob),
             ("sex", Col::Sex),
             ("state_id", Col::StateId),
+            ("city", Col::City),
+            ("zip", Col::Zip),
             ("warrant", Col::Warrant),
             ("violent", Col::Violent),
             ("felony", Col::Felony),
@@ -128,6 +134,8 @@ fn columns(kind: Kind) -> &'static [(&'static str, Col)] {
             ("date_of_birth", Col::Dob),
             ("gender", Col::Sex),
             ("sid", Col::StateId),
+            ("city", Col::City),
+            ("zip_code", Col::Zip),
             ("booked", Col::Date),
             ("released", Col::Release),
         ],
@@ -138,6 +146,8 @@ fn columns(kind: Kind) -> &'static [(&'static str, Col)] {
             ("BIRTH_DATE", Col::Dob),
             ("SEX", Col::Sex),
             ("STATE_ID_NUMBER", Col::StateId),
+            ("CITY", Col::City),
+            ("ZIP", Col::Zip),
             ("FILED", Col::Date),
             ("LEVEL", Col::Level),
             ("VIOLENT", Col::Violent),
@@ -162,6 +172,8 @@ fn columns(kind: Kind) -> &'static [(&'static str, Col)] {
             ("birthdate", Col::Dob),
             ("gender", Col::Sex),
             ("state_id", Col::StateId),
+            ("city", Col::City),
+            ("zip", Col::Zip),
             ("housing", Col::Housing),
             ("employment", Col::Employment),
             ("income_or_benefits", Col::Income),
@@ -174,6 +186,7 @@ fn columns(kind: Kind) -> &'static [(&'static str, Col)] {
             ("birthdate", Col::Dob),
             ("gender", Col::Sex),
             ("state_id", Col::StateId),
+            ("city", Col::City),
         ],
         Kind::Contact => &[
             ("id", Col::Id),
@@ -183,6 +196,7 @@ fn columns(kind: Kind) -> &'static [(&'static str, Col)] {
             ("birthdate", Col::Dob),
             ("gender", Col::Sex),
             ("state_id", Col::StateId),
+            ("city", Col::City),
             ("minutes", Col::Minutes),
         ],
         Kind::Service => &[
@@ -193,6 +207,7 @@ fn columns(kind: Kind) -> &'static [(&'static str, Col)] {
             ("birthdate", Col::Dob),
             ("gender", Col::Sex),
             ("state_id", Col::StateId),
+            ("city", Col::City),
             ("type", Col::Service),
         ],
         Kind::MonthlyStatus => &[
@@ -203,6 +218,7 @@ fn columns(kind: Kind) -> &'static [(&'static str, Col)] {
             ("birthdate", Col::Dob),
             ("gender", Col::Sex),
             ("state_id", Col::StateId),
+            ("city", Col::City),
             ("housing", Col::Housing),
             ("employment", Col::Employment),
             ("income_or_benefits", Col::Income),
@@ -214,6 +230,8 @@ fn columns(kind: Kind) -> &'static [(&'static str, Col)] {
             ("birth_date", Col::Dob),
             ("sex", Col::Sex),
             ("state_id", Col::StateId),
+            ("city", Col::City),
+            ("zip", Col::Zip),
             ("admitted", Col::Date),
             ("modality", Col::Modality),
             ("discharged", Col::Discharge),
@@ -308,6 +326,8 @@ fn render(kind: Kind, with_state_id: bool, record: &Record, event: &Event, field
                     let _ = write!(out, "{id:08}");
                 }
             }
+            (Col::City, _) => out.push_str(who.place.city.as_deref().unwrap_or("")),
+            (Col::Zip, _) => out.push_str(who.place.zip.as_deref().unwrap_or("")),
             (Col::Date, _) => write_date(out, event.date, event_style, u32::from(record.clock)),
             (Col::Text, _) => out.push_str(record.text.as_deref().unwrap_or("")),
             (Col::ReferralType, What::Referral { referral_type, .. }) => out.push_str(match referral_type {

@@ -22,6 +22,7 @@ pub mod export;
 pub mod model;
 pub mod names;
 pub mod params;
+pub mod places;
 pub mod recording;
 pub mod truth;
 
@@ -124,6 +125,8 @@ pub fn generate_with_progress(params: &Params, persons: u32, seed: u64, progress
     /// Stream domains: one family of streams per use, so adding a draw to one never shifts another.
     const PERSONS: u64 = 1;
     const RECORDS: u64 = 2;
+    // 3: residences (model::RESIDENCES).
+    const RECORD_PLACES: u64 = 4;
 
     let world = model::World::new(params, seed);
     let background = (f64::from(persons) * params.program.background_per_referred.max(0.0)).round() as u32;
@@ -138,9 +141,13 @@ pub fn generate_with_progress(params: &Params, persons: u32, seed: u64, progress
         let person = world.person(&mut rng, index, index < persons, &mut events);
         // The person's records, drawn from their own stream in event order.
         let mut rng = dist::stream(seed, RECORDS, u64::from(index));
+        // Places from a stream of their own: adding them left the other draws as they were.
+        let mut place_rng = dist::stream(seed, RECORD_PLACES, u64::from(index));
         for (offset, event) in events[first..].iter().enumerate() {
             let kind = event.what.kind();
-            let identity = recording::record(&mut rng, &person, params.recording.of(kind.agency()));
+            let rates = params.recording.of(kind.agency());
+            let mut identity = recording::record(&mut rng, &person, rates);
+            identity.place = places::record(&mut place_rng, &world.places, person.residence, rates);
             let text = recording::free_text(
                 &mut rng,
                 &event.what,

@@ -17,11 +17,15 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::dates::{first_of_month_after, Day};
-use super::dist::{chance, exponential, gamma, normal, Categorical, Permutation};
+use super::dist::{chance, exponential, gamma, normal, stream, Categorical, Permutation};
 use super::names::{NameTables, Suffix};
 use super::params::Params;
+use super::places::{Places, Residence};
 
 /// Days per year and per month used to turn annual and monthly rates into daily ones.
+/// Random-stream domain of residences (`dist::stream`; persons and records use 1 and 2, record places 4).
+pub const RESIDENCES: u64 = 3;
+
 const YEAR_DAYS: f64 = 365.25;
 const MONTH_DAYS: f64 = YEAR_DAYS / 12.0;
 /// The first outcome window after referral: days 0..=181.
@@ -121,6 +125,8 @@ pub struct Person {
     pub race: Race,
     /// 8 digits, unique per person.
     pub state_id: u32,
+    /// Where the person usually lives (no ZIP code: no fixed address).
+    pub residence: Residence,
     pub referred: bool,
 }
 
@@ -214,6 +220,9 @@ impl What {
 pub struct World<'a> {
     pub params: &'a Params,
     pub names: NameTables,
+    pub places: Places,
+    /// The seed: residences are drawn from their own streams of it.
+    seed: u64,
     /// First and last referral day.
     pub period: (Day, Day),
     /// Last day of the exports: nothing later is recorded.
@@ -239,6 +248,8 @@ impl<'a> World<'a> {
         World {
             params,
             names: NameTables::default(),
+            places: Places::default(),
+            seed,
             period,
             export_end: period.1 + params.program.days_after as i32,
             rate_ratio_6m: solve_rate_ratio_6m(params),
@@ -293,7 +304,11 @@ impl<'a> World<'a> {
         let age = (d.age_mean + d.age_sd * normal(rng)).clamp(d.age_min as f64, d.age_max as f64 + 0.99);
         let dob = anchor - (age * YEAR_DAYS).round() as i32;
         let state_id = 10_000_000 + self.state_ids.apply(u64::from(index)) as u32;
-        Person { given, family, second_family, suffix, dob, sex, race, state_id, referred }
+        // From a stream of its own, so adding places left every other draw as it was.
+        let mut rng = stream(self.seed, RESIDENCES, u64::from(index));
+        let fixed = !chance(&mut rng, d.no_fixed_address_share);
+        let residence = self.places.residence(&mut rng, fixed);
+        Person { given, family, second_family, suffix, dob, sex, race, state_id, residence, referred }
     }
 }
 

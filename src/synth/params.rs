@@ -59,6 +59,7 @@ pub struct Demographics {
     pub race: RaceShares,
     pub hyphenated_family_share: f64,
     pub suffix_share: f64,
+    pub no_fixed_address_share: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -253,6 +254,10 @@ pub struct RecordingRates {
     pub given_split: f64,
     pub middle_name: f64,
     pub several_errors: f64,
+    pub city_missing: f64,
+    pub zip_missing: f64,
+    pub place_spacing: f64,
+    pub other_residence: f64,
 }
 
 impl Params {
@@ -323,6 +328,7 @@ impl Params {
         p.distribution("demographics.race", &[r.black, r.white, r.hispanic, r.native, r.asian, r.other, r.unknown]);
         p.share("demographics.hyphenated_family_share", d.hyphenated_family_share);
         p.share("demographics.suffix_share", d.suffix_share);
+        p.share("demographics.no_fixed_address_share", d.no_fixed_address_share);
 
         let re = &self.referral;
         p.share("referral.social_contact_share", re.social_contact_share);
@@ -431,6 +437,10 @@ impl Params {
             p.share(&name("given_split"), rates.given_split);
             p.share(&name("middle_name"), rates.middle_name);
             p.share(&name("several_errors"), rates.several_errors);
+            p.share(&name("city_missing"), rates.city_missing);
+            p.share(&name("zip_missing"), rates.zip_missing);
+            p.share(&name("place_spacing"), rates.place_spacing);
+            p.share(&name("other_residence"), rates.other_residence);
         }
         p.0
     }

@@ -13,6 +13,7 @@ use super::dist::chance;
 use super::model::{Person, Sex, Status, What};
 use super::names::{nickname_of, strip_diacritics, typo};
 use super::params::RecordingRates;
+use super::places::RecordedPlace;
 
 /// The identity fields as one record carries them.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,8 @@ pub struct RecordedIdentity {
     pub dob_written: DobWritten,
     pub sex: Option<Sex>,
     pub state_id: Option<u32>,
+    /// City and ZIP code as written (filled by `places::record`).
+    pub place: RecordedPlace,
 }
 
 /// How a record's date of birth cell is filled.
@@ -121,7 +124,7 @@ pub fn record<R: Rng>(rng: &mut R, person: &Person, rates: &RecordingRates) -> R
             *id = wrong_id(rng, *id);
         }
     }
-    RecordedIdentity { given, family, dob, dob_written, sex, state_id }
+    RecordedIdentity { given, family, dob, dob_written, sex, state_id, place: RecordedPlace::default() }
 }
 
 /// A space typed inside a name, away from its ends ("Will iam"); short names are kept.
@@ -251,6 +254,7 @@ mod tests {
             sex: Sex::Male,
             race: Race::Hispanic,
             state_id: 12_345_678,
+            residence: crate::synth::places::Residence { city: 0, zip: Some(98103) },
             referred: true,
         }
     }
@@ -273,6 +277,10 @@ mod tests {
             given_split: 0.0,
             middle_name: v,
             several_errors: v,
+            city_missing: v,
+            zip_missing: v,
+            place_spacing: v,
+            other_residence: v,
         }
     }
 
