@@ -121,6 +121,7 @@ fn main() {
     let n_schemes = schema.schemes.len();
     let mut slots: Vec<Option<Token>> = vec![None; n * n_schemes];
     let mut epochs = Vec::with_capacity(n);
+    let mut scopes: Vec<u32> = Vec::with_capacity(n);
     let mut tokens_total = 0usize;
     for (i, r) in records.iter().enumerate() {
         for (name, text) in &r.tokens {
@@ -130,6 +131,9 @@ fn main() {
             }
         }
         epochs.push(r.epoch);
+        scopes
+            .push(["police", "jail", "da", "casemgmt", "treatment"].iter().position(|a| *a == r.source).unwrap_or(5)
+                as u32);
     }
     println!(
         "records: {n} ({:.2} tokens per record, {} schemes); true persons: {true_persons}",
@@ -154,7 +158,7 @@ fn main() {
             let mut linker = Linker::new(&schema.linkage, n_schemes);
             linker.reserve(n);
             for (i, &epoch) in epochs.iter().enumerate() {
-                linker.add(epoch, &slots[i * n_schemes..(i + 1) * n_schemes]).expect("add");
+                linker.add(epoch, scopes[i], &slots[i * n_schemes..(i + 1) * n_schemes]).expect("add");
             }
             linker
         });

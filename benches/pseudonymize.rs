@@ -52,7 +52,7 @@ fn main() {
         while let Some(o) = reader.next_row(&mut row, &mut issues).expect("row") {
             issues.clear();
             if o == Outcome::Accepted {
-                tokenizer.tokens(&row.identity, &mut scratch, &mut tokens);
+                tokenizer.tokens(&row.identity, "police", &mut scratch, &mut tokens);
                 black_box(tokenizer.record_id("src", kind_name, &row.record_id));
                 records += 1;
                 hmac_calls += 1 + tokens.iter().filter(|t| t.is_some()).count() as u64;

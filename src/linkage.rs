@@ -79,6 +79,15 @@ pub struct Linker {
     group_masks: Vec<u16>,
     /// Per group: records that carry at least one of its schemes.
     records_with_group: Vec<u64>,
+    /// Schemes keyed by the source (an agency's own person number): two
+    /// records of different sources are not compared on them.
+    per_source_mask: u16,
+    /// Per group: whether all its schemes are per-source; then its records
+    /// are counted per (group, scope) here, as only same-source pairs compare.
+    group_scoped: Vec<bool>,
+    scoped_records: HashMap<(u32, u32), u64>,
+    /// Per profile: the scope (source) of its records, for per-source schemes.
+    profile_scope: Vec<u32>,
     /// (epoch, presence mask, tokens combined) → profile.
     profile_index: HashMap<(u32, u16, u128), u32>,
     /// Per record: its profile.
@@ -214,10 +223,18 @@ impl Linker {
         let fields: Vec<u64> =
             (0..n_schemes.min(16)).map(|k| rule.fields.get(k).copied().unwrap_or(1 << (k % 64))).collect();
         let groups = group_schemes(&fields);
-        let group_masks = groups.iter().map(|g| g.iter().fold(0u16, |m, &k| m | 1 << k)).collect();
+        let group_masks: Vec<u16> = groups.iter().map(|g| g.iter().fold(0u16, |m, &k| m | 1 << k)).collect();
+        let per_source_mask = (0..n_schemes.min(16))
+            .filter(|&k| rule.per_source.get(k).copied().unwrap_or(false))
+            .fold(0u16, |m, k| m | 1 << k);
+        let group_scoped = group_masks.iter().map(|&m| m & !per_source_mask == 0).collect();
         Linker {
             rule: rule.clone(),
             n_schemes,
+            per_source_mask,
+            group_scoped,
+            scoped_records: HashMap::new(),
+            profile_scope: Vec::new(),
             records_with_group: vec![0; groups.len()],
             groups,
             group_masks,
@@ -251,6 +268,10 @@ impl Linker {
             groups: self.groups.clone(),
             group_masks: self.group_masks.clone(),
             records_with_group: self.records_with_group.clone(),
+            per_source_mask: self.per_source_mask,
+            group_scoped: self.group_scoped.clone(),
+            scoped_records: self.scoped_records.clone(),
+            profile_scope: self.profile_scope.clone(),
             profile_index: HashMap::new(),
             record_profile: self.record_profile.clone(),
             tokens: Vec::new(),
@@ -286,8 +307,10 @@ impl Linker {
     }
 
     /// Add a record with one token slot per scheme (all under `epoch`) and
-    /// compare it with every earlier record it shares a token with. Returns its index.
-    pub fn add(&mut self, epoch: u32, tokens: &[Option<Token>]) -> Result<u32, LinkError> {
+    /// compare it with every earlier record it shares a token with. Returns
+    /// its index. `scope` names the record's source (any number, the same for
+    /// one source): per-source schemes compare only records of one scope.
+    pub fn add(&mut self, epoch: u32, scope: u32, tokens: &[Option<Token>]) -> Result<u32, LinkError> {
         if self.frozen {
             return Err(LinkError::Frozen);
         }
@@ -305,6 +328,13 @@ impl Linker {
         }
         for (g, &mask) in self.group_masks.iter().enumerate() {
             self.records_with_group[g] += u64::from(present & mask != 0);
+            if self.group_scoped[g] && present & mask != 0 {
+                *self.scoped_records.entry((g as u32, scope)).or_insert(0) += 1;
+            }
+        }
+        // Records of two sources are one profile only where no per-source scheme is present.
+        if present & self.per_source_mask != 0 {
+            key ^= u128::from(scope).rotate_left(101) | 1 << 127;
         }
         if let Some(&p) = self.profile_index.get(&(epoch, present, key)) {
             self.record_profile.push(p);
@@ -315,6 +345,7 @@ impl Linker {
         self.profile_index.insert((epoch, present, key), p);
         self.record_profile.push(p);
         self.present.push(present);
+        self.profile_scope.push(scope);
         self.profile_records.push(1);
         self.tokens.extend(tokens.iter().map(|t| t.map_or(0, u128::from_le_bytes)));
 
@@ -342,7 +373,10 @@ impl Linker {
         candidates.dedup();
         let n = self.n_schemes;
         for &q in &candidates {
-            let compared = self.present[q as usize] & present;
+            let mut compared = self.present[q as usize] & present;
+            if self.profile_scope[q as usize] != scope {
+                compared &= !self.per_source_mask;
+            }
             let mut agree = 0u16;
             for s in 0..n {
                 if compared & (1 << s) != 0 && self.tokens[q as usize * n + s] == self.tokens[p as usize * n + s] {
@@ -377,6 +411,11 @@ impl Linker {
         let present = self.present[p as usize];
         for (g, &mask) in self.group_masks.iter().enumerate() {
             self.records_with_group[g] -= u64::from(present & mask != 0).min(self.records_with_group[g]);
+            if self.group_scoped[g] && present & mask != 0 {
+                if let Some(n) = self.scoped_records.get_mut(&(g as u32, self.profile_scope[p as usize])) {
+                    *n = n.saturating_sub(1);
+                }
+            }
         }
         self.removed += 1;
         true
@@ -454,9 +493,19 @@ impl Linker {
         // Record pairs that have group g but share no token at all: different persons, level "none".
         let unblocked: Vec<f64> = (0..self.groups.len())
             .map(|g| {
-                let r = self.records_with_group[g] as f64;
+                let pairs = |r: f64| r * (r - 1.0) / 2.0;
+                // A per-source group compares only records of one source.
+                let all = if self.group_scoped[g] {
+                    self.scoped_records
+                        .iter()
+                        .filter(|((h, _), _)| *h as usize == g)
+                        .map(|(_, &r)| pairs(r as f64))
+                        .sum()
+                } else {
+                    pairs(self.records_with_group[g] as f64)
+                };
                 let blocked: f64 = pats.iter().zip(&levels).filter(|(_, l)| l[g].is_some()).map(|(p, _)| p.2).sum();
-                (r * (r - 1.0) / 2.0 - blocked).max(0.0)
+                (all - blocked).max(0.0)
             })
             .collect();
         let mut lambda: f64 = 0.5;
@@ -885,12 +934,12 @@ mod tests {
         // Prior weights: scheme 0 agreeing ≈ +29.7 bits, scheme 1 ≈ +11.8, a group with nothing agreeing ≈ −3.3.
         let r = rule(&[30.0, 12.0], 15.0, 15.0);
         let mut l = Linker::new(&r, 2);
-        let a = l.add(1, &[t(1), t(2)]).unwrap();
-        let b = l.add(1, &[t(1), None]).unwrap(); // the strong token agrees: links
-        let c = l.add(1, &[t(9), t(2)]).unwrap(); // only the weak one, the strong differs: does not
-        let d = l.add(1, &[None, t(2)]).unwrap(); // only the weak one: does not
-        let e = l.add(1, &[None, t(2)]).unwrap(); // the same weak-only profile is no evidence either
-        let f = l.add(2, &[t(1), t(2)]).unwrap(); // another epoch never agrees
+        let a = l.add(1, 0, &[t(1), t(2)]).unwrap();
+        let b = l.add(1, 0, &[t(1), None]).unwrap(); // the strong token agrees: links
+        let c = l.add(1, 0, &[t(9), t(2)]).unwrap(); // only the weak one, the strong differs: does not
+        let d = l.add(1, 0, &[None, t(2)]).unwrap(); // only the weak one: does not
+        let e = l.add(1, 0, &[None, t(2)]).unwrap(); // the same weak-only profile is no evidence either
+        let f = l.add(2, 0, &[t(1), t(2)]).unwrap(); // another epoch never agrees
         let link = l.link();
         let p = &link.persons;
         assert!(same(p, a, b));
@@ -900,22 +949,46 @@ mod tests {
     }
 
     #[test]
+    fn a_per_source_scheme_compares_only_records_of_one_source() {
+        // Scheme 0: a state id; scheme 1: an agency's own person number (per source).
+        let mut r = LinkageRule::new(15.0, 15.0, &[30.0, 30.0], &[0b01, 0b10]);
+        r.per_source = vec![false, true];
+        let mut l = Linker::new(&r, 2);
+        let a = l.add(1, 0, &[t(1), t(5)]).unwrap();
+        // Another source's number with the same token (never so with real tokens, which
+        // hash the source): not compared, so no evidence and no link.
+        let b = l.add(1, 1, &[None, t(5)]).unwrap();
+        // The same source's number agrees: links, with no state id to say otherwise.
+        let c = l.add(1, 0, &[None, t(5)]).unwrap();
+        // The state id agrees; the numbers differ but are of two sources: not evidence against.
+        let d = l.add(1, 1, &[t(2), t(6)]).unwrap();
+        let e = l.add(1, 0, &[t(2), t(7)]).unwrap();
+        let p = l.link().persons;
+        assert!(same(&p, a, c) && same(&p, d, e), "{p:?}");
+        assert!(!same(&p, a, b) && !same(&p, b, c), "{p:?}");
+        // Only same-source pairs are compared on the number: d–e compares the state id alone.
+        let pats = l.record_pair_patterns();
+        assert!(pats.iter().any(|&(agree, compared, _)| agree == 0b01 && compared == 0b01), "{pats:?}");
+        assert!(pats.iter().all(|&(agree, compared, _)| !(compared & 0b10 != 0 && agree & 0b10 == 0)), "{pats:?}");
+    }
+
+    #[test]
     fn a_snapshot_links_as_the_linker_does_and_takes_no_records() {
         let r = rule(&[30.0, 12.0], 15.0, 15.0);
         let mut l = Linker::new(&r, 2);
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for _ in 0..3_000 {
             let a = rng.gen_range(0..400u16);
-            l.add(1, &[Some([(a % 251) as u8; TOKEN_LEN]), t((a % 13) as u8)]).unwrap();
+            l.add(1, 0, &[Some([(a % 251) as u8; TOKEN_LEN]), t((a % 13) as u8)]).unwrap();
         }
         let snap = l.snapshot();
         let (live, frozen) = (l.link(), snap.link());
         assert_eq!(live.persons, frozen.persons);
         assert_eq!(live.quality, frozen.quality);
         let mut snap = snap;
-        assert_eq!(snap.add(1, &[t(1), t(2)]), Err(LinkError::Frozen));
+        assert_eq!(snap.add(1, 0, &[t(1), t(2)]), Err(LinkError::Frozen));
         // The linker goes on; the snapshot stays as it was.
-        l.add(1, &[t(1), t(2)]).unwrap();
+        l.add(1, 0, &[t(1), t(2)]).unwrap();
         assert_eq!(l.len(), snap.len() + 1);
     }
 
@@ -924,11 +997,11 @@ mod tests {
         // Two medium schemes (≈ +19.8 each), a strong-ish third in its own group.
         let r = rule(&[20.0, 20.0, 26.0], 30.0, 30.0);
         let mut l = Linker::new(&r, 3);
-        let a = l.add(1, &[t(1), t(2), None]).unwrap();
-        let b = l.add(1, &[t(1), None, None]).unwrap(); // one medium scheme: 19.8 < 30
-        let c = l.add(1, &[t(1), t(2), None]).unwrap(); // both: 39.6 (same profile as a)
-        let d = l.add(1, &[t(1), t(2), t(7)]).unwrap(); // both, third absent on a: 39.6
-        let e = l.add(1, &[t(5), t(2), t(8)]).unwrap(); // one medium and the third disagreeing with d: no
+        let a = l.add(1, 0, &[t(1), t(2), None]).unwrap();
+        let b = l.add(1, 0, &[t(1), None, None]).unwrap(); // one medium scheme: 19.8 < 30
+        let c = l.add(1, 0, &[t(1), t(2), None]).unwrap(); // both: 39.6 (same profile as a)
+        let d = l.add(1, 0, &[t(1), t(2), t(7)]).unwrap(); // both, third absent on a: 39.6
+        let e = l.add(1, 0, &[t(5), t(2), t(8)]).unwrap(); // one medium and the third disagreeing with d: no
         let p = l.persons();
         assert!(!same(&p, a, b));
         assert!(same(&p, a, c) && same(&p, a, d));
@@ -949,8 +1022,8 @@ mod tests {
         let l = Linker::new(&r, 3);
         assert_eq!(l.groups, vec![vec![0, 1], vec![2]]);
         let mut l = l;
-        let a = l.add(1, &[t(1), t(2), None]).unwrap();
-        let b = l.add(1, &[t(9), t(2), None]).unwrap();
+        let a = l.add(1, 0, &[t(1), t(2), None]).unwrap();
+        let b = l.add(1, 0, &[t(9), t(2), None]).unwrap();
         assert!(same(&l.persons(), a, b), "level 1 alone weighs ≈ 24.8 bits");
     }
 
@@ -960,11 +1033,11 @@ mod tests {
         // alone with scheme 0 disagreeing weighs 19.8 − 3.3 = 16.5: above the threshold, below the bridge.
         let r = rule(&[40.0, 20.0], 15.0, 30.0);
         let mut l = Linker::new(&r, 2);
-        let a1 = l.add(1, &[t(1), t(11)]).unwrap();
-        let a2 = l.add(1, &[t(1), t(12)]).unwrap();
-        let b1 = l.add(1, &[t(2), t(12)]).unwrap(); // weakly like a2
-        let b2 = l.add(1, &[t(2), t(14)]).unwrap();
-        let c = l.add(1, &[t(3), t(11)]).unwrap(); // weakly like a1, and alone
+        let a1 = l.add(1, 0, &[t(1), t(11)]).unwrap();
+        let a2 = l.add(1, 0, &[t(1), t(12)]).unwrap();
+        let b1 = l.add(1, 0, &[t(2), t(12)]).unwrap(); // weakly like a2
+        let b2 = l.add(1, 0, &[t(2), t(14)]).unwrap();
+        let c = l.add(1, 0, &[t(3), t(11)]).unwrap(); // weakly like a1, and alone
         let link = l.link();
         let p = &link.persons;
         assert!(same(p, a1, a2) && same(p, b1, b2));
@@ -1012,7 +1085,7 @@ mod tests {
         let r = LinkageRule::new(15.0, 30.0, &[30.0, 30.0, 30.0, 24.0], &[1, 2, 4, 8]);
         let mut l = Linker::new(&r, 4);
         for x in &recs {
-            l.add(1, x).unwrap();
+            l.add(1, 0, x).unwrap();
         }
         let link = l.link();
         let q = &link.quality;
@@ -1035,7 +1108,7 @@ mod tests {
         let r = LinkageRule::new(15.0, 30.0, &[30.0, 30.0, 30.0, 24.0], &[1, 2, 4, 8]);
         let mut whole = Linker::new(&r, 4);
         for x in &recs {
-            whole.add(1, x).unwrap();
+            whole.add(1, 0, x).unwrap();
         }
         let once = whole.link();
         // Batch by batch, linking (and estimating) after every batch as the steward does.
@@ -1046,7 +1119,7 @@ mod tests {
                 break;
             }
             for x in &recs[at..(at + size).min(recs.len())] {
-                inc.add(1, x).unwrap();
+                inc.add(1, 0, x).unwrap();
             }
             at += size;
             let _ = inc.link();
@@ -1059,7 +1132,7 @@ mod tests {
         // Reversed arrival: the same partition.
         let mut rev = Linker::new(&r, 4);
         for x in recs.iter().rev() {
-            rev.add(1, x).unwrap();
+            rev.add(1, 0, x).unwrap();
         }
         let mut p = rev.persons();
         p.reverse();
@@ -1081,9 +1154,9 @@ mod tests {
         let mut with = Linker::new(&r, 4);
         let mut removed = Vec::new();
         for (i, x) in recs.iter().enumerate() {
-            with.add(1, x).unwrap();
+            with.add(1, 0, x).unwrap();
             if i % 10 == 0 && i / 10 < bridges.len() {
-                removed.push(with.add(1, &bridges[i / 10]).unwrap());
+                removed.push(with.add(1, 0, &bridges[i / 10]).unwrap());
             }
         }
         let merged = with.link().quality.persons;
@@ -1094,7 +1167,7 @@ mod tests {
         assert_eq!(with.live(), recs.len());
         let mut fresh = Linker::new(&r, 4);
         for x in &recs {
-            fresh.add(1, x).unwrap();
+            fresh.add(1, 0, x).unwrap();
         }
         let (a, b) = (with.link(), fresh.link());
         let kept: Vec<u32> = a.persons.iter().copied().filter(|&p| p != u32::MAX).collect();

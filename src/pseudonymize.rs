@@ -232,7 +232,7 @@ impl<'a> Pseudonymizer<'a> {
 
     /// The row's tokens into `self.tokens` (counted per scheme) and its rid.
     fn tokenize(&mut self, row: &Row) -> Token {
-        self.tokenizer.tokens(&row.identity, &mut self.scratch, &mut self.tokens);
+        self.tokenizer.tokens(&row.identity, self.source, &mut self.scratch, &mut self.tokens);
         for (tok, count) in self.tokens.iter().zip(&mut self.scheme_tokens) {
             *count += u64::from(tok.is_some());
         }
@@ -360,8 +360,8 @@ mod tests {
         assert!(rec.fields["screening"].is_null());
         assert!(!rec.fields.contains_key("officer_notes"), "free text withheld");
         assert!(!rec.fields.contains_key("referral_id"), "record id only as rid");
-        // Every scheme whose fields the row has (no address, postal code, city, e-mail or phone here).
-        let absent = ["address", "postal_code", "city", "email", "phone"];
+        // Every scheme whose fields the row has (no address, postal code, city, e-mail, phone or agency number here).
+        let absent = ["address", "postal_code", "city", "email", "phone", "agency_person_id"];
         let fed = schema
             .schemes
             .iter()

@@ -84,6 +84,8 @@ struct RawScheme {
     parts: Vec<String>,
     #[serde(default)]
     unordered: Unordered,
+    #[serde(default)]
+    per_source: bool,
 }
 
 /// `unordered = ["a", "b"]` (one group) or `[["a", "b"], ["c", "d"]]` (several).
@@ -211,6 +213,10 @@ pub struct Scheme {
     pub unordered: Vec<Vec<usize>>,
     /// Estimated information of the token, in bits (see [`part_bits`]).
     pub bits: f64,
+    /// The token is keyed by the source too (an agency's own person
+    /// number): it agrees only between records of one source, and records
+    /// of two sources are not compared on it.
+    pub per_source: bool,
 }
 
 /// One part of a scheme: an identity field and a transform of its normalized value.
@@ -311,6 +317,8 @@ pub struct LinkageRule {
     pub prior: Vec<(f64, f64)>,
     /// Per scheme, the identity fields its parts use (bit i: field i).
     pub fields: Vec<u64>,
+    /// Per scheme, whether it is keyed by the source (see [`Scheme::per_source`]).
+    pub per_source: Vec<bool>,
 }
 
 impl LinkageRule {
@@ -321,6 +329,7 @@ impl LinkageRule {
             bridge,
             prior: scheme_bits.iter().map(|&b| (PRIOR_M, (-b).exp2())).collect(),
             fields: scheme_fields.to_vec(),
+            per_source: vec![false; scheme_bits.len()],
         }
     }
 }
@@ -650,7 +659,7 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
                 ));
             }
         }
-        schemes.push(Scheme { name: s.name.clone(), parts, unordered, bits });
+        schemes.push(Scheme { name: s.name.clone(), parts, unordered, bits, per_source: s.per_source });
     }
 
     // Linkage rule.
@@ -679,12 +688,13 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
             }
         }
     }
-    let linkage = LinkageRule::new(
+    let mut linkage = LinkageRule::new(
         threshold,
         bridge,
         &schemes.iter().map(|s| s.bits).collect::<Vec<_>>(),
         &schemes.iter().map(|s| s.parts.iter().fold(0u64, |m, p| m | 1u64 << (p.field % 64))).collect::<Vec<_>>(),
     );
+    linkage.per_source = schemes.iter().map(|s| s.per_source).collect();
 
     // Kinds.
     let released_identity: Vec<&str> = identity.iter().filter(|f| f.release).map(|f| f.name.as_str()).collect();

@@ -28,7 +28,9 @@ with no token are persons of their own, so missing data lowers recall; the JSON 
 many of each. It also gives `recall_reachable`: the share of true pairs joined by a chain of \
 shared tokens through records of their own entity, the most any weights could link with \
 these schemes. Recall well below it: the weights or threshold miss links; recall near it: \
-the misses need another scheme (or carry too few identity values to tokenize).\n\n\
+the misses need another scheme (or carry too few identity values to tokenize). `cross_source` gives precision and recall over the pairs of \
+records from two sources only: the pairs an evaluation joining agencies rests on (within one \
+agency, most pairs, its own person number can link them).\n\n\
 Without --schema the built-in default schema is used; stderr says which.\n\n\
 Examples:\n  divert link --truth synth/truth.csv out/*.jsonl\n  \
 divert link --truth synth/truth.csv --threshold 20 out/*.jsonl   # try a stricter rule")]
@@ -82,6 +84,39 @@ pub struct Scored {
     /// Below it, the weights and threshold miss pairs; above `recall` up to
     /// it, a scheme is missing or a field too damaged for exact tokens.
     pub recall_reachable: f64,
+    /// Precision and recall over the pairs whose two records come from two
+    /// sources: what an evaluation joining agencies rests on (the pairs
+    /// within one agency are most pairs, and an agency's own number links them).
+    pub cross_source: CrossSource,
+}
+
+/// Pairwise figures over the pairs of records from two different sources.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct CrossSource {
+    pub pairs_true: u64,
+    pub pairs_found: u64,
+    pub precision: f64,
+    pub recall: f64,
+}
+
+/// [`CrossSource`] of a linkage: `found` and `truth` per record, `sources` its source.
+fn cross_source(found: &[u32], truth: &[u32], sources: &[u16]) -> CrossSource {
+    // Pairs in a group of records minus those within one source of the group.
+    fn cross<K: std::hash::Hash + Eq + Copy>(keys: impl Iterator<Item = (K, u16)>) -> u64 {
+        let pairs = |n: u64| n * n.saturating_sub(1) / 2;
+        let mut all: HashMap<K, u64> = HashMap::new();
+        let mut within: HashMap<(K, u16), u64> = HashMap::new();
+        for (k, s) in keys {
+            *all.entry(k).or_default() += 1;
+            *within.entry((k, s)).or_default() += 1;
+        }
+        all.values().map(|&n| pairs(n)).sum::<u64>() - within.values().map(|&n| pairs(n)).sum::<u64>()
+    }
+    let pairs_true = cross(truth.iter().copied().zip(sources.iter().copied()));
+    let pairs_found = cross(found.iter().copied().zip(sources.iter().copied()));
+    let correct = cross(found.iter().copied().zip(truth.iter().copied()).zip(sources.iter().copied()));
+    let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    CrossSource { pairs_true, pairs_found, precision: ratio(correct, pairs_found), recall: ratio(correct, pairs_true) }
 }
 
 pub fn run(args: LinkArgs) -> anyhow::Result<()> {
@@ -127,6 +162,7 @@ pub fn print_report(r: &LinkReport) {
                 "truth_rows": m.truth_rows, "truth_rows_without_record": m.truth_rows_without_record,
                 "records_without_token": m.records_without_token,
                 "pairs_reachable": m.pairs_reachable, "recall_reachable": m.recall_reachable,
+                "cross_source": m.cross_source,
             })
         );
     }
@@ -215,7 +251,6 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
                 entities.push(e);
                 reach.add(e, rec.epoch, &tokens);
             }
-            linker.add(rec.epoch, &tokens)?;
             let sid = match source_names.iter().position(|s| *s == rec.source) {
                 Some(i) => i,
                 None => {
@@ -223,6 +258,7 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
                     source_names.len() - 1
                 }
             };
+            linker.add(rec.epoch, sid as u32, &tokens)?;
             sources.push(sid as u16);
         }
     }
@@ -248,14 +284,22 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
             // Every truth row counts: one without a record is a person of its own, found with nobody.
             let mut found = persons.clone();
             let mut missing = 0usize;
-            for &(e, row) in truth.values() {
+            let mut row_sources = sources.clone();
+            for ((source, ..), &(e, row)) in truth.iter() {
                 if !seen[row] {
                     found.push(n_persons as u32 + missing as u32);
                     entities.push(e);
+                    // A source no file was given for: numbered past the files' sources.
+                    let sid = source_names.iter().position(|s| s == source).unwrap_or_else(|| {
+                        source_names.push(source.clone());
+                        source_names.len() - 1
+                    });
+                    row_sources.push(sid as u16);
                     missing += 1;
                 }
             }
             let pairs = pairwise_metrics(&found, &entities);
+            let cross_source = cross_source(&found, &entities, &row_sources);
             let pairs_reachable = reach.pairs();
             Some(Scored {
                 pairs,
@@ -268,6 +312,7 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
                 } else {
                     pairs_reachable as f64 / pairs.pairs_true as f64
                 },
+                cross_source,
             })
         }
         None => None,

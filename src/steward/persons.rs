@@ -254,7 +254,7 @@ impl Persons {
                 changed |= inner.linker.remove(old);
             }
             let Some(event) = r.event else { continue };
-            let Ok(index) = inner.linker.add(r.epoch, &slots[..n]) else {
+            let Ok(index) = inner.linker.add(r.epoch, source, &slots[..n]) else {
                 // Only possible past 2^32 records; the record is kept out of queries.
                 continue;
             };

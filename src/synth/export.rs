@@ -9,8 +9,8 @@
 //! | police    | schema names, `race` alias, `city,zip`   | ISO `2019-03-04`   | bools true/false; arm greenlight/redlight |
 //! | jail      | `last_name,first_name,date_of_birth,gender,sid,city,zip_code,booked,released` | `3/4/2019 10:22` | names in capitals; sex MALE/FEMALE |
 //! | da        | UPPER CASE, aliases (`CASE_NUMBER`, `FILED`, `LAST`, `ZIP`) | ISO | level F/M; bools Y/N; status aliases (no places) |
-//! | casemgmt  | `id,date,first,last,birthdate,gender,city` (intake: `zip` too) | `3/4/2019` | UTF-8 BOM, CRLF; Yes/No; Title Case |
-//! | treatment | `episode_id,fname,lname,birth_date,sex,city,zip,admitted,...` | ISO | modality MOUD/IOP/Residential |
+//! | casemgmt  | `id,client_id,date,first,last,birthdate,gender,city` (intake: `zip` too) | `3/4/2019` | UTF-8 BOM, CRLF; Yes/No; Title Case; client id `C-0123456` |
+//! | treatment | `episode_id,mrn,fname,lname,birth_date,sex,city,zip,admitted,...` | ISO | modality MOUD/IOP/Residential |
 //!
 //! Line tracking: a record starts on line 2 + the number of line breaks
 //! written before it (the header is line 1; a quoted field with a line break
@@ -70,6 +70,7 @@ enum Col {
     StateId,
     City,
     Zip,
+    LocalId,
     Date,
     ReferralType,
     Offense,
@@ -166,6 +167,7 @@ fn columns(kind: Kind) -> &'static [(&'static str, Col)] {
         ],
         Kind::Intake => &[
             ("id", Col::Id),
+            ("client_id", Col::LocalId),
             ("date", Col::Date),
             ("first", Col::Given),
             ("last", Col::Family),
@@ -180,6 +182,7 @@ fn columns(kind: Kind) -> &'static [(&'static str, Col)] {
         ],
         Kind::Plan => &[
             ("id", Col::Id),
+            ("client_id", Col::LocalId),
             ("date", Col::Date),
             ("first", Col::Given),
             ("last", Col::Family),
@@ -190,6 +193,7 @@ fn columns(kind: Kind) -> &'static [(&'static str, Col)] {
         ],
         Kind::Contact => &[
             ("id", Col::Id),
+            ("client_id", Col::LocalId),
             ("date", Col::Date),
             ("first", Col::Given),
             ("last", Col::Family),
@@ -201,6 +205,7 @@ fn columns(kind: Kind) -> &'static [(&'static str, Col)] {
         ],
         Kind::Service => &[
             ("id", Col::Id),
+            ("client_id", Col::LocalId),
             ("date", Col::Date),
             ("first", Col::Given),
             ("last", Col::Family),
@@ -212,6 +217,7 @@ fn columns(kind: Kind) -> &'static [(&'static str, Col)] {
         ],
         Kind::MonthlyStatus => &[
             ("id", Col::Id),
+            ("client_id", Col::LocalId),
             ("month", Col::Date),
             ("first", Col::Given),
             ("last", Col::Family),
@@ -225,6 +231,7 @@ fn columns(kind: Kind) -> &'static [(&'static str, Col)] {
         ],
         Kind::Episode => &[
             ("episode_id", Col::Id),
+            ("mrn", Col::LocalId),
             ("fname", Col::Given),
             ("lname", Col::Family),
             ("birth_date", Col::Dob),
@@ -326,6 +333,15 @@ fn render(kind: Kind, with_state_id: bool, record: &Record, event: &Event, field
                     let _ = write!(out, "{id:08}");
                 }
             }
+            (Col::LocalId, _) => match (who.local_id, agency) {
+                (Some(id), Agency::Casemgmt) => {
+                    let _ = write!(out, "C-{id:07}");
+                }
+                (Some(id), _) => {
+                    let _ = write!(out, "{id:08}");
+                }
+                (None, _) => {}
+            },
             (Col::City, _) => out.push_str(who.place.city.as_deref().unwrap_or("")),
             (Col::Zip, _) => out.push_str(who.place.zip.as_deref().unwrap_or("")),
             (Col::Date, _) => write_date(out, event.date, event_style, u32::from(record.clock)),

@@ -148,6 +148,8 @@ pub fn generate_with_progress(params: &Params, persons: u32, seed: u64, progress
             let rates = params.recording.of(kind.agency());
             let mut identity = recording::record(&mut rng, &person, rates);
             identity.place = places::record(&mut place_rng, &world.places, person.residence, rates);
+            let second = dist::chance(&mut place_rng, rates.local_id_duplicate);
+            identity.local_id = Some(world.local_id(index, kind.agency(), second));
             let text = recording::free_text(
                 &mut rng,
                 &event.what,

@@ -230,6 +230,8 @@ pub struct World<'a> {
     /// Rate multiplier for enrolled diversion persons in days 0..=181 (see `solve_rate_ratio_6m`).
     pub rate_ratio_6m: f64,
     state_ids: Permutation,
+    /// Agencies' own person numbers (case management's client id, treatment's MRN).
+    local_ids: Permutation,
     race: Categorical,
     offense: Categorical,
     disposition: Categorical,
@@ -254,12 +256,21 @@ impl<'a> World<'a> {
             export_end: period.1 + params.program.days_after as i32,
             rate_ratio_6m: solve_rate_ratio_6m(params),
             state_ids: Permutation::new(90_000_000, seed),
+            local_ids: Permutation::new(9_000_000, seed ^ 0x10CA1),
             race: Categorical::new(&[r.black, r.white, r.hispanic, r.native, r.asian, r.other, r.unknown]),
             offense: Categorical::new(&[o.possession, o.small_sale, o.sex_work, o.other]),
             disposition: Categorical::new(&[d.pending, d.dismissed, d.convicted, d.acquitted, d.diverted]),
             service: Categorical::new(&[s.housing, s.mat, s.treatment, s.transport, s.employment, s.benefits, s.legal]),
             modality: Categorical::new(&[m.mat, m.outpatient, m.residential]),
         }
+    }
+
+    /// The person number agency `agency` gave person `index`; `second` is a
+    /// duplicate registration of the same person. Agencies number
+    /// independently, so two agencies' numbers can coincide.
+    pub fn local_id(&self, index: u32, agency: Agency, second: bool) -> u32 {
+        let x = (u64::from(index) * 2 + u64::from(second)) * 5 + agency.index() as u64;
+        1_000_000 + self.local_ids.apply(x) as u32
     }
 
     /// Simulate person `index` and append their events to `out`.

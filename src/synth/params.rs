@@ -258,6 +258,7 @@ pub struct RecordingRates {
     pub zip_missing: f64,
     pub place_spacing: f64,
     pub other_residence: f64,
+    pub local_id_duplicate: f64,
 }
 
 impl Params {
@@ -441,6 +442,7 @@ impl Params {
             p.share(&name("zip_missing"), rates.zip_missing);
             p.share(&name("place_spacing"), rates.place_spacing);
             p.share(&name("other_residence"), rates.other_residence);
+            p.share(&name("local_id_duplicate"), rates.local_id_duplicate);
         }
         p.0
     }

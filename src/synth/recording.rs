@@ -28,6 +28,8 @@ pub struct RecordedIdentity {
     pub state_id: Option<u32>,
     /// City and ZIP code as written (filled by `places::record`).
     pub place: RecordedPlace,
+    /// The agency's own person number, where its exports carry one.
+    pub local_id: Option<u32>,
 }
 
 /// How a record's date of birth cell is filled.
@@ -124,7 +126,7 @@ pub fn record<R: Rng>(rng: &mut R, person: &Person, rates: &RecordingRates) -> R
             *id = wrong_id(rng, *id);
         }
     }
-    RecordedIdentity { given, family, dob, dob_written, sex, state_id, place: RecordedPlace::default() }
+    RecordedIdentity { given, family, dob, dob_written, sex, state_id, place: RecordedPlace::default(), local_id: None }
 }
 
 /// A space typed inside a name, away from its ends ("Will iam"); short names are kept.
@@ -281,6 +283,7 @@ mod tests {
             zip_missing: v,
             place_spacing: v,
             other_residence: v,
+            local_id_duplicate: v,
         }
     }
 

@@ -347,14 +347,19 @@ fn partition(records: &[PseudoRecord]) -> BTreeSet<Vec<(String, String, u64)>> {
     let index: std::collections::HashMap<&str, usize> =
         schema.schemes.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
     let mut linker = divert::linkage::Linker::new(&schema.linkage, schema.schemes.len());
+    let mut sources: Vec<&str> = Vec::new();
     for r in records {
+        let scope = sources.iter().position(|s| *s == r.source).unwrap_or_else(|| {
+            sources.push(&r.source);
+            sources.len() - 1
+        }) as u32;
         let mut slots = vec![None; schema.schemes.len()];
         for (name, text) in &r.tokens {
             if let (Some(&i), Some((_, t))) = (index.get(name.as_str()), divert::token::parse_token(text)) {
                 slots[i] = Some(t);
             }
         }
-        linker.add(r.epoch, &slots).expect("link");
+        linker.add(r.epoch, scope, &slots).expect("link");
     }
     let persons = linker.persons();
     let mut groups: std::collections::BTreeMap<u32, Vec<(String, String, u64)>> = Default::default();
