@@ -496,11 +496,14 @@ impl Linker {
                 let pairs = |r: f64| r * (r - 1.0) / 2.0;
                 // A per-source group compares only records of one source.
                 let all = if self.group_scoped[g] {
-                    self.scoped_records
+                    // Summed as integers: the same total in any map order (deterministic).
+                    let n: u64 = self
+                        .scoped_records
                         .iter()
                         .filter(|((h, _), _)| *h as usize == g)
-                        .map(|(_, &r)| pairs(r as f64))
-                        .sum()
+                        .map(|(_, &r)| r * r.saturating_sub(1) / 2)
+                        .sum();
+                    n as f64
                 } else {
                     pairs(self.records_with_group[g] as f64)
                 };
@@ -1105,10 +1108,13 @@ mod tests {
     #[test]
     fn incremental_equals_batch_at_once_and_arrival_order_does_not_matter() {
         let (recs, _) = noisy(11, 500, 8);
-        let r = LinkageRule::new(15.0, 30.0, &[30.0, 30.0, 30.0, 24.0], &[1, 2, 4, 8]);
+        let mut r = LinkageRule::new(15.0, 30.0, &[30.0, 30.0, 30.0, 24.0], &[1, 2, 4, 8]);
+        // The last scheme per source, the records spread over three sources.
+        r.per_source = vec![false, false, false, true];
+        let scope = |i: usize| (i % 3) as u32;
         let mut whole = Linker::new(&r, 4);
-        for x in &recs {
-            whole.add(1, 0, x).unwrap();
+        for (i, x) in recs.iter().enumerate() {
+            whole.add(1, scope(i), x).unwrap();
         }
         let once = whole.link();
         // Batch by batch, linking (and estimating) after every batch as the steward does.
@@ -1118,8 +1124,8 @@ mod tests {
             if at >= recs.len() {
                 break;
             }
-            for x in &recs[at..(at + size).min(recs.len())] {
-                inc.add(1, 0, x).unwrap();
+            for (i, x) in recs.iter().enumerate().take((at + size).min(recs.len())).skip(at) {
+                inc.add(1, scope(i), x).unwrap();
             }
             at += size;
             let _ = inc.link();
@@ -1131,8 +1137,8 @@ mod tests {
         assert_eq!(whole.link().persons, once.persons);
         // Reversed arrival: the same partition.
         let mut rev = Linker::new(&r, 4);
-        for x in recs.iter().rev() {
-            rev.add(1, 0, x).unwrap();
+        for (i, x) in recs.iter().enumerate().rev() {
+            rev.add(1, scope(i), x).unwrap();
         }
         let mut p = rev.persons();
         p.reverse();
