@@ -22,10 +22,10 @@ use super::names::{NameTables, Suffix};
 use super::params::Params;
 use super::places::{Places, Residence};
 
-/// Days per year and per month used to turn annual and monthly rates into daily ones.
 /// Random-stream domain of residences (`dist::stream`; persons and records use 1 and 2, record places 4).
 pub const RESIDENCES: u64 = 3;
 
+/// Days per year and per month used to turn annual and monthly rates into daily ones.
 const YEAR_DAYS: f64 = 365.25;
 const MONTH_DAYS: f64 = YEAR_DAYS / 12.0;
 /// The first outcome window after referral: days 0..=181.
@@ -256,7 +256,8 @@ impl<'a> World<'a> {
             export_end: period.1 + params.program.days_after as i32,
             rate_ratio_6m: solve_rate_ratio_6m(params),
             state_ids: Permutation::new(90_000_000, seed),
-            local_ids: Permutation::new(9_000_000, seed ^ 0x10CA1),
+            // Room for 90 million persons' two numbers at five agencies, none shared by two persons.
+            local_ids: Permutation::new(900_000_000, seed ^ 0x10CA1),
             race: Categorical::new(&[r.black, r.white, r.hispanic, r.native, r.asian, r.other, r.unknown]),
             offense: Categorical::new(&[o.possession, o.small_sale, o.sex_work, o.other]),
             disposition: Categorical::new(&[d.pending, d.dismissed, d.convicted, d.acquitted, d.diverted]),
