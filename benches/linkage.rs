@@ -32,7 +32,7 @@ use divert::pseudonymize::{pseudonymize_stream, Pseudonymizer};
 use divert::record::PseudoRecord;
 use divert::schema::Schema;
 use divert::steward::persons::Persons;
-use divert::synth::{self, Kind, Params};
+use divert::synth::{self, Agency, Kind, Params};
 use divert::token::{parse_token, Token, Tokenizer};
 
 /// Records per batch, as a source daemon sends them.
@@ -108,9 +108,8 @@ fn main() {
         }
     }
     // Agencies send in turn (police, jail, da, casemgmt, treatment), each in export order.
-    records.sort_by_key(|r| {
-        ["police", "jail", "da", "casemgmt", "treatment"].iter().position(|a| *a == r.source).unwrap_or(usize::MAX)
-    });
+    let turn = |source: &str| Agency::ALL.iter().position(|a| a.as_str() == source).unwrap_or(Agency::ALL.len());
+    records.sort_by_key(|r| turn(&r.source));
     let pseudonymize = t.elapsed();
     drop(dataset);
     let n = records.len();
@@ -131,9 +130,7 @@ fn main() {
             }
         }
         epochs.push(r.epoch);
-        scopes
-            .push(["police", "jail", "da", "casemgmt", "treatment"].iter().position(|a| *a == r.source).unwrap_or(5)
-                as u32);
+        scopes.push(turn(&r.source) as u32);
     }
     println!(
         "records: {n} ({:.2} tokens per record, {} schemes); true persons: {true_persons}",

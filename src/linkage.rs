@@ -77,7 +77,7 @@ pub struct Linker {
     /// group's schemes in schema order (see [`group_schemes`]).
     groups: Vec<Vec<usize>>,
     group_masks: Vec<u16>,
-    /// Per group: records that carry at least one of its schemes.
+    /// Per group that is not per-source: records that carry at least one of its schemes.
     records_with_group: Vec<u64>,
     /// Schemes keyed by the source (an agency's own person number): two
     /// records of different sources are not compared on them.
@@ -327,9 +327,13 @@ impl Linker {
             }
         }
         for (g, &mask) in self.group_masks.iter().enumerate() {
-            self.records_with_group[g] += u64::from(present & mask != 0);
-            if self.group_scoped[g] && present & mask != 0 {
+            if present & mask == 0 {
+                continue;
+            }
+            if self.group_scoped[g] {
                 *self.scoped_records.entry((g as u32, scope)).or_insert(0) += 1;
+            } else {
+                self.records_with_group[g] += 1;
             }
         }
         // Records of two sources are one profile only where no per-source scheme is present.
@@ -410,11 +414,16 @@ impl Linker {
         self.profile_records[p as usize] = self.profile_records[p as usize].saturating_sub(1);
         let present = self.present[p as usize];
         for (g, &mask) in self.group_masks.iter().enumerate() {
-            self.records_with_group[g] -= u64::from(present & mask != 0).min(self.records_with_group[g]);
-            if self.group_scoped[g] && present & mask != 0 {
-                if let Some(n) = self.scoped_records.get_mut(&(g as u32, self.profile_scope[p as usize])) {
-                    *n = n.saturating_sub(1);
-                }
+            if present & mask == 0 {
+                continue;
+            }
+            let n = if self.group_scoped[g] {
+                self.scoped_records.get_mut(&(g as u32, self.profile_scope[p as usize]))
+            } else {
+                self.records_with_group.get_mut(g)
+            };
+            if let Some(n) = n {
+                *n = n.saturating_sub(1);
             }
         }
         self.removed += 1;
@@ -886,20 +895,10 @@ pub struct PairMetrics {
 
 /// Compare found persons with true entities, record by record (same order, same length).
 pub fn pairwise_metrics(found: &[u32], truth: &[u32]) -> PairMetrics {
-    let pairs = |n: u64| n * n.saturating_sub(1) / 2;
-    let mut by_found: HashMap<u32, u64> = HashMap::new();
-    let mut by_true: HashMap<u32, u64> = HashMap::new();
-    let mut by_both: HashMap<(u32, u32), u64> = HashMap::new();
-    for (&f, &t) in found.iter().zip(truth) {
-        *by_found.entry(f).or_default() += 1;
-        *by_true.entry(t).or_default() += 1;
-        *by_both.entry((f, t)).or_default() += 1;
-    }
-    let pairs_found: u64 = by_found.values().map(|&n| pairs(n)).sum();
-    let pairs_true: u64 = by_true.values().map(|&n| pairs(n)).sum();
-    let pairs_correct: u64 = by_both.values().map(|&n| pairs(n)).sum();
-    // With no pairs to find (or none found), the ratio is vacuously perfect.
-    let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    let by_found = group_sizes(found.iter().copied());
+    let by_true = group_sizes(truth.iter().copied());
+    let by_both = group_sizes(found.iter().copied().zip(truth.iter().copied()));
+    let (pairs_found, pairs_true, pairs_correct) = (pairs_in(&by_found), pairs_in(&by_true), pairs_in(&by_both));
     let precision = ratio(pairs_correct, pairs_found);
     let recall = ratio(pairs_correct, pairs_true);
     let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
@@ -910,6 +909,52 @@ pub fn pairwise_metrics(found: &[u32], truth: &[u32]) -> PairMetrics {
     let entities = by_true.len() as u64;
     let entities_split = found_per_entity.values().filter(|&&k| k > 1).count() as u64;
     PairMetrics { precision, recall, f1, pairs_true, pairs_found, pairs_correct, entities, entities_split }
+}
+
+/// Pairwise figures over the pairs of records from two different sources only.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct CrossSource {
+    pub pairs_true: u64,
+    pub pairs_found: u64,
+    pub precision: f64,
+    pub recall: f64,
+}
+
+/// [`pairwise_metrics`] over the pairs whose two records come from two
+/// sources: `sources` gives each record's source.
+pub fn cross_source_metrics(found: &[u32], truth: &[u32], sources: &[u16]) -> CrossSource {
+    // The pairs of a group minus those within one source of it.
+    fn across<K: std::hash::Hash + Eq + Copy>(keys: impl Iterator<Item = K> + Clone, sources: &[u16]) -> u64 {
+        pairs_in(&group_sizes(keys.clone())) - pairs_in(&group_sizes(keys.zip(sources.iter().copied())))
+    }
+    let (f, t) = (found.iter().copied(), truth.iter().copied());
+    let pairs_true = across(t.clone(), sources);
+    let pairs_found = across(f.clone(), sources);
+    let correct = across(f.zip(t), sources);
+    CrossSource { pairs_true, pairs_found, precision: ratio(correct, pairs_found), recall: ratio(correct, pairs_true) }
+}
+
+/// How many records fall in each group.
+fn group_sizes<K: std::hash::Hash + Eq>(keys: impl Iterator<Item = K>) -> HashMap<K, u64> {
+    let mut sizes: HashMap<K, u64> = HashMap::new();
+    for k in keys {
+        *sizes.entry(k).or_default() += 1;
+    }
+    sizes
+}
+
+/// Record pairs within groups of these sizes.
+fn pairs_in<K>(sizes: &HashMap<K, u64>) -> u64 {
+    sizes.values().map(|&n| n * n.saturating_sub(1) / 2).sum()
+}
+
+/// With no pairs to find (or none found), the ratio is vacuously perfect.
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        1.0
+    } else {
+        a as f64 / b as f64
+    }
 }
 
 #[cfg(test)]

@@ -175,13 +175,10 @@ impl Tokenizer {
         // One buffer and one HMAC update: the hot path of pseudonymization.
         message.clear();
         for &spec in order.iter() {
-            let part = &values[spec];
-            message.extend_from_slice(&(part.len() as u32).to_be_bytes());
-            message.extend_from_slice(part.as_bytes());
+            put_part(message, &values[spec]);
         }
         if plan.per_source {
-            message.extend_from_slice(&(source.len() as u32).to_be_bytes());
-            message.extend_from_slice(source.as_bytes());
+            put_part(message, source);
         }
         let tag = hmac::sign(key, message);
         message.iter_mut().for_each(|b| *b = 0);
@@ -193,11 +190,17 @@ impl Tokenizer {
     pub fn record_id(&self, source: &str, kind: &str, record_id: &str) -> Token {
         let mut msg = Vec::with_capacity(source.len() + kind.len() + record_id.len() + 12);
         for part in [source, kind, record_id] {
-            msg.extend_from_slice(&(part.len() as u32).to_be_bytes());
-            msg.extend_from_slice(part.as_bytes());
+            put_part(&mut msg, part);
         }
         truncate(hmac::sign(&self.record_id_key, &msg).as_ref())
     }
+}
+
+/// A part of a hashed message, length-prefixed (u32, big-endian) so that
+/// ("ab", "c") and ("a", "bc") never give the same bytes.
+fn put_part(message: &mut Vec<u8>, part: &str) {
+    message.extend_from_slice(&(part.len() as u32).to_be_bytes());
+    message.extend_from_slice(part.as_bytes());
 }
 
 fn truncate(tag: &[u8]) -> Token {

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use crate::linkage::{find, pairwise_metrics, Linkage, Linker, PairMetrics, Quality};
+use crate::linkage::{
+    cross_source_metrics, find, pairwise_metrics, CrossSource, Linkage, Linker, PairMetrics, Quality,
+};
 use crate::record::PseudoRecord;
 use crate::schema::Schema;
 use crate::token::{parse_token, Token};
@@ -90,33 +92,13 @@ pub struct Scored {
     pub cross_source: CrossSource,
 }
 
-/// Pairwise figures over the pairs of records from two different sources.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct CrossSource {
-    pub pairs_true: u64,
-    pub pairs_found: u64,
-    pub precision: f64,
-    pub recall: f64,
-}
-
-/// [`CrossSource`] of a linkage: `found` and `truth` per record, `sources` its source.
-fn cross_source(found: &[u32], truth: &[u32], sources: &[u16]) -> CrossSource {
-    // Pairs in a group of records minus those within one source of the group.
-    fn cross<K: std::hash::Hash + Eq + Copy>(keys: impl Iterator<Item = (K, u16)>) -> u64 {
-        let pairs = |n: u64| n * n.saturating_sub(1) / 2;
-        let mut all: HashMap<K, u64> = HashMap::new();
-        let mut within: HashMap<(K, u16), u64> = HashMap::new();
-        for (k, s) in keys {
-            *all.entry(k).or_default() += 1;
-            *within.entry((k, s)).or_default() += 1;
-        }
-        all.values().map(|&n| pairs(n)).sum::<u64>() - within.values().map(|&n| pairs(n)).sum::<u64>()
-    }
-    let pairs_true = cross(truth.iter().copied().zip(sources.iter().copied()));
-    let pairs_found = cross(found.iter().copied().zip(sources.iter().copied()));
-    let correct = cross(found.iter().copied().zip(truth.iter().copied()).zip(sources.iter().copied()));
-    let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
-    CrossSource { pairs_true, pairs_found, precision: ratio(correct, pairs_found), recall: ratio(correct, pairs_true) }
+/// The number of `name` in `names`, added at the end when new.
+fn number(names: &mut Vec<String>, name: &str) -> u16 {
+    let i = names.iter().position(|s| s == name).unwrap_or_else(|| {
+        names.push(name.to_string());
+        names.len() - 1
+    });
+    i as u16
 }
 
 pub fn run(args: LinkArgs) -> anyhow::Result<()> {
@@ -251,15 +233,9 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
                 entities.push(e);
                 reach.add(e, rec.epoch, &tokens);
             }
-            let sid = match source_names.iter().position(|s| *s == rec.source) {
-                Some(i) => i,
-                None => {
-                    source_names.push(rec.source.clone());
-                    source_names.len() - 1
-                }
-            };
-            linker.add(rec.epoch, sid as u32, &tokens)?;
-            sources.push(sid as u16);
+            let sid = number(&mut source_names, &rec.source);
+            linker.add(rec.epoch, u32::from(sid), &tokens)?;
+            sources.push(sid);
         }
     }
     if epochs.len() > 1 {
@@ -290,16 +266,12 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
                     found.push(n_persons as u32 + missing as u32);
                     entities.push(e);
                     // A source no file was given for: numbered past the files' sources.
-                    let sid = source_names.iter().position(|s| s == source).unwrap_or_else(|| {
-                        source_names.push(source.clone());
-                        source_names.len() - 1
-                    });
-                    row_sources.push(sid as u16);
+                    row_sources.push(number(&mut source_names, source));
                     missing += 1;
                 }
             }
             let pairs = pairwise_metrics(&found, &entities);
-            let cross_source = cross_source(&found, &entities, &row_sources);
+            let cross_source = cross_source_metrics(&found, &entities, &row_sources);
             let pairs_reachable = reach.pairs();
             Some(Scored {
                 pairs,

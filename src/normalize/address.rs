@@ -166,9 +166,7 @@ pub(crate) fn postal(s: &[u8], out: &mut String) {
     if (out.len() == 5 || out.len() == 9) && out.bytes().all(|b| b.is_ascii_digit()) {
         out.truncate(5);
     }
-    let first = out.as_bytes().first().copied();
-    let repeated = out.len() >= 3 && out.bytes().all(|b| Some(b) == first);
-    if repeated || !out.bytes().any(|b| b.is_ascii_digit()) {
+    if super::one_character_repeated(out, 3) || !out.bytes().any(|b| b.is_ascii_digit()) {
         out.clear();
     }
 }

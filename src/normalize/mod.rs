@@ -256,6 +256,12 @@ const ID_PLACEHOLDERS: &[&str] = &[
     "1234567890",
 ];
 
+/// At least `min` characters, all the same (`00000`, `XXXX`): what systems write for "not known".
+fn one_character_repeated(s: &str, min: usize) -> bool {
+    let first = s.as_bytes().first().copied();
+    s.len() >= min && s.bytes().all(|b| Some(b) == first)
+}
+
 fn id(s: &[u8], out: &mut String) {
     for &b in s {
         if b.is_ascii_alphanumeric() && !(out.is_empty() && b == b'0') {
@@ -263,9 +269,7 @@ fn id(s: &[u8], out: &mut String) {
         }
     }
     // Four or more of one repeated character (999999999, XXXX) or a word for "unknown": a placeholder.
-    let first = out.as_bytes().first().copied();
-    let repeated = out.len() >= 4 && out.bytes().all(|b| Some(b) == first);
-    if repeated || ID_PLACEHOLDERS.contains(&out.as_str()) {
+    if one_character_repeated(out, 4) || ID_PLACEHOLDERS.contains(&out.as_str()) {
         out.clear();
     }
 }

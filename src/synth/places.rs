@@ -13,6 +13,7 @@ use rand::Rng;
 
 use super::dist::{chance, Categorical};
 use super::params::RecordingRates;
+use super::recording::{space_before, split_word};
 
 /// (city, share of persons, ZIP codes).
 pub const CITIES: &[(&str, f64, &[u32])] = &[
@@ -112,16 +113,12 @@ fn respace<R: Rng>(rng: &mut R, name: &str) -> String {
     if name.contains(' ') {
         return if rng.gen() { name.replace(' ', "") } else { name.replace(' ', "  ") };
     }
-    // A split after a capital inside the word where there is one (SeaTac), elsewhere at random.
+    // A split before a capital inside the word where there is one (SeaTac), elsewhere at random.
     let chars: Vec<char> = name.chars().collect();
-    if chars.len() < 4 {
-        return name.to_string();
+    match (1..chars.len()).find(|&i| chars[i].is_uppercase()) {
+        Some(at) => space_before(&chars, at),
+        None => split_word(rng, name),
     }
-    let at = (1..chars.len()).find(|&i| chars[i].is_uppercase()).unwrap_or_else(|| rng.gen_range(2..chars.len() - 1));
-    let mut out: String = chars[..at].iter().collect();
-    out.push(' ');
-    out.extend(&chars[at..]);
-    out
 }
 
 #[cfg(test)]

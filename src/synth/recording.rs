@@ -130,12 +130,16 @@ pub fn record<R: Rng>(rng: &mut R, person: &Person, rates: &RecordingRates) -> R
 }
 
 /// A space typed inside a name, away from its ends ("Will iam"); short names are kept.
-fn split_word<R: Rng>(rng: &mut R, name: &str) -> String {
+pub(super) fn split_word<R: Rng>(rng: &mut R, name: &str) -> String {
     let chars: Vec<char> = name.chars().collect();
     if chars.len() < 4 || chars.iter().any(|c| !c.is_alphabetic()) {
         return name.to_string();
     }
-    let at = rng.gen_range(2..chars.len() - 1);
+    space_before(&chars, rng.gen_range(2..chars.len() - 1))
+}
+
+/// The characters with a space typed before the one at `at`.
+pub(super) fn space_before(chars: &[char], at: usize) -> String {
     let mut out: String = chars[..at].iter().collect();
     out.push(' ');
     out.extend(&chars[at..]);
