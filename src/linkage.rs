@@ -49,7 +49,7 @@
 
 use std::collections::HashMap;
 
-use crate::schema::LinkageRule;
+use crate::schema::{LinkageRule, Part, Transform};
 use crate::token::{Token, TOKEN_LEN};
 
 /// Profiles that may share a blocking token before it stops being one.
@@ -77,6 +77,12 @@ pub struct Linker {
     /// group's schemes in schema order (see [`group_schemes`]).
     groups: Vec<Vec<usize>>,
     group_masks: Vec<u16>,
+    /// Per group: the identity fields of its schemes, up to and including
+    /// each one (bit i: field i): the fields a pair's level already speaks of.
+    group_fields_through: Vec<Vec<u64>>,
+    /// The identity fields a disagreeing scheme can be blamed on (those of
+    /// groups of two or more schemes), in field order.
+    differ_fields: Vec<usize>,
     /// Per group that is not per-source: records that carry at least one of its schemes.
     records_with_group: Vec<u64>,
     /// Schemes keyed by the source (an agency's own person number): two
@@ -150,6 +156,22 @@ pub struct GroupEstimate {
     pub none_bits: f64,
 }
 
+/// Evidence that an identity field differs: estimated from the pairs whose
+/// tokens show it to differ or to agree (see [`Linker::estimate`]).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct FieldEstimate {
+    /// The identity field (its number in the schema).
+    pub field: usize,
+    /// P(shown to differ | shown either way), among the same person's pairs.
+    pub m: f64,
+    /// The same among different persons' candidate pairs (1 while too few to tell).
+    pub u: f64,
+    /// min(0, log2(m/u)): bits a pair gains when its tokens show the field to differ.
+    pub differ_bits: f64,
+    /// Whether it counts (false: too few pairs show the field either way).
+    pub counted: bool,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct LevelEstimate {
     m: f64,
@@ -163,7 +185,10 @@ struct LevelEstimate {
 pub struct Estimate {
     pub schemes: Vec<SchemeEstimate>,
     pub groups: Vec<GroupEstimate>,
-    /// Share of candidate pairs that are the same person.
+    /// Per field a disagreeing scheme can be blamed on: the evidence of its differing.
+    pub fields: Vec<FieldEstimate>,
+    /// Share of the record pairs with a token that are the same person
+    /// (estimated among candidates; the pairs sharing no token are not).
     pub match_share: f64,
     /// Whether the figures come from the data (false: the schema's prior).
     pub estimated: bool,
@@ -187,11 +212,16 @@ pub struct Quality {
     /// Whether m/u were estimated from the data (false: the schema's prior).
     pub estimated: bool,
     pub em_iterations: u32,
-    /// Estimated share of candidate pairs that are the same person.
-    pub match_share_of_candidates: f64,
+    /// Estimated share of record pairs (with a token) that are the same person.
+    pub match_share_of_pairs: f64,
+    /// log2 of its odds: where a pair's match weight starts (under the older
+    /// `threshold` rule weights leave it out; the estimates above include it).
+    pub prior_bits: f64,
     /// Per scheme, in schema order.
     pub schemes: Vec<SchemeEstimate>,
     pub groups: Vec<GroupEstimate>,
+    /// Per field a disagreeing scheme can be blamed on: the evidence of its differing.
+    pub fields_shown_to_differ: Vec<FieldEstimate>,
     pub threshold_bits: f64,
     pub bridge_bits: f64,
     /// Candidate pairs by weight.
@@ -228,8 +258,30 @@ impl Linker {
             .filter(|&k| rule.per_source.get(k).copied().unwrap_or(false))
             .fold(0u16, |m, k| m | 1 << k);
         let group_scoped = group_masks.iter().map(|&m| m & !per_source_mask == 0).collect();
+        let group_fields_through: Vec<Vec<u64>> = groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .scan(0u64, |acc, &k| {
+                        *acc |= fields[k];
+                        Some(*acc)
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut differ = 0u64;
+        for g in groups.iter().filter(|g| g.len() > 1) {
+            for &k in g {
+                for p in rule.parts.get(k).map_or(&[][..], Vec::as_slice) {
+                    differ |= 1 << (p.field % 64);
+                }
+            }
+        }
+        let differ_fields = (0..64).filter(|f| differ & (1 << f) != 0).collect();
         Linker {
             rule: rule.clone(),
+            group_fields_through,
+            differ_fields,
             n_schemes,
             per_source_mask,
             group_scoped,
@@ -267,6 +319,8 @@ impl Linker {
             n_schemes: self.n_schemes,
             groups: self.groups.clone(),
             group_masks: self.group_masks.clone(),
+            group_fields_through: self.group_fields_through.clone(),
+            differ_fields: self.differ_fields.clone(),
             records_with_group: self.records_with_group.clone(),
             per_source_mask: self.per_source_mask,
             group_scoped: self.group_scoped.clone(),
@@ -474,6 +528,46 @@ impl Linker {
         Some(group.iter().position(|&k| agree & (1 << k) != 0).unwrap_or(group.len()))
     }
 
+    /// The identity fields a pattern shows to differ, and to agree, beyond
+    /// what its groups' levels say (bit i: field i). A scheme compared but
+    /// not agreeing, whose parts are all implied by the agreeing schemes of
+    /// its group but those of one field, shows that field to differ (a pair
+    /// at `names_dob` whose `dob_address` disagrees differs in the address);
+    /// a field whose whole value the agreeing schemes imply agrees. The
+    /// fields of a group's level scheme and of the schemes before it are
+    /// left out: the level (the first agreeing scheme) already counts them.
+    fn shown(&self, agree: u16, compared: u16) -> (u64, u64) {
+        let (mut differ, mut same) = (0u64, 0u64);
+        for (g, group) in self.groups.iter().enumerate() {
+            let Some(l) = self.level(g, agree, compared) else { continue };
+            if group.len() < 2 || l >= group.len() {
+                continue;
+            }
+            let said = self.group_fields_through[g][l];
+            let known: Vec<Part> =
+                group.iter().filter(|&&k| agree & (1 << k) != 0).flat_map(|&k| self.parts(k).iter().copied()).collect();
+            for &k in group.iter().filter(|&&k| compared & (1 << k) != 0 && agree & (1 << k) == 0) {
+                let mut unknown = self.parts(k).iter().filter(|p| !implied(&known, **p)).map(|p| p.field);
+                let Some(f) = unknown.next() else { continue };
+                if unknown.all(|x| x == f) && said & (1 << (f % 64)) == 0 {
+                    differ |= 1 << (f % 64);
+                }
+            }
+            for &f in &self.differ_fields {
+                let bit = 1u64 << (f % 64);
+                if said & bit == 0 && implied(&known, Part { field: f, transform: Transform::Full }) {
+                    same |= bit;
+                }
+            }
+        }
+        (differ, same & !differ)
+    }
+
+    /// A scheme's parts (none known: nothing is inferred from it).
+    fn parts(&self, k: usize) -> &[Part] {
+        self.rule.parts.get(k).map_or(&[], Vec::as_slice)
+    }
+
     /// m/u per level of every comparison group: estimated by EM over the
     /// agreement patterns of the candidate record pairs, or the schema's
     /// prior while there are too few.
@@ -494,8 +588,16 @@ impl Linker {
         let prior_u = u.clone();
         let pats = self.record_pair_patterns();
         let total: f64 = pats.iter().map(|p| p.2).sum();
+        // Field evidence: (m, u) of "shown to differ", counted once estimable.
+        let mut fields: Vec<FieldEstimate> = self
+            .differ_fields
+            .iter()
+            .map(|&field| FieldEstimate { field, m: 1.0, u: 1.0, differ_bits: 0.0, counted: false })
+            .collect();
         if total < MIN_PAIRS_TO_ESTIMATE as f64 {
-            return self.finish(&m, &u, &prior_m, &prior_u, None, 0.5, false, 0);
+            let mut est = self.finish(&m, &u, &prior_m, &prior_u, None, 0.5, false, 0);
+            est.fields = fields;
+            return est;
         }
         let levels: Vec<Vec<Option<usize>>> =
             pats.iter().map(|&(a, c, _)| (0..self.groups.len()).map(|g| self.level(g, a, c)).collect()).collect();
@@ -520,6 +622,16 @@ impl Linker {
                 (all - blocked).max(0.0)
             })
             .collect();
+        let shown: Vec<(u64, u64)> = pats.iter().map(|&(a, c, _)| self.shown(a, c)).collect();
+        // All record pairs with a token: the pairs sharing none are different persons.
+        let with_token: f64 = self
+            .present
+            .iter()
+            .zip(&self.profile_records)
+            .filter(|(&present, _)| present != 0)
+            .map(|(_, &n)| n as f64)
+            .sum();
+        let all_pairs = (with_token * (with_token - 1.0) / 2.0).max(total);
         let mut lambda: f64 = 0.5;
         let mut iterations = 0;
         let mut post = vec![0.0; pats.len()];
@@ -537,6 +649,13 @@ impl Linker {
                     }
                 }
                 *pi = 1.0 / (1.0 + (lu - lm).exp());
+            }
+            for (pi, &(differ, _)) in post.iter_mut().zip(&shown) {
+                let bits: f64 =
+                    fields.iter().filter(|f| differ & (1 << (f.field % 64)) != 0).map(|f| f.differ_bits).sum();
+                if bits != 0.0 {
+                    *pi = 1.0 / (1.0 + (1.0 / *pi - 1.0) * (-bits).exp2());
+                }
             }
             // M: λ, then m and u per level from the expected classes.
             let matched: f64 = post.iter().zip(&pats).map(|(g, p)| g * p.2).sum();
@@ -565,11 +684,44 @@ impl Linker {
                 }
                 seen[g] = cnt;
             }
+            // A field shown to differ: among pairs that show it either way.
+            for f in fields.iter_mut() {
+                let bit = 1u64 << (f.field % 64);
+                let (mut m_shown, mut m_differ, mut u_shown, mut u_differ) = (0.0, 0.0, 0.0, 0.0);
+                for ((pi, &(differ, same)), p) in post.iter().zip(&shown).zip(&pats) {
+                    if (differ | same) & bit != 0 {
+                        m_shown += pi * p.2;
+                        u_shown += (1.0 - pi) * p.2;
+                        if differ & bit != 0 {
+                            m_differ += pi * p.2;
+                            u_differ += (1.0 - pi) * p.2;
+                        }
+                    }
+                }
+                let (vm, vu) = if m_shown >= MIN_COMPARED {
+                    let vu = if u_shown >= MIN_COMPARED { (u_differ / u_shown).max(0.5 / u_shown) } else { 1.0 };
+                    ((m_differ / m_shown).max(0.5 / m_shown), vu)
+                } else {
+                    (1.0, 1.0)
+                };
+                change = change.max((vm - f.m).abs()).max((vu - f.u).abs());
+                *f = FieldEstimate {
+                    field: f.field,
+                    m: vm,
+                    u: vu,
+                    differ_bits: (vm / vu).log2().min(0.0),
+                    counted: vm < vu,
+                };
+            }
             if change < EM_TOLERANCE {
                 break;
             }
         }
-        self.finish(&m, &u, &prior_m, &prior_u, Some(&seen), lambda, true, iterations)
+        // The share of matches among all pairs with a token, not just among candidates.
+        let share = (lambda * total / all_pairs).clamp(0.5 / all_pairs, 1.0 - 1e-9);
+        let mut est = self.finish(&m, &u, &prior_m, &prior_u, Some(&seen), share, true, iterations);
+        est.fields = fields;
+        est
     }
 
     /// Weights per level; a level seen in no pair (expected count under half
@@ -612,7 +764,7 @@ impl Linker {
                 none_bits: none.bits,
             });
         }
-        Estimate { schemes, groups, match_share, estimated, iterations }
+        Estimate { schemes, groups, fields: Vec::new(), match_share, estimated, iterations }
     }
 
     /// A dense person number for every record, numbered in order of each
@@ -633,8 +785,12 @@ impl Linker {
     /// Estimate m/u, weigh every candidate pair and cluster.
     fn cluster(&self) -> Clustered {
         let est = self.estimate();
+        // A match weight starts from the prior odds of a match among all
+        // record pairs (Splink's); the older rule weighs evidence alone.
+        let odds_bits = (est.match_share / (1.0 - est.match_share)).log2();
+        let prior_bits = if self.rule.with_prior { odds_bits } else { 0.0 };
         let weight_of = |agree: u16, compared: u16| -> f64 {
-            (0..self.groups.len())
+            let levels: f64 = (0..self.groups.len())
                 .filter_map(|g| {
                     let l = self.level(g, agree, compared)?;
                     Some(match self.groups[g].get(l) {
@@ -642,12 +798,16 @@ impl Linker {
                         None => est.groups[g].none_bits,
                     })
                 })
-                .sum()
+                .sum();
+            let (differ, _) = self.shown(agree, compared);
+            let differing: f64 =
+                est.fields.iter().filter(|f| differ & (1 << (f.field % 64)) != 0).map(|f| f.differ_bits).sum();
+            prior_bits + levels + differing
         };
         let weights: Vec<f64> = self.patterns.iter().map(|&(a, c)| weight_of(a, c)).collect();
         let (threshold, bridge) = (self.rule.threshold, self.rule.bridge);
-        let prior_odds = est.match_share / (1.0 - est.match_share);
-        let posterior = |w: f64| 1.0 / (1.0 + 1.0 / (prior_odds * w.exp2()));
+        let to_odds = odds_bits - prior_bits;
+        let posterior = |w: f64| 1.0 / (1.0 + (-(w + to_odds)).exp2());
 
         // Pairs bucketed by pattern, patterns from the heaviest down.
         let np = self.present.len();
@@ -733,7 +893,17 @@ impl Linker {
             };
             persons.push(number);
         }
-        Clustered { est, weights, parent, persons, n_persons: u64::from(next), links, not_bridged, merged_expect }
+        Clustered {
+            est,
+            weights,
+            to_odds,
+            parent,
+            persons,
+            n_persons: u64::from(next),
+            links,
+            not_bridged,
+            merged_expect,
+        }
     }
 
     /// The quality figures of a clustering (see [`Quality`]).
@@ -741,8 +911,8 @@ impl Linker {
         let Clustered { est, weights, persons: _, n_persons, links, not_bridged, merged_expect, .. } = c;
         let (n_persons, links, not_bridged, merged_expect) = (*n_persons, *links, *not_bridged, *merged_expect);
         let mut parent = c.parent.clone();
-        let prior_odds = est.match_share / (1.0 - est.match_share);
-        let posterior = |w: f64| 1.0 / (1.0 + 1.0 / (prior_odds * w.exp2()));
+        let to_odds = c.to_odds;
+        let posterior = |w: f64| 1.0 / (1.0 + (-(w + to_odds)).exp2());
 
         // Pairs of clusters left apart that the model thinks are one person.
         let mut apart: HashMap<(u32, u32), f64> = HashMap::new();
@@ -781,9 +951,11 @@ impl Linker {
             candidate_pairs: self.pairs.len() as u64,
             estimated: est.estimated,
             em_iterations: est.iterations,
-            match_share_of_candidates: est.match_share,
+            match_share_of_pairs: est.match_share,
+            prior_bits: (est.match_share / (1.0 - est.match_share)).log2(),
             schemes: est.schemes.clone(),
             groups: est.groups.clone(),
+            fields_shown_to_differ: est.fields.clone(),
             threshold_bits: self.rule.threshold,
             bridge_bits: self.rule.bridge,
             weight_histogram: hist
@@ -804,6 +976,8 @@ struct Clustered {
     est: Estimate,
     /// The weight of each agreement pattern, in bits.
     weights: Vec<f64>,
+    /// Bits to add to a weight for the log2 posterior odds (the prior, when the rule leaves it out).
+    to_odds: f64,
     /// The union-find forest over profiles after clustering.
     parent: Vec<u32>,
     persons: Vec<u32>,
@@ -811,6 +985,27 @@ struct Clustered {
     links: u64,
     not_bridged: u64,
     merged_expect: f64,
+}
+
+/// Whether parts `known` to agree imply that `p` agrees too: a whole value
+/// implies its transforms, a date's year, month and day imply the date, a
+/// longer prefix or suffix a shorter one.
+fn implied(known: &[Part], p: Part) -> bool {
+    let has = |t: Transform| known.iter().any(|k| k.field == p.field && k.transform == t);
+    let any = |f: &dyn Fn(Transform) -> bool| known.iter().any(|k| k.field == p.field && f(k.transform));
+    if has(p.transform) || has(Transform::Full) {
+        return true;
+    }
+    let year_month = has(Transform::YearMonth) || (has(Transform::Year) && has(Transform::Month));
+    match p.transform {
+        Transform::Full => year_month && has(Transform::Day),
+        Transform::Initial => any(&|t| matches!(t, Transform::Prefix(_))),
+        Transform::Prefix(n) => any(&|t| matches!(t, Transform::Prefix(m) if m >= n)),
+        Transform::Suffix(n) => any(&|t| matches!(t, Transform::Suffix(m) if m >= n)),
+        Transform::Year | Transform::Month => has(Transform::YearMonth),
+        Transform::YearMonth => year_month,
+        Transform::Soundex | Transform::Day => false,
+    }
 }
 
 /// Comparison groups: schemes joined when they share an identity field
@@ -1097,6 +1292,86 @@ mod tests {
         chained.rule.bridge = 15.0;
         let p = chained.persons();
         assert!(same(&p, a2, b1));
+    }
+
+    #[test]
+    fn a_field_the_tokens_show_to_differ_counts_against() {
+        // Fields 0 name, 1 birth date, 2 address; scheme 0 = name and date, scheme 1 =
+        // date and address: one comparison group (they share the date).
+        let part = |field, transform| Part { field, transform };
+        let mut r = LinkageRule::new(15.0, 15.0, &[30.0, 30.0], &[0b011, 0b110]);
+        r.parts = vec![
+            vec![part(0, Transform::Full), part(1, Transform::Full)],
+            vec![part(1, Transform::Full), part(2, Transform::Full)],
+        ];
+        let mut l = Linker::new(&r, 2);
+        let tok = |s: u8, v: u32| {
+            let mut x = [s; TOKEN_LEN];
+            x[1..5].copy_from_slice(&v.to_le_bytes());
+            Some(x)
+        };
+        // 400 persons of two records each; one in four moved between them. A
+        // moved pair agrees on scheme 0 and not on scheme 1, whose date agrees:
+        // the tokens show the address to differ.
+        for e in 0..400u32 {
+            l.add(1, 0, &[tok(0, e), tok(1, e)]).unwrap();
+            l.add(1, 0, &[tok(0, e), tok(1, if e % 4 == 0 { e + 10_000 } else { e })]).unwrap();
+        }
+        let q = l.link().quality;
+        let address = q.fields_shown_to_differ.iter().find(|f| f.field == 2).copied();
+        let Some(address) = address else { panic!("{q:?}") };
+        assert!(address.counted && (0.2..0.3).contains(&address.m), "{address:?}");
+        assert!(address.differ_bits < -1.5, "{address:?}");
+        // Name and date are the level's own fields: the level already counts them.
+        assert!(q.fields_shown_to_differ.iter().all(|f| f.field == 2 || !f.counted), "{q:?}");
+        // Between the two weights, a moved person's records stay apart, the others are one.
+        l.rule.threshold = q.schemes[0].agree_bits + address.differ_bits / 2.0;
+        l.rule.bridge = l.rule.threshold;
+        let p = l.persons();
+        assert!(same(&p, 2, 3), "person 1 did not move");
+        assert!(!same(&p, 0, 1), "person 0 moved");
+        // Without the parts nothing is inferred: the moved pair links at the level's weight.
+        l.rule.parts = Vec::new();
+        let p = l.persons();
+        assert!(same(&p, 0, 1));
+    }
+
+    #[test]
+    fn what_agreeing_parts_imply() {
+        let p = |field, transform| Part { field, transform };
+        let ymd = [p(1, Transform::Year), p(1, Transform::Month), p(1, Transform::Day)];
+        assert!(implied(&ymd, p(1, Transform::Full)));
+        assert!(implied(&[p(1, Transform::YearMonth), p(1, Transform::Day)], p(1, Transform::Full)));
+        assert!(!implied(&ymd[..2], p(1, Transform::Full)));
+        assert!(implied(&[p(1, Transform::YearMonth)], p(1, Transform::Year)));
+        assert!(implied(&[p(0, Transform::Full)], p(0, Transform::Soundex)));
+        assert!(implied(&[p(0, Transform::Prefix(3))], p(0, Transform::Initial)));
+        assert!(!implied(&[p(0, Transform::Initial)], p(0, Transform::Prefix(3))));
+        assert!(!implied(&[p(0, Transform::Suffix(2))], p(0, Transform::Suffix(3))));
+        assert!(!implied(&[p(0, Transform::Full)], p(1, Transform::Full)), "another field");
+    }
+
+    #[test]
+    fn the_prior_is_the_share_of_matches_among_all_record_pairs() {
+        // 300 persons of two identical records each: 300 matching pairs among C(600, 2).
+        let mut r = rule(&[30.0], 0.0, 0.0);
+        r.with_prior = true;
+        let mut l = Linker::new(&r, 1);
+        for e in 0..300u32 {
+            let mut x = [7u8; TOKEN_LEN];
+            x[..4].copy_from_slice(&e.to_le_bytes());
+            l.add(1, 0, &[Some(x)]).unwrap();
+            l.add(1, 0, &[Some(x)]).unwrap();
+        }
+        let link = l.link();
+        let want = (300.0f64 / (600.0 * 599.0 / 2.0 - 300.0)).log2();
+        assert!((link.quality.prior_bits - want).abs() < 0.01, "{} vs {want}", link.quality.prior_bits);
+        assert_eq!(link.quality.persons, 300, "each person's records are one person at 0 bits");
+        // The prior counts: a rule asking for more than the evidence minus the prior links none.
+        let evidence = link.quality.schemes[0].agree_bits;
+        l.rule.threshold = evidence + want + 1.0;
+        l.rule.bridge = l.rule.threshold;
+        assert_eq!(l.link().quality.persons, 600);
     }
 
     /// Records of `entities` persons with recording noise: each token is sometimes

@@ -112,7 +112,11 @@ impl Unordered {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLinkage {
-    threshold: f64,
+    /// Link at this match weight, the prior odds included (bits).
+    match_weight: Option<f64>,
+    /// Link at this much evidence, the prior odds left out (bits): the key
+    /// of earlier releases, still read as it was.
+    threshold: Option<f64>,
     bridge: Option<f64>,
 }
 
@@ -319,6 +323,14 @@ pub struct LinkageRule {
     pub fields: Vec<u64>,
     /// Per scheme, whether it is keyed by the source (see [`Scheme::per_source`]).
     pub per_source: Vec<bool>,
+    /// Per scheme, its parts (field and transform): which field a scheme
+    /// that disagrees can be blamed on, once its other parts are known to
+    /// agree (empty: the linker infers nothing from the scheme).
+    pub parts: Vec<Vec<Part>>,
+    /// Whether `threshold` and `bridge` are match weights, the prior odds
+    /// of a match included (`match_weight`), or evidence alone (the older
+    /// `threshold` key).
+    pub with_prior: bool,
 }
 
 impl LinkageRule {
@@ -330,6 +342,8 @@ impl LinkageRule {
             prior: scheme_bits.iter().map(|&b| (PRIOR_M, (-b).exp2())).collect(),
             fields: scheme_fields.to_vec(),
             per_source: vec![false; scheme_bits.len()],
+            parts: vec![Vec::new(); scheme_bits.len()],
+            with_prior: false,
         }
     }
 }
@@ -662,25 +676,43 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
         schemes.push(Scheme { name: s.name.clone(), parts, unordered, bits, per_source: s.per_source });
     }
 
-    // Linkage rule.
-    let (threshold, bridge) = match &raw.linkage {
-        Some(l) => (l.threshold, l.bridge.unwrap_or(l.threshold)),
-        None => {
-            problems.push(problem("linkage", "missing [linkage] table with a `threshold` (bits of evidence)"));
-            (0.0, 0.0)
+    // Linkage rule: `match_weight` (the prior odds included), or the older
+    // `threshold` (evidence alone), and a `bridge` on the same scale.
+    let (key, threshold, bridge, with_prior) = match &raw.linkage {
+        Some(RawLinkage { match_weight: Some(w), threshold: None, bridge }) => {
+            ("linkage.match_weight", *w, bridge.unwrap_or(*w), true)
+        }
+        Some(RawLinkage { match_weight: None, threshold: Some(t), bridge }) => {
+            ("linkage.threshold", *t, bridge.unwrap_or(*t), false)
+        }
+        Some(RawLinkage { match_weight: Some(_), threshold: Some(_), .. }) => {
+            problems.push(problem(
+                "linkage",
+                "give `match_weight` (the prior odds included) or the older `threshold` (without them), not both",
+            ));
+            ("linkage", 0.0, 0.0, true)
+        }
+        Some(RawLinkage { match_weight: None, threshold: None, .. }) | None => {
+            problems.push(problem(
+                "linkage",
+                "missing [linkage] table with a `match_weight` (bits: 0 links a pair when a match is more likely than not)",
+            ));
+            ("linkage", 0.0, 0.0, true)
         }
     };
-    if raw.linkage.is_some() {
-        if !(threshold.is_finite() && threshold > 0.0 && threshold <= 200.0) {
-            problems.push(problem("linkage.threshold", "must be a number of bits above 0 and at most 200"));
+    if key != "linkage" {
+        let (low_ok, what) =
+            if with_prior { (threshold >= -50.0, "at least -50") } else { (threshold > 0.0, "above 0") };
+        if !(threshold.is_finite() && low_ok && threshold <= 200.0) {
+            problems.push(problem(key, format!("must be a number of bits {what} and at most 200")));
         } else if !(bridge.is_finite() && bridge >= threshold && bridge <= 200.0) {
-            problems.push(problem("linkage.bridge", "must be at least `threshold` and at most 200 bits"));
+            problems.push(problem("linkage.bridge", format!("must be at least `{}` and at most 200 bits", &key[8..])));
         } else if !schemes.is_empty() {
             // The most evidence any pair can show under the prior: every scheme agreeing.
             let total: f64 = schemes.iter().map(|s| (PRIOR_M / (-s.bits).exp2()).log2()).sum();
             if total < threshold {
                 problems.push(problem(
-                    "linkage.threshold",
+                    key,
                     format!(
                         "{threshold} bits cannot be reached: all schemes agreeing give about {total:.0} bits, so no records would ever link"
                     ),
@@ -695,6 +727,8 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
         &schemes.iter().map(|s| s.parts.iter().fold(0u64, |m, p| m | 1u64 << (p.field % 64))).collect::<Vec<_>>(),
     );
     linkage.per_source = schemes.iter().map(|s| s.per_source).collect();
+    linkage.parts = schemes.iter().map(|s| s.parts.clone()).collect();
+    linkage.with_prior = with_prior;
 
     // Kinds.
     let released_identity: Vec<&str> = identity.iter().filter(|f| f.release).map(|f| f.name.as_str()).collect();
@@ -955,6 +989,25 @@ level = { type = "enum", values = ["felony"], aliases = { f = "fel" } }
         assert!(has("kinds.arrest.record_id"), "{all:#?}");
         assert!(has("kinds.arrest.event_date"), "{all:#?}");
         assert!(has("kinds.arrest.fields.level.aliases"), "{all:#?}");
+    }
+
+    #[test]
+    fn the_linkage_rule_is_a_match_weight_or_the_older_threshold() {
+        let s = Schema::default_schema().unwrap_or_else(|p| panic!("{p:?}"));
+        assert!(s.linkage.with_prior, "the shipped rule is a match weight, the prior included");
+        // A schema of an earlier release (`threshold`, evidence alone) reads as it did.
+        let old = DEFAULT_SCHEMA.replace("match_weight = 0\nbridge = 20", "threshold = 12\nbridge = 30");
+        let s = Schema::from_toml(&old).unwrap_or_else(|p| panic!("{p:?}"));
+        assert!(!s.linkage.with_prior && s.linkage.threshold == 12.0 && s.linkage.bridge == 30.0);
+        let both = DEFAULT_SCHEMA.replace("match_weight = 0\n", "match_weight = 0\nthreshold = 12\n");
+        let problems = Schema::from_toml(&both).unwrap_err();
+        assert!(problems.iter().any(|p| p.to_string().contains("not both")), "{problems:?}");
+        let neither = DEFAULT_SCHEMA.replace("match_weight = 0\n", "");
+        let problems = Schema::from_toml(&neither).unwrap_err();
+        assert!(problems.iter().any(|p| p.to_string().contains("missing [linkage]")), "{problems:?}");
+        let low = DEFAULT_SCHEMA.replace("match_weight = 0\nbridge = 20", "match_weight = -60");
+        let problems = Schema::from_toml(&low).unwrap_err();
+        assert!(problems.iter().any(|p| p.to_string().contains("linkage.match_weight: must be")), "{problems:?}");
     }
 
     #[test]

@@ -21,8 +21,10 @@ under the linkage rule of the schema, and print a summary: records, persons, and
 combination of sources. This is the same linkage code the steward runs.\n\n\
 Links are decided by match weights: per token scheme, m (agreement among the same person) \
 and u (among different persons) are estimated from the records themselves, and two records \
-link when the evidence of their agreeing and disagreeing tokens reaches the schema's \
-`[linkage] threshold` (bits). The estimates and a quality summary are printed.\n\n\
+link when their match weight reaches the schema's `[linkage] match_weight` (bits): the prior \
+odds of a match among all record pairs, plus the evidence of their agreeing and disagreeing \
+tokens and of fields the tokens show to differ. 0 bits: a match is more likely than not. \
+The estimates and a quality summary are printed.\n\n\
 With --truth (a CSV with columns source,kind,line,entity, as `divert synth` writes), also \
 print the pairwise precision, recall and F1, as JSON on the last line. Every truth row \
 counts: a row with no record among FILEs (quarantined, or its file not given) and a record \
@@ -35,20 +37,28 @@ records from two sources only: the pairs an evaluation joining agencies rests on
 agency, most pairs, its own person number can link them).\n\n\
 Without --schema the built-in default schema is used; stderr says which.\n\n\
 Examples:\n  divert link --truth synth/truth.csv out/*.jsonl\n  \
-divert link --truth synth/truth.csv --threshold 20 out/*.jsonl   # try a stricter rule")]
+divert link --truth synth/truth.csv --threshold 3.3 out/*.jsonl   # link only at 9 to 1 or better\n  \
+divert link --truth synth/truth.csv --persons persons.csv out/*.jsonl   # each record's person, to study")]
 pub struct LinkArgs {
     /// The record schema the records were made with (default: the built-in schema).
     #[arg(long, value_name = "FILE")]
     pub schema: Option<PathBuf>,
-    /// Link at this weight (bits) instead of the schema's `[linkage] threshold`.
-    #[arg(long, value_name = "BITS")]
+    /// Link at this match weight (bits, the prior odds of a match included) instead of the
+    /// schema's `[linkage] match_weight`: 0 links a pair when a match is more likely than not,
+    /// 3.3 at 9 to 1, 6.6 at 99 to 1. (For a schema with the older `threshold` key: evidence
+    /// alone, on its scale.)
+    #[arg(long, value_name = "BITS", allow_negative_numbers = true)]
     pub threshold: Option<f64>,
-    /// Use this `bridge` (bits) instead of the schema's (at least the threshold).
+    /// Use this `bridge` (bits, on the same scale) instead of the schema's (at least the threshold).
     #[arg(long, value_name = "BITS")]
     pub bridge: Option<f64>,
     /// True entities per record, to score the linkage (columns source,kind,line,entity).
     #[arg(long, value_name = "TRUTH.csv")]
     pub truth: Option<PathBuf>,
+    /// Also write each record's person to this CSV (columns source,kind,line,person), to study
+    /// the links with other tools. Person numbers are this run's only: they change as records do.
+    #[arg(long, value_name = "OUT.csv")]
+    pub persons: Option<PathBuf>,
     /// Pseudonymized record files (JSON lines).
     #[arg(required = true, value_name = "FILE.jsonl")]
     pub files: Vec<PathBuf>,
@@ -65,7 +75,24 @@ pub struct LinkReport {
     pub records_without_token: usize,
     pub quality: Quality,
     pub scheme_names: Vec<String>,
+    /// Identity field names, in schema order (the quality's fields are numbers).
+    pub field_names: Vec<String>,
     pub metrics: Option<Scored>,
+    /// Per record, in the order read: (source, kind, line) and its person.
+    #[serde(skip)]
+    pub assignments: Vec<((String, String, u64), u32)>,
+}
+
+/// `--persons`: each record's person, one CSV row per record, written whole or not at all,
+/// 0600: who is linked with whom across agencies is itself sensitive.
+fn write_persons(path: &Path, rows: &[((String, String, u64), u32)]) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["source", "kind", "line", "person"])?;
+    for ((source, kind, line), person) in rows {
+        w.write_record([source.as_str(), kind.as_str(), &line.to_string(), &person.to_string()])?;
+    }
+    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("writing persons: {e}"))?;
+    crate::fsutil::write_atomic(path, &bytes, 0o600).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Pairwise metrics over every truth row.
@@ -106,13 +133,24 @@ pub fn run(args: LinkArgs) -> anyhow::Result<()> {
     if args.threshold.is_some() || args.bridge.is_some() {
         let threshold = args.threshold.unwrap_or(schema.linkage.threshold);
         let bridge = args.bridge.unwrap_or(schema.linkage.bridge.max(threshold));
-        if !(threshold > 0.0 && threshold.is_finite() && bridge >= threshold && bridge.is_finite()) {
-            bail!("--threshold must be above 0 and --bridge at least the threshold (bits)");
+        let low_ok = if schema.linkage.with_prior { threshold >= -50.0 } else { threshold > 0.0 };
+        if !(low_ok && threshold <= 200.0 && bridge >= threshold && bridge <= 200.0) {
+            bail!(
+                "--threshold must be {} bits and at most 200, and --bridge at least the threshold",
+                if schema.linkage.with_prior {
+                    "at least -50"
+                } else {
+                    "above 0 (the schema's older `threshold` scale)"
+                }
+            );
         }
         schema.linkage.threshold = threshold;
         schema.linkage.bridge = bridge;
     }
     let report = link_files(&schema, &args.files, args.truth.as_deref())?;
+    if let Some(out) = &args.persons {
+        write_persons(out, &report.assignments)?;
+    }
     print_report(&report);
     Ok(())
 }
@@ -130,7 +168,7 @@ pub fn print_report(r: &LinkReport) {
     if r.records_without_token > 0 {
         println!("records without any token (persons of their own): {}", r.records_without_token);
     }
-    print_quality(&r.quality, &r.scheme_names);
+    print_quality(&r.quality, &r.scheme_names, &r.field_names);
     if let Some(m) = &r.metrics {
         println!(
             "true pairs joined by shared tokens within their entity: {} of {} (the recall these schemes allow: {:.4})",
@@ -151,11 +189,12 @@ pub fn print_report(r: &LinkReport) {
 }
 
 /// The linkage quality summary (no truth needed): estimates, weights, expected errors.
-pub fn print_quality(q: &Quality, names: &[String]) {
+pub fn print_quality(q: &Quality, names: &[String], field_names: &[String]) {
     println!(
-        "linkage: threshold {} bits, bridge {} bits; {} candidate pairs, {} links ({} not bridged); m/u {}",
+        "linkage: threshold {} bits, bridge {} bits, prior {:.1} bits; {} candidate pairs, {} links ({} not bridged); m/u {}",
         q.threshold_bits,
         q.bridge_bits,
+        q.prior_bits,
         q.candidate_pairs,
         q.links,
         q.links_not_bridged,
@@ -174,6 +213,14 @@ pub fn print_quality(q: &Quality, names: &[String]) {
         }
         println!("    {:<42} {:>8.4} {:>10.2e} {:>7.1}", "(none agrees)", group.m_none, group.u_none, group.none_bits);
     }
+    let counted: Vec<_> = q.fields_shown_to_differ.iter().filter(|f| f.counted).collect();
+    if !counted.is_empty() {
+        println!("  a field the tokens show to differ (beyond the levels)      m          u    bits");
+        for f in counted {
+            let name = field_names.get(f.field).map_or("?", String::as_str);
+            println!("    {name:<42} {:>8.4} {:>10.2e} {:>7.1}", f.m, f.u, f.differ_bits);
+        }
+    }
     println!(
         "  estimated share of persons merged: {:.4}, split: {:.4}",
         q.estimated_merged_share, q.estimated_split_share
@@ -190,6 +237,7 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
     let mut source_names: Vec<String> = Vec::new();
     let mut epochs = BTreeSet::new();
     let mut tokens: Vec<Option<Token>> = vec![None; schema.schemes.len()];
+    let mut record_keys: Vec<(String, String, u64)> = Vec::new();
     let truth_rows = truth.map(read_truth).transpose()?;
     // With a truth file: each record's entity (looked up once), which truth rows a record had, and what tokens join.
     let mut entities: Vec<u32> = Vec::new();
@@ -236,6 +284,7 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
             let sid = number(&mut source_names, &rec.source);
             linker.add(rec.epoch, u32::from(sid), &tokens)?;
             sources.push(sid);
+            record_keys.push((rec.source, rec.kind, rec.line));
         }
     }
     if epochs.len() > 1 {
@@ -296,7 +345,9 @@ pub fn link_files(schema: &Schema, files: &[PathBuf], truth: Option<&Path>) -> a
         records_without_token,
         quality,
         scheme_names: schema.schemes.iter().map(|s| s.name.clone()).collect(),
+        field_names: schema.identity.iter().map(|f| f.name.clone()).collect(),
         metrics,
+        assignments: record_keys.into_iter().zip(persons).collect(),
     })
 }
 

@@ -28,7 +28,7 @@ fn config_check_reports_every_problem_with_file_and_key() {
     let text_in = fs::read_to_string(bad).unwrap();
     let broken = text_in
         .lines()
-        .map(|l| if l.starts_with("threshold = ") { "threshold = 100000" } else { l })
+        .map(|l| if l.starts_with("match_weight = ") { "match_weight = 100000" } else { l })
         .collect::<Vec<_>>()
         .join("\n")
         .replace("parts = [\"state_id\"]", "parts = [\"sex\", \"dob:month\"]")
@@ -39,7 +39,7 @@ fn config_check_reports_every_problem_with_file_and_key() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = text(&out.stdout);
     for needle in [
-        "schema.toml: linkage.threshold",
+        "schema.toml: linkage.match_weight",
         "(state_id).parts: too little information",
         "schema.toml: kinds.arrest.record_id",
     ] {
