@@ -125,8 +125,15 @@ fn pseudonymize_then_link_offline() {
         "source,kind,line,entity\npolice,arrest,2,P1\npolice,arrest,3,P1\npolice,arrest,4,P2\npolice,arrest,5,P2\n",
     )
     .unwrap();
-    let link = divert_ok(d, &["link", "--schema", &schema, "--truth", "truth.csv", "arrests.jsonl"]);
+    let link = divert_ok(
+        d,
+        &["link", "--schema", &schema, "--truth", "truth.csv", "--persons", "persons.csv", "arrests.jsonl"],
+    );
     let link_out = text(&link.stdout);
+    // Each record's person: lines 2 and 3 one person, line 5 another; private, as links are.
+    let persons = fs::read_to_string(d.join("persons.csv")).unwrap();
+    assert_eq!(persons, "source,kind,line,person\npolice,arrest,2,0\npolice,arrest,3,0\npolice,arrest,5,1\n");
+    assert_eq!(fs::metadata(d.join("persons.csv")).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(link_out.contains("records: 3") && link_out.contains("persons: 2"), "{link_out}");
     let metrics: serde_json::Value = serde_json::from_str(link_out.lines().last().unwrap()).unwrap();
     // Every truth row counts: the quarantined line 4 is a missed pair, not a pair left out.
