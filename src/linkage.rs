@@ -49,7 +49,7 @@
 
 use std::collections::HashMap;
 
-use crate::schema::{LinkageRule, Part, Transform};
+use crate::schema::{LinkageRule, Part, Transform, MAX_SCHEMES};
 use crate::token::{Token, TOKEN_LEN};
 
 /// Profiles that may share a blocking token before it stops being one.
@@ -68,6 +68,10 @@ pub const HISTOGRAM_BITS: f64 = 5.0;
 
 const NONE: u32 = u32::MAX;
 
+/// A set of schemes (bit k: scheme k).
+type Mask = u32;
+const _: () = assert!(MAX_SCHEMES <= Mask::BITS as usize, "a scheme mask holds every scheme of a schema");
+
 /// Links records into persons as they arrive.
 #[derive(Debug, Clone)]
 pub struct Linker {
@@ -76,7 +80,7 @@ pub struct Linker {
     /// Comparison groups: schemes connected by a shared identity field, each
     /// group's schemes in schema order (see [`group_schemes`]).
     groups: Vec<Vec<usize>>,
-    group_masks: Vec<u16>,
+    group_masks: Vec<Mask>,
     /// Per group: the identity fields of its schemes, up to and including
     /// each one (bit i: field i): the fields a pair's level already speaks of.
     group_fields_through: Vec<Vec<u64>>,
@@ -87,7 +91,7 @@ pub struct Linker {
     records_with_group: Vec<u64>,
     /// Schemes keyed by the source (an agency's own person number): two
     /// records of different sources are not compared on them.
-    per_source_mask: u16,
+    per_source_mask: Mask,
     /// Per group: whether all its schemes are per-source; then its records
     /// are counted per (group, scope) here, as only same-source pairs compare.
     group_scoped: Vec<bool>,
@@ -95,12 +99,12 @@ pub struct Linker {
     /// Per profile: the scope (source) of its records, for per-source schemes.
     profile_scope: Vec<u32>,
     /// (epoch, presence mask, tokens combined) → profile.
-    profile_index: HashMap<(u32, u16, u128), u32>,
+    profile_index: HashMap<(u32, Mask, u128), u32>,
     /// Per record: its profile.
     record_profile: Vec<u32>,
     /// Per profile, `n_schemes` tokens (0 where absent), the presence mask and the records.
     tokens: Vec<u128>,
-    present: Vec<u16>,
+    present: Vec<Mask>,
     profile_records: Vec<u64>,
     /// (scheme, epoch, token) → (first posting, profiles in the block).
     blocks: HashMap<(u8, u32, u128), (u32, u32)>,
@@ -110,8 +114,8 @@ pub struct Linker {
     /// Candidate pairs: (earlier profile, later profile, pattern id).
     pairs: Vec<(u32, u32, u32)>,
     /// Per pattern id: (agreeing mask, compared mask) and its pair count.
-    patterns: Vec<(u16, u16)>,
-    pattern_ids: HashMap<(u16, u16), u32>,
+    patterns: Vec<(Mask, Mask)>,
+    pattern_ids: HashMap<(Mask, Mask), u32>,
     pattern_counts: Vec<u64>,
     blocks_capped: u64,
     candidates: Vec<u32>,
@@ -251,12 +255,12 @@ pub struct Linkage {
 impl Linker {
     pub fn new(rule: &LinkageRule, n_schemes: usize) -> Linker {
         let fields: Vec<u64> =
-            (0..n_schemes.min(16)).map(|k| rule.fields.get(k).copied().unwrap_or(1 << (k % 64))).collect();
+            (0..n_schemes.min(MAX_SCHEMES)).map(|k| rule.fields.get(k).copied().unwrap_or(1 << (k % 64))).collect();
         let groups = group_schemes(&fields);
-        let group_masks: Vec<u16> = groups.iter().map(|g| g.iter().fold(0u16, |m, &k| m | 1 << k)).collect();
-        let per_source_mask = (0..n_schemes.min(16))
+        let group_masks: Vec<Mask> = groups.iter().map(|g| g.iter().fold(0, |m, &k| m | 1 << k)).collect();
+        let per_source_mask = (0..n_schemes.min(MAX_SCHEMES))
             .filter(|&k| rule.per_source.get(k).copied().unwrap_or(false))
-            .fold(0u16, |m, k| m | 1 << k);
+            .fold(0, |m: Mask, k| m | 1 << k);
         let group_scoped = group_masks.iter().map(|&m| m & !per_source_mask == 0).collect();
         let group_fields_through: Vec<Vec<u64>> = groups
             .iter()
@@ -368,11 +372,11 @@ impl Linker {
         if self.frozen {
             return Err(LinkError::Frozen);
         }
-        if tokens.len() != self.n_schemes || self.n_schemes > 16 {
+        if tokens.len() != self.n_schemes || self.n_schemes > MAX_SCHEMES {
             return Err(LinkError::SchemeCount { got: tokens.len(), want: self.n_schemes });
         }
         let me = u32::try_from(self.record_profile.len()).map_err(|_| LinkError::TooMany)?;
-        let mut present = 0u16;
+        let mut present: Mask = 0;
         let mut key = 0u128;
         for (s, t) in tokens.iter().enumerate() {
             if let Some(t) = t {
@@ -435,7 +439,7 @@ impl Linker {
             if self.profile_scope[q as usize] != scope {
                 compared &= !self.per_source_mask;
             }
-            let mut agree = 0u16;
+            let mut agree: Mask = 0;
             for s in 0..n {
                 if compared & (1 << s) != 0 && self.tokens[q as usize * n + s] == self.tokens[p as usize * n + s] {
                     agree |= 1 << s;
@@ -496,14 +500,14 @@ impl Linker {
     /// Record pairs per agreement pattern, in a fixed order: every candidate
     /// pair of profiles counts (records of one) × (records of the other), and
     /// the records of one profile pair up agreeing on everything they have.
-    fn record_pair_patterns(&self) -> Vec<(u16, u16, f64)> {
+    fn record_pair_patterns(&self) -> Vec<(Mask, Mask, f64)> {
         // Summed per pattern number first (a pattern is one (agree, compared)): no hashing per pair.
         let mut by_id = vec![0.0f64; self.patterns.len()];
         for &(a, b, id) in &self.pairs {
             let n = self.profile_records[a as usize] * self.profile_records[b as usize];
             by_id[id as usize] += n as f64;
         }
-        let mut counts: HashMap<(u16, u16), f64> = HashMap::with_capacity(self.patterns.len());
+        let mut counts: HashMap<(Mask, Mask), f64> = HashMap::with_capacity(self.patterns.len());
         for (&pattern, &n) in self.patterns.iter().zip(&by_id) {
             *counts.entry(pattern).or_default() += n;
         }
@@ -512,7 +516,7 @@ impl Linker {
                 *counts.entry((present, present)).or_default() += (n * (n - 1) / 2) as f64;
             }
         }
-        let mut pats: Vec<(u16, u16, f64)> = counts.into_iter().map(|((a, c), n)| (a, c, n)).collect();
+        let mut pats: Vec<(Mask, Mask, f64)> = counts.into_iter().map(|((a, c), n)| (a, c, n)).collect();
         pats.sort_unstable_by_key(|p| (p.0, p.1));
         pats
     }
@@ -520,7 +524,7 @@ impl Linker {
     /// The level of group `g` in a pattern: the first agreeing scheme of the
     /// group (its position in the group), the group's length for "none
     /// agrees", or `None` when the two records do not both have the group.
-    fn level(&self, g: usize, agree: u16, compared: u16) -> Option<usize> {
+    fn level(&self, g: usize, agree: Mask, compared: Mask) -> Option<usize> {
         if compared & self.group_masks[g] == 0 {
             return None;
         }
@@ -536,7 +540,7 @@ impl Linker {
     /// a field whose whole value the agreeing schemes imply agrees. The
     /// fields of a group's level scheme and of the schemes before it are
     /// left out: the level (the first agreeing scheme) already counts them.
-    fn shown(&self, agree: u16, compared: u16) -> (u64, u64) {
+    fn shown(&self, agree: Mask, compared: Mask) -> (u64, u64) {
         let (mut differ, mut same) = (0u64, 0u64);
         for (g, group) in self.groups.iter().enumerate() {
             let Some(l) = self.level(g, agree, compared) else { continue };
@@ -789,7 +793,7 @@ impl Linker {
         // record pairs (Splink's); the older rule weighs evidence alone.
         let odds_bits = (est.match_share / (1.0 - est.match_share)).log2();
         let prior_bits = if self.rule.with_prior { odds_bits } else { 0.0 };
-        let weight_of = |agree: u16, compared: u16| -> f64 {
+        let weight_of = |agree: Mask, compared: Mask| -> f64 {
             let levels: f64 = (0..self.groups.len())
                 .filter_map(|g| {
                     let l = self.level(g, agree, compared)?;
@@ -1334,6 +1338,30 @@ mod tests {
         l.rule.parts = Vec::new();
         let p = l.persons();
         assert!(same(&p, 0, 1));
+    }
+
+    #[test]
+    fn schemes_past_the_sixteenth_count() {
+        let r = rule(&[30.0; MAX_SCHEMES], 15.0, 15.0);
+        let mut l = Linker::new(&r, MAX_SCHEMES);
+        let only = |k: usize, x: u8| {
+            let mut v = vec![None; MAX_SCHEMES];
+            v[k] = t(x);
+            v
+        };
+        let a = l.add(1, 0, &only(MAX_SCHEMES - 1, 1)).unwrap();
+        let b = l.add(1, 0, &only(MAX_SCHEMES - 1, 1)).unwrap();
+        let c = l.add(1, 0, &only(20, 2)).unwrap();
+        let mut v = only(20, 2);
+        v[MAX_SCHEMES - 1] = t(3);
+        let d = l.add(1, 0, &v).unwrap();
+        let p = l.persons();
+        assert!(same(&p, a, b) && same(&p, c, d) && !same(&p, a, c), "{p:?}");
+        let mut too_many = vec![None; MAX_SCHEMES + 1];
+        too_many[0] = t(1);
+        assert!(Linker::new(&rule(&[30.0; MAX_SCHEMES + 1], 15.0, 15.0), MAX_SCHEMES + 1)
+            .add(1, 0, &too_many)
+            .is_err());
     }
 
     #[test]

@@ -15,8 +15,8 @@ use crate::normalize::NormKind;
 /// a common surname from how often its token occurs.
 pub const MIN_SCHEME_BITS: f64 = 24.0;
 
-/// At most this many schemes: linkage keeps a pair's agreement pattern as a 16-bit mask.
-pub const MAX_SCHEMES: usize = 16;
+/// At most this many schemes: linkage keeps a pair's agreement pattern as a 32-bit mask.
+pub const MAX_SCHEMES: usize = 32;
 
 /// The agreement probability among true matches assumed for every scheme
 /// before the steward has pairs enough to estimate it (see `linkage`).
