@@ -803,7 +803,8 @@ impl Linker {
                     })
                 })
                 .sum();
-            let (differ, _) = self.shown(agree, compared);
+            // Nothing differs where every compared scheme agrees (a profile with itself).
+            let (differ, _) = if agree == compared { (0, 0) } else { self.shown(agree, compared) };
             let differing: f64 =
                 est.fields.iter().filter(|f| differ & (1 << (f.field % 64)) != 0).map(|f| f.differ_bits).sum();
             prior_bits + levels + differing
