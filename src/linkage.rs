@@ -548,10 +548,34 @@ impl Linker {
                 continue;
             }
             let said = self.group_fields_through[g][l];
-            let known: Vec<Part> =
-                group.iter().filter(|&&k| agree & (1 << k) != 0).flat_map(|&k| self.parts(k).iter().copied()).collect();
+            // Known to agree: each part outside an unordered group, and each
+            // unordered group as a set (swapped names agree as a set only).
+            let mut known: Vec<Part> = Vec::new();
+            let mut known_sets: Vec<Vec<Part>> = Vec::new();
+            for &k in group.iter().filter(|&&k| agree & (1 << k) != 0) {
+                let (parts, sets) = (self.parts(k), self.unordered(k));
+                let in_set = |i: usize| sets.iter().any(|set| set.contains(&i));
+                known.extend(parts.iter().enumerate().filter(|&(i, _)| !in_set(i)).map(|(_, p)| *p));
+                known_sets.extend(sets.iter().map(|set| sorted_parts(parts, set)));
+            }
             for &k in group.iter().filter(|&&k| compared & (1 << k) != 0 && agree & (1 << k) == 0) {
-                let mut unknown = self.parts(k).iter().filter(|p| !implied(&known, **p)).map(|p| p.field);
+                let (parts, sets) = (self.parts(k), self.unordered(k));
+                let mut satisfied = vec![false; parts.len()];
+                for set in sets {
+                    let values = sorted_parts(parts, set);
+                    if known_sets.contains(&values) || values.iter().all(|p| implied(&known, *p)) {
+                        for &i in set {
+                            if let Some(s) = satisfied.get_mut(i) {
+                                *s = true;
+                            }
+                        }
+                    }
+                }
+                let mut unknown = parts
+                    .iter()
+                    .zip(&satisfied)
+                    .filter(|&(p, &done)| !done && !implied(&known, *p))
+                    .map(|(p, _)| p.field);
                 let Some(f) = unknown.next() else { continue };
                 if unknown.all(|x| x == f) && said & (1 << (f % 64)) == 0 {
                     differ |= 1 << (f % 64);
@@ -565,6 +589,11 @@ impl Linker {
             }
         }
         (differ, same & !differ)
+    }
+
+    /// A scheme's unordered groups (positions in its parts).
+    fn unordered(&self, k: usize) -> &[Vec<usize>] {
+        self.rule.unordered.get(k).map_or(&[], Vec::as_slice)
     }
 
     /// A scheme's parts (none known: nothing is inferred from it).
@@ -992,6 +1021,13 @@ struct Clustered {
     merged_expect: f64,
 }
 
+/// The parts of an unordered group, sorted: two schemes' groups of the same parts compare equal.
+fn sorted_parts(parts: &[Part], positions: &[usize]) -> Vec<Part> {
+    let mut v: Vec<Part> = positions.iter().filter_map(|&i| parts.get(i).copied()).collect();
+    v.sort_unstable();
+    v
+}
+
 /// Whether parts `known` to agree imply that `p` agrees too: a whole value
 /// implies its transforms, a date's year, month and day imply the date, a
 /// longer prefix or suffix a shorter one.
@@ -1363,6 +1399,32 @@ mod tests {
         assert!(Linker::new(&rule(&[30.0; MAX_SCHEMES + 1], 15.0, 15.0), MAX_SCHEMES + 1)
             .add(1, 0, &too_many)
             .is_err());
+    }
+
+    #[test]
+    fn swapped_names_agree_as_a_set_and_blame_nothing_else() {
+        // Fields 0 given, 1 family, 2 birth date, 3 postal code. Scheme 0: the two
+        // names (unordered) and the date; scheme 1: given name, date and postal code.
+        let part = |field| Part { field, transform: Transform::Full };
+        let mut r = LinkageRule::new(15.0, 15.0, &[30.0, 30.0], &[0b0111, 0b1101]);
+        r.parts = vec![vec![part(0), part(1), part(2)], vec![part(0), part(2), part(3)]];
+        r.unordered = vec![vec![vec![0, 1]], Vec::new()];
+        let l = Linker::new(&r, 2);
+        // Scheme 0 agrees, scheme 1 does not: with the names possibly swapped, the
+        // given name is not known to agree, so the postal code is not blamed.
+        assert_eq!(l.shown(0b01, 0b11), (0, 0));
+        // Ordered, the same pattern would blame the postal code.
+        let mut ordered = r.clone();
+        ordered.unordered = vec![Vec::new(), Vec::new()];
+        assert_eq!(Linker::new(&ordered, 2).shown(0b01, 0b11), (1 << 3, 0));
+        // Another scheme with the same unordered set is satisfied by it: scheme 2
+        // (the names, unordered, and the postal code) disagreeing blames the postal code.
+        let mut r3 = LinkageRule::new(15.0, 15.0, &[30.0, 30.0, 30.0], &[0b0111, 0b1101, 0b1011]);
+        r3.parts =
+            vec![vec![part(0), part(1), part(2)], vec![part(0), part(2), part(3)], vec![part(0), part(1), part(3)]];
+        r3.unordered = vec![vec![vec![0, 1]], Vec::new(), vec![vec![0, 1]]];
+        let l3 = Linker::new(&r3, 3);
+        assert_eq!(l3.shown(0b001, 0b101), (1 << 3, 0));
     }
 
     #[test]

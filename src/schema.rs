@@ -224,14 +224,14 @@ pub struct Scheme {
 }
 
 /// One part of a scheme: an identity field and a transform of its normalized value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Part {
     pub field: usize,
     pub transform: Transform,
 }
 
 /// A transform of a normalized identity value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Transform {
     Full,
     Initial,
@@ -327,6 +327,9 @@ pub struct LinkageRule {
     /// that disagrees can be blamed on, once its other parts are known to
     /// agree (empty: the linker infers nothing from the scheme).
     pub parts: Vec<Vec<Part>>,
+    /// Per scheme, its groups of order-insensitive parts (positions in
+    /// `parts`): agreeing on them says the values agree as a set, not each.
+    pub unordered: Vec<Vec<Vec<usize>>>,
     /// Whether `threshold` and `bridge` are match weights, the prior odds
     /// of a match included (`match_weight`), or evidence alone (the older
     /// `threshold` key).
@@ -343,6 +346,7 @@ impl LinkageRule {
             fields: scheme_fields.to_vec(),
             per_source: vec![false; scheme_bits.len()],
             parts: vec![Vec::new(); scheme_bits.len()],
+            unordered: vec![Vec::new(); scheme_bits.len()],
             with_prior: false,
         }
     }
@@ -728,6 +732,7 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
     );
     linkage.per_source = schemes.iter().map(|s| s.per_source).collect();
     linkage.parts = schemes.iter().map(|s| s.parts.clone()).collect();
+    linkage.unordered = schemes.iter().map(|s| s.unordered.clone()).collect();
     linkage.with_prior = with_prior;
 
     // Kinds.
