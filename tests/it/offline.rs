@@ -256,7 +256,10 @@ fn config_check_header_says_what_linkage_will_miss() {
     let stdout = text(&out.stdout);
     assert!(stdout.contains(": ok ("), "{stdout}");
     assert!(stdout.contains("warning: arrests.csv: column `alias_name` looks like identity"), "{stdout}");
-    assert!(stdout.contains("`dob_address` gets no token: no column for `address`"), "{stdout}");
+    assert!(
+        stdout.contains("schemes `dob_address`, `names_address` get no token: no column for `address`"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("`names_dob`"), "the dob column feeds names_dob: {stdout}");
 }
 
