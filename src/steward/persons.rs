@@ -344,6 +344,14 @@ impl Persons {
                 entry["name"] = scheme.name.clone().into();
             }
         }
+        if let Some(list) = v.get_mut("fields_shown_to_differ").and_then(|s| s.as_array_mut()) {
+            for entry in list.iter_mut() {
+                let name = entry["field"].as_u64().and_then(|f| self.schema.identity.get(f as usize));
+                if let Some(field) = name {
+                    entry["name"] = field.name.clone().into();
+                }
+            }
+        }
         v
     }
 

@@ -166,6 +166,10 @@ async fn bad_peer_matrix() {
     assert_eq!(linkage["schemes"][0]["name"], "names_dob", "{linkage}");
     assert_eq!(linkage["estimated"], false, "too few pairs: the prior: {linkage}");
     assert!(linkage["estimated_split_share"].is_number() && linkage["weight_histogram"].is_array(), "{linkage}");
+    // The fields a disagreeing token can show to differ, by name, and where a match weight starts.
+    let differ = linkage["fields_shown_to_differ"].as_array().cloned().unwrap_or_default();
+    assert!(differ.iter().any(|f| f["name"] == "postal_code" && f["counted"] == false), "{linkage}");
+    assert!(linkage["prior_bits"].is_number(), "{linkage}");
     for r in fake_records("police", 0, 3) {
         for t in r.tokens.values() {
             assert!(!text.contains(t.as_str()), "status leaks a token");
