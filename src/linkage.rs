@@ -228,6 +228,8 @@ pub struct Quality {
     pub fields_shown_to_differ: Vec<FieldEstimate>,
     pub threshold_bits: f64,
     pub bridge_bits: f64,
+    /// Whether weights, threshold and bridge include the prior (`match_weight`) or leave it out (`threshold`).
+    pub weights_include_prior: bool,
     /// Candidate pairs by weight.
     pub weight_histogram: Vec<WeightBucket>,
     /// Pairs at or above the threshold.
@@ -992,6 +994,7 @@ impl Linker {
             fields_shown_to_differ: est.fields.clone(),
             threshold_bits: self.rule.threshold,
             bridge_bits: self.rule.bridge,
+            weights_include_prior: self.rule.with_prior,
             weight_histogram: hist
                 .into_iter()
                 .map(|(b, pairs)| WeightBucket { from_bits: b as f64 * HISTOGRAM_BITS, pairs })

@@ -191,10 +191,12 @@ pub fn print_report(r: &LinkReport) {
 /// The linkage quality summary (no truth needed): estimates, weights, expected errors.
 pub fn print_quality(q: &Quality, names: &[String], field_names: &[String]) {
     println!(
-        "linkage: threshold {} bits, bridge {} bits, prior {:.1} bits; {} candidate pairs, {} links ({} not bridged); m/u {}",
+        "linkage: {} {} bits, bridge {} bits, prior {:.1} bits{}; {} candidate pairs, {} links ({} not bridged); m/u {}",
+        if q.weights_include_prior { "link at match weight" } else { "link at evidence (older `threshold`)" },
         q.threshold_bits,
         q.bridge_bits,
         q.prior_bits,
+        if q.weights_include_prior { " (included in every weight)" } else { " (left out)" },
         q.candidate_pairs,
         q.links,
         q.links_not_bridged,
