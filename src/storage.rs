@@ -81,6 +81,27 @@ fn config(dir: &Path, cache_bytes: u64, segment_size: usize) -> sled::Config {
     sled::Config::new().path(dir).cache_capacity(cache_bytes).segment_size(segment_size).flush_every_ms(None)
 }
 
+/// How long opening a store waits for sled's lock on its data file. A store
+/// this process has just closed is unlocked only once sled's own threads let
+/// go of it (sled 0.34's `config.rs` blocks on that lock in its own tests for
+/// the same reason); a store another process holds still fails, after this.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Open `conf`'s database, waiting up to [`LOCK_WAIT`] while its lock is held.
+fn open_db(conf: &sled::Config) -> sled::Result<sled::Db> {
+    let start = std::time::Instant::now();
+    loop {
+        match conf.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock") && start.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn io(e: std::io::Error) -> sled::Error {
     sled::Error::Io(e)
 }
@@ -91,11 +112,11 @@ impl Durable {
     /// sled locks the directory: a second process fails here.
     pub fn open(dir: &Path, cache_bytes: u64) -> sled::Result<Durable> {
         finish_interrupted_upgrade(dir).map_err(io)?;
-        let db = match config(dir, cache_bytes, SEGMENT_SIZE).open() {
+        let db = match open_db(&config(dir, cache_bytes, SEGMENT_SIZE)) {
             Ok(db) => db,
             Err(sled::Error::Unsupported(msg)) if msg.contains("io buffer size") => {
                 upgrade(dir, cache_bytes)?;
-                config(dir, cache_bytes, SEGMENT_SIZE).open()?
+                open_db(&config(dir, cache_bytes, SEGMENT_SIZE))?
             }
             Err(e) => return Err(e),
         };
@@ -310,8 +331,8 @@ fn finish_interrupted_upgrade(dir: &Path) -> std::io::Result<()> {
 fn upgrade(dir: &Path, cache_bytes: u64) -> sled::Result<()> {
     let new_dir = upgrading(dir);
     {
-        let old = config(dir, cache_bytes, LEGACY_SEGMENT_SIZE).open()?;
-        let new = config(&new_dir, cache_bytes, SEGMENT_SIZE).open()?;
+        let old = open_db(&config(dir, cache_bytes, LEGACY_SEGMENT_SIZE))?;
+        let new = open_db(&config(&new_dir, cache_bytes, SEGMENT_SIZE))?;
         new.import(old.export());
         new.flush()?;
         File::open(new_dir.join("db")).and_then(|f| f.sync_all()).map_err(io)?;
@@ -367,6 +388,24 @@ mod tests {
         assert!(matches!(d.apply(&tree, b), Err(sled::Error::Unsupported(_))));
         assert!(tree.is_empty(), "nothing of a refused batch is written");
         assert!(check_value(&vec![0u8; MAX_VALUE_BYTES]).is_ok());
+    }
+
+    #[test]
+    fn opening_waits_for_a_store_this_process_is_closing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let conf = config(&path, 1 << 20, SEGMENT_SIZE);
+        let held = open_db(&conf).unwrap();
+        held.insert(b"k", b"v").unwrap();
+        held.flush().unwrap();
+        // Locked now: sled alone refuses at once.
+        let refused = conf.open().map(|_| ()).unwrap_err().to_string();
+        assert!(refused.contains("could not acquire lock"), "{refused}");
+        // Opened while it is being closed: the open waits for the lock, then reads the store.
+        let opener =
+            std::thread::spawn(move || Durable::open(&path, 1 << 20).map(|d| d.db().get(b"k").map(|v| v.is_some())));
+        drop(held);
+        assert!(opener.join().unwrap().unwrap().unwrap());
     }
 
     #[test]
