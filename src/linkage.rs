@@ -160,6 +160,13 @@ pub struct GroupEstimate {
     pub none_bits: f64,
 }
 
+impl Estimate {
+    /// log2 of the prior odds of a match among all record pairs with a token.
+    pub fn prior_bits(&self) -> f64 {
+        (self.match_share / (1.0 - self.match_share)).log2()
+    }
+}
+
 /// Evidence that an identity field differs: estimated from the pairs whose
 /// tokens show it to differ or to agree (see [`Linker::estimate`]).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -279,11 +286,11 @@ impl Linker {
         for g in groups.iter().filter(|g| g.len() > 1) {
             for &k in g {
                 for p in rule.parts.get(k).map_or(&[][..], Vec::as_slice) {
-                    differ |= 1 << (p.field % 64);
+                    differ |= field_bit(p.field);
                 }
             }
         }
-        let differ_fields = (0..64).filter(|f| differ & (1 << f) != 0).collect();
+        let differ_fields = (0..64).filter(|&f| differ & field_bit(f) != 0).collect();
         Linker {
             rule: rule.clone(),
             group_fields_through,
@@ -515,7 +522,7 @@ impl Linker {
         }
         for (&present, &n) in self.present.iter().zip(&self.profile_records) {
             if n > 1 && present != 0 {
-                *counts.entry((present, present)).or_default() += (n * (n - 1) / 2) as f64;
+                *counts.entry((present, present)).or_default() += pairs_of(n) as f64;
             }
         }
         let mut pats: Vec<(Mask, Mask, f64)> = counts.into_iter().map(|((a, c), n)| (a, c, n)).collect();
@@ -579,12 +586,12 @@ impl Linker {
                     .filter(|&(p, &done)| !done && !implied(&known, *p))
                     .map(|(p, _)| p.field);
                 let Some(f) = unknown.next() else { continue };
-                if unknown.all(|x| x == f) && said & (1 << (f % 64)) == 0 {
-                    differ |= 1 << (f % 64);
+                if unknown.all(|x| x == f) && said & field_bit(f) == 0 {
+                    differ |= field_bit(f);
                 }
             }
             for &f in &self.differ_fields {
-                let bit = 1u64 << (f % 64);
+                let bit = field_bit(f);
                 if said & bit == 0 && implied(&known, Part { field: f, transform: Transform::Full }) {
                     same |= bit;
                 }
@@ -639,7 +646,6 @@ impl Linker {
         // Record pairs that have group g but share no token at all: different persons, level "none".
         let unblocked: Vec<f64> = (0..self.groups.len())
             .map(|g| {
-                let pairs = |r: f64| r * (r - 1.0) / 2.0;
                 // A per-source group compares only records of one source.
                 let all = if self.group_scoped[g] {
                     // Summed as integers: the same total in any map order (deterministic).
@@ -647,11 +653,11 @@ impl Linker {
                         .scoped_records
                         .iter()
                         .filter(|((h, _), _)| *h as usize == g)
-                        .map(|(_, &r)| r * r.saturating_sub(1) / 2)
+                        .map(|(_, &r)| pairs_of(r))
                         .sum();
                     n as f64
                 } else {
-                    pairs(self.records_with_group[g] as f64)
+                    pairs_of(self.records_with_group[g]) as f64
                 };
                 let blocked: f64 = pats.iter().zip(&levels).filter(|(_, l)| l[g].is_some()).map(|(p, _)| p.2).sum();
                 (all - blocked).max(0.0)
@@ -659,14 +665,9 @@ impl Linker {
             .collect();
         let shown: Vec<(u64, u64)> = pats.iter().map(|&(a, c, _)| self.shown(a, c)).collect();
         // All record pairs with a token: the pairs sharing none are different persons.
-        let with_token: f64 = self
-            .present
-            .iter()
-            .zip(&self.profile_records)
-            .filter(|(&present, _)| present != 0)
-            .map(|(_, &n)| n as f64)
-            .sum();
-        let all_pairs = (with_token * (with_token - 1.0) / 2.0).max(total);
+        let with_token: u64 =
+            self.present.iter().zip(&self.profile_records).filter(|(&present, _)| present != 0).map(|(_, &n)| n).sum();
+        let all_pairs = (pairs_of(with_token) as f64).max(total);
         let mut lambda: f64 = 0.5;
         let mut iterations = 0;
         let mut post = vec![0.0; pats.len()];
@@ -686,8 +687,7 @@ impl Linker {
                 *pi = 1.0 / (1.0 + (lu - lm).exp());
             }
             for (pi, &(differ, _)) in post.iter_mut().zip(&shown) {
-                let bits: f64 =
-                    fields.iter().filter(|f| differ & (1 << (f.field % 64)) != 0).map(|f| f.differ_bits).sum();
+                let bits = differ_bits(&fields, differ);
                 if bits != 0.0 {
                     *pi = 1.0 / (1.0 + (1.0 / *pi - 1.0) * (-bits).exp2());
                 }
@@ -721,7 +721,7 @@ impl Linker {
             }
             // A field shown to differ: among pairs that show it either way.
             for f in fields.iter_mut() {
-                let bit = 1u64 << (f.field % 64);
+                let bit = field_bit(f.field);
                 let (mut m_shown, mut m_differ, mut u_shown, mut u_differ) = (0.0, 0.0, 0.0, 0.0);
                 for ((pi, &(differ, same)), p) in post.iter().zip(&shown).zip(&pats) {
                     if (differ | same) & bit != 0 {
@@ -822,7 +822,7 @@ impl Linker {
         let est = self.estimate();
         // A match weight starts from the prior odds of a match among all
         // record pairs (Splink's); the older rule weighs evidence alone.
-        let odds_bits = (est.match_share / (1.0 - est.match_share)).log2();
+        let odds_bits = est.prior_bits();
         let prior_bits = if self.rule.with_prior { odds_bits } else { 0.0 };
         let weight_of = |agree: Mask, compared: Mask| -> f64 {
             let levels: f64 = (0..self.groups.len())
@@ -836,9 +836,7 @@ impl Linker {
                 .sum();
             // Nothing differs where every compared scheme agrees (a profile with itself).
             let (differ, _) = if agree == compared { (0, 0) } else { self.shown(agree, compared) };
-            let differing: f64 =
-                est.fields.iter().filter(|f| differ & (1 << (f.field % 64)) != 0).map(|f| f.differ_bits).sum();
-            prior_bits + levels + differing
+            prior_bits + levels + differ_bits(&est.fields, differ)
         };
         let weights: Vec<f64> = self.patterns.iter().map(|&(a, c)| weight_of(a, c)).collect();
         let (threshold, bridge) = (self.rule.threshold, self.rule.bridge);
@@ -988,7 +986,7 @@ impl Linker {
             estimated: est.estimated,
             em_iterations: est.iterations,
             match_share_of_pairs: est.match_share,
-            prior_bits: (est.match_share / (1.0 - est.match_share)).log2(),
+            prior_bits: est.prior_bits(),
             schemes: est.schemes.clone(),
             groups: est.groups.clone(),
             fields_shown_to_differ: est.fields.clone(),
@@ -1022,6 +1020,16 @@ struct Clustered {
     links: u64,
     not_bridged: u64,
     merged_expect: f64,
+}
+
+/// A field's bit in a set of identity fields (as [`LinkageRule::fields`] has them).
+fn field_bit(field: usize) -> u64 {
+    1 << (field % 64)
+}
+
+/// The bits (none, or negative) of the fields in `differ` that count.
+fn differ_bits(fields: &[FieldEstimate], differ: u64) -> f64 {
+    fields.iter().filter(|f| differ & field_bit(f.field) != 0).map(|f| f.differ_bits).sum()
 }
 
 /// The parts of an unordered group, sorted: two schemes' groups of the same parts compare equal.
@@ -1184,10 +1192,15 @@ fn group_sizes<K: std::hash::Hash + Eq>(keys: impl Iterator<Item = K>) -> HashMa
 
 /// Record pairs within groups of these sizes.
 fn pairs_in<K>(sizes: &HashMap<K, u64>) -> u64 {
-    sizes.values().map(|&n| n * n.saturating_sub(1) / 2).sum()
+    sizes.values().map(|&n| pairs_of(n)).sum()
 }
 
 /// With no pairs to find (or none found), the ratio is vacuously perfect.
+/// Pairs among `n` records.
+pub fn pairs_of(n: u64) -> u64 {
+    n * n.saturating_sub(1) / 2
+}
+
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 {
         1.0

@@ -308,6 +308,28 @@ pub fn part_bits(norm: NormKind, t: Transform) -> f64 {
     }
 }
 
+/// Which value of a linkage rule is out of range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkageValue {
+    Threshold,
+    Bridge,
+}
+
+/// Whether a rule's threshold and bridge are in range, for a match weight
+/// (`with_prior`: at least -50 bits) or evidence alone (above 0); both at
+/// most 200 bits and the bridge at least the threshold. The error says which
+/// value and what it must be.
+pub fn linkage_range(threshold: f64, bridge: f64, with_prior: bool) -> Result<(), (LinkageValue, String)> {
+    let (low_ok, low) = if with_prior { (threshold >= -50.0, "at least -50") } else { (threshold > 0.0, "above 0") };
+    if !(threshold.is_finite() && low_ok && threshold <= 200.0) {
+        return Err((LinkageValue::Threshold, format!("a number of bits {low} and at most 200")));
+    }
+    if !(bridge.is_finite() && bridge >= threshold && bridge <= 200.0) {
+        return Err((LinkageValue::Bridge, "at least the threshold and at most 200 bits".into()));
+    }
+    Ok(())
+}
+
 /// How the steward decides links (Fellegi–Sunter match weights; see `linkage`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinkageRule {
@@ -705,12 +727,9 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
         }
     };
     if key != "linkage" {
-        let (low_ok, what) =
-            if with_prior { (threshold >= -50.0, "at least -50") } else { (threshold > 0.0, "above 0") };
-        if !(threshold.is_finite() && low_ok && threshold <= 200.0) {
-            problems.push(problem(key, format!("must be a number of bits {what} and at most 200")));
-        } else if !(bridge.is_finite() && bridge >= threshold && bridge <= 200.0) {
-            problems.push(problem("linkage.bridge", format!("must be at least `{}` and at most 200 bits", &key[8..])));
+        if let Err((bad, what)) = linkage_range(threshold, bridge, with_prior) {
+            let at = if bad == LinkageValue::Threshold { key } else { "linkage.bridge" };
+            problems.push(problem(at, format!("must be {what}")));
         } else if !schemes.is_empty() {
             // The most evidence any pair can show under the prior: every scheme agreeing.
             let total: f64 = schemes.iter().map(|s| (PRIOR_M / (-s.bits).exp2()).log2()).sum();

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 use crate::linkage::{
-    cross_source_metrics, find, pairwise_metrics, CrossSource, Linkage, Linker, PairMetrics, Quality,
+    cross_source_metrics, find, pairs_of, pairwise_metrics, CrossSource, Linkage, Linker, PairMetrics, Quality,
 };
 use crate::record::PseudoRecord;
-use crate::schema::Schema;
+use crate::schema::{linkage_range, LinkageValue, Schema};
 use crate::token::{parse_token, Token};
 
 /// Arguments of `divert link`.
@@ -133,16 +133,10 @@ pub fn run(args: LinkArgs) -> anyhow::Result<()> {
     if args.threshold.is_some() || args.bridge.is_some() {
         let threshold = args.threshold.unwrap_or(schema.linkage.threshold);
         let bridge = args.bridge.unwrap_or(schema.linkage.bridge.max(threshold));
-        let low_ok = if schema.linkage.with_prior { threshold >= -50.0 } else { threshold > 0.0 };
-        if !(low_ok && threshold <= 200.0 && bridge >= threshold && bridge <= 200.0) {
-            bail!(
-                "--threshold must be {} bits and at most 200, and --bridge at least the threshold",
-                if schema.linkage.with_prior {
-                    "at least -50"
-                } else {
-                    "above 0 (the schema's older `threshold` scale)"
-                }
-            );
+        if let Err((bad, what)) = linkage_range(threshold, bridge, schema.linkage.with_prior) {
+            let flag = if bad == LinkageValue::Threshold { "--threshold" } else { "--bridge" };
+            let scale = if schema.linkage.with_prior { "match weight" } else { "the schema's older `threshold` scale" };
+            bail!("{flag} must be {what} ({scale})");
         }
         schema.linkage.threshold = threshold;
         schema.linkage.bridge = bridge;
@@ -384,7 +378,7 @@ impl Reach {
         for r in 0..self.parent.len() as u32 {
             size[find(&mut self.parent, r) as usize] += 1;
         }
-        size.iter().map(|&n| n * n.saturating_sub(1) / 2).sum()
+        size.iter().map(|&n| pairs_of(n)).sum()
     }
 }
 
