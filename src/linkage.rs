@@ -15,7 +15,10 @@
 //!   profiles a full block still admitted depends on arrival order: the one
 //!   exception to order-independence below.
 //! - **Agreement patterns.** A candidate pair's pattern is which schemes
-//!   both profiles have (compared) and which of those agree.
+//!   both profiles have (compared) and which of those agree. The blocks
+//!   that list a candidate say where it agrees (one map per scheme and
+//!   epoch, keyed by the token alone); tokens are compared only on schemes
+//!   whose block was full, since it no longer lists every profile sharing it.
 //! - **Comparison groups and levels.** Schemes sharing an identity field
 //!   (transitively) are one comparison group: one recording error breaks
 //!   every scheme holding the field, so their disagreements are one piece of
@@ -106,11 +109,13 @@ pub struct Linker {
     tokens: Vec<u128>,
     present: Vec<Mask>,
     profile_records: Vec<u64>,
-    /// (scheme, epoch, token) → (first posting, profiles in the block).
-    blocks: HashMap<(u8, u32, u128), (u32, u32)>,
-    /// Postings: a profile and the next posting of the same block.
-    post_profile: Vec<u32>,
-    post_next: Vec<u32>,
+    /// Blocking index: per epoch met (in `epochs`' order), one map per
+    /// scheme, token → (first posting, profiles in the block). Keyed by the
+    /// token alone (24 bytes an entry, not 48 with scheme and epoch in it).
+    epochs: Vec<u32>,
+    blocks: Vec<HashMap<u128, (u32, u32)>>,
+    /// Postings: (a profile, the next posting of the same block), one load per step.
+    postings: Vec<(u32, u32)>,
     /// Candidate pairs: (earlier profile, later profile, pattern id).
     pairs: Vec<(u32, u32, u32)>,
     /// Per pattern id: (agreeing mask, compared mask) and its pair count.
@@ -118,7 +123,8 @@ pub struct Linker {
     pattern_ids: HashMap<(Mask, Mask), u32>,
     pattern_counts: Vec<u64>,
     blocks_capped: u64,
-    candidates: Vec<u32>,
+    /// Scratch for [`Linker::add`]: (candidate profile, scheme it was found by).
+    candidates: Vec<(u32, u8)>,
     /// A [`Linker::snapshot`]: it links but takes no more records.
     frozen: bool,
     /// Records taken out by [`Linker::remove`] (their `record_profile` is `NONE`).
@@ -308,9 +314,9 @@ impl Linker {
             tokens: Vec::new(),
             present: Vec::new(),
             profile_records: Vec::new(),
-            blocks: HashMap::new(),
-            post_profile: Vec::new(),
-            post_next: Vec::new(),
+            epochs: Vec::new(),
+            blocks: Vec::new(),
+            postings: Vec::new(),
             pairs: Vec::new(),
             patterns: Vec::new(),
             pattern_ids: HashMap::new(),
@@ -344,9 +350,9 @@ impl Linker {
             tokens: Vec::new(),
             present: self.present.clone(),
             profile_records: self.profile_records.clone(),
-            blocks: HashMap::new(),
-            post_profile: Vec::new(),
-            post_next: Vec::new(),
+            epochs: Vec::new(),
+            blocks: Vec::new(),
+            postings: Vec::new(),
             pairs: self.pairs.clone(),
             patterns: self.patterns.clone(),
             pattern_ids: HashMap::new(),
@@ -420,37 +426,61 @@ impl Linker {
         self.profile_records.push(1);
         self.tokens.extend(tokens.iter().map(|t| t.map_or(0, u128::from_le_bytes)));
 
+        let n = self.n_schemes;
+        let slot = match self.epochs.iter().position(|&e| e == epoch) {
+            Some(i) => i,
+            None => {
+                self.epochs.push(epoch);
+                self.blocks.resize_with(self.epochs.len() * n, HashMap::new);
+                self.epochs.len() - 1
+            }
+        };
+        // Each candidate with the scheme whose block listed it: a listed
+        // profile agrees with this one on that scheme (same scheme, epoch and
+        // token). A block at its cap lists only its first members, so on
+        // those schemes agreement is read from the tokens instead.
         let mut candidates = std::mem::take(&mut self.candidates);
         candidates.clear();
+        let mut capped: Mask = 0;
         for (s, t) in tokens.iter().enumerate() {
             let Some(t) = t else { continue };
-            let block = self.blocks.entry((s as u8, epoch, u128::from_le_bytes(*t))).or_insert((NONE, 0));
+            let block = self.blocks[slot * n + s].entry(u128::from_le_bytes(*t)).or_insert((NONE, 0));
             let mut at = block.0;
             while at != NONE {
-                candidates.push(self.post_profile[at as usize]);
-                at = self.post_next[at as usize];
+                let (q, next) = self.postings[at as usize];
+                candidates.push((q, s as u8));
+                at = next;
             }
             if block.1 < MAX_BLOCK {
-                let posting = self.post_profile.len() as u32;
-                self.post_profile.push(p);
-                self.post_next.push(block.0);
+                let posting = self.postings.len() as u32;
+                self.postings.push((p, block.0));
                 *block = (posting, block.1 + 1);
                 if block.1 == MAX_BLOCK {
                     self.blocks_capped += 1;
                 }
+            } else {
+                capped |= 1 << s;
             }
         }
         candidates.sort_unstable();
-        candidates.dedup();
-        let n = self.n_schemes;
-        for &q in &candidates {
+        let mut i = 0;
+        while i < candidates.len() {
+            let q = candidates[i].0;
+            let mut listed: Mask = 0;
+            while i < candidates.len() && candidates[i].0 == q {
+                listed |= 1 << candidates[i].1;
+                i += 1;
+            }
             let mut compared = self.present[q as usize] & present;
             if self.profile_scope[q as usize] != scope {
                 compared &= !self.per_source_mask;
             }
-            let mut agree: Mask = 0;
-            for s in 0..n {
-                if compared & (1 << s) != 0 && self.tokens[q as usize * n + s] == self.tokens[p as usize * n + s] {
+            let mut agree = listed & compared;
+            let mut unlisted = capped & compared & !agree;
+            while unlisted != 0 {
+                let s = unlisted.trailing_zeros() as usize;
+                unlisted &= unlisted - 1;
+                if self.tokens[q as usize * n + s] == self.tokens[p as usize * n + s] {
                     agree |= 1 << s;
                 }
             }
@@ -1270,6 +1300,36 @@ mod tests {
         let pats = l.record_pair_patterns();
         assert!(pats.iter().any(|&(agree, compared, _)| agree == 0b01 && compared == 0b01), "{pats:?}");
         assert!(pats.iter().all(|&(agree, compared, _)| !(compared & 0b10 != 0 && agree & 0b10 == 0)), "{pats:?}");
+    }
+
+    #[test]
+    fn a_pair_found_by_one_scheme_agrees_on_a_capped_block_it_is_not_listed_in() {
+        // Scheme 1's token is shared by more profiles than a block lists, so
+        // later profiles are not listed in its block. Two later profiles that
+        // share scheme 0's token are found through scheme 0 alone; whether
+        // they agree on scheme 1 is read from their tokens.
+        let r = rule(&[30.0, 12.0, 12.0], 15.0, 15.0);
+        let crowd = |l: &mut Linker| {
+            for i in 0..MAX_BLOCK + 10 {
+                let mut own = [0u8; TOKEN_LEN];
+                own[..4].copy_from_slice(&i.to_le_bytes());
+                own[15] = 1;
+                l.add(1, 0, &[Some(own), t(2), None]).unwrap();
+            }
+        };
+        let mut l = Linker::new(&r, 3);
+        crowd(&mut l);
+        assert_eq!(l.blocks_capped, 1);
+        let before = l.pairs.len();
+        l.add(1, 0, &[t(7), t(2), t(5)]).unwrap();
+        l.add(1, 0, &[t(7), t(2), t(6)]).unwrap(); // agrees on 0 and the capped 1, differs on 2
+        l.add(1, 0, &[t(8), t(3), t(5)]).unwrap();
+        l.add(1, 0, &[t(8), t(4), t(5)]).unwrap(); // agrees on 0 and 2, differs on 1 (not capped)
+        let found: Vec<(Mask, Mask)> = l.pairs[before..].iter().map(|&(_, _, id)| l.patterns[id as usize]).collect();
+        assert!(found.contains(&(0b011, 0b111)), "{found:?}");
+        assert!(found.contains(&(0b101, 0b111)), "{found:?}");
+        // No two of them agree on all three.
+        assert!(found.iter().all(|&(agree, _)| agree != 0b111), "{found:?}");
     }
 
     #[test]
