@@ -12,7 +12,7 @@ use std::path::Path;
 use time::Date;
 
 use crate::identity::Identity;
-use crate::normalize::{self, NormError};
+use crate::normalize::{self, NormError, NormKind};
 use crate::schema::{FieldType, Kind, Schema};
 
 /// Longest field accepted, in bytes.
@@ -187,6 +187,9 @@ enum Feed {
     Column(usize),
     /// Several columns whose values are joined (see `IdentityField::join`).
     Joined(Vec<usize>),
+    /// A column holding the whole name, of which this field takes its part
+    /// (`family`: the family name, else the given name; see `IdentityField::full_name`).
+    Part { column: usize, family: bool },
 }
 
 impl Feed {
@@ -480,10 +483,16 @@ fn map_columns(schema: &Schema, kind: &Kind, names: &[String]) -> Result<(Mappin
         // Joined when the header has every piece (a street number and a
         // street say more than the street alone), else the one column.
         let pieces = f.join.iter().map(|p| find(&f.name, p)).collect::<Result<Vec<_>, _>>()?;
-        let feed = match pieces.into_iter().collect::<Option<Vec<usize>>>() {
+        let mut feed = match pieces.into_iter().collect::<Option<Vec<usize>>>() {
             Some(cols) if !cols.is_empty() => Feed::Joined(cols),
             _ => find(&f.name, &f.columns)?.map_or(Feed::Absent, Feed::Column),
         };
+        // No column of its own: its part of a whole-name column, if there is one.
+        if feed == Feed::Absent {
+            if let Some(column) = find(&f.name, &f.full_name)? {
+                feed = Feed::Part { column, family: f.norm == NormKind::FamilyName };
+            }
+        }
         if feed == Feed::Absent && f.required {
             missing.push(f.name.clone());
         }
@@ -502,7 +511,7 @@ fn map_columns(schema: &Schema, kind: &Kind, names: &[String]) -> Result<(Mappin
     }
     let joined = identity.iter().flat_map(|f| match f {
         Feed::Absent => Vec::new(),
-        Feed::Column(c) => vec![*c],
+        Feed::Column(c) | Feed::Part { column: c, .. } => vec![*c],
         Feed::Joined(cols) => cols.clone(),
     });
     let used: Vec<usize> = joined.chain(fields.iter().flatten().copied()).collect();
@@ -681,6 +690,13 @@ fn validate_row<'c>(
             Feed::Absent => Cell::Absent,
             Feed::Column(c) => get(Some(*c)),
             Feed::Joined(cols) => join_cells(cols.iter().map(|&c| get(Some(c))), f.join_separator(), &mut joined),
+            Feed::Part { column, family } => match get(Some(*column)) {
+                Cell::Text(whole) => {
+                    let (given, family_part) = normalize::split_full_name(whole);
+                    Cell::Text(if *family { family_part } else { given })
+                }
+                other => other,
+            },
         };
         let text = match cell {
             Cell::Absent => "",
@@ -990,6 +1006,70 @@ mod tests {
         assert!(r.ignored_columns().is_empty(), "{:?}", r.ignored_columns());
         let c = r.coverage().unwrap();
         assert!(c.schemes_unfed.iter().all(|(_, lack)| !lack.contains(&"dob".to_string())), "{c:?}");
+    }
+
+    #[test]
+    fn a_whole_name_column_feeds_the_given_and_the_family_name() {
+        let schema = schema();
+        let rows = "A1,Ann,Lee,1980-03-04,2019-03-04,y,n,n\nA2,Maria,de la Cruz,1971-05-06,2019-03-04,y,n,n\n\
+                    A3,John,Doe,1975-01-02,2019-03-04,y,n,n\n";
+        let (apart, _) = identities(
+            &schema,
+            &format!("arrest_id,given_name,family_name,dob,arrest_date,warrant,violent,felony\n{rows}"),
+        );
+        let whole = |header: &str, a: &str, b: &str, c: &str| {
+            format!(
+                "arrest_id,{header},dob,arrest_date,warrant,violent,felony\n\
+                 A1,{a},1980-03-04,2019-03-04,y,n,n\nA2,{b},1971-05-06,2019-03-04,y,n,n\n\
+                 A3,{c},1975-01-02,2019-03-04,y,n,n\n"
+            )
+        };
+        for (header, a, b, c) in [
+            ("name", "\"LEE, ANN\"", "\"DE LA CRUZ, MARIA\"", "\"DOE JR, JOHN Q\""),
+            ("Defendant_Name", "Ann Lee", "Maria de la Cruz", "\"John Q. Doe, Jr.\""),
+            ("full_name", "Mrs. Ann B. Lee", "Maria De La Cruz", "Johnny Doe"),
+        ] {
+            let (got, issues) = identities(&schema, &whole(header, a, b, c));
+            assert_eq!(got, apart, "{header}: {a} / {b} / {c}");
+            assert!(issues.is_empty(), "{issues:?}");
+            // The column is read (kept in the raw store), and the name schemes are fed.
+            let kind = schema.kind("arrest").unwrap();
+            let input = whole(header, a, b, c);
+            let r = Reader::new(&schema, kind, Format::Csv, input.as_bytes()).unwrap();
+            assert!(r.ignored_columns().is_empty(), "{:?}", r.ignored_columns());
+            let cov = r.coverage().unwrap();
+            assert!(cov.schemes_unfed.iter().all(|(_, lack)| !lack.iter().any(|f| f.ends_with("_name"))), "{cov:?}");
+            assert!(cov.unmapped_identity_columns.is_empty(), "{cov:?}");
+        }
+        // A column of the field's own comes first: the whole name then feeds only the other field.
+        let (got, _) = identities(
+            &schema,
+            &whole("given_name,name", "Ann,\"Lee, Zed\"", "Maria,Maria de la Cruz", "John,John Doe"),
+        );
+        assert_eq!(got, apart);
+        // One word is a family name; a whole name nobody wrote is nothing, not an issue.
+        let (got, issues) = identities(&schema, &whole("name", "Lee", "\"\"", "Doe"));
+        assert!(got[0].contains(&("family_name".to_string(), "lee".to_string())), "{got:?}");
+        assert!(
+            got[0].iter().all(|(f, _)| f != "given_name") && got[1].iter().all(|(f, _)| !f.ends_with("_name")),
+            "{got:?}"
+        );
+        assert!(issues.is_empty(), "{issues:?}");
+        // Only a name field reads a whole name, and its headers are no other field's.
+        let text = crate::schema::DEFAULT_SCHEMA.replacen(
+            "normalize = \"date\"\n",
+            "normalize = \"date\"\nfull_name = [\"whole_name\"]\n",
+            1,
+        );
+        let problems = Schema::from_toml(&text).unwrap_err();
+        assert!(problems.iter().any(|p| p.key == "identity.dob.full_name"), "{problems:?}");
+        let text =
+            crate::schema::DEFAULT_SCHEMA.replacen("full_name = [\"name\",", "full_name = [\"surname\", \"name\",", 1);
+        let problems = Schema::from_toml(&text).unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.key == "identity.given_name.full_name" && p.message.contains("family_name")),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -74,6 +74,8 @@ struct RawIdentity {
     #[serde(default)]
     join: Vec<Vec<String>>,
     #[serde(default)]
+    full_name: Vec<String>,
+    #[serde(default)]
     release: bool,
 }
 
@@ -188,6 +190,11 @@ pub struct IdentityField {
     /// the order they are joined, the header names it may carry (lower-case).
     /// Used only when no column of `columns` is in the header.
     pub join: Vec<Vec<String>>,
+    /// Header names of a column holding the whole name (`DOE, JOHN A` or
+    /// `John A. Doe`), lower-case; only for a given- or family-name field,
+    /// which then takes its part of it ([`split_full_name`](crate::normalize::split_full_name)).
+    /// Used only when neither `columns` nor `join` is in the header.
+    pub full_name: Vec<String>,
     /// Released as a public category after tokenization (only `sex`).
     pub release: bool,
 }
@@ -555,12 +562,26 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
             }
             join.push(names);
         }
+        if !f.full_name.is_empty() && !matches!(f.normalize, NormKind::GivenName | NormKind::FamilyName) {
+            problems.push(problem(
+                format!("{key}.full_name"),
+                "only a given_name or family_name field can be read from a whole-name column",
+            ));
+        }
+        let mut full_name: Vec<String> = Vec::with_capacity(f.full_name.len());
+        for c in &f.full_name {
+            let c = c.trim().to_lowercase();
+            if !c.is_empty() && !full_name.contains(&c) {
+                full_name.push(c);
+            }
+        }
         identity.push(IdentityField {
             name: name.clone(),
             norm: f.normalize,
             required: f.required,
             columns: columns_of(name, &f.columns),
             join,
+            full_name,
             release: f.release,
         });
     }
@@ -787,6 +808,21 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
             }
         }
     }
+    // A whole-name column feeds the given and the family name both (that is
+    // its point), but may not be any field's own column or join piece.
+    let mut whole: HashMap<&str, String> = HashMap::new();
+    for f in &identity {
+        for c in &f.full_name {
+            if let Some(prev) = identity_claims.get(c.as_str()) {
+                problems.push(problem(
+                    format!("identity.{}.full_name", f.name),
+                    format!("header `{c}` is already claimed by `{prev}`"),
+                ));
+            }
+            whole.entry(c.as_str()).or_insert_with(|| f.name.clone());
+        }
+    }
+    identity_claims.extend(whole);
     let mut kinds = Vec::new();
     if raw.kinds.is_empty() {
         problems.push(problem("kinds", "no record kinds declared"));

@@ -37,6 +37,7 @@ mod proptests;
 mod words;
 
 pub use dates::parse_date;
+pub use names::split_full_name;
 pub use phonetic::soundex;
 
 /// Longest accepted input, in bytes.

@@ -123,6 +123,95 @@ fn select_given(s: &[u8], strip: bool, out: &mut String) {
     }
 }
 
+/// Words that begin a family name written after the given name (`Maria de
+/// la Cruz`, `Ludwig van Beethoven`): a whole name without a comma keeps
+/// them with the family name, as the family-name rule joins them (`delacruz`).
+fn is_particle(key: &str) -> bool {
+    matches!(
+        key,
+        "da" | "das"
+            | "de"
+            | "del"
+            | "dela"
+            | "della"
+            | "der"
+            | "des"
+            | "den"
+            | "di"
+            | "do"
+            | "dos"
+            | "du"
+            | "la"
+            | "le"
+            | "lo"
+            | "van"
+            | "vander"
+            | "von"
+            | "ter"
+            | "ten"
+            | "bin"
+            | "ibn"
+            | "al"
+            | "el"
+            | "st"
+            | "saint"
+    )
+}
+
+/// A word of a whole name, lower-cased and without the dots and commas
+/// around it, for the suffix and particle lists (`Jr.,` → `jr`).
+fn list_key(word: &str) -> String {
+    word.trim_matches(|c: char| c == '.' || c == ',').to_lowercase()
+}
+
+/// Split a whole name, as exports write it in one column, into its given
+/// and family parts: `(given, family)`, both slices of `s`, for the given-
+/// and family-name rules to normalize.
+///
+/// - `Family, Given Middle` (a comma): the family part is before the first
+///   comma (`Doe Jr, John` → `Doe Jr`, whose suffix the family rule drops).
+///   A comma before suffixes only (`John Doe, Jr.`) is not that comma.
+/// - `Given Middle Family` (no comma): the family part is the last word
+///   that is not a suffix, with the particles before it (`Maria de la
+///   Cruz` → `de la Cruz`) and any words hyphen-joined to it, and what
+///   follows it (suffixes); the given part is the rest. One word is a
+///   family name alone.
+///
+/// `Family Given` without a comma is read the other way round; the schemes
+/// that hold both names unordered still agree on it.
+pub fn split_full_name(s: &str) -> (&str, &str) {
+    if let Some(comma) = s.find(',') {
+        let after = &s[comma + 1..];
+        let only_suffixes = after.split_whitespace().all(|w| {
+            let k = list_key(w);
+            k.is_empty() || is_suffix(k.as_bytes())
+        });
+        if !only_suffixes {
+            return (after, &s[..comma]);
+        }
+    }
+    let words: Vec<(usize, &str)> =
+        s.split_whitespace().map(|w| (w.as_ptr() as usize - s.as_ptr() as usize, w)).collect();
+    let Some(core) = words.iter().rposition(|&(_, w)| {
+        let k = list_key(w);
+        !k.is_empty() && !is_suffix(k.as_bytes())
+    }) else {
+        return ("", s);
+    };
+    let mut first = core;
+    while first > 1 {
+        let (_, before) = words[first - 1];
+        let (_, this) = words[first];
+        let joined = before.ends_with('-') || this.starts_with('-');
+        if !(joined || is_particle(&list_key(before))) {
+            break;
+        }
+        first -= 1;
+    }
+    let at = words[first].0;
+    (&s[..at], &s[at..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{normalize, NormError, NormKind};
@@ -151,6 +240,50 @@ mod tests {
         assert_eq!(family("Ægir"), "aegir");
         assert_eq!(family("Şahin"), "sahin");
         assert_eq!(family("Иванов"), "ivanov");
+    }
+
+    #[test]
+    fn whole_names_split_into_given_and_family() {
+        use super::split_full_name as split;
+        let names = |s| {
+            let (g, f) = split(s);
+            (given(g), family(f))
+        };
+        let doe = ("john".to_string(), "doe".to_string());
+        for v in [
+            "DOE, JOHN",
+            "Doe, John A.",
+            "DOE,JOHN ALLEN",
+            "John Doe",
+            "JOHN A DOE",
+            "John A. Doe Jr.",
+            "John Doe, Jr.",
+            "DOE JR, JOHN",
+            "Doe, Jr., John",
+            "Mr. John Doe",
+            "  John   Doe  ",
+            "Johnny Doe",
+        ] {
+            assert_eq!(names(v), doe, "{v}");
+        }
+        for v in ["Maria de la Cruz", "DE LA CRUZ, MARIA", "Maria De La Cruz"] {
+            assert_eq!(names(v), ("maria".to_string(), "delacruz".to_string()), "{v}");
+        }
+        for v in ["Mary Ann Smith-Jones", "Mary Smith - Jones", "SMITH-JONES, MARY ANN"] {
+            assert_eq!(names(v), ("mary".to_string(), "smithjones".to_string()), "{v}");
+        }
+        assert_eq!(names("Ludwig van Beethoven"), ("ludwig".to_string(), "vanbeethoven".to_string()));
+        // One word: a family name alone. The first word always stays given.
+        assert_eq!(split("Doe"), ("", "Doe"));
+        assert_eq!(split("De Cruz"), ("De ", "Cruz"));
+        assert_eq!(split("Doe, "), ("", "Doe, "));
+        assert_eq!(split(", John"), (" John", ""));
+        assert_eq!(split(""), ("", ""));
+        assert_eq!(split("Jr."), ("", "Jr."));
+        // Without a comma the family name is taken last: "Doe John" reads John as the family name.
+        assert_eq!(names("DOE JOHN"), ("doe".to_string(), "john".to_string()));
+        // Not ASCII: split on whitespace all the same.
+        assert_eq!(split("Zoë Ñúñez"), ("Zoë ", "Ñúñez"));
     }
 
     #[test]

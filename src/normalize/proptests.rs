@@ -291,6 +291,18 @@ proptest! {
         check_any(&s)?;
     }
 
+    /// Any whole name splits without panicking into two pieces of itself:
+    /// around its first comma, or given then family with nothing lost.
+    #[test]
+    fn a_whole_name_splits_into_pieces_of_itself(s in "(\\PC|[ ,.-]){0,40}") {
+        let (given, family) = super::split_full_name(&s);
+        if s.contains(',') && given.len() + family.len() + 1 == s.len() {
+            prop_assert_eq!(format!("{family},{given}"), s.clone());
+        } else {
+            prop_assert_eq!(format!("{given}{family}"), s.clone());
+        }
+    }
+
     /// The ASCII fast path and the folding path agree.
     #[test]
     fn ascii_and_folded_paths_agree(s in "[ -~]{0,40}") {
