@@ -3,7 +3,11 @@
 //! Accepted date forms (surrounding whitespace ignored):
 //! - `YYYY-MM-DD`, `YYYY/MM/DD` (month and day one or two digits),
 //! - `YYYYMMDD`,
-//! - US `M/D/YYYY` and `M-D-YYYY` (month and day one or two digits).
+//! - US `M/D/YYYY` and `M-D-YYYY` (month and day one or two digits),
+//! - with the month's name (whole, its first three letters or `Sept`, any
+//!   case, an abbreviation optionally with a dot): `07-MAR-1985` (Oracle's
+//!   form), `7 Mar 1985`, `7/Mar/1985`, `Mar 7, 1985`, `March 7 1985`,
+//!   `MAR-07-1985`, `1985-Mar-07`.
 //!
 //! The separators of one date must agree (`2020-01/05` is refused). A date
 //! may be followed by a time, separated by `T` or whitespace, which is
@@ -13,8 +17,8 @@
 //! each optionally followed by `AM`/`PM` (`a.m.`/`p.m.`) and/or a zone
 //! (`Z`, `UTC`, `GMT`, `+HH`, `+HHMM`, `+HH:MM`, `-...`).
 //!
-//! Two-digit years (`1/2/85`, `85-01-02`, `850102`) are refused as
-//! ambiguous rather than guessed.
+//! Two-digit years (`1/2/85`, `85-01-02`, `850102`, `07-MAR-85`) are
+//! refused as ambiguous rather than guessed.
 
 use super::NormError;
 use time::{Date, Month};
@@ -101,10 +105,133 @@ fn small(v: u32) -> u8 {
     u8::try_from(v).unwrap_or(u8::MAX)
 }
 
+const MONTHS: [&[u8]; 12] = [
+    b"january",
+    b"february",
+    b"march",
+    b"april",
+    b"may",
+    b"june",
+    b"july",
+    b"august",
+    b"september",
+    b"october",
+    b"november",
+    b"december",
+];
+
+/// A month's name, whole or its first three letters (`Sept` too), any case,
+/// an abbreviation optionally followed by a dot: its number, the cursor after
+/// it. Anything else: `None`, the cursor where it was.
+fn month_name(p: &mut Cursor) -> Option<u8> {
+    let start = p.i;
+    while p.peek().is_some_and(|b| b.is_ascii_alphabetic()) {
+        p.i += 1;
+    }
+    let word = p.s.get(start..p.i).unwrap_or_default();
+    let found = MONTHS.iter().position(|m| {
+        word.eq_ignore_ascii_case(m)
+            || (word.len() == 3 && m.get(..3).is_some_and(|m| word.eq_ignore_ascii_case(m)))
+            || (word.eq_ignore_ascii_case(b"sept") && *m == b"september")
+    });
+    match found {
+        Some(i) => {
+            if word.len() < MONTHS[i].len() {
+                p.eat(b'.');
+            }
+            Some(small(i as u32 + 1))
+        }
+        None => {
+            p.i = start;
+            None
+        }
+    }
+}
+
+/// A year of four digits (two: refused as ambiguous), then the end of the date.
+fn year_at_end(p: &mut Cursor) -> Result<i32, NormError> {
+    let (y, ny) = p.digits();
+    end_of_date(p)?;
+    match ny {
+        4 => i32::try_from(y).map_err(|_| NormError::NotADate),
+        2 => Err(NormError::TwoDigitYear),
+        _ => Err(NormError::NotADate),
+    }
+}
+
+/// Dates with the month's name: `Mar 7, 1985`, `March 7 1985`, `7 Mar
+/// 1985`, `07-MAR-1985` (as Oracle writes it), `1985-Mar-07`. `a` (of `na`
+/// digits) is what came before the name, if anything; the separator after it
+/// (`-`, `/` or spaces) must come again after the name.
+fn named_month(p: &mut Cursor, a: u32, na: usize) -> Result<(i32, u8, u8), NormError> {
+    if na == 0 {
+        let month = month_name(p).ok_or(NormError::NotADate)?;
+        if p.skip_spaces() == 0 && !p.eat(b'-') {
+            return Err(NormError::NotADate);
+        }
+        let (day, nd) = p.digits();
+        if !(1..=2).contains(&nd) {
+            return Err(NormError::NotADate);
+        }
+        let comma = p.eat(b',');
+        if p.skip_spaces() == 0 && !comma && !p.eat(b'-') {
+            return Err(NormError::NotADate);
+        }
+        return Ok((year_at_end(p)?, month, small(day)));
+    }
+    let spaced = p.skip_spaces() > 0;
+    let sep = if spaced {
+        b' '
+    } else {
+        match p.peek() {
+            Some(b @ (b'-' | b'/')) => {
+                p.i += 1;
+                b
+            }
+            _ => return Err(NormError::NotADate),
+        }
+    };
+    let month = month_name(p).ok_or(NormError::NotADate)?;
+    let again = if sep == b' ' { p.skip_spaces() > 0 } else { p.eat(sep) };
+    if !again {
+        return Err(NormError::NotADate);
+    }
+    match na {
+        // 7 Mar 1985, 07-MAR-1985
+        1 | 2 => Ok((year_at_end(p)?, month, small(a))),
+        // 1985-Mar-07
+        4 => {
+            let (day, nd) = p.digits();
+            end_of_date(p)?;
+            if !(1..=2).contains(&nd) {
+                return Err(NormError::NotADate);
+            }
+            Ok((i32::try_from(a).map_err(|_| NormError::NotADate)?, month, small(day)))
+        }
+        _ => Err(NormError::NotADate),
+    }
+}
+
+/// Whether the month's name comes next, after an optional `-`, `/` or spaces.
+fn name_follows(p: &Cursor) -> bool {
+    let mut i = p.i;
+    if matches!(p.s.get(i), Some(b'-' | b'/')) {
+        i += 1;
+    } else {
+        while p.s.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+    }
+    p.s.get(i).is_some_and(u8::is_ascii_alphabetic)
+}
+
 /// Parse the date; leaves the cursor after it. Returns (year, month, day)
 /// with month and day not yet range-checked.
 fn date_part(p: &mut Cursor) -> Result<(i32, u8, u8), NormError> {
     let (a, na) = p.digits();
+    if na == 0 || (matches!(na, 1 | 2 | 4) && name_follows(p)) {
+        return named_month(p, a, na);
+    }
     match na {
         8 => {
             // YYYYMMDD
@@ -265,6 +392,20 @@ mod tests {
             "19850307T102200Z",
             "19850307 1022",
             "1985-03-07 10:22:00,5 +01:00",
+            "07-MAR-1985",
+            "7-Mar-1985",
+            "7 Mar 1985",
+            "07 March 1985",
+            "7/Mar/1985",
+            "Mar 7, 1985",
+            "March 7, 1985",
+            "march 7 1985",
+            "Mar. 7, 1985",
+            "MAR-07-1985",
+            "1985-Mar-07",
+            "1985 MARCH 7",
+            "07-MAR-1985 10:22:00",
+            "March 7, 1985 10:22 AM",
         ] {
             assert_eq!(parse_date(s), Ok(d), "{s:?}");
         }
@@ -291,7 +432,9 @@ mod tests {
 
     #[test]
     fn two_digit_years() {
-        for s in ["1/2/85", "01/02/85", "1-2-85", "85-01-02", "850102", "010285", "1/2/85 10:00"] {
+        for s in
+            ["1/2/85", "01/02/85", "1-2-85", "85-01-02", "850102", "010285", "1/2/85 10:00", "07-MAR-85", "Mar 7, 85"]
+        {
             assert_eq!(parse_date(s), Err(NormError::TwoDigitYear), "{s:?}");
         }
     }
@@ -322,7 +465,15 @@ mod tests {
             "985-03-07",
             "3/7/19850",
             "3/7/198",
-            "March 7, 1985",
+            "Marc 7, 1985",
+            "Sep. 7, 1985x",
+            "7 Mar-1985",
+            "7-Mar 1985",
+            "07-XYZ-1985",
+            "Mar 7th, 1985",
+            "Mar, 1985",
+            "1985-Mar",
+            "Mar 123, 1985",
             "１９８５-03-07",
             "-1985-03-07",
             "+1985-03-07",
