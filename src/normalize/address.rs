@@ -1,16 +1,22 @@
 //! Street addresses, places (cities, counties, birthplaces) and postal codes.
 //!
-//! Addresses and places: lowercase ASCII words (letters and digits) joined by
-//! single spaces; apostrophes join (`O'Connor` → `oconnor`), every other
-//! punctuation character separates.
+//! Addresses and places: lowercase ASCII letters and digits, the words
+//! joined without spaces, so a space typed inside a word, or left out
+//! between two, does not matter (`Poynton St` = `PoyntonSt`, `Nicklin
+//! Cre scent` = `Nicklin Crescent`); apostrophes join (`O'Connor` →
+//! `oconnor`), every other punctuation character separates words.
 //!
-//! Addresses additionally use the USPS standard abbreviations for street
+//! Addresses first use the USPS standard abbreviations for street
 //! suffixes (`street`→`st`, `avenue`→`ave`, ...), directionals (`north`→`n`,
 //! `northeast`→`ne`, ...), and a single secondary-unit designator: `apartment`,
 //! `apt`, `unit`, `suite`, `ste` and `#` all become `apt`, and repeated
-//! designators collapse (`Apt #4` → `apt 4`). `P.O. Box`, `PO Box` and
-//! `Post Office Box` become `po box`. `saint`/`fort`/`mount` become
-//! `st`/`ft`/`mt`, as in places.
+//! designators collapse (`Apt #4` → `apt4`). `P.O. Box`, `PO Box` and
+//! `Post Office Box` become `pobox`. `saint`/`fort`/`mount` become
+//! `st`/`ft`/`mt`, as in places. A street type run into the name before it
+//! (`Poyntonstreet`) is abbreviated too, where it is one of the longer types
+//! ([`GLUED_TYPES`]: not `road` or `lane`, which end other words, `Broad`).
+//! (Up to this release words were joined by spaces: the tokens of schemes
+//! holding an address changed, every other token did not.)
 //!
 //! Places: only `saint`→`st`, `fort`→`ft`, `mount`→`mt`; then the words are
 //! joined without spaces, so a space typed inside a name, or left out, does
@@ -84,10 +90,25 @@ fn place_abbrev(key: &[u8]) -> Option<&'static str> {
     })
 }
 
+/// Street types that may be run into the word before them
+/// (`Poyntonstreet`), with their abbreviations: five letters or more, so
+/// the end of another word is not taken for one.
+const GLUED_TYPES: [(&str, &str); 12] = [
+    ("street", "st"),
+    ("avenue", "ave"),
+    ("boulevard", "blvd"),
+    ("drive", "dr"),
+    ("court", "ct"),
+    ("place", "pl"),
+    ("terrace", "ter"),
+    ("circle", "cir"),
+    ("highway", "hwy"),
+    ("parkway", "pkwy"),
+    ("square", "sq"),
+    ("crossing", "xing"),
+];
+
 fn push_word(out: &mut String, w: &str) {
-    if !out.is_empty() {
-        out.push(' ');
-    }
     out.push_str(w);
 }
 
@@ -126,11 +147,17 @@ pub(crate) fn address(s: &[u8], out: &mut String) {
                 last_was_apt = false;
             }
             None => {
-                if !out.is_empty() {
-                    out.push(' ');
-                }
+                let start = out.len();
                 push_alnum(w.bytes, out);
                 last_was_apt = false;
+                // A street type run into the name before it: abbreviated as if apart.
+                let word = out.get(start..).unwrap_or_default();
+                if let Some((full, abbr)) =
+                    GLUED_TYPES.iter().find(|(full, _)| word.len() > full.len() && word.ends_with(full))
+                {
+                    out.truncate(out.len() - full.len());
+                    out.push_str(abbr);
+                }
             }
         }
     }
@@ -196,20 +223,28 @@ mod tests {
             "123  N  Main   St  Ste 4",
             "123 N. Main St., # 4",
         ] {
-            assert_eq!(addr(v), "123 n main st apt 4", "{v}");
+            assert_eq!(addr(v), "123nmainstapt4", "{v}");
         }
-        assert_eq!(addr("45 Martin Luther King Jr. Boulevard"), "45 martin luther king jr blvd");
-        assert_eq!(addr("9 O'Connor Avenue"), "9 oconnor ave");
-        assert_eq!(addr("9 Elm St're'et"), "9 elm st");
-        assert_eq!(addr("1 Saint Paul Road"), "1 st paul rd");
-        assert_eq!(addr("77 Southwest Elm Lane"), "77 sw elm ln");
-        assert_eq!(addr("P.O. Box 12"), "po box 12");
-        assert_eq!(addr("PO Box 12"), "po box 12");
-        assert_eq!(addr("Post Office Box 12"), "po box 12");
-        assert_eq!(addr("p o"), "p o");
-        assert_eq!(addr("1 Rue de l'Église"), "1 rue de leglise");
-        assert_eq!(addr("12-B Court Place"), "12 b ct pl");
+        assert_eq!(addr("45 Martin Luther King Jr. Boulevard"), "45martinlutherkingjrblvd");
+        assert_eq!(addr("9 O'Connor Avenue"), "9oconnorave");
+        assert_eq!(addr("9 Elm St're'et"), "9elmst");
+        assert_eq!(addr("1 Saint Paul Road"), "1stpaulrd");
+        assert_eq!(addr("77 Southwest Elm Lane"), "77swelmln");
+        assert_eq!(addr("P.O. Box 12"), "pobox12");
+        assert_eq!(addr("PO Box 12"), "pobox12");
+        assert_eq!(addr("Post Office Box 12"), "pobox12");
+        assert_eq!(addr("p o"), "po");
+        assert_eq!(addr("1 Rue de l'Église"), "1ruedeleglise");
+        assert_eq!(addr("12-B Court Place"), "12bctpl");
         assert_eq!(addr("#"), "apt");
+        // A space typed inside a word, or left out between two, does not matter.
+        for v in ["87 Poynton Street", "87 poyntonstreet", "87 Poynton St", "87 PoyntonSt.", "8 7 Poyn ton Street"] {
+            assert_eq!(addr(v), "87poyntonst", "{v}");
+        }
+        assert_eq!(addr("6 Nicklin Cre scent"), addr("6 Nicklin Crescent"));
+        // Only the longer street types are taken off a word's end: "Broad" is no road.
+        assert_eq!(addr("12 Broad"), "12broad");
+        assert_eq!(addr("12 Broadway"), "12broadway");
         assert_eq!(norm(NormKind::Address, " ,. "), Err(NormError::Empty));
     }
 

@@ -12,7 +12,7 @@
 //! | `date`        | `YYYY-MM-DD`, 1900-01-01 ≤ date < 2100-01-01      | `3/7/1985 10:22 AM` → `1985-03-07` |
 //! | `sex`         | `m`, `f` or `x`                                  | `Female` → `f`                   |
 //! | `id`          | `A-Z0-9`, leading zeros removed; placeholders (`999-99-9999`, `UNKNOWN`, `N/A`) are missing | `00-123-abc` → `123ABC` |
-//! | `address`     | lowercase words, USPS abbreviations              | `12 North Main Street #4` → `12 n main st apt 4` |
+//! | `address`     | lowercase words joined, USPS abbreviations       | `12 North Main Street #4` → `12nmainstapt4` |
 //! | `postal_code` | 5-digit ZIP, or uppercase letters and digits; placeholders (`HOMELESS`, `00000`) are missing | `02134-1234` → `02134` |
 //! | `place`       | lowercase, words joined, `st`/`ft`/`mt`           | `Saint Louis` → `stlouis`        |
 //!
