@@ -8,7 +8,7 @@
 //! |-----------|------------------------------------------|--------------------|----------------------------------------|
 //! | police    | schema names, `race` alias, `city,zip`   | ISO `2019-03-04`   | bools true/false; arm greenlight/redlight |
 //! | jail      | `last_name,first_name,date_of_birth,gender,sid,city,zip_code,booked,released` | `3/4/2019 10:22` | names in capitals; sex MALE/FEMALE |
-//! | da        | UPPER CASE, aliases (`CASE_NUMBER`, `FILED`, `LAST`, `ZIP`) | ISO | level F/M; bools Y/N; status aliases (no places) |
+//! | da        | UPPER CASE, aliases (`CASE_NUMBER`, `FILED`, `ZIP`); the name in one column, `DEFENDANT_NAME` = `FAMILY, GIVEN` | ISO | level F/M; bools Y/N; status aliases (no places) |
 //! | casemgmt  | `id,client_id,date,first,last,birthdate,gender,city` (intake: `zip` too) | `3/4/2019` | UTF-8 BOM, CRLF; Yes/No; Title Case; client id `C-0123456` |
 //! | treatment | `episode_id,mrn,fname,lname,birth_date,sex,city,zip,admitted,...` | ISO | modality MOUD/IOP/Residential |
 //!
@@ -65,6 +65,8 @@ enum Col {
     Id,
     Given,
     Family,
+    /// The whole name in one column, `FAMILY, GIVEN`, as court systems write it.
+    FullName,
     Dob,
     Sex,
     StateId,
@@ -142,8 +144,7 @@ fn columns(kind: Kind) -> &'static [(&'static str, Col)] {
         ],
         Kind::Charge => &[
             ("CASE_NUMBER", Col::Id),
-            ("LAST", Col::Family),
-            ("FIRST", Col::Given),
+            ("DEFENDANT_NAME", Col::FullName),
             ("BIRTH_DATE", Col::Dob),
             ("SEX", Col::Sex),
             ("STATE_ID_NUMBER", Col::StateId),
@@ -156,8 +157,7 @@ fn columns(kind: Kind) -> &'static [(&'static str, Col)] {
         ],
         Kind::ProgramStatus => &[
             ("STATUS_ID", Col::Id),
-            ("LAST", Col::Family),
-            ("FIRST", Col::Given),
+            ("DEFENDANT_NAME", Col::FullName),
             ("BIRTH_DATE", Col::Dob),
             ("SEX", Col::Sex),
             ("STATE_ID_NUMBER", Col::StateId),
@@ -322,6 +322,10 @@ fn render(kind: Kind, with_state_id: bool, record: &Record, event: &Event, field
             }
             (Col::Given, _) => out.push_str(&who.given),
             (Col::Family, _) => out.push_str(&who.family),
+            (Col::FullName, _) if !(who.family.is_empty() && who.given.is_empty()) => {
+                let _ = write!(out, "{}, {}", who.family, who.given);
+            }
+            (Col::FullName, _) => {}
             (Col::Dob, _) => match who.dob_written {
                 DobWritten::Date => write_date(out, who.dob, dob_style, 0),
                 DobWritten::Missing => {}

@@ -65,6 +65,8 @@ fn schema() -> BTreeMap<String, BTreeMap<String, (String, Field)>> {
         };
         let mut names = vec![name.to_lowercase()];
         names.extend(strings("columns"));
+        // A whole-name column feeds both name fields; either stands for it here.
+        names.extend(strings("full_name"));
         names.into_iter().map(|n| (n, (name.to_string(), f.clone()))).collect()
     }
     let identity: Vec<(String, (String, Field))> = schema["identity"]
