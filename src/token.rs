@@ -479,7 +479,7 @@ mod tests {
     /// those records and FEBRL 3 and 4's 15,000 when `names_address` came,
     /// 13,824 with the new token; and FEBRL 1 to 4's 21,000 records when
     /// address words were joined: only `dob_address` and `names_address`
-    /// changed, on 19,305 and 19,053 of them).
+    /// changed, on 19,304 and 19,052 of them).
     /// Records are tokenized as the source `police` sends them.
     #[test]
     fn tokens_are_what_earlier_releases_made() {

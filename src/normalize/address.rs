@@ -108,12 +108,35 @@ const GLUED_TYPES: [(&str, &str); 12] = [
     ("crossing", "xing"),
 ];
 
+/// A space between two words only where a number would run into a number:
+/// `1 23rd St` and `12 3rd St` stay two addresses.
+fn separate_numbers(out: &mut String, next: &[u8]) {
+    let next_digit = next.iter().find(|b| b.is_ascii_alphanumeric()).is_some_and(u8::is_ascii_digit);
+    if next_digit && out.as_bytes().last().is_some_and(u8::is_ascii_digit) {
+        out.push(' ');
+    }
+}
+
 fn push_word(out: &mut String, w: &str) {
+    separate_numbers(out, w.as_bytes());
     out.push_str(w);
 }
 
 /// Address of ASCII input; leaves `out` empty when nothing remains.
+///
+/// Two passes of the same rules, the second over the first's output:
+/// joining words can make a listed word (`Sain t` → `saint` → `st`, `Elm
+/// Cour t` → `elmcourt` → `elmct`), and the second pass gives it the form
+/// it would have had typed whole, so the result is a fixed point.
 pub(crate) fn address(s: &[u8], out: &mut String) {
+    use zeroize::Zeroize;
+    let mut first = String::new();
+    address_pass(s, &mut first);
+    address_pass(first.as_bytes(), out);
+    first.zeroize();
+}
+
+fn address_pass(s: &[u8], out: &mut String) {
     let mut words = Words::with_hash(s);
     let mut last_was_apt = false;
     while let Some(w) = words.next() {
@@ -147,6 +170,7 @@ pub(crate) fn address(s: &[u8], out: &mut String) {
                 last_was_apt = false;
             }
             None => {
+                separate_numbers(out, w.bytes);
                 let start = out.len();
                 push_alnum(w.bytes, out);
                 last_was_apt = false;
@@ -238,13 +262,25 @@ mod tests {
         assert_eq!(addr("12-B Court Place"), "12bctpl");
         assert_eq!(addr("#"), "apt");
         // A space typed inside a word, or left out between two, does not matter.
-        for v in ["87 Poynton Street", "87 poyntonstreet", "87 Poynton St", "87 PoyntonSt.", "8 7 Poyn ton Street"] {
+        for v in ["87 Poynton Street", "87 poyntonstreet", "87 Poynton St", "87 PoyntonSt.", "87 Poyn ton Street"] {
             assert_eq!(addr(v), "87poyntonst", "{v}");
         }
         assert_eq!(addr("6 Nicklin Cre scent"), addr("6 Nicklin Crescent"));
         // Only the longer street types are taken off a word's end: "Broad" is no road.
         assert_eq!(addr("12 Broad"), "12broad");
         assert_eq!(addr("12 Broadway"), "12broadway");
+        // A word made by joining gets the form it has typed whole (and the result is a fixed point).
+        assert_eq!(addr("Sain t"), "st");
+        assert_eq!(addr("9 Elm Cour t"), "9elmct");
+        for v in
+            ["1 Sain t", "1 Sain t Paul Road", "No rth Elm", "9 Elm Cour t", "Apar tment 4", "1 23rd St", "p o box 5"]
+        {
+            assert_eq!(addr(&addr(v)), addr(v), "{v}");
+        }
+        // Numbers do not run into numbers: these stay two addresses.
+        assert_ne!(addr("1 23rd St"), addr("12 3rd St"));
+        assert_ne!(addr("101 St Ave"), addr("10 1st Ave"));
+        assert_eq!(addr("1 23rd St"), "1 23rdst");
         assert_eq!(norm(NormKind::Address, " ,. "), Err(NormError::Empty));
     }
 

@@ -121,8 +121,8 @@ const MONTHS: [&[u8]; 12] = [
 ];
 
 /// A month's name, whole or its first three letters (`Sept` too), any case,
-/// an abbreviation optionally followed by a dot: its number, the cursor after
-/// it. Anything else: `None`, the cursor where it was.
+/// optionally followed by a dot: its number, the cursor after it. Anything
+/// else: `None`, the cursor where it was.
 fn month_name(p: &mut Cursor) -> Option<u8> {
     let start = p.i;
     while p.peek().is_some_and(|b| b.is_ascii_alphabetic()) {
@@ -136,9 +136,7 @@ fn month_name(p: &mut Cursor) -> Option<u8> {
     });
     match found {
         Some(i) => {
-            if word.len() < MONTHS[i].len() {
-                p.eat(b'.');
-            }
+            p.eat(b'.');
             Some(small(i as u32 + 1))
         }
         None => {
@@ -165,16 +163,26 @@ fn year_at_end(p: &mut Cursor) -> Result<i32, NormError> {
 /// (`-`, `/` or spaces) must come again after the name.
 fn named_month(p: &mut Cursor, a: u32, na: usize) -> Result<(i32, u8, u8), NormError> {
     if na == 0 {
+        // Mar 7, 1985 / March 7 1985 (spaces, a comma allowed) or MAR-07-1985.
         let month = month_name(p).ok_or(NormError::NotADate)?;
-        if p.skip_spaces() == 0 && !p.eat(b'-') {
+        let dashed = if p.skip_spaces() > 0 {
+            false
+        } else if p.eat(b'-') {
+            true
+        } else {
             return Err(NormError::NotADate);
-        }
+        };
         let (day, nd) = p.digits();
         if !(1..=2).contains(&nd) {
             return Err(NormError::NotADate);
         }
-        let comma = p.eat(b',');
-        if p.skip_spaces() == 0 && !comma && !p.eat(b'-') {
+        let again = if dashed {
+            p.eat(b'-')
+        } else {
+            p.eat(b',');
+            p.skip_spaces() > 0
+        };
+        if !again {
             return Err(NormError::NotADate);
         }
         return Ok((year_at_end(p)?, month, small(day)));
@@ -421,6 +429,9 @@ mod tests {
         assert_eq!(parse_date("2/30/2021"), Err(NormError::NoSuchDay));
         assert_eq!(parse_date("2021-04-31"), Err(NormError::NoSuchDay));
         assert_eq!(parse_date("2021-12-31"), Ok(date!(2021 - 12 - 31)));
+        assert_eq!(parse_date("May. 7, 1985"), Ok(date!(1985 - 05 - 07)));
+        assert_eq!(parse_date("7 Sept 1985"), Ok(date!(1985 - 09 - 07)));
+        assert_eq!(parse_date("Feb 30, 2021"), Err(NormError::NoSuchDay));
         assert_eq!(parse_date("2021-13-01"), Err(NormError::NotADate));
         assert_eq!(parse_date("2021-00-01"), Err(NormError::NotADate));
         assert_eq!(parse_date("2021-01-00"), Err(NormError::NotADate));
@@ -474,6 +485,9 @@ mod tests {
             "Mar, 1985",
             "1985-Mar",
             "Mar 123, 1985",
+            "Mar-7 1985",
+            "Mar 7-1985",
+            "Mar-07, 1985",
             "１９８５-03-07",
             "-1985-03-07",
             "+1985-03-07",

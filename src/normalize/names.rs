@@ -172,13 +172,16 @@ fn list_key(word: &str) -> String {
 ///   comma (`Doe Jr, John` → `Doe Jr`, whose suffix the family rule drops).
 ///   A comma before suffixes only (`John Doe, Jr.`) is not that comma.
 /// - `Given Middle Family` (no comma): the family part is the last word
-///   that is not a suffix, with the particles before it (`Maria de la
-///   Cruz` → `de la Cruz`) and any words hyphen-joined to it, and what
-///   follows it (suffixes); the given part is the rest. One word is a
-///   family name alone.
+///   that is neither a suffix nor an initial, with the particles before it
+///   (`Maria de la Cruz` → `de la Cruz`) and any words hyphen-joined to it;
+///   the given part is what comes before it, and what follows it (`Jr.`,
+///   a middle initial) is left out. One word is a family name alone.
 ///
 /// `Family Given` without a comma is read the other way round; the schemes
-/// that hold both names unordered still agree on it.
+/// that hold both names unordered still agree on it (also with a middle
+/// initial, `DOE JOHN A`), but not with a whole middle name (`DOE JOHN
+/// ALLEN` reads as given `Doe`, family `Allen`): only a comma says which
+/// word is the family name.
 pub fn split_full_name(s: &str) -> (&str, &str) {
     if let Some(comma) = s.find(',') {
         let after = &s[comma + 1..];
@@ -192,10 +195,15 @@ pub fn split_full_name(s: &str) -> (&str, &str) {
     }
     let words: Vec<(usize, &str)> =
         s.split_whitespace().map(|w| (w.as_ptr() as usize - s.as_ptr() as usize, w)).collect();
-    let Some(core) = words.iter().rposition(|&(_, w)| {
+    // The family name's last word: not a suffix, and not an initial (`DOE
+    // JOHN A` ends in a middle initial) unless every word is one.
+    let named = |&(_, w): &(usize, &str)| {
         let k = list_key(w);
         !k.is_empty() && !is_suffix(k.as_bytes())
-    }) else {
+    };
+    let initial = |&(_, w): &(usize, &str)| list_key(w).chars().count() == 1;
+    let Some(core) = words.iter().rposition(|w| named(w) && !initial(w)).or_else(|| words.iter().rposition(named))
+    else {
         return ("", s);
     };
     let mut first = core;
@@ -208,8 +216,10 @@ pub fn split_full_name(s: &str) -> (&str, &str) {
         }
         first -= 1;
     }
+    // Up to the end of that word: what follows is suffixes and initials.
     let at = words[first].0;
-    (&s[..at], &s[at..])
+    let end = words[core].0 + words[core].1.len();
+    (&s[..at], &s[at..end])
 }
 
 #[cfg(test)]
@@ -276,12 +286,17 @@ mod tests {
         // One word: a family name alone. The first word always stays given.
         assert_eq!(split("Doe"), ("", "Doe"));
         assert_eq!(split("De Cruz"), ("De ", "Cruz"));
-        assert_eq!(split("Doe, "), ("", "Doe, "));
+        assert_eq!(split("Doe, "), ("", "Doe,"));
         assert_eq!(split(", John"), (" John", ""));
         assert_eq!(split(""), ("", ""));
         assert_eq!(split("Jr."), ("", "Jr."));
-        // Without a comma the family name is taken last: "Doe John" reads John as the family name.
+        assert_eq!(split("John Doe Jr."), ("John ", "Doe"));
+        // Without a comma the family name is taken last: "Doe John" reads John as the family name,
+        // and a middle initial after it is no family name.
         assert_eq!(names("DOE JOHN"), ("doe".to_string(), "john".to_string()));
+        assert_eq!(names("DOE JOHN A"), ("doe".to_string(), "john".to_string()));
+        assert_eq!(names("DOE JOHN A."), ("doe".to_string(), "john".to_string()));
+        assert_eq!(split("J D"), ("J ", "D"));
         // Not ASCII: split on whitespace all the same.
         assert_eq!(split("Zoë Ñúñez"), ("Zoë ", "Ñúñez"));
     }
