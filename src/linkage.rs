@@ -463,14 +463,9 @@ impl Linker {
             }
         }
         candidates.sort_unstable();
-        let mut i = 0;
-        while i < candidates.len() {
-            let q = candidates[i].0;
-            let mut listed: Mask = 0;
-            while i < candidates.len() && candidates[i].0 == q {
-                listed |= 1 << candidates[i].1;
-                i += 1;
-            }
+        for listings in candidates.chunk_by(|a, b| a.0 == b.0) {
+            let q = listings[0].0;
+            let listed: Mask = listings.iter().fold(0, |m, &(_, s)| m | 1 << s);
             let mut compared = self.present[q as usize] & present;
             if self.profile_scope[q as usize] != scope {
                 compared &= !self.per_source_mask;

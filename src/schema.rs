@@ -556,7 +556,7 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
         }
         let mut join = Vec::with_capacity(f.join.len());
         for (i, piece) in f.join.iter().enumerate() {
-            let names: Vec<String> = piece.iter().map(|c| c.trim().to_lowercase()).filter(|c| !c.is_empty()).collect();
+            let names = header_names(piece.iter().map(String::as_str));
             if names.is_empty() {
                 problems.push(problem(format!("{key}.join[{i}]"), "a piece needs at least one header name"));
             }
@@ -568,13 +568,7 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
                 "only a given_name or family_name field can be read from a whole-name column",
             ));
         }
-        let mut full_name: Vec<String> = Vec::with_capacity(f.full_name.len());
-        for c in &f.full_name {
-            let c = c.trim().to_lowercase();
-            if !c.is_empty() && !full_name.contains(&c) {
-                full_name.push(c);
-            }
-        }
+        let full_name = header_names(f.full_name.iter().map(String::as_str));
         identity.push(IdentityField {
             name: name.clone(),
             norm: f.normalize,
@@ -935,14 +929,20 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
 }
 
 fn columns_of(name: &str, extra: &[String]) -> Vec<String> {
-    let mut cols = vec![name.to_ascii_lowercase()];
-    for c in extra {
+    header_names(std::iter::once(name).chain(extra.iter().map(String::as_str)))
+}
+
+/// Header names as the header is matched: trimmed, lower case, empty ones
+/// dropped, each once, in order.
+fn header_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in names {
         let c = c.trim().to_lowercase();
-        if !cols.contains(&c) {
-            cols.push(c);
+        if !c.is_empty() && !out.contains(&c) {
+            out.push(c);
         }
     }
-    cols
+    out
 }
 
 fn build_enum(key: &str, f: &RawField, problems: &mut Vec<Problem>) -> EnumType {

@@ -126,42 +126,47 @@ fn select_given(s: &[u8], strip: bool, out: &mut String) {
 /// Words that begin a family name written after the given name (`Maria de
 /// la Cruz`, `Ludwig van Beethoven`): a whole name without a comma keeps
 /// them with the family name, as the family-name rule joins them (`delacruz`).
-fn is_particle(key: &str) -> bool {
+fn is_particle(key: &[u8]) -> bool {
     matches!(
         key,
-        "da" | "das"
-            | "de"
-            | "del"
-            | "dela"
-            | "della"
-            | "der"
-            | "des"
-            | "den"
-            | "di"
-            | "do"
-            | "dos"
-            | "du"
-            | "la"
-            | "le"
-            | "lo"
-            | "van"
-            | "vander"
-            | "von"
-            | "ter"
-            | "ten"
-            | "bin"
-            | "ibn"
-            | "al"
-            | "el"
-            | "st"
-            | "saint"
+        b"da"
+            | b"das"
+            | b"de"
+            | b"del"
+            | b"dela"
+            | b"della"
+            | b"der"
+            | b"des"
+            | b"den"
+            | b"di"
+            | b"do"
+            | b"dos"
+            | b"du"
+            | b"la"
+            | b"le"
+            | b"lo"
+            | b"van"
+            | b"vander"
+            | b"von"
+            | b"ter"
+            | b"ten"
+            | b"bin"
+            | b"ibn"
+            | b"al"
+            | b"el"
+            | b"st"
+            | b"saint"
     )
 }
 
-/// A word of a whole name, lower-cased and without the dots and commas
-/// around it, for the suffix and particle lists (`Jr.,` → `jr`).
-fn list_key(word: &str) -> String {
-    word.trim_matches(|c: char| c == '.' || c == ',').to_lowercase()
+/// A word of a whole name without the dots and commas around it (`Jr.,` → `Jr`).
+fn bare(word: &str) -> &str {
+    word.trim_matches(|c: char| c == '.' || c == ',')
+}
+
+/// Whether a word of a whole name is on a word list (its [`Key`], no allocation).
+fn listed(word: &str, list: fn(&[u8]) -> bool) -> bool {
+    list(key_bytes(&Key::of(bare(word).as_bytes())))
 }
 
 /// Split a whole name, as exports write it in one column, into its given
@@ -185,10 +190,7 @@ fn list_key(word: &str) -> String {
 pub fn split_full_name(s: &str) -> (&str, &str) {
     if let Some(comma) = s.find(',') {
         let after = &s[comma + 1..];
-        let only_suffixes = after.split_whitespace().all(|w| {
-            let k = list_key(w);
-            k.is_empty() || is_suffix(k.as_bytes())
-        });
+        let only_suffixes = after.split_whitespace().all(|w| bare(w).is_empty() || listed(w, is_suffix));
         if !only_suffixes {
             return (after, &s[..comma]);
         }
@@ -197,11 +199,8 @@ pub fn split_full_name(s: &str) -> (&str, &str) {
         s.split_whitespace().map(|w| (w.as_ptr() as usize - s.as_ptr() as usize, w)).collect();
     // The family name's last word: not a suffix, and not an initial (`DOE
     // JOHN A` ends in a middle initial) unless every word is one.
-    let named = |&(_, w): &(usize, &str)| {
-        let k = list_key(w);
-        !k.is_empty() && !is_suffix(k.as_bytes())
-    };
-    let initial = |&(_, w): &(usize, &str)| list_key(w).chars().count() == 1;
+    let named = |&(_, w): &(usize, &str)| !bare(w).is_empty() && !listed(w, is_suffix);
+    let initial = |&(_, w): &(usize, &str)| bare(w).chars().count() == 1;
     let Some(core) = words.iter().rposition(|w| named(w) && !initial(w)).or_else(|| words.iter().rposition(named))
     else {
         return ("", s);
@@ -211,7 +210,7 @@ pub fn split_full_name(s: &str) -> (&str, &str) {
         let (_, before) = words[first - 1];
         let (_, this) = words[first];
         let joined = before.ends_with('-') || this.starts_with('-');
-        if !(joined || is_particle(&list_key(before))) {
+        if !(joined || listed(before, is_particle)) {
             break;
         }
         first -= 1;
@@ -291,6 +290,8 @@ mod tests {
         assert_eq!(split(""), ("", ""));
         assert_eq!(split("Jr."), ("", "Jr."));
         assert_eq!(split("John Doe Jr."), ("John ", "Doe"));
+        // A word longer than any listed word is still a name.
+        assert_eq!(split("Ann Wolfeschlegelsteinhausen"), ("Ann ", "Wolfeschlegelsteinhausen"));
         // Without a comma the family name is taken last: "Doe John" reads John as the family name,
         // and a middle initial after it is no family name.
         assert_eq!(names("DOE JOHN"), ("doe".to_string(), "john".to_string()));
