@@ -10,12 +10,19 @@ use zeroize::Zeroize;
 pub struct Identity {
     values: Vec<String>,
     present: Vec<bool>,
+    /// Slots handed out by [`Identity::slot`] since they were last wiped:
+    /// only those can hold a value's bytes, so only those are wiped.
+    written: Vec<bool>,
 }
 
 impl Identity {
     /// Empty slots for `n` identity fields.
     pub fn with_fields(n: usize) -> Identity {
-        Identity { values: (0..n).map(|_| String::with_capacity(32)).collect(), present: vec![false; n] }
+        Identity {
+            values: (0..n).map(|_| String::with_capacity(32)).collect(),
+            present: vec![false; n],
+            written: vec![false; n],
+        }
     }
 
     /// The normalized value of field `i`, if present.
@@ -31,7 +38,9 @@ impl Identity {
     pub fn slot(&mut self, i: usize) -> &mut String {
         self.present[i] = false;
         let s = &mut self.values[i];
-        s.zeroize();
+        if std::mem::replace(&mut self.written[i], true) {
+            wipe(s);
+        }
         s
     }
 
@@ -49,11 +58,24 @@ impl Identity {
 
     /// Forget every value (zeroizing the bytes) and keep the buffers.
     pub fn clear(&mut self) {
-        for v in &mut self.values {
-            v.zeroize();
+        for (v, written) in self.values.iter_mut().zip(&mut self.written) {
+            if std::mem::take(written) {
+                wipe(v);
+            }
         }
         self.present.iter_mut().for_each(|p| *p = false);
     }
+}
+
+/// Empty `s` and zero its whole buffer, the bytes past its length too (a
+/// normalizer may have written there and truncated): one fill over the
+/// allocation, where `String::zeroize` makes two.
+fn wipe(s: &mut String) {
+    let mut bytes = std::mem::take(s).into_bytes();
+    bytes.clear();
+    bytes.spare_capacity_mut().zeroize();
+    // An empty vector is valid UTF-8: this keeps the buffer, it never fails.
+    *s = String::from_utf8(bytes).unwrap_or_default();
 }
 
 impl Drop for Identity {

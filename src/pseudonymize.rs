@@ -30,10 +30,10 @@ struct BinaryPlan<'a> {
     template: Encoder<'a>,
     kind: u64,
     source: u64,
-    /// (schema position, table position) of each scheme, in ascending name order.
-    schemes: Vec<(usize, u64)>,
-    /// (where the value comes from, the name's table position), in ascending name order.
-    fields: Vec<(Slot, u64)>,
+    /// The schema position of each scheme, in ascending name order (the batch's declared schemes).
+    schemes: Vec<usize>,
+    /// Where each field's value comes from, in ascending name order (the batch's declared fields).
+    fields: Vec<Slot>,
     /// Per kind field, per enum value: its table position (its text when it spells a date).
     enums: Vec<Vec<Cell<'a>>>,
 }
@@ -45,7 +45,8 @@ impl<'a> BinaryPlan<'a> {
         let source_at = t.intern(source);
         let mut schemes: Vec<(&str, usize)> = schema.schemes.iter().enumerate().map(|(i, s)| (&*s.name, i)).collect();
         schemes.sort();
-        let schemes = schemes.into_iter().map(|(name, i)| (i, t.intern(name))).collect();
+        t.declare_schemes(schemes.iter().map(|&(name, _)| name));
+        let schemes = schemes.into_iter().map(|(_, i)| i).collect();
         let mut fields: Vec<(&str, Slot)> = vec![("age", Slot::Age)];
         for (i, f) in schema.identity.iter().enumerate() {
             if f.release {
@@ -58,7 +59,10 @@ impl<'a> BinaryPlan<'a> {
             }
         }
         fields.sort_by(|a, b| a.0.cmp(b.0));
-        let fields = fields.into_iter().map(|(name, slot)| (slot, t.intern(name))).collect();
+        // Declared as the batch's fields: one slot per name, in the declared order.
+        fields.dedup_by(|a, b| a.0 == b.0);
+        t.declare_fields(fields.iter().map(|&(name, _)| name));
+        let fields = fields.into_iter().map(|(_, slot)| slot).collect();
         let enums = kind
             .fields
             .iter()
@@ -208,9 +212,9 @@ impl<'a> Pseudonymizer<'a> {
             deleted: false,
         };
         let held = &self.tokens;
-        let tokens = plan.schemes.iter().filter_map(|&(s, at)| held.get(s).copied().flatten().map(|t| (at, t)));
+        let tokens = plan.schemes.iter().map(|&s| held.get(s).copied().flatten());
         let age = self.age(row).map_or(Cell::Null, |a| Cell::Int(i64::from(a)));
-        let fields = plan.fields.iter().map(|&(slot, at)| {
+        let fields = plan.fields.iter().map(|&slot| {
             let cell = match slot {
                 Slot::Age => age,
                 Slot::Identity(i) => row.identity.get(i).map_or(Cell::Null, Cell::Str),
@@ -225,7 +229,7 @@ impl<'a> Pseudonymizer<'a> {
                     Some(Value::Int(n)) => Cell::Int(*n),
                 },
             };
-            (at, cell)
+            Some(cell)
         });
         self.batch.push(head, &rid, tokens, fields);
     }

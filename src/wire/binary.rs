@@ -6,27 +6,50 @@
 //! batch in a string table, numbers as varints, dates as day numbers.
 //! Decoding either form of one batch gives identical [`PseudoRecord`]s.
 //!
-//! # Format, version 1
+//! # Format, version 2
 //!
 //! Integers are unsigned LEB128 varints (at most 10 bytes, no bits beyond
 //! 64); *zigzag* integers map a signed `n` to `(n << 1) ^ (n >> 63)` first.
 //! A *string* is a varint byte length and that many bytes of UTF-8.
 //!
 //! ```text
-//! batch   = magic "DVB" 0x00 | version 0x01 | source: string | batch_id: string
+//! batch   = magic "DVB" 0x00 | version 0x02 | source: string | batch_id: string
 //!           | table count: varint | table strings: string*
+//!           | scheme count: varint | scheme: index*
 //!           | record count: varint | record*
-//! record  = kind: index | source: index | line: varint | epoch: varint | seq: varint
+//! record  = kind: index | source: index | line: step | epoch: varint | seq: step
 //!           | rid: 16 bytes | flags: byte (bit 0: deleted; other bits 0)
-//!           | token count: varint | (scheme: index | token: 16 bytes)*
+//!           | token set: ceil(scheme count / 8) bytes | token: 16 bytes, one per bit set
 //!           | field count: varint | (name: index | value)*
+//! step    = zigzag varint of the change from the previous record's number
+//!           (from 0 for the first record), taken modulo 2^64
 //! value   = 0x00 null | 0x01 false | 0x02 true | 0x03 integer: zigzag varint (i64)
 //!         | 0x04 date: zigzag varint, days since 1970-01-01, written YYYY-MM-DD (years 0000-9999)
 //!         | 0x05 string: index | 0x06 string: string (inline)
 //! index   = varint position in the batch's string table
-//! section = magic "DVR" 0x00 | version 0x01
+//! section = magic "DVR" 0x00 | version 0x02
 //!           | table count: varint | table strings: string*
+//!           | scheme count: varint | scheme: index*
 //!           | record count: varint | record*
+//! ```
+//!
+//! The *schemes* are the token schemes of the batch, in strictly ascending
+//! name order. Bit `i` of a record's token set (bit `i % 8` of its byte
+//! `i / 8`) says the record has a token of scheme `i`; its tokens follow in
+//! the schemes' order, and bits past the scheme count are 0. A writer lists
+//! the schemes its records use ([`encode`] lists exactly those). Lines and
+//! versions rise by one from record to record of an export, so each takes
+//! a byte where it took three and five.
+//!
+//! Version 1 (written before this release, still read: a source's outbox
+//! and the steward's store may hold it) has no scheme list, and a record
+//! spells its numbers and tokens out:
+//!
+//! ```text
+//! record  = kind: index | source: index | line: varint | epoch: varint | seq: varint
+//!           | rid: 16 bytes | flags: byte
+//!           | token count: varint | (scheme: index | token: 16 bytes)*
+//!           | field count: varint | (name: index | value)*
 //! ```
 //!
 //! A *records section* is a batch without its source and batch id: what a
@@ -63,13 +86,18 @@ pub const CONTENT_TYPE: &str = "application/vnd.divert.batch";
 pub const MAGIC: [u8; 4] = *b"DVB\0";
 /// The first bytes of a records section ([`Encoder::finish_section`]).
 pub const SECTION_MAGIC: [u8; 4] = *b"DVR\0";
-/// The format version this code writes and reads.
-pub const VERSION: u8 = 1;
+/// The format version this code writes.
+pub const VERSION: u8 = 2;
+/// The oldest version this code reads (see the module docs).
+pub const OLDEST_VERSION: u8 = 1;
 
 /// Strings of at most this many bytes go in the string table; longer ones inline.
 const TABLE_STRING_MAX: usize = 64;
-/// Fewest bytes a record takes (indices, numbers and counts of one byte each, the rid, the flags).
-const MIN_RECORD_BYTES: usize = 5 + 16 + 1 + 2;
+/// Fewest bytes a record of version 1 takes (indices, numbers and counts of one byte each, the rid, the flags).
+const MIN_RECORD_BYTES_V1: usize = 5 + 16 + 1 + 2;
+/// Fewest bytes a record of version 2 takes, its token and field sets left
+/// out: flags, line and version of a byte each, the rid.
+const MIN_RECORD_BYTES: usize = 3 + 16;
 /// Fewest bytes a token takes.
 const MIN_TOKEN_BYTES: usize = 1 + crate::token::TOKEN_LEN;
 /// Fewest bytes a field takes.
@@ -100,7 +128,7 @@ pub struct EncodeError {
 pub enum DecodeError {
     #[error("the body does not start as a binary batch")]
     Magic,
-    #[error("the binary batch is of format version {0}; this steward reads version {VERSION}")]
+    #[error("the binary batch is of format version {0}; this release reads versions {OLDEST_VERSION} to {VERSION}")]
     Version(u8),
     #[error("{}{what}", at(*.record))]
     Bad { record: Option<usize>, what: &'static str },
@@ -170,11 +198,6 @@ impl<'r> Table<'r> {
             None => self.add(Cow::Owned(s.to_owned())),
         }
     }
-
-    fn put(&mut self, out: &mut Vec<u8>, s: &'r str) {
-        let i = self.intern(s);
-        put_varint(out, i);
-    }
 }
 
 /// The 16 bytes of 32 lower-case hex digits (the only spelling that decodes back to itself).
@@ -213,7 +236,10 @@ pub fn encode_section<'r>(records: impl IntoIterator<Item = &'r PseudoRecord>) -
 }
 
 fn encoder_of<'r>(records: impl IntoIterator<Item = &'r PseudoRecord>) -> Result<Encoder<'r>, EncodeError> {
+    let records: Vec<&'r PseudoRecord> = records.into_iter().collect();
     let mut enc = Encoder::default();
+    enc.declare_schemes(records.iter().flat_map(|r| r.tokens.keys().map(String::as_str)));
+    enc.declare_fields(records.iter().flat_map(|r| r.fields.keys().map(String::as_str)));
     for (i, r) in records.into_iter().enumerate() {
         let head =
             Head { kind: &r.kind, source: &r.source, line: r.line, epoch: r.epoch, seq: r.seq, deleted: r.deleted };
@@ -232,6 +258,8 @@ fn encoder_of<'r>(records: impl IntoIterator<Item = &'r PseudoRecord>) -> Result
 pub fn encode_json_array(source: &str, batch_id: &str, records: &[u8]) -> Option<Vec<u8>> {
     let parsed: Vec<JsonRecord<'_>> = serde_json::from_slice(records).ok()?;
     let mut enc = Encoder::default();
+    enc.declare_schemes(parsed.iter().flat_map(|r| r.tokens.keys().map(|k| &*k.0)));
+    enc.declare_fields(parsed.iter().flat_map(|r| r.fields.keys().map(|k| &*k.0)));
     for (i, r) in parsed.iter().enumerate() {
         let head =
             Head { kind: &r.kind.0, source: &r.source.0, line: r.line, epoch: r.epoch, seq: r.seq, deleted: r.deleted };
@@ -321,8 +349,25 @@ pub enum Cell<'v> {
 #[derive(Default, Clone)]
 pub struct Encoder<'r> {
     table: Table<'r>,
+    /// The batch's token schemes: table positions, in ascending name order.
+    schemes: Vec<u64>,
+    /// The batch's field names, likewise.
+    fields: Vec<u64>,
     body: Vec<u8>,
     count: u64,
+    /// The last record's line and version, which the next one's are written from.
+    last: Steps,
+}
+
+/// What a record is written after: the record before's line and version
+/// (a record's own are written as the change from them), and its kind,
+/// source and epoch (which a record that shares them does not repeat).
+#[derive(Default, Clone, Copy)]
+struct Steps {
+    line: u64,
+    seq: u64,
+    /// Kind and source (table positions) and epoch; none before the first record.
+    head: Option<(u64, u64, u32)>,
 }
 
 impl<'r> Encoder<'r> {
@@ -345,28 +390,31 @@ impl<'r> Encoder<'r> {
         self.count == 0
     }
 
-    /// Append a record whose parts all have a binary form. `tokens` (scheme
-    /// position, token) must be in ascending scheme name order and `fields`
-    /// (name position, value) in ascending name order, each name once: the
-    /// caller's duty, which decoding checks (a batch breaking it is refused
-    /// whole).
+    /// Append a record whose parts all have a binary form. `tokens` gives,
+    /// for each declared scheme in order ([`Encoder::declare_schemes`]), the
+    /// record's token of it if any; `fields` likewise for each declared field
+    /// name ([`Encoder::declare_fields`]): its value, or `None` when the
+    /// record has no such field. Items past the declared ones are not read.
     pub fn push<'v>(
         &mut self,
         head: RecordHead,
         rid: &[u8; 16],
-        tokens: impl Iterator<Item = (u64, [u8; 16])> + Clone,
-        fields: impl Iterator<Item = (u64, Cell<'v>)> + Clone,
+        tokens: impl Iterator<Item = Option<[u8; 16]>>,
+        fields: impl Iterator<Item = Option<Cell<'v>>>,
     ) {
         let body = &mut self.body;
-        put_head(body, &head, rid);
-        put_varint(body, tokens.clone().count() as u64);
-        for (scheme, token) in tokens {
-            put_varint(body, scheme);
-            body.extend_from_slice(&token);
+        put_head(body, &mut self.last, &head, rid);
+        let set = reserve_set(body, self.schemes.len());
+        for (i, token) in tokens.take(self.schemes.len()).enumerate() {
+            if let Some(token) = token {
+                body[set + i / 8] |= 1 << (i % 8);
+                body.extend_from_slice(&token);
+            }
         }
-        put_varint(body, fields.clone().count() as u64);
-        for (name, cell) in fields {
-            put_varint(body, name);
+        let set = reserve_set(body, self.fields.len());
+        for (i, cell) in fields.take(self.fields.len()).enumerate() {
+            let Some(cell) = cell else { continue };
+            body[set + i / 8] |= 1 << (i % 8);
             let v = match cell {
                 Cell::Null => Val::Null,
                 Cell::Bool(b) => Val::Bool(b),
@@ -385,14 +433,15 @@ impl<'r> Encoder<'r> {
         self.count += 1;
     }
 
-    /// Append record number `i`; tokens and fields in ascending name order, each once (a map's order).
+    /// Append record number `i`; tokens and fields in ascending name order,
+    /// each once (a map's order), of the declared schemes and fields.
     fn record(
         &mut self,
         i: usize,
         h: Head<'r>,
         rid: Option<[u8; 16]>,
-        tokens: impl ExactSizeIterator<Item = (&'r str, Option<[u8; 16]>)>,
-        fields: impl ExactSizeIterator<Item = (&'r str, Val<'r>)>,
+        tokens: impl Iterator<Item = (&'r str, Option<[u8; 16]>)>,
+        fields: impl Iterator<Item = (&'r str, Val<'r>)>,
     ) -> Result<(), EncodeError> {
         let bad = |what| EncodeError { record: i, what };
         let rid = rid.ok_or(bad("rid is not 32 lower-case hex digits"))?;
@@ -406,39 +455,68 @@ impl<'r> Encoder<'r> {
             seq: h.seq,
             deleted: h.deleted,
         };
-        put_head(body, &head, &rid);
-        put_varint(body, tokens.len() as u64);
+        put_head(body, &mut self.last, &head, &rid);
+        let set = reserve_set(body, self.schemes.len());
+        let mut next = 0;
         for (scheme, token) in tokens {
             let t = token.ok_or(bad("a token is not <the record's epoch>:<32 lower-case hex digits>"))?;
-            table.put(body, scheme);
+            let i = declared_at(table, &self.schemes, &mut next, scheme)
+                .ok_or(bad("a token's scheme is not among the batch's schemes, or out of order"))?;
+            body[set + i / 8] |= 1 << (i % 8);
             body.extend_from_slice(&t);
         }
-        put_varint(body, fields.len() as u64);
+        let set = reserve_set(body, self.fields.len());
+        let mut next = 0;
         for (name, value) in fields {
-            table.put(body, name);
+            let i = declared_at(table, &self.fields, &mut next, name)
+                .ok_or(bad("a field is not among the batch's fields, or out of order"))?;
+            body[set + i / 8] |= 1 << (i % 8);
             put_value(body, table, value).map_err(bad)?;
         }
         self.count += 1;
         Ok(())
     }
 
-    /// The table and the records: what follows the header in both forms.
+    /// Declare the batch's token schemes (sorted and each kept once here),
+    /// before the first record: a record's tokens must be of these. A
+    /// [`Encoder::push`]ed record gives its tokens in this order.
+    pub fn declare_schemes(&mut self, names: impl IntoIterator<Item = &'r str>) {
+        debug_assert!(self.count == 0, "schemes are declared before the first record");
+        self.schemes = declare(&mut self.table, names);
+    }
+
+    /// Declare the batch's field names, as [`Encoder::declare_schemes`] does its schemes.
+    pub fn declare_fields(&mut self, names: impl IntoIterator<Item = &'r str>) {
+        debug_assert!(self.count == 0, "fields are declared before the first record");
+        self.fields = declare(&mut self.table, names);
+    }
+
+    /// The table, the schemes and the records: what follows the header in both forms.
     fn put_tail(&self, out: &mut Vec<u8>) {
         put_varint(out, self.table.strings.len() as u64);
         for s in &self.table.strings {
             put_str(out, s);
+        }
+        for list in [&self.schemes, &self.fields] {
+            put_varint(out, list.len() as u64);
+            for &p in list {
+                put_varint(out, p);
+            }
         }
         put_varint(out, self.count);
         out.extend_from_slice(&self.body);
     }
 
     fn tail_bytes(&self) -> usize {
-        self.table.strings.iter().map(|s| s.len() + 2).sum::<usize>() + self.body.len() + 20
+        self.table.strings.iter().map(|s| s.len() + 2).sum::<usize>()
+            + 2 * (self.schemes.len() + self.fields.len())
+            + self.body.len()
+            + 20
     }
 
     /// The batch `(source, batch_id)` of the records pushed.
     pub fn finish(self, source: &str, batch_id: &str) -> Vec<u8> {
-        let mut out = batch_header(source, batch_id, self.tail_bytes());
+        let mut out = batch_header(VERSION, source, batch_id, self.tail_bytes());
         self.put_tail(&mut out);
         out
     }
@@ -490,32 +568,78 @@ fn put_value(body: &mut Vec<u8>, table: &mut Table<'_>, value: Val<'_>) -> Resul
 /// The batch `(source, batch_id)` whose records are the records section
 /// `section` ([`Encoder::finish_section`]): a header put before the
 /// section's table and records, which are not read.
+/// The batch is of the section's version (an outbox written by an earlier
+/// release holds version 1).
 pub fn batch_from_section(source: &str, batch_id: &str, section: &[u8]) -> Result<Vec<u8>, DecodeError> {
-    let tail = section_tail(section)?;
-    let mut out = batch_header(source, batch_id, tail.len());
+    let (version, tail) = section_tail(section)?;
+    let mut out = batch_header(version, source, batch_id, tail.len());
     out.extend_from_slice(tail);
     Ok(out)
 }
 
 /// A batch's header (magic, version, source, batch id), with room for `tail` more bytes.
-fn batch_header(source: &str, batch_id: &str, tail: usize) -> Vec<u8> {
+fn batch_header(version: u8, source: &str, batch_id: &str, tail: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + source.len() + batch_id.len() + tail);
     out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
+    out.push(version);
     put_str(&mut out, source);
     put_str(&mut out, batch_id);
     out
 }
 
-/// A record's fixed part: kind and source positions, line, epoch, version, rid, flags.
-fn put_head(body: &mut Vec<u8>, head: &RecordHead, rid: &[u8; 16]) {
-    put_varint(body, head.kind);
-    put_varint(body, head.source);
-    put_varint(body, head.line);
-    put_varint(body, u64::from(head.epoch));
-    put_varint(body, head.seq);
+/// A record's fixed part: flags; kind, source and epoch unless they are the
+/// record before's; line and version as steps; rid.
+fn put_head(body: &mut Vec<u8>, last: &mut Steps, head: &RecordHead, rid: &[u8; 16]) {
+    let this = (head.kind, head.source, head.epoch);
+    let same = last.head == Some(this);
+    body.push(u8::from(head.deleted) | u8::from(same) << 1);
+    if !same {
+        put_varint(body, head.kind);
+        put_varint(body, head.source);
+        put_varint(body, u64::from(head.epoch));
+    }
+    put_varint(body, step(last.line, head.line));
+    put_varint(body, step(last.seq, head.seq));
     body.extend_from_slice(rid);
-    body.push(u8::from(head.deleted));
+    *last = Steps { line: head.line, seq: head.seq, head: Some(this) };
+}
+
+/// Room for a set of `n` bits after `body`, all clear; where it starts.
+fn reserve_set(body: &mut Vec<u8>, n: usize) -> usize {
+    let at = body.len();
+    body.resize(at + set_bytes(n), 0);
+    at
+}
+
+/// The strings `names` sorted, each once, as table positions.
+fn declare<'r>(table: &mut Table<'r>, names: impl IntoIterator<Item = &'r str>) -> Vec<u64> {
+    let mut names: Vec<&'r str> = names.into_iter().collect();
+    names.sort_unstable();
+    names.dedup();
+    names.into_iter().map(|n| table.intern(n)).collect()
+}
+
+/// The position of `name` in the declared list `declared`, looking from
+/// `*next` on (names come in ascending order); `*next` moves past it.
+fn declared_at(table: &Table<'_>, declared: &[u64], next: &mut usize, name: &str) -> Option<usize> {
+    let at = declared.get(*next..)?.iter().position(|&p| table.strings.get(p as usize).is_some_and(|s| s == name))?;
+    *next += at + 1;
+    Some(*next - 1)
+}
+
+/// How `n` is written after `last`: the change, modulo 2^64, zigzagged.
+fn step(last: u64, n: u64) -> u64 {
+    zigzag(n.wrapping_sub(last) as i64)
+}
+
+/// The number written as `step` after `last`.
+fn unstep(last: u64, step: u64) -> u64 {
+    last.wrapping_add(unzigzag(step) as u64)
+}
+
+/// Bytes of a record's set of `n` bits (the batch's schemes or fields).
+fn set_bytes(n: usize) -> usize {
+    n.div_ceil(8)
 }
 
 /// Whether `bytes` begin as a records section (of any version).
@@ -523,13 +647,13 @@ pub fn is_section(bytes: &[u8]) -> bool {
     bytes.starts_with(&SECTION_MAGIC)
 }
 
-/// What follows a section's magic and version.
-fn section_tail(section: &[u8]) -> Result<&[u8], DecodeError> {
+/// A section's version and what follows it.
+fn section_tail(section: &[u8]) -> Result<(u8, &[u8]), DecodeError> {
     if !is_section(section) {
         return Err(DecodeError::Magic);
     }
     match section.get(SECTION_MAGIC.len()) {
-        Some(&VERSION) => Ok(&section[SECTION_MAGIC.len() + 1..]),
+        Some(&v) if (OLDEST_VERSION..=VERSION).contains(&v) => Ok((v, &section[SECTION_MAGIC.len() + 1..])),
         Some(&v) => Err(DecodeError::Version(v)),
         None => Err(DecodeError::Bad { record: None, what: "the format version is missing" }),
     }
@@ -881,8 +1005,10 @@ impl<'a> BatchView<'a> {
 
     fn kept(&self, keep: &[bool]) -> Encoder<'a> {
         let mut enc = Encoder::default();
-        let kept = self.records.iter().zip(keep).filter(|(_, k)| **k).map(|(r, _)| r);
-        for (i, r) in kept.enumerate() {
+        let kept = || self.records.iter().zip(keep).filter(|(_, k)| **k).map(|(r, _)| r);
+        enc.declare_schemes(kept().flat_map(|r| self.tokens(r).iter().map(|t| self.scheme(t))));
+        enc.declare_fields(kept().flat_map(|r| self.fields(r).iter().map(|(name, _)| *name)));
+        for (i, r) in kept().enumerate() {
             let head =
                 Head { kind: r.kind, source: r.source, line: r.line, epoch: r.epoch, seq: r.seq, deleted: r.deleted };
             let tokens = self.tokens(r).iter().map(|t| (self.scheme(t), Some(t.token)));
@@ -901,29 +1027,45 @@ pub fn decode_view(bytes: &[u8]) -> Result<BatchView<'_>, DecodeError> {
     }
     let mut r = Reader { buf: bytes, pos: MAGIC.len(), record: None };
     let version = r.byte("the format version is missing")?;
-    if version != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(DecodeError::Version(version));
     }
     let source = r.str("the batch's source is cut short")?;
     let batch_id = r.str("the batch id is cut short")?;
-    decode_tail(r, source, batch_id)
+    decode_tail(r, version, source, batch_id)
 }
 
 /// Decode a records section ([`Encoder::finish_section`]), borrowing from
 /// `bytes`: a view whose source and batch id are empty. Total, as [`decode_view`].
 pub fn decode_section(bytes: &[u8]) -> Result<BatchView<'_>, DecodeError> {
-    let tail = section_tail(bytes)?;
-    decode_tail(Reader { buf: tail, pos: 0, record: None }, "", "")
+    let (version, tail) = section_tail(bytes)?;
+    decode_tail(Reader { buf: tail, pos: 0, record: None }, version, "", "")
 }
 
 /// The string table and the records, to the end of the input.
-fn decode_tail<'a>(mut r: Reader<'a>, source: &'a str, batch_id: &'a str) -> Result<BatchView<'a>, DecodeError> {
+fn decode_tail<'a>(
+    mut r: Reader<'a>,
+    version: u8,
+    source: &'a str,
+    batch_id: &'a str,
+) -> Result<BatchView<'a>, DecodeError> {
     let n = r.count(1, "the string table's count exceeds the body")?;
     let mut table: Vec<&str> = Vec::with_capacity(n);
     for _ in 0..n {
         table.push(r.str("a string of the table is cut short")?);
     }
-    let n = r.count(MIN_RECORD_BYTES, "the record count exceeds what the body can hold")?;
+    let mut v2 = if version == OLDEST_VERSION {
+        None
+    } else {
+        let schemes = declared(&mut r, &table, "scheme")?;
+        let fields = declared(&mut r, &table, "field")?;
+        Some(V2 { schemes, fields, last: Steps::default() })
+    };
+    let min_record = match &v2 {
+        None => MIN_RECORD_BYTES_V1,
+        Some(v2) => MIN_RECORD_BYTES + set_bytes(v2.schemes.len()) + set_bytes(v2.fields.len()),
+    };
+    let n = r.count(min_record, "the record count exceeds what the body can hold")?;
     let mut view = BatchView {
         source,
         batch_id,
@@ -934,7 +1076,10 @@ fn decode_tail<'a>(mut r: Reader<'a>, source: &'a str, batch_id: &'a str) -> Res
     };
     for i in 0..n {
         r.record = Some(i);
-        let rec = record(&mut r, &table, &mut view.tokens, &mut view.fields)?;
+        let rec = match &mut v2 {
+            None => record_v1(&mut r, &table, &mut view.tokens, &mut view.fields)?,
+            Some(v2) => v2.record(&mut r, &table, &mut view.tokens, &mut view.fields)?,
+        };
         view.records.push(rec);
     }
     r.record = None;
@@ -945,7 +1090,132 @@ fn decode_tail<'a>(mut r: Reader<'a>, source: &'a str, batch_id: &'a str) -> Res
     Ok(view)
 }
 
-fn record<'a>(
+/// A declared list of a version 2 batch: table positions of strictly ascending names.
+fn declared(r: &mut Reader<'_>, table: &[&str], what: &'static str) -> Result<Vec<usize>, DecodeError> {
+    let (count, index, order) = match what {
+        "scheme" => (
+            "the scheme count exceeds the body",
+            "a scheme's index is outside the string table",
+            "the schemes are not in ascending order, each once",
+        ),
+        _ => (
+            "the field count exceeds the body",
+            "a field name's index is outside the string table",
+            "the field names are not in ascending order, each once",
+        ),
+    };
+    let n = r.count(1, count)?;
+    let mut list = Vec::with_capacity(n);
+    let mut last: Option<&str> = None;
+    for _ in 0..n {
+        let (at, name) = r.index_at(table, index)?;
+        if last.is_some_and(|l| l >= name) {
+            return Err(r.bad(order));
+        }
+        last = Some(name);
+        list.push(at);
+    }
+    Ok(list)
+}
+
+/// A version 2 batch's declared schemes and fields (table positions) and
+/// what the record before leaves for the next.
+struct V2 {
+    schemes: Vec<usize>,
+    fields: Vec<usize>,
+    last: Steps,
+}
+
+impl V2 {
+    fn record<'a>(
+        &mut self,
+        r: &mut Reader<'a>,
+        table: &[&'a str],
+        tokens: &mut Vec<TokenView>,
+        fields: &mut Vec<(&'a str, FieldValue<'a>)>,
+    ) -> Result<RecordView<'a>, DecodeError> {
+        let flags = r.byte("the flags are cut short")?;
+        if flags > 0b11 {
+            return Err(r.bad("the flags have unknown bits set"));
+        }
+        let (kind, source, epoch) = if flags & 0b10 != 0 {
+            self.last.head.ok_or_else(|| r.bad("the first record repeats the kind of a record before it"))?
+        } else {
+            let (kind, _) = r.index_at(table, "the kind's index is outside the string table")?;
+            let (source, _) = r.index_at(table, "the source's index is outside the string table")?;
+            let epoch = r.varint("the epoch is cut short")?;
+            let epoch = u32::try_from(epoch).map_err(|_| r.bad("the epoch is larger than 32 bits"))?;
+            (kind as u64, source as u64, epoch)
+        };
+        let line = unstep(self.last.line, r.varint("the line is cut short")?);
+        let seq = unstep(self.last.seq, r.varint("the version is cut short")?);
+        let rid = r.array16("the rid is cut short")?;
+        self.last = Steps { line, seq, head: Some((kind, source, epoch)) };
+        let first_token = tokens.len();
+        let set = read_set(r, self.schemes.len(), "the token set")?;
+        for (i, &scheme) in self.schemes.iter().enumerate() {
+            if set[i / 8] & (1 << (i % 8)) != 0 {
+                tokens.push(TokenView { scheme, token: r.array16("a token is cut short")? });
+            }
+        }
+        let first_field = fields.len();
+        let set = read_set(r, self.fields.len(), "the field set")?;
+        for (i, &name) in self.fields.iter().enumerate() {
+            if set[i / 8] & (1 << (i % 8)) != 0 {
+                fields.push((table[name], value(r, table)?));
+            }
+        }
+        Ok(RecordView {
+            // Positions read from the table above: always in it.
+            kind: table.get(kind as usize).copied().unwrap_or_default(),
+            source: table.get(source as usize).copied().unwrap_or_default(),
+            line,
+            epoch,
+            seq,
+            rid,
+            deleted: flags & 1 != 0,
+            tokens: first_token..tokens.len(),
+            fields: first_field..fields.len(),
+        })
+    }
+}
+
+/// A set of `n` bits; refused when a bit past `n` is set.
+fn read_set<'a>(r: &mut Reader<'a>, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+    let (cut, past) = match what {
+        "the token set" => ("the token set is cut short", "the token set has bits past the batch's schemes"),
+        _ => ("the field set is cut short", "the field set has bits past the batch's fields"),
+    };
+    let set = r.bytes(set_bytes(n), cut)?;
+    let used = n % 8;
+    if used != 0 && set.last().is_some_and(|&b| b >> used != 0) {
+        return Err(r.bad(past));
+    }
+    Ok(set)
+}
+
+/// A field value: its type tag and what follows it.
+fn value<'a>(r: &mut Reader<'a>, table: &[&'a str]) -> Result<FieldValue<'a>, DecodeError> {
+    Ok(match r.byte("a field value is cut short")? {
+        TAG_NULL => FieldValue::Null,
+        TAG_FALSE => FieldValue::Bool(false),
+        TAG_TRUE => FieldValue::Bool(true),
+        TAG_INT => FieldValue::Int(unzigzag(r.varint("an integer is cut short")?)),
+        TAG_DATE => {
+            let d = unzigzag(r.varint("a date is cut short")?);
+            if !(MIN_DAY..=MAX_DAY).contains(&d) {
+                return Err(r.bad("a date is outside the years 0000 to 9999"));
+            }
+            FieldValue::Date(d as i32)
+        }
+        TAG_TABLE => FieldValue::Str(r.index(table, "a string value's index is outside the string table")?),
+        TAG_INLINE => FieldValue::Str(r.str("a string value is cut short")?),
+        _ => return Err(r.bad("a field value has an unknown type tag")),
+    })
+}
+
+/// A record of a version 1 batch.
+fn record_v1<'a>(
     r: &mut Reader<'a>,
     table: &[&'a str],
     tokens: &mut Vec<TokenView>,
@@ -984,23 +1254,7 @@ fn record<'a>(
             return Err(r.bad("fields are not in ascending name order, each once"));
         }
         last = Some(name);
-        let value = match r.byte("a field value is cut short")? {
-            TAG_NULL => FieldValue::Null,
-            TAG_FALSE => FieldValue::Bool(false),
-            TAG_TRUE => FieldValue::Bool(true),
-            TAG_INT => FieldValue::Int(unzigzag(r.varint("an integer is cut short")?)),
-            TAG_DATE => {
-                let d = unzigzag(r.varint("a date is cut short")?);
-                if !(MIN_DAY..=MAX_DAY).contains(&d) {
-                    return Err(r.bad("a date is outside the years 0000 to 9999"));
-                }
-                FieldValue::Date(d as i32)
-            }
-            TAG_TABLE => FieldValue::Str(r.index(table, "a string value's index is outside the string table")?),
-            TAG_INLINE => FieldValue::Str(r.str("a string value is cut short")?),
-            _ => return Err(r.bad("a field value has an unknown type tag")),
-        };
-        fields.push((name, value));
+        fields.push((name, value(r, table)?));
     }
     Ok(RecordView {
         kind,
@@ -1095,9 +1349,11 @@ mod tests {
     fn damaged_bodies_give_errors_that_name_no_value() {
         let good = encode_batch(&batch(vec![arrest(2), arrest(3)])).unwrap();
         assert_eq!(decode(b"{\"source\":1}"), Err(DecodeError::Magic));
-        let mut v2 = good.clone();
-        v2[4] = 2;
-        assert_eq!(decode(&v2), Err(DecodeError::Version(2)));
+        let mut later = good.clone();
+        later[4] = VERSION + 1;
+        assert_eq!(decode(&later), Err(DecodeError::Version(VERSION + 1)));
+        later[4] = 0;
+        assert_eq!(decode(&later), Err(DecodeError::Version(0)));
         // Every truncation fails, none panics.
         for n in 0..good.len() {
             assert!(decode(&good[..n]).is_err(), "{n}");
@@ -1115,6 +1371,10 @@ mod tests {
         let mut huge = MAGIC.to_vec();
         huge.extend_from_slice(&[VERSION, 0, 0, 0]);
         put_varint(&mut huge, 1 << 40);
+        assert!(decode(&huge).unwrap_err().to_string().contains("scheme count"));
+        let mut huge = MAGIC.to_vec();
+        huge.extend_from_slice(&[VERSION, 0, 0, 0, 0, 0]);
+        put_varint(&mut huge, 1 << 40);
         assert!(decode(&huge).unwrap_err().to_string().contains("record count"));
         // An 11-byte varint.
         let mut long = MAGIC.to_vec();
@@ -1130,16 +1390,22 @@ mod tests {
         b.records[0].tokens.clear();
         b.records[0].fields = [("a".to_string(), json!(1)), ("b".to_string(), json!(2))].into();
         let good = encode_batch(&b).unwrap();
-        // The table is [arrest, police, a, b]; swap the two field name indices (2, 3).
-        let tail = good.len() - 6;
-        assert_eq!(good[tail..], [2, TAG_INT, 2, 3, TAG_INT, 4]);
+        // The table is [a, b, arrest, police] (declared names first); after
+        // it, no schemes and the two fields at positions 0 and 1.
+        let list = good.windows(7).rposition(|w| w == b"\x06police").unwrap() + 7;
+        assert_eq!(good[list..list + 4], [0, 2, 0, 1]);
         let mut swapped = good.clone();
-        swapped[tail] = 3;
-        swapped[tail + 3] = 2;
-        assert!(decode(&swapped).unwrap_err().to_string().contains("ascending"));
+        swapped[list + 2..list + 4].copy_from_slice(&[1, 0]);
+        assert!(decode(&swapped).unwrap_err().to_string().contains("field names are not in ascending order"));
         let mut same = good.clone();
-        same[tail + 3] = 2;
-        assert!(decode(&same).unwrap_err().to_string().starts_with("record 0: fields"));
+        same[list + 3] = 0;
+        assert!(decode(&same).unwrap_err().to_string().contains("each once"));
+        // The record ends with its field set (both) and the two values.
+        let tail = good.len() - 5;
+        assert_eq!(good[tail..], [0b11, TAG_INT, 2, TAG_INT, 4]);
+        let mut past = good.clone();
+        past[tail] = 0b111;
+        assert!(decode(&past).unwrap_err().to_string().starts_with("record 0: the field set has bits past"));
         let mut date = good.clone();
         date[tail + 1] = TAG_DATE;
         date[tail + 2] = 0x7f; // zigzag -64: 1969-10-29, fine
@@ -1153,6 +1419,93 @@ mod tests {
             (MIN_DAY, MAX_DAY),
             (i64::from(crate::days::days_from_civil(0, 1, 1)), i64::from(crate::days::days_from_civil(9999, 12, 31)))
         );
+        // Only a record after another may say it shares the other's kind, source and epoch.
+        let first = list + 4;
+        assert_eq!(good[first..first + 2], [1, 0], "one record, flags 0");
+        let mut orphan = good.clone();
+        orphan[first + 1] = 0b10;
+        assert!(decode(&orphan).unwrap_err().to_string().contains("first record repeats"));
+    }
+
+    /// Two records of one export as this release writes them and as version 1 did.
+    fn two_of_an_export() -> Batch {
+        let a = PseudoRecord {
+            source: "police".into(),
+            kind: "arrest".into(),
+            line: 7,
+            epoch: 3,
+            rid: "0f".repeat(16),
+            seq: crate::record::record_seq(5, 7),
+            deleted: false,
+            tokens: [
+                ("names_dob".to_string(), format!("3:{}", "cd".repeat(16))),
+                ("family_dob".to_string(), format!("3:{}", "e1".repeat(16))),
+            ]
+            .into(),
+            fields: [
+                ("age".to_string(), json!(34)),
+                ("arrest_date".to_string(), json!("2024-02-29")),
+                ("sex".to_string(), json!("f")),
+            ]
+            .into(),
+        };
+        let mut t = a.clone();
+        (t.line, t.seq, t.deleted, t.rid) = (9, crate::record::record_seq(5, 9), true, "a0".repeat(16));
+        t.tokens.clear();
+        t.fields.clear();
+        Batch { source: "police".into(), batch_id: "b-1".into(), records: vec![a, t] }
+    }
+
+    /// [`two_of_an_export`] as version 1 wrote it (bytes kept from that release).
+    const V1_BATCH: &str = "445642000106706f6c69636503622d31080661727265737406706f6c6963650a66616d696c795f646f62096e616d65735f646f62036167650b6172726573745f64617465037365780166020001070387808080500f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f000202e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e103cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd0304034405048cb502060507000109038980808050a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0010000";
+    /// Its first record without the `family_dob` token, as version 1 wrote a records section.
+    const V1_SECTION: &str = "4456520001070661727265737406706f6c696365096e616d65735f646f62036167650b6172726573745f64617465037365780166010001070387808080500f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f000102cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd0303034404048cb502050506";
+
+    #[test]
+    fn batches_and_outbox_sections_of_version_1_still_decode() {
+        let want = two_of_an_export();
+        let v1 = crate::hex::decode(V1_BATCH).unwrap();
+        assert_eq!(decode(&v1).unwrap(), want);
+        // Re-encoded, it is version 2. The batch's lists of schemes and
+        // fields cost 3 + 4 bytes and the first record's version 1 more
+        // (zigzagged from 0); its token and field sets save 2 + 3 bytes. The
+        // second record's version, 2 after the first, takes 1 byte instead
+        // of 5, and it does not repeat the kind, source and epoch (3).
+        let v2 = encode_batch(&want).unwrap();
+        assert_eq!(v2[MAGIC.len()], VERSION);
+        assert_eq!(decode(&v2).unwrap(), want);
+        assert_eq!(v1.len() - v2.len(), 4, "{} → {} bytes", v1.len(), v2.len());
+        // A version 1 section from an outbox goes out as a version 1 batch.
+        let section = crate::hex::decode(V1_SECTION).unwrap();
+        let mut first = want.records[0].clone();
+        first.tokens.remove("family_dob");
+        assert_eq!(decode_section(&section).unwrap().to_batch().records, vec![first.clone()]);
+        let sent = batch_from_section("police", "b-1", &section).unwrap();
+        assert_eq!(sent[MAGIC.len()], OLDEST_VERSION);
+        assert_eq!(decode(&sent).unwrap().records, vec![first]);
+    }
+
+    #[test]
+    fn a_token_set_or_scheme_list_out_of_form_is_refused() {
+        let b = two_of_an_export();
+        let good = encode_batch(&b).unwrap();
+        // The table ends with the source and the value "f"; the schemes
+        // follow: two, family_dob and names_dob, declared first (positions 0 and 1).
+        let schemes = good.windows(9).position(|w| w == b"\x06police\x01f").unwrap() + 9;
+        assert_eq!(good[schemes..schemes + 3], [2, 0, 1]);
+        let mut swapped = good.clone();
+        swapped[schemes + 1..schemes + 3].copy_from_slice(&[1, 0]);
+        assert!(decode(&swapped).unwrap_err().to_string().contains("schemes are not in ascending order"));
+        // The first record's token set follows its 16-byte rid.
+        let rid = good.windows(16).position(|w| w == [0x0f; 16]).unwrap();
+        let set = rid + 16;
+        assert_eq!(good[set], 0b11);
+        let mut past = good.clone();
+        past[set] = 0b111;
+        assert!(decode(&past).unwrap_err().to_string().contains("past the batch's schemes"));
+        let mut fewer = good.clone();
+        fewer[set] = 0b10;
+        assert!(decode(&fewer).is_err(), "a token left over is read as the next part and fails");
     }
 
     fn name() -> impl Strategy<Value = String> {
