@@ -257,6 +257,72 @@ fn rid_key_of(epoch: u32, source: &str, kind: &str, rid: &[u8]) -> Vec<u8> {
     k
 }
 
+/// A record's key in the in-memory index: what its `i` key ([`rid_key`])
+/// says, in 24 bytes and no allocation — the epoch, the (source, kind) pair
+/// as the number [`Scopes`] gives it, and the rid's 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct RidKey {
+    epoch: u32,
+    scope: u32,
+    rid: [u8; 16],
+}
+
+/// The 16 bytes of an admitted rid (32 hex digits). A rid of another form
+/// is never admitted (the door checks it); for totality it is the first 16
+/// bytes of the SHA-256 of its text.
+fn rid16(rid: &str) -> [u8; 16] {
+    crate::hex::decode_array::<16>(rid).unwrap_or_else(|| {
+        let d = ring::digest::digest(&ring::digest::SHA256, rid.as_bytes());
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&d.as_ref()[..16]);
+        b
+    })
+}
+
+/// Numbers for the (source, kind) pairs of [`RidKey`]s, given in order of
+/// first use; in memory only (the index is rebuilt at open).
+#[derive(Default)]
+struct Scopes(std::sync::Mutex<ScopeNumbers>);
+
+/// Per source, per kind: the pair's number.
+type ScopeNumbers = std::collections::HashMap<Box<str>, std::collections::HashMap<Box<str>, u32>>;
+
+impl Scopes {
+    fn of(&self, source: &str, kind: &str) -> u32 {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let next = all.values().map(|k| k.len() as u32).sum::<u32>();
+        let kinds = match all.get_mut(source) {
+            Some(k) => k,
+            None => all.entry(source.into()).or_default(),
+        };
+        match kinds.get(kind) {
+            Some(&n) => n,
+            None => {
+                kinds.insert(kind.into(), next);
+                next
+            }
+        }
+    }
+
+    fn key(&self, epoch: u32, source: &str, kind: &str, rid: &str) -> RidKey {
+        RidKey { epoch, scope: self.of(source, kind), rid: rid16(rid) }
+    }
+
+    /// The index key of an `i` key ([`rid_key`]); `None` when it is not one.
+    fn key_of_stored(&self, k: &[u8]) -> Option<RidKey> {
+        let epoch = u32::from_be_bytes(k.get(1..5)?.try_into().ok()?);
+        let mut parts = k.get(5..)?.splitn(3, |&b| b == 0);
+        let source = std::str::from_utf8(parts.next()?).ok()?;
+        let kind = std::str::from_utf8(parts.next()?).ok()?;
+        let rid = parts.next()?;
+        let rid = match <[u8; 16]>::try_from(rid) {
+            Ok(b) => b,
+            Err(_) => rid16(std::str::from_utf8(rid).ok()?),
+        };
+        Some(RidKey { epoch, scope: self.of(source, kind), rid })
+    }
+}
+
 fn versions_key(source: &str, kind: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + source.len() + kind.len());
     k.push(P_VERSIONS);
@@ -434,7 +500,9 @@ pub struct Store {
     /// raised by an unchanged re-send — never one per new record, which
     /// would double the store's size and halve the exchange rate.
     /// Changed on the writer thread only, after the write it mirrors.
-    index: Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, Held>>>,
+    index: Arc<std::sync::Mutex<std::collections::HashMap<RidKey, Held>>>,
+    /// The numbers of the (source, kind) pairs in `index`'s keys.
+    scopes: Arc<Scopes>,
 }
 
 fn batch_key(prefix: u8, source: &str, batch_id: &str) -> Vec<u8> {
@@ -601,12 +669,11 @@ fn rewrite_batch(
 fn cut_records(
     tree: &sled::Tree,
     write: &mut WriteBatch,
-    source: &str,
-    batch_id: &str,
-    epoch: u32,
-    gone: &std::collections::HashSet<Vec<u8>>,
+    (source, batch_id, epoch): (&str, &str, u32),
+    scopes: &Scopes,
+    gone: &std::collections::HashSet<RidKey>,
 ) -> sled::Result<u64> {
-    rewrite_batch(tree, write, source, batch_id, |_, r| gone.contains(&rid_key(epoch, source, &r.kind, &r.rid)))
+    rewrite_batch(tree, write, source, batch_id, |_, r| gone.contains(&scopes.key(epoch, source, &r.kind, &r.rid)))
         .map(|(_, n)| n)
         .map_err(|e| match e {
             StoreError::Sled(e) => e,
@@ -620,8 +687,11 @@ struct Entry {
     kind: usize,
     seq: u64,
     deleted: bool,
-    /// Its `i` key (see [`rid_key`]).
-    key: Vec<u8>,
+    /// Its index key.
+    key: RidKey,
+    /// Its rid's text when that is not 32 hex digits (never admitted; its `i`
+    /// key holds the text, see [`rid_key`]).
+    odd_rid: Option<Box<str>>,
     /// Its [`content_hash`] (zero for a tombstone).
     hash: [u8; 16],
 }
@@ -685,7 +755,7 @@ impl Store {
         let durable = Arc::new(Durable::open(path, 256 * 1024 * 1024).map_err(open_err)?);
         let db = durable.db().clone();
         let tree = db.open_tree(TREE).map_err(open_err)?;
-        let store = Store { durable, db, tree, index: Arc::default() };
+        let store = Store { durable, db, tree, index: Arc::default(), scopes: Arc::default() };
         store.migrate_v1()?;
         store.build_rid_index()?;
         store.load_index()?;
@@ -718,7 +788,8 @@ impl Store {
                 kind: kind_position(&mut kinds, &r.kind),
                 seq: r.seq,
                 deleted: r.deleted,
-                key: rid_key(epoch, source, &r.kind, &r.rid),
+                key: self.scopes.key(epoch, source, &r.kind, &r.rid),
+                odd_rid: crate::hex::decode_array::<16>(&r.rid).is_none().then(|| r.rid.as_str().into()),
                 hash: if r.deleted { [0; 16] } else { content_hash(r) },
             })
             .collect();
@@ -742,17 +813,25 @@ impl Store {
         view: &BatchView<'_>,
         body: &hyper::body::Bytes,
     ) -> Result<Put, StoreError> {
-        let mut kinds = Vec::new();
+        let mut kinds: Vec<String> = Vec::new();
+        let mut scopes: Vec<u32> = Vec::new();
         let mut buf = Vec::with_capacity(1024);
         let entries = view
             .records
             .iter()
-            .map(|r| Entry {
-                kind: kind_position(&mut kinds, r.kind),
-                seq: r.seq,
-                deleted: r.deleted,
-                key: rid_key_bytes(epoch, source, r.kind, &r.rid),
-                hash: if r.deleted { [0; 16] } else { content_hash_view(view, r, &mut buf) },
+            .map(|r| {
+                let kind = kind_position(&mut kinds, r.kind);
+                if scopes.len() < kinds.len() {
+                    scopes.push(self.scopes.of(source, r.kind));
+                }
+                Entry {
+                    kind,
+                    seq: r.seq,
+                    deleted: r.deleted,
+                    key: RidKey { epoch, scope: scopes[kind], rid: r.rid },
+                    odd_rid: None,
+                    hash: if r.deleted { [0; 16] } else { content_hash_view(view, r, &mut buf) },
+                }
             })
             .collect();
         let kept = Kept::View(body.clone());
@@ -783,19 +862,19 @@ impl Store {
         let mut write = WriteBatch::default();
         let n_chunks = put_chunks(&mut write, &chunk_prefix, body, 0);
         // Within the batch, the newest version of a rid (the later one on a tie).
-        let mut winner: std::collections::HashMap<&[u8], usize> =
+        let mut winner: std::collections::HashMap<RidKey, usize> =
             std::collections::HashMap::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
-            let w = winner.entry(e.key.as_slice()).or_insert(i);
+            let w = winner.entry(e.key).or_insert(i);
             if e.seq >= entries[*w].seq {
                 *w = i;
             }
         }
-        let wins: Vec<bool> =
-            entries.iter().enumerate().map(|(i, e)| winner.get(e.key.as_slice()) == Some(&i)).collect();
+        let wins: Vec<bool> = entries.iter().enumerate().map(|(i, e)| winner.get(&e.key) == Some(&i)).collect();
         drop(winner);
         let tree = self.tree.clone();
         let index = self.index.clone();
+        let scopes = self.scopes.clone();
         let ckey = count_key(source, epoch);
         let bytes = body.len() as u64;
         let (source, batch_id) = (source.to_string(), batch_id.to_string());
@@ -811,12 +890,12 @@ impl Store {
             let this_batch: Arc<[u8]> = batch_id.as_bytes().into();
             let no_batch: Arc<[u8]> = Arc::from(&[][..]);
             // What the index becomes once the write is applied.
-            let mut changes: Vec<(Vec<u8>, Held)> = Vec::with_capacity(n);
+            let mut changes: Vec<(RidKey, Held)> = Vec::with_capacity(n);
             let mut keep = vec![false; n];
             let mut link = vec![false; n];
             let mut per_kind = vec![Versions::default(); kinds.len()];
             // Held batch id → index keys of the versions to cut out of it.
-            let mut cut: BTreeMap<Vec<u8>, std::collections::HashSet<Vec<u8>>> = BTreeMap::new();
+            let mut cut: BTreeMap<Vec<u8>, std::collections::HashSet<RidKey>> = BTreeMap::new();
             for (i, e) in entries.into_iter().enumerate() {
                 let Some(v) = per_kind.get_mut(e.kind) else { continue };
                 if !wins[i] {
@@ -824,6 +903,8 @@ impl Store {
                     continue;
                 }
                 let key = e.key;
+                let kind = kinds.get(e.kind).map_or("", String::as_str);
+                let rid: &[u8] = e.odd_rid.as_deref().map_or(&e.key.rid[..], str::as_bytes);
                 let me = Held {
                     seq: e.seq,
                     hash: e.hash,
@@ -832,9 +913,9 @@ impl Store {
                 };
                 let held = index.get(&key).cloned();
                 // `persist`: kept in an `i` entry too (tombstones, raised versions); else in memory only.
-                let mut set = |key: Vec<u8>, held: Held, persist: bool| {
+                let mut set = |key: RidKey, held: Held, persist: bool| {
                     if persist {
-                        write.insert(&key, held.encode());
+                        write.insert(rid_key_of(epoch, &source, kind, rid), held.encode());
                     }
                     changes.push((key, held));
                 };
@@ -867,7 +948,7 @@ impl Store {
                                 keep[i] = true;
                             }
                             link[i] = true;
-                            cut.entry(h.batch_id.to_vec()).or_default().insert(key.clone());
+                            cut.entry(h.batch_id.to_vec()).or_default().insert(key);
                             set(key, me, e.deleted);
                         }
                         (false, false) => {
@@ -885,7 +966,7 @@ impl Store {
             let mut counts = tree.get(&ckey)?.and_then(|v| SourceCounts::decode(&v)).unwrap_or_default();
             for (held_id, gone) in &cut {
                 let held_id = String::from_utf8_lossy(held_id).into_owned();
-                let removed = cut_records(&tree, &mut write, &source, &held_id, epoch, gone)?;
+                let removed = cut_records(&tree, &mut write, (&source, &held_id, epoch), &scopes, gone)?;
                 counts.records = counts.records.saturating_sub(removed);
             }
             let kept = keep.iter().filter(|k| **k).count() as u64;
@@ -932,7 +1013,7 @@ impl Store {
             let b = b?;
             let id: Arc<[u8]> = b.batch_id.as_bytes().into();
             for r in &b.records {
-                let key = rid_key(b.header.epoch, &b.source, &r.kind, &r.rid);
+                let key = self.scopes.key(b.header.epoch, &b.source, &r.kind, &r.rid);
                 let held = Held { seq: r.seq, hash: content_hash(r), live: true, batch_id: id.clone() };
                 index.insert(key, held);
             }
@@ -940,7 +1021,8 @@ impl Store {
         for kv in self.tree.scan_prefix([P_RID]) {
             let (k, v) = kv?;
             let Some(entry) = Held::decode(&v) else { continue };
-            match index.get_mut(k.as_ref()) {
+            let Some(k) = self.scopes.key_of_stored(&k) else { continue };
+            match index.get_mut(&k) {
                 Some(h) if entry.seq > h.seq => {
                     if entry.live {
                         h.seq = entry.seq;
@@ -950,7 +1032,7 @@ impl Store {
                 }
                 Some(_) => {}
                 None if !entry.live => {
-                    index.insert(k.to_vec(), entry);
+                    index.insert(k, entry);
                 }
                 None => {}
             }
@@ -1196,9 +1278,7 @@ impl Store {
             self.durable.apply(&self.tree, batch)?;
             removed += keys.len() as u64;
         }
-        self.index.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| {
-            k.get(1..5).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes).map_or(true, |e| e >= epoch)
-        });
+        self.index.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| k.epoch >= epoch);
         // The versions held under a retired epoch (its rids are keyed under its key), a few thousand per write.
         let mut old_rids = Vec::new();
         for k in self.tree.scan_prefix([P_RID]).keys() {
@@ -1390,6 +1470,30 @@ mod tests {
                 rid_key(epoch, "police", "arrest", &r.rid)
             );
         }
+    }
+
+    #[test]
+    fn an_index_key_is_what_its_stored_key_says() {
+        let scopes = Scopes::default();
+        for (source, kind, rid) in [
+            ("police", "arrest", "ab".repeat(16)),
+            ("jail", "arrest", "0f".repeat(16)),
+            ("police", "referral", "x-1".into()),
+        ] {
+            let key = scopes.key(7, source, kind, &rid);
+            assert_eq!(scopes.key_of_stored(&rid_key(7, source, kind, &rid)), Some(key));
+            assert_ne!(scopes.key(8, source, kind, &rid), key);
+        }
+        // One number per (source, kind) pair, whatever the order they come in.
+        let police_arrest = scopes.of("police", "arrest");
+        assert_eq!(scopes.of("police", "arrest"), police_arrest);
+        let numbers: std::collections::HashSet<u32> =
+            [("police", "arrest"), ("jail", "arrest"), ("police", "referral"), ("jail", "referral")]
+                .into_iter()
+                .map(|(s, k)| scopes.of(s, k))
+                .collect();
+        assert_eq!(numbers.len(), 4);
+        assert_eq!(scopes.key_of_stored(b"i\0\0"), None);
     }
 
     #[test]
