@@ -45,6 +45,8 @@ impl<'a> BinaryPlan<'a> {
         let source_at = t.intern(source);
         let mut schemes: Vec<(&str, usize)> = schema.schemes.iter().enumerate().map(|(i, s)| (&*s.name, i)).collect();
         schemes.sort();
+        // One plan entry per declared scheme (names are distinct: the schema checks it).
+        schemes.dedup_by(|a, b| a.0 == b.0);
         t.declare_schemes(schemes.iter().map(|&(name, _)| name));
         let schemes = schemes.into_iter().map(|(_, i)| i).collect();
         let mut fields: Vec<(&str, Slot)> = vec![("age", Slot::Age)];

@@ -268,11 +268,21 @@ struct RidKey {
 }
 
 /// The 16 bytes of an admitted rid (32 hex digits). A rid of another form
-/// is never admitted (the door checks it); for totality it is the first 16
-/// bytes of the SHA-256 of its text.
+/// is never admitted (the door checks it); for totality it is what its `i`
+/// key holds ([`rid_key`]): its text when that is 16 bytes long (as
+/// ambiguous as the `i` key is), else the first 16 bytes of the SHA-256 of
+/// its text — so [`Scopes::key_of_stored`] gives the same key.
 fn rid16(rid: &str) -> [u8; 16] {
-    crate::hex::decode_array::<16>(rid).unwrap_or_else(|| {
-        let d = ring::digest::digest(&ring::digest::SHA256, rid.as_bytes());
+    match crate::hex::decode_array::<16>(rid) {
+        Some(b) => b,
+        None => odd_rid16(rid.as_bytes()),
+    }
+}
+
+/// [`rid16`] of a rid that is not 32 hex digits, from the bytes its `i` key holds.
+fn odd_rid16(text: &[u8]) -> [u8; 16] {
+    <[u8; 16]>::try_from(text).unwrap_or_else(|_| {
+        let d = ring::digest::digest(&ring::digest::SHA256, text);
         let mut b = [0u8; 16];
         b.copy_from_slice(&d.as_ref()[..16]);
         b
@@ -284,22 +294,28 @@ fn rid16(rid: &str) -> [u8; 16] {
 #[derive(Default)]
 struct Scopes(std::sync::Mutex<ScopeNumbers>);
 
-/// Per source, per kind: the pair's number.
-type ScopeNumbers = std::collections::HashMap<Box<str>, std::collections::HashMap<Box<str>, u32>>;
+/// Per source, per kind: the pair's number; and the next number to give.
+#[derive(Default)]
+struct ScopeNumbers {
+    of: std::collections::HashMap<Box<str>, std::collections::HashMap<Box<str>, u32>>,
+    next: u32,
+}
 
 impl Scopes {
     fn of(&self, source: &str, kind: &str) -> u32 {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let next = all.values().map(|k| k.len() as u32).sum::<u32>();
-        let kinds = match all.get_mut(source) {
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let ScopeNumbers { of, next } = &mut *guard;
+        let kinds = match of.get_mut(source) {
             Some(k) => k,
-            None => all.entry(source.into()).or_default(),
+            None => of.entry(source.into()).or_default(),
         };
         match kinds.get(kind) {
             Some(&n) => n,
             None => {
-                kinds.insert(kind.into(), next);
-                next
+                let n = *next;
+                *next += 1;
+                kinds.insert(kind.into(), n);
+                n
             }
         }
     }
@@ -314,11 +330,7 @@ impl Scopes {
         let mut parts = k.get(5..)?.splitn(3, |&b| b == 0);
         let source = std::str::from_utf8(parts.next()?).ok()?;
         let kind = std::str::from_utf8(parts.next()?).ok()?;
-        let rid = parts.next()?;
-        let rid = match <[u8; 16]>::try_from(rid) {
-            Ok(b) => b,
-            Err(_) => rid16(std::str::from_utf8(rid).ok()?),
-        };
+        let rid = odd_rid16(parts.next()?);
         Some(RidKey { epoch, scope: self.of(source, kind), rid })
     }
 }
@@ -1477,8 +1489,10 @@ mod tests {
         let scopes = Scopes::default();
         for (source, kind, rid) in [
             ("police", "arrest", "ab".repeat(16)),
-            ("jail", "arrest", "0f".repeat(16)),
+            ("jail", "arrest", "0F".repeat(16)),
             ("police", "referral", "x-1".into()),
+            // Never admitted, and as ambiguous as its `i` key: 16 bytes of text.
+            ("police", "referral", "rid-000000000042".into()),
         ] {
             let key = scopes.key(7, source, kind, &rid);
             assert_eq!(scopes.key_of_stored(&rid_key(7, source, kind, &rid)), Some(key));

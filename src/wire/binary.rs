@@ -13,44 +13,49 @@
 //! A *string* is a varint byte length and that many bytes of UTF-8.
 //!
 //! ```text
-//! batch   = magic "DVB" 0x00 | version 0x02 | source: string | batch_id: string
-//!           | table count: varint | table strings: string*
+//! batch   = magic "DVB" 0x00 | version 0x02 | source: string | batch_id: string | tail
+//! section = magic "DVR" 0x00 | version 0x02 | tail
+//! tail    = table count: varint | table strings: string*
 //!           | scheme count: varint | scheme: index*
+//!           | field count: varint | field name: index*
 //!           | record count: varint | record*
-//! record  = kind: index | source: index | line: step | epoch: varint | seq: step
-//!           | rid: 16 bytes | flags: byte (bit 0: deleted; other bits 0)
+//! record  = flags: byte (bit 0: deleted; bit 1: shares the record before's
+//!           kind, source and epoch, never on the first record; other bits 0)
+//!           | kind: index | source: index | epoch: varint   (left out when bit 1 is set)
+//!           | line: step | seq: step | rid: 16 bytes
 //!           | token set: ceil(scheme count / 8) bytes | token: 16 bytes, one per bit set
-//!           | field count: varint | (name: index | value)*
-//! step    = zigzag varint of the change from the previous record's number
+//!           | field set: ceil(field count / 8) bytes | value, one per bit set
+//! step    = zigzag varint of the change from the record before's number
 //!           (from 0 for the first record), taken modulo 2^64
 //! value   = 0x00 null | 0x01 false | 0x02 true | 0x03 integer: zigzag varint (i64)
 //!         | 0x04 date: zigzag varint, days since 1970-01-01, written YYYY-MM-DD (years 0000-9999)
 //!         | 0x05 string: index | 0x06 string: string (inline)
 //! index   = varint position in the batch's string table
-//! section = magic "DVR" 0x00 | version 0x02
-//!           | table count: varint | table strings: string*
-//!           | scheme count: varint | scheme: index*
-//!           | record count: varint | record*
 //! ```
 //!
-//! The *schemes* are the token schemes of the batch, in strictly ascending
-//! name order. Bit `i` of a record's token set (bit `i % 8` of its byte
-//! `i / 8`) says the record has a token of scheme `i`; its tokens follow in
-//! the schemes' order, and bits past the scheme count are 0. A writer lists
-//! the schemes its records use ([`encode`] lists exactly those). Lines and
+//! The *schemes* and the *field names* are the token schemes and fields
+//! of the batch, each list in strictly ascending name order. Bit `i` of a
+//! record's token set (bit `i % 8` of its byte `i / 8`) says the record has
+//! a token of scheme `i`; its tokens follow in the schemes' order. The
+//! field set and the values are read the same way against the field
+//! names. Bits past a list's count are 0. A writer lists the schemes and
+//! fields its records use ([`encode`] lists exactly those). Lines and
 //! versions rise by one from record to record of an export, so each takes
 //! a byte where it took three and five.
 //!
 //! Version 1 (written before this release, still read: a source's outbox
-//! and the steward's store may hold it) has no scheme list, and a record
-//! spells its numbers and tokens out:
+//! and the steward's store may hold it) has no lists; a record names each
+//! token's scheme and each field, and spells its numbers out:
 //!
 //! ```text
+//! tail    = table count: varint | table strings: string* | record count: varint | record*
 //! record  = kind: index | source: index | line: varint | epoch: varint | seq: varint
-//!           | rid: 16 bytes | flags: byte
+//!           | rid: 16 bytes | flags: byte (bit 0: deleted; other bits 0)
 //!           | token count: varint | (scheme: index | token: 16 bytes)*
 //!           | field count: varint | (name: index | value)*
 //! ```
+//!
+//! Tokens and fields of a version 1 record are in strictly ascending name order.
 //!
 //! A *records section* is a batch without its source and batch id: what a
 //! source's outbox keeps (written once, at ingest, by
