@@ -70,7 +70,7 @@ impl Identity {
 /// Empty `s` and zero its whole buffer, the bytes past its length too (a
 /// normalizer may have written there and truncated): one fill over the
 /// allocation, where `String::zeroize` makes two.
-fn wipe(s: &mut String) {
+pub(crate) fn wipe(s: &mut String) {
     let mut bytes = std::mem::take(s).into_bytes();
     bytes.clear();
     bytes.spare_capacity_mut().zeroize();

@@ -637,12 +637,15 @@ impl<'a> Cell<'a> {
 /// by `sep` into `buf`: a cell of the whole (`Absent` when every piece is
 /// empty; the first bad piece when one is not text).
 fn join_cells<'b, 'c>(
-    pieces: impl Iterator<Item = Cell<'c>>,
+    pieces: impl Iterator<Item = Cell<'c>> + Clone,
     sep: char,
     buf: &'b mut zeroize::Zeroizing<String>,
 ) -> Cell<'b> {
     use zeroize::Zeroize;
     buf.zeroize();
+    // Room for the whole before the first piece: the value is never moved.
+    let room = pieces.clone().map(|c| if let Cell::Text(s) = c { s.len() + sep.len_utf8() } else { 0 }).sum::<usize>();
+    buf.reserve(room);
     for cell in pieces {
         match cell {
             Cell::Absent => {}

@@ -143,6 +143,14 @@ impl Tokenizer {
                 if nick {
                     value = scratch.nick.get(field).copied().flatten().unwrap_or(value);
                 }
+                // A transform's result is at most its input and a Soundex
+                // code: with that room the buffer never moves, and what it
+                // held (an earlier record's part) is wiped before it grows.
+                let room = value.len() + 4;
+                if buf.capacity() < room {
+                    crate::identity::wipe(buf);
+                    buf.reserve(room);
+                }
                 apply(t, value, buf);
             }
         }
@@ -173,7 +181,11 @@ impl Tokenizer {
         }
         // Unambiguous: every part is length-prefixed, so ("ab","c") ≠ ("a","bc").
         // One buffer and one HMAC update: the hot path of pseudonymization.
+        // Zero from its last use (below): growing it moves no value.
         message.clear();
+        let parts =
+            order.iter().map(|&s| values[s].len()).sum::<usize>() + if plan.per_source { source.len() } else { 0 };
+        message.reserve(parts + 4 * (order.len() + 1));
         for &spec in order.iter() {
             put_part(message, &values[spec]);
         }
@@ -188,7 +200,8 @@ impl Tokenizer {
     /// The keyed hash of an agency's record id, so re-sends of one record are
     /// recognised by the steward without the id itself leaving the agency.
     pub fn record_id(&self, source: &str, kind: &str, record_id: &str) -> Token {
-        let mut msg = Vec::with_capacity(source.len() + kind.len() + record_id.len() + 12);
+        // The agency's own id: wiped when dropped, never moved (room for all of it).
+        let mut msg = zeroize::Zeroizing::new(Vec::with_capacity(source.len() + kind.len() + record_id.len() + 12));
         for part in [source, kind, record_id] {
             put_part(&mut msg, part);
         }

@@ -129,11 +129,13 @@ fn push_word(out: &mut String, w: &str) {
 /// Cour t` → `elmcourt` → `elmct`), and the second pass gives it the form
 /// it would have had typed whole, so the result is a fixed point.
 pub(crate) fn address(s: &[u8], out: &mut String) {
-    use zeroize::Zeroize;
-    let mut first = String::new();
+    // Room for the first pass's whole output (see `normalize::room`): the
+    // value is never moved, and is wiped when dropped.
+    let mut first = zeroize::Zeroizing::new(String::with_capacity(2 * s.len() + 16));
+    let cap = first.capacity();
     address_pass(s, &mut first);
+    debug_assert_eq!(first.capacity(), cap, "an address pass outgrew its room");
     address_pass(first.as_bytes(), out);
-    first.zeroize();
 }
 
 fn address_pass(s: &[u8], out: &mut String) {

@@ -43,6 +43,19 @@ pub use phonetic::soundex;
 /// Longest accepted input, in bytes.
 pub const MAX_INPUT: usize = 256;
 
+/// Bytes that hold the normalized form of `raw`, and every value on the way
+/// to it. [`normalize`] gives `out` this much room before it writes, so a
+/// value is never moved to a larger buffer, which would free the old one
+/// with the value's bytes in it (the caller wipes `out`; see
+/// `Identity::slot`). Folding makes at most 18 ASCII bytes of one
+/// character of at least 3 bytes (`U+FDFA`), 6 per input byte; a rule at
+/// most doubles its input (an address separates numbers) and adds a
+/// nickname or a date's dashes.
+pub fn room(raw: &str) -> usize {
+    let folded = if raw.is_ascii() { raw.len() } else { 6 * raw.len() };
+    2 * folded + 16
+}
+
 /// How an identity field is normalized. Deserialized from schema TOML as snake_case:
 /// "given_name", "family_name", "date", "sex", "id", "address", "postal_code", "place".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
@@ -138,6 +151,8 @@ pub fn normalize(kind: NormKind, raw: &str, out: &mut String) -> Result<(), Norm
     if raw.len() > MAX_INPUT {
         return Err(NormError::TooLong);
     }
+    // Empty now: growing it moves no byte of a value.
+    out.reserve(room(raw));
     let rule: fn(&[u8], &mut String) = match kind {
         NormKind::Date => return finish(date(raw, out), out),
         NormKind::Sex => return finish(sex(raw, out), out),
@@ -151,8 +166,11 @@ pub fn normalize(kind: NormKind, raw: &str, out: &mut String) -> Result<(), Norm
     if raw.is_ascii() {
         rule(raw.as_bytes(), out);
     } else {
-        let mut folded = String::with_capacity(raw.len() + 16);
+        // A folded identity value: wiped when dropped, never moved (see [`room`]).
+        let mut folded = zeroize::Zeroizing::new(String::with_capacity(6 * raw.len()));
+        let cap = folded.capacity();
         fold::fold_into(raw, &mut folded);
+        debug_assert_eq!(folded.capacity(), cap, "folding outgrew its room");
         rule(folded.as_bytes(), out);
     }
     if out.is_empty() {

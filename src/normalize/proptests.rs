@@ -209,8 +209,35 @@ fn render_date(d: Date, fmt: usize, pad: bool, time: usize) -> String {
     format!("{date}{}", TIMES[time % TIMES.len()])
 }
 
+/// Input of any characters, the widest-folding ones among them (`U+FDFA`
+/// folds to 18 bytes, `ﬃ` to 3), up to the longest accepted.
+fn any_input() -> impl Strategy<Value = String> {
+    prop_oneof![
+        ".{0,85}",
+        prop::collection::vec(select(vec!["\u{FDFA}", "ﬃ", "ß", "Ⅷ", "1", " ", "St", "-", "㎏"]), 0..85)
+            .prop_map(|v| v.concat()),
+        // Values that come out longer than they went in: a date's dashes, a nickname's full name.
+        select(vec!["1/2/1985", "19850102", "1985-1-2", "al", "Al", "bo", "jim", "Ⅷ/2/1985"]).prop_map(String::from),
+    ]
+    .prop_filter("at most MAX_INPUT bytes", |s| s.len() <= super::MAX_INPUT)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Every normalized value fits the room `normalize` gives it first, so
+    /// the buffer holding it is never moved (and the old one freed with the
+    /// value in it); the folded and the first-pass address buffers inside
+    /// check the same of themselves (debug assertions).
+    #[test]
+    fn a_value_never_outgrows_its_room(raw in any_input()) {
+        for kind in NormKind::ALL {
+            let mut out = String::with_capacity(super::room(&raw));
+            let cap = out.capacity();
+            let _ = normalize(kind, &raw, &mut out);
+            prop_assert_eq!(out.capacity(), cap, "{:?}, {} bytes in, {} out", kind, raw.len(), out.len());
+        }
+    }
 
     /// (1) Variants of one given name — any member of its nickname group,
     /// with case, accents, apostrophes/hyphens, titles, suffixes, middle
