@@ -1855,6 +1855,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_stored_in_version_1_of_the_binary_form_is_read_and_deduplicated_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let v1 = crate::hex::decode(binary::V1_BATCH).unwrap();
+        let sent = binary::decode(&v1).unwrap();
+        assert_eq!(v1[binary::MAGIC.len()], binary::OLDEST_VERSION);
+        {
+            let store = Store::open(&path).unwrap();
+            let (put, _) = store.put_batch("police", "b-1", 3, sent.records.clone(), &v1, BatchFormat::Binary).unwrap();
+            assert_eq!(
+                put.outcome,
+                PutOutcome::Stored(1),
+                "the record; the tombstone of an unseen rid is kept as an i entry"
+            );
+            store.flush().await.unwrap();
+        }
+        // As a store of the previous release holds it: its chunks in version 1.
+        let store = reopen(&path);
+        let held: Vec<PseudoRecord> = store.records().map(|r| r.unwrap()).collect();
+        assert_eq!(held, vec![sent.records[0].clone()]);
+        // The same records again, as this release sends them (version 2): nothing changes.
+        let again = Batch { batch_id: "b-2".into(), ..sent.clone() };
+        let v2 = binary::encode_batch(&again).unwrap();
+        assert_eq!(v2[binary::MAGIC.len()], binary::VERSION);
+        let (put, _) = store.put_batch("police", "b-2", 3, again.records.clone(), &v2, BatchFormat::Binary).unwrap();
+        assert_eq!(put.outcome, PutOutcome::Stored(0));
+        assert_eq!(put.versions["arrest"].unchanged, 1);
+        assert_eq!(store.records().count(), 1);
+    }
+
+    #[tokio::test]
     async fn a_version_raised_by_an_unchanged_resend_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");

@@ -1274,6 +1274,12 @@ fn record_v1<'a>(
     })
 }
 
+/// Two records of one export (the tests' `two_of_an_export`: a record with
+/// two tokens and three fields, then a tombstone) as version 1 wrote them:
+/// bytes kept from that release, for the tests of the upgrade path.
+#[cfg(test)]
+pub(crate) const V1_BATCH: &str = "445642000106706f6c69636503622d31080661727265737406706f6c6963650a66616d696c795f646f62096e616d65735f646f62036167650b6172726573745f64617465037365780166020001070387808080500f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f000202e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e103cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd0304034405048cb502060507000109038980808050a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0010000";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1461,8 +1467,6 @@ mod tests {
         Batch { source: "police".into(), batch_id: "b-1".into(), records: vec![a, t] }
     }
 
-    /// [`two_of_an_export`] as version 1 wrote it (bytes kept from that release).
-    const V1_BATCH: &str = "445642000106706f6c69636503622d31080661727265737406706f6c6963650a66616d696c795f646f62096e616d65735f646f62036167650b6172726573745f64617465037365780166020001070387808080500f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f000202e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e103cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd0304034405048cb502060507000109038980808050a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0010000";
     /// Its first record without the `family_dob` token, as version 1 wrote a records section.
     const V1_SECTION: &str = "4456520001070661727265737406706f6c696365096e616d65735f646f62036167650b6172726573745f64617465037365780166010001070387808080500f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f000102cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd0303034404048cb502050506";
 
