@@ -34,6 +34,8 @@ pub struct Tokenizer {
     schemes: Vec<SchemePlan>,
     /// Identity fields some scheme nickname-maps (family names in an unordered name group).
     nick_fields: Vec<usize>,
+    /// The most parts any scheme has (its message's room, with the source's name).
+    most_parts: usize,
 }
 
 struct SchemePlan {
@@ -63,7 +65,7 @@ pub struct Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         use zeroize::Zeroize;
-        self.values.iter_mut().for_each(|s| s.zeroize());
+        self.values.iter_mut().for_each(crate::identity::wipe);
         self.message.zeroize();
     }
 }
@@ -110,6 +112,7 @@ impl Tokenizer {
         nick_fields.sort_unstable();
         nick_fields.dedup();
         Ok(Tokenizer {
+            most_parts: schemes.iter().map(|p| p.parts.len()).max().unwrap_or(0),
             epoch: key.epoch(),
             nick_fields,
             keys,
@@ -154,6 +157,12 @@ impl Tokenizer {
                 apply(t, value, buf);
             }
         }
+        // Room for any scheme's message, reserved while it is empty and zero
+        // (it is zeroed after each use): growing it moves no value.
+        let longest = scratch.values.iter().map(String::len).max().unwrap_or(0);
+        let most = self.most_parts * (4 + longest) + 4 + source.len();
+        scratch.message.clear();
+        scratch.message.reserve(most);
         for (plan, key) in self.schemes.iter().zip(&self.keys) {
             out.push(Self::scheme_token(plan, key, source, scratch));
         }
@@ -181,11 +190,8 @@ impl Tokenizer {
         }
         // Unambiguous: every part is length-prefixed, so ("ab","c") ≠ ("a","bc").
         // One buffer and one HMAC update: the hot path of pseudonymization.
-        // Zero from its last use (below): growing it moves no value.
+        // Within the room `tokens` reserved: it never moves.
         message.clear();
-        let parts =
-            order.iter().map(|&s| values[s].len()).sum::<usize>() + if plan.per_source { source.len() } else { 0 };
-        message.reserve(parts + 4 * (order.len() + 1));
         for &spec in order.iter() {
             put_part(message, &values[spec]);
         }

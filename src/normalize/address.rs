@@ -131,7 +131,7 @@ fn push_word(out: &mut String, w: &str) {
 pub(crate) fn address(s: &[u8], out: &mut String) {
     // Room for the first pass's whole output (see `normalize::room`): the
     // value is never moved, and is wiped when dropped.
-    let mut first = zeroize::Zeroizing::new(String::with_capacity(2 * s.len() + 16));
+    let mut first = zeroize::Zeroizing::new(String::with_capacity(super::rule_room(s.len())));
     let cap = first.capacity();
     address_pass(s, &mut first);
     debug_assert_eq!(first.capacity(), cap, "an address pass outgrew its room");

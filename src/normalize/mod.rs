@@ -52,8 +52,21 @@ pub const MAX_INPUT: usize = 256;
 /// most doubles its input (an address separates numbers) and adds a
 /// nickname or a date's dashes.
 pub fn room(raw: &str) -> usize {
-    let folded = if raw.is_ascii() { raw.len() } else { 6 * raw.len() };
-    2 * folded + 16
+    rule_room(folded_room(raw))
+}
+
+/// Most bytes folding makes of `raw` (see [`room`]).
+fn folded_room(raw: &str) -> usize {
+    if raw.is_ascii() {
+        raw.len()
+    } else {
+        6 * raw.len()
+    }
+}
+
+/// Most bytes a rule (or one pass of one) makes of `n` bytes of ASCII input (see [`room`]).
+pub(crate) fn rule_room(n: usize) -> usize {
+    2 * n + 16
 }
 
 /// How an identity field is normalized. Deserialized from schema TOML as snake_case:
@@ -167,7 +180,7 @@ pub fn normalize(kind: NormKind, raw: &str, out: &mut String) -> Result<(), Norm
         rule(raw.as_bytes(), out);
     } else {
         // A folded identity value: wiped when dropped, never moved (see [`room`]).
-        let mut folded = zeroize::Zeroizing::new(String::with_capacity(6 * raw.len()));
+        let mut folded = zeroize::Zeroizing::new(String::with_capacity(folded_room(raw)));
         let cap = folded.capacity();
         fold::fold_into(raw, &mut folded);
         debug_assert_eq!(folded.capacity(), cap, "folding outgrew its room");

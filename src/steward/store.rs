@@ -235,16 +235,13 @@ impl Held {
 fn rid_key(epoch: u32, source: &str, kind: &str, rid: &str) -> Vec<u8> {
     // Admitted rids are 32 hex digits (checked at the door): 16 bytes, no allocation.
     match crate::hex::decode_array::<16>(rid) {
-        Some(b) => rid_key_bytes(epoch, source, kind, &b),
+        Some(b) => rid_key_of(epoch, source, kind, &b),
         None => rid_key_of(epoch, source, kind, rid.as_bytes()),
     }
 }
 
-/// [`rid_key`] of a rid given as its 16 bytes: the same key as its 32 hex digits give.
-fn rid_key_bytes(epoch: u32, source: &str, kind: &str, rid: &[u8; 16]) -> Vec<u8> {
-    rid_key_of(epoch, source, kind, rid)
-}
-
+/// [`rid_key`] of a rid given as its 16 bytes (an admitted rid: the same key
+/// its 32 hex digits give) or, never admitted, as its text.
 fn rid_key_of(epoch: u32, source: &str, kind: &str, rid: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + source.len() + kind.len() + rid.len());
     k.push(P_RID);
@@ -1478,7 +1475,7 @@ mod tests {
             let view = binary::decode_view(&bin).unwrap();
             proptest::prop_assert_eq!(content_hash_view(&view, &view.records[0], &mut Vec::new()), content_hash(&r));
             proptest::prop_assert_eq!(
-                rid_key_bytes(epoch, "police", "arrest", &view.records[0].rid),
+                rid_key_of(epoch, "police", "arrest", &view.records[0].rid),
                 rid_key(epoch, "police", "arrest", &r.rid)
             );
         }

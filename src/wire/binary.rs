@@ -412,14 +412,14 @@ impl<'r> Encoder<'r> {
         let set = reserve_set(body, self.schemes.len());
         for (i, token) in tokens.take(self.schemes.len()).enumerate() {
             if let Some(token) = token {
-                body[set + i / 8] |= 1 << (i % 8);
+                set_bit(body, set, i);
                 body.extend_from_slice(&token);
             }
         }
         let set = reserve_set(body, self.fields.len());
         for (i, cell) in fields.take(self.fields.len()).enumerate() {
             let Some(cell) = cell else { continue };
-            body[set + i / 8] |= 1 << (i % 8);
+            set_bit(body, set, i);
             let v = match cell {
                 Cell::Null => Val::Null,
                 Cell::Bool(b) => Val::Bool(b),
@@ -467,7 +467,7 @@ impl<'r> Encoder<'r> {
             let t = token.ok_or(bad("a token is not <the record's epoch>:<32 lower-case hex digits>"))?;
             let i = declared_at(table, &self.schemes, &mut next, scheme)
                 .ok_or(bad("a token's scheme is not among the batch's schemes, or out of order"))?;
-            body[set + i / 8] |= 1 << (i % 8);
+            set_bit(body, set, i);
             body.extend_from_slice(&t);
         }
         let set = reserve_set(body, self.fields.len());
@@ -475,7 +475,7 @@ impl<'r> Encoder<'r> {
         for (name, value) in fields {
             let i = declared_at(table, &self.fields, &mut next, name)
                 .ok_or(bad("a field is not among the batch's fields, or out of order"))?;
-            body[set + i / 8] |= 1 << (i % 8);
+            set_bit(body, set, i);
             put_value(body, table, value).map_err(bad)?;
         }
         self.count += 1;
@@ -1062,8 +1062,8 @@ fn decode_tail<'a>(
     let mut v2 = if version == OLDEST_VERSION {
         None
     } else {
-        let schemes = declared(&mut r, &table, "scheme")?;
-        let fields = declared(&mut r, &table, "field")?;
+        let schemes = declared(&mut r, &table, List::Schemes)?;
+        let fields = declared(&mut r, &table, List::Fields)?;
         Some(V2 { schemes, fields, last: Steps::default() })
     };
     let min_record = match &v2 {
@@ -1096,19 +1096,8 @@ fn decode_tail<'a>(
 }
 
 /// A declared list of a version 2 batch: table positions of strictly ascending names.
-fn declared(r: &mut Reader<'_>, table: &[&str], what: &'static str) -> Result<Vec<usize>, DecodeError> {
-    let (count, index, order) = match what {
-        "scheme" => (
-            "the scheme count exceeds the body",
-            "a scheme's index is outside the string table",
-            "the schemes are not in ascending order, each once",
-        ),
-        _ => (
-            "the field count exceeds the body",
-            "a field name's index is outside the string table",
-            "the field names are not in ascending order, each once",
-        ),
-    };
+fn declared(r: &mut Reader<'_>, table: &[&str], list: List) -> Result<Vec<usize>, DecodeError> {
+    let [count, index, order, ..] = list.words();
     let n = r.count(1, count)?;
     let mut list = Vec::with_capacity(n);
     let mut last: Option<&str> = None;
@@ -1157,16 +1146,16 @@ impl V2 {
         let rid = r.array16("the rid is cut short")?;
         self.last = Steps { line, seq, head: Some((kind, source, epoch)) };
         let first_token = tokens.len();
-        let set = read_set(r, self.schemes.len(), "the token set")?;
+        let set = read_set(r, self.schemes.len(), List::Schemes)?;
         for (i, &scheme) in self.schemes.iter().enumerate() {
-            if set[i / 8] & (1 << (i % 8)) != 0 {
+            if has_bit(set, i) {
                 tokens.push(TokenView { scheme, token: r.array16("a token is cut short")? });
             }
         }
         let first_field = fields.len();
-        let set = read_set(r, self.fields.len(), "the field set")?;
+        let set = read_set(r, self.fields.len(), List::Fields)?;
         for (i, &name) in self.fields.iter().enumerate() {
-            if set[i / 8] & (1 << (i % 8)) != 0 {
+            if has_bit(set, i) {
                 fields.push((table[name], value(r, table)?));
             }
         }
@@ -1185,12 +1174,48 @@ impl V2 {
     }
 }
 
-/// A set of `n` bits; refused when a bit past `n` is set.
-fn read_set<'a>(r: &mut Reader<'a>, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
-    let (cut, past) = match what {
-        "the token set" => ("the token set is cut short", "the token set has bits past the batch's schemes"),
-        _ => ("the field set is cut short", "the field set has bits past the batch's fields"),
-    };
+/// The two lists a version 2 batch declares, and a record's set over each.
+#[derive(Clone, Copy)]
+enum List {
+    Schemes,
+    Fields,
+}
+
+impl List {
+    /// What is wrong, by part: the count, an index, the order, a set cut short, a bit past the count.
+    fn words(self) -> [&'static str; 5] {
+        match self {
+            List::Schemes => [
+                "the scheme count exceeds the body",
+                "a scheme's index is outside the string table",
+                "the schemes are not in ascending order, each once",
+                "the token set is cut short",
+                "the token set has bits past the batch's schemes",
+            ],
+            List::Fields => [
+                "the field count exceeds the body",
+                "a field name's index is outside the string table",
+                "the field names are not in ascending order, each once",
+                "the field set is cut short",
+                "the field set has bits past the batch's fields",
+            ],
+        }
+    }
+}
+
+/// Set bit `i` of the set that starts at `body[at]`.
+fn set_bit(body: &mut [u8], at: usize, i: usize) {
+    body[at + i / 8] |= 1 << (i % 8);
+}
+
+/// Whether bit `i` of `set` is set.
+fn has_bit(set: &[u8], i: usize) -> bool {
+    set[i / 8] & (1 << (i % 8)) != 0
+}
+
+/// A record's set over the declared `list` of `n` names; refused when a bit past `n` is set.
+fn read_set<'a>(r: &mut Reader<'a>, n: usize, list: List) -> Result<&'a [u8], DecodeError> {
+    let [.., cut, past] = list.words();
     let set = r.bytes(set_bytes(n), cut)?;
     let used = n % 8;
     if used != 0 && set.last().is_some_and(|&b| b >> used != 0) {
