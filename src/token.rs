@@ -35,6 +35,14 @@ const MEMO_INFO: &[u8] = b"divert/v1/token-memo";
 /// each with the default schema, 23 MB when full); when full it forgets
 /// them all and starts over.
 pub const MEMO_ENTRIES: usize = 1 << 16;
+/// The memo's lookups are judged in windows of this many records: one that
+/// finds fewer than [`MEMO_WORTH`] of them remembered costs more than it
+/// saves (a digest of every field for each miss), so the memo rests for
+/// [`MEMO_REST`] records, then looks again.
+const MEMO_WINDOW: u32 = 4096;
+/// The least share of a window's records served from the memo to keep it on.
+const MEMO_WORTH: u32 = MEMO_WINDOW / 8;
+const MEMO_REST: u32 = 1 << 16;
 
 /// Numbers each [`Tokenizer`], so a [`Scratch`] never serves one
 /// tokenizer's tokens to another (another key, epoch or schema).
@@ -84,15 +92,25 @@ pub struct Scratch {
     /// One unordered group's parts, being sorted.
     group: Vec<usize>,
     message: Vec<u8>,
-    /// Tokens by the keyed digest of the identity (and source) they were
-    /// computed from. Neither holds an identity value: the digests are
-    /// HMACs under a key derived from the epoch key, and tokens leave the
-    /// agency anyway.
-    memo: HashMap<[u8; 32], Box<[Option<Token>]>>,
-    /// The most entries `memo` holds; 0 turns it off.
-    memo_entries: usize,
-    /// The [`Tokenizer::serial`] the memo's entries came from.
-    memo_owner: u64,
+    memo: Memo,
+}
+
+/// Tokens by the keyed digest of the identity (and source) they were
+/// computed from. Neither holds an identity value: the digests are HMACs
+/// under a key derived from the epoch key, and tokens leave the agency anyway.
+struct Memo {
+    tokens: HashMap<[u8; 32], Box<[Option<Token>]>>,
+    /// The most entries it holds; 0 turns it off.
+    entries: usize,
+    /// The [`Tokenizer::serial`] its entries came from.
+    owner: u64,
+    /// Lookups and hits in the current window (see [`MEMO_WINDOW`]).
+    looked: u32,
+    found: u32,
+    /// Records left to tokenize without it before it looks again.
+    resting: u32,
+    /// Records served from it, in all.
+    served: u64,
 }
 
 impl Default for Scratch {
@@ -111,15 +129,57 @@ impl Scratch {
             order: Vec::new(),
             group: Vec::new(),
             message: Vec::new(),
-            memo: HashMap::new(),
-            memo_entries: entries,
-            memo_owner: 0,
+            memo: Memo { tokens: HashMap::new(), entries, owner: 0, looked: 0, found: 0, resting: 0, served: 0 },
         }
     }
 
     /// Identities in the memo now.
     pub fn memo_len(&self) -> usize {
-        self.memo.len()
+        self.memo.tokens.len()
+    }
+
+    /// Records whose tokens came from the memo, since this scratch was made.
+    pub fn memo_served(&self) -> u64 {
+        self.memo.served
+    }
+}
+
+impl Memo {
+    /// Whether to look this record up: not when off or resting.
+    fn consult(&mut self, serial: u64) -> bool {
+        if self.entries == 0 {
+            return false;
+        }
+        if self.resting > 0 {
+            self.resting -= 1;
+            return false;
+        }
+        if self.owner != serial {
+            self.tokens.clear();
+            self.owner = serial;
+        }
+        true
+    }
+
+    /// Count a lookup; at a window's end, rest if it found too few.
+    fn looked_up(&mut self, hit: bool) {
+        self.looked += 1;
+        self.found += u32::from(hit);
+        self.served += u64::from(hit);
+        if self.looked == MEMO_WINDOW {
+            if self.found < MEMO_WORTH {
+                self.resting = MEMO_REST;
+            }
+            self.looked = 0;
+            self.found = 0;
+        }
+    }
+
+    fn remember(&mut self, digest: [u8; 32], tokens: &[Option<Token>]) {
+        if self.tokens.len() >= self.entries {
+            self.tokens.clear();
+        }
+        self.tokens.insert(digest, tokens.into());
     }
 }
 
@@ -203,24 +263,23 @@ impl Tokenizer {
     /// `scratch`'s memo: the same tokens, for one HMAC instead of one per scheme.
     pub fn tokens(&self, id: &Identity, source: &str, scratch: &mut Scratch, out: &mut Vec<Option<Token>>) {
         out.clear();
-        if scratch.memo_entries == 0 {
+        if !scratch.memo.consult(self.serial) {
             self.compute(id, source, scratch, out);
             return;
         }
-        if scratch.memo_owner != self.serial {
-            scratch.memo.clear();
-            scratch.memo_owner = self.serial;
-        }
         let digest = self.memo_digest(id, source, &mut scratch.message);
-        if let Some(known) = scratch.memo.get(&digest) {
-            out.extend_from_slice(known);
-            return;
+        let hit = match scratch.memo.tokens.get(&digest) {
+            Some(known) => {
+                out.extend_from_slice(known);
+                true
+            }
+            None => false,
+        };
+        scratch.memo.looked_up(hit);
+        if !hit {
+            self.compute(id, source, scratch, out);
+            scratch.memo.remember(digest, out);
         }
-        self.compute(id, source, scratch, out);
-        if scratch.memo.len() >= scratch.memo_entries {
-            scratch.memo.clear();
-        }
-        scratch.memo.insert(digest, out.as_slice().into());
     }
 
     /// The memo's key for an identity: HMAC over every field a scheme reads
@@ -716,6 +775,52 @@ mod tests {
         assert_eq!(memo.memo_len(), 6, "the memo holds the last tokenizer's identities, each once");
         assert!(tiny.memo_len() <= 2);
         assert_eq!(bare.memo_len(), 0);
+    }
+
+    /// A file of persons each met once gains nothing from the memo: after a
+    /// window that finds too few, it rests (no digest, nothing remembered),
+    /// then looks again. A file of repeats keeps it on.
+    #[test]
+    fn the_memo_rests_where_it_finds_nothing_and_serves_repeats() {
+        let schema = Schema::default_schema().unwrap();
+        let key = EpochKey::from_bytes(1, &[9u8; 32]).unwrap();
+        let t = Tokenizer::new(&schema, &key).unwrap();
+        let person =
+            |i: u32| identity(&schema, &[("state_id", &format!("{:07}", 1_000_000 + i)), ("dob", "1980-03-14")]);
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        let mut scratch = Scratch::default();
+        let mut bare = Scratch::with_memo(0);
+        let window = MEMO_WINDOW as usize;
+        for i in 0..window + 10 {
+            let id = person(i as u32);
+            t.tokens(&id, "police", &mut scratch, &mut got);
+            t.tokens(&id, "police", &mut bare, &mut want);
+            assert_eq!(got, want);
+            if i < window {
+                assert_eq!(scratch.memo_len(), i + 1, "looking, record {i}");
+            }
+        }
+        assert_eq!(scratch.memo_len(), window, "resting after a window of nothing found");
+        assert_eq!(scratch.memo_served(), 0);
+        // Resting: a repeat is hashed again, not served.
+        t.tokens(&person(0), "police", &mut scratch, &mut got);
+        assert_eq!(scratch.memo_served(), 0);
+        // 11 records of its rest are gone: 10 after the window, and that repeat.
+        for _ in 11..MEMO_REST {
+            t.tokens(&person(1), "police", &mut scratch, &mut got);
+        }
+        assert_eq!(scratch.memo_served(), 0, "still resting");
+        t.tokens(&person(2), "police", &mut scratch, &mut got);
+        assert_eq!(scratch.memo_served(), 1, "looking again after its rest");
+
+        let mut repeats = Scratch::default();
+        for i in 0..3 * window {
+            let id = person((i % 100) as u32);
+            t.tokens(&id, "police", &mut repeats, &mut got);
+            t.tokens(&id, "police", &mut bare, &mut want);
+            assert_eq!(got, want);
+        }
+        assert_eq!(repeats.memo_served(), 3 * window as u64 - 100);
     }
 
     #[test]
