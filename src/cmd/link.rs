@@ -218,9 +218,15 @@ pub fn print_quality(q: &Quality, names: &[String], field_names: &[String]) {
         }
     }
     println!(
-        "  estimated share of persons merged: {:.4}, split: {:.4}",
+        "  estimated share of persons merged: {:.4}, split: {:.4} (from pairs that share a token)",
         q.estimated_merged_share, q.estimated_split_share
     );
+    if q.records_without_token > 0 {
+        println!(
+            "  {} records have no token and are persons of their own: split {:.4} if each belongs to a person with other records",
+            q.records_without_token, q.estimated_split_share_with_tokenless
+        );
+    }
 }
 
 /// Link the records of `files`, optionally scoring them against `truth`.
