@@ -18,7 +18,9 @@
 //! (`Z`, `UTC`, `GMT`, `+HH`, `+HHMM`, `+HH:MM`, `-...`).
 //!
 //! Two-digit years (`1/2/85`, `85-01-02`, `850102`, `07-MAR-85`) are
-//! refused as ambiguous rather than guessed.
+//! refused as ambiguous rather than guessed, and so is a date written day
+//! first (`13/05/1985`, [`NormError::DayFirst`]): reading it would hide
+//! that the same export's `05/03/1985` means 5 March and is read as May 3.
 
 use super::NormError;
 use time::{Date, Month};
@@ -268,7 +270,8 @@ fn date_part(p: &mut Cursor) -> Result<(i32, u8, u8), NormError> {
             match (na, nc) {
                 // YYYY-M-D, YYYY/M/D
                 (4, 1 | 2) => Ok((i32::try_from(a).map_err(|_| NormError::NotADate)?, small(b), small(c))),
-                // M/D/YYYY, M-D-YYYY
+                // M/D/YYYY, M-D-YYYY; a day written first is named, not guessed.
+                (1 | 2, 4) if (13..=31).contains(&a) && (1..=12).contains(&b) => Err(NormError::DayFirst),
                 (1 | 2, 4) => Ok((i32::try_from(c).map_err(|_| NormError::NotADate)?, small(a), small(b))),
                 // M/D/YY, YY-MM-DD
                 (1 | 2, 2) => Err(NormError::TwoDigitYear),
@@ -438,7 +441,12 @@ mod tests {
         assert_eq!(parse_date("2021-01-32"), Err(NormError::NotADate));
         // US order: month first
         assert_eq!(parse_date("12/1/2021"), Ok(date!(2021 - 12 - 01)));
-        assert_eq!(parse_date("13/1/2021"), Err(NormError::NotADate));
+        // A day written first is named, not read: its export's ambiguous dates would be misread.
+        assert_eq!(parse_date("13/1/2021"), Err(NormError::DayFirst));
+        assert_eq!(parse_date("31-12-2021"), Err(NormError::DayFirst));
+        assert_eq!(parse_date("13/13/2021"), Err(NormError::NotADate));
+        assert_eq!(parse_date("32/1/2021"), Err(NormError::NotADate));
+        assert_eq!(parse_date("13/45/1990"), Err(NormError::NotADate));
     }
 
     #[test]

@@ -139,6 +139,12 @@ pub enum NormError {
     /// Not in any accepted date form.
     #[error("not a date")]
     NotADate,
+    /// `D/M/YYYY`: a first number above 12 where the month goes, and a
+    /// second that can be one (`13/05/1985`). Only month-first (US) dates
+    /// are read: an export written day first has its other dates misread,
+    /// so it is named, not guessed.
+    #[error("month above 12: written day first (D/M/YYYY)? only M/D/YYYY is read; export YYYY-MM-DD")]
+    DayFirst,
     /// A date with a two-digit year, which is ambiguous.
     #[error("two-digit year is ambiguous; export four-digit years")]
     TwoDigitYear,
@@ -408,6 +414,7 @@ mod tests {
         let all = [
             NormError::Empty,
             NormError::NotADate,
+            NormError::DayFirst,
             NormError::TwoDigitYear,
             NormError::NoSuchDay,
             NormError::Implausible,
@@ -420,6 +427,7 @@ mod tests {
             [
                 "empty",
                 "not a date",
+                "month above 12: written day first (D/M/YYYY)? only M/D/YYYY is read; export YYYY-MM-DD",
                 "two-digit year is ambiguous; export four-digit years",
                 "no such day (e.g. February 30)",
                 "implausible date (before 1900 or after 2099)",
