@@ -44,7 +44,8 @@
 //!   never chains two established persons together. A profile whose own
 //!   tokens (all agreeing) weigh less than the threshold is no evidence that
 //!   its records are one person: each of its records stays a person of its
-//!   own unless a link joins the profile to a cluster.
+//!   own unless a link joins the profile to a cluster. Records with no token
+//!   at all are always persons of their own.
 //!
 //! Incremental: `add` only appends profiles, postings and pairs; `link`
 //! re-estimates m/u and re-clusters from everything held, so records added
@@ -935,7 +936,9 @@ impl Linker {
         }
 
         // A profile that is no evidence on its own keeps its records apart unless linked.
-        let self_weak: Vec<bool> = (0..np).map(|p| weight_of(self.present[p], self.present[p]) < threshold).collect();
+        // Records with no token at all are never evidence of one person, whatever the prior.
+        let self_weak: Vec<bool> =
+            (0..np).map(|p| self.present[p] == 0 || weight_of(self.present[p], self.present[p]) < threshold).collect();
         // Persons numbered in order of their first record: a cluster's number
         // by its root profile, a weak lone profile's records one each.
         let mut root_number = vec![NONE; np];
@@ -1299,13 +1302,30 @@ mod tests {
         let b = l.add(1, 0, &[t(1), t(2)]).unwrap();
         let c = l.add(1, 0, &[None, None]).unwrap();
         let d = l.add(1, 0, &[None, None]).unwrap();
+        let e = l.add(1, 0, &[None, t(5)]).unwrap(); // a token, even a weak one: not counted
         let q = l.link();
         assert!(same(&q.persons, a, b) && !same(&q.persons, c, d) && !same(&q.persons, a, c));
-        assert_eq!((q.quality.persons, q.quality.records_without_token), (3, 2));
+        assert_eq!((q.quality.persons, q.quality.records_without_token), (4, 2));
         let extra = q.quality.estimated_split_share_with_tokenless - q.quality.estimated_split_share;
-        assert!((extra - 2.0 / 3.0).abs() < 1e-12, "{extra}");
+        assert!((extra - 2.0 / 4.0).abs() < 1e-12, "{extra}");
+        assert!(!same(&q.persons, e, c));
         l.remove(d);
         assert_eq!(l.link().quality.records_without_token, 1, "a removed record no longer counts");
+    }
+
+    /// Under the shipped rule (match weight 0, prior included) with too few
+    /// pairs to estimate, the prior is 0 bits: records with no token must
+    /// still stay apart, not become one person through their empty profile.
+    #[test]
+    fn records_with_no_token_stay_apart_under_the_shipped_rule() {
+        let schema = crate::schema::Schema::default_schema().unwrap();
+        let n = schema.schemes.len();
+        let mut l = Linker::new(&schema.linkage, n);
+        let none = vec![None; n];
+        let (c, d) = (l.add(1, 0, &none).unwrap(), l.add(1, 0, &none).unwrap());
+        let q = l.link();
+        assert!(!same(&q.persons, c, d), "two records with no token are two persons");
+        assert_eq!((q.quality.persons, q.quality.records_without_token), (2, 2));
     }
 
     #[test]

@@ -283,18 +283,20 @@ impl Tokenizer {
     }
 
     /// The memo's key for an identity: HMAC over every field a scheme reads
-    /// (length-prefixed; a missing field is a length no value has) and the
-    /// source's name.
+    /// (a presence byte, then the value length-prefixed) and the source's name.
     fn memo_digest(&self, id: &Identity, source: &str, message: &mut Vec<u8>) -> [u8; 32] {
         let room =
-            self.memo_fields.iter().map(|&f| 4 + id.get(f).map_or(0, str::len)).sum::<usize>() + 4 + source.len();
+            self.memo_fields.iter().map(|&f| 5 + id.get(f).map_or(0, str::len)).sum::<usize>() + 4 + source.len();
         // Reserved while empty (it is zeroed after each use): growing it moves no value.
         message.clear();
         message.reserve(room);
         for &f in &self.memo_fields {
             match id.get(f) {
-                Some(v) => put_part(message, v),
-                None => message.extend_from_slice(&u32::MAX.to_be_bytes()),
+                Some(v) => {
+                    message.push(1);
+                    put_part(message, v);
+                }
+                None => message.push(0),
             }
         }
         put_part(message, source);
@@ -723,15 +725,21 @@ mod tests {
     }
 
     /// The memo changes only the cost: every record gets the tokens it gets
-    /// hashed scheme by scheme, whatever came before it in the same scratch
-    /// (another source, another key, a field missing instead of different,
-    /// a full memo starting over).
+    /// hashed scheme by scheme, whether they come from the memo or not, and
+    /// whatever came before it in the same scratch (the same identity from
+    /// another source, under another key, or under the same key with another
+    /// schema; a field missing instead of different; a full memo starting over).
     #[test]
     fn the_memo_gives_the_tokens_hashing_gives() {
         let schema = Schema::default_schema().unwrap();
+        // The same key, fewer schemes: the memo's digests are the same, its tokens are not.
+        let mut fewer = schema.clone();
+        fewer.schemes.retain(|s| s.name != "names_dob");
         let key = EpochKey::from_bytes(1, &[9u8; 32]).unwrap();
         let other_key = EpochKey::from_bytes(2, &[7u8; 32]).unwrap();
-        let (t1, t2) = (Tokenizer::new(&schema, &key).unwrap(), Tokenizer::new(&schema, &other_key).unwrap());
+        let t1 = Tokenizer::new(&schema, &key).unwrap();
+        let t2 = Tokenizer::new(&schema, &other_key).unwrap();
+        let t3 = Tokenizer::new(&fewer, &key).unwrap();
         let full: &[(&str, &str)] = &[
             ("given_name", "William"),
             ("family_name", "O'Brien"),
@@ -744,7 +752,7 @@ mod tests {
             identity(&schema, full),
             identity(&schema, &full[..5]),
             identity(&schema, &[("given_name", "William"), ("family_name", "O'Brien"), ("dob", "1980-03-14")]),
-            identity(&schema, &[("given_name", "O'Brien"), ("family_name", "William"), ("dob", "1980-03-14")]),
+            identity(&schema, &[("given_name", "O'Brien"), ("family_name", "Bill"), ("dob", "1980-03-14")]),
             identity(&schema, &[("given_name", "William"), ("dob", "1980-03-14")]),
             identity(&schema, &[("family_name", "William"), ("dob", "1980-03-14")]),
         ];
@@ -752,19 +760,26 @@ mod tests {
         let mut tiny = Scratch::with_memo(2);
         let mut bare = Scratch::with_memo(0);
         let (mut got, mut want) = (Vec::new(), Vec::new());
-        for round in 0..3 {
-            for (t, source) in [(&t1, "police"), (&t1, "jail"), (&t2, "police")] {
-                for (i, id) in ids.iter().enumerate() {
+        for (t, name) in [(&t1, "t1"), (&t2, "t2"), (&t3, "t3"), (&t1, "t1 again")] {
+            // Each identity twice from each source, the sources interleaved:
+            // the second time is served from the memo, the other source's never.
+            for (i, id) in ids.iter().enumerate() {
+                for source in ["police", "jail", "police", "jail"] {
                     t.tokens(id, source, &mut bare, &mut want);
                     for scratch in [&mut memo, &mut tiny] {
                         t.tokens(id, source, scratch, &mut got);
-                        assert_eq!(got, want, "round {round}, source {source}, identity {i}");
+                        assert_eq!(got, want, "{name}, source {source}, identity {i}");
                     }
                 }
             }
         }
-        // What the memo must keep apart does differ: the agency person id
-        // is per source, and another key gives other tokens.
+        // Per tokenizer, 6 identities × 2 sources, each looked up twice.
+        assert_eq!(memo.memo_served(), 4 * 12);
+        assert_eq!(memo.memo_len(), 12, "the memo holds the last tokenizer's identities, each once");
+        assert!(tiny.memo_len() <= 2 && tiny.memo_served() > 0);
+        assert_eq!((bare.memo_len(), bare.memo_served()), (0, 0));
+        // What the memo must keep apart does differ: the agency person id is
+        // per source, another key gives other tokens, another schema others.
         let of = |t: &Tokenizer, source: &str| {
             let mut out = Vec::new();
             t.tokens(&ids[0], source, &mut Scratch::with_memo(0), &mut out);
@@ -772,9 +787,7 @@ mod tests {
         };
         assert_ne!(of(&t1, "police"), of(&t1, "jail"));
         assert_ne!(of(&t1, "police"), of(&t2, "police"));
-        assert_eq!(memo.memo_len(), 6, "the memo holds the last tokenizer's identities, each once");
-        assert!(tiny.memo_len() <= 2);
-        assert_eq!(bare.memo_len(), 0);
+        assert_ne!(of(&t1, "police"), of(&t3, "police"));
     }
 
     /// A file of persons each met once gains nothing from the memo: after a

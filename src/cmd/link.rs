@@ -223,8 +223,8 @@ pub fn print_quality(q: &Quality, names: &[String], field_names: &[String]) {
     );
     if q.records_without_token > 0 {
         println!(
-            "  {} records have no token and are persons of their own: split {:.4} if each belongs to a person with other records",
-            q.records_without_token, q.estimated_split_share_with_tokenless
+            "  split {:.4} if each record without a token belongs to a person with other records",
+            q.estimated_split_share_with_tokenless
         );
     }
 }
