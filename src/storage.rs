@@ -160,6 +160,21 @@ impl Durable {
         answer.recv().map_err(|_| gone())?
     }
 
+    /// Start [`Durable::apply`] and return at once: the batch is durable
+    /// when [`Pending::wait`] returns `Ok`. Writes of one database are
+    /// applied in the order they were submitted.
+    pub fn apply_later(&self, tree: &sled::Tree, batch: WriteBatch) -> sled::Result<Pending> {
+        let tree = tree.clone();
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.submit(job(
+            move |_| tree.apply_batch(batch.into_inner()?),
+            move |r| {
+                let _ = reply.send(r);
+            },
+        ))?;
+        Ok(Pending(answer))
+    }
+
     /// [`Durable::write`] for async code: the caller's task waits, no thread blocks.
     pub async fn write_async<R: Send + 'static>(
         &self,
@@ -207,6 +222,17 @@ impl Durable {
 impl Drop for Durable {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// A write started by [`Durable::apply_later`], not yet known durable.
+#[must_use = "a write is durable only once `wait` says so"]
+pub struct Pending(mpsc::Receiver<sled::Result<()>>);
+
+impl Pending {
+    /// Block until the write is durable (or failed). Blocking: never on an async worker.
+    pub fn wait(self) -> sled::Result<()> {
+        self.0.recv().map_err(|_| gone())?
     }
 }
 
@@ -375,6 +401,31 @@ mod tests {
         let (writes, syncs) = (d.stats().writes.load(Ordering::Relaxed), d.stats().syncs.load(Ordering::Relaxed));
         assert!(writes >= 400 && syncs <= writes, "{writes} writes, {syncs} syncs");
         assert_eq!(d.blobs(), 0);
+    }
+
+    /// Writes started with `apply_later` are applied in the order they were
+    /// started, each durable (synced) by the time its `wait` returns, and a
+    /// refused one says so at its `wait` without stopping the next.
+    #[test]
+    fn writes_started_later_are_applied_in_order_and_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Durable::open(&dir.path().join("s"), 1 << 20).unwrap();
+        let tree = d.db().open_tree("t").unwrap();
+        let batch = |v: u8| {
+            let mut b = WriteBatch::default();
+            b.insert(b"k", [v]);
+            b
+        };
+        let first = d.apply_later(&tree, batch(1)).unwrap();
+        let mut refused = WriteBatch::default();
+        refused.insert(b"k", vec![0u8; MAX_VALUE_BYTES + 1]);
+        let refused = d.apply_later(&tree, refused).unwrap();
+        let second = d.apply_later(&tree, batch(2)).unwrap();
+        second.wait().unwrap();
+        assert!(d.stats().syncs.load(Ordering::Relaxed) >= 1, "durable: synced before the answer");
+        assert!(matches!(refused.wait(), Err(sled::Error::Unsupported(_))));
+        first.wait().unwrap();
+        assert_eq!(tree.get(b"k").unwrap().as_deref(), Some(&[2u8][..]), "the later write last");
     }
 
     #[test]

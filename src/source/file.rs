@@ -2,8 +2,11 @@
 //!
 //! A file is written in segments of about [`SEGMENT_ROWS`] accepted rows,
 //! each one atomic sled batch (raw chunks, outbox batches, the file's record
-//! saying how many accepted rows are in), flushed, then handed to the pusher:
-//! pushing overlaps ingesting. A file that stops part-way (a stop, a crash,
+//! saying how many accepted rows are in), made durable, then handed to the
+//! pusher: pushing overlaps ingesting. One segment's write is in flight
+//! while the next is read and pseudonymized (its batches go to the pusher
+//! only once it is durable, and a segment is written only after the one
+//! before it is). A file that stops part-way (a stop, a crash,
 //! a disk error) resumes when ingested again: its rows are read again and
 //! the first `committed_rows` accepted ones are skipped, so no record is
 //! made twice. A file refused as a whole (an `IngestError`) must leave
@@ -335,10 +338,17 @@ pub fn take_export(env: &Env<'_>, state: &mut State, job: &Job<'_>) -> Result<Do
         chunk: ChunkBuilder::new(),
         chunk_no: earlier.as_ref().map_or(1, |r| r.next_chunk.max(1)),
         pending: Vec::new(),
+        in_flight: None,
         batches: 0,
         since_commit: 0,
     };
     let result = w.run(state, job, &mut reader, &mut raw, &columns);
+    // A run that stopped part-way may leave its last write in flight: once
+    // it is durable its batches go to the pusher, as they would have.
+    let result = match (result, w.settle()) {
+        (Ok(done), Ok(())) => Ok(done),
+        (Ok(_), Err(e)) | (Err(e), _) => Err(e),
+    };
     // Sequences handed out are never used again, whatever happened.
     state.next_seq = state.next_seq.max(w.seq);
     if let Err(FileError::Refused(_)) = &result {
@@ -374,8 +384,10 @@ struct Writer<'e, 'a> {
     batch: WriteBatch,
     chunk: ChunkBuilder,
     chunk_no: u32,
-    /// Batches in `batch`, not yet durable.
+    /// Batches in `batch`, not yet written.
     pending: Vec<(u64, u32)>,
+    /// The write in flight and the batches it holds (see [`Writer::commit`]).
+    in_flight: Option<(crate::storage::Pending, Vec<(u64, u32)>)>,
     batches: usize,
     since_commit: u64,
 }
@@ -426,8 +438,11 @@ impl Writer<'_, '_> {
         }
     }
 
-    /// Apply what is in `batch` with the file's record, durably, and hand the batches to the pusher.
-    fn commit(&mut self, rec: FileRecord, extra: &[(&[u8], Vec<u8>)]) -> Result<(), FileError> {
+    /// Write what is in `batch` with the file's record. The write before it
+    /// is waited for first (and its batches handed to the pusher), so one
+    /// write is in flight while the next segment is read and pseudonymized;
+    /// with `last`, this one is waited for too.
+    fn commit(&mut self, rec: FileRecord, extra: &[(&[u8], Vec<u8>)], last: bool) -> Result<(), FileError> {
         let rec_bytes = serde_json::to_vec(&rec).map_err(|e| failed("encoding")(&e))?;
         let mut batch = std::mem::take(&mut self.batch);
         batch.insert(&store::file_key(&self.id)[..], rec_bytes);
@@ -435,13 +450,26 @@ impl Writer<'_, '_> {
         for (k, v) in extra {
             batch.insert(k, v);
         }
-        self.env.store.apply(batch).map_err(|e| failed("writing the store")(&e))?;
+        self.settle()?;
+        let write = self.env.store.apply_later(batch).map_err(|e| failed("writing the store")(&e))?;
         self.seqs = rec.seqs;
         self.range_start = self.seq;
         self.since_commit = 0;
         self.batches += self.pending.len();
-        (self.env.on_durable)(&self.pending);
-        self.pending.clear();
+        self.in_flight = Some((write, std::mem::take(&mut self.pending)));
+        if last {
+            self.settle()?;
+        }
+        Ok(())
+    }
+
+    /// Wait for the write in flight, if any, and hand its batches to the
+    /// pusher once it is durable.
+    fn settle(&mut self) -> Result<(), FileError> {
+        if let Some((write, batches)) = self.in_flight.take() {
+            write.wait().map_err(|e| failed("writing the store")(&e))?;
+            (self.env.on_durable)(&batches);
+        }
         Ok(())
     }
 
@@ -506,7 +534,7 @@ impl Writer<'_, '_> {
                     if self.since_commit >= self.segment_rows {
                         self.seal_chunk()?;
                         let rec = self.record(FileState::InProgress, None, &Summary::default(), None);
-                        self.commit(rec, &[])?;
+                        self.commit(rec, &[], false)?;
                     }
                 }
             }
@@ -526,6 +554,7 @@ impl Writer<'_, '_> {
         self.commit(
             rec,
             &[(&held_key, held.to_be_bytes().to_vec()), (store::META_FILES_DONE, files_done.to_be_bytes().to_vec())],
+            true,
         )?;
         state.files_done = files_done;
         state.held.insert(kind.name.clone(), held);

@@ -391,6 +391,12 @@ impl Store {
         self.durable.apply(&self.tree, batch)
     }
 
+    /// Start [`Store::apply`] and return at once; durable when the
+    /// [`crate::storage::Pending`] says so (blocking wait: off the reactor).
+    pub fn apply_later(&self, batch: WriteBatch) -> sled::Result<crate::storage::Pending> {
+        self.durable.apply_later(&self.tree, batch)
+    }
+
     /// [`Store::apply`] for async code.
     pub async fn apply_async(&self, batch: WriteBatch) -> sled::Result<()> {
         self.durable.apply_async(&self.tree, batch).await
