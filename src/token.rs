@@ -35,10 +35,11 @@ const MEMO_INFO: &[u8] = b"divert/v1/token-memo";
 /// each with the default schema, 23 MB when full); when full it forgets
 /// them all and starts over.
 pub const MEMO_ENTRIES: usize = 1 << 16;
-/// The memo's lookups are judged in windows of this many records: one that
-/// finds fewer than [`MEMO_WORTH`] of them remembered costs more than it
-/// saves (a digest of every field for each miss), so the memo rests for
-/// [`MEMO_REST`] records, then looks again.
+/// The memo's lookups are judged in windows of this many records, once it
+/// has been full (before, it is still learning the file's persons): a
+/// window that finds fewer than [`MEMO_WORTH`] of them remembered costs
+/// more than it saves (a digest of every field for each miss), so the memo
+/// rests for [`MEMO_REST`] records, then looks again.
 const MEMO_WINDOW: u32 = 4096;
 /// The least share of a window's records served from the memo to keep it on.
 const MEMO_WORTH: u32 = MEMO_WINDOW / 8;
@@ -109,6 +110,8 @@ struct Memo {
     found: u32,
     /// Records left to tokenize without it before it looks again.
     resting: u32,
+    /// Whether it has been full: only then can a window judge it.
+    warmed: bool,
     /// Records served from it, in all.
     served: u64,
 }
@@ -129,7 +132,16 @@ impl Scratch {
             order: Vec::new(),
             group: Vec::new(),
             message: Vec::new(),
-            memo: Memo { tokens: HashMap::new(), entries, owner: 0, looked: 0, found: 0, resting: 0, served: 0 },
+            memo: Memo {
+                tokens: HashMap::new(),
+                entries,
+                owner: 0,
+                looked: 0,
+                found: 0,
+                resting: 0,
+                warmed: false,
+                served: 0,
+            },
         }
     }
 
@@ -157,17 +169,18 @@ impl Memo {
         if self.owner != serial {
             self.tokens.clear();
             self.owner = serial;
+            self.warmed = false;
         }
         true
     }
 
-    /// Count a lookup; at a window's end, rest if it found too few.
+    /// Count a lookup; at a window's end, rest if it found too few (once warmed).
     fn looked_up(&mut self, hit: bool) {
         self.looked += 1;
         self.found += u32::from(hit);
         self.served += u64::from(hit);
         if self.looked == MEMO_WINDOW {
-            if self.found < MEMO_WORTH {
+            if self.warmed && self.found < MEMO_WORTH {
                 self.resting = MEMO_REST;
             }
             self.looked = 0;
@@ -178,6 +191,7 @@ impl Memo {
     fn remember(&mut self, digest: [u8; 32], tokens: &[Option<Token>]) {
         if self.tokens.len() >= self.entries {
             self.tokens.clear();
+            self.warmed = true;
         }
         self.tokens.insert(digest, tokens.into());
     }
@@ -790,9 +804,11 @@ mod tests {
         assert_ne!(of(&t1, "police"), of(&t3, "police"));
     }
 
-    /// A file of persons each met once gains nothing from the memo: after a
-    /// window that finds too few, it rests (no digest, nothing remembered),
-    /// then looks again. A file of repeats keeps it on.
+    /// A file of persons each met once gains nothing from the memo: once it
+    /// has been full, a window that finds too few sends it to rest (no
+    /// digest, nothing remembered), then it looks again. Before it has been
+    /// full it keeps learning (a file's repeats can be far apart), and a
+    /// file of repeats keeps it on.
     #[test]
     fn the_memo_rests_where_it_finds_nothing_and_serves_repeats() {
         let schema = Schema::default_schema().unwrap();
@@ -801,37 +817,42 @@ mod tests {
         let person =
             |i: u32| identity(&schema, &[("state_id", &format!("{:07}", 1_000_000 + i)), ("dob", "1980-03-14")]);
         let (mut got, mut want) = (Vec::new(), Vec::new());
-        let mut scratch = Scratch::default();
         let mut bare = Scratch::with_memo(0);
         let window = MEMO_WINDOW as usize;
-        for i in 0..window + 10 {
-            let id = person(i as u32);
-            t.tokens(&id, "police", &mut scratch, &mut got);
-            t.tokens(&id, "police", &mut bare, &mut want);
-            assert_eq!(got, want);
-            if i < window {
-                assert_eq!(scratch.memo_len(), i + 1, "looking, record {i}");
+        let mut feed = |scratch: &mut Scratch, from: usize, to: usize| {
+            for i in from..to {
+                let id = person(i as u32);
+                t.tokens(&id, "police", scratch, &mut got);
+                t.tokens(&id, "police", &mut bare, &mut want);
+                assert_eq!(got, want, "record {i}");
             }
-        }
-        assert_eq!(scratch.memo_len(), window, "resting after a window of nothing found");
-        assert_eq!(scratch.memo_served(), 0);
-        // Resting: a repeat is hashed again, not served.
-        t.tokens(&person(0), "police", &mut scratch, &mut got);
-        assert_eq!(scratch.memo_served(), 0);
+        };
+
+        // Not yet full: a window of nothing found does not stop it learning.
+        let mut learning = Scratch::default();
+        feed(&mut learning, 0, window + 10);
+        assert_eq!(learning.memo_len(), window + 10, "still remembering");
+        feed(&mut learning, 0, 1);
+        assert_eq!(learning.memo_served(), 1);
+
+        // Full (1,000 entries) and then a window of nothing found: it rests.
+        let mut small = Scratch::with_memo(1000);
+        feed(&mut small, 0, window + 10);
+        assert_eq!(small.memo_served(), 0);
+        let last = window - 1; // remembered: the memo started over at 4,004
+        feed(&mut small, last, last + 1);
+        assert_eq!(small.memo_served(), 0, "resting: a repeat is hashed again");
         // 11 records of its rest are gone: 10 after the window, and that repeat.
         for _ in 11..MEMO_REST {
-            t.tokens(&person(1), "police", &mut scratch, &mut got);
+            feed(&mut small, window + 20, window + 21);
         }
-        assert_eq!(scratch.memo_served(), 0, "still resting");
-        t.tokens(&person(2), "police", &mut scratch, &mut got);
-        assert_eq!(scratch.memo_served(), 1, "looking again after its rest");
+        assert_eq!(small.memo_served(), 0, "still resting");
+        feed(&mut small, last, last + 1);
+        assert_eq!(small.memo_served(), 1, "looking again after its rest");
 
-        let mut repeats = Scratch::default();
+        let mut repeats = Scratch::with_memo(1000);
         for i in 0..3 * window {
-            let id = person((i % 100) as u32);
-            t.tokens(&id, "police", &mut repeats, &mut got);
-            t.tokens(&id, "police", &mut bare, &mut want);
-            assert_eq!(got, want);
+            feed(&mut repeats, i % 100, i % 100 + 1);
         }
         assert_eq!(repeats.memo_served(), 3 * window as u64 - 100);
     }
