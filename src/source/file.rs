@@ -344,10 +344,18 @@ pub fn take_export(env: &Env<'_>, state: &mut State, job: &Job<'_>) -> Result<Do
     };
     let result = w.run(state, job, &mut reader, &mut raw, &columns);
     // A run that stopped part-way may leave its last write in flight: once
-    // it is durable its batches go to the pusher, as they would have.
-    let result = match (result, w.settle()) {
+    // it is durable its batches go to the pusher, as they would have — but
+    // not a refused file's, whose unsent part is taken back below.
+    let refused = matches!(result, Err(FileError::Refused(_)));
+    let settled = if refused { w.settle_unpushed() } else { w.settle() };
+    let result = match (result, settled) {
         (Ok(done), Ok(())) => Ok(done),
-        (Ok(_), Err(e)) | (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) | (Err(FileError::Stopped), Err(e)) => Err(e),
+        (Err(e), Err(also)) => {
+            tracing::error!(file = %name, error = %also, "the last segment's write failed too; the file resumes from the one before");
+            Err(e)
+        }
+        (Err(e), Ok(())) => Err(e),
     };
     // Sequences handed out are never used again, whatever happened.
     state.next_seq = state.next_seq.max(w.seq);
@@ -471,6 +479,15 @@ impl Writer<'_, '_> {
             (self.env.on_durable)(&batches);
         }
         Ok(())
+    }
+
+    /// Wait for the write in flight, if any, without handing its batches to
+    /// the pusher (a refused file's unsent part is taken back).
+    fn settle_unpushed(&mut self) -> Result<(), FileError> {
+        match self.in_flight.take() {
+            Some((write, _)) => write.wait().map_err(|e| failed("writing the store")(&e)),
+            None => Ok(()),
+        }
     }
 
     fn run<R: Read, Q: Read>(
@@ -614,6 +631,13 @@ mod tests {
         let seen = Mutex::new(Vec::new());
         let segments = Mutex::new(0usize);
         let on_durable = |b: &[(u64, u32)]| {
+            // Handed to the pusher only once written: every batch is in the store already.
+            for &(seq, n) in b {
+                let v = store::read_outbox(f.store.tree(), seq)
+                    .unwrap()
+                    .expect("a batch handed over before it was written");
+                assert_eq!(store::split_outbox_value(&v).unwrap().0, n);
+            }
             seen.lock().unwrap().extend_from_slice(b);
             let mut n = segments.lock().unwrap();
             *n += 1;
