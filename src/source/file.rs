@@ -427,7 +427,12 @@ impl Writer<'_, '_> {
     fn record(&self, state: FileState, dest: Option<String>, s: &Summary, quarantine: Option<&Path>) -> FileRecord {
         let mut seqs = self.seqs.clone();
         if self.seq > self.range_start {
-            seqs.push((self.range_start, self.seq));
+            // A range that continues the one before extends it: the record
+            // stays small however many segments a file has.
+            match seqs.last_mut() {
+                Some(last) if last.1 == self.range_start => last.1 = self.seq,
+                _ => seqs.push((self.range_start, self.seq)),
+            }
         }
         FileRecord {
             state,
@@ -705,6 +710,11 @@ mod tests {
         }
         assert_eq!(raw_rows.len(), 3000);
         assert_eq!(state.held["arrest"], 3000);
+
+        // Six segments over two runs, every sequence in one range: the record does not grow per segment.
+        let rec = f.store.file(&scan(&path, "arrest", Format::Csv).unwrap().0).unwrap().unwrap();
+        let (lo, hi) = (first.iter().map(|b| b.0).min().unwrap(), second.iter().map(|b| b.0).max().unwrap());
+        assert_eq!(rec.seqs, vec![(lo, hi + 1)]);
 
         // Once done, the same bytes are recognised.
         let (r, third) = run(&f, &mut state, &path, None);
