@@ -540,6 +540,11 @@ impl Linker {
         self.record_profile.len() - self.removed
     }
 
+    /// Live records with no token at all (the profiles with nothing present).
+    fn records_without_token(&self) -> u64 {
+        self.present.iter().zip(&self.profile_records).filter(|(&present, _)| present == 0).map(|(_, &n)| n).sum()
+    }
+
     fn profile_live(&self, p: u32) -> bool {
         self.profile_records[p as usize] > 0
     }
@@ -703,8 +708,7 @@ impl Linker {
             .collect();
         let shown: Vec<(u64, u64)> = pats.iter().map(|&(a, c, _)| self.shown(a, c)).collect();
         // All record pairs with a token: the pairs sharing none are different persons.
-        let with_token: u64 =
-            self.present.iter().zip(&self.profile_records).filter(|(&present, _)| present != 0).map(|(_, &n)| n).sum();
+        let with_token = self.live() as u64 - self.records_without_token();
         let all_pairs = (pairs_of(with_token) as f64).max(total);
         let mut lambda: f64 = 0.5;
         let mut iterations = 0;
@@ -1018,8 +1022,7 @@ impl Linker {
         }
         hist.sort_unstable();
         let share = |x: f64| if n_persons == 0 { 0.0 } else { (x / n_persons as f64).clamp(0.0, 1.0) + 0.0 };
-        let records_without_token: u64 =
-            self.present.iter().zip(&self.profile_records).filter(|(&present, _)| present == 0).map(|(_, &n)| n).sum();
+        let records_without_token = self.records_without_token();
         Quality {
             records: self.live() as u64,
             profiles: self.present.len() as u64,

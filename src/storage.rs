@@ -153,25 +153,20 @@ impl Durable {
         &self,
         f: impl FnOnce(&sled::Db) -> sled::Result<R> + Send + 'static,
     ) -> sled::Result<R> {
+        self.write_later(f)?.wait()
+    }
+
+    /// Start [`Durable::write`] and return at once: its writes are durable
+    /// when [`Pending::wait`] returns `Ok`. Writes of one database are
+    /// applied in the order they were submitted.
+    pub fn write_later<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&sled::Db) -> sled::Result<R> + Send + 'static,
+    ) -> sled::Result<Pending<R>> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.submit(job(f, move |r| {
             let _ = reply.send(r);
         }))?;
-        answer.recv().map_err(|_| gone())?
-    }
-
-    /// Start [`Durable::apply`] and return at once: the batch is durable
-    /// when [`Pending::wait`] returns `Ok`. Writes of one database are
-    /// applied in the order they were submitted.
-    pub fn apply_later(&self, tree: &sled::Tree, batch: WriteBatch) -> sled::Result<Pending> {
-        let tree = tree.clone();
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.submit(job(
-            move |_| tree.apply_batch(batch.into_inner()?),
-            move |r| {
-                let _ = reply.send(r);
-            },
-        ))?;
         Ok(Pending(answer))
     }
 
@@ -189,8 +184,13 @@ impl Durable {
 
     /// Apply `batch` to `tree`, durably (blocking; see [`Durable::write`]).
     pub fn apply(&self, tree: &sled::Tree, batch: WriteBatch) -> sled::Result<()> {
+        self.apply_later(tree, batch)?.wait()
+    }
+
+    /// Start [`Durable::apply`] and return at once (see [`Durable::write_later`]).
+    pub fn apply_later(&self, tree: &sled::Tree, batch: WriteBatch) -> sled::Result<Pending> {
         let tree = tree.clone();
-        self.write(move |_| tree.apply_batch(batch.into_inner()?))
+        self.write_later(move |_| tree.apply_batch(batch.into_inner()?))
     }
 
     /// [`Durable::apply`] for async code.
@@ -225,13 +225,13 @@ impl Drop for Durable {
     }
 }
 
-/// A write started by [`Durable::apply_later`], not yet known durable.
+/// A write started by [`Durable::write_later`], not yet known durable.
 #[must_use = "a write is durable only once `wait` says so"]
-pub struct Pending(mpsc::Receiver<sled::Result<()>>);
+pub struct Pending<R = ()>(mpsc::Receiver<sled::Result<R>>);
 
-impl Pending {
+impl<R> Pending<R> {
     /// Block until the write is durable (or failed). Blocking: never on an async worker.
-    pub fn wait(self) -> sled::Result<()> {
+    pub fn wait(self) -> sled::Result<R> {
         self.0.recv().map_err(|_| gone())?
     }
 }

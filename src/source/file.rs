@@ -347,7 +347,7 @@ pub fn take_export(env: &Env<'_>, state: &mut State, job: &Job<'_>) -> Result<Do
     // it is durable its batches go to the pusher, as they would have — but
     // not a refused file's, whose unsent part is taken back below.
     let refused = matches!(result, Err(FileError::Refused(_)));
-    let settled = if refused { w.settle_unpushed() } else { w.settle() };
+    let settled = w.settle_with(!refused);
     let result = match (result, settled) {
         (Ok(done), Ok(())) => Ok(done),
         (Ok(_), Err(e)) | (Err(FileError::Stopped), Err(e)) => Err(e),
@@ -359,7 +359,7 @@ pub fn take_export(env: &Env<'_>, state: &mut State, job: &Job<'_>) -> Result<Do
     };
     // Sequences handed out are never used again, whatever happened.
     state.next_seq = state.next_seq.max(w.seq);
-    if let Err(FileError::Refused(_)) = &result {
+    if refused {
         // Only reachable when the pre-scan missed a refusal: take back what is not yet sent.
         if let Ok(Some(rec)) = env.store.file(&id) {
             tracing::error!(
@@ -479,20 +479,19 @@ impl Writer<'_, '_> {
     /// Wait for the write in flight, if any, and hand its batches to the
     /// pusher once it is durable.
     fn settle(&mut self) -> Result<(), FileError> {
-        if let Some((write, batches)) = self.in_flight.take() {
-            write.wait().map_err(|e| failed("writing the store")(&e))?;
-            (self.env.on_durable)(&batches);
-        }
-        Ok(())
+        self.settle_with(true)
     }
 
-    /// Wait for the write in flight, if any, without handing its batches to
-    /// the pusher (a refused file's unsent part is taken back).
-    fn settle_unpushed(&mut self) -> Result<(), FileError> {
-        match self.in_flight.take() {
-            Some((write, _)) => write.wait().map_err(|e| failed("writing the store")(&e)),
-            None => Ok(()),
+    /// [`Writer::settle`]; with `push` false the batches are not handed over
+    /// (a refused file's unsent part is taken back).
+    fn settle_with(&mut self, push: bool) -> Result<(), FileError> {
+        if let Some((write, batches)) = self.in_flight.take() {
+            write.wait().map_err(|e| failed("writing the store")(&e))?;
+            if push {
+                (self.env.on_durable)(&batches);
+            }
         }
+        Ok(())
     }
 
     fn run<R: Read, Q: Read>(
