@@ -18,6 +18,7 @@ pub mod fsutil;
 pub mod hex;
 pub mod identity;
 pub mod ingest;
+pub mod keyedhash;
 pub mod keys;
 pub mod linkage;
 pub mod normalize;

@@ -53,6 +53,8 @@
 
 use std::collections::HashMap;
 
+use crate::keyedhash::Keyed;
+
 use crate::schema::{LinkageRule, Part, Transform, MAX_SCHEMES};
 use crate::token::{Token, TOKEN_LEN};
 
@@ -99,11 +101,11 @@ pub struct Linker {
     /// Per group: whether all its schemes are per-source; then its records
     /// are counted per (group, scope) here, as only same-source pairs compare.
     group_scoped: Vec<bool>,
-    scoped_records: HashMap<(u32, u32), u64>,
+    scoped_records: HashMap<(u32, u32), u64, Keyed>,
     /// Per profile: the scope (source) of its records, for per-source schemes.
     profile_scope: Vec<u32>,
     /// (epoch, presence mask, tokens combined) → profile.
-    profile_index: HashMap<(u32, Mask, u128), u32>,
+    profile_index: HashMap<(u32, Mask, u128), u32, Keyed>,
     /// Per record: its profile.
     record_profile: Vec<u32>,
     /// Per profile, `n_schemes` tokens (0 where absent), the presence mask and the records.
@@ -114,14 +116,14 @@ pub struct Linker {
     /// scheme, token → (first posting, profiles in the block). Keyed by the
     /// token alone (24 bytes an entry, not 48 with scheme and epoch in it).
     epochs: Vec<u32>,
-    blocks: Vec<HashMap<u128, (u32, u32)>>,
+    blocks: Vec<HashMap<u128, (u32, u32), Keyed>>,
     /// Postings: (a profile, the next posting of the same block), one load per step.
     postings: Vec<(u32, u32)>,
     /// Candidate pairs: (earlier profile, later profile, pattern id).
     pairs: Vec<(u32, u32, u32)>,
     /// Per pattern id: (agreeing mask, compared mask) and its pair count.
     patterns: Vec<(Mask, Mask)>,
-    pattern_ids: HashMap<(Mask, Mask), u32>,
+    pattern_ids: HashMap<(Mask, Mask), u32, Keyed>,
     pattern_counts: Vec<u64>,
     blocks_capped: u64,
     /// Scratch for [`Linker::add`]: (candidate profile, scheme it was found by).
@@ -317,12 +319,12 @@ impl Linker {
             n_schemes,
             per_source_mask,
             group_scoped,
-            scoped_records: HashMap::new(),
+            scoped_records: HashMap::default(),
             profile_scope: Vec::new(),
             records_with_group: vec![0; groups.len()],
             groups,
             group_masks,
-            profile_index: HashMap::new(),
+            profile_index: HashMap::default(),
             record_profile: Vec::new(),
             tokens: Vec::new(),
             present: Vec::new(),
@@ -332,7 +334,7 @@ impl Linker {
             postings: Vec::new(),
             pairs: Vec::new(),
             patterns: Vec::new(),
-            pattern_ids: HashMap::new(),
+            pattern_ids: HashMap::default(),
             pattern_counts: Vec::new(),
             blocks_capped: 0,
             candidates: Vec::new(),
@@ -358,7 +360,7 @@ impl Linker {
             group_scoped: self.group_scoped.clone(),
             scoped_records: self.scoped_records.clone(),
             profile_scope: self.profile_scope.clone(),
-            profile_index: HashMap::new(),
+            profile_index: HashMap::default(),
             record_profile: self.record_profile.clone(),
             tokens: Vec::new(),
             present: self.present.clone(),
@@ -368,7 +370,7 @@ impl Linker {
             postings: Vec::new(),
             pairs: self.pairs.clone(),
             patterns: self.patterns.clone(),
-            pattern_ids: HashMap::new(),
+            pattern_ids: HashMap::default(),
             pattern_counts: self.pattern_counts.clone(),
             blocks_capped: self.blocks_capped,
             candidates: Vec::new(),
@@ -444,7 +446,7 @@ impl Linker {
             Some(i) => i,
             None => {
                 self.epochs.push(epoch);
-                self.blocks.resize_with(self.epochs.len() * n, HashMap::new);
+                self.blocks.resize_with(self.epochs.len() * n, HashMap::default);
                 self.epochs.len() - 1
             }
         };
@@ -452,6 +454,19 @@ impl Linker {
         // profile agrees with this one on that scheme (same scheme, epoch and
         // token). A block at its cap lists only its first members, so on
         // those schemes agreement is read from the tokens instead.
+        // A record's blocks lie anywhere in tables of millions of entries,
+        // each lookup a wait on memory. Look them all up (and their first
+        // postings) before any work, with nothing between the loads to wait
+        // on, so the processor waits for those misses together rather than
+        // one after another; the work below then finds them in cache.
+        let mut touched = 0u32;
+        for (s, t) in tokens.iter().enumerate() {
+            let Some(t) = t else { continue };
+            if let Some(&(head, _)) = self.blocks[slot * n + s].get(&u128::from_le_bytes(*t)) {
+                touched ^= self.postings.get(head as usize).map_or(head, |&(q, _)| q);
+            }
+        }
+        std::hint::black_box(touched);
         let mut candidates = std::mem::take(&mut self.candidates);
         candidates.clear();
         let mut capped: Mask = 0;

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::keyedhash::Keyed;
 use crate::linkage::{Linker, Quality};
 use crate::query::{Population, Prepared, Preparer};
 use crate::record::PseudoRecord;
@@ -172,7 +173,7 @@ struct Inner {
     /// (source, kind, rid) → the linker index of the version held; source and
     /// kind by their number in `names`, the rid as its 16 bytes: no allocation
     /// per record.
-    by_rid: HashMap<RidKey, u32>,
+    by_rid: HashMap<RidKey, u32, Keyed>,
     /// Source names met so far, numbered in order of arrival; and kind names.
     sources: HashMap<String, u32>,
     kinds: HashMap<String, u32>,
@@ -205,7 +206,7 @@ impl Persons {
         let inner = Inner {
             linker,
             records: Vec::new(),
-            by_rid: HashMap::new(),
+            by_rid: HashMap::default(),
             sources: HashMap::new(),
             kinds: HashMap::new(),
             generation: 0,

@@ -47,6 +47,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::keyedhash::Keyed;
 use crate::storage::{Durable, WriteBatch};
 
 use crate::record::PseudoRecord;
@@ -509,7 +510,7 @@ pub struct Store {
     /// raised by an unchanged re-send — never one per new record, which
     /// would double the store's size and halve the exchange rate.
     /// Changed on the writer thread only, after the write it mirrors.
-    index: Arc<std::sync::Mutex<std::collections::HashMap<RidKey, Held>>>,
+    index: Arc<std::sync::Mutex<std::collections::HashMap<RidKey, Held, Keyed>>>,
     /// The numbers of the (source, kind) pairs in `index`'s keys.
     scopes: Arc<Scopes>,
 }
@@ -871,8 +872,8 @@ impl Store {
         let mut write = WriteBatch::default();
         let n_chunks = put_chunks(&mut write, &chunk_prefix, body, 0);
         // Within the batch, the newest version of a rid (the later one on a tie).
-        let mut winner: std::collections::HashMap<RidKey, usize> =
-            std::collections::HashMap::with_capacity(entries.len());
+        let mut winner: std::collections::HashMap<RidKey, usize, Keyed> =
+            std::collections::HashMap::with_capacity_and_hasher(entries.len(), Keyed::default());
         for (i, e) in entries.iter().enumerate() {
             let w = winner.entry(e.key).or_insert(i);
             if e.seq >= entries[*w].seq {
@@ -1017,7 +1018,7 @@ impl Store {
     /// Build the in-memory index: every stored record's version, then the `i`
     /// entries (tombstones, raised versions) where newer.
     fn load_index(&self) -> Result<(), StoreError> {
-        let mut index = std::collections::HashMap::new();
+        let mut index = std::collections::HashMap::with_hasher(Keyed::default());
         for b in self.batches() {
             let b = b?;
             let id: Arc<[u8]> = b.batch_id.as_bytes().into();
