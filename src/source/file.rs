@@ -316,6 +316,12 @@ pub fn take_export(env: &Env<'_>, state: &mut State, job: &Job<'_>) -> Result<Do
         }
     }
 
+    // Never below what the store holds: a run that ended in a panic (a bug)
+    // left `state` behind the sequences it wrote, and reusing one would
+    // overwrite a batch not yet sent.
+    let stored_next = env.store.outbox_next().map_err(|e| failed("reading the store")(&e))?;
+    state.next_seq = state.next_seq.max(stored_next);
+
     let open = |p: &Path| File::open(p).map(|f| BufReader::with_capacity(1 << 20, f));
     let input = open(job.path).map_err(|e| failed("opening the file")(&e))?;
     let mut reader = Reader::new(env.schema, kind, job.format, input).map_err(ingest_error)?;
@@ -398,6 +404,20 @@ struct Writer<'e, 'a> {
     in_flight: Option<(crate::storage::Pending, Vec<(u64, u32)>)>,
     batches: usize,
     since_commit: u64,
+}
+
+impl Drop for Writer<'_, '_> {
+    /// A run that panicked (a bug) may leave a write in flight: wait for it,
+    /// so whoever takes the state next sees the store as it wrote it. Its
+    /// batches are not handed over here (the handing over may be what
+    /// panicked): they are durable in the outbox and sent after a restart.
+    fn drop(&mut self) {
+        if let Some((write, _)) = self.in_flight.take() {
+            if let Err(e) = write.wait() {
+                tracing::error!(file = %self.name, error = %e, "a segment's write failed as the ingest stopped");
+            }
+        }
+    }
 }
 
 impl Writer<'_, '_> {
@@ -718,6 +738,43 @@ mod tests {
         // Once done, the same bytes are recognised.
         let (r, third) = run(&f, &mut state, &path, None);
         assert!(r.unwrap().already && third.is_empty());
+    }
+
+    #[test]
+    fn a_panic_mid_file_leaves_the_batches_it_wrote_alone() {
+        let f = fixture();
+        let first = f.dir.path().join("first.csv");
+        std::fs::write(&first, export(3000)).unwrap();
+        let mut state = State::default();
+        // The pusher's hand-over panics at the second durable segment: the
+        // first segment's batches were handed over, the second's are durable
+        // and were not, and the third's write may be in flight.
+        let calls = Mutex::new(0);
+        let on_durable = |_: &[(u64, u32)]| {
+            let mut n = calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            *n += 1;
+            assert!(*n < 2, "a bug in the hand-over");
+        };
+        let cancel = CancellationToken::new();
+        let env = Env {
+            batch_records: 100,
+            ..Env::for_tests(&f.schema, &f.tokenizer, &f.key, &f.store, &cancel, &on_durable)
+        };
+        let kind = f.schema.kind("arrest").unwrap();
+        let job = Job { path: &first, kind, format: Format::Csv, quarantine: f.dir.path().join("q1.csv"), dest: None };
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| take_export(&env, &mut state, &job)));
+        assert!(panicked.is_err());
+        let rec = f.store.file(&scan(&first, "arrest", Format::Csv).unwrap().0).unwrap().unwrap();
+        assert!(rec.committed_rows >= 1000, "two segments written: {}", rec.committed_rows);
+        let written = outbox_lines(&f.store).len() as u64;
+        assert_eq!(written, rec.committed_rows);
+
+        // The next file, with the same state: its batches take new sequences.
+        let second = f.dir.path().join("second.csv");
+        std::fs::write(&second, export(700).replace("Lee,Bo", "Kim,Al")).unwrap();
+        let (r, _) = run(&f, &mut state, &second, None);
+        assert_eq!(r.unwrap().summary.accepted, 700);
+        assert_eq!(outbox_lines(&f.store).len() as u64, written + 700, "no batch of the first file overwritten");
     }
 
     #[test]
