@@ -12,7 +12,9 @@
 //!    clock starts when the export is renamed into the source's inbox and
 //!    stops when the source has the steward's acknowledgement of every
 //!    record (acknowledged = flushed at the steward); the time at which the
-//!    steward's store first counts them all is shown too.
+//!    steward's store first counts them all is shown too. Three such runs,
+//!    each on fresh data directories; the median is reported (and each run's
+//!    rate), since on a shared two-core machine one run moves by a tenth.
 //!
 //!    Then the same again on fresh data directories **while evaluators
 //!    query**: four evaluator clients send distinct budget-charged queries
@@ -56,6 +58,8 @@ use divert::tls::{TlsMaterial, TlsPaths};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PROGRAM: &str = "bench";
+/// End-to-end runs without queries; the median is reported.
+const E2E_RUNS: usize = 3;
 const SOURCE: &str = "police";
 const EVALUATOR: &str = "bench-eval";
 const BATCH: usize = 5_000;
@@ -521,8 +525,14 @@ fn main() {
     let wire_size = offline.wire_bytes as f64 / n as f64;
     let staging = root.join("staging");
     std::fs::create_dir_all(&staging).expect("staging dir");
-    let staged = staging.join("arrest.csv");
-    std::fs::write(&staged, &csv).expect("write the export");
+    // One copy per end-to-end run (each is moved into an inbox).
+    let staged: Vec<PathBuf> = (0..E2E_RUNS)
+        .map(|i| {
+            let p = staging.join(format!("arrest-{i}.csv"));
+            std::fs::write(&p, &csv).expect("write the export");
+            p
+        })
+        .collect();
     let staged_again = staging.join("arrest-again.csv");
     std::fs::write(&staged_again, &csv).expect("write the export");
     let csv_bytes = csv.len() as f64;
@@ -539,7 +549,25 @@ fn main() {
 
     // 1. End to end.
     eprintln!("1. end to end ({workers} runtime workers) ...");
-    let (e2e, st_tls, src_tls) = rt.block_on(end_to_end(&root, &staged, n, "plain", false));
+    // Several runs, the median kept: on a shared two-core machine one run's
+    // rate moves by a tenth with what else the machine does.
+    let mut runs = Vec::new();
+    let mut tls = None;
+    for (i, path) in staged.iter().enumerate() {
+        let tag = format!("plain-{i}");
+        let (e2e, st_tls, src_tls) = rt.block_on(end_to_end(&root, path, n, &tag, false));
+        eprintln!("   run {}: {:.0} records/s", i + 1, e2e.records as f64 / e2e.secs_acked);
+        // Each run's stores are gone before the next: the disk holds one run's at a time.
+        for role in ["steward", SOURCE] {
+            let _ = std::fs::remove_dir_all(root.join(role).join(format!("data-{tag}")));
+        }
+        runs.push(e2e);
+        tls = Some((st_tls, src_tls));
+    }
+    runs.sort_by(|a, b| a.secs_acked.total_cmp(&b.secs_acked));
+    let rates: Vec<f64> = runs.iter().map(|r| r.records as f64 / r.secs_acked).collect();
+    let e2e = runs.swap_remove(runs.len() / 2);
+    let (st_tls, src_tls) = tls.expect("at least one run");
     eprintln!("1b. end to end again, with evaluators querying throughout ...");
     let (e2e_q, _, _) = rt.block_on(end_to_end(&root, &staged_again, n, "queries", true));
 
@@ -572,7 +600,15 @@ fn main() {
     println!("{:<52} {:>14} {:>14} {:>14}", "", "records/s", "MB/s", "seconds");
     println!(
         "{:<52} {:>14.0} {:>14.1} {:>14.2}",
-        "end to end: inbox → steward-durable (acknowledged)", e2e_rate, e2e_wire_mbs, e2e.secs_acked
+        format!("end to end: inbox → steward-durable (median of {E2E_RUNS})"),
+        e2e_rate,
+        e2e_wire_mbs,
+        e2e.secs_acked
+    );
+    println!(
+        "{:<52} {:>14}",
+        "  the runs, slowest to fastest",
+        rates.iter().rev().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" / ")
     );
     println!(
         "{:<52} {:>14.0} {:>14.1} {:>14.2}",
@@ -647,7 +683,7 @@ fn main() {
     }
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
     let goal = 150_000.0;
-    println!("goal ≥ {goal:.0} records/s end to end: {}", met(e2e_rate >= goal));
+    println!("goal ≥ {goal:.0} records/s end to end (the median run): {}", met(e2e_rate >= goal));
     let store_per_record = e2e.store_bytes as f64 / e2e.records as f64;
     println!(
         "bytes per record: {wire_size:.0} on the wire (goal ≤ 250: {}; {rec_size:.0} in the outbox), {store_per_record:.0} in the steward's store (goal ≤ 400: {})",
