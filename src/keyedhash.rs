@@ -10,18 +10,23 @@
 //!
 //! `h(x) = ((Σ a_i·x_i + b) mod 2^128) >> 64`
 //!
-//! with `a_i` and `b` random 128-bit numbers. It is strongly universal for
-//! keys of one length: two distinct keys collide on any chosen bits of the
-//! result with probability 2^-bits over the choice of the numbers, whatever
-//! the keys. So a sender who does not know the numbers cannot choose tokens
-//! that pile into one bucket, which is what keeps a table's probes short
-//! (hash-flooding). The numbers are drawn once per process, from std's own
-//! OS-seeded `RandomState` (SipHash under a random key, a PRF), and never
-//! leave it.
+//! with `a_i` and `b` random 128-bit numbers. It is strongly universal: two
+//! keys whose words differ (up to [`WORDS`] words; std's `Hash` writes a
+//! slice's length first) collide on any chosen bits of the result with
+//! probability 2^-bits over the choice of the numbers, whatever the keys.
+//! So a sender who does not know the numbers cannot, in expectation, choose
+//! tokens that pile into one bucket (hash-flooding). That is a bound on
+//! pairs, weaker than SipHash's random-function behaviour: it does not
+//! bound probe runs in the worst case (Pătrașcu and Thorup, 2010), and the
+//! function is linear, so a party that saw many hashes or a table's order
+//! could solve for the numbers. Nothing shows either: no table under it is
+//! printed or iterated where a peer sees the order. The numbers are drawn
+//! once per process, from std's own OS-seeded `RandomState` (SipHash under
+//! a random key, a PRF), and never leave it.
 //!
-//! Keys longer than [`WORDS`] words reuse the numbers and lose the
-//! guarantee; every key hashed here is at most 4 words (a 24-byte record id
-//! key with its length, a token with its epoch and mask).
+//! Keys longer than [`WORDS`] words would reuse the numbers and lose the
+//! guarantee (a debug build stops there); the longest key hashed here is 5
+//! words (a rid key: epoch, scope, the 16 bytes' length and the 16 bytes).
 //!
 //! This is not cryptography: it protects a table's shape, not a secret.
 
@@ -90,6 +95,7 @@ pub struct KeyedHasher {
 impl KeyedHasher {
     #[inline]
     fn word(&mut self, x: u64) {
+        debug_assert!(self.word < WORDS, "a key longer than the guarantee covers");
         let a = self.numbers.a[self.word % WORDS];
         self.sum = self.sum.wrapping_add(a.wrapping_mul(u128::from(x)));
         self.word += 1;

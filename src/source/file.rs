@@ -88,6 +88,41 @@ pub struct State {
     pub held: std::collections::BTreeMap<String, u64>,
 }
 
+impl State {
+    /// The state as the store records it.
+    pub fn load(store: &Store) -> sled::Result<State> {
+        Ok(State {
+            next_seq: store.outbox_next()?,
+            files_done: store.get_u64(store::META_FILES_DONE)?,
+            files_rejected: store.get_u64(store::META_FILES_REJECTED)?,
+            held: store.held()?,
+        })
+    }
+
+    /// Run `job` with the state. If it panics (a bug), the state is read
+    /// again from the store before the panic goes on (and the lock holding
+    /// the state is let go): the job may have written past what the state
+    /// in memory says — outbox sequences, files done, rows held — and the
+    /// next job must not hand out a sequence again (that would overwrite a
+    /// batch not yet sent, or give a deletion's tombstone an older version
+    /// than the record it deletes).
+    pub fn guarded<T>(&mut self, store: &Store, job: impl FnOnce(&mut State) -> T) -> T {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(self))) {
+            Ok(t) => t,
+            Err(panic) => {
+                match State::load(store) {
+                    Ok(fresh) => *self = fresh,
+                    // A store that cannot be read fails the next job too, before it writes.
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the source's state again after a job panicked failed")
+                    }
+                }
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+}
+
 /// One file to ingest.
 pub struct Job<'a> {
     pub path: &'a Path,
@@ -742,39 +777,56 @@ mod tests {
 
     #[test]
     fn a_panic_mid_file_leaves_the_batches_it_wrote_alone() {
-        let f = fixture();
-        let first = f.dir.path().join("first.csv");
-        std::fs::write(&first, export(3000)).unwrap();
-        let mut state = State::default();
-        // The pusher's hand-over panics at the second durable segment: the
-        // first segment's batches were handed over, the second's are durable
-        // and were not, and the third's write may be in flight.
-        let calls = Mutex::new(0);
-        let on_durable = |_: &[(u64, u32)]| {
-            let mut n = calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            *n += 1;
-            assert!(*n < 2, "a bug in the hand-over");
-        };
-        let cancel = CancellationToken::new();
-        let env = Env {
-            batch_records: 100,
-            ..Env::for_tests(&f.schema, &f.tokenizer, &f.key, &f.store, &cancel, &on_durable)
-        };
-        let kind = f.schema.kind("arrest").unwrap();
-        let job = Job { path: &first, kind, format: Format::Csv, quarantine: f.dir.path().join("q1.csv"), dest: None };
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| take_export(&env, &mut state, &job)));
-        assert!(panicked.is_err());
-        let rec = f.store.file(&scan(&first, "arrest", Format::Csv).unwrap().0).unwrap().unwrap();
-        assert!(rec.committed_rows >= 1000, "two segments written: {}", rec.committed_rows);
-        let written = outbox_lines(&f.store).len() as u64;
-        assert_eq!(written, rec.committed_rows);
+        for guarded in [false, true] {
+            let f = fixture();
+            let first = f.dir.path().join("first.csv");
+            std::fs::write(&first, export(3000)).unwrap();
+            let mut state = State::default();
+            // The pusher's hand-over panics at the second durable segment:
+            // the first segment's batches were handed over, the second's are
+            // durable and were not, and `state` still says sequence 0.
+            let calls = Mutex::new(0);
+            let on_durable = |_: &[(u64, u32)]| {
+                let mut n = calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                *n += 1;
+                assert!(*n < 2, "a bug in the hand-over");
+            };
+            let cancel = CancellationToken::new();
+            let env = Env {
+                batch_records: 100,
+                ..Env::for_tests(&f.schema, &f.tokenizer, &f.key, &f.store, &cancel, &on_durable)
+            };
+            let kind = f.schema.kind("arrest").unwrap();
+            let q = f.dir.path().join("q1.csv");
+            let job = Job { path: &first, kind, format: Format::Csv, quarantine: q, dest: None };
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if guarded {
+                    // As the daemon runs every job that holds the state.
+                    state.guarded(&f.store, |state| take_export(&env, state, &job))
+                } else {
+                    take_export(&env, &mut state, &job)
+                }
+            }));
+            assert!(panicked.is_err());
+            let rec = f.store.file(&scan(&first, "arrest", Format::Csv).unwrap().0).unwrap().unwrap();
+            assert!(rec.committed_rows >= 1000, "two segments written: {}", rec.committed_rows);
+            let written = outbox_lines(&f.store).len() as u64;
+            assert_eq!(written, rec.committed_rows);
+            if guarded {
+                // Read again from the store: any job may take it now (a deletion's tombstones too).
+                assert_eq!(state.next_seq, f.store.outbox_next().unwrap());
+                assert_eq!(state.held, f.store.held().unwrap());
+            } else {
+                assert_eq!(state.next_seq, 0, "a job that panics leaves the state behind the store");
+            }
 
-        // The next file, with the same state: its batches take new sequences.
-        let second = f.dir.path().join("second.csv");
-        std::fs::write(&second, export(700).replace("Lee,Bo", "Kim,Al")).unwrap();
-        let (r, _) = run(&f, &mut state, &second, None);
-        assert_eq!(r.unwrap().summary.accepted, 700);
-        assert_eq!(outbox_lines(&f.store).len() as u64, written + 700, "no batch of the first file overwritten");
+            // The next file, with the same state: its batches take new sequences.
+            let second = f.dir.path().join("second.csv");
+            std::fs::write(&second, export(700).replace("Lee,Bo", "Kim,Al")).unwrap();
+            let (r, _) = run(&f, &mut state, &second, None);
+            assert_eq!(r.unwrap().summary.accepted, 700);
+            assert_eq!(outbox_lines(&f.store).len() as u64, written + 700, "no batch of the first file overwritten");
+        }
     }
 
     #[test]

@@ -142,12 +142,7 @@ impl Source {
             })?;
             let unfinished = store.unfinished()?;
             let store_id = store.store_id()?;
-            let state = State {
-                next_seq: store.outbox_next()?,
-                files_done: store.get_u64(store::META_FILES_DONE)?,
-                files_rejected: store.get_u64(store::META_FILES_REJECTED)?,
-                held: store.held()?,
-            };
+            let state = State::load(&store)?;
             let outbox = store.outbox_index()?;
             let stats = Stats::new(
                 store.get_u64(store::META_PUSHED_BATCHES)?,
@@ -356,7 +351,7 @@ impl Source {
                 let Some(k) = src.schema.kind(&kind) else {
                     return Err(FileError::Failed("unknown kind".into()));
                 };
-                let r = job(&src, &mut state, k);
+                let r = state.guarded(&src.store, |state| job(&src, state, k));
                 src.set_counts(&state);
                 r
             })
@@ -682,7 +677,7 @@ async fn inbox_file(src: &Arc<Source>, name: &str) -> Result<(), InboxError> {
         .tracker
         .spawn_blocking(move || {
             let mut state = state;
-            let r = inbox_file_blocking(&job_src, &mut state, &name);
+            let r = state.guarded(&job_src.store, |state| inbox_file_blocking(&job_src, state, &name));
             job_src.set_counts(&state);
             r
         })
