@@ -106,7 +106,10 @@ impl State {
     /// next job must not hand out a sequence again (that would overwrite a
     /// batch not yet sent, or give a deletion's tombstone an older version
     /// than the record it deletes).
-    pub fn guarded<T>(&mut self, store: &Store, job: impl FnOnce(&mut State) -> T) -> T {
+    ///
+    /// `after_panic` runs then too (the daemon hands the pusher the batches
+    /// the job made durable but did not hand over).
+    pub fn guarded<T>(&mut self, store: &Store, after_panic: impl FnOnce(), job: impl FnOnce(&mut State) -> T) -> T {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(self))) {
             Ok(t) => t,
             Err(panic) => {
@@ -117,6 +120,7 @@ impl State {
                         tracing::error!(error = %e, "reading the source's state again after a job panicked failed")
                     }
                 }
+                after_panic();
                 std::panic::resume_unwind(panic)
             }
         }
@@ -802,7 +806,7 @@ mod tests {
             let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 if guarded {
                     // As the daemon runs every job that holds the state.
-                    state.guarded(&f.store, |state| take_export(&env, state, &job))
+                    state.guarded(&f.store, || {}, |state| take_export(&env, state, &job))
                 } else {
                     take_export(&env, &mut state, &job)
                 }

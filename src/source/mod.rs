@@ -242,6 +242,17 @@ impl Source {
         }
     }
 
+    /// Hand the pusher every batch in the store's outbox it does not hold
+    /// (after a job panicked: see `State::guarded`).
+    fn resync_outbox(&self) {
+        match self.store.outbox_index() {
+            Ok(stored) => self.outbox.resync(stored),
+            Err(e) => {
+                tracing::error!(error = %e, "reading the outbox after a job panicked failed; its batches go after a restart")
+            }
+        }
+    }
+
     fn set_counts(&self, state: &State) {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         *c = Counts { files_done: state.files_done, files_rejected: state.files_rejected, held: state.held.clone() };
@@ -351,7 +362,7 @@ impl Source {
                 let Some(k) = src.schema.kind(&kind) else {
                     return Err(FileError::Failed("unknown kind".into()));
                 };
-                let r = state.guarded(&src.store, |state| job(&src, state, k));
+                let r = state.guarded(&src.store, || src.resync_outbox(), |state| job(&src, state, k));
                 src.set_counts(&state);
                 r
             })
@@ -677,7 +688,11 @@ async fn inbox_file(src: &Arc<Source>, name: &str) -> Result<(), InboxError> {
         .tracker
         .spawn_blocking(move || {
             let mut state = state;
-            let r = state.guarded(&job_src.store, |state| inbox_file_blocking(&job_src, state, &name));
+            let r = state.guarded(
+                &job_src.store,
+                || job_src.resync_outbox(),
+                |state| inbox_file_blocking(&job_src, state, &name),
+            );
             job_src.set_counts(&state);
             r
         })

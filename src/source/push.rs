@@ -60,6 +60,20 @@ impl Outbox {
         self.notify.notify_waiters();
     }
 
+    /// Make pushable every batch of `stored` (the store's outbox) the queue
+    /// does not hold: those a job made durable and did not hand over because
+    /// it panicked. One acknowledged meanwhile is found gone and skipped.
+    pub fn resync(&self, stored: BTreeMap<u64, u32>) {
+        let mut q = self.lock();
+        for (seq, n) in stored {
+            if !q.waiting.contains_key(&seq) && !q.in_flight.contains_key(&seq) {
+                q.waiting.insert(seq, n);
+            }
+        }
+        drop(q);
+        self.notify.notify_waiters();
+    }
+
     /// The oldest batch nobody is pushing; waits for one.
     async fn take(&self) -> (u64, u32) {
         loop {
@@ -533,5 +547,17 @@ mod tests {
         assert_eq!(o.take().await, (5, 10));
         o.done(3);
         assert_eq!(o.depth(), (1, 10));
+    }
+
+    #[tokio::test]
+    async fn a_resync_adds_only_the_batches_the_queue_lacks() {
+        let o = Outbox::default();
+        o.add([(3, 7), (5, 10)]);
+        assert_eq!(o.take().await, (3, 7));
+        // 3 is being pushed, 5 waits, 8 was made durable and never handed over.
+        o.resync(BTreeMap::from([(3, 7), (5, 10), (8, 4)]));
+        assert_eq!(o.depth(), (3, 21), "nothing twice");
+        assert_eq!(o.take().await, (5, 10));
+        assert_eq!(o.take().await, (8, 4));
     }
 }
