@@ -450,10 +450,6 @@ impl Linker {
                 self.epochs.len() - 1
             }
         };
-        // Each candidate with the scheme whose block listed it: a listed
-        // profile agrees with this one on that scheme (same scheme, epoch and
-        // token). A block at its cap lists only its first members, so on
-        // those schemes agreement is read from the tokens instead.
         // A record's blocks lie anywhere in tables of millions of entries,
         // each lookup a wait on memory. Look them all up (and their first
         // postings) before any work, with nothing between the loads to wait
@@ -467,6 +463,10 @@ impl Linker {
             }
         }
         std::hint::black_box(touched);
+        // Each candidate with the scheme whose block listed it: a listed
+        // profile agrees with this one on that scheme (same scheme, epoch and
+        // token). A block at its cap lists only its first members, so on
+        // those schemes agreement is read from the tokens instead.
         let mut candidates = std::mem::take(&mut self.candidates);
         candidates.clear();
         let mut capped: Mask = 0;

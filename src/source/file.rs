@@ -449,7 +449,8 @@ impl Drop for Writer<'_, '_> {
     /// A run that panicked (a bug) may leave a write in flight: wait for it,
     /// so whoever takes the state next sees the store as it wrote it. Its
     /// batches are not handed over here (the handing over may be what
-    /// panicked): they are durable in the outbox and sent after a restart.
+    /// panicked): they are durable in the outbox, and the daemon hands the
+    /// pusher what it lacks once the panic reaches `State::guarded`.
     fn drop(&mut self) {
         if let Some((write, _)) = self.in_flight.take() {
             if let Err(e) = write.wait() {

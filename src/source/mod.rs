@@ -242,6 +242,13 @@ impl Source {
         }
     }
 
+    /// Run a job that holds the state as every such job runs: under
+    /// [`State::guarded`], and after a panic the pusher is handed every
+    /// batch of the store's outbox it does not hold.
+    fn guarded<T>(&self, state: &mut State, job: impl FnOnce(&mut State) -> T) -> T {
+        state.guarded(&self.store, || self.resync_outbox(), job)
+    }
+
     /// Hand the pusher every batch in the store's outbox it does not hold
     /// (after a job panicked: see `State::guarded`).
     fn resync_outbox(&self) {
@@ -362,7 +369,7 @@ impl Source {
                 let Some(k) = src.schema.kind(&kind) else {
                     return Err(FileError::Failed("unknown kind".into()));
                 };
-                let r = state.guarded(&src.store, || src.resync_outbox(), |state| job(&src, state, k));
+                let r = src.guarded(&mut state, |state| job(&src, state, k));
                 src.set_counts(&state);
                 r
             })
@@ -688,11 +695,7 @@ async fn inbox_file(src: &Arc<Source>, name: &str) -> Result<(), InboxError> {
         .tracker
         .spawn_blocking(move || {
             let mut state = state;
-            let r = state.guarded(
-                &job_src.store,
-                || job_src.resync_outbox(),
-                |state| inbox_file_blocking(&job_src, state, &name),
-            );
+            let r = job_src.guarded(&mut state, |state| inbox_file_blocking(&job_src, state, &name));
             job_src.set_counts(&state);
             r
         })

@@ -288,7 +288,7 @@ async fn rekey_to(src: &Arc<Source>, target: u32) -> anyhow::Result<()> {
                 return Ok(rekey::FilePass::default());
             };
             let add = |b: &[(u64, u32)]| s.outbox.add(b.iter().copied());
-            state.guarded(&s.store, || s.resync_outbox(), |state| rekey::file(&s.env(&tok, &add), state, &id, &rec))
+            s.guarded(&mut state, |state| rekey::file(&s.env(&tok, &add), state, &id, &rec))
         })
         .await?;
         match r {
@@ -308,29 +308,25 @@ async fn rekey_to(src: &Arc<Source>, target: u32) -> anyhow::Result<()> {
     let (s, tok) = (src.clone(), tokenizer.clone());
     let switched = tokio::task::spawn_blocking(move || -> Result<Option<u64>, FileError> {
         let mut state = state;
-        state.guarded(
-            &s.store,
-            || s.resync_outbox(),
-            |state| {
-                let mut rows = 0;
-                for (id, rec) in store::files(s.store.tree()).map_err(|e| FileError::Failed(e.to_string()))? {
-                    let add = |b: &[(u64, u32)]| s.outbox.add(b.iter().copied());
-                    match rekey::file(&s.env(&tok, &add), state, &id, &rec) {
-                        Ok(p) => {
-                            rows += p.rows;
-                            s.view().rows_not_resent += p.dropped;
-                        }
-                        Err(FileError::Stopped) => return Ok(None),
-                        Err(e) => return Err(e),
+        s.guarded(&mut state, |state| {
+            let mut rows = 0;
+            for (id, rec) in store::files(s.store.tree()).map_err(|e| FileError::Failed(e.to_string()))? {
+                let add = |b: &[(u64, u32)]| s.outbox.add(b.iter().copied());
+                match rekey::file(&s.env(&tok, &add), state, &id, &rec) {
+                    Ok(p) => {
+                        rows += p.rows;
+                        s.view().rows_not_resent += p.dropped;
                     }
+                    Err(FileError::Stopped) => return Ok(None),
+                    Err(e) => return Err(e),
                 }
-                rekey::switch(&s.store, state, target)?;
-                // Swapped while the ingest lock is held: the next file is pseudonymized under the new epoch.
-                *s.keying.write().unwrap_or_else(|p| p.into_inner()) =
-                    Arc::new(Keying { tokenizer: tok, epoch: target, fingerprint });
-                Ok(Some(rows))
-            },
-        )
+            }
+            rekey::switch(&s.store, state, target)?;
+            // Swapped while the ingest lock is held: the next file is pseudonymized under the new epoch.
+            *s.keying.write().unwrap_or_else(|p| p.into_inner()) =
+                Arc::new(Keying { tokenizer: tok, epoch: target, fingerprint });
+            Ok(Some(rows))
+        })
     })
     .await??;
     if switched.is_some() {
