@@ -260,6 +260,10 @@ fn config_check_header_says_what_linkage_will_miss() {
         stdout.contains("schemes `dob_address`, `names_address` get no token: no column for `address`"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("scheme `given_address_postal_code` gets no token: no column for `address`, `postal_code`"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("`names_dob`"), "the dob column feeds names_dob: {stdout}");
 }
 
