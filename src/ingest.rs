@@ -428,6 +428,14 @@ impl<R: Read> Read for LineEnds<R> {
                 self.eof = true;
                 return Ok(0);
             }
+            // Most exports end lines with LF alone: a chunk with no CR (and none
+            // pending) is handed out as it is, found by one vectorized search.
+            if !self.pending_cr && !raw[..n].contains(&b'\r') {
+                out[..n].copy_from_slice(&raw[..n]);
+                self.total += n as u64;
+                self.last = Some(raw[n - 1]);
+                return Ok(n);
+            }
             let mut w = 0;
             for &b in &raw[..n] {
                 if self.pending_cr {
