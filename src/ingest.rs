@@ -190,6 +190,9 @@ enum Feed {
     /// A column holding the whole name, of which this field takes its part
     /// (`family`: the family name, else the given name; see `IdentityField::full_name`).
     Part { column: usize, family: bool },
+    /// A date's year piece alone (a `birth_year` column, no month or day and
+    /// no column of the whole date): the date known only by its year.
+    Year(usize),
 }
 
 impl Feed {
@@ -491,10 +494,22 @@ fn map_columns(schema: &Schema, kind: &Kind, names: &[String]) -> Result<(Mappin
         // Joined when the header has every piece (a street number and a
         // street say more than the street alone), else the one column.
         let pieces = f.join.iter().map(|p| find(&f.name, p)).collect::<Result<Vec<_>, _>>()?;
+        let year_piece = match pieces.as_slice() {
+            [Some(year), rest @ ..]
+                if f.norm == NormKind::Date && !rest.is_empty() && rest.iter().all(Option::is_none) =>
+            {
+                Some(*year)
+            }
+            _ => None,
+        };
         let mut feed = match pieces.into_iter().collect::<Option<Vec<usize>>>() {
             Some(cols) if !cols.is_empty() => Feed::Joined(cols),
             _ => find(&f.name, &f.columns)?.map_or(Feed::Absent, Feed::Column),
         };
+        // Only the year of a split date, and no whole date: the year alone.
+        if let (Feed::Absent, Some(year)) = (&feed, year_piece) {
+            feed = Feed::Year(year);
+        }
         // No column of its own: its part of a whole-name column, if there is one.
         if feed == Feed::Absent {
             if let Some(column) = find(&f.name, &f.full_name)? {
@@ -519,7 +534,7 @@ fn map_columns(schema: &Schema, kind: &Kind, names: &[String]) -> Result<(Mappin
     }
     let joined = identity.iter().flat_map(|f| match f {
         Feed::Absent => Vec::new(),
-        Feed::Column(c) | Feed::Part { column: c, .. } => vec![*c],
+        Feed::Column(c) | Feed::Part { column: c, .. } | Feed::Year(c) => vec![*c],
         Feed::Joined(cols) => cols.clone(),
     });
     let used: Vec<usize> = joined.chain(fields.iter().flatten().copied()).collect();
@@ -540,6 +555,10 @@ pub struct Coverage {
     /// header has only some of: (field, the pieces it lacks, each by its
     /// first header name). The pieces it has are ignored.
     pub partial_joins: Vec<(String, Vec<String>)>,
+    /// Dates read from their year piece alone (a `birth_year` column, no
+    /// month, day or whole date). Only the schemes that use just the year
+    /// get tokens from them.
+    pub year_only: Vec<String>,
 }
 
 /// Header words that suggest a column identifies a person.
@@ -555,8 +574,14 @@ fn coverage(schema: &Schema, identity: &[Feed], ignored: &[String]) -> Coverage 
         let mut lacking: Vec<String> = s
             .parts
             .iter()
-            .filter(|p| !identity.get(p.field).is_some_and(Feed::fed))
-            .map(|p| schema.identity[p.field].name.clone())
+            .filter(|p| match identity.get(p.field) {
+                Some(Feed::Year(_)) => p.transform != crate::schema::Transform::Year,
+                feed => !feed.is_some_and(Feed::fed),
+            })
+            .map(|p| match identity.get(p.field) {
+                Some(Feed::Year(_)) => format!("{}'s month and day", schema.identity[p.field].name),
+                _ => schema.identity[p.field].name.clone(),
+            })
             .collect();
         lacking.dedup();
         if !lacking.is_empty() {
@@ -573,7 +598,14 @@ fn coverage(schema: &Schema, identity: &[Feed], ignored: &[String]) -> Coverage 
             partial_joins.push((f.name.clone(), lacking));
         }
     }
-    Coverage { schemes_unfed, unmapped_identity_columns, partial_joins }
+    let year_only = schema
+        .identity
+        .iter()
+        .zip(identity)
+        .filter(|(_, feed)| matches!(feed, Feed::Year(_)))
+        .map(|(f, _)| f.name.clone())
+        .collect();
+    Coverage { schemes_unfed, unmapped_identity_columns, partial_joins, year_only }
 }
 
 /// The coverage of a CSV header line (as `divert config check --header` reads it).
@@ -699,7 +731,7 @@ fn validate_row<'c>(
     for (i, f) in schema.identity.iter().enumerate() {
         let cell = match &mapping.identity[i] {
             Feed::Absent => Cell::Absent,
-            Feed::Column(c) => get(Some(*c)),
+            Feed::Column(c) | Feed::Year(c) => get(Some(*c)),
             Feed::Joined(cols) => join_cells(cols.iter().map(|&c| get(Some(c))), f.join_separator(), &mut joined),
             Feed::Part { column, family } => match get(Some(*column)) {
                 Cell::Text(whole) => {
@@ -765,13 +797,23 @@ fn validate_row<'c>(
     }
 
     // Age at the event must be plausible: a date of birth after the event,
-    // or more than 120 years before it, is a recording error.
-    // Unless the schema requires it, an implausible birth date is dropped, not the row.
-    if let (Some(b), Some(dob), Some(event)) = (schema.birth_date_field(), row.birth_date, row.event_date(kind)) {
+    // or more than 120 years before it, is a recording error (a birth date
+    // known only by its year: a year after the event's, or more than 120
+    // before it). Unless the schema requires it, an implausible birth date is
+    // dropped, not the row.
+    let birth = schema.birth_date_field().and_then(|b| {
+        let year_only = row.identity.get(b).and_then(normalize::year_only);
+        Some((b, row.birth_date.map(Ok).or(year_only.map(Err))?))
+    });
+    if let (Some((b, dob)), Some(event)) = (birth, row.event_date(kind)) {
         let f = &schema.identity[b];
-        let reason = if dob > event {
+        let (after, years) = match dob {
+            Ok(dob) => (dob > event, age_at(dob, event)),
+            Err(year) => (year > event.year(), event.year() - year - 1),
+        };
+        let reason = if after {
             Some(format!("after the event date ({})", kind.fields[kind.event_date].name))
-        } else if age_at(dob, event) > MAX_AGE_YEARS {
+        } else if years > MAX_AGE_YEARS {
             Some(format!("implausible: more than {MAX_AGE_YEARS} years before the event"))
         } else {
             None
@@ -1017,6 +1059,47 @@ mod tests {
         assert!(r.ignored_columns().is_empty(), "{:?}", r.ignored_columns());
         let c = r.coverage().unwrap();
         assert!(c.schemes_unfed.iter().all(|(_, lack)| !lack.contains(&"dob".to_string())), "{c:?}");
+    }
+
+    #[test]
+    fn a_birth_date_known_only_by_its_year_is_kept_as_its_year() {
+        let schema = schema();
+        let kind = schema.kind("arrest").unwrap();
+        // A `birth_year` column with no month, day or whole date: the year alone.
+        let years = "arrest_id,given_name,family_name,birth_year,arrest_date,warrant,violent,felony\n\
+                     A1,Ann,Lee,1980,2019-03-04,y,n,n\nA2,Bo,Ng,2020,2019-03-04,y,n,n\n\
+                     A3,Cy,Oh,1890,2019-03-04,y,n,n\nA4,Di,Xu,1899,2019-03-04,y,n,n\n\
+                     A5,Ed,Yi,1905,2030-03-04,y,n,n\nA6,Fa,Wu,1910,2030-03-04,y,n,n\n";
+        let (rows, issues) = identities(&schema, years);
+        assert!(rows[0].contains(&("dob".to_string(), "1980".to_string())), "{rows:?}");
+        // A year after the event's, or surely more than 120 years before it, is dropped.
+        let dropped: Vec<(u64, &str)> = issues.iter().map(|i| (i.line, i.reason.as_str())).collect();
+        assert_eq!(dropped.len(), 4, "{issues:?}");
+        assert!(dropped[3].0 == 6 && dropped[3].1.starts_with("implausible: more than 120 years"), "{dropped:?}");
+        assert!(rows[5].contains(&("dob".to_string(), "1910".to_string())), "at most 119 years: kept {rows:?}");
+        assert!(dropped[0].0 == 3 && dropped[0].1.starts_with("after the event date"), "{dropped:?}");
+        assert!(dropped[1].0 == 4 && dropped[1].1.starts_with("implausible date"), "{dropped:?}");
+        assert!(dropped[2].0 == 5 && dropped[2].1.starts_with("implausible date"), "{dropped:?}");
+        assert!(issues.iter().all(|i| i.action == Action::ValueDropped && !i.reason.contains("18")), "{issues:?}");
+        let r = Reader::new(&schema, kind, Format::Csv, years.as_bytes()).unwrap();
+        assert!(r.ignored_columns().is_empty(), "{:?}", r.ignored_columns());
+        let c = r.coverage().unwrap();
+        assert_eq!(c.year_only, vec!["dob".to_string()]);
+        assert!(c.partial_joins.is_empty(), "{c:?}");
+        let unfed = |scheme: &str| c.schemes_unfed.iter().find(|(s, _)| s == scheme).map(|(_, lack)| lack.clone());
+        assert_eq!(unfed("names_birth_year"), None, "{c:?}");
+        assert_eq!(unfed("names_dob"), Some(vec!["dob's month and day".to_string()]), "{c:?}");
+        // Three pieces, month and day empty in a row: that row's date is its year.
+        let split =
+            "arrest_id,given_name,family_name,birth_year,birth_month,birth_day,arrest_date,warrant,violent,felony\n\
+                     A1,Ann,Lee,1980,,,2019-03-04,y,n,n\n";
+        let (rows, issues) = identities(&schema, split);
+        assert!(rows[0].contains(&("dob".to_string(), "1980".to_string())) && issues.is_empty(), "{rows:?} {issues:?}");
+        // A whole-date column is read rather than a lone year beside it.
+        let both = "arrest_id,given_name,family_name,dob,birth_year,arrest_date,warrant,violent,felony\n\
+                    A1,Ann,Lee,1980-03-04,1980,2019-03-04,y,n,n\n";
+        let (rows, _) = identities(&schema, both);
+        assert!(rows[0].contains(&("dob".to_string(), "1980-03-04".to_string())), "{rows:?}");
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct Tokenizer {
     /// the value through the nickname table first). Worked out once per
     /// record, whichever schemes share them.
     specs: Vec<(usize, Transform, bool)>,
+    /// Per spec: a date's whole value, which a date known only by its year
+    /// (`YYYY`) cannot give; its `year` can, its month and day cannot.
+    whole_date: Vec<bool>,
     schemes: Vec<SchemePlan>,
     /// Identity fields some scheme nickname-maps (family names in an unordered name group).
     nick_fields: Vec<usize>,
@@ -246,6 +249,8 @@ impl Tokenizer {
         let mut nick_fields: Vec<usize> = specs.iter().filter(|x| x.2).map(|x| x.0).collect();
         nick_fields.sort_unstable();
         nick_fields.dedup();
+        let whole_date =
+            specs.iter().map(|&(f, t, _)| schema.identity[f].norm == NormKind::Date && t == Transform::Full).collect();
         let mut memo_fields: Vec<usize> = specs.iter().map(|x| x.0).collect();
         memo_fields.sort_unstable();
         memo_fields.dedup();
@@ -259,6 +264,7 @@ impl Tokenizer {
             keys,
             record_id_key: key.derive_hmac_key(RECORD_ID_INFO)?,
             specs,
+            whole_date,
             schemes,
         })
     }
@@ -331,9 +337,13 @@ impl Tokenizer {
         if scratch.values.len() < self.specs.len() {
             scratch.values.resize_with(self.specs.len(), String::new);
         }
-        for (&(field, t, nick), buf) in self.specs.iter().zip(&mut scratch.values) {
+        for ((&(field, t, nick), &whole_date), buf) in self.specs.iter().zip(&self.whole_date).zip(&mut scratch.values)
+        {
             buf.clear();
             if let Some(mut value) = id.get(field) {
+                if whole_date && normalize::year_only(value).is_some() {
+                    continue;
+                }
                 if nick {
                     value = scratch.nick.get(field).copied().flatten().unwrap_or(value);
                 }
@@ -604,6 +614,30 @@ mod tests {
             &[("address", "123 Slessor Crescent"), ("given_name", "April"), ("family_name", "Herbert")],
         );
         assert!(no_code[scheme].is_none());
+    }
+
+    #[test]
+    fn a_birth_date_known_only_by_its_year_feeds_only_the_year_schemes() {
+        let schema = Schema::default_schema().unwrap();
+        let key = EpochKey::from_bytes(1, &[9u8; 32]).unwrap();
+        let at = |name: &str| schema.scheme_index(name).unwrap();
+        let names = [("given_name", "Ann"), ("family_name", "Lee")];
+        let whole = toks(&schema, &key, &[&names[..], &[("dob", "1980-03-14")]].concat());
+        let year = toks(&schema, &key, &[&names[..], &[("dob", "1980")]].concat());
+        // The year agrees with the whole date's year; nothing needs more of the date than it has.
+        assert!(year[at("names_birth_year")].is_some());
+        assert_eq!(year[at("names_birth_year")], whole[at("names_birth_year")]);
+        for (i, s) in schema.schemes.iter().enumerate() {
+            let only_year =
+                s.parts.iter().all(|p| p.transform == Transform::Year || schema.identity[p.field].name != "dob");
+            let uses_dob = s.parts.iter().any(|p| schema.identity[p.field].name == "dob");
+            if uses_dob && !only_year {
+                assert_eq!(year[i], None, "{} needs more than the year", s.name);
+            }
+        }
+        // Two persons of 1980 known only by their years, with other names, share nothing.
+        let other = toks(&schema, &key, &[("given_name", "Bo"), ("family_name", "Ng"), ("dob", "1980")]);
+        assert_eq!(agree(&year, &other), 0);
     }
 
     #[test]

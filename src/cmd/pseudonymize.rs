@@ -142,6 +142,11 @@ pub fn coverage_lines(c: &Coverage) -> Vec<String> {
             lacking.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
         ));
     }
+    for field in &c.year_only {
+        out.push(format!(
+            "field `{field}` has only its year column (no month, day or whole date): it is read as its year alone, and only schemes that use just the year get tokens from it"
+        ));
+    }
     // One line per set of missing fields: "schemes a, b get no token: no column for `dob`".
     let mut by_lack: std::collections::BTreeMap<&[String], Vec<&str>> = std::collections::BTreeMap::new();
     for (scheme, lacking) in &c.schemes_unfed {

@@ -9,7 +9,7 @@
 //! |---------------|--------------------------------------------------|----------------------------------|
 //! | `given_name`  | `a-z`, first name only, nickname-mapped          | `Mr. Billy J.` → `william`       |
 //! | `family_name` | `a-z`, all words joined, suffixes removed        | `De La Cruz, Jr.` → `delacruz`   |
-//! | `date`        | `YYYY-MM-DD`, 1900-01-01 ≤ date < 2100-01-01      | `3/7/1985 10:22 AM` → `1985-03-07` |
+//! | `date`        | `YYYY-MM-DD`, 1900-01-01 ≤ date < 2100-01-01; a bare year `YYYY` (known only by its year) | `3/7/1985 10:22 AM` → `1985-03-07`, `1985` → `1985` |
 //! | `sex`         | `m`, `f` or `x`                                  | `Female` → `f`                   |
 //! | `id`          | `A-Z0-9`, leading zeros removed; placeholders (`999-99-9999`, `UNKNOWN`, `N/A`) are missing | `00-123-abc` → `123ABC` |
 //! | `address`     | lowercase words joined, USPS abbreviations       | `12 North Main Street #4` → `12nmainstapt4` |
@@ -224,7 +224,19 @@ pub fn nickname_groups() -> impl Iterator<Item = &'static [&'static str]> {
     nicknames::groups()
 }
 
+/// A whole date as `YYYY-MM-DD`; a bare four-digit year (a birth date known
+/// only by its year, or a `birth_year` column without month and day) as
+/// `YYYY`, which feeds only the `year` transform: see [`year_only`].
 fn date(raw: &str, out: &mut String) -> Result<(), NormError> {
+    let t = raw.trim();
+    if t.len() == 4 && t.bytes().all(|b| b.is_ascii_digit()) {
+        let year: u32 = t.parse().map_err(|_| NormError::NotADate)?;
+        if !(1900..=2099).contains(&year) {
+            return Err(NormError::Implausible);
+        }
+        push_digits(out, year, 4);
+        return Ok(());
+    }
     let d = parse_date(raw)?;
     let year = d.year();
     if !(1900..=2099).contains(&year) {
@@ -236,6 +248,15 @@ fn date(raw: &str, out: &mut String) -> Result<(), NormError> {
     out.push('-');
     push_digits(out, u32::from(d.day()), 2);
     Ok(())
+}
+
+/// The year of a normalized date known only by its year (`YYYY`), else `None`.
+pub fn year_only(normalized_date: &str) -> Option<i32> {
+    if normalized_date.len() == 4 {
+        normalized_date.parse().ok()
+    } else {
+        None
+    }
 }
 
 /// Append the last `width` decimal digits of `v`, zero-padded.
@@ -353,6 +374,13 @@ mod tests {
         assert_eq!(d("9999-12-31"), Err(NormError::Implausible));
         assert_eq!(d("2/30/2000"), Err(NormError::NoSuchDay));
         assert_eq!(d("1/2/85"), Err(NormError::TwoDigitYear));
+        // Known only by its year.
+        assert_eq!(d(" 1985 ").as_deref(), Ok("1985"));
+        assert_eq!(year_only("1985"), Some(1985));
+        assert_eq!(year_only("1985-03-07"), None);
+        assert_eq!(d("1899"), Err(NormError::Implausible));
+        assert_eq!(d("0385"), Err(NormError::Implausible));
+        assert_eq!(d("85"), Err(NormError::NotADate));
         assert_eq!(d("yesterday"), Err(NormError::NotADate));
         assert_eq!(d(" "), Err(NormError::Empty));
     }
