@@ -58,9 +58,9 @@ pub struct Tokenizer {
     /// the value through the nickname table first). Worked out once per
     /// record, whichever schemes share them.
     specs: Vec<(usize, Transform, bool)>,
-    /// Per spec: a date's whole value, which a date known only by its year
-    /// (`YYYY`) cannot give; its `year` can, its month and day cannot.
-    whole_date: Vec<bool>,
+    /// Per spec: it takes more of a date than its year (the whole date, its
+    /// month or day), which a date known only by its year (`YYYY`) cannot give.
+    beyond_year: Vec<bool>,
     schemes: Vec<SchemePlan>,
     /// Identity fields some scheme nickname-maps (family names in an unordered name group).
     nick_fields: Vec<usize>,
@@ -249,8 +249,8 @@ impl Tokenizer {
         let mut nick_fields: Vec<usize> = specs.iter().filter(|x| x.2).map(|x| x.0).collect();
         nick_fields.sort_unstable();
         nick_fields.dedup();
-        let whole_date =
-            specs.iter().map(|&(f, t, _)| schema.identity[f].norm == NormKind::Date && t == Transform::Full).collect();
+        let beyond_year =
+            specs.iter().map(|&(f, t, _)| schema.identity[f].norm == NormKind::Date && t != Transform::Year).collect();
         let mut memo_fields: Vec<usize> = specs.iter().map(|x| x.0).collect();
         memo_fields.sort_unstable();
         memo_fields.dedup();
@@ -264,7 +264,7 @@ impl Tokenizer {
             keys,
             record_id_key: key.derive_hmac_key(RECORD_ID_INFO)?,
             specs,
-            whole_date,
+            beyond_year,
             schemes,
         })
     }
@@ -337,11 +337,12 @@ impl Tokenizer {
         if scratch.values.len() < self.specs.len() {
             scratch.values.resize_with(self.specs.len(), String::new);
         }
-        for ((&(field, t, nick), &whole_date), buf) in self.specs.iter().zip(&self.whole_date).zip(&mut scratch.values)
+        for ((&(field, t, nick), &beyond_year), buf) in
+            self.specs.iter().zip(&self.beyond_year).zip(&mut scratch.values)
         {
             buf.clear();
             if let Some(mut value) = id.get(field) {
-                if whole_date && normalize::year_only(value).is_some() {
+                if beyond_year && normalize::year_only(value).is_some() {
                     continue;
                 }
                 if nick {
@@ -429,7 +430,8 @@ fn truncate(tag: &[u8]) -> Token {
     t
 }
 
-/// Apply a transform to a normalized value. Dates are `YYYY-MM-DD`; names
+/// Apply a transform to a normalized value. Dates are `YYYY-MM-DD` (or
+/// `YYYY`, known only by the year: only `year` is applied to them); names
 /// are ASCII letters, but prefixes still cut on character boundaries.
 fn apply(t: Transform, value: &str, out: &mut String) {
     let prefix = |n: usize| value.char_indices().nth(n).map_or(value, |(i, _)| &value[..i]);
