@@ -673,15 +673,6 @@ impl<'a> Cell<'a> {
     }
 }
 
-/// Whether a cell holds nothing (absent, or only whitespace).
-fn empty(cell: Cell<'_>) -> bool {
-    match cell {
-        Cell::Absent => true,
-        Cell::Text(s) => s.trim().is_empty(),
-        Cell::NotUtf8 | Cell::TooLong => false,
-    }
-}
-
 /// The pieces of a joined identity value, the empty ones left out, joined
 /// by `sep` into `buf`: a cell of the whole (`Absent` when every piece is
 /// empty; the first bad piece when one is not text).
@@ -741,10 +732,6 @@ fn validate_row<'c>(
         let cell = match &mapping.identity[i] {
             Feed::Absent => Cell::Absent,
             Feed::Column(c) | Feed::Year(c) => get(Some(*c)),
-            // A split date with its month or day empty in this row: its year alone.
-            Feed::Joined(cols) if f.norm == NormKind::Date && cols[1..].iter().any(|&c| empty(get(Some(c)))) => {
-                get(cols.first().copied())
-            }
             Feed::Joined(cols) => join_cells(cols.iter().map(|&c| get(Some(c))), f.join_separator(), &mut joined),
             Feed::Part { column, family } => match get(Some(*column)) {
                 Cell::Text(whole) => {
@@ -1060,12 +1047,8 @@ mod tests {
         assert_eq!(a, b, "the same values, read from one column or three");
         assert!(a[0].contains(&("dob".to_string(), "1980-03-04".to_string())), "{a:?}");
         assert!(issues.is_empty(), "every piece empty: the date is missing, no issue: {issues:?}");
-        // The day missing from one row: that row's date is its year, no issue.
+        // A piece missing from one row: that row's date is dropped, the row kept, no value in the issue.
         let (rows, issues) = identities(&schema, &split.replace("A1,Ann,Lee,1980,3,04", "A1,Ann,Lee,1980,3,"));
-        assert!(rows[0].contains(&("dob".to_string(), "1980".to_string())), "{rows:?}");
-        assert!(issues.is_empty(), "{issues:?}");
-        // A piece that makes no date: dropped, the row kept, no value in the issue.
-        let (rows, issues) = identities(&schema, &split.replace("A1,Ann,Lee,1980,3,04", "A1,Ann,Lee,1980,13,04"));
         assert!(rows[0].iter().all(|(f, _)| f != "dob"), "{rows:?}");
         assert_eq!(issues.len(), 1, "{issues:?}");
         assert_eq!((issues[0].line, issues[0].field.as_str(), issues[0].action), (2, "dob", Action::ValueDropped));
@@ -1106,7 +1089,7 @@ mod tests {
         let unfed = |scheme: &str| c.schemes_unfed.iter().find(|(s, _)| s == scheme).map(|(_, lack)| lack.clone());
         assert_eq!(unfed("names_birth_year"), None, "{c:?}");
         assert_eq!(unfed("names_dob"), Some(vec!["dob's month and day".to_string()]), "{c:?}");
-        // Three pieces, month and day empty in a row (or either): that row's date is its year.
+        // Three pieces, month and day empty in a row: that row's date is its year.
         let split =
             "arrest_id,given_name,family_name,birth_year,birth_month,birth_day,arrest_date,warrant,violent,felony\n\
                      A1,Ann,Lee,1980,,,2019-03-04,y,n,n\n";
