@@ -749,12 +749,14 @@ mod tests {
     /// The tokens of fixed records under a fixed key, as every earlier
     /// release made them: a token that changed would no longer agree with the
     /// records a steward already holds. One digest per record (SHA-256 over
-    /// the name and token of each scheme it has a token of, in name order),
+    /// the name, as its length (u32, big-endian) and bytes, and the token of
+    /// each scheme it has a token of, in name order),
     /// one record per kind of part: full values, initials, prefixes and
     /// suffixes, Soundex, date pieces, unordered names with a nickname,
     /// addresses, places, an e-mail and a phone number, missing fields, and a
-    /// birth date known only by its year. A scheme added to the shipped schema
-    /// changes only the digests of the records that get a token of it: check
+    /// birth date known only by its year. A scheme added to or removed from
+    /// the shipped schema changes only the digests of the records with a
+    /// token of it: check
     /// then that the other schemes' tokens are unchanged (when `names_city` left, 34,048
     /// synthetic arrests pseudonymized under both schemas had identical
     /// tokens apart from it; so had 118,366 arrests, contacts and treatment
