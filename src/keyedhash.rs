@@ -44,18 +44,21 @@ struct Numbers {
 
 fn numbers() -> &'static Numbers {
     static NUMBERS: OnceLock<Numbers> = OnceLock::new();
-    NUMBERS.get_or_init(|| {
-        let seed = RandomState::new();
-        let mut draw = 0u64..;
-        let mut next = move || {
-            let hi = seed.hash_one(draw.next().unwrap_or_default());
-            let lo = seed.hash_one(draw.next().unwrap_or_default());
-            (u128::from(hi) << 64) | u128::from(lo)
-        };
-        let mut a = [0u128; WORDS];
-        a.iter_mut().for_each(|x| *x = next());
-        Numbers { a, b: next() }
-    })
+    NUMBERS.get_or_init(draw)
+}
+
+/// Fresh random numbers (see the module docs).
+fn draw() -> Numbers {
+    let seed = RandomState::new();
+    let mut count = 0u64..;
+    let mut next = move || {
+        let hi = seed.hash_one(count.next().unwrap_or_default());
+        let lo = seed.hash_one(count.next().unwrap_or_default());
+        (u128::from(hi) << 64) | u128::from(lo)
+    };
+    let mut a = [0u128; WORDS];
+    a.iter_mut().for_each(|x| *x = next());
+    Numbers { a, b: next() }
 }
 
 /// The [`BuildHasher`] of a table keyed by outside data: `HashMap<K, V, Keyed>`.
@@ -173,15 +176,26 @@ mod tests {
     fn keys_differing_in_few_bits_spread_over_the_buckets() {
         // Tokens a sender might choose to crowd a table: consecutive
         // numbers, and numbers differing only above bit 64. Each set of
-        // 2^16 keys over 2^12 buckets: no bucket far above the mean of 16.
-        let k = Keyed::default();
+        // 2^16 keys over 2^12 buckets (mean 16). The guarantee is over the
+        // draw of the numbers, and an arithmetic run of keys meets an unlucky
+        // draw (a multiplier near a fraction of small denominator) about
+        // once in a hundred: of 1,000 draws, 5 to 12 per step had a bucket
+        // of 48 or more, the worst 338. So over 33 draws, the median draw's
+        // fullest bucket must stay under 48 (a hash blind to a word puts
+        // every key in one bucket; a single draw failed CI once).
         for step in [1u128, 1 << 64, 1 << 100] {
-            let mut buckets = vec![0u32; 1 << 12];
-            for i in 0..(1u128 << 16) {
-                buckets[(k.hash_one(i * step) & 0xfff) as usize] += 1;
-            }
-            let most = buckets.iter().copied().max().unwrap_or(0);
-            assert!(most < 48, "step {step:#x}: a bucket holds {most} of 65536 keys (mean 16)");
+            let mut most: Vec<u32> = (0..33)
+                .map(|_| {
+                    let k = Keyed { numbers: Box::leak(Box::new(draw())) };
+                    let mut buckets = vec![0u32; 1 << 12];
+                    for i in 0..(1u128 << 16) {
+                        buckets[(k.hash_one(i * step) & 0xfff) as usize] += 1;
+                    }
+                    buckets.iter().copied().max().unwrap_or(0)
+                })
+                .collect();
+            most.sort_unstable();
+            assert!(most[16] < 48, "step {step:#x}: the median draw's fullest bucket holds {} of 65536 keys (mean 16); all draws: {most:?}", most[16]);
         }
     }
 
