@@ -574,13 +574,15 @@ fn coverage(schema: &Schema, identity: &[Feed], ignored: &[String]) -> Coverage 
         let mut lacking: Vec<String> = s
             .parts
             .iter()
-            .filter(|p| match identity.get(p.field) {
-                Some(Feed::Year(_)) => p.transform != crate::schema::Transform::Year,
-                feed => !feed.is_some_and(Feed::fed),
-            })
-            .map(|p| match identity.get(p.field) {
-                Some(Feed::Year(_)) => format!("{}'s month and day", schema.identity[p.field].name),
-                _ => schema.identity[p.field].name.clone(),
+            .filter_map(|p| {
+                let name = &schema.identity[p.field].name;
+                match identity.get(p.field) {
+                    // A date read from its year alone feeds only its year.
+                    Some(Feed::Year(_)) => {
+                        (p.transform != crate::schema::Transform::Year).then(|| format!("{name}'s month and day"))
+                    }
+                    feed => (!feed.is_some_and(Feed::fed)).then(|| name.clone()),
+                }
             })
             .collect();
         lacking.dedup();
