@@ -13,7 +13,7 @@ use time::Date;
 
 use crate::identity::Identity;
 use crate::normalize::{self, NormError, NormKind};
-use crate::schema::{FieldType, Kind, Schema};
+use crate::schema::{header_key, FieldType, Kind, Schema};
 
 /// Longest field accepted, in bytes.
 pub const MAX_FIELD_BYTES: usize = 64 * 1024;
@@ -476,8 +476,12 @@ fn csv_error(e: &csv::Error, line: u64) -> IngestError {
 /// Map header names to schema fields; refuse missing required columns (all
 /// named at once) and two columns claiming one field.
 fn map_columns(schema: &Schema, kind: &Kind, names: &[String]) -> Result<(Mapping, Vec<String>), IngestError> {
+    // Matched by letters and digits alone: `Date of Birth` is `date_of_birth`.
+    let keys: Vec<String> = names.iter().map(|n| header_key(n)).collect();
     let find = |field: &str, columns: &[String]| -> Result<Option<usize>, IngestError> {
-        let hits: Vec<usize> = names.iter().enumerate().filter(|(_, n)| columns.contains(n)).map(|(i, _)| i).collect();
+        let wanted: Vec<String> = columns.iter().map(|c| header_key(c)).collect();
+        let hits: Vec<usize> =
+            keys.iter().enumerate().filter(|(_, k)| !k.is_empty() && wanted.contains(k)).map(|(i, _)| i).collect();
         match hits.as_slice() {
             [] => Ok(None),
             [one] => Ok(Some(*one)),
@@ -594,7 +598,7 @@ fn coverage(schema: &Schema, identity: &[Feed], ignored: &[String]) -> Coverage 
         ignored.iter().filter(|c| IDENTITY_HINTS.iter().any(|h| c.contains(h))).cloned().collect();
     let mut partial_joins = Vec::new();
     for (f, feed) in schema.identity.iter().zip(identity) {
-        let has = |piece: &Vec<String>| piece.iter().any(|c| ignored.contains(c));
+        let has = |piece: &Vec<String>| piece.iter().any(|c| ignored.iter().any(|i| header_key(i) == header_key(c)));
         if !feed.fed() && f.join.iter().any(has) {
             let lacking = f.join.iter().filter(|p| !has(p)).filter_map(|p| p.first().cloned()).collect();
             partial_joins.push((f.name.clone(), lacking));
@@ -1227,6 +1231,30 @@ mod tests {
         while r.next_row(&mut row, &mut issues).unwrap().is_some() {}
         assert_eq!(issues.len(), 3, "{issues:?}");
         assert!(issues.iter().all(|i| i.field == "dob" && i.action == Action::RowQuarantined), "{issues:?}");
+    }
+
+    #[test]
+    fn headers_spelled_with_spaces_case_or_punctuation_map_to_their_fields() {
+        let schema = schema();
+        let kind = schema.kind("arrest").unwrap();
+        let input = "Arrest ID,Last Name,FirstName,Date of Birth,Sex,Arrest-Date,WARRANT,violent,Felony,Soc. Sec. ID\n\
+                     A1,Smith,Bo,1980-03-14,F,2019-03-04,y,n,n,1234567\n";
+        let mut r = Reader::new(&schema, kind, Format::Csv, input.as_bytes()).unwrap();
+        assert!(r.ignored_columns().is_empty(), "{:?}", r.ignored_columns());
+        let mut row = Row::new(&schema, kind);
+        let mut issues = Vec::new();
+        assert_eq!(r.next_row(&mut row, &mut issues).unwrap(), Some(Outcome::Accepted), "{issues:?}");
+        let field = |name: &str| schema.identity.iter().position(|f| f.name == name).unwrap();
+        assert_eq!(row.identity.get(field("family_name")), Some("smith"));
+        assert_eq!(row.identity.get(field("given_name")), Some("bo"));
+        assert_eq!(row.identity.get(field("state_id")), Some("1234567"));
+        assert!(row.birth_date.is_some());
+        // Two spellings of one header are one column given twice.
+        let dup = "arrest_id,Arrest ID,last_name,first_name,dob,sex,arrest_date,warrant,violent,felony\n";
+        assert!(matches!(run("arrest", Format::Csv, dup.as_bytes()), Err(IngestError::DuplicateColumn { .. })));
+        // A header of no letter or digit matches nothing, not every empty key.
+        let c = header_coverage(&schema, kind, &["#".to_string(), "arrest_id".to_string()]).unwrap_err();
+        assert!(matches!(c, IngestError::MissingColumns { .. }), "{c:?}");
     }
 
     #[test]

@@ -771,10 +771,13 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
 
     // Kinds.
     let released_identity: Vec<&str> = identity.iter().filter(|f| f.release).map(|f| f.name.as_str()).collect();
-    let mut identity_claims: HashMap<&str, String> = HashMap::new();
+    // Claims are keyed by the header as it is matched (`header_key`): `First
+    // Name` and `first_name` are one header.
+    let mut identity_claims: HashMap<String, String> = HashMap::new();
     for f in &identity {
         for c in &f.columns {
-            if let Some(prev) = identity_claims.insert(c.as_str(), f.name.clone()) {
+            // Two spellings of one header in one field's list are one claim.
+            if let Some(prev) = identity_claims.insert(header_key(c), f.name.clone()).filter(|p| *p != f.name) {
                 problems.push(problem(
                     format!("identity.{}.columns", f.name),
                     format!("header `{c}` is already claimed by `{prev}`"),
@@ -786,16 +789,17 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
     // column alone, or joined with a street number), but no other field's
     // column and no other piece's.
     for f in &identity {
-        let mut pieces: HashMap<&str, usize> = HashMap::new();
+        let mut pieces: HashMap<String, usize> = HashMap::new();
         for (i, piece) in f.join.iter().enumerate() {
             for c in piece {
                 let at = format!("identity.{}.join[{i}]", f.name);
-                if let Some(j) = pieces.insert(c.as_str(), i) {
+                if let Some(j) = pieces.insert(header_key(c), i) {
                     if j != i {
                         problems.push(problem(at, format!("header `{c}` is already in piece {j}")));
                     }
-                } else if !f.columns.contains(c) {
-                    if let Some(prev) = identity_claims.insert(c.as_str(), f.name.clone()) {
+                } else if !f.columns.iter().any(|own| header_key(own) == header_key(c)) {
+                    // Two spellings of one header in one field's list are one claim.
+                    if let Some(prev) = identity_claims.insert(header_key(c), f.name.clone()).filter(|p| *p != f.name) {
                         problems.push(problem(at, format!("header `{c}` is already claimed by `{prev}`")));
                     }
                 }
@@ -804,16 +808,16 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
     }
     // A whole-name column feeds the given and the family name both (that is
     // its point), but may not be any field's own column or join piece.
-    let mut whole: HashMap<&str, String> = HashMap::new();
+    let mut whole: HashMap<String, String> = HashMap::new();
     for f in &identity {
         for c in &f.full_name {
-            if let Some(prev) = identity_claims.get(c.as_str()) {
+            if let Some(prev) = identity_claims.get(&header_key(c)) {
                 problems.push(problem(
                     format!("identity.{}.full_name", f.name),
                     format!("header `{c}` is already claimed by `{prev}`"),
                 ));
             }
-            whole.entry(c.as_str()).or_insert_with(|| f.name.clone());
+            whole.entry(header_key(c)).or_insert_with(|| f.name.clone());
         }
     }
     identity_claims.extend(whole);
@@ -903,7 +907,7 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
         let mut claimed = identity_claims.clone();
         for f in &fields {
             for c in &f.columns {
-                if let Some(prev) = claimed.insert(c.as_str(), f.name.clone()) {
+                if let Some(prev) = claimed.insert(header_key(c), f.name.clone()).filter(|p| *p != f.name) {
                     problems.push(problem(
                         format!("{key}.fields.{}.columns", f.name),
                         format!("header `{c}` is already claimed by `{prev}`"),
@@ -932,8 +936,17 @@ fn columns_of(name: &str, extra: &[String]) -> Vec<String> {
     header_names(std::iter::once(name).chain(extra.iter().map(String::as_str)))
 }
 
-/// Header names as the header is matched: trimmed, lower case, empty ones
-/// dropped, each once, in order.
+/// The form a header name is matched in: its letters and digits only, in
+/// lower case. `First Name`, `first_name`, `FirstName` and `FIRST-NAME` are
+/// one header, so an export whose header is spelled another way maps
+/// without editing the schema; a name with no letter or digit has the empty
+/// key and matches nothing.
+pub fn header_key(name: &str) -> String {
+    name.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect()
+}
+
+/// Header names as the schema lists them: trimmed, lower case, empty ones
+/// dropped, each once, in order (matched by [`header_key`]).
 fn header_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for c in names {
@@ -1068,6 +1081,30 @@ level = { type = "enum", values = ["felony"], aliases = { f = "fel" } }
         let low = DEFAULT_SCHEMA.replace("match_weight = 0\nbridge = 20", "match_weight = -60");
         let problems = Schema::from_toml(&low).unwrap_err();
         assert!(problems.iter().any(|p| p.to_string().contains("linkage.match_weight: must be")), "{problems:?}");
+    }
+
+    #[test]
+    fn two_fields_may_not_claim_one_header_however_it_is_spelled() {
+        // `First Name` is matched as `first_name`, the given name's column.
+        let text = DEFAULT_SCHEMA.replace(
+            "columns = [\"last_name\", \"last\", \"lname\", \"surname\"]",
+            "columns = [\"last_name\", \"last\", \"lname\", \"surname\", \"First Name\"]",
+        );
+        assert_ne!(text, DEFAULT_SCHEMA);
+        let problems = Schema::from_toml(&text).unwrap_err();
+        let claim = |p: &Problem| {
+            let t = p.to_string();
+            t.contains("first")
+                && t.contains("is already claimed by")
+                && t.contains("given_name")
+                && t.contains("family_name")
+        };
+        assert!(problems.iter().any(claim), "{problems:?}");
+        // Spellings of one header within one field's list are one claim.
+        assert!(Schema::default_schema().unwrap().identity.iter().any(|f| f.columns.contains(&"zipcode".to_string())));
+        assert_eq!(header_key(" Date of Birth "), "dateofbirth");
+        assert_eq!(header_key("Soc. Sec. ID"), header_key("soc_sec_id"));
+        assert_eq!(header_key("#"), "");
     }
 
     #[test]
