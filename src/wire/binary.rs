@@ -1322,7 +1322,7 @@ mod tests {
             deleted: false,
             tokens: [
                 ("names_dob".to_string(), format!("3:{}", "cd".repeat(16))),
-                ("initial_family_dob".to_string(), format!("3:{}", "0f".repeat(16))),
+                ("family_dob".to_string(), format!("3:{}", "0f".repeat(16))),
             ]
             .into(),
             fields: [

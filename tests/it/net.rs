@@ -441,7 +441,7 @@ pub fn fake_records(source: &str, start: u64, n: u64) -> Vec<PseudoRecord> {
             deleted: false,
             tokens: [
                 ("names_dob".to_string(), format!("1:{:032x}", u128::from(i) * 7919)),
-                ("initial_family_dob".to_string(), format!("1:{:032x}", u128::from(i) * 104_729)),
+                ("family_dob".to_string(), format!("1:{:032x}", u128::from(i) * 104_729)),
                 ("state_id".to_string(), format!("1:{:032x}", u128::from(i) * 1_299_709)),
             ]
             .into(),
