@@ -1249,6 +1249,17 @@ mod tests {
         assert_eq!(row.identity.get(field("given_name")), Some("bo"));
         assert_eq!(row.identity.get(field("state_id")), Some("1234567"));
         assert!(row.birth_date.is_some());
+        // RLdata500's header (R's RecordLinkage): names in `fname_c1` and `lname_c1`, the birth date in three.
+        let header: Vec<String> =
+            ["", "fname_c1", "lname_c1", "by", "bm", "bd"].iter().map(|s| s.to_string()).collect();
+        let contact = schema.kind("contact").unwrap();
+        let c = header_coverage(&schema, contact, &header);
+        assert!(c.is_err(), "a contact needs its id and date: {c:?}");
+        let with_event: Vec<String> =
+            header.iter().cloned().chain(["contact_id".into(), "contact_date".into()]).collect();
+        let c = header_coverage(&schema, contact, &with_event).unwrap();
+        assert!(!c.schemes_unfed.iter().any(|(s, _)| s == "names_dob"), "{c:?}");
+        assert!(c.unmapped_identity_columns.is_empty() && c.partial_joins.is_empty(), "{c:?}");
         // Two spellings of one header are one column given twice.
         let dup = "arrest_id,Arrest ID,last_name,first_name,dob,sex,arrest_date,warrant,violent,felony\n";
         assert!(matches!(run("arrest", Format::Csv, dup.as_bytes()), Err(IngestError::DuplicateColumn { .. })));

@@ -1086,10 +1086,7 @@ level = { type = "enum", values = ["felony"], aliases = { f = "fel" } }
     #[test]
     fn two_fields_may_not_claim_one_header_however_it_is_spelled() {
         // `First Name` is matched as `first_name`, the given name's column.
-        let text = DEFAULT_SCHEMA.replace(
-            "columns = [\"last_name\", \"last\", \"lname\", \"surname\"]",
-            "columns = [\"last_name\", \"last\", \"lname\", \"surname\", \"First Name\"]",
-        );
+        let text = DEFAULT_SCHEMA.replace("columns = [\"last_name\",", "columns = [\"First Name\", \"last_name\",");
         assert_ne!(text, DEFAULT_SCHEMA);
         let problems = Schema::from_toml(&text).unwrap_err();
         let claim = |p: &Problem| {
@@ -1101,7 +1098,9 @@ level = { type = "enum", values = ["felony"], aliases = { f = "fel" } }
         };
         assert!(problems.iter().any(claim), "{problems:?}");
         // Spellings of one header within one field's list are one claim.
-        assert!(Schema::default_schema().unwrap().identity.iter().any(|f| f.columns.contains(&"zipcode".to_string())));
+        let schema = Schema::default_schema().unwrap();
+        let email = schema.identity.iter().find(|f| f.name == "email").unwrap();
+        assert!(email.columns.contains(&"email".to_string()) && email.columns.contains(&"e_mail".to_string()));
         assert_eq!(header_key(" Date of Birth "), "dateofbirth");
         assert_eq!(header_key("Soc. Sec. ID"), header_key("soc_sec_id"));
         assert_eq!(header_key("#"), "");
