@@ -569,6 +569,10 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
             ));
         }
         let full_name = header_names(f.full_name.iter().map(String::as_str));
+        let listed = f.columns.iter().chain(f.join.iter().flatten()).chain(&f.full_name);
+        if let Some(c) = keyless(listed) {
+            problems.push(problem(&key, format!("header `{c}` has no letter or digit: no header would match it")));
+        }
         identity.push(IdentityField {
             name: name.clone(),
             norm: f.normalize,
@@ -870,6 +874,12 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
                 }
                 RawType::Enum => FieldType::Enum(build_enum(&fkey, f, &mut problems)),
             };
+            if let Some(c) = keyless(&f.columns) {
+                problems.push(problem(
+                    format!("{key}.fields.{fname}.columns"),
+                    format!("header `{c}` has no letter or digit: no header would match it"),
+                ));
+            }
             fields.push(Field {
                 name: fname.clone(),
                 ty,
@@ -937,12 +947,28 @@ fn columns_of(name: &str, extra: &[String]) -> Vec<String> {
 }
 
 /// The form a header name is matched in: its letters and digits only, in
-/// lower case. `First Name`, `first_name`, `FirstName` and `FIRST-NAME` are
-/// one header, so an export whose header is spelled another way maps
-/// without editing the schema; a name with no letter or digit has the empty
-/// key and matches nothing.
+/// lower case, a `#` read as `number`. `First Name`, `first_name`,
+/// `FirstName` and `FIRST-NAME` are one header, and so are `Street #` and
+/// `street_number` (a house number, not the street), so an export whose
+/// header is spelled another way maps without editing the schema. A header
+/// with no letter or digit has the empty key and matches nothing; a schema
+/// naming one is refused.
 pub fn header_key(name: &str) -> String {
-    name.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect()
+    let mut key = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c == '#' {
+            key.push_str("number");
+        } else if c.is_alphanumeric() {
+            key.extend(c.to_lowercase());
+        }
+    }
+    key
+}
+
+/// The first of `names` that is not blank but has no letter or digit (its
+/// [`header_key`] is empty): a header no export's column could match.
+fn keyless<'a>(names: impl IntoIterator<Item = &'a String>) -> Option<&'a String> {
+    names.into_iter().find(|c| !c.trim().is_empty() && header_key(c).is_empty())
 }
 
 /// Header names as the schema lists them: trimmed, lower case, empty ones
@@ -1103,7 +1129,12 @@ level = { type = "enum", values = ["felony"], aliases = { f = "fel" } }
         assert!(email.columns.contains(&"email".to_string()) && email.columns.contains(&"e_mail".to_string()));
         assert_eq!(header_key(" Date of Birth "), "dateofbirth");
         assert_eq!(header_key("Soc. Sec. ID"), header_key("soc_sec_id"));
-        assert_eq!(header_key("#"), "");
+        assert_eq!(header_key("-"), "");
+        assert_eq!(header_key("Street #"), header_key("street_number"));
+        // A header name no column could match is refused, not ignored.
+        let text = DEFAULT_SCHEMA.replace("columns = [\"last_name\",", "columns = [\"--\", \"last_name\",");
+        let problems = Schema::from_toml(&text).unwrap_err();
+        assert!(problems.iter().any(|p| p.to_string().contains("header `--` has no letter or digit")), "{problems:?}");
     }
 
     #[test]
