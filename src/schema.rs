@@ -780,12 +780,8 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
     let mut identity_claims: HashMap<String, String> = HashMap::new();
     for f in &identity {
         for c in &f.columns {
-            // Two spellings of one header in one field's list are one claim.
-            if let Some(prev) = identity_claims.insert(header_key(c), f.name.clone()).filter(|p| *p != f.name) {
-                problems.push(problem(
-                    format!("identity.{}.columns", f.name),
-                    format!("header `{c}` is already claimed by `{prev}`"),
-                ));
+            if let Some(taken) = claim(&mut identity_claims, c, &f.name) {
+                problems.push(problem(format!("identity.{}.columns", f.name), taken));
             }
         }
     }
@@ -802,9 +798,8 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
                         problems.push(problem(at, format!("header `{c}` is already in piece {j}")));
                     }
                 } else if !f.columns.iter().any(|own| header_key(own) == header_key(c)) {
-                    // Two spellings of one header in one field's list are one claim.
-                    if let Some(prev) = identity_claims.insert(header_key(c), f.name.clone()).filter(|p| *p != f.name) {
-                        problems.push(problem(at, format!("header `{c}` is already claimed by `{prev}`")));
+                    if let Some(taken) = claim(&mut identity_claims, c, &f.name) {
+                        problems.push(problem(at, taken));
                     }
                 }
             }
@@ -917,11 +912,8 @@ fn validate(raw: RawSchema) -> Result<Schema, Vec<Problem>> {
         let mut claimed = identity_claims.clone();
         for f in &fields {
             for c in &f.columns {
-                if let Some(prev) = claimed.insert(header_key(c), f.name.clone()).filter(|p| *p != f.name) {
-                    problems.push(problem(
-                        format!("{key}.fields.{}.columns", f.name),
-                        format!("header `{c}` is already claimed by `{prev}`"),
-                    ));
+                if let Some(taken) = claim(&mut claimed, c, &f.name) {
+                    problems.push(problem(format!("{key}.fields.{}.columns", f.name), taken));
                 }
             }
         }
@@ -963,6 +955,14 @@ pub fn header_key(name: &str) -> String {
         }
     }
     key
+}
+
+/// Claim `header` (by its [`header_key`]) for the field `owner`; the
+/// problem when another field held it. Two spellings of one header in one
+/// field's list are one claim.
+fn claim(claims: &mut HashMap<String, String>, header: &str, owner: &str) -> Option<String> {
+    let prev = claims.insert(header_key(header), owner.to_string())?;
+    (prev != owner).then(|| format!("header `{header}` is already claimed by `{prev}`"))
 }
 
 /// The first of `names` that is not blank but has no letter or digit (its
